@@ -1,0 +1,232 @@
+//! The login pipeline shared by every dialect: one [`Authenticator::authenticate`] that turns
+//! a username and a "password‖token" secret into a user or a generic failure, plus the
+//! session table (`session`).
+//!
+//! Order of checks (DESIGN.md §3.1–3.2): the token is checked first with a keyed hash in
+//! constant time, and argon2id runs for the password only when the token matched, on a
+//! bounded pool off the async executor. Unknown and disabled users walk the same steps against
+//! a dummy record whose token can never match, so neither timing nor answer tells them apart
+//! from a wrong token.
+
+pub mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::config::AuthConfig;
+use crate::secret::Secrets;
+use crate::store::{Store, StoreError, User};
+
+/// Why a login failed. For the login history and logs only: every reason gets the same answer
+/// on the wire (DESIGN.md §3.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    UnknownUser,
+    Disabled,
+    WrongToken,
+    WrongPassword,
+    Malformed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UnknownUser => "unknown user",
+            Reason::Disabled => "disabled",
+            Reason::WrongToken => "wrong token",
+            Reason::WrongPassword => "wrong password",
+            Reason::Malformed => "malformed credentials",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid credentials ({})", .0.as_str())]
+    Rejected(Reason),
+    #[error("password verification is saturated; retry shortly")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Usernames are case-insensitive, like Salesforce's; this is the stored form.
+pub fn canonical_username(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+/// Admission control for argon2: at most `permits` verifications run at once on the blocking
+/// pool, at most `queue` wait, and none waits longer than `queue_timeout` (DESIGN.md §3.2).
+pub struct HashPool {
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    /// Permits plus queue places: the most callers admitted at once.
+    admitted: usize,
+    queue_timeout: Duration,
+}
+
+impl HashPool {
+    pub fn new(permits: usize, queue: usize, queue_timeout: Duration) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(permits)),
+            waiting: AtomicUsize::new(0),
+            admitted: permits + queue,
+            queue_timeout,
+        }
+    }
+
+    /// Number of callers waiting for or holding a permit.
+    pub fn depth(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.admitted {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(AuthError::Busy);
+        }
+        let acquired =
+            tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await;
+        let result = match acquired {
+            Ok(Ok(permit)) => tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                work()
+            })
+            .await
+            .map_err(|_| AuthError::Busy),
+            _ => Err(AuthError::Busy),
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+}
+
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    secrets: Arc<Secrets>,
+    pool: HashPool,
+    dummy: User,
+    max_secret_bytes: usize,
+}
+
+impl Authenticator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        secrets: Arc<Secrets>,
+        cfg: &AuthConfig,
+    ) -> Result<Self, crate::secret::SecretError> {
+        // The dummy's token tag is a random value no token hashes to, and its password hash
+        // is real, so a dummy walk costs what a wrong token for a real user costs.
+        let dummy = User {
+            id: String::new(),
+            username: String::new(),
+            email: String::new(),
+            full_name: String::new(),
+            admin: false,
+            disabled: true,
+            password_hash: secrets.hash_password(&secrets.generate_password()?)?,
+            token_tag: secrets.random_bytes()?,
+            token_length: cfg.token_length,
+            epoch: 0,
+            created_at: 0,
+            password_changed_at: 0,
+            token_reset_at: 0,
+        };
+        Ok(Self {
+            store,
+            secrets,
+            pool: HashPool::new(
+                cfg.hashing_concurrency.get(),
+                cfg.hashing_queue,
+                cfg.hashing_queue_timeout,
+            ),
+            dummy,
+            max_secret_bytes: cfg.max_secret_bytes,
+        })
+    }
+
+    pub fn hash_pool(&self) -> &HashPool {
+        &self.pool
+    }
+
+    /// Verifies `username` + `secret` (the password with the token appended).
+    pub async fn authenticate(&self, username: &str, secret: &str) -> Result<User, AuthError> {
+        if username.is_empty()
+            || username.len() > 256
+            || secret.is_empty()
+            || secret.len() > self.max_secret_bytes
+        {
+            return Err(AuthError::Rejected(Reason::Malformed));
+        }
+        let found = self.store.user_by_name(&canonical_username(username))?;
+        let (user, substitute) = match found {
+            Some(u) if !u.disabled => (u, None),
+            Some(_) => (self.dummy.clone(), Some(Reason::Disabled)),
+            None => (self.dummy.clone(), Some(Reason::UnknownUser)),
+        };
+        let reject = |r: Reason| Err(AuthError::Rejected(substitute.unwrap_or(r)));
+
+        let split = secret
+            .len()
+            .checked_sub(user.token_length)
+            .filter(|&i| i > 0 && secret.is_char_boundary(i));
+        let Some(at) = split else {
+            return reject(Reason::WrongToken);
+        };
+        let (password, token) = secret.split_at(at);
+        if !self.secrets.token_matches(token, &user.token_tag) {
+            return reject(Reason::WrongToken);
+        }
+        if let Some(r) = substitute {
+            // Unreachable in practice (the dummy tag matches no token), kept as a guard.
+            return Err(AuthError::Rejected(r));
+        }
+
+        let secrets = self.secrets.clone();
+        let phc = user.password_hash.clone();
+        let password = password.to_owned();
+        let ok = self
+            .pool
+            .run(move || secrets.verify_password(&phc, &password))
+            .await?;
+        if ok {
+            Ok(user)
+        } else {
+            reject(Reason::WrongPassword)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pool_refuses_work_beyond_its_queue() {
+        let pool = Arc::new(HashPool::new(1, 0, Duration::from_secs(5)));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let first = tokio::spawn(async move { p.run(move || rx.recv().is_ok()).await });
+        while pool.depth() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(pool.run(|| ()).await, Err(AuthError::Busy)));
+        tx.send(()).unwrap();
+        assert!(first.await.unwrap().unwrap());
+        assert!(pool.run(|| 5).await.is_ok());
+    }
+
+    #[test]
+    fn usernames_compare_case_insensitively() {
+        assert_eq!(
+            canonical_username(" Alice@Example.COM"),
+            "alice@example.com"
+        );
+    }
+}

@@ -1,0 +1,747 @@
+//! Configuration: the TOML file format (`file::*`, serde structs that reject unknown keys) and
+//! the validated runtime [`Config`] the rest of the program reads.
+//!
+//! The two shapes are kept apart on purpose: the file is what an operator writes (strings,
+//! optional keys, human durations), the runtime config is what code wants (socket addresses,
+//! `Duration`s, resolved secrets). Every validation error names the key and the problem in one
+//! line, so a bad file stops the start with a message an operator can act on.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+
+/// A configuration problem, always naming the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("config key {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// The TOML file, exactly as an operator writes it.
+pub mod file {
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct ConfigFile {
+        pub server: Server,
+        pub tls: Tls,
+        pub upstream: Upstream,
+        pub store: Store,
+        pub auth: Auth,
+        pub oauth: OAuth,
+        pub log: Log,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Server {
+        pub listen: String,
+        pub public_url: Option<String>,
+        pub org_id: String,
+        pub org_name: String,
+        pub header_read_timeout: String,
+        pub tls_handshake_timeout: String,
+        pub body_read_timeout: String,
+        pub max_login_body_bytes: usize,
+        pub max_soap_body_bytes: usize,
+        pub max_header_bytes: usize,
+        pub max_connections: usize,
+    }
+
+    impl Default for Server {
+        fn default() -> Self {
+            Self {
+                listen: "127.0.0.1:8443".into(),
+                public_url: None,
+                org_id: "00D000000000001".into(),
+                org_name: "tokengate".into(),
+                header_read_timeout: "10s".into(),
+                tls_handshake_timeout: "10s".into(),
+                body_read_timeout: "30s".into(),
+                max_login_body_bytes: 64 * 1024,
+                max_soap_body_bytes: 16 * 1024 * 1024,
+                max_header_bytes: 64 * 1024,
+                max_connections: 10_000,
+            }
+        }
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Tls {
+        pub cert: Option<String>,
+        pub key: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Upstream {
+        pub url: String,
+        pub ca: Option<String>,
+        pub connect_timeout: String,
+        pub response_timeout: String,
+        pub pool_idle_timeout: String,
+        pub pool_max_idle_per_host: usize,
+    }
+
+    impl Default for Upstream {
+        fn default() -> Self {
+            Self {
+                url: "http://127.0.0.1:8080".into(),
+                ca: None,
+                connect_timeout: "5s".into(),
+                response_timeout: "60s".into(),
+                pool_idle_timeout: "90s".into(),
+                pool_max_idle_per_host: 256,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Store {
+        pub path: String,
+        pub cache_capacity_mib: u64,
+    }
+
+    impl Default for Store {
+        fn default() -> Self {
+            Self {
+                path: "tokengate-data".into(),
+                cache_capacity_mib: 64,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Auth {
+        pub token_length: usize,
+        pub session_idle_timeout: String,
+        pub session_lifetime: String,
+        pub max_sessions: usize,
+        pub max_secret_bytes: usize,
+        pub argon2_memory_kib: u32,
+        pub argon2_iterations: u32,
+        pub argon2_parallelism: u32,
+        /// 0 means one per CPU core.
+        pub hashing_concurrency: usize,
+        pub hashing_queue: usize,
+        pub hashing_queue_timeout: String,
+    }
+
+    impl Default for Auth {
+        fn default() -> Self {
+            Self {
+                token_length: 24,
+                session_idle_timeout: "2h".into(),
+                session_lifetime: "2h".into(),
+                max_sessions: 500_000,
+                max_secret_bytes: 4096,
+                argon2_memory_kib: 19_456,
+                argon2_iterations: 2,
+                argon2_parallelism: 1,
+                hashing_concurrency: 0,
+                hashing_queue: 256,
+                hashing_queue_timeout: "2s".into(),
+            }
+        }
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct OAuth {
+        pub clients: Vec<OAuthClient>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct OAuthClient {
+        pub client_id: String,
+        pub client_secret: Option<String>,
+        /// Name of an environment variable holding the secret, so it stays out of the file.
+        pub client_secret_env: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Log {
+        pub level: String,
+    }
+
+    impl Default for Log {
+        fn default() -> Self {
+            Self {
+                level: "info".into(),
+            }
+        }
+    }
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub upstream: UpstreamConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub oauth_clients: Vec<OAuthClient>,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `https://host[:port]`, no trailing slash: what `serverUrl` and `instance_url` start with.
+    pub public_url: Option<String>,
+    pub org: OrgId,
+    pub org_name: String,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_login_body_bytes: usize,
+    pub max_soap_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: Uri,
+    pub ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data directory: the database, the generated certificate and the admin socket.
+    pub path: PathBuf,
+    pub cache_capacity_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub token_length: usize,
+    pub session_idle_timeout: Duration,
+    pub session_lifetime: Duration,
+    pub max_sessions: usize,
+    pub max_secret_bytes: usize,
+    pub argon2: argon2::Params,
+    pub hashing_concurrency: NonZeroUsize,
+    pub hashing_queue: usize,
+    pub hashing_queue_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A Salesforce-style organization id: 15 case-sensitive characters and the 18-character form
+/// with its case-insensitive checksum suffix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgId {
+    pub id15: String,
+    pub id18: String,
+}
+
+impl OrgId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = (s.len() == 15 || s.len() == 18)
+            && s.bytes().all(|b| b.is_ascii_alphanumeric())
+            && s.starts_with("00D");
+        if !ok {
+            return None;
+        }
+        let id15 = s[..15].to_owned();
+        let id18 = crate::ids::to_18(&id15);
+        if s.len() == 18 && !s.eq_ignore_ascii_case(&id18) {
+            return None;
+        }
+        Some(Self { id15, id18 })
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `path` only labels errors and anchors relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: file::ConfigFile = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| {
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1
+                })
+                .unwrap_or(0);
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                message: e.message().replace('\n', " "),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_file(file, base)
+    }
+
+    /// The embedded defaults (what `demo` and a missing config start from).
+    pub fn defaults() -> Self {
+        Self::from_file(file::ConfigFile::default(), Path::new("."))
+            .expect("built-in defaults are valid")
+    }
+
+    /// Validates the file structs. Relative paths are resolved against `base` (the directory
+    /// of the config file), so a config works whatever the current directory is.
+    pub fn from_file(f: file::ConfigFile, base: &Path) -> Result<Self, ConfigError> {
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let s = &f.server;
+        let listen: SocketAddr = s.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("'{}' is not an address such as 127.0.0.1:8443", s.listen),
+            )
+        })?;
+        let public_url = match &s.public_url {
+            None => None,
+            Some(u) => Some(parse_public_url(u)?),
+        };
+        let org = OrgId::parse(&s.org_id).ok_or_else(|| {
+            invalid(
+                "server.org_id",
+                format!(
+                    "'{}' is not a 15- or 18-character id starting with 00D",
+                    s.org_id
+                ),
+            )
+        })?;
+        if s.org_name.is_empty() || s.org_name.len() > 80 {
+            return Err(invalid("server.org_name", "must be 1 to 80 characters"));
+        }
+        let server = ServerConfig {
+            listen,
+            public_url,
+            org,
+            org_name: s.org_name.clone(),
+            header_read_timeout: duration("server.header_read_timeout", &s.header_read_timeout)?,
+            tls_handshake_timeout: duration(
+                "server.tls_handshake_timeout",
+                &s.tls_handshake_timeout,
+            )?,
+            body_read_timeout: duration("server.body_read_timeout", &s.body_read_timeout)?,
+            max_login_body_bytes: bounded(
+                "server.max_login_body_bytes",
+                s.max_login_body_bytes,
+                1024,
+                16 << 20,
+            )?,
+            max_soap_body_bytes: bounded(
+                "server.max_soap_body_bytes",
+                s.max_soap_body_bytes,
+                1024,
+                1 << 30,
+            )?,
+            max_header_bytes: bounded(
+                "server.max_header_bytes",
+                s.max_header_bytes,
+                8192,
+                1 << 20,
+            )?,
+            max_connections: bounded("server.max_connections", s.max_connections, 1, 1_000_000)?,
+        };
+
+        let tls = match (&f.tls.cert, &f.tls.key) {
+            (None, None) => TlsConfig::default(),
+            (Some(c), Some(k)) => {
+                let (cert, key) = (resolve(c), resolve(k));
+                for (key_name, p) in [("tls.cert", &cert), ("tls.key", &key)] {
+                    if !p.is_file() {
+                        return Err(invalid(
+                            key_name,
+                            format!("file {} does not exist", p.display()),
+                        ));
+                    }
+                }
+                TlsConfig {
+                    cert: Some(cert),
+                    key: Some(key),
+                }
+            }
+            (Some(_), None) => {
+                return Err(invalid("tls.key", "tls.cert is set but tls.key is not"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert", "tls.key is set but tls.cert is not"));
+            }
+        };
+
+        let u = &f.upstream;
+        let url: Uri = u
+            .url
+            .parse()
+            .map_err(|_| invalid("upstream.url", format!("'{}' is not a URL", u.url)))?;
+        match (url.scheme_str(), url.authority()) {
+            (Some("http" | "https"), Some(_)) => {}
+            _ => {
+                return Err(invalid(
+                    "upstream.url",
+                    format!("'{}' must be an http:// or https:// URL with a host", u.url),
+                ));
+            }
+        }
+        let ca = match &u.ca {
+            None => None,
+            Some(p) => {
+                let p = resolve(p);
+                if !p.is_file() {
+                    return Err(invalid(
+                        "upstream.ca",
+                        format!("file {} does not exist", p.display()),
+                    ));
+                }
+                Some(p)
+            }
+        };
+        let upstream = UpstreamConfig {
+            url,
+            ca,
+            connect_timeout: duration("upstream.connect_timeout", &u.connect_timeout)?,
+            response_timeout: duration("upstream.response_timeout", &u.response_timeout)?,
+            pool_idle_timeout: duration("upstream.pool_idle_timeout", &u.pool_idle_timeout)?,
+            pool_max_idle_per_host: bounded(
+                "upstream.pool_max_idle_per_host",
+                u.pool_max_idle_per_host,
+                0,
+                100_000,
+            )?,
+        };
+
+        if f.store.path.is_empty() {
+            return Err(invalid("store.path", "must not be empty"));
+        }
+        let store = StoreConfig {
+            path: resolve(&f.store.path),
+            cache_capacity_bytes: bounded(
+                "store.cache_capacity_mib",
+                f.store.cache_capacity_mib as usize,
+                1,
+                65_536,
+            )? as u64
+                * 1024
+                * 1024,
+        };
+
+        let a = &f.auth;
+        let argon2 = argon2::Params::new(
+            a.argon2_memory_kib,
+            a.argon2_iterations,
+            a.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| invalid("auth.argon2_*", format!("invalid argon2 parameters: {e}")))?;
+        let concurrency = if a.hashing_concurrency == 0 {
+            std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+        } else {
+            a.hashing_concurrency
+        };
+        let auth = AuthConfig {
+            token_length: bounded("auth.token_length", a.token_length, 16, 64)?,
+            session_idle_timeout: duration("auth.session_idle_timeout", &a.session_idle_timeout)?,
+            session_lifetime: duration("auth.session_lifetime", &a.session_lifetime)?,
+            max_sessions: bounded("auth.max_sessions", a.max_sessions, 1, 50_000_000)?,
+            max_secret_bytes: bounded("auth.max_secret_bytes", a.max_secret_bytes, 64, 16_384)?,
+            argon2,
+            hashing_concurrency: NonZeroUsize::new(bounded(
+                "auth.hashing_concurrency",
+                concurrency,
+                1,
+                1024,
+            )?)
+            .expect("bounded above zero"),
+            hashing_queue: bounded("auth.hashing_queue", a.hashing_queue, 0, 1_000_000)?,
+            hashing_queue_timeout: duration(
+                "auth.hashing_queue_timeout",
+                &a.hashing_queue_timeout,
+            )?,
+        };
+        if auth.session_lifetime < auth.session_idle_timeout {
+            return Err(invalid(
+                "auth.session_lifetime",
+                "must not be shorter than auth.session_idle_timeout",
+            ));
+        }
+
+        let mut oauth_clients = Vec::with_capacity(f.oauth.clients.len());
+        for (i, c) in f.oauth.clients.iter().enumerate() {
+            let key = format!("oauth.clients[{i}]");
+            if c.client_id.is_empty() || c.client_id.len() > 256 {
+                return Err(invalid(
+                    &format!("{key}.client_id"),
+                    "must be 1 to 256 characters",
+                ));
+            }
+            if oauth_clients
+                .iter()
+                .any(|o: &OAuthClient| o.client_id == c.client_id)
+            {
+                return Err(invalid(
+                    &format!("{key}.client_id"),
+                    format!("'{}' is listed twice", c.client_id),
+                ));
+            }
+            let secret = match (&c.client_secret, &c.client_secret_env) {
+                (Some(s), None) => s.clone(),
+                (None, Some(var)) => std::env::var(var).map_err(|_| {
+                    invalid(
+                        &format!("{key}.client_secret_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?,
+                _ => {
+                    return Err(invalid(
+                        &format!("{key}.client_secret"),
+                        "set exactly one of client_secret and client_secret_env",
+                    ));
+                }
+            };
+            if secret.len() < 8 {
+                return Err(invalid(
+                    &format!("{key}.client_secret"),
+                    "must be at least 8 characters",
+                ));
+            }
+            oauth_clients.push(OAuthClient {
+                client_id: c.client_id.clone(),
+                client_secret: secret,
+            });
+        }
+
+        tracing_subscriber::EnvFilter::try_new(&f.log.level)
+            .map_err(|e| invalid("log.level", format!("'{}': {e}", f.log.level)))?;
+
+        Ok(Self {
+            server,
+            tls,
+            upstream,
+            store,
+            auth,
+            oauth_clients,
+            log_level: f.log.level.clone(),
+        })
+    }
+
+    /// The https origin clients are told to use: `public_url` or, when unset, the listen
+    /// address (with `localhost` for an unspecified address).
+    pub fn public_origin(&self, bound: SocketAddr) -> String {
+        if let Some(u) = &self.server.public_url {
+            return u.clone();
+        }
+        let host = if bound.ip().is_unspecified() {
+            "localhost".to_owned()
+        } else if bound.is_ipv6() {
+            format!("[{}]", bound.ip())
+        } else {
+            bound.ip().to_string()
+        };
+        if bound.port() == 443 {
+            format!("https://{host}")
+        } else {
+            format!("https://{host}:{}", bound.port())
+        }
+    }
+}
+
+fn parse_public_url(u: &str) -> Result<String, ConfigError> {
+    let uri: Uri = u
+        .parse()
+        .map_err(|_| invalid("server.public_url", format!("'{u}' is not a URL")))?;
+    if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+        return Err(invalid(
+            "server.public_url",
+            format!("'{u}' must be an https:// origin such as https://proxy.example.com"),
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(invalid(
+            "server.public_url",
+            "must be an origin without a path: clients append /services/... to it",
+        ));
+    }
+    let host = uri.host().unwrap_or_default();
+    // simple-salesforce strips "-api" from the host it is given (reference §1.4).
+    if host.contains("-api") {
+        return Err(invalid(
+            "server.public_url",
+            "the host must not contain '-api' (simple-salesforce removes it)",
+        ));
+    }
+    Ok(format!("https://{}", uri.authority().expect("checked")))
+}
+
+fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(value).map_err(|e| {
+        invalid(
+            key,
+            format!("'{value}' is not a duration such as 15m or 2h ({e})"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn bounded(key: &str, v: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    if v < min || v > max {
+        return Err(invalid(key, format!("{v} is outside {min}..={max}")));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/tokengate/tokengate.toml"))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_values() {
+        let c = Config::defaults();
+        assert_eq!(c.auth.token_length, 24);
+        assert_eq!(c.auth.session_idle_timeout, Duration::from_secs(7200));
+        assert_eq!(c.auth.argon2.m_cost(), 19_456);
+        assert_eq!(c.auth.argon2.t_cost(), 2);
+        assert_eq!(c.auth.argon2.p_cost(), 1);
+        assert_eq!(c.server.org.id18, "00D000000000001EAA");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("listen_port"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[server]\nlisten = \"nope\"", "server.listen"),
+            ("[server]\norg_id = \"001\"", "server.org_id"),
+            ("[server]\npublic_url = \"http://x\"", "server.public_url"),
+            (
+                "[server]\npublic_url = \"https://my-api.example.com\"",
+                "server.public_url",
+            ),
+            ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
+            (
+                "[auth]\nsession_idle_timeout = \"soon\"",
+                "auth.session_idle_timeout",
+            ),
+            ("[auth]\ntoken_length = 3", "auth.token_length"),
+            ("[auth]\nargon2_memory_kib = 1", "auth.argon2"),
+            (
+                "[tls]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"",
+                "tls.cert",
+            ),
+            (
+                "[[oauth.clients]]\nclient_id = \"a\"",
+                "oauth.clients[0].client_secret",
+            ),
+            ("[log]\nlevel = \"info,,=[\"", "log.level"),
+        ] {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.contains(key), "{text:?} gave {msg}");
+        }
+    }
+
+    #[test]
+    fn oauth_client_secret_can_come_from_the_environment() {
+        // SAFETY of the test: the variable name is unique to this test.
+        let var = "TOKENGATE_TEST_OAUTH_SECRET_4711";
+        let missing = parse(&format!(
+            "[[oauth.clients]]\nclient_id = \"a\"\nclient_secret_env = \"{var}\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains(var), "{missing}");
+    }
+
+    #[test]
+    fn public_url_is_normalised_to_an_origin() {
+        let c = parse("[server]\npublic_url = \"https://proxy.example.com:8443/\"").unwrap();
+        assert_eq!(
+            c.server.public_url.as_deref(),
+            Some("https://proxy.example.com:8443")
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let c = parse("[store]\npath = \"data\"").unwrap();
+        assert_eq!(c.store.path, Path::new("/etc/tokengate/data"));
+    }
+}

@@ -1,0 +1,25 @@
+//! tokengate: a TLS reverse proxy that gives any upstream API the Salesforce-style
+//! "username + password‖security token" logins (SOAP `login()`, the OAuth 2.0 password grant,
+//! HTTP Basic on every call), backed by its own embedded credential store.
+//!
+//! See `DESIGN.md` in the shared docs for the architecture; each module's own docs say what it
+//! owns.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod ids;
+pub mod proxy;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod wire;
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

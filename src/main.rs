@@ -1,0 +1,428 @@
+//! The `tokengate` command line: parse, load the configuration, dispatch.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use tokengate::admin::{self, Answer, NewUser, Request, UserView, Users};
+use tokengate::config::{Config, OAuthClient};
+use tokengate::server::{self, Server};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser)]
+#[command(
+    name = "tokengate",
+    version,
+    about = "A TLS reverse proxy with Salesforce-style password+token logins"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the built-in defaults are used.
+    #[arg(long, global = true, env = "TOKENGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve,
+    /// Zero set-up demo: self-signed certificate, built-in echo upstream, a demo user.
+    Demo(DemoArgs),
+    /// Manage users (works while the server runs, through its admin socket).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Validate a configuration file and exit.
+    CheckConfig,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    /// Data directory for the demo.
+    #[arg(long, default_value = "tokengate-demo")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user with a fresh random security token.
+    Add {
+        username: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "")]
+        full_name: String,
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Print the new token once, as the last line of standard output.
+        #[arg(long)]
+        show_token: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one user.
+    Show {
+        username: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user: logins fail and sessions end at once.
+    Disable { username: String },
+    /// Enable a disabled user.
+    Enable { username: String },
+    /// Set a user's password.
+    Passwd {
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokengate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, BoxError> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::defaults(),
+    })
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
+    match cli.command {
+        Command::Serve => {
+            let cfg = load_config(cli.config.as_deref())?;
+            init_logging(&cfg.log_level);
+            let server = Server::start(cfg).await?;
+            if server.cert.generated {
+                eprintln!(
+                    "tokengate: using a self-signed certificate for localhost/127.0.0.1: {}",
+                    server.cert.cert.display()
+                );
+            }
+            eprintln!(
+                "tokengate: listening on {} ({})",
+                server.addr, server.origin
+            );
+            wait_for_signal().await;
+            server.shutdown().await;
+            Ok(())
+        }
+        Command::Demo(args) => demo(args).await,
+        Command::CheckConfig => {
+            let path = cli.config.ok_or("check-config needs --config FILE")?;
+            Config::load(&path)?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        Command::User(cmd) => {
+            let cfg = load_config(cli.config.as_deref())?;
+            user_command(&cfg, cmd).await
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// Reads a password: the first line of stdin with `--password-stdin`, else a hidden prompt.
+fn read_password(from_stdin: bool) -> Result<String, BoxError> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+        if pw.is_empty() {
+            return Err("no password on standard input".into());
+        }
+        return Ok(pw);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err("no terminal to ask for a password on; use --password-stdin".into());
+    }
+    let pw = rpassword::prompt_password("Password: ")?;
+    let again = rpassword::prompt_password("Password (again): ")?;
+    if pw != again {
+        return Err("the passwords do not match".into());
+    }
+    Ok(pw)
+}
+
+/// Runs an admin request through the running server's socket, or directly on the store when
+/// no server runs on this data directory.
+async fn admin_call(cfg: &Config, req: Request) -> Result<Answer, BoxError> {
+    if let Some(answer) = admin::call_socket(&cfg.store.path, &req).await? {
+        return Ok(answer);
+    }
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let (store, secrets) = server::open_store(&cfg).map_err(|e| match e {
+            server::ServerError::Store(tokengate::store::StoreError::Locked { path }) => format!(
+                "the data directory {path} is locked by a running tokengate whose admin socket does not answer"
+            ),
+            other => other.to_string(),
+        })?;
+        let users = Users::new(store, secrets, None, cfg.auth.token_length);
+        Ok::<_, BoxError>(users.execute(req))
+    })
+    .await?
+}
+
+fn print_user(u: &UserView, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(u).expect("serialisable"));
+        return;
+    }
+    let when = |t: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+            .to_string()
+    };
+    println!("username:          {}", u.username);
+    println!("id:                {}", u.id);
+    println!("email:             {}", u.email);
+    println!("full name:         {}", u.full_name);
+    println!("admin:             {}", u.admin);
+    println!("disabled:          {}", u.disabled);
+    println!("created:           {}", when(u.created_at));
+    println!("password changed:  {}", when(u.password_changed_at));
+    println!("token reset:       {}", when(u.token_reset_at));
+}
+
+async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), BoxError> {
+    let (req, json, show_token) = match cmd {
+        UserCommand::Add {
+            username,
+            email,
+            full_name,
+            admin,
+            password_stdin,
+            show_token,
+        } => {
+            let password = read_password(password_stdin)?;
+            (
+                Request::UserAdd(NewUser {
+                    username,
+                    email,
+                    full_name,
+                    admin,
+                    password,
+                }),
+                false,
+                show_token,
+            )
+        }
+        UserCommand::List { json } => (Request::UserList, json, false),
+        UserCommand::Show { username, json } => (Request::UserShow { username }, json, false),
+        UserCommand::Disable { username } => (
+            Request::UserSetDisabled {
+                username,
+                disabled: true,
+            },
+            false,
+            false,
+        ),
+        UserCommand::Enable { username } => (
+            Request::UserSetDisabled {
+                username,
+                disabled: false,
+            },
+            false,
+            false,
+        ),
+        UserCommand::Passwd {
+            username,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin)?;
+            (Request::UserPasswd { username, password }, false, false)
+        }
+    };
+    match admin_call(cfg, req).await? {
+        Answer::Error { message } => Err(message.into()),
+        Answer::Users { users } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!(
+                    "{:<40} {:<20} {:<6} {:<8} EMAIL",
+                    "USERNAME", "ID", "ADMIN", "STATUS"
+                );
+                for u in users {
+                    let status = if u.disabled { "disabled" } else { "active" };
+                    println!(
+                        "{:<40} {:<20} {:<6} {:<8} {}",
+                        u.username, u.id, u.admin, status, u.email
+                    );
+                }
+            }
+            Ok(())
+        }
+        Answer::User { user, token } => {
+            print_user(&user, json);
+            // The token is shown once, as the very last line, only when asked for.
+            if let (true, Some(token)) = (show_token, token) {
+                println!("{token}");
+            }
+            std::io::stdout().flush()?;
+            Ok(())
+        }
+    }
+}
+
+const DEMO_USER: &str = "demo@example.com";
+const DEMO_CLIENT_ID: &str = "tokengate-demo";
+
+async fn demo(args: DemoArgs) -> Result<(), BoxError> {
+    let mut cfg = Config::defaults();
+    init_logging("info");
+    let upstream = tokengate::demo::start_echo_upstream().await?;
+    cfg.upstream.url = format!("http://{upstream}").parse()?;
+    cfg.store.path = std::env::current_dir()?.join(&args.data_dir);
+    cfg.server.listen = args
+        .listen
+        .parse()
+        .map_err(|_| format!("--listen: '{}' is not an address", args.listen))?;
+    let client_secret = hex_secret()?;
+    cfg.oauth_clients = vec![OAuthClient {
+        client_id: DEMO_CLIENT_ID.into(),
+        client_secret: client_secret.clone(),
+    }];
+    let server = match Server::start(cfg.clone()).await {
+        Ok(s) => s,
+        Err(server::ServerError::Bind { .. }) => {
+            // The default port is taken: any free port will do for a demo.
+            cfg.server.listen = "127.0.0.1:0".parse()?;
+            Server::start(cfg).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let users = server.app.users.clone();
+    let password = server.app.secrets.generate_password()?;
+    let token = tokio::task::spawn_blocking({
+        let password = password.clone();
+        move || -> Result<String, BoxError> {
+            match users.add(NewUser {
+                username: DEMO_USER.into(),
+                email: DEMO_USER.into(),
+                full_name: "Demo User".into(),
+                admin: true,
+                password: password.clone(),
+            }) {
+                Ok((_, token)) => Ok(token),
+                Err(admin::AdminError::Store(tokengate::store::StoreError::UserExists(_))) => {
+                    Ok(users.bootstrap_credentials(DEMO_USER, &password)?)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
+    .await??;
+    print_demo(&server, &upstream, &password, &token, &client_secret);
+    wait_for_signal().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+fn hex_secret() -> Result<String, BoxError> {
+    let bytes = ring::rand::generate::<[u8; 16]>(&ring::rand::SystemRandom::new())
+        .map_err(|_| "the OS random generator failed")?
+        .expose();
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn print_demo(
+    server: &Server,
+    upstream: &std::net::SocketAddr,
+    password: &str,
+    token: &str,
+    client_secret: &str,
+) {
+    let url = &server.origin;
+    let ca = server.cert.cert.display();
+    let secret = format!("{password}{token}");
+    println!(
+        r#"
+tokengate demo is running at {url}
+  upstream (built-in echo): http://{upstream}
+  certificate:              {ca}
+
+  username:        {DEMO_USER}
+  password:        {password}
+  security token:  {token}
+  OAuth client:    client_id={DEMO_CLIENT_ID}  client_secret={client_secret}
+
+Log in with SOAP login() (password and token appended, as Salesforce clients send it):
+
+  curl --cacert {ca} {url}/services/Soap/u/59.0 \
+    -H 'Content-Type: text/xml; charset=UTF-8' -H 'SOAPAction: login' \
+    -d '<se:Envelope xmlns:se="http://schemas.xmlsoap.org/soap/envelope/"><se:Body><login xmlns="urn:partner.soap.sforce.com"><username>{DEMO_USER}</username><password>{secret}</password></login></se:Body></se:Envelope>'
+
+Log in with the OAuth 2.0 password grant and keep the session:
+
+  SID=$(curl -s --cacert {ca} {url}/services/oauth2/token \
+    -d grant_type=password -d client_id={DEMO_CLIENT_ID} -d client_secret={client_secret} \
+    --data-urlencode username={DEMO_USER} --data-urlencode password={secret} \
+    | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p'); echo "$SID"
+
+Call the upstream through tokengate with the session:
+
+  curl --cacert {ca} -H "Authorization: Bearer $SID" '{url}/services/data/v59.0/query?q=SELECT+Id+FROM+Account'
+
+Or with HTTP Basic on every call (legacy tools):
+
+  curl --cacert {ca} -u '{DEMO_USER}:{secret}' {url}/services/data/v59.0/sobjects
+
+Press Ctrl-C to stop."#
+    );
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,269 @@
+//! Forwarding to the upstream: header hygiene, identity headers, streaming bodies, timeouts
+//! and the pooled client. Knows nothing of credentials beyond removing them.
+//!
+//! RFC 9110 §7.6.1: "a proxy or gateway MUST parse a received Connection header field before a
+//! message is forwarded and, for each connection-option in this field, remove any header or
+//! trailer field(s) from the message with the same name as the connection-option, and then
+//! remove the Connection header field itself". The fixed hop-by-hop names below are the ones
+//! §7.6.1 lists plus the historic `Keep-Alive` and `Proxy-Connection`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+
+use crate::config::UpstreamConfig;
+use crate::wire::{Body, json_error};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot read upstream CA file {path}: {reason}")]
+    Ca { path: String, reason: String },
+    #[error("TLS client configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_TOKENGATE_USER: HeaderName = HeaderName::from_static("x-tokengate-user");
+pub const X_TOKENGATE_USER_ID: HeaderName = HeaderName::from_static("x-tokengate-user-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(n);
+    }
+}
+
+/// Removes what a client must not pass upstream: its credentials, and any identity or
+/// forwarding header it made up (tokengate sets its own; DESIGN.md §3.8–3.9).
+pub fn strip_client_credentials(headers: &mut HeaderMap) {
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(crate::wire::credentials::X_SFDC_SESSION);
+    headers.remove(header::FORWARDED);
+    let spoofable: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let n = k.as_str();
+            n.starts_with("x-tokengate-") || n.starts_with("x-forwarded-")
+        })
+        .cloned()
+        .collect();
+    for k in spoofable {
+        headers.remove(k);
+    }
+}
+
+/// Who the forwarded request acts for.
+pub struct Principal<'a> {
+    pub username: &'a str,
+    pub user_id: &'a str,
+}
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix of the upstream URL, without a trailing slash.
+    prefix: String,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, ProxyError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &cfg.ca {
+            Some(path) => {
+                let ca_err = |reason: String| ProxyError::Ca {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                for cert in
+                    CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?
+                {
+                    roots
+                        .add(cert.map_err(|e| ca_err(e.to_string()))?)
+                        .map_err(|e| ca_err(e.to_string()))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .build(https);
+
+        let url = &cfg.url;
+        Ok(Self {
+            client,
+            scheme: url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: url.authority().cloned().expect("validated by config"),
+            prefix: url.path().trim_end_matches('/').to_owned(),
+            response_timeout: cfg.response_timeout,
+        })
+    }
+
+    fn target(&self, original: &Uri) -> Uri {
+        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        let pq = if self.prefix.is_empty() {
+            PathAndQuery::try_from(pq)
+        } else {
+            PathAndQuery::from_maybe_shared(format!("{}{pq}", self.prefix))
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(pq.unwrap_or_else(|_| PathAndQuery::from_static("/")));
+        Uri::from_parts(parts).expect("scheme, authority and path are set")
+    }
+
+    /// Sends `req` upstream on behalf of `who` and streams the answer back. Failures become
+    /// 502 (unreachable) or 504 (no answer in time) with a JSON body, never a hang.
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        peer: IpAddr,
+        who: Principal<'_>,
+    ) -> Response<Body> {
+        // The original Host: a Host header (HTTP/1.1) or the :authority (HTTP/2, RFC 9113
+        // §8.3.1), kept so the upstream sees the name the client used.
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        *req.uri_mut() = self.target(req.uri());
+        // HTTP/2 clients are served to an HTTP/1.1 upstream.
+        *req.version_mut() = Version::HTTP_11;
+
+        let h = req.headers_mut();
+        strip_hop_by_hop(h);
+        strip_client_credentials(h);
+        if let Ok(v) = HeaderValue::from_str(who.username) {
+            h.insert(X_TOKENGATE_USER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(who.user_id) {
+            h.insert(X_TOKENGATE_USER_ID, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+            h.insert(X_FORWARDED_FOR, v);
+        }
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        if let Some(host) = host {
+            h.insert(X_FORWARDED_HOST, host.clone());
+            h.insert(header::HOST, host);
+        }
+
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the upstream service is unreachable",
+                )
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.response_timeout, "upstream did not answer in time");
+                json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway_timeout",
+                    "the upstream service did not answer in time",
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_connection_named_and_fixed_hop_by_hop_headers_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "Connection",
+            HeaderValue::from_static("close, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("Keep-Alive", HeaderValue::from_static("timeout=5"));
+        h.insert("Transfer-Encoding", HeaderValue::from_static("chunked"));
+        h.insert("TE", HeaderValue::from_static("trailers"));
+        h.insert("Content-Type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn removes_credentials_and_spoofed_identity() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "authorization",
+            "x-sfdc-session",
+            "x-tokengate-user",
+            "X-Tokengate-Anything",
+            "x-forwarded-for",
+            "forwarded",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("x"),
+            );
+        }
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_client_credentials(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+}

@@ -1,0 +1,216 @@
+//! Secrets: password hashing (argon2id), token and session-id generation from the OS CSPRNG,
+//! keyed hashes (HMAC-SHA256 under the server key) and constant-time comparison.
+//!
+//! Nothing here knows about HTTP or storage. Every keyed hash carries a domain label so a
+//! token tag can never be confused with a session key or a cache key (DESIGN.md §3.1, §3.3).
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Security tokens use these 62 characters (reference §5: "case-sensitive alphanumeric").
+const TOKEN_ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("the operating system's random generator failed")]
+    Random,
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// A 32-byte keyed hash.
+pub type Tag = [u8; 32];
+
+/// Domain labels for the keyed hashes.
+#[derive(Clone, Copy)]
+pub enum Domain {
+    Token,
+    Session,
+    CredentialCache,
+}
+
+impl Domain {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Domain::Token => b"tokengate token v1\0",
+            Domain::Session => b"tokengate session v1\0",
+            Domain::CredentialCache => b"tokengate cache v1\0",
+        }
+    }
+}
+
+pub struct Secrets {
+    key: hmac::Key,
+    argon2: Argon2<'static>,
+    rng: SystemRandom,
+}
+
+impl Secrets {
+    /// `server_key` comes from the store (generated once per installation).
+    pub fn new(server_key: &[u8; 32], params: Params) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, server_key),
+            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn random_bytes<const N: usize>(&self) -> Result<[u8; N], SecretError> {
+        let mut b = [0u8; N];
+        self.rng.fill(&mut b).map_err(|_| SecretError::Random)?;
+        Ok(b)
+    }
+
+    /// A fresh security token: `len` characters of A–Z, a–z, 0–9, uniformly distributed
+    /// (rejection sampling keeps the modulo from favouring the first characters).
+    pub fn generate_token(&self, len: usize) -> Result<String, SecretError> {
+        let mut out = String::with_capacity(len);
+        while out.len() < len {
+            let buf: [u8; 64] = self.random_bytes()?;
+            for b in buf {
+                if b < 248 && out.len() < len {
+                    out.push(TOKEN_ALPHABET[(b % 62) as usize] as char);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A random password for accounts created without one (the demo user, for instance).
+    pub fn generate_password(&self) -> Result<String, SecretError> {
+        // Tokens are already letters and digits, which every password policy accepts.
+        let mut p = self.generate_token(14)?;
+        p.push('7');
+        Ok(p)
+    }
+
+    /// The opaque part of a session id: 32 random bytes, URL-safe base64 without padding
+    /// (no XML-special characters, reference §3.3).
+    pub fn generate_session_secret(&self) -> Result<String, SecretError> {
+        let b: [u8; 32] = self.random_bytes()?;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    }
+
+    pub fn tag(&self, domain: Domain, parts: &[&[u8]]) -> Tag {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(domain.label());
+        for p in parts {
+            // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
+            ctx.update(&(p.len() as u64).to_be_bytes());
+            ctx.update(p);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    pub fn token_tag(&self, token: &str) -> Tag {
+        self.tag(Domain::Token, &[token.as_bytes()])
+    }
+
+    /// Constant-time check of a presented token against a stored tag.
+    pub fn token_matches(&self, token: &str, stored: &Tag) -> bool {
+        let computed = self.token_tag(token);
+        constant_time_eq(&computed, stored)
+    }
+
+    /// An argon2id PHC string for `password`, with a fresh salt.
+    pub fn hash_password(&self, password: &str) -> Result<String, SecretError> {
+        let salt_bytes: [u8; 16] = self.random_bytes()?;
+        let salt =
+            SaltString::encode_b64(&salt_bytes).map_err(|e| SecretError::Hash(e.to_string()))?;
+        self.argon2
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| SecretError::Hash(e.to_string()))
+    }
+
+    /// Verifies with the parameters embedded in the PHC string, so hashes made under older
+    /// parameters keep working after a configuration change. CPU-bound (~35 ms): callers run it
+    /// on the bounded hashing pool, never on the async executor.
+    pub fn verify_password(&self, phc: &str, password: &str) -> bool {
+        match PasswordHash::new(phc) {
+            Ok(h) => self.argon2.verify_password(password.as_bytes(), &h).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Equal-length comparison whose time does not depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    // black_box keeps the optimiser from turning the fold into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets() -> Secrets {
+        Secrets::new(&[7u8; 32], Params::new(1024, 1, 1, None).unwrap())
+    }
+
+    #[test]
+    fn tokens_have_the_requested_length_and_alphabet() {
+        let s = secrets();
+        for len in [16, 24, 64] {
+            let t = s.generate_token(len).unwrap();
+            assert_eq!(t.len(), len);
+            assert!(t.bytes().all(|b| b.is_ascii_alphanumeric()));
+        }
+        assert_ne!(s.generate_token(24).unwrap(), s.generate_token(24).unwrap());
+    }
+
+    #[test]
+    fn token_tags_verify_only_the_same_token() {
+        let s = secrets();
+        let tag = s.token_tag("AbCdEfGhIjKlMnOpQrStUvWx");
+        assert!(s.token_matches("AbCdEfGhIjKlMnOpQrStUvWx", &tag));
+        assert!(!s.token_matches("abCdEfGhIjKlMnOpQrStUvWx", &tag));
+        let other = Secrets::new(&[8u8; 32], Params::new(1024, 1, 1, None).unwrap());
+        assert!(!other.token_matches("AbCdEfGhIjKlMnOpQrStUvWx", &tag));
+    }
+
+    #[test]
+    fn domains_and_length_prefixes_separate_tags() {
+        let s = secrets();
+        assert_ne!(
+            s.tag(Domain::Token, &[b"x"]),
+            s.tag(Domain::Session, &[b"x"])
+        );
+        assert_ne!(
+            s.tag(Domain::CredentialCache, &[b"ab", b"c"]),
+            s.tag(Domain::CredentialCache, &[b"a", b"bc"])
+        );
+    }
+
+    #[test]
+    fn passwords_hash_to_argon2id_and_verify() {
+        let s = secrets();
+        let phc = s.hash_password("Passw0rd").unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
+        assert!(s.verify_password(&phc, "Passw0rd"));
+        assert!(!s.verify_password(&phc, "passw0rd"));
+        assert!(!s.verify_password("not a phc string", "Passw0rd"));
+    }
+
+    #[test]
+    fn session_secrets_are_url_safe() {
+        let sid = secrets().generate_session_secret().unwrap();
+        assert!(sid.len() >= 43);
+        assert!(
+            sid.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The running server: opens the store, builds the TLS listener, accepts connections (HTTP/1.1
+//! and HTTP/2 by ALPN), routes requests (`routes`), serves the admin socket, sweeps sessions,
+//! and shuts down gracefully. It wires the other modules together and owns none of their rules.
+
+mod body;
+mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, Users};
+use crate::auth::Authenticator;
+use crate::auth::session::Sessions;
+use crate::config::Config;
+use crate::proxy::Upstream;
+use crate::secret::Secrets;
+use crate::store::{Store, sled::SledStore};
+use crate::tls::{self, CertPaths};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+    #[error(transparent)]
+    Session(#[from] crate::auth::session::SessionError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
+}
+
+/// Everything a request handler needs, shared by all connections.
+pub struct App {
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub secrets: Arc<Secrets>,
+    pub auth: Authenticator,
+    pub sessions: Arc<Sessions>,
+    pub upstream: Upstream,
+    pub users: Arc<Users>,
+    /// `https://host[:port]`: the start of `serverUrl`, `instance_url` and identity URLs.
+    pub origin: String,
+}
+
+/// Opens the store of a data directory and derives the installation's secrets.
+pub fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Arc<Secrets>), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir = &cfg.store.path;
+    let dir_err = |source| ServerError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(dir_err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(
+        &dir.join("db"),
+        cfg.store.cache_capacity_bytes,
+    )?);
+    let rng = ring::rand::SystemRandom::new();
+    let key = store.server_key(&mut || {
+        ring::rand::generate::<[u8; 32]>(&rng)
+            .map(|k| k.expose())
+            .expect("the OS random generator works")
+    })?;
+    let secrets = Arc::new(Secrets::new(&key, cfg.auth.argon2.clone()));
+    Ok((store, secrets))
+}
+
+/// A started server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    pub addr: SocketAddr,
+    pub origin: String,
+    pub cert: CertPaths,
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+    accept_task: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(30);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Server {
+    pub async fn start(cfg: Config) -> Result<Self, ServerError> {
+        let (store, secrets) = open_store(&cfg)?;
+        let cert = tls::ensure_cert(
+            cfg.tls.cert.as_deref().zip(cfg.tls.key.as_deref()),
+            &cfg.store.path,
+        )?;
+        let acceptor = TlsAcceptor::from(tls::server_config(&cert)?);
+
+        let sessions = Arc::new(Sessions::new(
+            store.clone(),
+            secrets.clone(),
+            cfg.auth.session_idle_timeout,
+            cfg.auth.session_lifetime,
+            cfg.auth.max_sessions,
+            &cfg.server.org.id15,
+        ));
+        let restored = sessions.load()?;
+        let auth = Authenticator::new(store.clone(), secrets.clone(), &cfg.auth)?;
+        let upstream = Upstream::new(&cfg.upstream)?;
+        let users = Arc::new(Users::new(
+            store.clone(),
+            secrets.clone(),
+            Some(sessions.clone()),
+            cfg.auth.token_length,
+        ));
+
+        let listener = TcpListener::bind(cfg.server.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: cfg.server.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: cfg.server.listen,
+            source,
+        })?;
+        let origin = cfg.public_origin(addr);
+        let admin_task = admin::serve_socket(&cfg.store.path, users.clone())?;
+
+        let app = Arc::new(App {
+            cfg,
+            store,
+            secrets,
+            auth,
+            sessions: sessions.clone(),
+            upstream,
+            users,
+            origin: origin.clone(),
+        });
+
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SESSION_SWEEP_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let s = sessions.clone();
+                let _ = tokio::task::spawn_blocking(move || s.sweep()).await;
+            }
+        });
+
+        let (stop, stop_rx) = watch::channel(false);
+        let accept_task = tokio::spawn(accept_loop(listener, acceptor, app.clone(), stop_rx));
+        tracing::info!(%addr, %origin, restored_sessions = restored, "tokengate is listening");
+        Ok(Self {
+            addr,
+            origin,
+            cert,
+            app,
+            stop,
+            accept_task,
+            background: vec![sweeper, admin_task],
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded), persists session idle
+    /// timers and flushes the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accept_task.await;
+        for t in &self.background {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(admin::socket_path(&self.app.cfg.store.path));
+        self.app.sessions.sweep();
+        if let Err(e) = self.app.store.flush() {
+            tracing::error!(error = %e, "could not flush the store at shutdown");
+        }
+        tracing::info!("tokengate stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(app.cfg.server.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The slowloris guard: headers must arrive within this time.
+        .header_read_timeout(app.cfg.server.header_read_timeout)
+        .max_buf_size(app.cfg.server.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(app.cfg.server.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing new connection");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let handshake = app.cfg.server.tls_handshake_timeout;
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(routes::handle(app, req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within the drain timeout");
+    }
+}

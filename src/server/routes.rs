@@ -1,0 +1,610 @@
+//! Routing: which requests tokengate answers itself (logins, logout, identity, health) and
+//! which it authenticates and forwards. Each handler parses with `wire`, decides with `auth`,
+//! and answers in the caller's own dialect.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::App;
+use super::body::{self, BodyError};
+use crate::auth::AuthError;
+use crate::auth::session::{Session, SessionError};
+use crate::proxy::Principal;
+use crate::store::User;
+use crate::wire::credentials::{self, HeaderCredential};
+use crate::wire::soap::{self, Flavor, Op};
+use crate::wire::{self, Body, JSON, TEXT_XML, oauth, respond, rest};
+
+/// Seconds a client should wait before retrying when argon2 admission is saturated.
+const BUSY_RETRY_AFTER: &str = "1";
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path();
+    if path.starts_with("/services/Soap/") {
+        return soap_call(app, req, peer).await;
+    }
+    match path {
+        "/services/oauth2/token" => oauth_token(app, req).await,
+        "/services/oauth2/revoke" => oauth_revoke(app, req).await,
+        "/services/oauth2/userinfo" => userinfo(app, req).await,
+        "/tokengate/health" => wire::respond(StatusCode::OK, JSON, r#"{"status":"ok"}"#),
+        p if p.starts_with("/id/") => identity(app, req).await,
+        p if p.starts_with("/tokengate/") => wire::json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such tokengate endpoint",
+        ),
+        _ => forward(app, req, peer).await,
+    }
+}
+
+fn busy<T: Into<Response<Body>>>(r: T) -> Response<Body> {
+    let mut r = r.into();
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(BUSY_RETRY_AFTER),
+    );
+    r
+}
+
+fn user_info<'a>(app: &'a App, user: &'a User) -> soap::UserInfo<'a> {
+    soap::UserInfo {
+        org: &app.cfg.server.org,
+        org_name: &app.cfg.server.org_name,
+        user_id: &user.id,
+        username: &user.username,
+        full_name: &user.full_name,
+        email: &user.email,
+        session_seconds_valid: app.sessions.idle_timeout_secs(),
+    }
+}
+
+fn identity_of<'a>(app: &'a App, user: &'a User) -> oauth::Identity<'a> {
+    oauth::Identity {
+        origin: &app.origin,
+        org18: &app.cfg.server.org.id18,
+        user_id: &user.id,
+        username: &user.username,
+        full_name: &user.full_name,
+        email: &user.email,
+        last_modified: user.password_changed_at.max(user.token_reset_at),
+    }
+}
+
+fn log_login(
+    dialect: &str,
+    username: &str,
+    result: &Result<User, AuthError>,
+    client: Option<&str>,
+) {
+    match result {
+        Ok(u) => tracing::info!(dialect, user = %u.username, client, "login succeeded"),
+        Err(AuthError::Rejected(r)) => {
+            tracing::info!(dialect, user = %username.chars().take(80).collect::<String>(), reason = r.as_str(), client, "login failed")
+        }
+        Err(e) => tracing::warn!(dialect, error = %e, "login could not be checked"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SOAP
+
+fn soap_response(status: StatusCode, xml: String) -> Response<Body> {
+    respond(status, TEXT_XML, xml)
+}
+
+fn soap_client_fault(status: StatusCode, message: &str) -> Response<Body> {
+    soap_response(status, soap::client_fault(message))
+}
+
+async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let Some(sp) = soap::parse_path(req.uri().path()) else {
+        return soap_client_fault(StatusCode::NOT_FOUND, "No service available at this path");
+    };
+    if req.method() != Method::POST {
+        let mut r = soap_client_fault(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "SOAP requests must use POST",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    if !sp.version_is_valid() {
+        return soap_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            soap::fault(
+                sp.flavor,
+                "UnexpectedErrorFault",
+                "UNSUPPORTED_API_VERSION",
+                "Invalid Api version specified on URL",
+            ),
+        );
+    }
+    // SOAP 1.1 is text/xml with any charset; a missing Content-Type is tolerated.
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        if !ct.trim_start().starts_with("text/xml") {
+            return soap_client_fault(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be text/xml for SOAP 1.1 requests",
+            );
+        }
+    }
+    let (parts, incoming) = req.into_parts();
+    let limit = app.cfg.server.max_soap_body_bytes;
+    let bytes = match body::read(
+        incoming,
+        &parts.headers,
+        limit,
+        app.cfg.server.body_read_timeout,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return soap_body_error(e),
+    };
+    if std::str::from_utf8(&bytes).is_err() {
+        return soap_client_fault(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The request is not valid UTF-8",
+        );
+    }
+    let env = match soap::parse(&bytes) {
+        Ok(env) => env,
+        Err(e) => return soap_client_fault(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let flavor = sp.flavor;
+    match env.op {
+        Op::Login {
+            ref username,
+            ref password,
+        } if flavor != Flavor::Metadata => {
+            let result = app.auth.authenticate(username, password).await;
+            log_login("soap", username, &result, env.client.as_deref());
+            match result {
+                Ok(user) => match app.sessions.create(&user) {
+                    Ok(sid) => soap_response(
+                        StatusCode::OK,
+                        soap::login_response(
+                            flavor,
+                            &app.origin,
+                            &sp.version,
+                            &sid,
+                            &user_info(&app, &user),
+                        ),
+                    ),
+                    Err(e) => soap_server_busy(flavor, &e),
+                },
+                Err(AuthError::Rejected(_)) => {
+                    soap_response(StatusCode::INTERNAL_SERVER_ERROR, soap::login_fault(flavor))
+                }
+                Err(AuthError::Busy) => busy(soap_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    soap::fault(
+                        flavor,
+                        "UnexpectedErrorFault",
+                        "SERVER_UNAVAILABLE",
+                        "Server busy; retry shortly",
+                    ),
+                )),
+                Err(AuthError::Store(e)) => {
+                    tracing::error!(error = %e, "store error during login");
+                    soap_unknown(flavor)
+                }
+            }
+        }
+        Op::Logout => match soap_session(&app, &env, &parts.headers) {
+            Some(sid) if app.sessions.revoke(&sid) => {
+                soap_response(StatusCode::OK, soap::logout_response(flavor))
+            }
+            _ => soap_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                soap::invalid_session_fault(flavor),
+            ),
+        },
+        Op::GetUserInfo => {
+            let session =
+                soap_session(&app, &env, &parts.headers).and_then(|sid| app.sessions.lookup(&sid));
+            let Some(session) = session else {
+                return soap_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    soap::invalid_session_fault(flavor),
+                );
+            };
+            match app.store.user_by_id(&session.user_id) {
+                Ok(Some(user)) => soap_response(
+                    StatusCode::OK,
+                    soap::get_user_info_response(flavor, &user_info(&app, &user)),
+                ),
+                Ok(None) => soap_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    soap::invalid_session_fault(flavor),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "store error in getUserInfo");
+                    soap_unknown(flavor)
+                }
+            }
+        }
+        _ => {
+            let session =
+                soap_session(&app, &env, &parts.headers).and_then(|sid| app.sessions.lookup(&sid));
+            let Some(session) = session else {
+                return soap_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    soap::invalid_session_fault(flavor),
+                );
+            };
+            // The session id is a credential: cut the SessionHeader out of what goes upstream.
+            let forwarded: Bytes = match env.session_header {
+                Some(span) => {
+                    let mut v = Vec::with_capacity(bytes.len());
+                    v.extend_from_slice(&bytes[..span.start]);
+                    v.extend_from_slice(&bytes[span.end..]);
+                    v.into()
+                }
+                None => bytes,
+            };
+            let mut parts = parts;
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
+            let req = Request::from_parts(parts, wire::full(forwarded));
+            send_upstream(&app, req, peer, &session).await
+        }
+    }
+}
+
+/// The session id of a SOAP call: its SessionHeader, else a session header of the HTTP request.
+fn soap_session(_app: &App, env: &soap::Envelope, headers: &http::HeaderMap) -> Option<String> {
+    if let Some(sid) = &env.session_id {
+        return Some(sid.clone());
+    }
+    match credentials::from_headers(headers) {
+        Some(HeaderCredential::Session(s)) => Some(s.to_owned()),
+        _ => None,
+    }
+}
+
+fn soap_body_error(e: BodyError) -> Response<Body> {
+    let status = match e {
+        BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+        BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        BodyError::BadGzip | BodyError::Io => StatusCode::BAD_REQUEST,
+    };
+    soap_client_fault(status, &e.to_string())
+}
+
+fn soap_unknown(flavor: Flavor) -> Response<Body> {
+    soap_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        soap::fault(
+            flavor,
+            "UnexpectedErrorFault",
+            "UNKNOWN_EXCEPTION",
+            "An internal error occurred",
+        ),
+    )
+}
+
+fn soap_server_busy(flavor: Flavor, e: &SessionError) -> Response<Body> {
+    tracing::error!(error = %e, "could not create a session");
+    busy(soap_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        soap::fault(
+            flavor,
+            "UnexpectedErrorFault",
+            "SERVER_UNAVAILABLE",
+            "Server busy; retry shortly",
+        ),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// OAuth 2.0
+
+fn is_form(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
+async fn read_form(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<(http::request::Parts, oauth::Form), Response<Body>> {
+    if !is_form(req.headers()) {
+        return Err(oauth::error(
+            "invalid_request",
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let (parts, incoming) = req.into_parts();
+    let limit = app.cfg.server.max_login_body_bytes;
+    let bytes = match body::read(
+        incoming,
+        &parts.headers,
+        limit,
+        app.cfg.server.body_read_timeout,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(BodyError::TooLarge(_)) => {
+            let mut r = oauth::error("invalid_request", "request body too large");
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return Err(r);
+        }
+        Err(e) => return Err(oauth::error("invalid_request", &e.to_string())),
+    };
+    match oauth::Form::parse(&bytes) {
+        Ok(f) => Ok((parts, f)),
+        Err(e) => Err(oauth::error("invalid_request", &e.to_string())),
+    }
+}
+
+async fn oauth_token(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::POST {
+        let mut r = oauth::error("invalid_request", "must use HTTP POST");
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let (_, form) = match read_form(&app, req).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match form.get("grant_type") {
+        Some("password") => {}
+        Some(_) => return oauth::error("unsupported_grant_type", "grant type not supported"),
+        None => return oauth::error("invalid_request", "grant_type is required"),
+    }
+    let Some(client_id) = form.get("client_id") else {
+        return oauth::error("invalid_client_id", "client identifier invalid");
+    };
+    let Some(client) = app
+        .cfg
+        .oauth_clients
+        .iter()
+        .find(|c| c.client_id == client_id)
+    else {
+        return oauth::error("invalid_client_id", "client identifier invalid");
+    };
+    let secret_ok = form.get("client_secret").is_some_and(|s| {
+        crate::secret::constant_time_eq(s.as_bytes(), client.client_secret.as_bytes())
+    });
+    if !secret_ok {
+        return oauth::error("invalid_client", "invalid client credentials");
+    }
+    let (Some(username), Some(password)) = (form.get("username"), form.get("password")) else {
+        return oauth::error("invalid_request", "username and password are required");
+    };
+    let result = app.auth.authenticate(username, password).await;
+    log_login("oauth", username, &result, Some(client_id));
+    match result {
+        Ok(user) => match app.sessions.create(&user) {
+            Ok(sid) => {
+                let id_url = format!("{}/id/{}/{}", app.origin, app.cfg.server.org.id18, user.id);
+                let issued_at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                oauth::token_response(&sid, &app.origin, &id_url, issued_at, &client.client_secret)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not create a session");
+                busy(oauth::error(
+                    "temporarily_unavailable",
+                    "server busy; retry shortly",
+                ))
+            }
+        },
+        Err(AuthError::Rejected(_)) => oauth::invalid_grant(),
+        Err(AuthError::Busy) => busy(oauth::error(
+            "temporarily_unavailable",
+            "server busy; retry shortly",
+        )),
+        Err(AuthError::Store(e)) => {
+            tracing::error!(error = %e, "store error during login");
+            let mut r = oauth::error("server_error", "internal error");
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
+    }
+}
+
+fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    let q = uri.query()?;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// `POST /services/oauth2/revoke` with `token` in the body or the query (reference §2.4).
+async fn oauth_revoke(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let from_query = query_param(req.uri(), "token");
+    let token = match from_query {
+        Some(t) => Some(t),
+        None if req.method() == Method::POST && is_form(req.headers()) => {
+            match read_form(&app, req).await {
+                Ok((_, form)) => form.get("token").map(str::to_owned),
+                Err(r) => return r,
+            }
+        }
+        None => None,
+    };
+    let Some(token) = token else {
+        return oauth::error("invalid_request", "token is required");
+    };
+    if app.sessions.revoke(&token) {
+        respond(StatusCode::OK, JSON, "")
+    } else {
+        oauth::error("invalid_token", "invalid token")
+    }
+}
+
+/// The session of an identity request: `Authorization` or the `oauth_token` parameter.
+fn identity_session(app: &App, req: &Request<Incoming>) -> Option<Arc<Session>> {
+    let sid = match credentials::from_headers(req.headers()) {
+        Some(HeaderCredential::Session(s)) => s.to_owned(),
+        _ => query_param(req.uri(), "oauth_token")?,
+    };
+    app.sessions.lookup(&sid)
+}
+
+async fn userinfo(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let Some(session) = identity_session(&app, &req) else {
+        return rest::invalid_session();
+    };
+    match app.store.user_by_id(&session.user_id) {
+        Ok(Some(user)) => respond(
+            StatusCode::OK,
+            JSON,
+            identity_of(&app, &user).userinfo_document().to_string(),
+        ),
+        Ok(None) => rest::invalid_session(),
+        Err(e) => {
+            tracing::error!(error = %e, "store error in userinfo");
+            rest::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN_EXCEPTION",
+                "internal error",
+            )
+        }
+    }
+}
+
+/// `GET /id/{org}/{user}`: the identity document of any user of this org.
+async fn identity(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let Some(_session) = identity_session(&app, &req) else {
+        return rest::invalid_session();
+    };
+    let mut segs = req
+        .uri()
+        .path()
+        .trim_start_matches("/id/")
+        .trim_end_matches('/')
+        .split('/');
+    let (org, uid) = (
+        segs.next().unwrap_or_default(),
+        segs.next().unwrap_or_default(),
+    );
+    let org_ok = org == app.cfg.server.org.id18 || org == app.cfg.server.org.id15;
+    let found = if org_ok && segs.next().is_none() && (uid.len() == 15 || uid.len() == 18) {
+        // Accept the 15-character form too: the 18-character id is that plus a suffix.
+        let full = if uid.len() == 15 {
+            crate::ids::to_18(uid)
+        } else {
+            uid.to_owned()
+        };
+        app.store.user_by_id(&full)
+    } else {
+        Ok(None)
+    };
+    match found {
+        Ok(Some(user)) => respond(
+            StatusCode::OK,
+            JSON,
+            identity_of(&app, &user).id_document().to_string(),
+        ),
+        Ok(None) => rest::error(StatusCode::NOT_FOUND, "NOT_FOUND", "Bad_Id"),
+        Err(e) => {
+            tracing::error!(error = %e, "store error in identity");
+            rest::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN_EXCEPTION",
+                "internal error",
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Forwarded calls
+
+async fn send_upstream(
+    app: &App,
+    req: Request<Body>,
+    peer: SocketAddr,
+    session: &Session,
+) -> Response<Body> {
+    let who = Principal {
+        username: &session.username,
+        user_id: &session.user_id,
+    };
+    app.upstream.forward(req, peer.ip(), who).await
+}
+
+/// Any other path: authenticate by session or Basic, then forward. Unauthenticated calls get
+/// the API's own invalid-session answer (Bulk 1.0 under `/services/async/`, REST elsewhere).
+async fn forward(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let bulk_v1 = req.uri().path().starts_with("/services/async/");
+    let invalid = || {
+        if bulk_v1 {
+            rest::bulk_invalid_session()
+        } else {
+            rest::invalid_session()
+        }
+    };
+    let user = match credentials::from_headers(req.headers()) {
+        Some(HeaderCredential::Session(sid)) => match app.sessions.lookup(sid) {
+            Some(s) => return send_upstream(&app, req.map(|b| b.boxed()), peer, &s).await,
+            None => return invalid(),
+        },
+        Some(HeaderCredential::Basic(username, secret)) => {
+            let result = app.auth.authenticate(&username, &secret).await;
+            log_login("basic", &username, &result, None);
+            match result {
+                Ok(user) => user,
+                Err(AuthError::Rejected(_)) => return rest::basic_login_failed(),
+                Err(AuthError::Busy) => {
+                    return busy(rest::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "SERVER_UNAVAILABLE",
+                        "Server busy; retry shortly",
+                    ));
+                }
+                Err(AuthError::Store(e)) => {
+                    tracing::error!(error = %e, "store error during Basic login");
+                    return rest::error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "UNKNOWN_EXCEPTION",
+                        "internal error",
+                    );
+                }
+            }
+        }
+        Some(HeaderCredential::Malformed) if !bulk_v1 => {
+            return rest::error(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_AUTH_HEADER",
+                "INVALID_HEADER_TYPE",
+            );
+        }
+        Some(HeaderCredential::Malformed) | None => return invalid(),
+    };
+    let who = Principal {
+        username: &user.username,
+        user_id: &user.id,
+    };
+    app.upstream
+        .forward(req.map(|b| b.boxed()), peer.ip(), who)
+        .await
+}

@@ -1,0 +1,96 @@
+//! Persistent records (users, sessions, settings) behind one [`Store`] trait.
+//!
+//! The trait is what a shared backend for several proxy replicas will implement later, so it
+//! carries no sled types. Records are plain serde structs; secrets are stored only as an
+//! argon2id PHC string (passwords) and a keyed hash (tokens, session ids), never in a form a
+//! reader of the database could turn back into a credential.
+
+pub mod sled;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Tag;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the data directory {path} is in use by another tokengate process")]
+    Locked { path: String },
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    #[error("a stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("user '{0}' already exists")]
+    UserExists(String),
+    #[error("no user '{0}'")]
+    NoSuchUser(String),
+}
+
+/// A user account. `username` is canonical (lower case): usernames are case-insensitive, as
+/// Salesforce's are.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    pub full_name: String,
+    pub admin: bool,
+    pub disabled: bool,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// HMAC-SHA256 of the current token under the server key.
+    pub token_tag: Tag,
+    /// Length of the current token: the secret is split at `len - token_length`
+    /// (DESIGN.md §3.1: stored per user, never guessed).
+    pub token_length: usize,
+    /// Bumped by every credential or status change; sessions and cached verifications that
+    /// carry an older epoch are dead.
+    pub epoch: u64,
+    pub created_at: u64,
+    pub password_changed_at: u64,
+    pub token_reset_at: u64,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("admin", &self.admin)
+            .field("disabled", &self.disabled)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session as persisted, keyed by the keyed hash of its id (the id itself is never stored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub user_id: String,
+    pub username: String,
+    pub epoch: u64,
+    pub created_at: u64,
+    pub last_seen: u64,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn user_by_name(&self, canonical_username: &str) -> Result<Option<User>, StoreError>;
+    fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError>;
+    /// Allocates a fresh, never reused user number.
+    fn next_user_number(&self) -> Result<u64, StoreError>;
+    /// Inserts a new user; fails with [`StoreError::UserExists`] if the username is taken.
+    fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Applies `change` to the stored user atomically and returns the new record.
+    fn update_user(&self, id: &str, change: &mut dyn FnMut(&mut User)) -> Result<User, StoreError>;
+    fn list_users(&self) -> Result<Vec<User>, StoreError>;
+
+    fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError>;
+    fn delete_session(&self, key: &Tag) -> Result<(), StoreError>;
+    fn delete_user_sessions(&self, user_id: &str) -> Result<usize, StoreError>;
+    fn sessions(&self) -> Result<Vec<(Tag, SessionRecord)>, StoreError>;
+
+    /// The installation's 32-byte server key, created on first use.
+    fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError>;
+
+    /// Makes every acknowledged write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,265 @@
+//! The embedded sled implementation of [`Store`].
+//!
+//! sled takes an exclusive lock on its directory, so only one process can open a data
+//! directory; the admin CLI talks to a running server over its socket instead (see `admin`).
+//! Single-record updates use compare-and-swap; the username index and the user record are
+//! written in one transaction.
+
+use std::path::Path;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::{SessionRecord, Store, StoreError, User};
+use crate::secret::Tag;
+
+pub struct SledStore {
+    db: sled::Db,
+    users: sled::Tree,
+    usernames: sled::Tree,
+    sessions: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialise")
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity_bytes)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref ioe) if ioe.to_string().contains("lock") => {
+                    StoreError::Locked {
+                        path: dir.display().to_string(),
+                    }
+                }
+                other => io(other),
+            })?;
+        Ok(Self {
+            users: db.open_tree("users").map_err(io)?,
+            usernames: db.open_tree("usernames").map_err(io)?,
+            sessions: db.open_tree("sessions").map_err(io)?,
+            meta: db.open_tree("meta").map_err(io)?,
+            db,
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn user_by_name(&self, canonical_username: &str) -> Result<Option<User>, StoreError> {
+        match self.usernames.get(canonical_username).map_err(io)? {
+            Some(id) => self.user_by_id(std::str::from_utf8(&id).unwrap_or_default()),
+            None => Ok(None),
+        }
+    }
+
+    fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+        self.users
+            .get(id)
+            .map_err(io)?
+            .map(|b| decode("user", &b))
+            .transpose()
+    }
+
+    fn next_user_number(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id().map_err(io)? + 1)
+    }
+
+    fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let record = encode(user);
+        (&self.users, &self.usernames)
+            .transaction(|(users, names)| {
+                if names.get(user.username.as_bytes())?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+                names.insert(user.username.as_bytes(), user.id.as_bytes())?;
+                users.insert(user.id.as_bytes(), record.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(()) => StoreError::UserExists(user.username.clone()),
+                TransactionError::Storage(e) => io(e),
+            })
+    }
+
+    fn update_user(&self, id: &str, change: &mut dyn FnMut(&mut User)) -> Result<User, StoreError> {
+        loop {
+            let old = self
+                .users
+                .get(id)
+                .map_err(io)?
+                .ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
+            let mut user: User = decode("user", &old)?;
+            change(&mut user);
+            let new = encode(&user);
+            match self
+                .users
+                .compare_and_swap(id, Some(&old), Some(new))
+                .map_err(io)?
+            {
+                Ok(()) => return Ok(user),
+                Err(_) => continue, // raced with another writer: re-read and re-apply
+            }
+        }
+    }
+
+    fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.users.iter() {
+            let (_, v) = item.map_err(io)?;
+            out.push(decode("user", &v)?);
+        }
+        out.sort_by(|a: &User, b| a.username.cmp(&b.username));
+        Ok(out)
+    }
+
+    fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError> {
+        self.sessions.insert(key, encode(session)).map_err(io)?;
+        Ok(())
+    }
+
+    fn delete_session(&self, key: &Tag) -> Result<(), StoreError> {
+        self.sessions.remove(key).map_err(io)?;
+        Ok(())
+    }
+
+    fn delete_user_sessions(&self, user_id: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (k, s) in self.sessions()? {
+            if s.user_id == user_id {
+                self.sessions.remove(k).map_err(io)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn sessions(&self) -> Result<Vec<(Tag, SessionRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.sessions.iter() {
+            let (k, v) = item.map_err(io)?;
+            let Ok(key) = <Tag>::try_from(k.as_ref()) else {
+                continue;
+            };
+            out.push((key, decode("session", &v)?));
+        }
+        Ok(out)
+    }
+
+    fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError> {
+        if let Some(k) = self.meta.get("server_key").map_err(io)? {
+            return <[u8; 32]>::try_from(k.as_ref())
+                .map_err(|_| StoreError::Corrupt("server key has the wrong length".into()));
+        }
+        let fresh = generate();
+        // Insert only if still absent, so two racing first starts agree on one key.
+        let _ = self
+            .meta
+            .compare_and_swap("server_key", None as Option<&[u8]>, Some(&fresh[..]))
+            .map_err(io)?;
+        self.flush()?;
+        let k = self
+            .meta
+            .get("server_key")
+            .map_err(io)?
+            .expect("just written");
+        <[u8; 32]>::try_from(k.as_ref())
+            .map_err(|_| StoreError::Corrupt("server key has the wrong length".into()))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str, name: &str) -> User {
+        User {
+            id: id.into(),
+            username: name.into(),
+            email: "a@example.com".into(),
+            full_name: String::new(),
+            admin: false,
+            disabled: false,
+            password_hash: "$argon2id$".into(),
+            token_tag: [1; 32],
+            token_length: 24,
+            epoch: 0,
+            created_at: 0,
+            password_changed_at: 0,
+            token_reset_at: 0,
+        }
+    }
+
+    #[test]
+    fn usernames_are_unique_and_updates_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+        s.create_user(&user("005A", "alice")).unwrap();
+        assert!(matches!(
+            s.create_user(&user("005B", "alice")),
+            Err(StoreError::UserExists(_))
+        ));
+        let u = s.update_user("005A", &mut |u| u.epoch += 1).unwrap();
+        assert_eq!(u.epoch, 1);
+        assert_eq!(s.user_by_name("alice").unwrap().unwrap().epoch, 1);
+        assert!(s.user_by_name("bob").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_reports_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path(), 1 << 20).unwrap();
+        // flock(2) locks belong to the open file description, so a second open in the same
+        // process is refused just as another process's would be.
+        assert!(matches!(
+            SledStore::open(dir.path(), 1 << 20),
+            Err(StoreError::Locked { .. })
+        ));
+    }
+
+    #[test]
+    fn server_key_is_generated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let a = s.server_key(&mut || [9; 32]).unwrap();
+        let b = s.server_key(&mut || [3; 32]).unwrap();
+        assert_eq!(a, [9; 32]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn sessions_are_deleted_per_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let rec = |u: &str| SessionRecord {
+            user_id: u.into(),
+            username: u.into(),
+            epoch: 0,
+            created_at: 0,
+            last_seen: 0,
+        };
+        s.put_session(&[1; 32], &rec("a")).unwrap();
+        s.put_session(&[2; 32], &rec("a")).unwrap();
+        s.put_session(&[3; 32], &rec("b")).unwrap();
+        assert_eq!(s.delete_user_sessions("a").unwrap(), 2);
+        assert_eq!(s.sessions().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,117 @@
+//! The TLS listener's configuration: PEM certificate and key from the config, or a
+//! self-signed certificate for localhost/127.0.0.1 generated into the data directory on first
+//! start. ALPN offers h2 and http/1.1.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read TLS certificate {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("cannot read TLS key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("cannot write the generated certificate into {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("the certificate and key do not form a valid TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Paths of a certificate and its key.
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// True when tokengate generated the pair itself.
+    pub generated: bool,
+}
+
+/// Uses the configured pair, or generates (once) a self-signed one in `data_dir/tls/`.
+pub fn ensure_cert(
+    configured: Option<(&Path, &Path)>,
+    data_dir: &Path,
+) -> Result<CertPaths, TlsError> {
+    if let Some((cert, key)) = configured {
+        return Ok(CertPaths {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            generated: false,
+        });
+    }
+    let dir = data_dir.join("tls");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    if !(cert.is_file() && key.is_file()) {
+        let write_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| TlsError::Write { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;
+        let params = rcgen::CertificateParams::new(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ])?;
+        let key_pair = rcgen::KeyPair::generate()?;
+        let mut params = params;
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            "tokengate self-signed (localhost)",
+        );
+        let c = params.self_signed(&key_pair)?;
+        write_private(&key, key_pair.serialize_pem().as_bytes()).map_err(write_err(&key))?;
+        std::fs::write(&cert, c.pem()).map_err(write_err(&cert))?;
+    }
+    Ok(CertPaths {
+        cert,
+        key,
+        generated: true,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Builds the rustls server configuration (ring provider, ALPN h2 + http/1.1).
+pub fn server_config(paths: &CertPaths) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert_err = |reason: String| TlsError::Cert {
+        path: paths.cert.clone(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(cert_err("no CERTIFICATE section found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| TlsError::Key {
+        path: paths.key.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut cfg =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

@@ -1,0 +1,54 @@
+//! The dialects clients speak: SOAP `login()` (`soap`), the OAuth 2.0 password grant
+//! (`oauth`), HTTP Basic and session headers (`credentials`), and the REST/Bulk error shapes
+//! (`rest`). Parsing requests and rendering byte-compatible answers lives here; nothing here
+//! touches storage or hashing.
+
+pub mod credentials;
+pub mod oauth;
+pub mod rest;
+pub mod soap;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+
+/// The one body type of every response, local or streamed from the upstream.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+pub const TEXT_XML: &str = "text/xml; charset=utf-8";
+/// Salesforce's REST content type, byte for byte (reference §3.2).
+pub const JSON_SF: &str = "application/json;charset=UTF-8";
+pub const JSON: &str = "application/json";
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A locally generated response. Never cached: answers carry sessions or personal data.
+pub fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache,must-revalidate,max-age=0,no-store,private"),
+    );
+    r
+}
+
+/// A JSON answer in tokengate's own shape (`{"error": ..., "message": ...}`).
+pub fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": error, "message": message });
+    respond(status, JSON, body.to_string())
+}

@@ -1,0 +1,44 @@
+//! REST and Bulk error shapes, byte-compatible with Salesforce's (reference §3.2).
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::{Body, JSON_SF, respond};
+
+/// REST and Bulk 2.0: 401 with a JSON *array*; simple-salesforce indexes `[0]['errorCode']`.
+pub fn invalid_session() -> Response<Body> {
+    respond(
+        StatusCode::UNAUTHORIZED,
+        JSON_SF,
+        r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#,
+    )
+}
+
+/// Bulk API 1.0 (`/services/async/...`): 400 with the asyncapi XML error.
+pub fn bulk_invalid_session() -> Response<Body> {
+    respond(
+        StatusCode::BAD_REQUEST,
+        "application/xml",
+        r#"<?xml version="1.0" encoding="UTF-8"?><error xmlns="http://www.force.com/2009/06/asyncapi/dataload"><exceptionCode>InvalidSessionId</exceptionCode><exceptionMessage>Invalid session id</exceptionMessage></error>"#,
+    )
+}
+
+/// A failed HTTP Basic login on a proxied call: 401 with a Basic challenge (RFC 7617 §2) and
+/// the generic message every other dialect uses.
+pub fn basic_login_failed() -> Response<Body> {
+    let mut r = respond(
+        StatusCode::UNAUTHORIZED,
+        JSON_SF,
+        r#"[{"message":"Invalid username, password, security token; or user locked out.","errorCode":"INVALID_LOGIN"}]"#,
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Basic realm="tokengate", charset="UTF-8""#),
+    );
+    r
+}
+
+/// A REST-dialect error that is not about the session (bad request, busy, forbidden).
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!([{ "message": message, "errorCode": code }]);
+    respond(status, JSON_SF, body.to_string())
+}

@@ -1,0 +1,604 @@
+//! SOAP 1.1 as the Salesforce partner and enterprise APIs speak it (reference §1).
+//!
+//! Requests are parsed namespace-aware with quick-xml, ignoring prefixes; document type
+//! declarations are refused and only the predefined and character entity references are
+//! resolved, so no entity can expand. Answers are rendered as compact one-line envelopes
+//! with unprefixed elements in WSDL sequence order, because jsforce reads them with regular
+//! expressions and WSC binds them strictly in order (reference §1.4, §1.5).
+
+use std::ops::Range;
+
+use quick_xml::events::Event;
+use quick_xml::name::{Namespace, ResolveResult};
+use quick_xml::reader::NsReader;
+
+use crate::config::OrgId;
+
+const NS_ENVELOPE: &[u8] = b"http://schemas.xmlsoap.org/soap/envelope/";
+const NS_PARTNER: &[u8] = b"urn:partner.soap.sforce.com";
+const NS_ENTERPRISE: &[u8] = b"urn:enterprise.soap.sforce.com";
+const NS_METADATA: &[u8] = b"http://soap.sforce.com/2006/04/metadata";
+const MAX_DEPTH: usize = 32;
+const MAX_FIELD_BYTES: usize = 32 * 1024;
+
+/// Which WSDL the path selects: `/Soap/u/` partner, `/Soap/c/` enterprise, `/Soap/m/`
+/// metadata (reference §1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Partner,
+    Enterprise,
+    Metadata,
+}
+
+impl Flavor {
+    fn namespace(self) -> &'static str {
+        match self {
+            Flavor::Partner => "urn:partner.soap.sforce.com",
+            Flavor::Enterprise => "urn:enterprise.soap.sforce.com",
+            Flavor::Metadata => "http://soap.sforce.com/2006/04/metadata",
+        }
+    }
+
+    fn fault_namespace(self) -> &'static str {
+        match self {
+            Flavor::Enterprise => "urn:fault.enterprise.soap.sforce.com",
+            _ => "urn:fault.partner.soap.sforce.com",
+        }
+    }
+
+    fn path_letter(self) -> &'static str {
+        match self {
+            Flavor::Partner => "u",
+            Flavor::Enterprise => "c",
+            Flavor::Metadata => "m",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoapPath {
+    pub flavor: Flavor,
+    pub version: String,
+}
+
+impl SoapPath {
+    /// Versions look like `59.0` (reference §1.1: accept any `\d+\.\d+`).
+    pub fn version_is_valid(&self) -> bool {
+        match self.version.split_once('.') {
+            Some((a, b)) => {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.len() <= 4
+                    && b.len() <= 4
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.bytes().all(|c| c.is_ascii_digit())
+            }
+            None => false,
+        }
+    }
+}
+
+/// `/services/Soap/{u|c|m}/{version}[/anything]`, with or without a trailing slash.
+pub fn parse_path(path: &str) -> Option<SoapPath> {
+    let rest = path.strip_prefix("/services/Soap/")?;
+    let mut parts = rest.splitn(3, '/');
+    let flavor = match parts.next()? {
+        "u" => Flavor::Partner,
+        "c" => Flavor::Enterprise,
+        "m" => Flavor::Metadata,
+        _ => return None,
+    };
+    let version = parts.next().unwrap_or_default().to_owned();
+    Some(SoapPath { flavor, version })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Op {
+    Login {
+        username: String,
+        password: String,
+    },
+    Logout,
+    GetUserInfo,
+    /// Any other call: forwarded upstream once its SessionHeader is valid.
+    Other,
+}
+
+#[derive(Debug)]
+pub struct Envelope {
+    pub op: Op,
+    pub session_id: Option<String>,
+    /// `CallOptions/client`, for the login history.
+    pub client: Option<String>,
+    /// Byte range of the `SessionHeader` element, so it can be cut out before forwarding.
+    pub session_header: Option<Range<usize>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SoapError {
+    #[error("the request is not well-formed XML: {0}")]
+    Malformed(String),
+    #[error("the request is not a SOAP 1.1 envelope")]
+    NotSoap,
+    #[error("document type declarations are not accepted")]
+    Dtd,
+    #[error("the XML is nested too deeply")]
+    TooDeep,
+    #[error("unknown entity reference &{0};")]
+    Entity(String),
+    #[error("login() needs a {0} element")]
+    Missing(&'static str),
+    #[error("an element is too long")]
+    FieldTooLong,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tag {
+    Envelope,
+    Header,
+    Body,
+    SessionHeader,
+    SessionId,
+    CallOptions,
+    Client,
+    Login,
+    Username,
+    Password,
+    Ignored,
+}
+
+fn is_sf_ns(ns: &ResolveResult) -> bool {
+    matches!(ns, ResolveResult::Bound(Namespace(n)) if *n == NS_PARTNER || *n == NS_ENTERPRISE || *n == NS_METADATA)
+}
+
+/// Parses a SOAP request body (already decompressed and size-capped by the caller).
+pub fn parse(body: &[u8]) -> Result<Envelope, SoapError> {
+    let mut reader = NsReader::from_reader(body);
+    let mut stack: Vec<Tag> = Vec::with_capacity(8);
+    let mut env = Envelope {
+        op: Op::Other,
+        session_id: None,
+        client: None,
+        session_header: None,
+    };
+    let mut seen_envelope = false;
+    let mut body_children = 0usize;
+    let (mut username, mut password): (Option<String>, Option<String>) = (None, None);
+    let mut capture: Option<String> = None;
+    let mut header_start = 0usize;
+
+    loop {
+        let before = reader.buffer_position() as usize;
+        let (ns, event) = reader
+            .read_resolved_event()
+            .map_err(|e| SoapError::Malformed(e.to_string()))?;
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let empty = matches!(event, Event::Empty(_));
+                let local = e.local_name();
+                let local = local.as_ref();
+                let parent = stack.last().copied();
+                let env_ns = matches!(ns, ResolveResult::Bound(Namespace(n)) if n == NS_ENVELOPE);
+                let tag = match parent {
+                    None if env_ns && local == b"Envelope" => {
+                        seen_envelope = true;
+                        Tag::Envelope
+                    }
+                    None => return Err(SoapError::NotSoap),
+                    Some(Tag::Envelope) if env_ns && local == b"Header" => Tag::Header,
+                    Some(Tag::Envelope) if env_ns && local == b"Body" => Tag::Body,
+                    Some(Tag::Header) if is_sf_ns(&ns) && local == b"SessionHeader" => {
+                        header_start = before;
+                        Tag::SessionHeader
+                    }
+                    Some(Tag::Header) if is_sf_ns(&ns) && local == b"CallOptions" => {
+                        Tag::CallOptions
+                    }
+                    Some(Tag::SessionHeader) if local == b"sessionId" => Tag::SessionId,
+                    Some(Tag::CallOptions) if local == b"client" => Tag::Client,
+                    Some(Tag::Body) => {
+                        body_children += 1;
+                        if body_children == 1 && is_sf_ns(&ns) {
+                            match local {
+                                b"login" => {
+                                    env.op = Op::Login {
+                                        username: String::new(),
+                                        password: String::new(),
+                                    };
+                                    Tag::Login
+                                }
+                                b"logout" => {
+                                    env.op = Op::Logout;
+                                    Tag::Ignored
+                                }
+                                b"getUserInfo" => {
+                                    env.op = Op::GetUserInfo;
+                                    Tag::Ignored
+                                }
+                                _ => Tag::Ignored,
+                            }
+                        } else {
+                            env.op = Op::Other;
+                            Tag::Ignored
+                        }
+                    }
+                    Some(Tag::Login) if local == b"username" => Tag::Username,
+                    Some(Tag::Login) if local == b"password" => Tag::Password,
+                    _ => Tag::Ignored,
+                };
+                if empty {
+                    if tag == Tag::SessionHeader {
+                        env.session_header = Some(before..reader.buffer_position() as usize);
+                    }
+                    if matches!(tag, Tag::Username) {
+                        username = Some(String::new());
+                    }
+                    if matches!(tag, Tag::Password) {
+                        password = Some(String::new());
+                    }
+                    continue;
+                }
+                if stack.len() >= MAX_DEPTH {
+                    return Err(SoapError::TooDeep);
+                }
+                if matches!(
+                    tag,
+                    Tag::SessionId | Tag::Client | Tag::Username | Tag::Password
+                ) {
+                    capture = Some(String::new());
+                }
+                stack.push(tag);
+            }
+            Event::End(_) => {
+                let tag = stack.pop();
+                match tag {
+                    Some(Tag::SessionHeader) => {
+                        env.session_header = Some(header_start..reader.buffer_position() as usize);
+                    }
+                    Some(Tag::SessionId) => {
+                        env.session_id = capture.take().map(|s| s.trim().to_owned())
+                    }
+                    Some(Tag::Client) => env.client = capture.take().map(|s| s.trim().to_owned()),
+                    Some(Tag::Username) => username = capture.take(),
+                    Some(Tag::Password) => password = capture.take(),
+                    _ => {}
+                }
+            }
+            Event::Text(t) => {
+                if let Some(c) = capture.as_mut() {
+                    c.push_str(
+                        &t.decode()
+                            .map_err(|e| SoapError::Malformed(e.to_string()))?,
+                    );
+                }
+            }
+            Event::CData(t) => {
+                if let Some(c) = capture.as_mut() {
+                    c.push_str(
+                        &t.decode()
+                            .map_err(|e| SoapError::Malformed(e.to_string()))?,
+                    );
+                }
+            }
+            Event::GeneralRef(r) => {
+                let resolved = match r.resolve_char_ref() {
+                    Ok(Some(ch)) => ch.to_string(),
+                    Ok(None) => {
+                        let name = r
+                            .decode()
+                            .map_err(|e| SoapError::Malformed(e.to_string()))?;
+                        quick_xml::escape::resolve_predefined_entity(&name)
+                            .ok_or_else(|| SoapError::Entity(name.chars().take(32).collect()))?
+                            .to_owned()
+                    }
+                    Err(e) => return Err(SoapError::Malformed(e.to_string())),
+                };
+                if let Some(c) = capture.as_mut() {
+                    c.push_str(&resolved);
+                }
+            }
+            Event::DocType(_) => return Err(SoapError::Dtd),
+            Event::Eof => break,
+            _ => {}
+        }
+        if capture.as_ref().is_some_and(|c| c.len() > MAX_FIELD_BYTES) {
+            return Err(SoapError::FieldTooLong);
+        }
+    }
+    if !seen_envelope {
+        return Err(SoapError::NotSoap);
+    }
+    if !stack.is_empty() {
+        return Err(SoapError::Malformed(
+            "the document ends inside an element".into(),
+        ));
+    }
+    if let Op::Login { .. } = env.op {
+        let username = username.ok_or(SoapError::Missing("username"))?;
+        let password = password.ok_or(SoapError::Missing("password"))?;
+        env.op = Op::Login {
+            username: username.trim().to_owned(),
+            password,
+        };
+    }
+    Ok(env)
+}
+
+fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    quick_xml::escape::escape(s)
+}
+
+/// What a login or getUserInfo answer says about the user and the org.
+pub struct UserInfo<'a> {
+    pub org: &'a OrgId,
+    pub org_name: &'a str,
+    pub user_id: &'a str,
+    pub username: &'a str,
+    pub full_name: &'a str,
+    pub email: &'a str,
+    pub session_seconds_valid: u64,
+}
+
+/// `profileId` of every tokengate user: one profile, "Standard User"-like.
+pub const PROFILE_ID: &str = "00e000000000001AAA";
+
+fn push_user_info(out: &mut String, u: &UserInfo<'_>) {
+    use std::fmt::Write as _;
+    let full_name = if u.full_name.is_empty() {
+        u.username
+    } else {
+        u.full_name
+    };
+    // GetUserInfoResult in WSDL sequence order (reference §1.4).
+    let _ = write!(
+        out,
+        "<accessibilityMode>false</accessibilityMode><chatterExternal>false</chatterExternal>\
+<currencySymbol>$</currencySymbol><orgAttachmentFileSizeLimit>5242880</orgAttachmentFileSizeLimit>\
+<orgDefaultCurrencyIsoCode>USD</orgDefaultCurrencyIsoCode><orgDefaultCurrencyLocale>en_US</orgDefaultCurrencyLocale>\
+<orgDisallowHtmlAttachments>false</orgDisallowHtmlAttachments><orgHasPersonAccounts>false</orgHasPersonAccounts>\
+<organizationId>{org}</organizationId><organizationMultiCurrency>false</organizationMultiCurrency>\
+<organizationName>{org_name}</organizationName><profileId>{PROFILE_ID}</profileId><roleId xsi:nil=\"true\"/>\
+<sessionSecondsValid>{secs}</sessionSecondsValid><userDefaultCurrencyIsoCode xsi:nil=\"true\"/>\
+<userEmail>{email}</userEmail><userFullName>{full_name}</userFullName><userId>{uid}</userId>\
+<userLanguage>en_US</userLanguage><userLocale>en_US</userLocale><userName>{username}</userName>\
+<userTimeZone>GMT</userTimeZone><userType>Standard</userType><userUiSkin>Theme3</userUiSkin>",
+        org = u.org.id18,
+        org_name = esc(u.org_name),
+        secs = u.session_seconds_valid,
+        email = esc(u.email),
+        full_name = esc(full_name),
+        uid = u.user_id,
+        username = esc(u.username),
+    );
+}
+
+fn open_envelope(flavor: Flavor) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns=\"{}\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><soapenv:Body>",
+        flavor.namespace()
+    )
+}
+
+const CLOSE_ENVELOPE: &str = "</soapenv:Body></soapenv:Envelope>";
+
+/// The `loginResponse` envelope. `origin` is `https://host[:port]`.
+pub fn login_response(
+    flavor: Flavor,
+    origin: &str,
+    version: &str,
+    session_id: &str,
+    info: &UserInfo<'_>,
+) -> String {
+    let mut out = open_envelope(flavor);
+    let org15 = &info.org.id15;
+    out.push_str("<loginResponse><result>");
+    out.push_str(&format!(
+        "<metadataServerUrl>{origin}/services/Soap/m/{version}/{org15}</metadataServerUrl>\
+<passwordExpired>false</passwordExpired><sandbox>false</sandbox>\
+<serverUrl>{origin}/services/Soap/{letter}/{version}/{org15}</serverUrl>\
+<sessionId>{session_id}</sessionId><userId>{uid}</userId><userInfo>",
+        letter = flavor.path_letter(),
+        uid = info.user_id,
+    ));
+    push_user_info(&mut out, info);
+    out.push_str("</userInfo></result></loginResponse>");
+    out.push_str(CLOSE_ENVELOPE);
+    out
+}
+
+pub fn get_user_info_response(flavor: Flavor, info: &UserInfo<'_>) -> String {
+    let mut out = open_envelope(flavor);
+    out.push_str("<getUserInfoResponse><result>");
+    push_user_info(&mut out, info);
+    out.push_str("</result></getUserInfoResponse>");
+    out.push_str(CLOSE_ENVELOPE);
+    out
+}
+
+pub fn logout_response(flavor: Flavor) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns=\"{}\"><soapenv:Body><logoutResponse/></soapenv:Body></soapenv:Envelope>",
+        flavor.namespace()
+    )
+}
+
+/// A Salesforce API fault: `faultcode` `sf:{code}`, `faultstring` `{code}: {message}` and a
+/// typed detail element (`LoginFault`, `UnexpectedErrorFault`, ...) that WSC maps to an
+/// exception class (reference §1.5). `code` must be a value of the WSDL `ExceptionCode` enum.
+pub fn fault(flavor: Flavor, detail_type: &str, code: &str, message: &str) -> String {
+    let message = esc(message);
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:sf=\"{ns}\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><soapenv:Body><soapenv:Fault><faultcode>sf:{code}</faultcode><faultstring>{code}: {message}</faultstring><detail><sf:{detail_type} xsi:type=\"sf:{detail_type}\"><sf:exceptionCode>{code}</sf:exceptionCode><sf:exceptionMessage>{message}</sf:exceptionMessage></sf:{detail_type}></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>",
+        ns = flavor.fault_namespace(),
+    )
+}
+
+pub const LOGIN_FAILED_MESSAGE: &str =
+    "Invalid username, password, security token; or user locked out.";
+
+/// The one answer to every failed login, whatever the reason (DESIGN.md §3.7).
+pub fn login_fault(flavor: Flavor) -> String {
+    fault(flavor, "LoginFault", "INVALID_LOGIN", LOGIN_FAILED_MESSAGE)
+}
+
+/// jsforce re-logs in only on a 500 whose faultcode is prefixed `…:INVALID_SESSION_ID`, and WSC
+/// only when the faultstring says `Illegal Session` (reference §3.2).
+pub fn invalid_session_fault(flavor: Flavor) -> String {
+    fault(
+        flavor,
+        "UnexpectedErrorFault",
+        "INVALID_SESSION_ID",
+        "Invalid Session ID found in SessionHeader: Illegal Session",
+    )
+}
+
+/// A request tokengate could not read: SOAP 1.1 §4.4.1 `Client` fault, no API detail.
+pub fn client_fault(message: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body><soapenv:Fault><faultcode>soapenv:Client</faultcode><faultstring>{}</faultstring></soapenv:Fault></soapenv:Body></soapenv:Envelope>",
+        esc(message)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login_of(xml: &str) -> (String, String) {
+        match parse(xml.as_bytes()).unwrap().op {
+            Op::Login { username, password } => (username, password),
+            other => panic!("not a login: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_login_envelope_of_each_client() {
+        // jsforce (reference §1.3)
+        let jsforce = r#"<se:Envelope xmlns:se="http://schemas.xmlsoap.org/soap/envelope/"><se:Header/><se:Body><login xmlns="urn:partner.soap.sforce.com"><username>u@x.com</username><password>p&amp;w&lt;TOKEN</password></login></se:Body></se:Envelope>"#;
+        assert_eq!(login_of(jsforce), ("u@x.com".into(), "p&w<TOKEN".into()));
+        // simple-salesforce, with declaration, CallOptions and prefixed elements
+        let ss = r#"<?xml version="1.0" encoding="utf-8" ?>
+<env:Envelope xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+    xmlns:env="http://schemas.xmlsoap.org/soap/envelope/" xmlns:urn="urn:partner.soap.sforce.com">
+  <env:Header><urn:CallOptions><urn:client>simple-salesforce</urn:client><urn:defaultNamespace>sf</urn:defaultNamespace></urn:CallOptions></env:Header>
+  <env:Body><n1:login xmlns:n1="urn:partner.soap.sforce.com"><n1:username>U</n1:username><n1:password>a b&#33;TOK</n1:password></n1:login></env:Body>
+</env:Envelope>"#;
+        let env = parse(ss.as_bytes()).unwrap();
+        assert_eq!(env.client.as_deref(), Some("simple-salesforce"));
+        assert_eq!(login_of(ss), ("U".into(), "a b!TOK".into()));
+        // WSC / Data Loader: header children in their own default namespace, m: prefix
+        let wsc = r#"<?xml version="1.0" encoding="UTF-8"?><env:Envelope xmlns:env="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><env:Header><CallOptions xmlns="urn:partner.soap.sforce.com"><client>DataLoader</client></CallOptions></env:Header><env:Body><m:login xmlns:m="urn:partner.soap.sforce.com"><m:username>dl</m:username><m:password>pw</m:password></m:login></env:Body></env:Envelope>"#;
+        assert_eq!(login_of(wsc), ("dl".into(), "pw".into()));
+        assert_eq!(
+            parse(wsc.as_bytes()).unwrap().client.as_deref(),
+            Some("DataLoader")
+        );
+        // enterprise namespace
+        let ent = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><login xmlns="urn:enterprise.soap.sforce.com"><username>e</username><password><![CDATA[x<y]]></password></login></s:Body></s:Envelope>"#;
+        assert_eq!(login_of(ent), ("e".into(), "x<y".into()));
+    }
+
+    #[test]
+    fn reads_the_session_header_and_its_span() {
+        let xml = r#"<se:Envelope xmlns:se="http://schemas.xmlsoap.org/soap/envelope/"><se:Header><SessionHeader xmlns="urn:partner.soap.sforce.com"><sessionId>00D!abc</sessionId></SessionHeader></se:Header><se:Body><logout xmlns="urn:partner.soap.sforce.com"/></se:Body></se:Envelope>"#;
+        let env = parse(xml.as_bytes()).unwrap();
+        assert_eq!(env.op, Op::Logout);
+        assert_eq!(env.session_id.as_deref(), Some("00D!abc"));
+        let span = env.session_header.unwrap();
+        assert!(xml[span.clone()].starts_with("<SessionHeader"));
+        assert!(xml[span].ends_with("</SessionHeader>"));
+    }
+
+    #[test]
+    fn other_calls_are_recognised_as_such() {
+        let xml = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><query xmlns="urn:partner.soap.sforce.com"><queryString>SELECT Id FROM Account</queryString></query></s:Body></s:Envelope>"#;
+        assert_eq!(parse(xml.as_bytes()).unwrap().op, Op::Other);
+    }
+
+    #[test]
+    fn refuses_dtds_unknown_entities_and_garbage() {
+        let dtd = r#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "boom">]><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body/></s:Envelope>"#;
+        assert_eq!(parse(dtd.as_bytes()).unwrap_err(), SoapError::Dtd);
+        let ent = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><login xmlns="urn:partner.soap.sforce.com"><username>&e;</username><password>x</password></login></s:Body></s:Envelope>"#;
+        assert!(matches!(parse(ent.as_bytes()), Err(SoapError::Entity(_))));
+        assert!(parse(b"<not xml").is_err());
+        assert_eq!(parse(b"<a/>").unwrap_err(), SoapError::NotSoap);
+        assert_eq!(parse(b"").unwrap_err(), SoapError::NotSoap);
+        let deep = format!(
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>{}</s:Body></s:Envelope>"#,
+            "<a>".repeat(100)
+        );
+        assert_eq!(parse(deep.as_bytes()).unwrap_err(), SoapError::TooDeep);
+        let missing = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><login xmlns="urn:partner.soap.sforce.com"><username>u</username></login></s:Body></s:Envelope>"#;
+        assert_eq!(
+            parse(missing.as_bytes()).unwrap_err(),
+            SoapError::Missing("password")
+        );
+    }
+
+    #[test]
+    fn paths_select_the_wsdl_and_version() {
+        let p = parse_path("/services/Soap/u/59.0/").unwrap();
+        assert_eq!((p.flavor, p.version.as_str()), (Flavor::Partner, "59.0"));
+        assert!(p.version_is_valid());
+        assert_eq!(
+            parse_path("/services/Soap/c/42.0/00D000000000001")
+                .unwrap()
+                .flavor,
+            Flavor::Enterprise
+        );
+        assert!(
+            !parse_path("/services/Soap/u/latest")
+                .unwrap()
+                .version_is_valid()
+        );
+        assert!(parse_path("/services/Soap/x/1.0").is_none());
+        assert!(parse_path("/services/data/v59.0").is_none());
+    }
+
+    #[test]
+    fn login_fault_is_byte_compatible() {
+        assert_eq!(
+            login_fault(Flavor::Partner),
+            r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>sf:INVALID_LOGIN</faultcode><faultstring>INVALID_LOGIN: Invalid username, password, security token; or user locked out.</faultstring><detail><sf:LoginFault xsi:type="sf:LoginFault"><sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode><sf:exceptionMessage>Invalid username, password, security token; or user locked out.</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#
+        );
+    }
+
+    #[test]
+    fn login_response_keeps_wsdl_order_and_unprefixed_elements() {
+        let org = OrgId::parse("00D000000000001").unwrap();
+        let info = UserInfo {
+            org: &org,
+            org_name: "Acme & Co",
+            user_id: "005000000000001AAA",
+            username: "u@x.com",
+            full_name: "",
+            email: "u@x.com",
+            session_seconds_valid: 7200,
+        };
+        let xml = login_response(
+            Flavor::Partner,
+            "https://127.0.0.1:8443",
+            "59.0",
+            "00D000000000001!abc",
+            &info,
+        );
+        let order = [
+            "<metadataServerUrl>",
+            "<passwordExpired>",
+            "<sandbox>",
+            "<serverUrl>",
+            "<sessionId>",
+            "<userId>",
+            "<userInfo>",
+        ];
+        let positions: Vec<usize> = order.iter().map(|t| xml.find(t).unwrap()).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{xml}");
+        assert!(xml.contains(
+            "<serverUrl>https://127.0.0.1:8443/services/Soap/u/59.0/00D000000000001</serverUrl>"
+        ));
+        assert!(xml.contains("<organizationName>Acme &amp; Co</organizationName>"));
+        assert!(xml.contains("<sessionSecondsValid>7200</sessionSecondsValid>"));
+        assert!(!xml.contains('\n'));
+    }
+}
