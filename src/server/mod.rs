@@ -188,13 +188,20 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
-        for t in &self.background {
+        for t in self.background {
             t.abort();
+            let _ = t.await;
         }
         let _ = std::fs::remove_file(admin::socket_path(&self.app.cfg.store.path));
         self.app.sessions.sweep();
         if let Err(e) = self.app.store.flush() {
             tracing::error!(error = %e, "could not flush the store at shutdown");
+        }
+        // Connection tasks drop their handle on the app a moment after their connection ends;
+        // wait for them so the store (and its directory lock) is closed when this returns.
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while Arc::strong_count(&self.app) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::info!("tokengate stopped");
     }

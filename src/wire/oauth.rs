@@ -19,14 +19,28 @@ pub struct Form(HashMap<String, String>);
 pub enum FormError {
     #[error("the body is not application/x-www-form-urlencoded")]
     Malformed,
+    #[error("the form is not valid UTF-8")]
+    NotUtf8,
     #[error("parameter {0} is repeated")]
     Repeated(String),
 }
 
 impl Form {
     pub fn parse(body: &[u8]) -> Result<Self, FormError> {
+        let text = std::str::from_utf8(body).map_err(|_| FormError::NotUtf8)?;
         let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_bytes(body).map_err(|_| FormError::Malformed)?;
+            serde_urlencoded::from_str(text).map_err(|_| FormError::Malformed)?;
+        // The decoder replaces invalid percent-encoded UTF-8 with U+FFFD instead of failing;
+        // a replacement character the client did not send itself means the input was bad.
+        let sent_replacement =
+            text.contains('\u{FFFD}') || text.to_ascii_lowercase().contains("%ef%bf%bd");
+        if !sent_replacement
+            && pairs
+                .iter()
+                .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
+        {
+            return Err(FormError::NotUtf8);
+        }
         let mut map = HashMap::with_capacity(pairs.len());
         for (k, v) in pairs {
             if map.contains_key(&k) {
@@ -208,6 +222,12 @@ mod tests {
         assert_eq!(f.get("username"), Some("a@b.com"));
         assert_eq!(f.get("password"), Some("p w"));
         assert_eq!(f.get("client_id"), None);
+        assert_eq!(Form::parse(b"a=%FF").unwrap_err(), FormError::NotUtf8);
+        assert_eq!(Form::parse(b"a=\xff").unwrap_err(), FormError::NotUtf8);
+        assert_eq!(
+            Form::parse("a=%EF%BF%BD".as_bytes()).unwrap().get("a"),
+            Some("\u{FFFD}")
+        );
         assert_eq!(
             Form::parse(b"a=1&a=2").unwrap_err(),
             FormError::Repeated("a".into())

@@ -1,0 +1,281 @@
+//! Forwarding: what the upstream receives (identity headers, no credentials, the original
+//! Host, HTTP/1.1 whatever the client spoke), what the client receives back, and failures.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use support::*;
+
+async fn logged_in(ts: &TestServer, name: &str) -> String {
+    let token = ts.add_user(name).await;
+    ts.soap_login(name, &format!("{PASSWORD}{token}")).await
+}
+
+#[tokio::test]
+async fn proxied_calls_carry_identity_headers_and_no_credentials() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "fwd@example.com").await;
+    let c = ts.client();
+    let b = c
+        .request(
+            Method::GET,
+            "/services/data/v59.0/sobjects/Account/001000000000001AAA?fields=Name",
+        )
+        .header("authorization", format!("Bearer {sid}"))
+        .header("x-tokengate-user", "admin@example.com")
+        .header("X-Tokengate-User-Id", "005000000000009AAA")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-pretty-print", "1");
+    let r = c.call(b, Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["records"][0]["Name"], "Acme");
+    // Hop-by-hop headers from the upstream (and those its Connection header names) stop here.
+    assert!(r.header("x-upstream-hop").is_none());
+
+    let seen = up.last();
+    assert_eq!(
+        seen.uri,
+        "/services/data/v59.0/sobjects/Account/001000000000001AAA?fields=Name"
+    );
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    let h = &seen.headers;
+    assert_eq!(h["x-tokengate-user"], "fwd@example.com");
+    assert!(
+        h["x-tokengate-user-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("005")
+    );
+    assert_ne!(h["x-tokengate-user-id"], "005000000000009AAA");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(
+        h["x-forwarded-host"],
+        format!("127.0.0.1:{}", ts.addr.port()).as_str()
+    );
+    assert_eq!(h["host"], format!("127.0.0.1:{}", ts.addr.port()).as_str());
+    assert_eq!(h["x-pretty-print"], "1");
+    assert!(h.get("authorization").is_none());
+    assert!(h.get("forwarded").is_none());
+    assert_eq!(h.get_all("x-tokengate-user").iter().count(), 1);
+    assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn bulk_session_header_is_accepted_and_stripped() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "bulk@example.com").await;
+    let r = ts
+        .client()
+        .post("/services/async/59.0/job", "application/xml", "<jobInfo/>")
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "no session: Bulk 1.0 error"
+    );
+    assert!(
+        r.text()
+            .contains("<exceptionCode>InvalidSessionId</exceptionCode>")
+    );
+    let b = ts
+        .client()
+        .request(Method::POST, "/services/async/59.0/job")
+        .header("x-sfdc-session", sid.as_str())
+        .header("content-type", "application/xml");
+    let r = ts.client().call(b, "<jobInfo/>").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = up.last();
+    assert!(seen.headers.get("x-sfdc-session").is_none());
+    assert_eq!(seen.body, Bytes::from_static(b"<jobInfo/>"));
+}
+
+#[tokio::test]
+async fn soap_calls_are_forwarded_without_their_session_header() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "soapq@example.com").await;
+    let query = format!(
+        r#"<se:Envelope xmlns:se="http://schemas.xmlsoap.org/soap/envelope/"><se:Header><SessionHeader xmlns="urn:partner.soap.sforce.com"><sessionId>{sid}</sessionId></SessionHeader></se:Header><se:Body><query xmlns="urn:partner.soap.sforce.com"><queryString>SELECT Id FROM Account</queryString></query></se:Body></se:Envelope>"#
+    );
+    let r = ts
+        .client()
+        .post(
+            "/services/Soap/u/59.0/00D000000000001",
+            "text/xml; charset=UTF-8",
+            query,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = up.last();
+    let body = String::from_utf8(seen.body.to_vec()).unwrap();
+    assert!(
+        body.contains("<queryString>SELECT Id FROM Account</queryString>"),
+        "{body}"
+    );
+    assert!(!body.contains(&sid), "{body}");
+    assert!(!body.contains("SessionHeader"), "{body}");
+    assert_eq!(
+        seen.headers["content-length"],
+        body.len().to_string().as_str()
+    );
+    assert_eq!(seen.headers["x-tokengate-user"], "soapq@example.com");
+
+    // Without a valid session, a SOAP call gets the SOAP invalid-session fault.
+    let r = ts
+        .client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            r#"<se:Envelope xmlns:se="http://schemas.xmlsoap.org/soap/envelope/"><se:Body><query xmlns="urn:partner.soap.sforce.com"/></se:Body></se:Envelope>"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        r.text()
+            .contains("<faultcode>sf:INVALID_SESSION_ID</faultcode>")
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_reach_an_http1_upstream_with_the_original_authority() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "h2@example.com").await;
+    let r = ts
+        .h2_client()
+        .get(
+            "/services/data/v59.0/limits",
+            &[("authorization", &format!("OAuth {sid}"))],
+        )
+        .await;
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(
+        seen.headers["host"],
+        format!("127.0.0.1:{}", ts.addr.port()).as_str()
+    );
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "big@example.com").await;
+    // Far larger than any login body limit: forwarded calls are streamed, not capped.
+    let big: Bytes = (0..8 * 1024 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let chunks: Vec<Bytes> = big.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+    tokio::spawn(async move {
+        for c in chunks {
+            if tx.send(c).await.is_err() {
+                break;
+            }
+        }
+    });
+    let body = ChannelBody(rx).boxed();
+    let req = ts
+        .client()
+        .request(Method::PUT, "/echo-body")
+        .header("authorization", format!("Bearer {sid}"))
+        .body(body)
+        .unwrap();
+    let r = ts.client().send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), big.len());
+    assert!(r.body == big);
+}
+
+/// A request body fed chunk by chunk from a channel, with no length known in advance.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn unreachable_upstream_gives_502_and_slow_upstream_gives_504() {
+    // A port that nothing listens on: bind, note, and release it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ts = TestServer::start(&format!("http://{dead}")).await;
+    let sid = logged_in(&ts, "down@example.com").await;
+    let r = ts
+        .client()
+        .get(
+            "/services/data/v59.0/",
+            &[("authorization", &format!("Bearer {sid}"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.json()["error"], "bad_gateway");
+    assert!(!r.text().contains(&sid));
+
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.upstream.response_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let sid = logged_in(&ts, "slow@example.com").await;
+    let started = std::time::Instant::now();
+    let r = ts
+        .client()
+        .get("/slow", &[("authorization", &format!("Bearer {sid}"))])
+        .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.json()["error"], "gateway_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered before the upstream did"
+    );
+}
+
+#[tokio::test]
+async fn unauthenticated_calls_get_the_rest_invalid_session_error() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let c = ts.client();
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer 00D000000000001!nope")],
+        vec![("authorization", "OAuth garbage")],
+        vec![("x-sfdc-session", "00D000000000001!nope")],
+    ] {
+        let r = c.get("/services/data/v59.0/sobjects", &headers).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json;charset=UTF-8")
+        );
+        assert_eq!(
+            r.text(),
+            r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#
+        );
+    }
+    assert!(up.requests().is_empty());
+}

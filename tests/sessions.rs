@@ -1,0 +1,140 @@
+//! Session lifetimes: idle and absolute expiry, revocation by disabling the user or changing
+//! the password, and persistence across a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+
+async fn call(ts: &TestServer, sid: &str) -> StatusCode {
+    ts.client()
+        .get(
+            "/services/data/v59.0/sobjects",
+            &[("authorization", &format!("Bearer {sid}"))],
+        )
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn sessions_survive_a_restart_until_they_expire() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user("persist@example.com").await;
+    let sid = ts
+        .soap_login("persist@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    let revoked = ts
+        .soap_login("persist@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    assert_eq!(call(&ts, &sid).await, StatusCode::OK);
+    let r = ts
+        .client()
+        .post(
+            "/services/oauth2/revoke",
+            "application/x-www-form-urlencoded",
+            format!("token={revoked}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let ts = ts.restart().await;
+    assert_eq!(
+        call(&ts, &sid).await,
+        StatusCode::OK,
+        "the session outlived the restart"
+    );
+    assert_eq!(
+        call(&ts, &revoked).await,
+        StatusCode::UNAUTHORIZED,
+        "a revoked session stays dead"
+    );
+    // The token still works after the restart too (the server key is persisted).
+    ts.soap_login("persist@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    assert_eq!(up.last().headers["x-tokengate-user"], "persist@example.com");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_and_soap_says_so() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.auth.session_idle_timeout = Duration::from_secs(1);
+        c.auth.session_lifetime = Duration::from_secs(60);
+    })
+    .await;
+    let token = ts.add_user("idle@example.com").await;
+    let r = ts
+        .client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("idle@example.com", &format!("{PASSWORD}{token}")),
+        )
+        .await;
+    assert_eq!(extract(&r.text(), "sessionSecondsValid").unwrap(), "1");
+    let sid = extract(&r.text(), "sessionId").unwrap();
+    assert_eq!(call(&ts, &sid).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(call(&ts, &sid).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sessions_end_at_their_lifetime_even_when_busy() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.auth.session_idle_timeout = Duration::from_secs(2);
+        c.auth.session_lifetime = Duration::from_secs(3);
+    })
+    .await;
+    let token = ts.add_user("life@example.com").await;
+    let sid = ts
+        .soap_login("life@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(call(&ts, &sid).await, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(call(&ts, &sid).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn disabling_a_user_or_changing_the_password_ends_sessions_and_logins() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user("cut@example.com").await;
+    let secret = format!("{PASSWORD}{token}");
+    let sid = ts.soap_login("cut@example.com", &secret).await;
+    let users = ts.app().users.clone();
+    tokio::task::spawn_blocking(move || users.set_disabled("cut@example.com", true).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(call(&ts, &sid).await, StatusCode::UNAUTHORIZED);
+    let r = ts.client().oauth_login("cut@example.com", &secret).await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+
+    let users = ts.app().users.clone();
+    tokio::task::spawn_blocking(move || users.set_disabled("cut@example.com", false).unwrap())
+        .await
+        .unwrap();
+    let sid = ts.soap_login("cut@example.com", &secret).await;
+    let users = ts.app().users.clone();
+    tokio::task::spawn_blocking(move || users.passwd("cut@example.com", "NewPassw0rd").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(call(&ts, &sid).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        ts.client()
+            .oauth_login("cut@example.com", &secret)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    ts.soap_login("cut@example.com", &format!("NewPassw0rd{token}"))
+        .await;
+}

@@ -1,0 +1,433 @@
+//! Shared test harness: a recording upstream on loopback, the real tokengate server booted
+//! in-process on `127.0.0.1:0` with real TLS, and an HTTPS client that trusts only the
+//! server's own certificate.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::net::TcpListener;
+
+use tokengate::admin::NewUser;
+use tokengate::config::{Config, OAuthClient};
+use tokengate::server::Server;
+
+pub const CLIENT_ID: &str = "test-client";
+pub const CLIENT_SECRET: &str = "test-client-secret";
+pub const PASSWORD: &str = "Passw0rd";
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A plain HTTP/1.1 upstream on loopback that records every request and answers with a small
+/// Salesforce-shaped query result. `/slow` waits 5 s; `/echo-body` returns the request body.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let rec = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let rec = rec.clone();
+                        async move { Ok::<_, Infallible>(upstream_answer(req, rec).await) }
+                    });
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(TokioTimer::new());
+                    let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("the upstream saw a request")
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn upstream_answer(
+    req: Request<Incoming>,
+    rec: Arc<Mutex<Vec<Recorded>>>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    rec.lock().unwrap().push(Recorded {
+        method: parts.method,
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers,
+        body: body.clone(),
+    });
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let out = if path == "/echo-body" {
+        body
+    } else {
+        Bytes::from_static(br#"{"totalSize":1,"done":true,"records":[{"attributes":{"type":"Account"},"Id":"001000000000001AAA","Name":"Acme"}]}"#)
+    };
+    Response::builder()
+        .header("content-type", "application/json;charset=UTF-8")
+        .header("connection", "keep-alive, x-upstream-hop")
+        .header("x-upstream-hop", "must not reach the client")
+        .body(Full::new(out))
+        .unwrap()
+}
+
+/// A tokengate server under test.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: Arc<tempfile::TempDir>,
+    pub cfg: Config,
+    pub addr: SocketAddr,
+    pub origin: String,
+    pub ca: PathBuf,
+}
+
+/// The configuration every test starts from: loopback, ephemeral port, the given upstream.
+pub fn test_config(dir: &Path, upstream: &str) -> Config {
+    let mut cfg = Config::defaults();
+    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.store.path = dir.to_owned();
+    cfg.store.cache_capacity_bytes = 8 << 20;
+    cfg.upstream.url = upstream.parse().unwrap();
+    cfg.upstream.response_timeout = Duration::from_secs(2);
+    cfg.upstream.connect_timeout = Duration::from_secs(2);
+    cfg.oauth_clients = vec![OAuthClient {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+    }];
+    cfg
+}
+
+impl TestServer {
+    pub async fn start(upstream: &str) -> Self {
+        Self::start_with(upstream, |_| {}).await
+    }
+
+    pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut cfg = test_config(dir.path(), upstream);
+        tweak(&mut cfg);
+        Self::boot(dir, cfg).await
+    }
+
+    async fn boot(dir: Arc<tempfile::TempDir>, cfg: Config) -> Self {
+        let server = Server::start(cfg.clone()).await.expect("server starts");
+        Self {
+            addr: server.addr,
+            origin: server.origin.clone(),
+            ca: server.cert.cert.clone(),
+            server: Some(server),
+            dir,
+            cfg,
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data directory (a restart).
+    pub async fn restart(mut self) -> Self {
+        self.server.take().unwrap().shutdown().await;
+        let (dir, cfg) = (self.dir.clone(), self.cfg.clone());
+        Self::boot(dir, cfg).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    pub fn app(&self) -> &tokengate::server::App {
+        &self.server.as_ref().unwrap().app
+    }
+
+    /// Creates a user and returns the security token.
+    pub async fn add_user(&self, username: &str) -> String {
+        self.add_user_with(username, PASSWORD, false).await
+    }
+
+    pub async fn add_user_with(&self, username: &str, password: &str, admin: bool) -> String {
+        let users = self.app().users.clone();
+        let (username, password) = (username.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || {
+            users
+                .add(NewUser {
+                    email: format!("{}@example.com", username.replace('@', ".")),
+                    username,
+                    full_name: "Test User".into(),
+                    admin,
+                    password,
+                })
+                .expect("user created")
+                .1
+        })
+        .await
+        .unwrap()
+    }
+
+    pub fn client(&self) -> HttpsClient {
+        HttpsClient::new(&self.ca, self.addr, false)
+    }
+
+    pub fn h2_client(&self) -> HttpsClient {
+        HttpsClient::new(&self.ca, self.addr, true)
+    }
+
+    /// Logs in over SOAP and returns the session id.
+    pub async fn soap_login(&self, username: &str, secret: &str) -> String {
+        let r = self
+            .client()
+            .post(
+                "/services/Soap/u/59.0",
+                "text/xml",
+                soap_login_body(username, secret),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        extract(&r.text(), "sessionId").expect("a sessionId")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            // Best effort when a test panics before stopping: abort the listener task.
+            drop(s);
+        }
+    }
+}
+
+pub fn soap_login_body(username: &str, secret: &str) -> String {
+    format!(
+        r#"<se:Envelope xmlns:se="http://schemas.xmlsoap.org/soap/envelope/"><se:Header/><se:Body><login xmlns="urn:partner.soap.sforce.com"><username>{}</username><password>{}</password></login></se:Body></se:Envelope>"#,
+        xml_escape(username),
+        xml_escape(secret)
+    )
+}
+
+pub fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The text of the first `<tag>…</tag>`.
+pub fn extract(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(xml[start..end].to_owned())
+}
+
+pub fn basic(username: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"))
+    )
+}
+
+/// A response read in full.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub version: http::Version,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn client_tls(ca: &Path) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+type ClientBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// An HTTPS client trusting only the server's certificate (not the environment's CA bundle).
+pub struct HttpsClient {
+    client: Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        ClientBody,
+    >,
+    base: String,
+}
+
+impl HttpsClient {
+    pub fn new(ca: &Path, addr: SocketAddr, h2: bool) -> Self {
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls(ca))
+            .https_only();
+        let connector = if h2 {
+            b.enable_http2().build()
+        } else {
+            b.enable_http1().build()
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        if h2 {
+            builder.http2_only(true);
+        }
+        Self {
+            client: builder.build(connector),
+            base: format!("https://127.0.0.1:{}", addr.port()),
+        }
+    }
+
+    pub async fn send(&self, req: Request<ClientBody>) -> Reply {
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .expect("the server answers within 30 s")
+            .expect("request succeeds");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            version: parts.version,
+            body,
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+    }
+
+    pub async fn call(&self, builder: http::request::Builder, body: impl Into<Bytes>) -> Reply {
+        self.send(builder.body(Full::new(body.into()).boxed()).unwrap())
+            .await
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut b = self.request(Method::GET, path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.call(b, Bytes::new()).await
+    }
+
+    pub async fn post(&self, path: &str, content_type: &str, body: impl Into<Bytes>) -> Reply {
+        let b = self
+            .request(Method::POST, path)
+            .header("content-type", content_type);
+        self.call(b, body).await
+    }
+
+    pub async fn oauth_login(&self, username: &str, secret: &str) -> Reply {
+        let form = serde_urlencoded::to_string([
+            ("grant_type", "password"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("username", username),
+            ("password", secret),
+        ])
+        .unwrap();
+        self.post(
+            "/services/oauth2/token",
+            "application/x-www-form-urlencoded",
+            form,
+        )
+        .await
+    }
+}
+
+/// A raw TLS connection for requests no well-behaved client library would send.
+pub async fn raw_tls(
+    ca: &Path,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut cfg = client_tls(ca);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Sends raw bytes over TLS and reads until the server closes or `timeout` passes.
+pub async fn raw_exchange(
+    ca: &Path,
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = raw_tls(ca, addr).await;
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
