@@ -1,0 +1,397 @@
+//! The real `tokengate` binary: configuration errors, the admin commands with and without a
+//! running server on the same data directory, and sessions surviving a process restart.
+
+mod support;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+fn write_config(dir: &Path, upstream: &str) -> PathBuf {
+    let path = dir.join("tokengate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+org_id = "00D5e000000AbCd"
+
+[upstream]
+url = "{upstream}"
+
+[store]
+path = "data"
+
+[[oauth.clients]]
+client_id = "{CLIENT_ID}"
+client_secret_env = "TG_TEST_CLIENT_SECRET"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn tokengate(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("TG_TEST_CLIENT_SECRET", CLIENT_SECRET)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Adds a user and returns the token printed on the last line.
+fn add_user(config: &Path, name: &str) -> String {
+    let o = tokengate(
+        config,
+        &[
+            "user",
+            "add",
+            name,
+            "--email",
+            "x@example.com",
+            "--password-stdin",
+            "--show-token",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let token = out.lines().last().unwrap().to_owned();
+    assert_eq!(token.len(), 24, "{out}");
+    assert!(token.bytes().all(|b| b.is_ascii_alphanumeric()));
+    token
+}
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Running {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("TG_TEST_CLIENT_SECRET", CLIENT_SECRET)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let started = Instant::now();
+        let addr = loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the server did not start"
+            );
+            let Some(Ok(line)) = lines.next() else {
+                panic!("the server exited: {:?}", child.wait());
+            };
+            if let Some(rest) = line.strip_prefix("tokengate: listening on ") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(dir: &Path, addr: SocketAddr) -> HttpsClient {
+    HttpsClient::new(&dir.join("data/tls/cert.pem"), addr, false)
+}
+
+async fn soap_status(c: &HttpsClient, user: &str, secret: &str) -> (StatusCode, String) {
+    let r = c
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body(user, secret),
+        )
+        .await;
+    (r.status, r.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_work_with_and_without_a_running_server() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url());
+
+    // No server yet: the CLI opens the store itself.
+    let alice = add_user(&config, "Alice@Example.com");
+    let o = tokengate(
+        &config,
+        &[
+            "user",
+            "add",
+            "alice@example.com",
+            "--email",
+            "a@example.com",
+            "--password-stdin",
+        ],
+        Some("Passw0rd\n"),
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+
+    let server = Running::start(&config);
+    let c = client(dir.path(), server.addr);
+    let (status, _) = soap_status(&c, "alice@example.com", &format!("{PASSWORD}{alice}")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // With the server running, commands go through its admin socket and take effect at once.
+    let bob = add_user(&config, "bob@example.com");
+    let (status, xml) = soap_status(&c, "bob@example.com", &format!("{PASSWORD}{bob}")).await;
+    assert_eq!(status, StatusCode::OK, "{xml}");
+    let sid = extract(&xml, "sessionId").unwrap();
+    assert!(sid.starts_with("00D5e000000AbCd!"));
+
+    // Without --show-token the token is never printed.
+    let o = tokengate(
+        &config,
+        &[
+            "user",
+            "add",
+            "carol@example.com",
+            "--email",
+            "c@example.com",
+            "--password-stdin",
+        ],
+        Some("Passw0rd\n"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).lines().all(|l| l.len() != 24 || l.contains(' ')),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = tokengate(&config, &["user", "list"], None);
+    assert!(o.status.success());
+    let list = stdout(&o);
+    for name in ["alice@example.com", "bob@example.com", "carol@example.com"] {
+        assert!(list.contains(name), "{list}");
+    }
+    let o = tokengate(
+        &config,
+        &["user", "show", "BOB@example.com", "--json"],
+        None,
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["username"], "bob@example.com");
+    assert!(shown.get("password_hash").is_none() && !stdout(&o).contains("argon2"));
+
+    let o = tokengate(&config, &["user", "disable", "bob@example.com"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = c
+        .get(
+            "/services/data/v59.0/",
+            &[("authorization", &format!("Bearer {sid}"))],
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "disabling ended the session"
+    );
+    let (status, _) = soap_status(&c, "bob@example.com", &format!("{PASSWORD}{bob}")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let o = tokengate(&config, &["user", "enable", "bob@example.com"], None);
+    assert!(o.status.success());
+    let (status, _) = soap_status(&c, "bob@example.com", &format!("{PASSWORD}{bob}")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let o = tokengate(
+        &config,
+        &["user", "passwd", "alice@example.com", "--password-stdin"],
+        Some("Changed1pass\n"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (status, _) = soap_status(&c, "alice@example.com", &format!("Changed1pass{alice}")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Clear errors and a non-zero exit for bad admin input.
+    for (args, stdin, needle) in [
+        (
+            vec!["user", "passwd", "alice@example.com", "--password-stdin"],
+            Some("short\n"),
+            "policy",
+        ),
+        (vec!["user", "show", "nobody@example.com"], None, "no user"),
+        (
+            vec![
+                "user",
+                "add",
+                "dan",
+                "--email",
+                "not-an-address",
+                "--password-stdin",
+            ],
+            Some("Passw0rd\n"),
+            "email",
+        ),
+        (
+            vec!["user", "add", "dan", "--email", "d@example.com"],
+            None,
+            "--password-stdin",
+        ),
+    ] {
+        let o = tokengate(&config, &args, stdin);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    server.stop();
+
+    // After the server stopped, the CLI opens the store directly again.
+    let o = tokengate(&config, &["user", "list"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("carol@example.com"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_a_restart_of_the_process() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url());
+    let token = add_user(&config, "restart@example.com");
+    let server = Running::start(&config);
+    let c = client(dir.path(), server.addr);
+    let r = c
+        .oauth_login("restart@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let sid = r.json()["access_token"].as_str().unwrap().to_owned();
+    server.stop();
+
+    let server = Running::start(&config);
+    let c = client(dir.path(), server.addr);
+    let r = c
+        .get(
+            "/services/data/v59.0/",
+            &[("authorization", &format!("Bearer {sid}"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(up.last().headers["x-tokengate-user"], "restart@example.com");
+    server.stop();
+}
+
+#[test]
+fn configuration_errors_stop_the_start_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let o = tokengate(&missing, &["serve"], None);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("missing.toml"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    for (text, needle) in [
+        ("[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n", "bogus"),
+        ("[server]\nlisten = \"not an address\"\n", "server.listen"),
+        (
+            "[auth]\nsession_idle_timeout = \"forever-ish\"\n",
+            "auth.session_idle_timeout",
+        ),
+        (
+            "[tls]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n",
+            "tls.cert",
+        ),
+        (
+            "[[oauth.clients]]\nclient_id = \"x\"\nclient_secret_env = \"TG_UNSET_VARIABLE_FOR_TEST\"\n",
+            "TG_UNSET_VARIABLE_FOR_TEST",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        for cmd in [&["serve"][..], &["check-config"][..]] {
+            let o = tokengate(&path, cmd, None);
+            assert!(!o.status.success(), "{text}");
+            let err = stderr(&o);
+            assert!(err.contains(needle), "{text}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let o = tokengate(&good, &["check-config"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.toml");
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&example)
+        .arg("check-config")
+        .env("TOKENGATE_DEMO_CLIENT_SECRET", "an example secret")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
