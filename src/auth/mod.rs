@@ -111,7 +111,9 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     secrets: Arc<Secrets>,
     pool: HashPool,
-    dummy: User,
+    /// The dummy record, serialised: unknown and disabled users decode it, so their path costs
+    /// what decoding a real record costs.
+    dummy: Vec<u8>,
     max_secret_bytes: usize,
 }
 
@@ -146,9 +148,13 @@ impl Authenticator {
                 cfg.hashing_queue,
                 cfg.hashing_queue_timeout,
             ),
-            dummy,
+            dummy: serde_json::to_vec(&dummy).expect("records serialise"),
             max_secret_bytes: cfg.max_secret_bytes,
         })
+    }
+
+    fn dummy_user(&self) -> User {
+        serde_json::from_slice(&self.dummy).expect("the dummy record decodes")
     }
 
     pub fn hash_pool(&self) -> &HashPool {
@@ -167,8 +173,8 @@ impl Authenticator {
         let found = self.store.user_by_name(&canonical_username(username))?;
         let (user, substitute) = match found {
             Some(u) if !u.disabled => (u, None),
-            Some(_) => (self.dummy.clone(), Some(Reason::Disabled)),
-            None => (self.dummy.clone(), Some(Reason::UnknownUser)),
+            Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
+            None => (self.dummy_user(), Some(Reason::UnknownUser)),
         };
         let reject = |r: Reason| Err(AuthError::Rejected(substitute.unwrap_or(r)));
 

@@ -2,8 +2,10 @@
 //!
 //! sled takes an exclusive lock on its directory, so only one process can open a data
 //! directory; the admin CLI talks to a running server over its socket instead (see `admin`).
-//! Single-record updates use compare-and-swap; the username index and the user record are
-//! written in one transaction.
+//! User records are keyed by canonical username, so the login path costs one tree lookup
+//! whether or not the user exists (the id index is only for the rare lookups by id).
+//! Single-record updates use compare-and-swap; the record and its id index are written in one
+//! transaction.
 
 use std::path::Path;
 
@@ -15,8 +17,10 @@ use crate::secret::Tag;
 
 pub struct SledStore {
     db: sled::Db,
+    /// canonical username → user record
     users: sled::Tree,
-    usernames: sled::Tree,
+    /// user id → canonical username
+    user_ids: sled::Tree,
     sessions: sled::Tree,
     meta: sled::Tree,
 }
@@ -50,7 +54,7 @@ impl SledStore {
             })?;
         Ok(Self {
             users: db.open_tree("users").map_err(io)?,
-            usernames: db.open_tree("usernames").map_err(io)?,
+            user_ids: db.open_tree("user_ids").map_err(io)?,
             sessions: db.open_tree("sessions").map_err(io)?,
             meta: db.open_tree("meta").map_err(io)?,
             db,
@@ -60,18 +64,18 @@ impl SledStore {
 
 impl Store for SledStore {
     fn user_by_name(&self, canonical_username: &str) -> Result<Option<User>, StoreError> {
-        match self.usernames.get(canonical_username).map_err(io)? {
-            Some(id) => self.user_by_id(std::str::from_utf8(&id).unwrap_or_default()),
-            None => Ok(None),
-        }
-    }
-
-    fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
         self.users
-            .get(id)
+            .get(canonical_username)
             .map_err(io)?
             .map(|b| decode("user", &b))
             .transpose()
+    }
+
+    fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+        match self.user_ids.get(id).map_err(io)? {
+            Some(name) => self.user_by_name(std::str::from_utf8(&name).unwrap_or_default()),
+            None => Ok(None),
+        }
     }
 
     fn next_user_number(&self) -> Result<u64, StoreError> {
@@ -80,13 +84,13 @@ impl Store for SledStore {
 
     fn create_user(&self, user: &User) -> Result<(), StoreError> {
         let record = encode(user);
-        (&self.users, &self.usernames)
-            .transaction(|(users, names)| {
-                if names.get(user.username.as_bytes())?.is_some() {
+        (&self.users, &self.user_ids)
+            .transaction(|(users, ids)| {
+                if users.get(user.username.as_bytes())?.is_some() {
                     return Err(ConflictableTransactionError::Abort(()));
                 }
-                names.insert(user.username.as_bytes(), user.id.as_bytes())?;
-                users.insert(user.id.as_bytes(), record.as_slice())?;
+                users.insert(user.username.as_bytes(), record.as_slice())?;
+                ids.insert(user.id.as_bytes(), user.username.as_bytes())?;
                 Ok(())
             })
             .map_err(|e| match e {
@@ -96,18 +100,25 @@ impl Store for SledStore {
     }
 
     fn update_user(&self, id: &str, change: &mut dyn FnMut(&mut User)) -> Result<User, StoreError> {
+        let name = self
+            .user_ids
+            .get(id)
+            .map_err(io)?
+            .ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
         loop {
             let old = self
                 .users
-                .get(id)
+                .get(&name)
                 .map_err(io)?
                 .ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
             let mut user: User = decode("user", &old)?;
             change(&mut user);
+            // The username is the key: a change that renamed the user would orphan the index.
+            debug_assert_eq!(user.username.as_bytes(), &name[..]);
             let new = encode(&user);
             match self
                 .users
-                .compare_and_swap(id, Some(&old), Some(new))
+                .compare_and_swap(&name, Some(&old), Some(new))
                 .map_err(io)?
             {
                 Ok(()) => return Ok(user),
