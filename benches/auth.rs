@@ -46,7 +46,8 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     );
     let user = rt
         .block_on(auth.authenticate("bench@example.com", &format!("Passw0rd{token}")))
-        .unwrap();
+        .unwrap()
+        .user;
     let sid = sessions.create(&user).unwrap();
     let mut wrong = token.clone();
     wrong.replace_range(0..1, if token.starts_with('A') { "B" } else { "A" });

@@ -15,8 +15,11 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::auth::canonical_username;
 use crate::auth::session::Sessions;
+use crate::config::PasswordPolicy;
+use crate::mail::{ComplianceBcc, MailError, TokenMail, TokenReason};
 use crate::secret::{SecretError, Secrets};
 use crate::store::{Store, StoreError, User};
+use crate::tokens::{TokenError, Tokens};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -25,7 +28,7 @@ pub enum AdminError {
     #[error("invalid email address '{0}'")]
     Email(String),
     #[error("the password does not meet the policy: {0}")]
-    Password(&'static str),
+    Password(String),
     #[error("invalid full name: {0}")]
     FullName(&'static str),
     #[error("no user '{0}'")]
@@ -38,6 +41,12 @@ pub enum AdminError {
     Socket { path: PathBuf, reason: String },
     #[error("{0}")]
     Remote(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error("invalid rotation period '{0}': use a duration such as 24h, or off")]
+    Period(String),
 }
 
 /// What admins see of a user: never a hash, never a token.
@@ -85,9 +94,33 @@ pub struct NewUser {
 pub enum Request {
     UserAdd(NewUser),
     UserList,
-    UserShow { username: String },
-    UserSetDisabled { username: String, disabled: bool },
-    UserPasswd { username: String, password: String },
+    UserShow {
+        username: String,
+    },
+    UserSetDisabled {
+        username: String,
+        disabled: bool,
+    },
+    UserPasswd {
+        username: String,
+        password: String,
+    },
+    /// `every`: a duration such as "24h", or "off".
+    UserSetRotation {
+        username: String,
+        every: String,
+    },
+    TokenReset {
+        username: String,
+    },
+    ComplianceGet,
+    /// `address`: Some to enable with that address; `disable`: turn off; `redact`: change
+    /// the redaction setting.
+    ComplianceSet {
+        address: Option<String>,
+        disable: bool,
+        redact: Option<bool>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -97,9 +130,19 @@ pub enum Answer {
     User {
         user: UserView,
         token: Option<String>,
+        /// Something the admin should know (a token email that could not be sent, ...).
+        note: Option<String>,
     },
     Users {
         users: Vec<UserView>,
+    },
+    /// A token was rotated and emailed (never shown).
+    Rotated {
+        user: UserView,
+        masked_email: String,
+    },
+    Compliance {
+        setting: ComplianceBcc,
     },
     Error {
         message: String,
@@ -128,36 +171,13 @@ fn validate_username(name: &str) -> Result<String, AdminError> {
     Ok(c)
 }
 
-/// A pragmatic address check (one '@', a dotted domain, no spaces, RFC 5321 lengths).
+/// An email address as lettre (RFC 5321/5322) accepts it.
 pub fn validate_email(email: &str) -> Result<String, AdminError> {
     let e = email.trim();
-    let bad = || AdminError::Email(e.chars().take(100).collect());
-    let (local, domain) = e.rsplit_once('@').ok_or_else(bad)?;
-    let ok = !local.is_empty()
-        && local.len() <= 64
-        && e.len() <= 254
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !local.contains('@')
-        && e.chars()
-            .all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[],;\"\\".contains(c));
-    if ok { Ok(e.to_owned()) } else { Err(bad()) }
-}
-
-/// The default password policy: at least 8 characters, with letters and digits (the
-/// Salesforce default, reference §5).
-pub fn check_password_policy(pw: &str) -> Result<(), AdminError> {
-    if pw.chars().count() < 8 {
-        return Err(AdminError::Password("at least 8 characters"));
+    match e.parse::<lettre::Address>() {
+        Ok(a) if e.len() <= 254 && a.domain().contains('.') => Ok(a.to_string()),
+        _ => Err(AdminError::Email(e.chars().take(100).collect())),
     }
-    if pw.len() > 1024 {
-        return Err(AdminError::Password("at most 1024 bytes"));
-    }
-    if !pw.chars().any(char::is_alphabetic) || !pw.chars().any(|c| c.is_ascii_digit()) {
-        return Err(AdminError::Password("must mix letters and digits"));
-    }
-    Ok(())
 }
 
 /// Every admin operation on users, whichever way it is reached.
@@ -167,6 +187,7 @@ pub struct Users {
     /// The live session table when running inside the server.
     sessions: Option<Arc<Sessions>>,
     token_length: usize,
+    policy: PasswordPolicy,
 }
 
 impl Users {
@@ -175,12 +196,14 @@ impl Users {
         secrets: Arc<Secrets>,
         sessions: Option<Arc<Sessions>>,
         token_length: usize,
+        policy: PasswordPolicy,
     ) -> Self {
         Self {
             store,
             secrets,
             sessions,
             token_length,
+            policy,
         }
     }
 
@@ -212,7 +235,9 @@ impl Users {
                 "at most 120 characters, no control characters",
             ));
         }
-        check_password_policy(&new.password)?;
+        self.policy
+            .check(&new.password)
+            .map_err(AdminError::Password)?;
         let token = self.secrets.generate_token(self.token_length)?;
         let now = crate::now_secs();
         let user = User {
@@ -229,6 +254,10 @@ impl Users {
             created_at: now,
             password_changed_at: now,
             token_reset_at: now,
+            pending_token: None,
+            previous_token: None,
+            rotate_every_secs: None,
+            next_rotation_at: None,
         };
         self.store.create_user(&user)?;
         self.store.flush()?;
@@ -262,22 +291,6 @@ impl Users {
         Ok((&user).into())
     }
 
-    /// Sets a new password; the user's sessions end (their credentials changed).
-    pub fn passwd(&self, username: &str, password: &str) -> Result<UserView, AdminError> {
-        check_password_policy(password)?;
-        let user = self.find(username)?;
-        let hash = self.secrets.hash_password(password)?;
-        let now = crate::now_secs();
-        let user = self.store.update_user(&user.id, &mut |u| {
-            u.password_hash = hash.clone();
-            u.password_changed_at = now;
-            u.epoch += 1;
-        })?;
-        self.end_sessions(&user.id)?;
-        self.store.flush()?;
-        Ok((&user).into())
-    }
-
     /// Gives an existing account a new password and token and returns the token. Only for
     /// bootstrapping (the demo): in normal operation tokens reach users by email alone.
     pub fn bootstrap_credentials(
@@ -285,7 +298,7 @@ impl Users {
         username: &str,
         password: &str,
     ) -> Result<String, AdminError> {
-        check_password_policy(password)?;
+        self.policy.check(password).map_err(AdminError::Password)?;
         let user = self.find(username)?;
         let token = self.secrets.generate_token(self.token_length)?;
         let (hash, tag) = (
@@ -306,29 +319,148 @@ impl Users {
         self.store.flush()?;
         Ok(token)
     }
+}
 
-    /// Runs one socket request. Password hashing is CPU-bound, so callers run this on the
-    /// blocking pool.
-    pub fn execute(&self, req: Request) -> Answer {
-        let result = match req {
-            Request::UserAdd(new) => self.add(new).map(|(user, token)| Answer::User {
-                user,
-                token: Some(token),
-            }),
-            Request::UserList => self.list().map(|users| Answer::Users { users }),
-            Request::UserShow { username } => self
-                .show(&username)
-                .map(|user| Answer::User { user, token: None }),
-            Request::UserSetDisabled { username, disabled } => self
-                .set_disabled(&username, disabled)
-                .map(|user| Answer::User { user, token: None }),
-            Request::UserPasswd { username, password } => self
-                .passwd(&username, &password)
-                .map(|user| Answer::User { user, token: None }),
-        };
-        result.unwrap_or_else(|e| Answer::Error {
+/// Every admin operation behind one async entry point: the admin socket and the CLI's direct
+/// mode call this, the HTTP admin API calls the same `Users` and `Tokens` methods.
+pub struct Admin {
+    pub users: Arc<Users>,
+    pub tokens: Arc<Tokens>,
+    pub store: Arc<dyn Store>,
+}
+
+fn user_answer(user: UserView) -> Answer {
+    Answer::User {
+        user,
+        token: None,
+        note: None,
+    }
+}
+
+impl Admin {
+    /// Creates a user and, when mail is configured, emails the token (reason: account created).
+    pub async fn add_user(
+        &self,
+        new: NewUser,
+    ) -> Result<(UserView, String, Option<String>), AdminError> {
+        let users = self.users.clone();
+        let (view, token) = tokio::task::spawn_blocking(move || users.add(new))
+            .await
+            .map_err(|_| AdminError::Remote("the user could not be created".into()))??;
+        let mut note = None;
+        if self.tokens.mailer().is_configured() {
+            let user = self
+                .store
+                .user_by_id(&view.id)?
+                .ok_or_else(|| AdminError::NoSuchUser(view.username.clone()))?;
+            let mail = TokenMail {
+                user: &user,
+                token: &token,
+                reason: TokenReason::AccountCreated,
+                at: crate::now_secs(),
+                previous_valid_until: None,
+            };
+            if let Err(e) = self.tokens.mailer().send_token(&mail).await {
+                tracing::warn!(user = %user.username, error = %e, "could not email the new user's token");
+                note = Some(format!(
+                    "the token email could not be sent ({e}); reset the token once mail works"
+                ));
+            }
+        }
+        Ok((view, token, note))
+    }
+
+    pub async fn execute(&self, req: Request) -> Answer {
+        self.run(req).await.unwrap_or_else(|e| Answer::Error {
             message: e.to_string(),
         })
+    }
+
+    async fn run(&self, req: Request) -> Result<Answer, AdminError> {
+        let users = self.users.clone();
+        let blocking = |f: Box<dyn FnOnce(&Users) -> Result<Answer, AdminError> + Send>| async move {
+            tokio::task::spawn_blocking(move || f(&users))
+                .await
+                .map_err(|_| AdminError::Remote("the admin operation failed".into()))?
+        };
+        match req {
+            Request::UserAdd(new) => {
+                let (user, token, note) = self.add_user(new).await?;
+                Ok(Answer::User {
+                    user,
+                    token: Some(token),
+                    note,
+                })
+            }
+            Request::UserList => {
+                blocking(Box::new(|u| Ok(Answer::Users { users: u.list()? }))).await
+            }
+            Request::UserShow { username } => {
+                blocking(Box::new(move |u| Ok(user_answer(u.show(&username)?)))).await
+            }
+            Request::UserSetDisabled { username, disabled } => {
+                blocking(Box::new(move |u| {
+                    Ok(user_answer(u.set_disabled(&username, disabled)?))
+                }))
+                .await
+            }
+            Request::UserPasswd { username, password } => {
+                let user = self.tokens.find(&username)?;
+                let r = self.tokens.change_password(&user.id, &password).await?;
+                let note = (!self.tokens.mailer().is_configured()).then(|| {
+                    "mail is not configured: the password changed, the token did not".to_owned()
+                });
+                Ok(Answer::User {
+                    user: (&r.user).into(),
+                    token: None,
+                    note,
+                })
+            }
+            Request::UserSetRotation { username, every } => {
+                let period = match every.trim() {
+                    "off" | "none" => None,
+                    s => Some(
+                        humantime::parse_duration(s)
+                            .map_err(|_| AdminError::Period(s.chars().take(40).collect()))?,
+                    ),
+                };
+                let user = self.tokens.set_rotation(&username, period)?;
+                Ok(user_answer((&user).into()))
+            }
+            Request::TokenReset { username } => {
+                let user = self.tokens.find(&username)?;
+                let r = self
+                    .tokens
+                    .rotate(&user.id, TokenReason::AdminRotation)
+                    .await?;
+                Ok(Answer::Rotated {
+                    user: (&r.user).into(),
+                    masked_email: r.masked_email,
+                })
+            }
+            Request::ComplianceGet => Ok(Answer::Compliance {
+                setting: ComplianceBcc::load(self.store.as_ref())?,
+            }),
+            Request::ComplianceSet {
+                address,
+                disable,
+                redact,
+            } => {
+                let mut setting = ComplianceBcc::load(self.store.as_ref())?;
+                if let Some(a) = address {
+                    setting.enabled = true;
+                    setting.address = Some(a.trim().to_owned());
+                }
+                if disable {
+                    setting.enabled = false;
+                }
+                if let Some(r) = redact {
+                    setting.redact_secrets = r;
+                }
+                setting.save(self.store.as_ref())?;
+                Ok(Answer::Compliance { setting })
+            }
+        }
     }
 }
 
@@ -337,12 +469,13 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
-const SOCKET_IO_TIMEOUT: Duration = Duration::from_secs(30);
+// Long enough for an operation that emails a token under the mail timeout.
+const SOCKET_IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Binds the admin socket (owner-only) and serves it until the task is dropped.
 pub fn serve_socket(
     data_dir: &Path,
-    users: Arc<Users>,
+    admin: Arc<Admin>,
 ) -> Result<tokio::task::JoinHandle<()>, AdminError> {
     use std::os::unix::fs::PermissionsExt as _;
     let path = socket_path(data_dir);
@@ -366,10 +499,10 @@ pub fn serve_socket(
             let Ok(permit) = gate.clone().try_acquire_owned() else {
                 continue; // dropped: the client sees the connection close
             };
-            let users = users.clone();
+            let admin = admin.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(e) = tokio::time::timeout(SOCKET_IO_TIMEOUT, handle(stream, users)).await
+                if let Err(e) = tokio::time::timeout(SOCKET_IO_TIMEOUT, handle(stream, admin)).await
                 {
                     tracing::warn!(error = %e, "admin socket request timed out");
                 }
@@ -378,17 +511,13 @@ pub fn serve_socket(
     }))
 }
 
-async fn handle(stream: UnixStream, users: Arc<Users>) {
+async fn handle(stream: UnixStream, admin: Arc<Admin>) {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r).take(MAX_REQUEST_BYTES as u64);
     let answer = match reader.read_line(&mut line).await {
         Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(req) => tokio::task::spawn_blocking(move || users.execute(req))
-                .await
-                .unwrap_or_else(|_| Answer::Error {
-                    message: "the admin operation failed".into(),
-                }),
+            Ok(req) => admin.execute(req).await,
             Err(e) => Answer::Error {
                 message: format!("bad admin request: {e}"),
             },
@@ -452,14 +581,6 @@ pub async fn call_socket(data_dir: &Path, req: &Request) -> Result<Option<Answer
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn password_policy_wants_eight_characters_with_letters_and_digits() {
-        assert!(check_password_policy("abcdefg1").is_ok());
-        assert!(check_password_policy("abc1").is_err());
-        assert!(check_password_policy("abcdefgh").is_err());
-        assert!(check_password_policy("12345678").is_err());
-    }
 
     #[test]
     fn emails_are_checked() {

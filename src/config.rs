@@ -51,6 +51,8 @@ pub mod file {
         pub store: Store,
         pub auth: Auth,
         pub oauth: OAuth,
+        pub tokens: Tokens,
+        pub mail: Mail,
         pub log: Log,
     }
 
@@ -150,6 +152,8 @@ pub mod file {
         pub hashing_concurrency: usize,
         pub hashing_queue: usize,
         pub hashing_queue_timeout: String,
+        pub password_min_length: usize,
+        pub password_require_letter_and_digit: bool,
     }
 
     impl Default for Auth {
@@ -166,6 +170,8 @@ pub mod file {
                 hashing_concurrency: 0,
                 hashing_queue: 256,
                 hashing_queue_timeout: "2s".into(),
+                password_min_length: 8,
+                password_require_letter_and_digit: true,
             }
         }
     }
@@ -183,6 +189,68 @@ pub mod file {
         pub client_secret: Option<String>,
         /// Name of an environment variable holding the secret, so it stays out of the file.
         pub client_secret_env: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Tokens {
+        pub grace_period: String,
+        pub revoke_sessions_on_reset: bool,
+        pub reset_per_user_per_hour: u32,
+        pub reset_per_ip_per_hour: u32,
+        pub rotation_check_interval: String,
+    }
+
+    impl Default for Tokens {
+        fn default() -> Self {
+            Self {
+                grace_period: "0s".into(),
+                revoke_sessions_on_reset: true,
+                reset_per_user_per_hour: 5,
+                reset_per_ip_per_hour: 30,
+                rotation_check_interval: "30s".into(),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Mail {
+        /// "none", "smtp" or "file".
+        pub transport: String,
+        pub dir: Option<String>,
+        pub host: String,
+        pub port: Option<u16>,
+        /// "none", "starttls" or "tls".
+        pub security: String,
+        pub username: Option<String>,
+        pub password: Option<String>,
+        pub password_env: Option<String>,
+        pub timeout: String,
+        pub from: String,
+        pub reply_to: Option<String>,
+        pub brand: String,
+        pub compliance_retry_interval: String,
+    }
+
+    impl Default for Mail {
+        fn default() -> Self {
+            Self {
+                transport: "none".into(),
+                dir: None,
+                host: "localhost".into(),
+                port: None,
+                security: "starttls".into(),
+                username: None,
+                password: None,
+                password_env: None,
+                timeout: "30s".into(),
+                from: "tokengate <tokengate@localhost>".into(),
+                reply_to: None,
+                brand: "tokengate".into(),
+                compliance_retry_interval: "60s".into(),
+            }
+        }
     }
 
     #[derive(Debug, Deserialize)]
@@ -209,7 +277,72 @@ pub struct Config {
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub oauth_clients: Vec<OAuthClient>,
+    pub tokens: TokensConfig,
+    pub mail: MailConfig,
     pub log_level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// How long a superseded token keeps working after a rotation (zero: not at all).
+    pub grace_period: Duration,
+    pub revoke_sessions_on_reset: bool,
+    pub reset_per_user_per_hour: std::num::NonZeroU32,
+    pub reset_per_ip_per_hour: std::num::NonZeroU32,
+    pub rotation_check_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Clone)]
+pub enum MailTransport {
+    /// No mail can be sent: token resets answer "email delivery is not configured".
+    None,
+    Smtp {
+        host: String,
+        port: u16,
+        security: SmtpSecurity,
+        credentials: Option<(String, String)>,
+    },
+    /// `.eml` files in a directory: for the demo only.
+    File { dir: PathBuf },
+}
+
+impl std::fmt::Debug for MailTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MailTransport::None => f.write_str("None"),
+            MailTransport::Smtp {
+                host,
+                port,
+                security,
+                credentials,
+            } => f
+                .debug_struct("Smtp")
+                .field("host", host)
+                .field("port", port)
+                .field("security", security)
+                .field("username", &credentials.as_ref().map(|c| &c.0))
+                .finish_non_exhaustive(),
+            MailTransport::File { dir } => f.debug_struct("File").field("dir", dir).finish(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub transport: MailTransport,
+    /// Bounds a whole send: connect, dialogue and data.
+    pub timeout: Duration,
+    pub from: lettre::message::Mailbox,
+    pub reply_to: Option<lettre::message::Mailbox>,
+    pub brand: String,
+    pub compliance_retry_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +395,44 @@ pub struct AuthConfig {
     pub hashing_concurrency: NonZeroUsize,
     pub hashing_queue: usize,
     pub hashing_queue_timeout: Duration,
+    pub password_policy: PasswordPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordPolicy {
+    pub min_length: usize,
+    pub require_letter_and_digit: bool,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self {
+            min_length: 8,
+            require_letter_and_digit: true,
+        }
+    }
+}
+
+impl PasswordPolicy {
+    /// A sentence describing the policy, for error messages and forms.
+    pub fn describe(&self) -> String {
+        if self.require_letter_and_digit {
+            format!(
+                "at least {} characters, mixing letters and digits",
+                self.min_length
+            )
+        } else {
+            format!("at least {} characters", self.min_length)
+        }
+    }
+
+    pub fn check(&self, pw: &str) -> Result<(), String> {
+        let ok = pw.chars().count() >= self.min_length
+            && pw.len() <= 1024
+            && (!self.require_letter_and_digit
+                || (pw.chars().any(char::is_alphabetic) && pw.chars().any(|c| c.is_ascii_digit())));
+        if ok { Ok(()) } else { Err(self.describe()) }
+    }
 }
 
 #[derive(Clone)]
@@ -523,6 +694,10 @@ impl Config {
                 "auth.hashing_queue_timeout",
                 &a.hashing_queue_timeout,
             )?,
+            password_policy: PasswordPolicy {
+                min_length: bounded("auth.password_min_length", a.password_min_length, 1, 256)?,
+                require_letter_and_digit: a.password_require_letter_and_digit,
+            },
         };
         if auth.session_lifetime < auth.session_idle_timeout {
             return Err(invalid(
@@ -576,6 +751,28 @@ impl Config {
             });
         }
 
+        let t = &f.tokens;
+        let per_hour = |key: &str, v: u32| {
+            std::num::NonZeroU32::new(v).ok_or_else(|| invalid(key, "must be at least 1"))
+        };
+        let tokens = TokensConfig {
+            grace_period: duration_or_zero("tokens.grace_period", &t.grace_period)?,
+            revoke_sessions_on_reset: t.revoke_sessions_on_reset,
+            reset_per_user_per_hour: per_hour(
+                "tokens.reset_per_user_per_hour",
+                t.reset_per_user_per_hour,
+            )?,
+            reset_per_ip_per_hour: per_hour(
+                "tokens.reset_per_ip_per_hour",
+                t.reset_per_ip_per_hour,
+            )?,
+            rotation_check_interval: duration(
+                "tokens.rotation_check_interval",
+                &t.rotation_check_interval,
+            )?,
+        };
+        let mail = mail_config(&f.mail, &resolve)?;
+
         tracing_subscriber::EnvFilter::try_new(&f.log.level)
             .map_err(|e| invalid("log.level", format!("'{}': {e}", f.log.level)))?;
 
@@ -586,6 +783,8 @@ impl Config {
             store,
             auth,
             oauth_clients,
+            tokens,
+            mail,
             log_level: f.log.level.clone(),
         })
     }
@@ -636,6 +835,125 @@ fn parse_public_url(u: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(format!("https://{}", uri.authority().expect("checked")))
+}
+
+fn mail_config(
+    m: &file::Mail,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<MailConfig, ConfigError> {
+    let security = match m.security.as_str() {
+        "none" => SmtpSecurity::None,
+        "starttls" => SmtpSecurity::StartTls,
+        "tls" => SmtpSecurity::Tls,
+        other => {
+            return Err(invalid(
+                "mail.security",
+                format!("'{other}' is not one of none, starttls, tls"),
+            ));
+        }
+    };
+    let transport = match m.transport.as_str() {
+        "none" => MailTransport::None,
+        "file" => {
+            let dir = m
+                .dir
+                .as_deref()
+                .ok_or_else(|| invalid("mail.dir", "transport = \"file\" needs a directory"))?;
+            MailTransport::File { dir: resolve(dir) }
+        }
+        "smtp" => {
+            if m.host.is_empty() {
+                return Err(invalid("mail.host", "must not be empty"));
+            }
+            let password = match (&m.password, &m.password_env) {
+                (Some(p), None) => Some(p.clone()),
+                (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                    invalid(
+                        "mail.password_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                })?),
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "mail.password",
+                        "set only one of password and password_env",
+                    ));
+                }
+            };
+            let credentials = match (&m.username, password) {
+                (Some(u), Some(p)) => Some((u.clone(), p)),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "mail.password",
+                        "mail.username is set but no password",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "mail.username",
+                        "a password is set but no username",
+                    ));
+                }
+            };
+            if credentials.is_some() && security == SmtpSecurity::None {
+                return Err(invalid(
+                    "mail.security",
+                    "credentials would travel in clear text; use starttls or tls",
+                ));
+            }
+            let port = m.port.unwrap_or(match security {
+                SmtpSecurity::None => 25,
+                SmtpSecurity::StartTls => 587,
+                SmtpSecurity::Tls => 465,
+            });
+            MailTransport::Smtp {
+                host: m.host.clone(),
+                port,
+                security,
+                credentials,
+            }
+        }
+        other => {
+            return Err(invalid(
+                "mail.transport",
+                format!("'{other}' is not one of none, smtp, file"),
+            ));
+        }
+    };
+    let mailbox = |key: &str, v: &str| {
+        v.parse::<lettre::message::Mailbox>()
+            .map_err(|e| invalid(key, format!("'{v}' is not an email address ({e})")))
+    };
+    if m.brand.is_empty() || m.brand.len() > 80 || m.brand.chars().any(char::is_control) {
+        return Err(invalid(
+            "mail.brand",
+            "must be 1 to 80 printable characters",
+        ));
+    }
+    Ok(MailConfig {
+        transport,
+        timeout: duration("mail.timeout", &m.timeout)?,
+        from: mailbox("mail.from", &m.from)?,
+        reply_to: m
+            .reply_to
+            .as_deref()
+            .map(|r| mailbox("mail.reply_to", r))
+            .transpose()?,
+        brand: m.brand.clone(),
+        compliance_retry_interval: duration(
+            "mail.compliance_retry_interval",
+            &m.compliance_retry_interval,
+        )?,
+    })
+}
+
+fn duration_or_zero(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    if value.trim() == "0" || value.trim() == "0s" {
+        return Ok(Duration::ZERO);
+    }
+    duration(key, value)
 }
 
 fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
@@ -712,6 +1030,21 @@ mod tests {
                 "oauth.clients[0].client_secret",
             ),
             ("[log]\nlevel = \"info,,=[\"", "log.level"),
+            ("[mail]\ntransport = \"pigeon\"", "mail.transport"),
+            ("[mail]\ntransport = \"file\"", "mail.dir"),
+            ("[mail]\nfrom = \"not an address\"", "mail.from"),
+            (
+                "[mail]\ntransport = \"smtp\"\nsecurity = \"none\"\nusername = \"u\"\npassword = \"p\"",
+                "mail.security",
+            ),
+            (
+                "[tokens]\ngrace_period = \"a while\"",
+                "tokens.grace_period",
+            ),
+            (
+                "[tokens]\nreset_per_user_per_hour = 0",
+                "tokens.reset_per_user_per_hour",
+            ),
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text:?} gave {msg}");

@@ -10,11 +10,14 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod ids;
+pub mod limit;
+pub mod mail;
 pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 pub mod wire;
 
 /// Seconds since the Unix epoch.

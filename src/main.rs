@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use tokengate::admin::{self, Answer, NewUser, Request, UserView, Users};
+use tokengate::admin::{self, Answer, NewUser, Request, UserView};
 use tokengate::config::{Config, OAuthClient};
 use tokengate::server::{self, Server};
 
@@ -35,8 +35,36 @@ enum Command {
     /// Manage users (works while the server runs, through its admin socket).
     #[command(subcommand)]
     User(UserCommand),
+    /// Security tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Settings stored in the data directory (changeable while the server runs).
+    #[command(subcommand)]
+    Settings(SettingsCommand),
     /// Validate a configuration file and exit.
     CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a new token and email it to the user (the old one stops working).
+    Reset { username: String },
+}
+
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Show or change the Compliance BCC Email setting.
+    ComplianceBcc {
+        /// Copy every outbound message to this address.
+        #[arg(long, conflicts_with = "disable")]
+        enable: Option<String>,
+        /// Stop sending compliance copies.
+        #[arg(long)]
+        disable: bool,
+        /// Redact tokens in the compliance copy (true by default).
+        #[arg(long)]
+        redact: Option<bool>,
+    },
 }
 
 #[derive(Args)]
@@ -82,7 +110,14 @@ enum UserCommand {
     Disable { username: String },
     /// Enable a disabled user.
     Enable { username: String },
-    /// Set a user's password.
+    /// Change a user's settings.
+    Set {
+        username: String,
+        /// Rotate the token on a schedule ("24h", "7d") or "off".
+        #[arg(long)]
+        rotate_every: String,
+    },
+    /// Set a user's password (a new token is emailed when mail is configured).
     Passwd {
         username: String,
         #[arg(long)]
@@ -158,6 +193,31 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let cfg = load_config(cli.config.as_deref())?;
             user_command(&cfg, cmd).await
         }
+        Command::Token(TokenCommand::Reset { username }) => {
+            let cfg = load_config(cli.config.as_deref())?;
+            print_answer(
+                admin_call(&cfg, Request::TokenReset { username }).await?,
+                false,
+                false,
+            )
+        }
+        Command::Settings(SettingsCommand::ComplianceBcc {
+            enable,
+            disable,
+            redact,
+        }) => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let req = if enable.is_none() && !disable && redact.is_none() {
+                Request::ComplianceGet
+            } else {
+                Request::ComplianceSet {
+                    address: enable,
+                    disable,
+                    redact,
+                }
+            };
+            print_answer(admin_call(&cfg, req).await?, false, false)
+        }
     }
 }
 
@@ -204,18 +264,15 @@ async fn admin_call(cfg: &Config, req: Request) -> Result<Answer, BoxError> {
     if let Some(answer) = admin::call_socket(&cfg.store.path, &req).await? {
         return Ok(answer);
     }
-    let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || {
-        let (store, secrets) = server::open_store(&cfg).map_err(|e| match e {
-            server::ServerError::Store(tokengate::store::StoreError::Locked { path }) => format!(
-                "the data directory {path} is locked by a running tokengate whose admin socket does not answer"
-            ),
-            other => other.to_string(),
-        })?;
-        let users = Users::new(store, secrets, None, cfg.auth.token_length);
-        Ok::<_, BoxError>(users.execute(req))
-    })
-    .await?
+    let admin = server::open_admin(cfg).map_err(|e| match e {
+        server::ServerError::Store(tokengate::store::StoreError::Locked { path }) => format!(
+            "the data directory {path} is locked by a running tokengate whose admin socket does not answer"
+        ),
+        other => other.to_string(),
+    })?;
+    let answer = admin.execute(req).await;
+    admin.store.flush()?;
+    Ok(answer)
 }
 
 fn print_user(u: &UserView, json: bool) {
@@ -279,6 +336,17 @@ async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), BoxError> {
             false,
             false,
         ),
+        UserCommand::Set {
+            username,
+            rotate_every,
+        } => (
+            Request::UserSetRotation {
+                username,
+                every: rotate_every,
+            },
+            false,
+            false,
+        ),
         UserCommand::Passwd {
             username,
             password_stdin,
@@ -287,8 +355,35 @@ async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), BoxError> {
             (Request::UserPasswd { username, password }, false, false)
         }
     };
-    match admin_call(cfg, req).await? {
+    print_answer(admin_call(cfg, req).await?, json, show_token)
+}
+
+fn print_answer(answer: Answer, json: bool, show_token: bool) -> Result<(), BoxError> {
+    match answer {
         Answer::Error { message } => Err(message.into()),
+        Answer::Rotated { user, masked_email } => {
+            println!(
+                "A new security token for {} was emailed to {masked_email}.",
+                user.username
+            );
+            Ok(())
+        }
+        Answer::Compliance { setting } => {
+            println!(
+                "compliance BCC:  {}",
+                if setting.enabled {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
+            );
+            println!(
+                "address:         {}",
+                setting.address.as_deref().unwrap_or("-")
+            );
+            println!("redact secrets:  {}", setting.redact_secrets);
+            Ok(())
+        }
         Answer::Users { users } => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
@@ -307,8 +402,11 @@ async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), BoxError> {
             }
             Ok(())
         }
-        Answer::User { user, token } => {
+        Answer::User { user, token, note } => {
             print_user(&user, json);
+            if let Some(note) = note {
+                eprintln!("tokengate: note: {note}");
+            }
             // The token is shown once, as the very last line, only when asked for.
             if let (true, Some(token)) = (show_token, token) {
                 println!("{token}");

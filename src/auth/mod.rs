@@ -139,6 +139,10 @@ impl Authenticator {
             created_at: 0,
             password_changed_at: 0,
             token_reset_at: 0,
+            pending_token: None,
+            previous_token: None,
+            rotate_every_secs: None,
+            next_rotation_at: None,
         };
         Ok(Self {
             store,
@@ -162,7 +166,7 @@ impl Authenticator {
     }
 
     /// Verifies `username` + `secret` (the password with the token appended).
-    pub async fn authenticate(&self, username: &str, secret: &str) -> Result<User, AuthError> {
+    pub async fn authenticate(&self, username: &str, secret: &str) -> Result<Verified, AuthError> {
         if username.is_empty()
             || username.len() > 256
             || secret.is_empty()
@@ -170,43 +174,97 @@ impl Authenticator {
         {
             return Err(AuthError::Rejected(Reason::Malformed));
         }
-        let found = self.store.user_by_name(&canonical_username(username))?;
-        let (user, substitute) = match found {
-            Some(u) if !u.disabled => (u, None),
-            Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
-            None => (self.dummy_user(), Some(Reason::UnknownUser)),
-        };
+        let (user, substitute) = self.lookup(username)?;
         let reject = |r: Reason| Err(AuthError::Rejected(substitute.unwrap_or(r)));
 
-        let split = secret
-            .len()
-            .checked_sub(user.token_length)
-            .filter(|&i| i > 0 && secret.is_char_boundary(i));
-        let Some(at) = split else {
+        // The current token, then the superseded one while its grace window lasts.
+        let now = crate::now_secs();
+        let candidates = std::iter::once((user.token_tag, user.token_length, false)).chain(
+            user.previous_token
+                .as_ref()
+                .filter(|p| p.at > now)
+                .map(|p| (p.tag, p.length, true)),
+        );
+        let mut matched = None;
+        for (tag, length, superseded) in candidates {
+            let split = secret
+                .len()
+                .checked_sub(length)
+                .filter(|&i| i > 0 && secret.is_char_boundary(i));
+            if let Some(at) = split
+                && self.secrets.token_matches(&secret[at..], &tag)
+            {
+                matched = Some((at, superseded));
+                break;
+            }
+        }
+        let Some((at, superseded)) = matched else {
             return reject(Reason::WrongToken);
         };
-        let (password, token) = secret.split_at(at);
-        if !self.secrets.token_matches(token, &user.token_tag) {
-            return reject(Reason::WrongToken);
-        }
         if let Some(r) = substitute {
             // Unreachable in practice (the dummy tag matches no token), kept as a guard.
             return Err(AuthError::Rejected(r));
         }
-
-        let secrets = self.secrets.clone();
-        let phc = user.password_hash.clone();
-        let password = password.to_owned();
-        let ok = self
-            .pool
-            .run(move || secrets.verify_password(&phc, &password))
-            .await?;
-        if ok {
-            Ok(user)
+        if self.check_password(&user, &secret[..at]).await? {
+            if superseded {
+                tracing::warn!(user = %user.username, "login with a superseded token during its grace window");
+            }
+            Ok(Verified { user, superseded })
         } else {
             reject(Reason::WrongPassword)
         }
     }
+
+    /// Verifies a password alone, with no token: for the self-service token reset, which must
+    /// work for a user who lost the token. Always spends one argon2 verification, known user
+    /// or not.
+    pub async fn verify_password_only(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<User, AuthError> {
+        if username.is_empty() || username.len() > 256 || password.len() > self.max_secret_bytes {
+            return Err(AuthError::Rejected(Reason::Malformed));
+        }
+        let (user, substitute) = self.lookup(username)?;
+        let ok = self.check_password(&user, password).await?;
+        match (substitute, ok) {
+            (Some(r), _) => Err(AuthError::Rejected(r)),
+            (None, true) => Ok(user),
+            (None, false) => Err(AuthError::Rejected(Reason::WrongPassword)),
+        }
+    }
+
+    /// The user, or the dummy and the reason it stands in.
+    fn lookup(&self, username: &str) -> Result<(User, Option<Reason>), AuthError> {
+        Ok(
+            match self.store.user_by_name(&canonical_username(username))? {
+                Some(u) if !u.disabled => (u, None),
+                Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
+                None => (self.dummy_user(), Some(Reason::UnknownUser)),
+            },
+        )
+    }
+
+    async fn check_password(&self, user: &User, password: &str) -> Result<bool, AuthError> {
+        if password.is_empty() {
+            return Ok(false);
+        }
+        let secrets = self.secrets.clone();
+        let phc = user.password_hash.clone();
+        let password = password.to_owned();
+        self.pool
+            .run(move || secrets.verify_password(&phc, &password))
+            .await
+    }
+}
+
+/// A successful verification.
+#[derive(Debug)]
+pub struct Verified {
+    pub user: User,
+    /// The login used the previous token during its grace window.
+    pub superseded: bool,
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! and HTTP/2 by ALPN), routes requests (`routes`), serves the admin socket, sweeps sessions,
 //! and shuts down gracefully. It wires the other modules together and owns none of their rules.
 
+mod api;
 mod body;
 mod routes;
 
@@ -18,14 +19,17 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::{self, Users};
+use crate::admin::{self, Admin, Users};
 use crate::auth::Authenticator;
 use crate::auth::session::Sessions;
 use crate::config::Config;
+use crate::limit::KeyedLimiter;
+use crate::mail::Mailer;
 use crate::proxy::Upstream;
 use crate::secret::Secrets;
 use crate::store::{Store, sled::SledStore};
 use crate::tls::{self, CertPaths};
+use crate::tokens::Tokens;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -51,6 +55,8 @@ pub enum ServerError {
     Session(#[from] crate::auth::session::SessionError),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -62,6 +68,14 @@ pub struct App {
     pub sessions: Arc<Sessions>,
     pub upstream: Upstream,
     pub users: Arc<Users>,
+    pub tokens: Arc<Tokens>,
+    pub admin: Arc<Admin>,
+    /// Self-service token resets per canonical username and per client address.
+    pub reset_per_user: KeyedLimiter<String>,
+    pub reset_per_ip: KeyedLimiter<std::net::IpAddr>,
+    /// Moving average (µs) of a successful self-service reset, so refused ones answer in
+    /// about the same time (no user enumeration by timing).
+    pub reset_duration_us: std::sync::atomic::AtomicU64,
     /// `https://host[:port]`: the start of `serverUrl`, `instance_url` and identity URLs.
     pub origin: String,
 }
@@ -92,6 +106,33 @@ pub fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Arc<Secrets>), Server
     })?;
     let secrets = Arc::new(Secrets::new(&key, cfg.auth.argon2.clone()));
     Ok((store, secrets))
+}
+
+/// The admin operations on a data directory with no server running (the CLI's direct mode).
+pub fn open_admin(cfg: &Config) -> Result<Admin, ServerError> {
+    let (store, secrets) = open_store(cfg)?;
+    let users = Arc::new(Users::new(
+        store.clone(),
+        secrets.clone(),
+        None,
+        cfg.auth.token_length,
+        cfg.auth.password_policy.clone(),
+    ));
+    let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone())?);
+    let tokens = Arc::new(Tokens::new(
+        store.clone(),
+        secrets,
+        mailer,
+        None,
+        cfg.tokens.clone(),
+        cfg.auth.token_length,
+        cfg.auth.password_policy.clone(),
+    ));
+    Ok(Admin {
+        users,
+        tokens,
+        store,
+    })
 }
 
 /// A started server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -133,7 +174,23 @@ impl Server {
             secrets.clone(),
             Some(sessions.clone()),
             cfg.auth.token_length,
+            cfg.auth.password_policy.clone(),
         ));
+        let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone())?);
+        let tokens = Arc::new(Tokens::new(
+            store.clone(),
+            secrets.clone(),
+            mailer.clone(),
+            Some(sessions.clone()),
+            cfg.tokens.clone(),
+            cfg.auth.token_length,
+            cfg.auth.password_policy.clone(),
+        ));
+        let admin = Arc::new(Admin {
+            users: users.clone(),
+            tokens: tokens.clone(),
+            store: store.clone(),
+        });
 
         let listener = TcpListener::bind(cfg.server.listen)
             .await
@@ -146,7 +203,10 @@ impl Server {
             source,
         })?;
         let origin = cfg.public_origin(addr);
-        let admin_task = admin::serve_socket(&cfg.store.path, users.clone())?;
+        let admin_task = admin::serve_socket(&cfg.store.path, admin.clone())?;
+        const HOUR: Duration = Duration::from_secs(3600);
+        let reset_per_user = KeyedLimiter::new(cfg.tokens.reset_per_user_per_hour, HOUR, 100_000);
+        let reset_per_ip = KeyedLimiter::new(cfg.tokens.reset_per_ip_per_hour, HOUR, 100_000);
 
         let app = Arc::new(App {
             cfg,
@@ -156,7 +216,38 @@ impl Server {
             sessions: sessions.clone(),
             upstream,
             users,
+            tokens: tokens.clone(),
+            admin,
+            reset_per_user,
+            reset_per_ip,
+            reset_duration_us: std::sync::atomic::AtomicU64::new(0),
             origin: origin.clone(),
+        });
+
+        // Scheduled rotations: at start (catching up on any missed while down), then on a timer.
+        let rotations = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(tokens.check_interval());
+            loop {
+                tick.tick().await;
+                tokens.run_due().await;
+            }
+        });
+        let retries = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(mailer.retry_interval());
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                mailer.retry_queued().await;
+            }
+        });
+        let housekeeping_app = app.clone();
+        let housekeeping = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                housekeeping_app.reset_per_user.housekeep();
+                housekeeping_app.reset_per_ip.housekeep();
+            }
         });
 
         let sweeper = tokio::spawn(async move {
@@ -179,7 +270,7 @@ impl Server {
             app,
             stop,
             accept_task,
-            background: vec![sweeper, admin_task],
+            background: vec![sweeper, admin_task, rotations, retries, housekeeping],
         })
     }
 

@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 
 use super::App;
 use super::body::{self, BodyError};
-use crate::auth::AuthError;
 use crate::auth::session::{Session, SessionError};
+use crate::auth::{AuthError, Verified};
 use crate::proxy::Principal;
 use crate::store::User;
 use crate::wire::credentials::{self, HeaderCredential};
@@ -35,11 +35,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         "/services/oauth2/userinfo" => userinfo(app, req).await,
         "/tokengate/health" => wire::respond(StatusCode::OK, JSON, r#"{"status":"ok"}"#),
         p if p.starts_with("/id/") => identity(app, req).await,
-        p if p.starts_with("/tokengate/") => wire::json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such tokengate endpoint",
-        ),
+        p if p.starts_with("/tokengate/") => super::api::handle(app, req, peer).await,
         _ => forward(app, req, peer).await,
     }
 }
@@ -80,14 +76,24 @@ fn identity_of<'a>(app: &'a App, user: &'a User) -> oauth::Identity<'a> {
 fn log_login(
     dialect: &str,
     username: &str,
-    result: &Result<User, AuthError>,
+    result: &Result<Verified, AuthError>,
     client: Option<&str>,
 ) {
     match result {
-        Ok(u) => tracing::info!(dialect, user = %u.username, client, "login succeeded"),
-        Err(AuthError::Rejected(r)) => {
-            tracing::info!(dialect, user = %username.chars().take(80).collect::<String>(), reason = r.as_str(), client, "login failed")
-        }
+        Ok(v) => tracing::info!(
+            dialect,
+            user = %v.user.username,
+            client,
+            superseded_token = v.superseded,
+            "login succeeded"
+        ),
+        Err(AuthError::Rejected(r)) => tracing::info!(
+            dialect,
+            user = %username.chars().take(80).collect::<String>(),
+            reason = r.as_str(),
+            client,
+            "login failed"
+        ),
         Err(e) => tracing::warn!(dialect, error = %e, "login could not be checked"),
     }
 }
@@ -168,7 +174,7 @@ async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> R
         } if flavor != Flavor::Metadata => {
             let result = app.auth.authenticate(username, password).await;
             log_login("soap", username, &result, env.client.as_deref());
-            match result {
+            match result.map(|v| v.user) {
                 Ok(user) => match app.sessions.create(&user) {
                     Ok(sid) => soap_response(
                         StatusCode::OK,
@@ -396,7 +402,7 @@ async fn oauth_token(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     };
     let result = app.auth.authenticate(username, password).await;
     log_login("oauth", username, &result, Some(client_id));
-    match result {
+    match result.map(|v| v.user) {
         Ok(user) => match app.sessions.create(&user) {
             Ok(sid) => {
                 let id_url = format!("{}/id/{}/{}", app.origin, app.cfg.server.org.id18, user.id);
@@ -571,7 +577,7 @@ async fn forward(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
         Some(HeaderCredential::Basic(username, secret)) => {
             let result = app.auth.authenticate(&username, &secret).await;
             log_login("basic", &username, &result, None);
-            match result {
+            match result.map(|v| v.user) {
                 Ok(user) => user,
                 Err(AuthError::Rejected(_)) => return rest::basic_login_failed(),
                 Err(AuthError::Busy) => {

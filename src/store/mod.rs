@@ -48,6 +48,28 @@ pub struct User {
     pub created_at: u64,
     pub password_changed_at: u64,
     pub token_reset_at: u64,
+    /// A token whose email is on its way: never valid until the SMTP server has accepted the
+    /// message, then it replaces `token_tag` (DESIGN.md §3.6).
+    #[serde(default)]
+    pub pending_token: Option<TokenRecord>,
+    /// The superseded token during its grace window.
+    #[serde(default)]
+    pub previous_token: Option<TokenRecord>,
+    /// Scheduled rotation period in seconds, if any.
+    #[serde(default)]
+    pub rotate_every_secs: Option<u64>,
+    /// When the next scheduled rotation is due (Unix seconds).
+    #[serde(default)]
+    pub next_rotation_at: Option<u64>,
+}
+
+/// A token other than the current one, by its keyed hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub tag: Tag,
+    pub length: usize,
+    /// Pending tokens: when it was created. Previous tokens: until when it stays valid.
+    pub at: u64,
 }
 
 impl std::fmt::Debug for User {
@@ -87,6 +109,15 @@ pub trait Store: Send + Sync + 'static {
     fn delete_session(&self, key: &Tag) -> Result<(), StoreError>;
     fn delete_user_sessions(&self, user_id: &str) -> Result<usize, StoreError>;
     fn sessions(&self) -> Result<Vec<(Tag, SessionRecord)>, StoreError>;
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Messages waiting to be retried (compliance copies), keyed by a unique id.
+    fn outbox_put(&self, id: u64, message: &[u8]) -> Result<(), StoreError>;
+    fn outbox_delete(&self, id: u64) -> Result<(), StoreError>;
+    fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    fn next_id(&self) -> Result<u64, StoreError>;
 
     /// The installation's 32-byte server key, created on first use.
     fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError>;

@@ -23,6 +23,8 @@ pub struct SledStore {
     user_ids: sled::Tree,
     sessions: sled::Tree,
     meta: sled::Tree,
+    settings: sled::Tree,
+    outbox: sled::Tree,
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -57,6 +59,8 @@ impl SledStore {
             user_ids: db.open_tree("user_ids").map_err(io)?,
             sessions: db.open_tree("sessions").map_err(io)?,
             meta: db.open_tree("meta").map_err(io)?,
+            settings: db.open_tree("settings").map_err(io)?,
+            outbox: db.open_tree("outbox").map_err(io)?,
             db,
         })
     }
@@ -170,6 +174,40 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.settings.get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.settings.insert(key, value).map_err(io)?;
+        Ok(())
+    }
+
+    fn outbox_put(&self, id: u64, message: &[u8]) -> Result<(), StoreError> {
+        self.outbox.insert(id.to_be_bytes(), message).map_err(io)?;
+        Ok(())
+    }
+
+    fn outbox_delete(&self, id: u64) -> Result<(), StoreError> {
+        self.outbox.remove(id.to_be_bytes()).map_err(io)?;
+        Ok(())
+    }
+
+    fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.outbox.iter() {
+            let (k, v) = item.map_err(io)?;
+            if let Ok(k) = <[u8; 8]>::try_from(k.as_ref()) {
+                out.push((u64::from_be_bytes(k), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.db.generate_id().map_err(io)
+    }
+
     fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError> {
         if let Some(k) = self.meta.get("server_key").map_err(io)? {
             return <[u8; 32]>::try_from(k.as_ref())
@@ -216,6 +254,10 @@ mod tests {
             created_at: 0,
             password_changed_at: 0,
             token_reset_at: 0,
+            pending_token: None,
+            previous_token: None,
+            rotate_every_secs: None,
+            next_rotation_at: None,
         }
     }
 

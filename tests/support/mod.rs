@@ -3,6 +3,8 @@
 //! server's own certificate.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -130,6 +132,20 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub origin: String,
     pub ca: PathBuf,
+}
+
+/// Points the server's mail at an SMTP sink on loopback (plaintext, as a local relay).
+pub fn mail_to(cfg: &mut Config, sink: &smtp::SmtpSink, brand: &str) {
+    cfg.mail.transport = tokengate::config::MailTransport::Smtp {
+        host: "127.0.0.1".into(),
+        port: sink.addr.port(),
+        security: tokengate::config::SmtpSecurity::None,
+        credentials: None,
+    };
+    cfg.mail.timeout = Duration::from_secs(2);
+    cfg.mail.from = format!("{brand} <noreply@tokengate.test>").parse().unwrap();
+    cfg.mail.brand = brand.into();
+    cfg.mail.compliance_retry_interval = Duration::from_millis(300);
 }
 
 /// The configuration every test starts from: loopback, ephemeral port, the given upstream.

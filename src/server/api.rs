@@ -1,0 +1,502 @@
+//! tokengate's own JSON API under `/tokengate/v1/`: self-service token reset and password
+//! change, and the admin API. Every action calls the same `Users`/`Tokens`/`Admin` code as the
+//! CLI. Errors are `{"error": ..., "message": ...}`; 401 only when the caller is not
+//! authenticated, 403 when authenticated but not allowed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::App;
+use super::body;
+use crate::admin::{AdminError, NewUser, UserView};
+use crate::auth::AuthError;
+use crate::mail::{ComplianceBcc, MailError, TokenReason, mask_email};
+use crate::store::User;
+use crate::tokens::TokenError;
+use crate::wire::credentials::{self, HeaderCredential};
+use crate::wire::{Body, JSON, json_error, respond};
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    respond(status, JSON, v.to_string())
+}
+
+fn unauthenticated() -> Response<Body> {
+    let mut r = json_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_session",
+        "authenticate with a session (Authorization: Bearer) or HTTP Basic",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Basic realm="tokengate", charset="UTF-8""#),
+    );
+    r
+}
+
+fn too_many(wait: Duration) -> Response<Body> {
+    let mut r = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests; retry later",
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(crate::limit::retry_after_secs(wait)),
+    );
+    r
+}
+
+fn busy() -> Response<Body> {
+    let mut r = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "server busy; retry shortly",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+fn internal(e: &dyn std::fmt::Display) -> Response<Body> {
+    tracing::error!(error = %e, "internal error in the API");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("use {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn token_error(e: TokenError) -> Response<Body> {
+    match e {
+        TokenError::Delivery(MailError::NotConfigured) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mail_not_configured",
+            "email delivery is not configured; no token can be issued",
+        ),
+        TokenError::Delivery(e) => {
+            tracing::warn!(error = %e, "token email failed");
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "mail_delivery_failed",
+                "the new token could not be emailed, so the current token stays valid; try again later",
+            )
+        }
+        TokenError::NoSuchUser(_) => json_error(StatusCode::NOT_FOUND, "not_found", "no such user"),
+        TokenError::Disabled => json_error(
+            StatusCode::CONFLICT,
+            "user_disabled",
+            "the user is disabled",
+        ),
+        TokenError::Policy(p) => json_error(
+            StatusCode::BAD_REQUEST,
+            "password_policy",
+            &format!("the new password must have {p}"),
+        ),
+        TokenError::Period => json_error(StatusCode::BAD_REQUEST, "invalid_period", &e.to_string()),
+        e @ (TokenError::Store(_) | TokenError::Secret(_)) => internal(&e),
+    }
+}
+
+fn admin_error(e: AdminError) -> Response<Body> {
+    match e {
+        AdminError::NoSuchUser(_) => json_error(StatusCode::NOT_FOUND, "not_found", "no such user"),
+        AdminError::Store(crate::store::StoreError::UserExists(_)) => json_error(
+            StatusCode::CONFLICT,
+            "user_exists",
+            "a user with that username exists",
+        ),
+        AdminError::Token(t) => token_error(t),
+        e @ (AdminError::Username(_)
+        | AdminError::Email(_)
+        | AdminError::Password(_)
+        | AdminError::FullName(_)
+        | AdminError::Period(_)
+        | AdminError::Mail(MailError::Address(_))) => {
+            json_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string())
+        }
+        e => internal(&e),
+    }
+}
+
+/// Reads a JSON request body into `T`, answering a clear 400/413/415 otherwise.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<T, Response<Body>> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !is_json {
+        return Err(json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "Content-Type must be application/json",
+        ));
+    }
+    let (parts, incoming) = req.into_parts();
+    let bytes = body::read(
+        incoming,
+        &parts.headers,
+        app.cfg.server.max_login_body_bytes,
+        app.cfg.server.body_read_timeout,
+    )
+    .await
+    .map_err(|e| {
+        let status = match e {
+            body::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        json_error(status, "invalid_request", &e.to_string())
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // serde_json's message names the field and position, never echoes values at length.
+        json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+/// Who is calling: a session's user, or Basic `username:password+token`.
+async fn caller(app: &App, req: &Request<Incoming>) -> Result<User, Response<Body>> {
+    match credentials::from_headers(req.headers()) {
+        Some(HeaderCredential::Session(sid)) => {
+            let session = app.sessions.lookup(sid).ok_or_else(unauthenticated)?;
+            match app.store.user_by_id(&session.user_id) {
+                Ok(Some(u)) if !u.disabled => Ok(u),
+                Ok(_) => Err(unauthenticated()),
+                Err(e) => Err(internal(&e)),
+            }
+        }
+        Some(HeaderCredential::Basic(u, secret)) => {
+            match app.auth.authenticate(&u, &secret).await {
+                Ok(v) => Ok(v.user),
+                Err(AuthError::Rejected(_)) => Err(unauthenticated()),
+                Err(AuthError::Busy) => Err(busy()),
+                Err(AuthError::Store(e)) => Err(internal(&e)),
+            }
+        }
+        _ => Err(unauthenticated()),
+    }
+}
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let Some(rest) = path.strip_prefix("/tokengate/v1/") else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such tokengate endpoint",
+        );
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["token", "reset"] => self_service_reset(app, req, peer).await,
+        ["password"] => change_password(app, req).await,
+        ["admin", rest @ ..] => {
+            let user = match caller(&app, &req).await {
+                Ok(u) => u,
+                Err(r) => return r,
+            };
+            if !user.admin {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this endpoint is for administrators",
+                );
+            }
+            let rest: Vec<String> = rest.iter().map(|s| percent_decode(s)).collect();
+            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+            admin(app, req, &rest).await
+        }
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such tokengate endpoint",
+        ),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    // Usernames in paths are percent-encoded (`a%40example.com`); decode with the form decoder
+    // (a literal '+' is protected first, since paths do not use it for spaces).
+    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={}", s.replace('+', "%2B")))
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .map_or_else(|| s.to_owned(), |(_, v)| v)
+}
+
+/// `POST /tokengate/v1/token/reset`: a session of the user, or Basic `username:password` with
+/// the password alone. Unknown users and wrong passwords get the same 202 after about the same
+/// time, and no mail.
+async fn self_service_reset(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let started = Instant::now();
+    if let Err(wait) = app.reset_per_ip.check(&crate::limit::ip_key(peer.ip())) {
+        return too_many(wait);
+    }
+    let accepted = |masked: &str| {
+        json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({
+                "status": "accepted",
+                "message": format!("If the credentials were right, a new security token was emailed to {masked}."),
+                "sent_to": masked,
+            }),
+        )
+    };
+    let (user, claimed) = match credentials::from_headers(req.headers()) {
+        Some(HeaderCredential::Session(sid)) => {
+            let Some(s) = app.sessions.lookup(sid) else {
+                return unauthenticated();
+            };
+            if let Err(wait) = app.reset_per_user.check(&s.username) {
+                return too_many(wait);
+            }
+            match app.store.user_by_id(&s.user_id) {
+                Ok(Some(u)) => (Some(u), s.username.clone()),
+                Ok(None) => return unauthenticated(),
+                Err(e) => return internal(&e),
+            }
+        }
+        Some(HeaderCredential::Basic(username, password)) => {
+            let canonical = crate::auth::canonical_username(&username);
+            if let Err(wait) = app.reset_per_user.check(&canonical) {
+                return too_many(wait);
+            }
+            match app.auth.verify_password_only(&username, &password).await {
+                Ok(u) => (Some(u), canonical),
+                Err(AuthError::Rejected(_)) => (None, canonical),
+                Err(AuthError::Busy) => return busy(),
+                Err(AuthError::Store(e)) => return internal(&e),
+            }
+        }
+        _ => return unauthenticated(),
+    };
+    let Some(user) = user else {
+        // Same answer, about the same time, no mail. The address shown is derived from the
+        // username the caller gave, the way a real one would look.
+        let avg = Duration::from_micros(app.reset_duration_us.load(Ordering::Relaxed));
+        if let Some(rest) = avg.checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+        let fake = if claimed.contains('@') {
+            mask_email(&claimed)
+        } else {
+            "***".to_owned()
+        };
+        return accepted(&fake);
+    };
+    match app.tokens.rotate(&user.id, TokenReason::Requested).await {
+        Ok(r) => {
+            let took = started.elapsed().as_micros() as u64;
+            let old = app.reset_duration_us.load(Ordering::Relaxed);
+            let avg = if old == 0 { took } else { (old * 7 + took) / 8 };
+            app.reset_duration_us.store(avg, Ordering::Relaxed);
+            accepted(&r.masked_email)
+        }
+        Err(e) => token_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordChange {
+    new_password: String,
+}
+
+/// `POST /tokengate/v1/password` `{"new_password": ...}`, authenticated by a session or Basic
+/// `username:password+token`. The password changes and a new token is emailed, both or neither.
+async fn change_password(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let user = match caller(&app, &req).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let body: PasswordChange = match json_body(&app, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match app
+        .tokens
+        .change_password(&user.id, &body.new_password)
+        .await
+    {
+        Ok(r) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": "changed",
+                "message": if app.tokens.mailer().is_configured() {
+                    format!("Your password was changed and a new security token was emailed to {}.", r.masked_email)
+                } else {
+                    "Your password was changed.".to_owned()
+                },
+                "sent_to": app.tokens.mailer().is_configured().then_some(r.masked_email),
+            }),
+        ),
+        Err(e) => token_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserBody {
+    username: String,
+    email: String,
+    #[serde(default)]
+    full_name: String,
+    #[serde(default)]
+    admin: bool,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComplianceBody {
+    enabled: bool,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default = "yes")]
+    redact_secrets: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn admin(app: Arc<App>, req: Request<Incoming>, path: &[&str]) -> Response<Body> {
+    let method = req.method().clone();
+    match (path, method) {
+        (["users"], Method::GET) => {
+            let users = app.users.clone();
+            match tokio::task::spawn_blocking(move || users.list()).await {
+                Ok(Ok(list)) => json(StatusCode::OK, &serde_json::json!({ "users": list })),
+                Ok(Err(e)) => admin_error(e),
+                Err(e) => internal(&e),
+            }
+        }
+        (["users"], Method::POST) => {
+            let b: NewUserBody = match json_body(&app, req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let new = NewUser {
+                username: b.username,
+                email: b.email,
+                full_name: b.full_name,
+                admin: b.admin,
+                password: b.password,
+            };
+            // The token is never returned over HTTP: it is emailed (when mail is configured).
+            match app.admin.add_user(new).await {
+                Ok((user, _token, note)) => json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({ "user": user, "note": note }),
+                ),
+                Err(e) => admin_error(e),
+            }
+        }
+        (["users"], _) => method_not_allowed("GET, POST"),
+        (["users", name], Method::GET) => match app.users.show(name) {
+            Ok(u) => json(StatusCode::OK, &serde_json::json!({ "user": u })),
+            Err(e) => admin_error(e),
+        },
+        (["users", name, "token", "reset"], Method::POST) => {
+            let user = match app.tokens.find(name) {
+                Ok(u) => u,
+                Err(e) => return token_error(e),
+            };
+            match app
+                .tokens
+                .rotate(&user.id, TokenReason::AdminRotation)
+                .await
+            {
+                Ok(r) => json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({
+                        "status": "accepted",
+                        "message": format!("A new security token was emailed to {}.", r.masked_email),
+                        "sent_to": r.masked_email,
+                        "user": UserView::from(&r.user),
+                    }),
+                ),
+                Err(e) => token_error(e),
+            }
+        }
+        (["users", _, "token", "reset"], _) => method_not_allowed("POST"),
+        (["settings", "compliance-bcc"], Method::GET) => {
+            match ComplianceBcc::load(app.store.as_ref()) {
+                Ok(s) => json(
+                    StatusCode::OK,
+                    &serde_json::to_value(s).expect("serialisable"),
+                ),
+                Err(e) => internal(&e),
+            }
+        }
+        (["settings", "compliance-bcc"], Method::PUT) => {
+            let b: ComplianceBody = match json_body(&app, req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            if b.enabled && b.address.as_deref().is_none_or(str::is_empty) {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "an address is required to enable the copy",
+                );
+            }
+            let setting = ComplianceBcc {
+                enabled: b.enabled,
+                address: b.address.map(|a| a.trim().to_owned()),
+                redact_secrets: b.redact_secrets,
+            };
+            match setting.save(app.store.as_ref()) {
+                Ok(()) => json(
+                    StatusCode::OK,
+                    &serde_json::to_value(setting).expect("serialisable"),
+                ),
+                Err(MailError::Address(_)) => json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the address is not a valid email address",
+                ),
+                Err(e) => internal(&e),
+            }
+        }
+        (["settings", "compliance-bcc"], _) => method_not_allowed("GET, PUT"),
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+    }
+}

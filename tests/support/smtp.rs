@@ -1,0 +1,226 @@
+//! A real SMTP server on loopback (RFC 5321, plaintext, no extensions) that records what it
+//! accepts, and can be told to refuse a recipient, refuse all data, or hang.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// One accepted message: envelope and raw data (dot-unstuffed).
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+impl Mail {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.data.split("\r\n\r\n").next()?;
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        head.split("\r\n")
+            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| l[prefix.len()..].trim().to_owned())
+    }
+
+    /// The data with quoted-printable soft breaks and `=3D` undone, for text assertions.
+    pub fn text(&self) -> String {
+        self.data.replace("=\r\n", "").replace("=3D", "=")
+    }
+
+    /// The token shown in the plain-text part ("Your new security token:" then the token).
+    pub fn token(&self) -> String {
+        let text = self.text();
+        let at = text.find("Your new security token:").expect("a token line")
+            + "Your new security token:".len();
+        text[at..]
+            .split_whitespace()
+            .next()
+            .expect("a token after the line")
+            .to_owned()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Recipients answered with 550.
+    pub refuse_rcpt: Vec<String>,
+    /// Answer DATA with 554 after receiving it.
+    pub refuse_data: bool,
+    /// Accept the connection and never greet (or stop answering).
+    pub hang: bool,
+    /// Close connections on their next command (with `stop`: the server is gone).
+    pub down: bool,
+}
+
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    mails: Arc<Mutex<Vec<Mail>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mails: Arc<Mutex<Vec<Mail>>> = Arc::default();
+        let behaviour: Arc<Mutex<Behaviour>> = Arc::default();
+        let (m, b) = (mails.clone(), behaviour.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (m, b) = (m.clone(), b.clone());
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(60), session(tcp, m, b)).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            mails,
+            behaviour,
+            task,
+        }
+    }
+
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+
+    pub fn mails(&self) -> Vec<Mail> {
+        self.mails.lock().unwrap().clone()
+    }
+
+    /// Mails whose envelope includes `rcpt`.
+    pub fn to(&self, rcpt: &str) -> Vec<Mail> {
+        self.mails()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|t| t == rcpt))
+            .collect()
+    }
+
+    /// Waits (bounded) until at least `n` mails went to `rcpt`.
+    pub async fn wait_for(&self, rcpt: &str, n: usize, within: Duration) -> Vec<Mail> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let got = self.to(rcpt);
+            if got.len() >= n || tokio::time::Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Takes the server down: no new connections, pooled ones are closed.
+    pub fn stop(&self) {
+        self.behaviour.lock().unwrap().down = true;
+        self.task.abort();
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn path_arg(line: &str) -> String {
+    let start = line.find('<').map_or(0, |i| i + 1);
+    let end = line[start..].find('>').map_or(line.len(), |i| start + i);
+    line[start..end].to_owned()
+}
+
+async fn session(
+    tcp: tokio::net::TcpStream,
+    mails: Arc<Mutex<Vec<Mail>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+) {
+    // Read per command, not per connection: lettre pools connections across messages.
+    let current = || behaviour.lock().unwrap().clone();
+    if current().hang {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return;
+    }
+    let (r, mut w) = tcp.into_split();
+    let mut lines = BufReader::new(r);
+    let mut line = String::new();
+    let _ = w.write_all(b"220 sink.test ESMTP ready\r\n").await;
+    let (mut from, mut to) = (String::new(), Vec::new());
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let b = current();
+        if b.down {
+            return;
+        }
+        if b.hang {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return;
+        }
+        let cmd = line.trim_end().to_owned();
+        let verb = cmd
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" => b"250-sink.test\r\n250 8BITMIME\r\n",
+            "HELO" => b"250 sink.test\r\n",
+            "MAIL" => {
+                from = path_arg(&cmd);
+                to.clear();
+                b"250 OK\r\n"
+            }
+            "RCPT" => {
+                let rcpt = path_arg(&cmd);
+                if b.refuse_rcpt.contains(&rcpt) {
+                    b"550 mailbox unavailable\r\n"
+                } else {
+                    to.push(rcpt);
+                    b"250 OK\r\n"
+                }
+            }
+            "DATA" => {
+                let _ = w.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    // RFC 5321 §4.5.2: remove one leading dot.
+                    data.push_str(line.strip_prefix('.').unwrap_or(&line));
+                }
+                if b.refuse_data {
+                    b"554 transaction failed\r\n"
+                } else {
+                    mails.lock().unwrap().push(Mail {
+                        from: from.clone(),
+                        to: to.clone(),
+                        data,
+                    });
+                    b"250 OK queued\r\n"
+                }
+            }
+            "RSET" | "NOOP" => b"250 OK\r\n",
+            "QUIT" => {
+                let _ = w.write_all(b"221 bye\r\n").await;
+                return;
+            }
+            _ => b"502 command not implemented\r\n",
+        };
+        if w.write_all(reply).await.is_err() {
+            return;
+        }
+    }
+}
