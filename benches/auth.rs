@@ -25,7 +25,13 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     let mut cfg = Config::defaults();
     cfg.store.path = dir.path().to_owned();
     let (store, secrets) = tokengate::server::open_store(&cfg).unwrap();
-    let users = Users::new(store.clone(), secrets.clone(), None, cfg.auth.token_length);
+    let users = Users::new(
+        store.clone(),
+        secrets.clone(),
+        None,
+        cfg.auth.token_length,
+        cfg.auth.password_policy.clone(),
+    );
     let (_, token) = users
         .add(NewUser {
             username: "bench@example.com".into(),

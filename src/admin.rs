@@ -61,6 +61,8 @@ pub struct UserView {
     pub created_at: u64,
     pub password_changed_at: u64,
     pub token_reset_at: u64,
+    pub rotate_every_secs: Option<u64>,
+    pub next_rotation_at: Option<u64>,
 }
 
 impl From<&User> for UserView {
@@ -75,6 +77,8 @@ impl From<&User> for UserView {
             created_at: u.created_at,
             password_changed_at: u.password_changed_at,
             token_reset_at: u.token_reset_at,
+            rotate_every_secs: u.rotate_every_secs,
+            next_rotation_at: u.next_rotation_at,
         }
     }
 }
@@ -329,6 +333,9 @@ pub struct Admin {
     pub store: Arc<dyn Store>,
 }
 
+/// A synchronous user operation, run on the blocking pool (it may hash a password).
+type BlockingOp = Box<dyn FnOnce(&Users) -> Result<Answer, AdminError> + Send>;
+
 fn user_answer(user: UserView) -> Answer {
     Answer::User {
         user,
@@ -378,7 +385,7 @@ impl Admin {
 
     async fn run(&self, req: Request) -> Result<Answer, AdminError> {
         let users = self.users.clone();
-        let blocking = |f: Box<dyn FnOnce(&Users) -> Result<Answer, AdminError> + Send>| async move {
+        let blocking = |f: BlockingOp| async move {
             tokio::task::spawn_blocking(move || f(&users))
                 .await
                 .map_err(|_| AdminError::Remote("the admin operation failed".into()))?

@@ -293,6 +293,14 @@ fn print_user(u: &UserView, json: bool) {
     println!("created:           {}", when(u.created_at));
     println!("password changed:  {}", when(u.password_changed_at));
     println!("token reset:       {}", when(u.token_reset_at));
+    match (u.rotate_every_secs, u.next_rotation_at) {
+        (Some(every), Some(next)) => println!(
+            "token rotation:    every {}, next at {}",
+            humantime::format_duration(std::time::Duration::from_secs(every)),
+            when(next)
+        ),
+        _ => println!("token rotation:    off"),
+    }
 }
 
 async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), BoxError> {
@@ -430,6 +438,11 @@ async fn demo(args: DemoArgs) -> Result<(), BoxError> {
         .listen
         .parse()
         .map_err(|_| format!("--listen: '{}' is not an address", args.listen))?;
+    // Token emails become .eml files in the demo's data directory.
+    cfg.mail.transport = tokengate::config::MailTransport::File {
+        dir: cfg.store.path.join("mail"),
+    };
+    cfg.mail.brand = "tokengate demo".into();
     let client_secret = hex_secret()?;
     cfg.oauth_clients = vec![OAuthClient {
         client_id: DEMO_CLIENT_ID.into(),
@@ -487,6 +500,7 @@ fn print_demo(
 ) {
     let url = &server.origin;
     let ca = server.cert.cert.display();
+    let mail = server.app.cfg.store.path.join("mail").display().to_string();
     let secret = format!("{password}{token}");
     println!(
         r#"
@@ -519,6 +533,11 @@ Call the upstream through tokengate with the session:
 Or with HTTP Basic on every call (legacy tools):
 
   curl --cacert {ca} -u '{DEMO_USER}:{secret}' {url}/services/data/v59.0/sobjects
+
+Reset the token (self-service, with the password alone); the new one arrives by email,
+written as a file into {mail}:
+
+  curl --cacert {ca} -X POST -u '{DEMO_USER}:{password}' {url}/tokengate/v1/token/reset
 
 Press Ctrl-C to stop."#
     );

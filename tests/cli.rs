@@ -395,3 +395,125 @@ fn the_example_config_is_valid() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_reset_and_compliance_settings_work_from_the_cli_with_and_without_a_server() {
+    let up = Upstream::start().await;
+    let sink = support::smtp::SmtpSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\ntimeout = \"3s\"\nfrom = \"ops <ops@tokengate.test>\"\nbrand = \"PatronManager\"\n",
+        sink.addr.port()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let first = add_user(&config, "ivy@example.com");
+    let inbox = "x@example.com";
+    assert_eq!(
+        sink.to(inbox)[0].token(),
+        first,
+        "the new user's token was emailed"
+    );
+
+    // No server: the CLI sends the mail itself.
+    let o = tokengate(
+        &config,
+        &[
+            "settings",
+            "compliance-bcc",
+            "--enable",
+            "audit@example.org",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("enabled"));
+    let o = tokengate(&config, &["token", "reset", "ivy@example.com"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("x***@example.com"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains(&sink.to(inbox)[1].token()));
+    assert_eq!(sink.to("audit@example.org").len(), 1);
+
+    let server = Running::start(&config);
+    let c = client(dir.path(), server.addr);
+    let second = sink.to(inbox)[1].token();
+    assert_eq!(
+        soap_status(&c, "ivy@example.com", &format!("{PASSWORD}{second}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // Server running: through the socket.
+    let o = tokengate(
+        &config,
+        &["settings", "compliance-bcc", "--redact", "false"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("redact secrets:  false"),
+        "{}",
+        stdout(&o)
+    );
+    let o = tokengate(&config, &["token", "reset", "ivy@example.com"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let third = sink.to(inbox)[2].token();
+    assert_eq!(
+        soap_status(&c, "ivy@example.com", &format!("{PASSWORD}{third}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_ne!(
+        soap_status(&c, "ivy@example.com", &format!("{PASSWORD}{second}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let copies = sink
+        .wait_for("audit@example.org", 2, Duration::from_secs(5))
+        .await;
+    assert!(
+        copies[1].text().contains(&third),
+        "verbatim after --redact false"
+    );
+
+    let o = tokengate(
+        &config,
+        &["user", "set", "ivy@example.com", "--rotate-every", "24h"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tokengate(
+        &config,
+        &[
+            "user",
+            "set",
+            "ivy@example.com",
+            "--rotate-every",
+            "sometimes",
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("sometimes"), "{}", stderr(&o));
+
+    // SMTP down: a clear message and a non-zero exit; the current token keeps working.
+    sink.stop();
+    let o = tokengate(&config, &["token", "reset", "ivy@example.com"], None);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("could not be emailed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        soap_status(&c, "ivy@example.com", &format!("{PASSWORD}{third}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    server.stop();
+}

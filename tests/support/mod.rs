@@ -328,7 +328,11 @@ pub fn client_tls(ca: &Path) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-type ClientBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub type ClientBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+pub fn empty_body() -> ClientBody {
+    Full::new(Bytes::new()).boxed()
+}
 
 /// An HTTPS client trusting only the server's certificate (not the environment's CA bundle).
 pub struct HttpsClient {
@@ -372,6 +376,19 @@ impl HttpsClient {
             version: parts.version,
             body,
         }
+    }
+
+    /// Like `send`, but a connection failure is an `Err` instead of a panic.
+    pub async fn send_result(&self, req: Request<ClientBody>) -> Result<Reply, String> {
+        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            version: parts.version,
+            body,
+        })
     }
 
     pub fn request(&self, method: Method, path: &str) -> http::request::Builder {

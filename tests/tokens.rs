@@ -1,0 +1,567 @@
+//! The token lifecycle with real email: a real SMTP server on loopback receives every message;
+//! the emailed token works and the old one does not; Compliance BCC copies; delivery failures
+//! leave the old token valid; grace windows; scheduled rotation and its persistence.
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use support::smtp::{Behaviour, SmtpSink};
+use support::*;
+
+struct Env {
+    up: Upstream,
+    sink: SmtpSink,
+    ts: TestServer,
+}
+
+async fn env_with(tweak: impl FnOnce(&mut tokengate::config::Config)) -> Env {
+    let up = Upstream::start().await;
+    let sink = SmtpSink::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        mail_to(c, &sink, "PatronManager");
+        tweak(c);
+    })
+    .await;
+    Env { up, sink, ts }
+}
+
+async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+fn email_of(user: &str) -> String {
+    format!("{}@example.com", user.replace('@', "."))
+}
+
+async fn soap_ok(ts: &TestServer, user: &str, secret: &str) -> bool {
+    let r = ts
+        .client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body(user, secret),
+        )
+        .await;
+    r.status == StatusCode::OK
+}
+
+async fn admin_reset(ts: &TestServer, admin_auth: &str, user: &str) -> Reply {
+    let b = ts
+        .client()
+        .request(
+            Method::POST,
+            &format!("/tokengate/v1/admin/users/{user}/token/reset"),
+        )
+        .header("authorization", admin_auth);
+    ts.client().call(b, "").await
+}
+
+#[tokio::test]
+async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
+    let e = env().await;
+    let admin_token =
+        e.ts.add_user_with("admin@example.com", PASSWORD, true)
+            .await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    let old = e.ts.add_user("bob@example.com").await;
+    let sid =
+        e.ts.soap_login("bob@example.com", &format!("{PASSWORD}{old}"))
+            .await;
+
+    let r = admin_reset(&e.ts, &admin, "bob@example.com").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(r.json()["sent_to"], "b***@example.com");
+    assert!(!r.text().contains(&old));
+
+    let mails = e.sink.to(&email_of("bob@example.com"));
+    assert_eq!(mails.len(), 1);
+    let m = &mails[0];
+    assert_eq!(m.to, vec![email_of("bob@example.com")]);
+    assert_eq!(m.from, "noreply@tokengate.test");
+    assert_eq!(
+        m.header("subject").unwrap(),
+        "Your new PatronManager security token"
+    );
+    let text = m.text();
+    assert!(text.contains("Hello Test User"), "{text}");
+    assert!(text.contains("bob@example.com"));
+    assert!(text.contains("administrator reset your security token"));
+    assert!(text.contains("Append it to your password"));
+    assert!(text.contains("did not ask for a new token"));
+    assert!(text.contains("text/html"), "an HTML part");
+    let new = m.token();
+    assert_eq!(new.len(), 24);
+    assert!(
+        text.matches(new.as_str()).count() >= 2,
+        "the token is in the text and HTML parts"
+    );
+
+    assert!(soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{new}")).await);
+    assert!(!soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{old}")).await);
+    // The reset ended the user's sessions (the default).
+    let r =
+        e.ts.client()
+            .get(
+                "/services/data/v59.0/",
+                &[("authorization", &format!("Bearer {sid}"))],
+            )
+            .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // The old Basic credential fails on the very next request.
+    let r =
+        e.ts.client()
+            .get(
+                "/services/data/v59.0/",
+                &[(
+                    "authorization",
+                    &basic("bob@example.com", &format!("{PASSWORD}{old}")),
+                )],
+            )
+            .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    drop(e.up);
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_non_admins_with_403_and_strangers_with_401() {
+    let e = env().await;
+    let token = e.ts.add_user("plain@example.com").await;
+    let plain = basic("plain@example.com", &format!("{PASSWORD}{token}"));
+    let r = admin_reset(&e.ts, &plain, "plain@example.com").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let sid =
+        e.ts.soap_login("plain@example.com", &format!("{PASSWORD}{token}"))
+            .await;
+    let r =
+        e.ts.client()
+            .get(
+                "/tokengate/v1/admin/settings/compliance-bcc",
+                &[("authorization", &format!("Bearer {sid}"))],
+            )
+            .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = e.ts.client().get("/tokengate/v1/admin/users", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = admin_reset(
+        &e.ts,
+        &basic("plain@example.com", "wrong"),
+        "plain@example.com",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(e.sink.mails().is_empty());
+}
+
+#[tokio::test]
+async fn self_service_reset_works_with_the_password_alone_and_hides_unknown_users() {
+    let e = env_with(|c| c.tokens.reset_per_user_per_hour = std::num::NonZeroU32::new(3).unwrap())
+        .await;
+    let old = e.ts.add_user("self@example.com").await;
+    let c = e.ts.client();
+    let reset = |auth: String| {
+        let b = c
+            .request(Method::POST, "/tokengate/v1/token/reset")
+            .header("authorization", auth);
+        c.call(b, "")
+    };
+    // A user who lost the token: Basic with the password alone.
+    let r = reset(basic("self@example.com", PASSWORD)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(r.json()["sent_to"], "s***@example.com");
+    let mails = e.sink.to(&email_of("self@example.com"));
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0]
+            .text()
+            .contains("you asked for a new security token")
+    );
+    let new = mails[0].token();
+    assert!(soap_ok(&e.ts, "self@example.com", &format!("{PASSWORD}{new}")).await);
+    assert!(!soap_ok(&e.ts, "self@example.com", &format!("{PASSWORD}{old}")).await);
+
+    // Unknown users and wrong passwords: the same 202 shape, and no mail.
+    for auth in [
+        basic("ghost@example.com", PASSWORD),
+        basic("self@example.com", "WrongPassw0rd"),
+    ] {
+        let r = reset(auth).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        let j = r.json();
+        assert_eq!(j["status"], "accepted");
+        assert!(j["sent_to"].as_str().unwrap().contains("***@"));
+    }
+    assert_eq!(e.sink.mails().len(), 1);
+
+    // With a session of the user.
+    let sid =
+        e.ts.soap_login("self@example.com", &format!("{PASSWORD}{new}"))
+            .await;
+    let r = reset(format!("Bearer {sid}")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(e.sink.to(&email_of("self@example.com")).len(), 2);
+
+    // Rate limited per user (3 an hour here): the 4th attempt on this username is refused.
+    let r = reset(basic("self@example.com", PASSWORD)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+
+    // No credentials at all.
+    let r = c
+        .call(c.request(Method::POST, "/tokengate/v1/token/reset"), "")
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = c.get("/tokengate/v1/token/reset", &[]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn compliance_bcc_receives_a_redacted_copy_by_default_and_verbatim_when_configured() {
+    let e = env().await;
+    let admin_token =
+        e.ts.add_user_with("admin@example.com", PASSWORD, true)
+            .await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    e.ts.add_user("carl@example.com").await;
+    let c = e.ts.client();
+    let put = |body: &'static str| {
+        let b = c
+            .request(Method::PUT, "/tokengate/v1/admin/settings/compliance-bcc")
+            .header("authorization", admin.as_str())
+            .header("content-type", "application/json");
+        c.call(b, body)
+    };
+    let r = put(r#"{"enabled": true, "address": "compliance@example.org"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["redact_secrets"], true);
+    let r = c
+        .get(
+            "/tokengate/v1/admin/settings/compliance-bcc",
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.json()["address"], "compliance@example.org");
+
+    assert_eq!(
+        admin_reset(&e.ts, &admin, "carl@example.com").await.status,
+        StatusCode::ACCEPTED
+    );
+    let user_mail = &e.sink.to(&email_of("carl@example.com"))[0];
+    let token = user_mail.token();
+    let copies = e
+        .sink
+        .wait_for("compliance@example.org", 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(copies.len(), 1);
+    let copy = &copies[0];
+    assert_eq!(
+        copy.to,
+        vec!["compliance@example.org".to_owned()],
+        "the copy goes by envelope only"
+    );
+    assert_eq!(
+        copy.header("to").unwrap(),
+        format!("\"Test User\" <{}>", email_of("carl@example.com"))
+    );
+    assert_eq!(copy.header("subject"), user_mail.header("subject"));
+    assert!(copy.header("bcc").is_none());
+    assert!(!copy.text().contains(&token), "redacted by default");
+    assert!(
+        copy.text()
+            .contains(&format!("{}{}", "*".repeat(20), &token[20..]))
+    );
+
+    let r =
+        put(r#"{"enabled": true, "address": "compliance@example.org", "redact_secrets": false}"#)
+            .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        admin_reset(&e.ts, &admin, "carl@example.com").await.status,
+        StatusCode::ACCEPTED
+    );
+    let token = e.sink.to(&email_of("carl@example.com"))[1].token();
+    let copies = e
+        .sink
+        .wait_for("compliance@example.org", 2, Duration::from_secs(5))
+        .await;
+    assert!(
+        copies[1].text().contains(&token),
+        "verbatim when configured"
+    );
+
+    // Bad settings are refused with a clear error.
+    for bad in [
+        r#"{"enabled": true}"#,
+        r#"{"enabled": true, "address": "not an address"}"#,
+        r#"{"enable": true}"#,
+        "{",
+    ] {
+        assert_eq!(put(bad).await.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(put(r#"{"enabled": false}"#).await.status, StatusCode::OK);
+    assert_eq!(
+        admin_reset(&e.ts, &admin, "carl@example.com").await.status,
+        StatusCode::ACCEPTED
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        e.sink.to("compliance@example.org").len(),
+        2,
+        "no copy once disabled"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_compliance_copy_never_undoes_the_rotation_and_is_retried() {
+    let e = env().await;
+    let admin_token =
+        e.ts.add_user_with("admin@example.com", PASSWORD, true)
+            .await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    e.ts.add_user("dora@example.com").await;
+    let setting = tokengate::mail::ComplianceBcc {
+        enabled: true,
+        address: Some("audit@example.org".into()),
+        redact_secrets: true,
+    };
+    setting.save(e.ts.app().store.as_ref()).unwrap();
+    e.sink.set(Behaviour {
+        refuse_rcpt: vec!["audit@example.org".into()],
+        ..Behaviour::default()
+    });
+    assert_eq!(
+        admin_reset(&e.ts, &admin, "dora@example.com").await.status,
+        StatusCode::ACCEPTED
+    );
+    let token = e.sink.to(&email_of("dora@example.com"))[0].token();
+    assert!(soap_ok(&e.ts, "dora@example.com", &format!("{PASSWORD}{token}")).await);
+    assert!(e.sink.to("audit@example.org").is_empty());
+    assert_eq!(e.ts.app().tokens.mailer().queued(), 1);
+
+    e.sink.set(Behaviour::default());
+    let copies = e
+        .sink
+        .wait_for("audit@example.org", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(copies.len(), 1, "the queued copy was retried");
+    assert!(!copies[0].text().contains(&token));
+    assert_eq!(e.ts.app().tokens.mailer().queued(), 0);
+}
+
+#[tokio::test]
+async fn smtp_down_refusing_or_hanging_gives_503_and_the_old_token_stays_valid() {
+    let e = env_with(|c| c.mail.timeout = Duration::from_millis(800)).await;
+    let admin_token =
+        e.ts.add_user_with("admin@example.com", PASSWORD, true)
+            .await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    let old = e.ts.add_user("eve@example.com").await;
+    for behaviour in [
+        Behaviour {
+            refuse_data: true,
+            ..Behaviour::default()
+        },
+        Behaviour {
+            refuse_rcpt: vec![email_of("eve@example.com")],
+            ..Behaviour::default()
+        },
+        Behaviour {
+            hang: true,
+            ..Behaviour::default()
+        },
+    ] {
+        e.sink.set(behaviour.clone());
+        let r = admin_reset(&e.ts, &admin, "eve@example.com").await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{behaviour:?}: {}",
+            r.text()
+        );
+        assert_eq!(r.json()["error"], "mail_delivery_failed");
+        assert!(
+            soap_ok(&e.ts, "eve@example.com", &format!("{PASSWORD}{old}")).await,
+            "{behaviour:?}"
+        );
+    }
+    e.sink.set(Behaviour::default());
+    e.sink.stop();
+    let r = admin_reset(&e.ts, &admin, "eve@example.com").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(soap_ok(&e.ts, "eve@example.com", &format!("{PASSWORD}{old}")).await);
+    let user = e.ts.app().tokens.find("eve@example.com").unwrap();
+    assert!(
+        user.pending_token.is_none(),
+        "a failed send leaves nothing pending"
+    );
+}
+
+#[tokio::test]
+async fn without_mail_configured_resets_are_refused_clearly() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user_with("admin@example.com", PASSWORD, true).await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{token}"));
+    let r = admin_reset(&ts, &admin, "admin@example.com").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"], "mail_not_configured");
+    assert!(soap_ok(&ts, "admin@example.com", &format!("{PASSWORD}{token}")).await);
+}
+
+#[tokio::test]
+async fn the_grace_window_keeps_the_old_token_working_for_a_while() {
+    let e = env_with(|c| c.tokens.grace_period = Duration::from_secs(2)).await;
+    let admin_token =
+        e.ts.add_user_with("admin@example.com", PASSWORD, true)
+            .await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    let old = e.ts.add_user("gus@example.com").await;
+    assert_eq!(
+        admin_reset(&e.ts, &admin, "gus@example.com").await.status,
+        StatusCode::ACCEPTED
+    );
+    let mail = &e.sink.to(&email_of("gus@example.com"))[0];
+    assert!(mail.text().contains("keeps working until"));
+    let new = mail.token();
+    assert!(soap_ok(&e.ts, "gus@example.com", &format!("{PASSWORD}{new}")).await);
+    assert!(
+        soap_ok(&e.ts, "gus@example.com", &format!("{PASSWORD}{old}")).await,
+        "still inside the grace window"
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert!(
+        !soap_ok(&e.ts, "gus@example.com", &format!("{PASSWORD}{old}")).await,
+        "the window closed"
+    );
+    assert!(soap_ok(&e.ts, "gus@example.com", &format!("{PASSWORD}{new}")).await);
+}
+
+#[tokio::test]
+async fn changing_the_password_emails_a_new_token() {
+    let e = env().await;
+    let old = e.ts.add_user("hal@example.com").await;
+    let c = e.ts.client();
+    let change = |auth: String, body: &'static str| {
+        let b = c
+            .request(Method::POST, "/tokengate/v1/password")
+            .header("authorization", auth)
+            .header("content-type", "application/json");
+        c.call(b, body)
+    };
+    let auth = basic("hal@example.com", &format!("{PASSWORD}{old}"));
+    let r = change(auth.clone(), r#"{"new_password": "short"}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("at least 8 characters")
+    );
+    assert_eq!(
+        change(auth.clone(), r#"{"password": "x"}"#).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        change(auth.clone(), "not json").await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let r = change(auth, r#"{"new_password": "Brand1NewPass"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let mail = &e.sink.to(&email_of("hal@example.com"))[0];
+    assert!(mail.text().contains("your password was changed"));
+    let new = mail.token();
+    assert!(soap_ok(&e.ts, "hal@example.com", &format!("Brand1NewPass{new}")).await);
+    assert!(!soap_ok(&e.ts, "hal@example.com", &format!("{PASSWORD}{old}")).await);
+    assert!(!soap_ok(&e.ts, "hal@example.com", &format!("Brand1NewPass{old}")).await);
+
+    // SMTP down: neither the password nor the token changes.
+    e.sink.stop();
+    let sid =
+        e.ts.soap_login("hal@example.com", &format!("Brand1NewPass{new}"))
+            .await;
+    let r = change(
+        format!("Bearer {sid}"),
+        r#"{"new_password": "Another1Pass"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(soap_ok(&e.ts, "hal@example.com", &format!("Brand1NewPass{new}")).await);
+}
+
+#[tokio::test]
+async fn scheduled_rotation_emails_due_tokens() {
+    let e = env_with(|c| c.tokens.rotation_check_interval = Duration::from_millis(200)).await;
+    let first = e.ts.add_user("vendor@example.com").await;
+    e.ts.app()
+        .tokens
+        .set_rotation("vendor@example.com", Some(Duration::from_secs(1)))
+        .unwrap();
+    let mails = e
+        .sink
+        .wait_for(&email_of("vendor@example.com"), 2, Duration::from_secs(10))
+        .await;
+    assert!(mails.len() >= 2, "rotated on schedule: {}", mails.len());
+    assert!(mails[0].text().contains("rotated on a schedule"));
+    // Turn it off, then the last emailed token is the one that works.
+    e.ts.app()
+        .tokens
+        .set_rotation("vendor@example.com", None)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mails = e.sink.to(&email_of("vendor@example.com"));
+    let last = mails.last().unwrap().token();
+    assert!(soap_ok(&e.ts, "vendor@example.com", &format!("{PASSWORD}{last}")).await);
+    assert!(!soap_ok(&e.ts, "vendor@example.com", &format!("{PASSWORD}{first}")).await);
+}
+
+#[tokio::test]
+async fn the_rotation_schedule_survives_a_restart_and_missed_rotations_run_at_start() {
+    let e = env_with(|c| c.tokens.rotation_check_interval = Duration::from_millis(200)).await;
+    e.ts.add_user("sched@example.com").await;
+    let set =
+        e.ts.app()
+            .tokens
+            .set_rotation("sched@example.com", Some(Duration::from_secs(3600)))
+            .unwrap();
+    let due = set.next_rotation_at.unwrap();
+    let ts = e.ts.restart().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let user = ts.app().tokens.find("sched@example.com").unwrap();
+    assert_eq!(
+        user.next_rotation_at,
+        Some(due),
+        "neither skipped nor repeated"
+    );
+    assert!(e.sink.mails().is_empty(), "nothing was due");
+
+    // A rotation that fell due while the server was down runs at start.
+    let store = ts.app().store.clone();
+    store
+        .update_user(&user.id, &mut |u| {
+            u.next_rotation_at = Some(tokengate::now_secs() - 60)
+        })
+        .unwrap();
+    drop(store); // the restart needs the store's directory lock back
+    let ts = ts.restart().await;
+    let mails = e
+        .sink
+        .wait_for(&email_of("sched@example.com"), 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(mails.len(), 1);
+    let user = ts.app().tokens.find("sched@example.com").unwrap();
+    assert!(
+        user.next_rotation_at.unwrap() >= tokengate::now_secs() + 3500,
+        "the next one is a period away"
+    );
+    assert!(
+        soap_ok(
+            &ts,
+            "sched@example.com",
+            &format!("{PASSWORD}{}", mails[0].token())
+        )
+        .await
+    );
+    drop(e.up);
+}
