@@ -47,6 +47,8 @@ pub enum AdminError {
     Mail(#[from] MailError),
     #[error("invalid rotation period '{0}': use a duration such as 24h, or off")]
     Period(String),
+    #[error("invalid login range '{0}': use CIDRs such as 192.0.2.0/24, or none")]
+    Range(String),
 }
 
 /// What admins see of a user: never a hash, never a token.
@@ -63,6 +65,9 @@ pub struct UserView {
     pub token_reset_at: u64,
     pub rotate_every_secs: Option<u64>,
     pub next_rotation_at: Option<u64>,
+    /// Locked until (Unix seconds; `u64::MAX`: until unlocked), when locked now.
+    pub locked_until: Option<u64>,
+    pub login_ranges: Vec<String>,
 }
 
 impl From<&User> for UserView {
@@ -79,6 +84,11 @@ impl From<&User> for UserView {
             token_reset_at: u.token_reset_at,
             rotate_every_secs: u.rotate_every_secs,
             next_rotation_at: u.next_rotation_at,
+            locked_until: u
+                .lockout
+                .locked_until
+                .filter(|_| u.lockout.is_locked(crate::now_secs())),
+            login_ranges: u.login_ranges.iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -118,6 +128,17 @@ pub enum Request {
         username: String,
     },
     ComplianceGet,
+    UserUnlock {
+        username: String,
+    },
+    /// Comma-separated CIDRs, or "none".
+    UserSetLoginRanges {
+        username: String,
+        ranges: String,
+    },
+    History {
+        filter: crate::store::HistoryFilter,
+    },
     /// `address`: Some to enable with that address; `disable`: turn off; `redact`: change
     /// the redaction setting.
     ComplianceSet {
@@ -147,6 +168,9 @@ pub enum Answer {
     },
     Compliance {
         setting: ComplianceBcc,
+    },
+    History {
+        rows: Vec<crate::store::HistoryRow>,
     },
     Error {
         message: String,
@@ -262,6 +286,8 @@ impl Users {
             previous_token: None,
             rotate_every_secs: None,
             next_rotation_at: None,
+            lockout: Default::default(),
+            login_ranges: Vec::new(),
         };
         self.store.create_user(&user)?;
         self.store.flush()?;
@@ -291,6 +317,31 @@ impl Users {
         if disabled {
             self.end_sessions(&user.id)?;
         }
+        self.store.flush()?;
+        Ok((&user).into())
+    }
+
+    /// Clears a lockout (and the failure count).
+    pub fn unlock(&self, username: &str) -> Result<UserView, AdminError> {
+        let user = self.find(username)?;
+        let user = self
+            .store
+            .update_user(&user.id, &mut |u| u.lockout = Default::default())?;
+        self.store.flush()?;
+        Ok((&user).into())
+    }
+
+    /// Sets the networks the user may log in from (empty: anywhere). Cached verifications die.
+    pub fn set_login_ranges(
+        &self,
+        username: &str,
+        ranges: Vec<ipnet::IpNet>,
+    ) -> Result<UserView, AdminError> {
+        let user = self.find(username)?;
+        let user = self.store.update_user(&user.id, &mut |u| {
+            u.login_ranges = ranges.clone();
+            u.epoch += 1;
+        })?;
         self.store.flush()?;
         Ok((&user).into())
     }
@@ -445,6 +496,23 @@ impl Admin {
                     masked_email: r.masked_email,
                 })
             }
+            Request::UserUnlock { username } => {
+                blocking(Box::new(move |u| Ok(user_answer(u.unlock(&username)?)))).await
+            }
+            Request::UserSetLoginRanges { username, ranges } => {
+                let ranges = parse_ranges(&ranges)?;
+                blocking(Box::new(move |u| {
+                    Ok(user_answer(u.set_login_ranges(&username, ranges)?))
+                }))
+                .await
+            }
+            Request::History { filter } => {
+                let store = self.store.clone();
+                let rows = tokio::task::spawn_blocking(move || store.history_query(&filter))
+                    .await
+                    .map_err(|_| AdminError::Remote("the history query failed".into()))??;
+                Ok(Answer::History { rows })
+            }
             Request::ComplianceGet => Ok(Answer::Compliance {
                 setting: ComplianceBcc::load(self.store.as_ref())?,
             }),
@@ -469,6 +537,23 @@ impl Admin {
             }
         }
     }
+}
+
+/// "192.0.2.0/24,2001:db8::/32" (bare addresses are single hosts), or "none".
+pub fn parse_ranges(s: &str) -> Result<Vec<ipnet::IpNet>, AdminError> {
+    let s = s.trim();
+    if s.is_empty() || s == "none" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(str::trim)
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| AdminError::Range(c.chars().take(60).collect()))
+        })
+        .collect()
 }
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {

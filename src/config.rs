@@ -53,6 +53,9 @@ pub mod file {
         pub oauth: OAuth,
         pub tokens: Tokens,
         pub mail: Mail,
+        pub limits: Limits,
+        pub lockout: Lockout,
+        pub history: History,
         pub log: Log,
     }
 
@@ -70,6 +73,8 @@ pub mod file {
         pub max_soap_body_bytes: usize,
         pub max_header_bytes: usize,
         pub max_connections: usize,
+        /// Peers whose X-Forwarded-For is believed (CIDR list); default none.
+        pub trusted_proxies: Vec<String>,
     }
 
     impl Default for Server {
@@ -86,6 +91,7 @@ pub mod file {
                 max_soap_body_bytes: 16 * 1024 * 1024,
                 max_header_bytes: 64 * 1024,
                 max_connections: 10_000,
+                trusted_proxies: Vec::new(),
             }
         }
     }
@@ -154,6 +160,10 @@ pub mod file {
         pub hashing_queue_timeout: String,
         pub password_min_length: usize,
         pub password_require_letter_and_digit: bool,
+        /// From these networks the password alone is accepted (CIDR list).
+        pub trusted_networks: Vec<String>,
+        pub credential_cache_ttl: String,
+        pub credential_cache_size: usize,
     }
 
     impl Default for Auth {
@@ -172,6 +182,9 @@ pub mod file {
                 hashing_queue_timeout: "2s".into(),
                 password_min_length: 8,
                 password_require_letter_and_digit: true,
+                trusted_networks: Vec::new(),
+                credential_cache_ttl: "5m".into(),
+                credential_cache_size: 100_000,
             }
         }
     }
@@ -255,6 +268,73 @@ pub mod file {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields, default)]
+    pub struct Limits {
+        pub login_per_ip: u32,
+        pub login_per_ip_period: String,
+        pub login_per_user: u32,
+        pub login_per_user_period: String,
+        /// Global cap on password verifications per second.
+        pub argon2_per_second: u32,
+        /// Most keys a keyed limiter holds; beyond, a coarse shared limiter takes over.
+        pub max_keys: usize,
+        pub housekeeping_interval: String,
+    }
+
+    impl Default for Limits {
+        fn default() -> Self {
+            Self {
+                login_per_ip: 600,
+                login_per_ip_period: "1m".into(),
+                login_per_user: 3600,
+                login_per_user_period: "1h".into(),
+                argon2_per_second: 200,
+                max_keys: 100_000,
+                housekeeping_interval: "60s".into(),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Lockout {
+        /// Failed logins within `window` that lock the account; 0 turns lockout off.
+        pub max_failures: u32,
+        pub window: String,
+        /// How long a lock lasts, or "forever" (until an admin unlocks).
+        pub lockout_period: String,
+    }
+
+    impl Default for Lockout {
+        fn default() -> Self {
+            Self {
+                max_failures: 10,
+                window: "15m".into(),
+                lockout_period: "15m".into(),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct History {
+        pub max_age: String,
+        pub max_rows: usize,
+        /// Bound of the queue between logins and the history writer.
+        pub queue: usize,
+    }
+
+    impl Default for History {
+        fn default() -> Self {
+            Self {
+                max_age: "90d".into(),
+                max_rows: 1_000_000,
+                queue: 10_000,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
     pub struct Log {
         pub level: String,
     }
@@ -279,7 +359,37 @@ pub struct Config {
     pub oauth_clients: Vec<OAuthClient>,
     pub tokens: TokensConfig,
     pub mail: MailConfig,
+    pub limits: LimitsConfig,
+    pub lockout: LockoutConfig,
+    pub history: HistoryConfig,
     pub log_level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub login_per_ip: std::num::NonZeroU32,
+    pub login_per_ip_period: Duration,
+    pub login_per_user: std::num::NonZeroU32,
+    pub login_per_user_period: Duration,
+    pub argon2_per_second: std::num::NonZeroU32,
+    pub max_keys: usize,
+    pub housekeeping_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LockoutConfig {
+    /// Zero: lockout off.
+    pub max_failures: u32,
+    pub window: Duration,
+    /// `None`: until an admin unlocks.
+    pub period: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    pub max_age: Duration,
+    pub max_rows: usize,
+    pub queue: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +469,7 @@ pub struct ServerConfig {
     pub max_soap_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -396,6 +507,9 @@ pub struct AuthConfig {
     pub hashing_queue: usize,
     pub hashing_queue_timeout: Duration,
     pub password_policy: PasswordPolicy,
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    pub credential_cache_ttl: Duration,
+    pub credential_cache_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -579,6 +693,7 @@ impl Config {
                 1 << 20,
             )?,
             max_connections: bounded("server.max_connections", s.max_connections, 1, 1_000_000)?,
+            trusted_proxies: cidrs("server.trusted_proxies", &s.trusted_proxies)?,
         };
 
         let tls = match (&f.tls.cert, &f.tls.key) {
@@ -698,6 +813,14 @@ impl Config {
                 min_length: bounded("auth.password_min_length", a.password_min_length, 1, 256)?,
                 require_letter_and_digit: a.password_require_letter_and_digit,
             },
+            trusted_networks: cidrs("auth.trusted_networks", &a.trusted_networks)?,
+            credential_cache_ttl: duration("auth.credential_cache_ttl", &a.credential_cache_ttl)?,
+            credential_cache_size: bounded(
+                "auth.credential_cache_size",
+                a.credential_cache_size,
+                0,
+                10_000_000,
+            )?,
         };
         if auth.session_lifetime < auth.session_idle_timeout {
             return Err(invalid(
@@ -772,6 +895,37 @@ impl Config {
             )?,
         };
         let mail = mail_config(&f.mail, &resolve)?;
+        let l = &f.limits;
+        let limits = LimitsConfig {
+            login_per_ip: per_hour("limits.login_per_ip", l.login_per_ip)?,
+            login_per_ip_period: duration("limits.login_per_ip_period", &l.login_per_ip_period)?,
+            login_per_user: per_hour("limits.login_per_user", l.login_per_user)?,
+            login_per_user_period: duration(
+                "limits.login_per_user_period",
+                &l.login_per_user_period,
+            )?,
+            argon2_per_second: per_hour("limits.argon2_per_second", l.argon2_per_second)?,
+            max_keys: bounded("limits.max_keys", l.max_keys, 100, 100_000_000)?,
+            housekeeping_interval: duration(
+                "limits.housekeeping_interval",
+                &l.housekeeping_interval,
+            )?,
+        };
+        let lo = &f.lockout;
+        let lockout = LockoutConfig {
+            max_failures: lo.max_failures,
+            window: duration("lockout.window", &lo.window)?,
+            period: match lo.lockout_period.trim() {
+                "forever" => None,
+                p => Some(duration("lockout.lockout_period", p)?),
+            },
+        };
+        let h = &f.history;
+        let history = HistoryConfig {
+            max_age: duration("history.max_age", &h.max_age)?,
+            max_rows: bounded("history.max_rows", h.max_rows, 1, 1_000_000_000)?,
+            queue: bounded("history.queue", h.queue, 1, 10_000_000)?,
+        };
 
         tracing_subscriber::EnvFilter::try_new(&f.log.level)
             .map_err(|e| invalid("log.level", format!("'{}': {e}", f.log.level)))?;
@@ -785,6 +939,9 @@ impl Config {
             oauth_clients,
             tokens,
             mail,
+            limits,
+            lockout,
+            history,
             log_level: f.log.level.clone(),
         })
     }
@@ -949,6 +1106,17 @@ fn mail_config(
     })
 }
 
+fn cidrs(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.iter()
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| invalid(key, format!("'{c}' is not a network such as 10.0.0.0/8")))
+        })
+        .collect()
+}
+
 fn duration_or_zero(key: &str, value: &str) -> Result<Duration, ConfigError> {
     if value.trim() == "0" || value.trim() == "0s" {
         return Ok(Duration::ZERO);
@@ -1045,6 +1213,20 @@ mod tests {
                 "[tokens]\nreset_per_user_per_hour = 0",
                 "tokens.reset_per_user_per_hour",
             ),
+            (
+                "[auth]\ntrusted_networks = [\"10.0.0.0/33\"]",
+                "auth.trusted_networks",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"proxy\"]",
+                "server.trusted_proxies",
+            ),
+            (
+                "[lockout]\nlockout_period = \"never\"",
+                "lockout.lockout_period",
+            ),
+            ("[limits]\nlogin_per_user = 0", "limits.login_per_user"),
+            ("[history]\nmax_age = \"old\"", "history.max_age"),
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text:?} gave {msg}");

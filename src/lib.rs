@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod history;
 pub mod ids;
 pub mod limit;
 pub mod mail;

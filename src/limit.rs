@@ -1,13 +1,26 @@
-//! Rate limits (governor): keyed limiters with a bounded key count. Beyond the bound, a coarse
-//! limiter shared by all new keys takes over, so a flood of random keys cannot grow memory
-//! without bound; stale keys are pruned on a schedule (`housekeep`).
+//! Rate limits (governor) and the lockout policy.
+//!
+//! Keyed limiters have a bounded key count: beyond the bound, a coarse limiter shared by all
+//! new keys takes over, so a flood of random usernames or addresses cannot grow memory without
+//! bound; stale keys are pruned on a schedule (`housekeep`). Login limits are checked before
+//! any password hashing.
+//!
+//! Lockout (reference §5): after `max_failures` counted failures within `window` the account is
+//! locked for `period` (or until an admin unlocks). The same wrong secret sent again and again
+//! (an integration with a stale token) counts once: recent wrong secrets are remembered per user
+//! as keyed fingerprints, in memory only.
 
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
+use ring::hmac;
+
+use crate::config::{LimitsConfig, LockoutConfig};
+use crate::store::LockoutState;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 pub struct KeyedLimiter<K: Hash + Eq + Clone> {
@@ -75,6 +88,138 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The login limiters: per client address (IPv6 by /64), per username, and a global cap on
+/// password verifications.
+pub struct LoginLimits {
+    per_ip: KeyedLimiter<IpAddr>,
+    per_user: KeyedLimiter<String>,
+    argon2: DefaultDirectRateLimiter,
+    clock: DefaultClock,
+}
+
+impl LoginLimits {
+    pub fn new(cfg: &LimitsConfig) -> Self {
+        let per_second = cfg.argon2_per_second;
+        Self {
+            per_ip: KeyedLimiter::new(cfg.login_per_ip, cfg.login_per_ip_period, cfg.max_keys),
+            per_user: KeyedLimiter::new(
+                cfg.login_per_user,
+                cfg.login_per_user_period,
+                cfg.max_keys,
+            ),
+            argon2: RateLimiter::direct(Quota::per_second(per_second)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Per address, then per canonical username.
+    pub fn check(&self, ip: IpAddr, canonical_user: &str) -> Result<(), Duration> {
+        self.per_ip.check(&ip_key(ip))?;
+        self.per_user.check(&canonical_user.to_owned())
+    }
+
+    /// The global cap on password verifications.
+    pub fn check_argon2(&self) -> Result<(), Duration> {
+        self.argon2.check().map_err(|nu| {
+            nu.wait_time_from(self.clock.now())
+                .max(Duration::from_secs(1))
+        })
+    }
+
+    pub fn housekeep(&self) {
+        self.per_ip.housekeep();
+        self.per_user.housekeep();
+    }
+
+    /// Keys held by the per-address and per-user limiters.
+    pub fn keys(&self) -> (usize, usize) {
+        (self.per_ip.keys(), self.per_user.keys())
+    }
+}
+
+/// The lockout rules, applied to a user's stored [`LockoutState`].
+pub struct Lockout {
+    cfg: LockoutConfig,
+    /// user id → fingerprints (and times) of recent wrong secrets.
+    recent: DashMap<String, Vec<(u64, u64)>>,
+    key: hmac::Key,
+}
+
+/// Wrong secrets remembered per user, and users remembered at most.
+const RECENT_PER_USER: usize = 32;
+const RECENT_USERS: usize = 100_000;
+
+impl Lockout {
+    pub fn new(cfg: &LockoutConfig) -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        Self {
+            cfg: cfg.clone(),
+            recent: DashMap::new(),
+            key: hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+                .expect("the OS random generator works"),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.max_failures > 0
+    }
+
+    /// Whether this wrong secret should count: false when the same secret already failed for
+    /// this user within the window (a stale credential replayed).
+    pub fn first_failure_of(&self, user_id: &str, secret: &str, now: u64) -> bool {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(&(user_id.len() as u64).to_be_bytes());
+        ctx.update(user_id.as_bytes());
+        ctx.update(secret.as_bytes());
+        let tag = ctx.sign();
+        let fp = u64::from_be_bytes(tag.as_ref()[..8].try_into().expect("8 bytes"));
+        let window = self.cfg.window.as_secs();
+        if self.recent.len() >= RECENT_USERS {
+            self.recent
+                .retain(|_, v| v.iter().any(|(_, at)| now < at + window));
+            if self.recent.len() >= RECENT_USERS {
+                self.recent.clear();
+            }
+        }
+        let mut seen = self.recent.entry(user_id.to_owned()).or_default();
+        seen.retain(|(_, at)| now < at + window);
+        if seen.iter().any(|(f, _)| *f == fp) {
+            return false;
+        }
+        if seen.len() >= RECENT_PER_USER {
+            seen.remove(0);
+        }
+        seen.push((fp, now));
+        true
+    }
+
+    /// Counts one failure; returns true when it locked the account.
+    pub fn register_failure(&self, s: &mut LockoutState, now: u64) -> bool {
+        if !self.enabled() || s.is_locked(now) {
+            return false;
+        }
+        if s.failures == 0 || now >= s.window_started_at + self.cfg.window.as_secs() {
+            s.failures = 0;
+            s.window_started_at = now;
+        }
+        s.failures += 1;
+        if s.failures >= self.cfg.max_failures {
+            s.locked_until = Some(match self.cfg.period {
+                Some(p) => now + p.as_secs(),
+                None => u64::MAX,
+            });
+            s.failures = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Forgets the remembered wrong secrets of a user (after a success or an unlock).
+    pub fn forget(&self, user_id: &str) {
+        self.recent.remove(user_id);
+    }
+}
+
 /// Seconds for a `Retry-After` header.
 pub fn retry_after_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -111,6 +256,57 @@ mod tests {
         }
         assert_eq!(l.keys(), 10, "no new keys past the bound");
         assert!(refused > 0);
+    }
+
+    fn lockout(max: u32) -> Lockout {
+        Lockout::new(&LockoutConfig {
+            max_failures: max,
+            window: Duration::from_secs(900),
+            period: Some(Duration::from_secs(900)),
+        })
+    }
+
+    #[test]
+    fn the_same_wrong_secret_counts_once_and_different_ones_each_count() {
+        let l = lockout(3);
+        assert!(l.first_failure_of("u1", "stale", 100));
+        assert!(!l.first_failure_of("u1", "stale", 200));
+        assert!(l.first_failure_of("u1", "other", 200));
+        assert!(l.first_failure_of("u2", "stale", 200), "per user");
+        assert!(
+            l.first_failure_of("u1", "stale", 100 + 901),
+            "the window ends"
+        );
+    }
+
+    #[test]
+    fn failures_lock_after_the_maximum_and_the_lock_expires() {
+        let l = lockout(3);
+        let mut s = LockoutState::default();
+        assert!(!l.register_failure(&mut s, 10));
+        assert!(!l.register_failure(&mut s, 11));
+        assert!(l.register_failure(&mut s, 12));
+        assert!(s.is_locked(13));
+        assert!(!s.is_locked(12 + 900));
+        // Failures outside the window start a new count.
+        let mut s = LockoutState::default();
+        l.register_failure(&mut s, 10);
+        l.register_failure(&mut s, 11);
+        assert!(!l.register_failure(&mut s, 10 + 901));
+        assert_eq!(s.failures, 1);
+        // Forever means until an admin unlocks.
+        let forever = Lockout::new(&LockoutConfig {
+            max_failures: 1,
+            window: Duration::from_secs(60),
+            period: None,
+        });
+        let mut s = LockoutState::default();
+        assert!(forever.register_failure(&mut s, 5));
+        assert!(s.is_locked(u64::MAX - 1));
+        assert!(
+            !lockout(0).register_failure(&mut LockoutState::default(), 5),
+            "0 turns it off"
+        );
     }
 
     #[test]

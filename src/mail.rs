@@ -514,6 +514,8 @@ mod tests {
             previous_token: None,
             rotate_every_secs: None,
             next_rotation_at: None,
+            lockout: Default::default(),
+            login_ranges: Vec::new(),
         };
         let m = TokenMail {
             user: &user,

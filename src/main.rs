@@ -41,8 +41,35 @@ enum Command {
     /// Settings stored in the data directory (changeable while the server runs).
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// Show the login history, newest first.
+    History(HistoryArgs),
     /// Validate a configuration file and exit.
     CheckConfig,
+}
+
+#[derive(Args)]
+struct HistoryArgs {
+    /// A username (case-insensitive) or user id.
+    #[arg(long)]
+    user: Option<String>,
+    /// An RFC 3339 time or a duration ago ("1h").
+    #[arg(long)]
+    since: Option<String>,
+    /// success, superseded_token, bad_credentials, locked, rate_limited, disabled,
+    /// outside_login_range.
+    #[arg(long)]
+    outcome: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand)]
@@ -111,12 +138,18 @@ enum UserCommand {
     /// Enable a disabled user.
     Enable { username: String },
     /// Change a user's settings.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["rotate_every", "login_ranges"])))]
     Set {
         username: String,
         /// Rotate the token on a schedule ("24h", "7d") or "off".
         #[arg(long)]
-        rotate_every: String,
+        rotate_every: Option<String>,
+        /// Networks the user may log in from ("192.0.2.0/24,2001:db8::/32") or "none".
+        #[arg(long)]
+        login_ranges: Option<String>,
     },
+    /// Clear a lockout.
+    Unlock { username: String },
     /// Set a user's password (a new token is emailed when mail is configured).
     Passwd {
         username: String,
@@ -183,6 +216,33 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             Ok(())
         }
         Command::Demo(args) => demo(args).await,
+        Command::History(args) => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let since_ms = match &args.since {
+                Some(s) => Some(tokengate::history::parse_since(s).ok_or_else(|| {
+                    format!("--since: '{s}' is neither an RFC 3339 time nor a duration such as 1h")
+                })?),
+                None => None,
+            };
+            if let Some(o) = &args.outcome
+                && tokengate::history::Outcome::parse(o).is_none()
+            {
+                return Err(format!("--outcome: '{o}' is not a known outcome").into());
+            }
+            let filter = tokengate::store::HistoryFilter {
+                user: args
+                    .user
+                    .as_deref()
+                    .map(tokengate::auth::canonical_username),
+                since_ms,
+                outcome: args.outcome.clone(),
+                limit: args.limit.clamp(1, 1_000_000),
+            };
+            match admin_call(&cfg, Request::History { filter }).await? {
+                Answer::History { rows } => print_history(&rows, args.format),
+                other => print_answer(other, false, false),
+            }
+        }
         Command::CheckConfig => {
             let path = cli.config.ok_or("check-config needs --config FILE")?;
             Config::load(&path)?;
@@ -301,6 +361,17 @@ fn print_user(u: &UserView, json: bool) {
         ),
         _ => println!("token rotation:    off"),
     }
+    match u.locked_until {
+        Some(u64::MAX) => println!("locked:            until unlocked by an admin"),
+        Some(t) => println!("locked:            until {}", when(t)),
+        None => println!("locked:            no"),
+    }
+    let ranges = if u.login_ranges.is_empty() {
+        "anywhere".to_owned()
+    } else {
+        u.login_ranges.join(", ")
+    };
+    println!("login ranges:      {ranges}");
 }
 
 async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), BoxError> {
@@ -347,14 +418,25 @@ async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), BoxError> {
         UserCommand::Set {
             username,
             rotate_every,
-        } => (
-            Request::UserSetRotation {
-                username,
-                every: rotate_every,
-            },
-            false,
-            false,
-        ),
+            login_ranges,
+        } => {
+            let mut last = None;
+            if let Some(every) = rotate_every {
+                let req = Request::UserSetRotation {
+                    username: username.clone(),
+                    every,
+                };
+                last = Some(admin_call(cfg, req).await?);
+            }
+            if let Some(ranges) = login_ranges
+                && !matches!(last, Some(Answer::Error { .. }))
+            {
+                last =
+                    Some(admin_call(cfg, Request::UserSetLoginRanges { username, ranges }).await?);
+            }
+            return print_answer(last.expect("clap requires one change"), false, false);
+        }
+        UserCommand::Unlock { username } => (Request::UserUnlock { username }, false, false),
         UserCommand::Passwd {
             username,
             password_stdin,
@@ -366,9 +448,37 @@ async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), BoxError> {
     print_answer(admin_call(cfg, req).await?, json, show_token)
 }
 
+fn print_history(rows: &[tokengate::store::HistoryRow], format: Format) -> Result<(), BoxError> {
+    use tokengate::history::format_ms;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        Format::Csv => print!("{}", tokengate::history::to_csv(rows, true)),
+        Format::Table => {
+            println!(
+                "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} CLIENT",
+                "TIME", "USERNAME", "SOURCE IP", "DIALECT", "OUTCOME", "REASON"
+            );
+            for r in rows {
+                println!(
+                    "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} {}",
+                    format_ms(r.at_ms),
+                    r.username,
+                    r.source_ip,
+                    r.dialect,
+                    r.outcome,
+                    r.reason.as_deref().unwrap_or("-"),
+                    r.client.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn print_answer(answer: Answer, json: bool, show_token: bool) -> Result<(), BoxError> {
     match answer {
         Answer::Error { message } => Err(message.into()),
+        Answer::History { rows } => print_history(&rows, Format::Table),
         Answer::Rotated { user, masked_email } => {
             println!(
                 "A new security token for {} was emailed to {masked_email}.",

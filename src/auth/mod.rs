@@ -1,24 +1,34 @@
-//! The login pipeline shared by every dialect: one [`Authenticator::authenticate`] that turns
-//! a username and a "password‖token" secret into a user or a generic failure, plus the
-//! session table (`session`).
+//! The login pipeline shared by every dialect: one [`Authenticator::login`] that turns a
+//! username and a "password‖token" secret into a user or a generic failure, plus the
+//! verified-credential cache (`cache`) and the session table (`session`).
 //!
-//! Order of checks (DESIGN.md §3.1–3.2): the token is checked first with a keyed hash in
-//! constant time, and argon2id runs for the password only when the token matched, on a
-//! bounded pool off the async executor. Unknown and disabled users walk the same steps against
-//! a dummy record whose token can never match, so neither timing nor answer tells them apart
-//! from a wrong token.
+//! The order of the steps (DESIGN.md §1, §3.1–3.3):
+//! 1. the verified-credential cache: a hit costs two keyed hashes and one record lookup;
+//! 2. rate limits per address and per username, before any hashing;
+//! 3. the user (or a dummy record for unknown and disabled users, so they walk the same steps);
+//! 4. the user's login ranges, then the token with a keyed hash in constant time (or, from a
+//!    trusted network, the password alone);
+//! 5. the global argon2 cap, then argon2id on a bounded pool off the async executor;
+//! 6. lockout: a locked account fails like a wrong password unless the credentials were right;
+//!    failures are counted (the same wrong secret once);
+//! 7. the outcome goes to the login history, off the request path.
 
+pub mod cache;
 pub mod session;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::config::AuthConfig;
+use crate::config::Config;
+use crate::history::{History, Outcome, now_ms};
+use crate::limit::{Lockout, LoginLimits};
 use crate::secret::Secrets;
-use crate::store::{Store, StoreError, User};
+use crate::store::{HistoryRow, Store, StoreError, User};
+use cache::CredentialCache;
 
 /// Why a login failed. For the login history and logs only: every reason gets the same answer
 /// on the wire (DESIGN.md §3.7).
@@ -29,6 +39,7 @@ pub enum Reason {
     WrongToken,
     WrongPassword,
     Malformed,
+    OutsideLoginRange,
 }
 
 impl Reason {
@@ -39,23 +50,78 @@ impl Reason {
             Reason::WrongToken => "wrong token",
             Reason::WrongPassword => "wrong password",
             Reason::Malformed => "malformed credentials",
+            Reason::OutsideLoginRange => "outside login range",
+        }
+    }
+
+    fn outcome(self) -> Outcome {
+        match self {
+            Reason::Disabled => Outcome::Disabled,
+            Reason::OutsideLoginRange => Outcome::OutsideLoginRange,
+            _ => Outcome::BadCredentials,
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
     #[error("invalid credentials ({})", .0.as_str())]
     Rejected(Reason),
+    /// The credentials were right but the account is locked (`u64::MAX`: until unlocked).
+    #[error("the account is locked")]
+    Locked { until: u64 },
+    #[error("too many login attempts")]
+    RateLimited { retry_after: Duration },
     #[error("password verification is saturated; retry shortly")]
     Busy,
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("storage error: {0}")]
+    Store(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        AuthError::Store(e.to_string())
+    }
 }
 
 /// Usernames are case-insensitive, like Salesforce's; this is the stored form.
 pub fn canonical_username(name: &str) -> String {
     name.trim().to_lowercase()
+}
+
+/// How the client logged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Soap,
+    OAuth,
+    Basic,
+    Console,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Soap => "soap",
+            Dialect::OAuth => "oauth",
+            Dialect::Basic => "basic",
+            Dialect::Console => "console",
+        }
+    }
+}
+
+/// One login attempt as the wire layer parsed it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    pub username: &'a str,
+    /// The password with the token appended.
+    pub secret: &'a str,
+    /// The client's address (the peer, or X-Forwarded-For from a trusted proxy).
+    pub ip: IpAddr,
+    pub dialect: Dialect,
+    pub api_version: Option<&'a str>,
+    /// User-Agent, SOAP CallOptions client or OAuth client_id.
+    pub client: Option<&'a str>,
+    pub tls: Option<&'static str>,
 }
 
 /// Admission control for argon2: at most `permits` verifications run at once on the blocking
@@ -115,14 +181,29 @@ pub struct Authenticator {
     /// what decoding a real record costs.
     dummy: Vec<u8>,
     max_secret_bytes: usize,
+    trusted_networks: Vec<ipnet::IpNet>,
+    limits: LoginLimits,
+    lockout: Lockout,
+    cache: CredentialCache<Result<Verified, AuthError>>,
+    history: Arc<History>,
+}
+
+/// A successful verification.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub user: User,
+    /// The login used the previous token during its grace window.
+    pub superseded: bool,
 }
 
 impl Authenticator {
     pub fn new(
         store: Arc<dyn Store>,
         secrets: Arc<Secrets>,
-        cfg: &AuthConfig,
+        cfg: &Config,
+        history: Arc<History>,
     ) -> Result<Self, crate::secret::SecretError> {
+        let a = &cfg.auth;
         // The dummy's token tag is a random value no token hashes to, and its password hash
         // is real, so a dummy walk costs what a wrong token for a real user costs.
         let dummy = User {
@@ -134,7 +215,7 @@ impl Authenticator {
             disabled: true,
             password_hash: secrets.hash_password(&secrets.generate_password()?)?,
             token_tag: secrets.random_bytes()?,
-            token_length: cfg.token_length,
+            token_length: a.token_length,
             epoch: 0,
             created_at: 0,
             password_changed_at: 0,
@@ -143,42 +224,135 @@ impl Authenticator {
             previous_token: None,
             rotate_every_secs: None,
             next_rotation_at: None,
+            lockout: Default::default(),
+            login_ranges: Vec::new(),
         };
         Ok(Self {
             store,
             secrets,
             pool: HashPool::new(
-                cfg.hashing_concurrency.get(),
-                cfg.hashing_queue,
-                cfg.hashing_queue_timeout,
+                a.hashing_concurrency.get(),
+                a.hashing_queue,
+                a.hashing_queue_timeout,
             ),
             dummy: serde_json::to_vec(&dummy).expect("records serialise"),
-            max_secret_bytes: cfg.max_secret_bytes,
+            max_secret_bytes: a.max_secret_bytes,
+            trusted_networks: a.trusted_networks.clone(),
+            limits: LoginLimits::new(&cfg.limits),
+            lockout: Lockout::new(&cfg.lockout),
+            cache: CredentialCache::new(a.credential_cache_ttl, a.credential_cache_size),
+            history,
         })
-    }
-
-    fn dummy_user(&self) -> User {
-        serde_json::from_slice(&self.dummy).expect("the dummy record decodes")
     }
 
     pub fn hash_pool(&self) -> &HashPool {
         &self.pool
     }
 
-    /// Verifies `username` + `secret` (the password with the token appended).
-    pub async fn authenticate(&self, username: &str, secret: &str) -> Result<Verified, AuthError> {
-        if username.is_empty()
-            || username.len() > 256
-            || secret.is_empty()
-            || secret.len() > self.max_secret_bytes
+    pub fn limits(&self) -> &LoginLimits {
+        &self.limits
+    }
+
+    pub fn lockout(&self) -> &Lockout {
+        &self.lockout
+    }
+
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Periodic upkeep: stale limiter keys and expired cache entries.
+    pub fn housekeep(&self) {
+        self.limits.housekeep();
+        self.cache.sweep(crate::now_secs());
+    }
+
+    fn dummy_user(&self) -> User {
+        serde_json::from_slice(&self.dummy).expect("the dummy record decodes")
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Verifies a login attempt in any dialect and records it in the login history.
+    pub async fn login(&self, a: &Attempt<'_>) -> Result<Verified, AuthError> {
+        let (result, cached) = self.login_unrecorded(a).await;
+        // A Basic call answered from the cache is an authenticated call, not a login: only
+        // real verifications of Basic credentials go to the history.
+        if !(cached && a.dialect == Dialect::Basic) {
+            self.record(a, &result);
+        }
+        result
+    }
+
+    /// The result, and whether it came from the cache.
+    async fn login_unrecorded(&self, a: &Attempt<'_>) -> (Result<Verified, AuthError>, bool) {
+        match self.login_inner(a).await {
+            Ok((v, cached)) => (Ok(v), cached),
+            Err(e) => (Err(e), false),
+        }
+    }
+
+    async fn login_inner(&self, a: &Attempt<'_>) -> Result<(Verified, bool), AuthError> {
+        if a.username.is_empty()
+            || a.username.len() > 256
+            || a.secret.is_empty()
+            || a.secret.len() > self.max_secret_bytes
         {
             return Err(AuthError::Rejected(Reason::Malformed));
         }
-        let (user, substitute) = self.lookup(username)?;
-        let reject = |r: Reason| Err(AuthError::Rejected(substitute.unwrap_or(r)));
+        let canonical = canonical_username(a.username);
+        let trusted = self.trusted(a.ip);
+        let key = self.cache.key(&canonical, a.secret);
+        let now = crate::now_secs();
+        if let Some(hit) = self.cache.get(&key, now) {
+            match self.store.user_by_name(&canonical)? {
+                Some(user)
+                    if user.id == hit.user_id
+                        && user.epoch == hit.epoch
+                        && !user.disabled
+                        && !user.lockout.is_locked(now)
+                        && (!hit.password_only || trusted)
+                        && in_ranges(&user, a.ip) =>
+                {
+                    let v = Verified {
+                        user,
+                        superseded: hit.superseded,
+                    };
+                    return Ok((v, true));
+                }
+                _ => self.cache.remove(&key),
+            }
+        }
+        if let Err(retry_after) = self.limits.check(a.ip, &canonical) {
+            return Err(AuthError::RateLimited { retry_after });
+        }
+        self.cache
+            .single_flight(key, || self.verify(a, &canonical, trusted))
+            .await
+            .map(|v| (v, false))
+    }
+
+    /// The uncached verification (steps 3–6).
+    async fn verify(
+        &self,
+        a: &Attempt<'_>,
+        canonical: &str,
+        trusted: bool,
+    ) -> Result<Verified, AuthError> {
+        let now = crate::now_secs();
+        let (user, substitute) = match self.store.user_by_name(canonical)? {
+            Some(u) if !u.disabled => (u, None),
+            Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
+            None => (self.dummy_user(), Some(Reason::UnknownUser)),
+        };
+        if substitute.is_none() && !in_ranges(&user, a.ip) {
+            return Err(AuthError::Rejected(Reason::OutsideLoginRange));
+        }
+        let secret = a.secret;
 
         // The current token, then the superseded one while its grace window lasts.
-        let now = crate::now_secs();
         let candidates = std::iter::once((user.token_tag, user.token_length, false)).chain(
             user.previous_token
                 .as_ref()
@@ -194,25 +368,122 @@ impl Authenticator {
             if let Some(at) = split
                 && self.secrets.token_matches(&secret[at..], &tag)
             {
-                matched = Some((at, superseded));
+                matched = Some((&secret[..at], superseded, false));
                 break;
             }
         }
-        let Some((at, superseded)) = matched else {
-            return reject(Reason::WrongToken);
+        // From a trusted network the password alone is accepted (Salesforce's trusted IP
+        // ranges, reference §5); the token may still be appended, as handled above.
+        if matched.is_none() && trusted {
+            matched = Some((secret, false, true));
+        }
+        let Some((password, superseded, password_only)) = matched else {
+            if let Some(r) = substitute {
+                return Err(AuthError::Rejected(r));
+            }
+            return self.fail(&user, secret, Reason::WrongToken, now);
         };
+        if let Err(retry_after) = self.limits.check_argon2() {
+            return Err(AuthError::RateLimited { retry_after });
+        }
+        let ok = self.check_password(&user, password).await?;
         if let Some(r) = substitute {
-            // Unreachable in practice (the dummy tag matches no token), kept as a guard.
             return Err(AuthError::Rejected(r));
         }
-        if self.check_password(&user, &secret[..at]).await? {
-            if superseded {
-                tracing::warn!(user = %user.username, "login with a superseded token during its grace window");
-            }
-            Ok(Verified { user, superseded })
-        } else {
-            reject(Reason::WrongPassword)
+        if !ok {
+            return self.fail(&user, secret, Reason::WrongPassword, now);
         }
+        // Only a caller holding the right credentials learns that the account is locked.
+        if let Some(until) = user
+            .lockout
+            .locked_until
+            .filter(|_| user.lockout.is_locked(now))
+        {
+            return Err(AuthError::Locked { until });
+        }
+        let user = if user.lockout.failures > 0 || user.lockout.locked_until.is_some() {
+            self.lockout.forget(&user.id);
+            self.store
+                .update_user(&user.id, &mut |u| u.lockout = Default::default())?
+        } else {
+            user
+        };
+        // A verification with the superseded token lasts no longer than its grace window.
+        let grace_end = if superseded {
+            user.previous_token.as_ref().map_or(now, |p| p.at)
+        } else {
+            0
+        };
+        self.cache.insert(
+            self.cache.key(canonical, secret),
+            cache::Entry {
+                user_id: user.id.clone(),
+                epoch: user.epoch,
+                password_only,
+                superseded,
+                expires: grace_end,
+            },
+            now,
+        );
+        Ok(Verified { user, superseded })
+    }
+
+    /// Counts a failed login toward lockout (the same wrong secret once) and rejects it.
+    fn fail(
+        &self,
+        user: &User,
+        secret: &str,
+        reason: Reason,
+        now: u64,
+    ) -> Result<Verified, AuthError> {
+        if self.lockout.enabled()
+            && !user.lockout.is_locked(now)
+            && self.lockout.first_failure_of(&user.id, secret, now)
+        {
+            let mut locked = false;
+            let updated = self.store.update_user(&user.id, &mut |u| {
+                locked = self.lockout.register_failure(&mut u.lockout, now);
+                if locked {
+                    // Kills cached verifications at once.
+                    u.epoch += 1;
+                }
+            })?;
+            if locked {
+                tracing::warn!(user = %updated.username, "account locked after repeated failed logins");
+            }
+        }
+        Err(AuthError::Rejected(reason))
+    }
+
+    fn record(&self, a: &Attempt<'_>, result: &Result<Verified, AuthError>) {
+        let (outcome, reason, user_id) = match result {
+            Ok(v) if v.superseded => (Outcome::SupersededToken, None, Some(v.user.id.clone())),
+            Ok(v) => (Outcome::Success, None, Some(v.user.id.clone())),
+            Err(AuthError::Rejected(r)) => (r.outcome(), Some(r.as_str()), None),
+            Err(AuthError::Locked { .. }) => (Outcome::Locked, None, None),
+            Err(AuthError::RateLimited { .. }) => (Outcome::RateLimited, None, None),
+            Err(AuthError::Busy | AuthError::Store(_)) => return,
+        };
+        let user_id = user_id.or_else(|| {
+            self.store
+                .user_by_name(&canonical_username(a.username))
+                .ok()
+                .flatten()
+                .map(|u| u.id)
+        });
+        let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        self.history.record(HistoryRow {
+            at_ms: now_ms(),
+            username: clip(a.username, 120),
+            user_id,
+            source_ip: a.ip.to_string(),
+            dialect: a.dialect.as_str().to_owned(),
+            api_version: a.api_version.map(|v| clip(v, 16)),
+            client: a.client.map(|c| clip(c, 200)),
+            tls: a.tls.map(str::to_owned),
+            outcome: outcome.as_str().to_owned(),
+            reason: reason.map(str::to_owned),
+        });
     }
 
     /// Verifies a password alone, with no token: for the self-service token reset, which must
@@ -226,24 +497,17 @@ impl Authenticator {
         if username.is_empty() || username.len() > 256 || password.len() > self.max_secret_bytes {
             return Err(AuthError::Rejected(Reason::Malformed));
         }
-        let (user, substitute) = self.lookup(username)?;
+        let (user, substitute) = match self.store.user_by_name(&canonical_username(username))? {
+            Some(u) if !u.disabled => (u, None),
+            Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
+            None => (self.dummy_user(), Some(Reason::UnknownUser)),
+        };
         let ok = self.check_password(&user, password).await?;
         match (substitute, ok) {
             (Some(r), _) => Err(AuthError::Rejected(r)),
             (None, true) => Ok(user),
             (None, false) => Err(AuthError::Rejected(Reason::WrongPassword)),
         }
-    }
-
-    /// The user, or the dummy and the reason it stands in.
-    fn lookup(&self, username: &str) -> Result<(User, Option<Reason>), AuthError> {
-        Ok(
-            match self.store.user_by_name(&canonical_username(username))? {
-                Some(u) if !u.disabled => (u, None),
-                Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
-                None => (self.dummy_user(), Some(Reason::UnknownUser)),
-            },
-        )
     }
 
     async fn check_password(&self, user: &User, password: &str) -> Result<bool, AuthError> {
@@ -259,12 +523,9 @@ impl Authenticator {
     }
 }
 
-/// A successful verification.
-#[derive(Debug)]
-pub struct Verified {
-    pub user: User,
-    /// The login used the previous token during its grace window.
-    pub superseded: bool,
+/// Whether the user may log in from `ip` (no ranges: from anywhere).
+fn in_ranges(user: &User, ip: IpAddr) -> bool {
+    user.login_ranges.is_empty() || user.login_ranges.iter().any(|n| n.contains(&ip))
 }
 
 #[cfg(test)]

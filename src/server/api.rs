@@ -3,7 +3,6 @@
 //! CLI. Errors are `{"error": ..., "message": ...}`; 401 only when the caller is not
 //! authenticated, 403 when authenticated but not allowed.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,8 +14,9 @@ use serde::Deserialize;
 
 use super::App;
 use super::body;
+use super::routes::Client;
 use crate::admin::{AdminError, NewUser, UserView};
-use crate::auth::AuthError;
+use crate::auth::{Attempt, AuthError, Dialect};
 use crate::mail::{ComplianceBcc, MailError, TokenReason, mask_email};
 use crate::store::User;
 use crate::tokens::TokenError;
@@ -129,6 +129,7 @@ fn admin_error(e: AdminError) -> Response<Body> {
         | AdminError::Password(_)
         | AdminError::FullName(_)
         | AdminError::Period(_)
+        | AdminError::Range(_)
         | AdminError::Mail(MailError::Address(_))) => {
             json_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string())
         }
@@ -183,7 +184,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 }
 
 /// Who is calling: a session's user, or Basic `username:password+token`.
-async fn caller(app: &App, req: &Request<Incoming>) -> Result<User, Response<Body>> {
+async fn caller(app: &App, req: &Request<Incoming>, peer: Client) -> Result<User, Response<Body>> {
     match credentials::from_headers(req.headers()) {
         Some(HeaderCredential::Session(sid)) => {
             let session = app.sessions.lookup(sid).ok_or_else(unauthenticated)?;
@@ -194,9 +195,23 @@ async fn caller(app: &App, req: &Request<Incoming>) -> Result<User, Response<Bod
             }
         }
         Some(HeaderCredential::Basic(u, secret)) => {
-            match app.auth.authenticate(&u, &secret).await {
+            let attempt = Attempt {
+                username: &u,
+                secret: &secret,
+                ip: peer.ip,
+                dialect: Dialect::Basic,
+                api_version: None,
+                client: req
+                    .headers()
+                    .get("user-agent")
+                    .and_then(|v| v.to_str().ok()),
+                tls: peer.tls,
+            };
+            match app.auth.login(&attempt).await {
                 Ok(v) => Ok(v.user),
                 Err(AuthError::Rejected(_)) => Err(unauthenticated()),
+                Err(AuthError::Locked { until }) => Err(crate::wire::rest::locked(until)),
+                Err(AuthError::RateLimited { retry_after }) => Err(too_many(retry_after)),
                 Err(AuthError::Busy) => Err(busy()),
                 Err(AuthError::Store(e)) => Err(internal(&e)),
             }
@@ -205,7 +220,7 @@ async fn caller(app: &App, req: &Request<Incoming>) -> Result<User, Response<Bod
     }
 }
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let Some(rest) = path.strip_prefix("/tokengate/v1/") else {
         return json_error(
@@ -217,9 +232,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let segments: Vec<&str> = rest.split('/').collect();
     match segments.as_slice() {
         ["token", "reset"] => self_service_reset(app, req, peer).await,
-        ["password"] => change_password(app, req).await,
+        ["password"] => change_password(app, req, peer).await,
         ["admin", rest @ ..] => {
-            let user = match caller(&app, &req).await {
+            let user = match caller(&app, &req, peer).await {
                 Ok(u) => u,
                 Err(r) => return r,
             };
@@ -254,16 +269,12 @@ fn percent_decode(s: &str) -> String {
 /// `POST /tokengate/v1/token/reset`: a session of the user, or Basic `username:password` with
 /// the password alone. Unknown users and wrong passwords get the same 202 after about the same
 /// time, and no mail.
-async fn self_service_reset(
-    app: Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
+async fn self_service_reset(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
     if req.method() != Method::POST {
         return method_not_allowed("POST");
     }
     let started = Instant::now();
-    if let Err(wait) = app.reset_per_ip.check(&crate::limit::ip_key(peer.ip())) {
+    if let Err(wait) = app.reset_per_ip.check(&crate::limit::ip_key(peer.ip)) {
         return too_many(wait);
     }
     let accepted = |masked: &str| {
@@ -297,7 +308,8 @@ async fn self_service_reset(
             }
             match app.auth.verify_password_only(&username, &password).await {
                 Ok(u) => (Some(u), canonical),
-                Err(AuthError::Rejected(_)) => (None, canonical),
+                Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => (None, canonical),
+                Err(AuthError::RateLimited { retry_after }) => return too_many(retry_after),
                 Err(AuthError::Busy) => return busy(),
                 Err(AuthError::Store(e)) => return internal(&e),
             }
@@ -338,11 +350,11 @@ struct PasswordChange {
 
 /// `POST /tokengate/v1/password` `{"new_password": ...}`, authenticated by a session or Basic
 /// `username:password+token`. The password changes and a new token is emailed, both or neither.
-async fn change_password(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn change_password(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
     if req.method() != Method::POST {
         return method_not_allowed("POST");
     }
-    let user = match caller(&app, &req).await {
+    let user = match caller(&app, &req, peer).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -381,6 +393,95 @@ struct NewUserBody {
     #[serde(default)]
     admin: bool,
     password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangesBody {
+    ranges: Vec<String>,
+}
+
+/// `GET /tokengate/v1/admin/history?user=&since=&outcome=&limit=&format=json|csv`.
+async fn history(app: &App, req: &Request<Incoming>) -> Response<Body> {
+    let pairs: Vec<(String, String)> = match req.uri().query() {
+        Some(q) => match serde_urlencoded::from_str(q) {
+            Ok(p) => p,
+            Err(_) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "unreadable query string",
+                );
+            }
+        },
+        None => Vec::new(),
+    };
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let since_ms = match get("since") {
+        Some(s) => match crate::history::parse_since(s) {
+            Some(t) => Some(t),
+            None => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "since must be an RFC 3339 time or a duration such as 1h",
+                );
+            }
+        },
+        None => None,
+    };
+    if let Some(o) = get("outcome")
+        && crate::history::Outcome::parse(o).is_none()
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "unknown outcome",
+        );
+    }
+    let limit = match get("limit").map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n)) if (1..=100_000).contains(&n) => n,
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "limit must be 1 to 100000",
+            );
+        }
+    };
+    let filter = crate::store::HistoryFilter {
+        user: get("user").map(crate::auth::canonical_username),
+        since_ms,
+        outcome: get("outcome").map(str::to_owned),
+        limit,
+    };
+    let store = app.store.clone();
+    let rows = match tokio::task::spawn_blocking(move || store.history_query(&filter)).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => return internal(&e),
+        Err(e) => return internal(&e),
+    };
+    match get("format") {
+        Some("csv") => {
+            let mut r = respond(
+                StatusCode::OK,
+                "text/csv; charset=utf-8",
+                crate::history::to_csv(&rows, true),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment; filename=\"login-history.csv\""),
+            );
+            r
+        }
+        None | Some("json") => json(StatusCode::OK, &serde_json::json!({ "rows": rows })),
+        Some(_) => json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "format must be json or csv",
+        ),
+    }
 }
 
 #[derive(Deserialize)]
@@ -457,6 +558,25 @@ async fn admin(app: Arc<App>, req: Request<Incoming>, path: &[&str]) -> Response
             }
         }
         (["users", _, "token", "reset"], _) => method_not_allowed("POST"),
+        (["users", name, "unlock"], Method::POST) => match app.users.unlock(name) {
+            Ok(u) => json(StatusCode::OK, &serde_json::json!({ "user": u })),
+            Err(e) => admin_error(e),
+        },
+        (["users", name, "login-ranges"], Method::PUT) => {
+            let b: RangesBody = match json_body(&app, req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let ranges = match crate::admin::parse_ranges(&b.ranges.join(",")) {
+                Ok(r) => r,
+                Err(e) => return admin_error(e),
+            };
+            match app.users.set_login_ranges(name, ranges) {
+                Ok(u) => json(StatusCode::OK, &serde_json::json!({ "user": u })),
+                Err(e) => admin_error(e),
+            }
+        }
+        (["history"], Method::GET) => history(&app, &req).await,
         (["settings", "compliance-bcc"], Method::GET) => {
             match ComplianceBcc::load(app.store.as_ref()) {
                 Ok(s) => json(

@@ -23,6 +23,7 @@ use crate::admin::{self, Admin, Users};
 use crate::auth::Authenticator;
 use crate::auth::session::Sessions;
 use crate::config::Config;
+use crate::history::History;
 use crate::limit::KeyedLimiter;
 use crate::mail::Mailer;
 use crate::proxy::Upstream;
@@ -68,6 +69,7 @@ pub struct App {
     pub sessions: Arc<Sessions>,
     pub upstream: Upstream,
     pub users: Arc<Users>,
+    pub history: Arc<History>,
     pub tokens: Arc<Tokens>,
     pub admin: Arc<Admin>,
     /// Self-service token resets per canonical username and per client address.
@@ -144,6 +146,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     accept_task: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    history_task: tokio::task::JoinHandle<()>,
 }
 
 const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -167,7 +170,8 @@ impl Server {
             &cfg.server.org.id15,
         ));
         let restored = sessions.load()?;
-        let auth = Authenticator::new(store.clone(), secrets.clone(), &cfg.auth)?;
+        let (history, history_task) = History::start(store.clone(), &cfg.history);
+        let auth = Authenticator::new(store.clone(), secrets.clone(), &cfg, history.clone())?;
         let upstream = Upstream::new(&cfg.upstream)?;
         let users = Arc::new(Users::new(
             store.clone(),
@@ -216,6 +220,7 @@ impl Server {
             sessions: sessions.clone(),
             upstream,
             users,
+            history,
             tokens: tokens.clone(),
             admin,
             reset_per_user,
@@ -245,6 +250,7 @@ impl Server {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
+                housekeeping_app.auth.housekeep();
                 housekeeping_app.reset_per_user.housekeep();
                 housekeeping_app.reset_per_ip.housekeep();
             }
@@ -271,6 +277,7 @@ impl Server {
             stop,
             accept_task,
             background: vec![sweeper, admin_task, rotations, retries, housekeeping],
+            history_task,
         })
     }
 
@@ -283,6 +290,10 @@ impl Server {
             t.abort();
             let _ = t.await;
         }
+        // Write out queued login history before closing the store.
+        self.app.history.drain(Duration::from_secs(2)).await;
+        self.history_task.abort();
+        let _ = self.history_task.await;
         let _ = std::fs::remove_file(admin::socket_path(&self.app.cfg.store.path));
         self.app.sessions.sweep();
         if let Err(e) = self.app.store.flush() {
@@ -356,9 +367,17 @@ async fn accept_loop(
                     return;
                 }
             };
+            let conn = routes::Conn {
+                peer,
+                tls: tls.get_ref().1.protocol_version().map(|v| match v {
+                    rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                    rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+                    _ => "TLS",
+                }),
+            };
             let service = service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(routes::handle(app, req, peer).await) }
+                async move { Ok::<_, Infallible>(routes::handle(app, req, conn).await) }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(tls), service)

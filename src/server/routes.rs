@@ -2,7 +2,7 @@
 //! which it authenticates and forwards. Each handler parses with `wire`, decides with `auth`,
 //! and answers in the caller's own dialect.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use super::App;
 use super::body::{self, BodyError};
 use crate::auth::session::{Session, SessionError};
-use crate::auth::{AuthError, Verified};
+use crate::auth::{Attempt, AuthError, Dialect, Verified};
 use crate::proxy::Principal;
 use crate::store::User;
 use crate::wire::credentials::{self, HeaderCredential};
@@ -24,13 +24,60 @@ use crate::wire::{self, Body, JSON, TEXT_XML, oauth, respond, rest};
 /// Seconds a client should wait before retrying when argon2 admission is saturated.
 const BUSY_RETRY_AFTER: &str = "1";
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// What the server knows of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: Option<&'static str>,
+}
+
+/// The request's client address and TLS version, as the handlers use them.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub tls: Option<&'static str>,
+}
+
+/// The client's address: the socket's peer, or the nearest untrusted address in
+/// `X-Forwarded-For` when the peer is a trusted proxy (DESIGN.md §3.9). Proxies append to the
+/// header, so it is read right to left, skipping trusted proxies.
+pub fn client_ip(
+    trusted_proxies: &[ipnet::IpNet],
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+) -> IpAddr {
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map_while(|h| h.trim().parse::<IpAddr>().ok())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !trusted(ip))
+        .unwrap_or(peer)
+}
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    let peer = Client {
+        ip: client_ip(
+            &app.cfg.server.trusted_proxies,
+            conn.peer.ip(),
+            req.headers(),
+        ),
+        tls: conn.tls,
+    };
     let path = req.uri().path();
     if path.starts_with("/services/Soap/") {
         return soap_call(app, req, peer).await;
     }
     match path {
-        "/services/oauth2/token" => oauth_token(app, req).await,
+        "/services/oauth2/token" => oauth_token(app, req, peer).await,
         "/services/oauth2/revoke" => oauth_revoke(app, req).await,
         "/services/oauth2/userinfo" => userinfo(app, req).await,
         "/tokengate/health" => wire::respond(StatusCode::OK, JSON, r#"{"status":"ok"}"#),
@@ -38,6 +85,18 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         p if p.starts_with("/tokengate/") => super::api::handle(app, req, peer).await,
         _ => forward(app, req, peer).await,
     }
+}
+
+fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn retry_after_header(mut r: Response<Body>, wait: std::time::Duration) -> Response<Body> {
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(crate::limit::retry_after_secs(wait)),
+    );
+    r
 }
 
 fn busy<T: Into<Response<Body>>>(r: T) -> Response<Body> {
@@ -109,7 +168,7 @@ fn soap_client_fault(status: StatusCode, message: &str) -> Response<Body> {
     soap_response(status, soap::client_fault(message))
 }
 
-async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
     let Some(sp) = soap::parse_path(req.uri().path()) else {
         return soap_client_fault(StatusCode::NOT_FOUND, "No service available at this path");
     };
@@ -172,8 +231,22 @@ async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> R
             ref username,
             ref password,
         } if flavor != Flavor::Metadata => {
-            let result = app.auth.authenticate(username, password).await;
-            log_login("soap", username, &result, env.client.as_deref());
+            let client = env
+                .client
+                .as_deref()
+                .or_else(|| header_str(&parts.headers, "sforce-call-options"))
+                .or_else(|| header_str(&parts.headers, "user-agent"));
+            let attempt = Attempt {
+                username,
+                secret: password,
+                ip: peer.ip,
+                dialect: Dialect::Soap,
+                api_version: Some(&sp.version),
+                client,
+                tls: peer.tls,
+            };
+            let result = app.auth.login(&attempt).await;
+            log_login("soap", username, &result, client);
             match result.map(|v| v.user) {
                 Ok(user) => match app.sessions.create(&user) {
                     Ok(sid) => soap_response(
@@ -188,9 +261,22 @@ async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> R
                     ),
                     Err(e) => soap_server_busy(flavor, &e),
                 },
-                Err(AuthError::Rejected(_)) => {
+                // A locked account answers like a wrong password in SOAP (reference §1.5).
+                Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => {
                     soap_response(StatusCode::INTERNAL_SERVER_ERROR, soap::login_fault(flavor))
                 }
+                Err(AuthError::RateLimited { retry_after }) => retry_after_header(
+                    soap_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        soap::fault(
+                            flavor,
+                            "LoginFault",
+                            "REQUEST_LIMIT_EXCEEDED",
+                            "Too many login attempts; retry later",
+                        ),
+                    ),
+                    retry_after,
+                ),
                 Err(AuthError::Busy) => busy(soap_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     soap::fault(
@@ -363,7 +449,7 @@ async fn read_form(
     }
 }
 
-async fn oauth_token(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn oauth_token(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
     if req.method() != Method::POST {
         let mut r = oauth::error("invalid_request", "must use HTTP POST");
         *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
@@ -400,7 +486,16 @@ async fn oauth_token(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let (Some(username), Some(password)) = (form.get("username"), form.get("password")) else {
         return oauth::error("invalid_request", "username and password are required");
     };
-    let result = app.auth.authenticate(username, password).await;
+    let attempt = Attempt {
+        username,
+        secret: password,
+        ip: peer.ip,
+        dialect: Dialect::OAuth,
+        api_version: None,
+        client: Some(client_id),
+        tls: peer.tls,
+    };
+    let result = app.auth.login(&attempt).await;
     log_login("oauth", username, &result, Some(client_id));
     match result.map(|v| v.user) {
         Ok(user) => match app.sessions.create(&user) {
@@ -420,7 +515,14 @@ async fn oauth_token(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 ))
             }
         },
-        Err(AuthError::Rejected(_)) => oauth::invalid_grant(),
+        Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => oauth::invalid_grant(),
+        Err(AuthError::RateLimited { retry_after }) => retry_after_header(
+            oauth::error(
+                "rate_limit_exceeded",
+                "too many login attempts; retry later",
+            ),
+            retry_after,
+        ),
         Err(AuthError::Busy) => busy(oauth::error(
             "temporarily_unavailable",
             "server busy; retry shortly",
@@ -548,19 +650,19 @@ async fn identity(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 async fn send_upstream(
     app: &App,
     req: Request<Body>,
-    peer: SocketAddr,
+    peer: Client,
     session: &Session,
 ) -> Response<Body> {
     let who = Principal {
         username: &session.username,
         user_id: &session.user_id,
     };
-    app.upstream.forward(req, peer.ip(), who).await
+    app.upstream.forward(req, peer.ip, who).await
 }
 
 /// Any other path: authenticate by session or Basic, then forward. Unauthenticated calls get
 /// the API's own invalid-session answer (Bulk 1.0 under `/services/async/`, REST elsewhere).
-async fn forward(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn forward(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
     let bulk_v1 = req.uri().path().starts_with("/services/async/");
     let invalid = || {
         if bulk_v1 {
@@ -575,11 +677,40 @@ async fn forward(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
             None => return invalid(),
         },
         Some(HeaderCredential::Basic(username, secret)) => {
-            let result = app.auth.authenticate(&username, &secret).await;
-            log_login("basic", &username, &result, None);
+            let path = req.uri().path();
+            let api_version = path
+                .strip_prefix("/services/data/v")
+                .or_else(|| path.strip_prefix("/services/async/"))
+                .and_then(|p| p.split('/').next());
+            let client = header_str(req.headers(), "user-agent");
+            let attempt = Attempt {
+                username: &username,
+                secret: &secret,
+                ip: peer.ip,
+                dialect: Dialect::Basic,
+                api_version,
+                client,
+                tls: peer.tls,
+            };
+            let result = app.auth.login(&attempt).await;
+            if result.is_err() {
+                log_login("basic", &username, &result, client);
+            }
             match result.map(|v| v.user) {
                 Ok(user) => user,
                 Err(AuthError::Rejected(_)) => return rest::basic_login_failed(),
+                // Only a caller with the right credentials learns of the lock, with its end.
+                Err(AuthError::Locked { until }) => return rest::locked(until),
+                Err(AuthError::RateLimited { retry_after }) => {
+                    return retry_after_header(
+                        rest::error(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "REQUEST_LIMIT_EXCEEDED",
+                            "Too many login attempts; retry later",
+                        ),
+                        retry_after,
+                    );
+                }
                 Err(AuthError::Busy) => {
                     return busy(rest::error(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -611,6 +742,6 @@ async fn forward(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
         user_id: &user.id,
     };
     app.upstream
-        .forward(req.map(|b| b.boxed()), peer.ip(), who)
+        .forward(req.map(|b| b.boxed()), peer.ip, who)
         .await
 }

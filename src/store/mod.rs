@@ -61,6 +61,67 @@ pub struct User {
     /// When the next scheduled rotation is due (Unix seconds).
     #[serde(default)]
     pub next_rotation_at: Option<u64>,
+    #[serde(default)]
+    pub lockout: LockoutState,
+    /// Networks logins are accepted from; empty: anywhere.
+    #[serde(default)]
+    pub login_ranges: Vec<ipnet::IpNet>,
+}
+
+/// Failed-login accounting (DESIGN.md §3.7, reference §5 "Lockout policy").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockoutState {
+    /// Distinct failures counted in the current window.
+    pub failures: u32,
+    pub window_started_at: u64,
+    /// Locked until this time (Unix seconds); `u64::MAX`: until an admin unlocks.
+    pub locked_until: Option<u64>,
+}
+
+impl LockoutState {
+    pub fn is_locked(&self, now: u64) -> bool {
+        self.locked_until.is_some_and(|t| now < t)
+    }
+}
+
+/// One login attempt in the login history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    /// The username as the client sent it (truncated).
+    pub username: String,
+    pub user_id: Option<String>,
+    pub source_ip: String,
+    pub dialect: String,
+    pub api_version: Option<String>,
+    /// User-Agent, SOAP CallOptions client or OAuth client_id.
+    pub client: Option<String>,
+    pub tls: Option<String>,
+    pub outcome: String,
+    /// The internal reason (unknown user, wrong password, wrong token): for admins only.
+    pub reason: Option<String>,
+}
+
+/// Which history rows to return, newest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryFilter {
+    /// Canonical username or user id.
+    pub user: Option<String>,
+    pub since_ms: Option<u64>,
+    pub outcome: Option<String>,
+    pub limit: usize,
+}
+
+impl HistoryFilter {
+    pub fn matches(&self, r: &HistoryRow) -> bool {
+        self.since_ms.is_none_or(|s| r.at_ms >= s)
+            && self.outcome.as_deref().is_none_or(|o| r.outcome == o)
+            && self
+                .user
+                .as_deref()
+                .is_none_or(|u| r.username.to_lowercase() == u || r.user_id.as_deref() == Some(u))
+    }
 }
 
 /// A token other than the current one, by its keyed hash.
@@ -118,6 +179,13 @@ pub trait Store: Send + Sync + 'static {
     fn outbox_delete(&self, id: u64) -> Result<(), StoreError>;
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     fn next_id(&self) -> Result<u64, StoreError>;
+
+    fn history_append(&self, rows: &[HistoryRow]) -> Result<(), StoreError>;
+    /// Matching rows, newest first, at most `filter.limit`.
+    fn history_query(&self, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, StoreError>;
+    /// Removes rows older than `older_than_ms` and the oldest beyond `max_rows`; returns how
+    /// many were removed.
+    fn history_prune(&self, older_than_ms: u64, max_rows: usize) -> Result<usize, StoreError>;
 
     /// The installation's 32-byte server key, created on first use.
     fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError>;

@@ -12,7 +12,7 @@ use std::path::Path;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use super::{SessionRecord, Store, StoreError, User};
+use super::{HistoryFilter, HistoryRow, SessionRecord, Store, StoreError, User};
 use crate::secret::Tag;
 
 pub struct SledStore {
@@ -25,6 +25,8 @@ pub struct SledStore {
     meta: sled::Tree,
     settings: sled::Tree,
     outbox: sled::Tree,
+    /// (time ms, sequence) big-endian → history row: iterates in time order.
+    history: sled::Tree,
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -61,6 +63,7 @@ impl SledStore {
             meta: db.open_tree("meta").map_err(io)?,
             settings: db.open_tree("settings").map_err(io)?,
             outbox: db.open_tree("outbox").map_err(io)?,
+            history: db.open_tree("history").map_err(io)?,
             db,
         })
     }
@@ -208,6 +211,50 @@ impl Store for SledStore {
         self.db.generate_id().map_err(io)
     }
 
+    fn history_append(&self, rows: &[HistoryRow]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for row in rows {
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&row.at_ms.to_be_bytes());
+            key[8..].copy_from_slice(&self.db.generate_id().map_err(io)?.to_be_bytes());
+            batch.insert(&key[..], encode(row));
+        }
+        self.history.apply_batch(batch).map_err(io)
+    }
+
+    fn history_query(&self, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, StoreError> {
+        let mut out = Vec::new();
+        let start = filter.since_ms.unwrap_or(0).to_be_bytes();
+        for item in self.history.range(&start[..]..).rev() {
+            let (_, v) = item.map_err(io)?;
+            let row: HistoryRow = decode("history row", &v)?;
+            if filter.matches(&row) {
+                out.push(row);
+                if out.len() >= filter.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn history_prune(&self, older_than_ms: u64, max_rows: usize) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let cutoff = older_than_ms.to_be_bytes();
+        for item in self.history.range(..&cutoff[..]) {
+            let (k, _) = item.map_err(io)?;
+            self.history.remove(k).map_err(io)?;
+            removed += 1;
+        }
+        let excess = self.history.len().saturating_sub(max_rows);
+        for item in self.history.iter().take(excess) {
+            let (k, _) = item.map_err(io)?;
+            self.history.remove(k).map_err(io)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError> {
         if let Some(k) = self.meta.get("server_key").map_err(io)? {
             return <[u8; 32]>::try_from(k.as_ref())
@@ -258,6 +305,8 @@ mod tests {
             previous_token: None,
             rotate_every_secs: None,
             next_rotation_at: None,
+            lockout: Default::default(),
+            login_ranges: Vec::new(),
         }
     }
 

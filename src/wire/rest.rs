@@ -37,6 +37,32 @@ pub fn basic_login_failed() -> Response<Body> {
     r
 }
 
+/// 423 for a locked account, told only to a caller who presented the right credentials.
+pub fn locked(until: u64) -> Response<Body> {
+    let when = if until == u64::MAX {
+        "until an administrator unlocks it".to_owned()
+    } else {
+        format!(
+            "until {}",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(until)
+            )
+        )
+    };
+    let body = serde_json::json!([{
+        "message": format!("Your account is locked after too many failed logins, {when}."),
+        "errorCode": "PASSWORD_LOCKOUT",
+        "lockedUntil": (until != u64::MAX).then_some(until),
+    }]);
+    let mut r = respond(StatusCode::LOCKED, JSON_SF, body.to_string());
+    if until != u64::MAX {
+        let secs = until.saturating_sub(crate::now_secs()).max(1);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
 /// A REST-dialect error that is not about the session (bad request, busy, forbidden).
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!([{ "message": message, "errorCode": code }]);

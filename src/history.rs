@@ -1,0 +1,243 @@
+//! The login history: every attempt is recorded off the request path through a bounded queue
+//! (a full queue drops the row and counts it; a login never waits for the history), written in
+//! batches, and pruned by age and count.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::HistoryConfig;
+use crate::store::{HistoryRow, Store};
+
+/// What came of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Success with the previous token during its grace window.
+    SupersededToken,
+    BadCredentials,
+    Locked,
+    RateLimited,
+    Disabled,
+    OutsideLoginRange,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::SupersededToken => "superseded_token",
+            Outcome::BadCredentials => "bad_credentials",
+            Outcome::Locked => "locked",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Disabled => "disabled",
+            Outcome::OutsideLoginRange => "outside_login_range",
+        }
+    }
+
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Success,
+        Outcome::SupersededToken,
+        Outcome::BadCredentials,
+        Outcome::Locked,
+        Outcome::RateLimited,
+        Outcome::Disabled,
+        Outcome::OutsideLoginRange,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+pub struct History {
+    tx: mpsc::Sender<HistoryRow>,
+    capacity: usize,
+    dropped: AtomicU64,
+}
+
+const BATCH: usize = 512;
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl History {
+    /// Starts the writer; the task ends when the `History` is dropped.
+    pub fn start(
+        store: Arc<dyn Store>,
+        cfg: &HistoryConfig,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<HistoryRow>(cfg.queue);
+        let (max_age, max_rows) = (cfg.max_age, cfg.max_rows);
+        let task = tokio::spawn(async move {
+            let mut prune = tokio::time::interval(PRUNE_EVERY);
+            let mut buf = Vec::with_capacity(BATCH);
+            loop {
+                tokio::select! {
+                    n = rx.recv_many(&mut buf, BATCH) => {
+                        if n == 0 {
+                            return;
+                        }
+                        let rows = std::mem::take(&mut buf);
+                        let s = store.clone();
+                        let written = tokio::task::spawn_blocking(move || s.history_append(&rows)).await;
+                        if !matches!(written, Ok(Ok(()))) {
+                            tracing::error!("could not write login history rows");
+                        }
+                    }
+                    _ = prune.tick() => {
+                        let cutoff = (crate::now_secs().saturating_sub(max_age.as_secs())) * 1000;
+                        let s = store.clone();
+                        match tokio::task::spawn_blocking(move || s.history_prune(cutoff, max_rows)).await {
+                            Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "pruned login history"),
+                            Ok(Err(e)) => tracing::error!(error = %e, "could not prune login history"),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        });
+        (
+            Arc::new(Self {
+                tx,
+                capacity: cfg.queue,
+                dropped: AtomicU64::new(0),
+            }),
+            task,
+        )
+    }
+
+    /// Queues a row; never waits. A full queue drops the row and counts it.
+    pub fn record(&self, row: HistoryRow) {
+        if self.tx.try_send(row).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Rows waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    /// Waits (bounded) until the queue is written out.
+    pub async fn drain(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.pending() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `--since` / `since=`: an RFC 3339 time (`2026-11-28T10:00:00Z`) or a duration ago (`1h`).
+pub fn parse_since(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64);
+    }
+    let ago = humantime::parse_duration(s).ok()?;
+    Some(now_ms().saturating_sub(ago.as_millis() as u64))
+}
+
+pub const CSV_HEADER: &str =
+    "time,username,user_id,source_ip,dialect,api_version,client,tls,outcome,reason";
+
+/// RFC 4180 CSV, one row per attempt, with a header line.
+pub fn to_csv(rows: &[HistoryRow], with_reason: bool) -> String {
+    fn field(s: &str) -> String {
+        // Cells starting with a formula character are prefixed so spreadsheets do not run them.
+        let s = if s.starts_with(['=', '+', '-', '@']) {
+            format!("'{s}")
+        } else {
+            s.to_owned()
+        };
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s
+        }
+    }
+    let mut out = String::from(CSV_HEADER);
+    out.push_str("\r\n");
+    for r in rows {
+        let cells = [
+            format_ms(r.at_ms),
+            r.username.clone(),
+            r.user_id.clone().unwrap_or_default(),
+            r.source_ip.clone(),
+            r.dialect.clone(),
+            r.api_version.clone().unwrap_or_default(),
+            r.client.clone().unwrap_or_default(),
+            r.tls.clone().unwrap_or_default(),
+            r.outcome.clone(),
+            if with_reason {
+                r.reason.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+        ];
+        let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
+        out.push_str(&line.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// Milliseconds since the epoch as RFC 3339 with milliseconds.
+pub fn format_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_times_and_durations() {
+        assert_eq!(parse_since("1970-01-01T00:00:01Z"), Some(1000));
+        let an_hour_ago = parse_since("1h").unwrap();
+        assert!(now_ms() - an_hour_ago >= 3_600_000);
+        assert!(parse_since("yesterday-ish").is_none());
+    }
+
+    #[test]
+    fn csv_quotes_and_defuses_cells() {
+        let row = HistoryRow {
+            at_ms: 0,
+            username: "a,\"b\"".into(),
+            user_id: None,
+            source_ip: "127.0.0.1".into(),
+            dialect: "soap".into(),
+            api_version: Some("59.0".into()),
+            client: Some("=cmd()".into()),
+            tls: None,
+            outcome: "bad_credentials".into(),
+            reason: Some("wrong token".into()),
+        };
+        let csv = to_csv(std::slice::from_ref(&row), true);
+        let line = csv.lines().nth(1).unwrap();
+        assert!(line.contains("\"a,\"\"b\"\"\""), "{line}");
+        assert!(line.contains("'=cmd()"), "{line}");
+        assert!(line.ends_with("bad_credentials,wrong token"));
+        assert!(
+            to_csv(&[row], false)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("bad_credentials,")
+        );
+    }
+}
