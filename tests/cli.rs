@@ -517,3 +517,123 @@ async fn token_reset_and_compliance_settings_work_from_the_cli_with_and_without_
     );
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_login_ranges_and_history_from_the_cli() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[lockout]\nmax_failures = 2\n");
+    std::fs::write(&config, text).unwrap();
+    let token = add_user(&config, "jo@example.com");
+    let server = Running::start(&config);
+    let c = client(dir.path(), server.addr);
+    let good = format!("{PASSWORD}{token}");
+    soap_status(&c, "jo@example.com", &format!("Wrong1pass{token}")).await;
+    soap_status(&c, "jo@example.com", &format!("Wrong2pass{token}")).await;
+    assert_ne!(
+        soap_status(&c, "jo@example.com", &good).await.0,
+        StatusCode::OK,
+        "locked"
+    );
+    let o = tokengate(&config, &["user", "show", "jo@example.com"], None);
+    assert!(
+        stdout(&o).contains("locked:            until"),
+        "{}",
+        stdout(&o)
+    );
+    let o = tokengate(&config, &["user", "unlock", "jo@example.com"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        soap_status(&c, "jo@example.com", &good).await.0,
+        StatusCode::OK
+    );
+
+    let o = tokengate(
+        &config,
+        &[
+            "user",
+            "set",
+            "jo@example.com",
+            "--login-ranges",
+            "10.0.0.0/8",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(
+        soap_status(&c, "jo@example.com", &good).await.0,
+        StatusCode::OK
+    );
+    let o = tokengate(
+        &config,
+        &["user", "set", "jo@example.com", "--login-ranges", "none"],
+        None,
+    );
+    assert!(o.status.success());
+    assert_eq!(
+        soap_status(&c, "jo@example.com", &good).await.0,
+        StatusCode::OK
+    );
+    let o = tokengate(
+        &config,
+        &[
+            "user",
+            "set",
+            "jo@example.com",
+            "--login-ranges",
+            "10.0.0.0/99",
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("10.0.0.0/99"), "{}", stderr(&o));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let o = tokengate(
+        &config,
+        &["history", "--user", "JO@example.com", "--format", "json"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let outcomes: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "success",
+            "outside_login_range",
+            "success",
+            "locked",
+            "bad_credentials",
+            "bad_credentials"
+        ]
+    );
+    let o = tokengate(
+        &config,
+        &["history", "--outcome", "locked", "--format", "csv"],
+        None,
+    );
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+    let o = tokengate(&config, &["history", "--since", "1h", "--limit", "2"], None);
+    assert_eq!(
+        stdout(&o).lines().count(),
+        3,
+        "a header and two rows: {}",
+        stdout(&o)
+    );
+    let o = tokengate(&config, &["history", "--outcome", "sideways"], None);
+    assert!(!o.status.success());
+    server.stop();
+
+    // Without a server, the history is read from the store directly.
+    let o = tokengate(&config, &["history", "--user", "jo@example.com"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 7);
+}

@@ -429,7 +429,20 @@ async fn the_grace_window_keeps_the_old_token_working_for_a_while() {
         soap_ok(&e.ts, "gus@example.com", &format!("{PASSWORD}{old}")).await,
         "still inside the grace window"
     );
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Each use of the superseded token is in the history, for admins to find the integration.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rows =
+        e.ts.app()
+            .store
+            .history_query(&tokengate::store::HistoryFilter {
+                user: Some("gus@example.com".into()),
+                outcome: Some("superseded_token".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+    assert_eq!(rows.len(), 1);
+    tokio::time::sleep(Duration::from_millis(2900)).await;
     assert!(
         !soap_ok(&e.ts, "gus@example.com", &format!("{PASSWORD}{old}")).await,
         "the window closed"
