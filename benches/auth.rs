@@ -66,6 +66,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
             full_name: String::new(),
             admin: false,
             password: "Passw0rd".into(),
+            ..Default::default()
         })
         .unwrap();
     let (history, _task) = rt.block_on(async { History::start(store.clone(), &cfg.history) });

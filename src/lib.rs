@@ -12,6 +12,7 @@ pub mod demo;
 pub mod history;
 pub mod ids;
 pub mod limit;
+pub mod loadtest;
 pub mod mail;
 pub mod proxy;
 pub mod secret;

@@ -43,8 +43,81 @@ enum Command {
     Settings(SettingsCommand),
     /// Show the login history, newest first.
     History(HistoryArgs),
+    /// Load-test a running tokengate (only ever the target you name).
+    #[command(subcommand)]
+    Loadtest(LoadtestCommand),
     /// Validate a configuration file and exit.
     CheckConfig,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// The tokengate to test, e.g. https://127.0.0.1:8443
+    #[arg(long)]
+    target: String,
+    /// PEM file of the CA (or self-signed certificate) to trust for the target.
+    #[arg(long, conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// Do not verify the target's certificate (testing only).
+    #[arg(long)]
+    insecure: bool,
+    /// Where `setup` writes the synthetic users' credentials (mode 0600) and `run` reads them.
+    #[arg(long, default_value = "tokengate-loadtest-users.json")]
+    users_file: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum LoadtestCommand {
+    /// Create synthetic load-test users through the admin API. The admin's password+token comes
+    /// from TOKENGATE_ADMIN_SECRET (or a prompt).
+    Setup {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        admin: String,
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// The server's [auth] token_length.
+        #[arg(long, default_value_t = 24)]
+        token_length: usize,
+    },
+    /// Delete every load-test user on the target.
+    Cleanup {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        admin: String,
+    },
+    /// Run a scenario and report throughput, statuses and latency percentiles.
+    Run {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, value_enum)]
+        scenario: tokengate::loadtest::Scenario,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// How long to run, e.g. 30s.
+        #[arg(long, default_value = "30s")]
+        duration: String,
+        /// Total requests per second (default: as fast as the target answers).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Path of the proxied call (basic, session and plain scenarios).
+        #[arg(long, default_value = "/services/data/v59.0/limits")]
+        path: String,
+        /// OAuth client for login-oauth; its secret comes from TOKENGATE_LOADTEST_CLIENT_SECRET.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw throughput and latency percentiles over time as SVG.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// No progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Args)]
@@ -243,6 +316,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 other => print_answer(other, false, false),
             }
         }
+        Command::Loadtest(cmd) => loadtest(cmd).await,
         Command::CheckConfig => {
             let path = cli.config.ok_or("check-config needs --config FILE")?;
             Config::load(&path)?;
@@ -277,6 +351,120 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 }
             };
             print_answer(admin_call(&cfg, req).await?, false, false)
+        }
+    }
+}
+
+async fn load_target(t: &TargetArgs) -> Result<tokengate::loadtest::Target, BoxError> {
+    if t.insecure {
+        eprintln!("tokengate: WARNING: --insecure: the target's certificate is NOT verified");
+    }
+    Ok(tokengate::loadtest::Target::new(&t.target, t.ca.as_deref(), t.insecure).await?)
+}
+
+fn admin_secret() -> Result<String, BoxError> {
+    match std::env::var("TOKENGATE_ADMIN_SECRET") {
+        Ok(s) if !s.is_empty() => Ok(s),
+        _ if std::io::stdin().is_terminal() => {
+            Ok(rpassword::prompt_password("Admin password+token: ")?)
+        }
+        _ => {
+            Err("set TOKENGATE_ADMIN_SECRET to the admin's password with the token appended".into())
+        }
+    }
+}
+
+async fn loadtest(cmd: LoadtestCommand) -> Result<(), BoxError> {
+    use tokengate::loadtest::{self as lt, report};
+    match cmd {
+        LoadtestCommand::Setup {
+            target,
+            admin,
+            users,
+            token_length,
+        } => {
+            let t = load_target(&target).await?;
+            let secret = admin_secret()?;
+            let n = lt::setup(&t, &admin, &secret, users, token_length, &target.users_file).await?;
+            println!(
+                "created {n} load-test users; credentials in {} (mode 0600)",
+                target.users_file.display()
+            );
+            Ok(())
+        }
+        LoadtestCommand::Cleanup { target, admin } => {
+            let t = load_target(&target).await?;
+            let secret = admin_secret()?;
+            let n = lt::cleanup(&t, &admin, &secret).await?;
+            println!("deleted {n} load-test users");
+            Ok(())
+        }
+        LoadtestCommand::Run {
+            target,
+            scenario,
+            connections,
+            duration,
+            rate,
+            path,
+            client_id,
+            json,
+            chart,
+            quiet,
+        } => {
+            let t = load_target(&target).await?;
+            let duration = humantime::parse_duration(&duration)
+                .map_err(|_| format!("--duration: '{duration}' is not a duration such as 30s"))?;
+            if duration > std::time::Duration::from_secs(3600) {
+                return Err("--duration: at most 1h".into());
+            }
+            let needs_users = !matches!(scenario, lt::Scenario::Flood | lt::Scenario::Plain);
+            let users = if needs_users {
+                lt::UsersFile::read(&target.users_file)?.users
+            } else {
+                Vec::new()
+            };
+            let oauth_client = match client_id {
+                Some(id) => Some((
+                    id,
+                    std::env::var("TOKENGATE_LOADTEST_CLIENT_SECRET")
+                        .map_err(|_| "set TOKENGATE_LOADTEST_CLIENT_SECRET for --client-id")?,
+                )),
+                None => None,
+            };
+            let results = lt::run(
+                &t,
+                lt::RunOptions {
+                    scenario,
+                    connections,
+                    duration,
+                    rate,
+                    path,
+                    users,
+                    oauth_client,
+                    progress: !quiet,
+                },
+            )
+            .await?;
+            for (name, s) in &results {
+                print!("{}", s.text(name));
+            }
+            if let Some(p) = json {
+                let v: serde_json::Map<String, serde_json::Value> = results
+                    .iter()
+                    .map(|(n, s)| (n.clone(), serde_json::to_value(s).expect("serialisable")))
+                    .collect();
+                std::fs::write(&p, serde_json::to_string_pretty(&v)?)
+                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            }
+            if let Some(p) = chart {
+                let title = format!(
+                    "tokengate loadtest: {:?}, {connections} connections",
+                    scenario
+                );
+                std::fs::write(&p, report::svg_chart(&title, &results))
+                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            }
+            Ok(())
         }
     }
 }
@@ -392,6 +580,7 @@ async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), BoxError> {
                     full_name,
                     admin,
                     password,
+                    ..Default::default()
                 }),
                 false,
                 show_token,
@@ -578,6 +767,7 @@ async fn demo(args: DemoArgs) -> Result<(), BoxError> {
                 full_name: "Demo User".into(),
                 admin: true,
                 password: password.clone(),
+                ..Default::default()
             }) {
                 Ok((_, token)) => Ok(token),
                 Err(admin::AdminError::Store(tokengate::store::StoreError::UserExists(_))) => {

@@ -30,6 +30,8 @@ pub enum TokenError {
     Delivery(#[source] MailError),
     #[error("the password does not meet the policy: {0}")]
     Policy(String),
+    #[error("a token may be supplied only for load-test users, as 16 to 64 letters and digits")]
+    Supplied,
     #[error("the rotation period must be between 1 second and 365 days")]
     Period,
     #[error(transparent)]

@@ -226,6 +226,7 @@ impl Authenticator {
             next_rotation_at: None,
             lockout: Default::default(),
             login_ranges: Vec::new(),
+            loadtest: false,
         };
         Ok(Self {
             store,

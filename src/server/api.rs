@@ -110,7 +110,9 @@ fn token_error(e: TokenError) -> Response<Body> {
             "password_policy",
             &format!("the new password must have {p}"),
         ),
-        TokenError::Period => json_error(StatusCode::BAD_REQUEST, "invalid_period", &e.to_string()),
+        TokenError::Period | TokenError::Supplied => {
+            json_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string())
+        }
         e @ (TokenError::Store(_) | TokenError::Secret(_)) => internal(&e),
     }
 }
@@ -393,6 +395,10 @@ struct NewUserBody {
     #[serde(default)]
     admin: bool,
     password: String,
+    #[serde(default)]
+    loadtest: bool,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -520,6 +526,8 @@ async fn admin(app: Arc<App>, req: Request<Incoming>, path: &[&str]) -> Response
                 full_name: b.full_name,
                 admin: b.admin,
                 password: b.password,
+                loadtest: b.loadtest,
+                token: b.token,
             };
             // The token is never returned over HTTP: it is emailed (when mail is configured).
             match app.admin.add_user(new).await {
@@ -531,6 +539,14 @@ async fn admin(app: Arc<App>, req: Request<Incoming>, path: &[&str]) -> Response
             }
         }
         (["users"], _) => method_not_allowed("GET, POST"),
+        (["users", name], Method::DELETE) => {
+            let (users, name) = (app.users.clone(), name.to_string());
+            match tokio::task::spawn_blocking(move || users.delete(&name)).await {
+                Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "status": "deleted" })),
+                Ok(Err(e)) => admin_error(e),
+                Err(e) => internal(&e),
+            }
+        }
         (["users", name], Method::GET) => match app.users.show(name) {
             Ok(u) => json(StatusCode::OK, &serde_json::json!({ "user": u })),
             Err(e) => admin_error(e),

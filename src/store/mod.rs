@@ -66,6 +66,9 @@ pub struct User {
     /// Networks logins are accepted from; empty: anywhere.
     #[serde(default)]
     pub login_ranges: Vec<ipnet::IpNet>,
+    /// A synthetic user made by `tokengate loadtest setup`: its token emails go nowhere.
+    #[serde(default)]
+    pub loadtest: bool,
 }
 
 /// Failed-login accounting (DESIGN.md §3.7, reference §5 "Lockout policy").
@@ -165,6 +168,8 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `change` to the stored user atomically and returns the new record.
     fn update_user(&self, id: &str, change: &mut dyn FnMut(&mut User)) -> Result<User, StoreError>;
     fn list_users(&self) -> Result<Vec<User>, StoreError>;
+    /// Removes a user and the user's sessions; false when there was no such user.
+    fn delete_user(&self, id: &str) -> Result<bool, StoreError>;
 
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError>;
     fn delete_session(&self, key: &Tag) -> Result<(), StoreError>;

@@ -144,6 +144,24 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(name) = self.user_ids.get(id).map_err(io)? else {
+            return Ok(false);
+        };
+        (&self.users, &self.user_ids)
+            .transaction(|(users, ids)| {
+                users.remove(&name)?;
+                ids.remove(id.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(()) => StoreError::Io("delete aborted".into()),
+                TransactionError::Storage(e) => io(e),
+            })?;
+        self.delete_user_sessions(id)?;
+        Ok(true)
+    }
+
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError> {
         self.sessions.insert(key, encode(session)).map_err(io)?;
         Ok(())
@@ -307,6 +325,7 @@ mod tests {
             next_rotation_at: None,
             lockout: Default::default(),
             login_ranges: Vec::new(),
+            loadtest: false,
         }
     }
 

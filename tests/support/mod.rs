@@ -221,6 +221,7 @@ impl TestServer {
                     full_name: "Test User".into(),
                     admin,
                     password,
+                    ..Default::default()
                 })
                 .expect("user created")
                 .1

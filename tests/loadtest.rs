@@ -1,0 +1,221 @@
+//! `tokengate loadtest` end to end: the real binary sets up synthetic users through the admin
+//! API of a real server, runs every scenario against it (short runs), writes JSON and SVG, and
+//! cleans up.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+fn loadtest(args: &[&str], admin_secret: &str) -> Output {
+    Command::new(BIN)
+        .arg("loadtest")
+        .args(args)
+        .env("TOKENGATE_ADMIN_SECRET", admin_secret)
+        .env("TOKENGATE_LOADTEST_CLIENT_SECRET", CLIENT_SECRET)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_sets_up_runs_every_scenario_and_cleans_up() {
+    let up = Upstream::start().await;
+    // The login scenarios measure the argon2 path: without the credential cache.
+    // The flood scenario must not stop the later admin calls from this same address.
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.auth.credential_cache_size = 0;
+        c.limits.login_per_ip = std::num::NonZeroU32::new(1_000_000).unwrap();
+    })
+    .await;
+    let admin_token = ts.add_user_with("ops@example.com", PASSWORD, true).await;
+    let secret = format!("{PASSWORD}{admin_token}");
+    let dir = tempfile::tempdir().unwrap();
+    let users_file = dir.path().join("users.json");
+    let target = format!("https://127.0.0.1:{}", ts.addr.port());
+    let ca = ts.ca.display().to_string();
+    let common = [
+        "--target",
+        target.as_str(),
+        "--ca",
+        ca.as_str(),
+        "--users-file",
+        users_file.to_str().unwrap(),
+    ];
+
+    let out = ok(&tokio::task::block_in_place(|| {
+        loadtest(
+            &[
+                &["setup"][..],
+                &common,
+                &["--admin", "ops@example.com", "--users", "6"],
+            ]
+            .concat(),
+            &secret,
+        )
+    }));
+    assert!(out.contains("created 6 load-test users"), "{out}");
+    let mode = std::fs::metadata(&users_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "only the owner can read the credentials");
+    let file = read_json(&users_file);
+    assert_eq!(file["users"].as_array().unwrap().len(), 6);
+    let listed = ts.app().users.list().unwrap();
+    assert_eq!(listed.iter().filter(|u| u.loadtest).count(), 6);
+
+    for (scenario, extra) in [
+        ("basic", vec![]),
+        ("session", vec![]),
+        ("login-soap", vec![]),
+        ("login-oauth", vec!["--client-id", CLIENT_ID]),
+        ("flood", vec![]),
+        ("mixed", vec![]),
+    ] {
+        let json = dir.path().join(format!("{scenario}.json"));
+        let chart = dir.path().join(format!("{scenario}.svg"));
+        let args = [
+            &["run"][..],
+            &common,
+            &[
+                "--scenario",
+                scenario,
+                "--connections",
+                "4",
+                "--duration",
+                "2s",
+                "--quiet",
+            ],
+            &[
+                "--json",
+                json.to_str().unwrap(),
+                "--chart",
+                chart.to_str().unwrap(),
+            ],
+            &extra,
+        ]
+        .concat();
+        let out = ok(&tokio::task::block_in_place(|| loadtest(&args, &secret)));
+        assert!(
+            out.contains("requests/s") && out.contains("p99.9"),
+            "{scenario}: {out}"
+        );
+        let v = read_json(&json);
+        let runs: Vec<(&String, &serde_json::Value)> = v.as_object().unwrap().iter().collect();
+        assert_eq!(
+            runs.len(),
+            if scenario == "mixed" { 2 } else { 1 },
+            "{scenario}: {v}"
+        );
+        for (name, s) in runs {
+            assert!(
+                s["requests"].as_u64().unwrap() > 0,
+                "{scenario}/{name}: {s}"
+            );
+            let statuses = s["statuses"].as_object().unwrap();
+            let expected = match name.as_str() {
+                "flood" => "500",
+                _ => "200",
+            };
+            assert_eq!(
+                statuses.keys().collect::<Vec<_>>(),
+                [expected],
+                "{scenario}/{name}: {s}"
+            );
+            assert!(
+                s["latency_us"]["p99"].as_u64().unwrap()
+                    >= s["latency_us"]["p50"].as_u64().unwrap()
+            );
+        }
+        assert!(
+            std::fs::read_to_string(&chart)
+                .unwrap()
+                .contains("<polyline")
+        );
+    }
+
+    let out = ok(&tokio::task::block_in_place(|| {
+        loadtest(
+            &[&["cleanup"][..], &common, &["--admin", "ops@example.com"]].concat(),
+            &secret,
+        )
+    }));
+    assert!(out.contains("deleted 6 load-test users"), "{out}");
+    assert!(ts.app().users.list().unwrap().iter().all(|u| !u.loadtest));
+
+    // Clear errors: no users file, an untrusted certificate, a wrong admin secret.
+    let o = tokio::task::block_in_place(|| {
+        loadtest(
+            &[
+                "run",
+                "--target",
+                &target,
+                "--ca",
+                &ca,
+                "--users-file",
+                "/nonexistent.json",
+                "--scenario",
+                "basic",
+                "--duration",
+                "1s",
+            ],
+            &secret,
+        )
+    });
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.json"));
+    let o = tokio::task::block_in_place(|| {
+        loadtest(
+            &[
+                "run",
+                "--target",
+                &target,
+                "--scenario",
+                "plain",
+                "--duration",
+                "1s",
+                "--connections",
+                "1",
+                "--quiet",
+            ],
+            &secret,
+        )
+    });
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("errors   ")
+            && !String::from_utf8_lossy(&o.stdout).contains("errors   none")
+    );
+    let o = tokio::task::block_in_place(|| {
+        loadtest(
+            &[
+                &["setup"][..],
+                &common,
+                &["--admin", "ops@example.com", "--users", "1"],
+            ]
+            .concat(),
+            "wrong",
+        )
+    });
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
