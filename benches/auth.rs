@@ -36,6 +36,7 @@ fn attempt<'a>(username: &'a str, secret: &'a str, dialect: Dialect, ip: IpAddr)
         api_version: Some("59.0"),
         client: Some("bench"),
         tls: Some("TLSv1.3"),
+        password_only: false,
     }
 }
 

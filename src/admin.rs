@@ -355,6 +355,17 @@ impl Users {
         Ok(())
     }
 
+    /// Grants or revokes the admin flag.
+    pub fn set_admin(&self, username: &str, admin: bool) -> Result<UserView, AdminError> {
+        let user = self.find(username)?;
+        let user = self.store.update_user(&user.id, &mut |u| {
+            u.admin = admin;
+            u.epoch += 1;
+        })?;
+        self.store.flush()?;
+        Ok((&user).into())
+    }
+
     /// Clears a lockout (and the failure count).
     pub fn unlock(&self, username: &str) -> Result<UserView, AdminError> {
         let user = self.find(username)?;

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod history;
 pub mod ids;

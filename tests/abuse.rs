@@ -560,6 +560,7 @@ async fn a_flood_of_random_usernames_keeps_the_limiters_under_their_key_cap() {
             api_version: None,
             client: None,
             tls: None,
+            password_only: false,
         };
         assert!(auth.login(&attempt).await.is_err());
     }

@@ -208,6 +208,7 @@ async fn caller(app: &App, req: &Request<Incoming>, peer: Client) -> Result<User
                     .get("user-agent")
                     .and_then(|v| v.to_str().ok()),
                 tls: peer.tls,
+                password_only: false,
             };
             match app.auth.login(&attempt).await {
                 Ok(v) => Ok(v.user),

@@ -4,7 +4,9 @@
 
 mod api;
 mod body;
-mod routes;
+pub mod routes;
+
+pub use body::read as read_body;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -58,6 +60,8 @@ pub enum ServerError {
     Admin(#[from] crate::admin::AdminError),
     #[error(transparent)]
     Mail(#[from] crate::mail::MailError),
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -72,6 +76,7 @@ pub struct App {
     pub history: Arc<History>,
     pub tokens: Arc<Tokens>,
     pub admin: Arc<Admin>,
+    pub console: crate::console::Console,
     /// Self-service token resets per canonical username and per client address.
     pub reset_per_user: KeyedLimiter<String>,
     pub reset_per_ip: KeyedLimiter<std::net::IpAddr>,
@@ -208,6 +213,7 @@ impl Server {
         })?;
         let origin = cfg.public_origin(addr);
         let admin_task = admin::serve_socket(&cfg.store.path, admin.clone())?;
+        let console = crate::console::Console::new(secrets.clone())?;
         const HOUR: Duration = Duration::from_secs(3600);
         let reset_per_user = KeyedLimiter::new(cfg.tokens.reset_per_user_per_hour, HOUR, 100_000);
         let reset_per_ip = KeyedLimiter::new(cfg.tokens.reset_per_ip_per_hour, HOUR, 100_000);
@@ -223,6 +229,7 @@ impl Server {
             history,
             tokens: tokens.clone(),
             admin,
+            console,
             reset_per_user,
             reset_per_ip,
             reset_duration_us: std::sync::atomic::AtomicU64::new(0),

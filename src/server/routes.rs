@@ -82,6 +82,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
         "/services/oauth2/userinfo" => userinfo(app, req).await,
         "/tokengate/health" => wire::respond(StatusCode::OK, JSON, r#"{"status":"ok"}"#),
         p if p.starts_with("/id/") => identity(app, req).await,
+        p if p == "/tokengate/console" || p.starts_with("/tokengate/console/") => {
+            crate::console::handle(app, req, peer).await
+        }
         p if p.starts_with("/tokengate/") => super::api::handle(app, req, peer).await,
         _ => forward(app, req, peer).await,
     }
@@ -244,6 +247,7 @@ async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Respo
                 api_version: Some(&sp.version),
                 client,
                 tls: peer.tls,
+                password_only: false,
             };
             let result = app.auth.login(&attempt).await;
             log_login("soap", username, &result, client);
@@ -494,6 +498,7 @@ async fn oauth_token(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Res
         api_version: None,
         client: Some(client_id),
         tls: peer.tls,
+        password_only: false,
     };
     let result = app.auth.login(&attempt).await;
     log_login("oauth", username, &result, Some(client_id));
@@ -691,6 +696,7 @@ async fn forward(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Respons
                 api_version,
                 client,
                 tls: peer.tls,
+                password_only: false,
             };
             let result = app.auth.login(&attempt).await;
             if result.is_err() {

@@ -1,0 +1,609 @@
+//! The web console: handler tests for each page and form over real TLS, and end-to-end tests in
+//! a real headless Chromium (Debian's chromium driven by playwright-core) that reset a token by
+//! clicking, receive it on a real SMTP server, and log in with it.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use support::smtp::SmtpSink;
+use support::*;
+
+const BASE: &str = "/tokengate/console";
+
+/// A browser-like client: keeps the console cookie and the page's CSRF token.
+struct Browser<'a> {
+    ts: &'a TestServer,
+    cookie: String,
+}
+
+impl<'a> Browser<'a> {
+    async fn sign_in(ts: &'a TestServer, user: &str, password: &str) -> Result<Browser<'a>, Reply> {
+        let r = post_form(
+            ts,
+            None,
+            "/signin",
+            &[("username", user), ("password", password)],
+        )
+        .await;
+        if r.status != StatusCode::SEE_OTHER {
+            return Err(r);
+        }
+        let set = r.header("set-cookie").unwrap().to_owned();
+        for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(set.contains(attr), "{set}");
+        }
+        assert!(set.starts_with("__Host-tg_console="));
+        Ok(Browser {
+            ts,
+            cookie: set.split(';').next().unwrap().to_owned(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.ts
+            .client()
+            .get(&format!("{BASE}{path}"), &[("cookie", &self.cookie)])
+            .await
+    }
+
+    /// Loads `page` for its CSRF token, then posts the form.
+    async fn submit(&self, page: &str, action: &str, fields: &[(&str, &str)]) -> Reply {
+        let html = self.get(page).await.text();
+        let csrf = csrf_of(&html);
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        post_form(self.ts, Some(&self.cookie), action, &all).await
+    }
+}
+
+fn csrf_of(html: &str) -> String {
+    let at =
+        html.find(r#"name="csrf" value=""#).expect("a CSRF field") + r#"name="csrf" value=""#.len();
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn post_form(
+    ts: &TestServer,
+    cookie: Option<&str>,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> Reply {
+    let c = ts.client();
+    let mut b = c
+        .request(Method::POST, &format!("{BASE}{path}"))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(k) = cookie {
+        b = b.header("cookie", k);
+    }
+    c.call(b, serde_urlencoded::to_string(fields).unwrap())
+        .await
+}
+
+async fn env() -> (Upstream, SmtpSink, TestServer) {
+    let up = Upstream::start().await;
+    let sink = SmtpSink::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| mail_to(c, &sink, "PatronManager")).await;
+    (up, sink, ts)
+}
+
+fn inbox(user: &str) -> String {
+    format!("{}@example.com", user.replace('@', "."))
+}
+
+#[tokio::test]
+async fn sign_in_settings_reset_and_password_change_pages_work() {
+    let (_up, sink, ts) = env().await;
+    let old = ts.add_user("web@example.com").await;
+    let r = ts.client().get(&format!("{BASE}/settings"), &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.header("location"), Some("/tokengate/console/signin"));
+    let r = ts.client().get(&format!("{BASE}/signin"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    for h in [
+        "content-security-policy",
+        "x-frame-options",
+        "cache-control",
+    ] {
+        assert!(r.header(h).is_some(), "{h}");
+    }
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert!(
+        r.text()
+            .contains(r#"<label for="username">Username</label>"#)
+    );
+
+    let bad = Browser::sign_in(&ts, "web@example.com", "WrongPassw0rd")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert!(bad.text().contains("Invalid username or password"));
+    assert!(!bad.text().contains("WrongPassw0rd"));
+
+    let b = Browser::sign_in(&ts, "web@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let page = b.get("/settings").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = page.text();
+    assert!(html.contains("w***@example.com"));
+    assert!(html.contains("Reset My Security Token"));
+    assert!(
+        html.contains("at least 8 characters"),
+        "the policy is shown"
+    );
+    assert!(
+        html.contains("console"),
+        "the console sign-in is in the user's own history"
+    );
+    assert!(
+        !html.contains("wrong password"),
+        "users do not see internal reasons"
+    );
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+
+    // Reset: a confirmation page, then the email.
+    assert!(
+        b.get("/settings/reset-token")
+            .await
+            .text()
+            .contains("Yes, reset my security token")
+    );
+    let r = b
+        .submit("/settings/reset-token", "/settings/reset-token", &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("A new security token was emailed to w***@example.com.")
+    );
+    let token = sink.to(&inbox("web@example.com"))[0].token();
+    assert_ne!(token, old);
+    ts.soap_login("web@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+
+    // Change password: wrong current password, a weak new one, then a good one.
+    let r = b
+        .submit(
+            "/settings",
+            "/settings/password",
+            &[("current_password", "nope"), ("new_password", "Fresh1pass")],
+        )
+        .await;
+    assert!(r.text().contains("The current password is not right."));
+    let r = b
+        .submit(
+            "/settings",
+            "/settings/password",
+            &[("current_password", PASSWORD), ("new_password", "short")],
+        )
+        .await;
+    assert!(r.text().contains("at least 8 characters"));
+    let r = b
+        .submit(
+            "/settings",
+            "/settings/password",
+            &[
+                ("current_password", PASSWORD),
+                ("new_password", "Fresh1pass"),
+            ],
+        )
+        .await;
+    assert!(
+        r.text()
+            .contains("Your password was changed and a new security token was emailed"),
+        "{}",
+        r.text()
+    );
+    let newest = sink.to(&inbox("web@example.com"))[1].token();
+    ts.soap_login("web@example.com", &format!("Fresh1pass{newest}"))
+        .await;
+
+    // Sign out ends the console session.
+    let r = b.submit("/settings", "/signout", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = b.get("/settings").await;
+    assert_eq!(
+        r.header("location"),
+        Some("/tokengate/console/signin?expired=1")
+    );
+    let r = ts
+        .client()
+        .get(&format!("{BASE}/signin?expired=1"), &[])
+        .await;
+    assert!(
+        r.text()
+            .contains("Your console session expired. Sign in again.")
+    );
+}
+
+#[tokio::test]
+async fn forged_csrf_non_admins_and_html_in_user_fields_are_handled() {
+    let (_up, _sink, ts) = env().await;
+    ts.add_user("plain@example.com").await;
+    let b = Browser::sign_in(&ts, "plain@example.com", PASSWORD)
+        .await
+        .unwrap();
+    for fields in [vec![], vec![("csrf", "forged")]] {
+        let r = post_form(&ts, Some(&b.cookie), "/settings/reset-token", &fields).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(r.text().contains("CSRF"));
+    }
+    // No cookie at all: back to sign-in, nothing done.
+    let r = post_form(&ts, None, "/settings/reset-token", &[("csrf", "x")]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+
+    for page in [
+        "/setup/users",
+        "/setup/compliance",
+        "/setup/history",
+        "/setup/history.csv",
+    ] {
+        let r = b.get(page).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{page}");
+        assert!(r.text().contains("Setup pages are for administrators."));
+    }
+    let r = b
+        .submit(
+            "/settings",
+            "/setup/users/plain%40example.com/grant-admin",
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(!ts.app().users.show("plain@example.com").unwrap().admin);
+
+    // HTML in a user's name is shown escaped.
+    let users = ts.app().users.clone();
+    tokio::task::spawn_blocking(move || {
+        users
+            .add(tokengate::admin::NewUser {
+                username: "xss@example.com".into(),
+                email: "xss@example.com".into(),
+                full_name: "<script>alert(1)</script>".into(),
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let x = Browser::sign_in(&ts, "xss@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let html = x.get("/settings").await.text();
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;"), "{html}");
+    assert!(!html.contains("<script>alert"));
+}
+
+#[tokio::test]
+async fn setup_pages_manage_users_compliance_and_history() {
+    let (_up, sink, ts) = env().await;
+    ts.add_user_with("boss@example.com", PASSWORD, true).await;
+    ts.add_user("emp@example.com").await;
+    let b = Browser::sign_in(&ts, "boss@example.com", PASSWORD)
+        .await
+        .unwrap();
+
+    let html = b.get("/setup/users?q=emp").await.text();
+    assert!(
+        html.contains("emp@example.com") && !html.contains(">boss@example.com<"),
+        "search filters"
+    );
+    // Create a user: the token is emailed.
+    let r = b
+        .submit(
+            "/setup/users",
+            "/setup/users",
+            &[
+                ("username", "New@Example.com"),
+                ("email", "new@example.com"),
+                ("full_name", "New Person"),
+                ("password", "Newbie1pass"),
+                ("admin", "on"),
+            ],
+        )
+        .await;
+    assert!(
+        r.text().contains("User new@example.com was created"),
+        "{}",
+        r.text()
+    );
+    assert!(ts.app().users.show("new@example.com").unwrap().admin);
+    assert_eq!(sink.to("new@example.com").len(), 1);
+    let r = b
+        .submit(
+            "/setup/users",
+            "/setup/users",
+            &[
+                ("username", "bad"),
+                ("email", "not-an-email"),
+                ("password", "Newbie1pass"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("invalid email address"));
+
+    for (action, check) in [
+        ("disable", "emp@example.com is now disabled."),
+        ("enable", "emp@example.com is now enabled."),
+        ("grant-admin", "emp@example.com is now an administrator."),
+        (
+            "revoke-admin",
+            "emp@example.com is no longer an administrator.",
+        ),
+        (
+            "reset-token",
+            "A new security token for emp@example.com was emailed to e***@example.com.",
+        ),
+        ("unlock", "emp@example.com was unlocked."),
+    ] {
+        let r = b
+            .submit(
+                "/setup/users",
+                &format!("/setup/users/emp%40example.com/{action}"),
+                &[],
+            )
+            .await;
+        assert!(r.text().contains(check), "{action}: {}", r.text());
+    }
+    let r = b
+        .submit(
+            "/setup/users",
+            "/setup/users/emp%40example.com/rotation",
+            &[("every", "24h")],
+        )
+        .await;
+    assert!(r.text().contains("now rotates every 1day"), "{}", r.text());
+    assert_eq!(
+        ts.app()
+            .users
+            .show("emp@example.com")
+            .unwrap()
+            .rotate_every_secs,
+        Some(86_400)
+    );
+    let r = b
+        .submit(
+            "/setup/users",
+            "/setup/users/emp%40example.com/rotation",
+            &[("every", "soonish")],
+        )
+        .await;
+    assert!(r.text().contains("is not a duration"));
+
+    let r = b
+        .submit(
+            "/setup/compliance",
+            "/setup/compliance",
+            &[
+                ("enabled", "on"),
+                ("address", "audit@example.org"),
+                ("redact_secrets", "on"),
+            ],
+        )
+        .await;
+    assert!(r.text().contains("Saved."));
+    assert_eq!(
+        tokengate::mail::ComplianceBcc::load(ts.app().store.as_ref()).unwrap(),
+        tokengate::mail::ComplianceBcc {
+            enabled: true,
+            address: Some("audit@example.org".into()),
+            redact_secrets: true
+        }
+    );
+    let r = b
+        .submit(
+            "/setup/compliance",
+            "/setup/compliance",
+            &[("enabled", "on"), ("address", "nope")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let html = b.get("/setup/history?user=boss@example.com").await.text();
+    assert!(html.contains("console") && html.contains("success"));
+    let html = b.get("/setup/history?outcome=sideways").await.text();
+    assert!(html.contains("is not a known outcome"));
+    let r = b.get("/setup/history.csv?user=boss@example.com").await;
+    assert_eq!(r.header("content-type"), Some("text/csv; charset=utf-8"));
+    assert!(r.text().starts_with(tokengate::history::CSV_HEADER));
+}
+
+/// Installs Debian's chromium when it is missing (the machine's package manager, as root).
+fn chromium() -> PathBuf {
+    let path = PathBuf::from("/usr/bin/chromium");
+    if !path.exists() {
+        let ok = Command::new("sh")
+            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok && path.exists(), "could not install Debian's chromium");
+    }
+    path
+}
+
+fn node_modules() -> PathBuf {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    if !js.join("node_modules/playwright-core").exists() {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&js)
+            .output()
+            .expect("npm runs");
+        assert!(
+            out.status.success(),
+            "npm ci failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    js
+}
+
+/// The base64 SHA-256 of the certificate's public key, for Chromium's SPKI allow-list.
+fn spki_hash(cert: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("openssl x509 -in \"$1\" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64")
+        .arg("sh")
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn run_browser(
+    ts: &TestServer,
+    phase: &str,
+    shots: &Path,
+    extra: &[(&str, &str)],
+) -> Vec<serde_json::Value> {
+    let js = node_modules();
+    let mut cmd = Command::new("node");
+    cmd.arg(js.join("console.mjs"))
+        .env("TG_URL", format!("https://127.0.0.1:{}", ts.addr.port()))
+        .env("TG_SPKI", spki_hash(&ts.ca))
+        .env("TG_PHASE", phase)
+        .env("TG_SHOTS", shots)
+        .env("TG_CHROMIUM", chromium())
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "browser {phase} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn step<'v>(steps: &'v [serde_json::Value], name: &str) -> &'v serde_json::Value {
+    steps
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {steps:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_a_user_resets_the_token_and_an_admin_enables_compliance_bcc() {
+    let (_up, sink, ts) = env().await;
+    ts.add_user_with("chief@example.com", "Chief1pass", true)
+        .await;
+    let first = ts.add_user("ursula@example.com").await;
+    // Screenshots go to TG_SCREENSHOTS (the README's come from here) or a temporary directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let shots = std::env::var_os("TG_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let steps = tokio::task::block_in_place(|| {
+        run_browser(
+            &ts,
+            "user",
+            &shots,
+            &[("TG_USER", "ursula@example.com"), ("TG_PASSWORD", PASSWORD)],
+        )
+    });
+    assert!(
+        step(&steps, "wrong-password")["alert"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid username or password")
+    );
+    assert_eq!(step(&steps, "signed-in")["heading"], "My Settings");
+    assert!(
+        step(&steps, "reset")["notice"]
+            .as_str()
+            .unwrap()
+            .contains("A new security token was emailed to u***@example.com.")
+    );
+    let forbidden = step(&steps, "setup-forbidden");
+    assert_eq!(forbidden["status"], 403);
+    assert_eq!(forbidden["links"], 0);
+    // The email reached the SMTP server, and its token works for a SOAP login.
+    let mails = sink.to(&inbox("ursula@example.com"));
+    assert_eq!(mails.len(), 1);
+    let token = mails[0].token();
+    assert!(
+        mails[0]
+            .text()
+            .contains("you asked for a new security token")
+    );
+    ts.soap_login("ursula@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    let r = ts
+        .client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("ursula@example.com", &format!("{PASSWORD}{first}")),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the old token is dead"
+    );
+
+    let steps = tokio::task::block_in_place(|| {
+        run_browser(
+            &ts,
+            "admin",
+            &shots,
+            &[
+                ("TG_USER", "ursula@example.com"),
+                ("TG_ADMIN", "chief@example.com"),
+                ("TG_ADMIN_PASSWORD", "Chief1pass"),
+                ("TG_COMPLIANCE", "compliance@example.org"),
+            ],
+        )
+    });
+    assert_eq!(step(&steps, "compliance-saved")["notice"], "Saved.");
+    assert!(
+        step(&steps, "admin-reset")["notice"]
+            .as_str()
+            .unwrap()
+            .contains("was emailed to u***@example.com")
+    );
+    assert!(step(&steps, "history")["rows"].as_u64().unwrap() >= 1);
+    // The next token email also reached the compliance address, redacted.
+    let mails = sink.to(&inbox("ursula@example.com"));
+    assert_eq!(mails.len(), 2);
+    let newest = mails[1].token();
+    let copies = sink
+        .wait_for("compliance@example.org", 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(copies.len(), 1);
+    assert!(!copies[0].text().contains(&newest));
+    ts.soap_login("ursula@example.com", &format!("{PASSWORD}{newest}"))
+        .await;
+    for name in [
+        "signin",
+        "settings",
+        "reset-confirm",
+        "reset-done",
+        "compliance",
+        "users",
+        "history",
+    ] {
+        assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
+    }
+}
