@@ -143,6 +143,10 @@ pub enum Request {
     UserDelete {
         username: String,
     },
+    /// Write a backup to this (absolute) path.
+    Backup {
+        path: String,
+    },
     /// Comma-separated CIDRs, or "none".
     UserSetLoginRanges {
         username: String,
@@ -183,6 +187,9 @@ pub enum Answer {
     },
     History {
         rows: Vec<crate::store::HistoryRow>,
+    },
+    Done {
+        message: String,
     },
     Error {
         message: String,
@@ -539,6 +546,18 @@ impl Admin {
                 Ok(Answer::Rotated {
                     user: (&r.user).into(),
                     masked_email: r.masked_email,
+                })
+            }
+            Request::Backup { path } => {
+                let store = self.store.clone();
+                let n = tokio::task::spawn_blocking(move || {
+                    crate::backup::backup(store.as_ref(), Path::new(&path)).map(|n| (n, path))
+                })
+                .await
+                .map_err(|_| AdminError::Remote("the backup failed".into()))?
+                .map_err(|e| AdminError::Remote(e.to_string()))?;
+                Ok(Answer::Done {
+                    message: format!("wrote {} records to {}", n.0, n.1),
                 })
             }
             Request::UserDelete { username } => {

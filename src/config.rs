@@ -56,7 +56,15 @@ pub mod file {
         pub limits: Limits,
         pub lockout: Lockout,
         pub history: History,
+        pub metrics: Metrics,
         pub log: Log,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Metrics {
+        /// Prometheus listener (plain HTTP, loopback only); absent: off.
+        pub listen: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -75,6 +83,8 @@ pub mod file {
         pub max_connections: usize,
         /// Peers whose X-Forwarded-For is believed (CIDR list); default none.
         pub trusted_proxies: Vec<String>,
+        /// How long a shutdown waits for in-flight requests.
+        pub drain_timeout: String,
     }
 
     impl Default for Server {
@@ -92,6 +102,7 @@ pub mod file {
                 max_header_bytes: 64 * 1024,
                 max_connections: 10_000,
                 trusted_proxies: Vec::new(),
+                drain_timeout: "30s".into(),
             }
         }
     }
@@ -362,6 +373,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub lockout: LockoutConfig,
     pub history: HistoryConfig,
+    /// The Prometheus listener, if on (always a loopback address).
+    pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
 }
 
@@ -470,6 +483,7 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -694,6 +708,7 @@ impl Config {
             )?,
             max_connections: bounded("server.max_connections", s.max_connections, 1, 1_000_000)?,
             trusted_proxies: cidrs("server.trusted_proxies", &s.trusted_proxies)?,
+            drain_timeout: duration("server.drain_timeout", &s.drain_timeout)?,
         };
 
         let tls = match (&f.tls.cert, &f.tls.key) {
@@ -920,6 +935,24 @@ impl Config {
                 p => Some(duration("lockout.lockout_period", p)?),
             },
         };
+        let metrics_listen = match &f.metrics.listen {
+            None => None,
+            Some(l) => {
+                let addr: SocketAddr = l.parse().map_err(|_| {
+                    invalid(
+                        "metrics.listen",
+                        format!("'{l}' is not an address such as 127.0.0.1:9464"),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        "metrics.listen",
+                        "must be a loopback address (metrics are for the local collector)",
+                    ));
+                }
+                Some(addr)
+            }
+        };
         let h = &f.history;
         let history = HistoryConfig {
             max_age: duration("history.max_age", &h.max_age)?,
@@ -942,6 +975,7 @@ impl Config {
             limits,
             lockout,
             history,
+            metrics_listen,
             log_level: f.log.level.clone(),
         })
     }
@@ -1227,6 +1261,11 @@ mod tests {
             ),
             ("[limits]\nlogin_per_user = 0", "limits.login_per_user"),
             ("[history]\nmax_age = \"old\"", "history.max_age"),
+            ("[metrics]\nlisten = \"0.0.0.0:9464\"", "metrics.listen"),
+            (
+                "[server]\ndrain_timeout = \"never\"",
+                "server.drain_timeout",
+            ),
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text:?} gave {msg}");

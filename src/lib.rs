@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod console;
 pub mod demo;
@@ -15,6 +16,7 @@ pub mod ids;
 pub mod limit;
 pub mod loadtest;
 pub mod mail;
+pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod server;

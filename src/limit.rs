@@ -139,7 +139,7 @@ impl LoginLimits {
 
 /// The lockout rules, applied to a user's stored [`LockoutState`].
 pub struct Lockout {
-    cfg: LockoutConfig,
+    cfg: std::sync::RwLock<LockoutConfig>,
     /// user id → fingerprints (and times) of recent wrong secrets.
     recent: DashMap<String, Vec<(u64, u64)>>,
     key: hmac::Key,
@@ -153,15 +153,24 @@ impl Lockout {
     pub fn new(cfg: &LockoutConfig) -> Self {
         let rng = ring::rand::SystemRandom::new();
         Self {
-            cfg: cfg.clone(),
+            cfg: std::sync::RwLock::new(cfg.clone()),
             recent: DashMap::new(),
             key: hmac::Key::generate(hmac::HMAC_SHA256, &rng)
                 .expect("the OS random generator works"),
         }
     }
 
+    fn cfg(&self) -> LockoutConfig {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a reloaded policy; stored lock states are kept.
+    pub fn reload(&self, cfg: &LockoutConfig) {
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = cfg.clone();
+    }
+
     pub fn enabled(&self) -> bool {
-        self.cfg.max_failures > 0
+        self.cfg().max_failures > 0
     }
 
     /// Whether this wrong secret should count: false when the same secret already failed for
@@ -173,7 +182,7 @@ impl Lockout {
         ctx.update(secret.as_bytes());
         let tag = ctx.sign();
         let fp = u64::from_be_bytes(tag.as_ref()[..8].try_into().expect("8 bytes"));
-        let window = self.cfg.window.as_secs();
+        let window = self.cfg().window.as_secs();
         if self.recent.len() >= RECENT_USERS {
             self.recent
                 .retain(|_, v| v.iter().any(|(_, at)| now < at + window));
@@ -195,16 +204,17 @@ impl Lockout {
 
     /// Counts one failure; returns true when it locked the account.
     pub fn register_failure(&self, s: &mut LockoutState, now: u64) -> bool {
-        if !self.enabled() || s.is_locked(now) {
+        let cfg = self.cfg();
+        if cfg.max_failures == 0 || s.is_locked(now) {
             return false;
         }
-        if s.failures == 0 || now >= s.window_started_at + self.cfg.window.as_secs() {
+        if s.failures == 0 || now >= s.window_started_at + cfg.window.as_secs() {
             s.failures = 0;
             s.window_started_at = now;
         }
         s.failures += 1;
-        if s.failures >= self.cfg.max_failures {
-            s.locked_until = Some(match self.cfg.period {
+        if s.failures >= cfg.max_failures {
+            s.locked_until = Some(match cfg.period {
                 Some(p) => now + p.as_secs(),
                 None => u64::MAX,
             });

@@ -221,15 +221,20 @@ const MEMORY_QUEUE_BOUND: usize = 1000;
 /// After this many failed attempts a copy is abandoned, with an error log.
 const MAX_ATTEMPTS: u32 = 48;
 
-pub struct Mailer {
+/// The transport and settings in force; replaced whole by a reload.
+struct Active {
     transport: Transport,
     cfg: MailConfig,
+}
+
+pub struct Mailer {
+    active: std::sync::RwLock<Arc<Active>>,
     store: Arc<dyn Store>,
     memory_queue: Mutex<VecDeque<Queued>>,
 }
 
-impl Mailer {
-    pub fn new(cfg: &MailConfig, store: Arc<dyn Store>) -> Result<Self, MailError> {
+impl Active {
+    fn new(cfg: &MailConfig) -> Result<Self, MailError> {
         let transport = match &cfg.transport {
             MailTransport::None => Transport::None,
             MailTransport::File { dir } => Transport::File(dir.clone()),
@@ -266,17 +271,39 @@ impl Mailer {
         Ok(Self {
             transport,
             cfg: cfg.clone(),
+        })
+    }
+}
+
+impl Mailer {
+    pub fn new(cfg: &MailConfig, store: Arc<dyn Store>) -> Result<Self, MailError> {
+        Ok(Self {
+            active: std::sync::RwLock::new(Arc::new(Active::new(cfg)?)),
             store,
             memory_queue: Mutex::new(VecDeque::new()),
         })
     }
 
-    pub fn is_configured(&self) -> bool {
-        !matches!(self.transport, Transport::None)
+    fn active(&self) -> Arc<Active> {
+        self.active
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    pub fn brand(&self) -> &str {
-        &self.cfg.brand
+    /// Applies reloaded mail settings; queued compliance copies are kept.
+    pub fn reload(&self, cfg: &MailConfig) -> Result<(), MailError> {
+        let next = Arc::new(Active::new(cfg)?);
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    pub fn is_configured(&self) -> bool {
+        !matches!(self.active().transport, Transport::None)
+    }
+
+    pub fn brand(&self) -> String {
+        self.active().cfg.brand.clone()
     }
 
     fn build(
@@ -286,11 +313,12 @@ impl Mailer {
         text: String,
         html: String,
     ) -> Result<Message, MailError> {
+        let a = self.active();
         let mut b = Message::builder()
-            .from(self.cfg.from.clone())
+            .from(a.cfg.from.clone())
             .to(to.clone())
             .subject(subject);
-        if let Some(r) = &self.cfg.reply_to {
+        if let Some(r) = &a.cfg.reply_to {
             b = b.reply_to(r.clone());
         }
         b.multipart(MultiPart::alternative_plain_html(text, html))
@@ -300,15 +328,16 @@ impl Mailer {
     /// Delivers raw message bytes to `to`, bounded by the configured timeout as a whole
     /// (lettre's own timeout covers only the connect).
     async fn deliver(&self, to: &Address, raw: &[u8]) -> Result<(), MailError> {
-        match &self.transport {
+        let a = self.active();
+        match &a.transport {
             Transport::None => Err(MailError::NotConfigured),
             Transport::Smtp(smtp) => {
-                let envelope = Envelope::new(Some(self.cfg.from.email.clone()), vec![to.clone()])
+                let envelope = Envelope::new(Some(a.cfg.from.email.clone()), vec![to.clone()])
                     .map_err(|e| MailError::Build(e.to_string()))?;
-                match tokio::time::timeout(self.cfg.timeout, smtp.send_raw(&envelope, raw)).await {
+                match tokio::time::timeout(a.cfg.timeout, smtp.send_raw(&envelope, raw)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(MailError::Rejected(e.to_string())),
-                    Err(_) => Err(MailError::Timeout(self.cfg.timeout)),
+                    Err(_) => Err(MailError::Timeout(a.cfg.timeout)),
                 }
             }
             Transport::File(dir) => {
@@ -362,9 +391,11 @@ impl Mailer {
             };
             Mailbox::new(name, addr)
         };
-        let (subject, text, html) = render(&self.cfg.brand, m, false);
+        let (subject, text, html) = render(&self.active().cfg.brand, m, false);
         let message = self.build(&to, &subject, text, html)?;
-        self.deliver(&to.email, &message.formatted()).await?;
+        let sent = self.deliver(&to.email, &message.formatted()).await;
+        crate::metrics::METRICS.email(crate::metrics::MailKind::User, sent.is_ok());
+        sent?;
 
         let compliance = match ComplianceBcc::load(self.store.as_ref()) {
             Ok(c) => c,
@@ -380,9 +411,12 @@ impl Mailer {
             };
             // The copy carries the user's own headers (To: the user), like a Bcc, and goes to
             // the compliance mailbox only by its envelope.
-            let (subject, text, html) = render(&self.cfg.brand, m, compliance.redact_secrets);
+            let (subject, text, html) =
+                render(&self.active().cfg.brand, m, compliance.redact_secrets);
             let copy = self.build(&to, &subject, text, html)?.formatted();
-            if let Err(e) = self.deliver(&bcc, &copy).await {
+            let sent = self.deliver(&bcc, &copy).await;
+            crate::metrics::METRICS.email(crate::metrics::MailKind::Compliance, sent.is_ok());
+            if let Err(e) = sent {
                 tracing::warn!(error = %e, "compliance copy failed; queued for retry");
                 self.enqueue(
                     Queued {
@@ -473,11 +507,13 @@ impl Mailer {
 
     async fn retry_one(&self, q: &Queued) -> Result<(), MailError> {
         let to: Address = q.to.parse().map_err(|_| MailError::Address(q.to.clone()))?;
-        self.deliver(&to, q.raw.as_bytes()).await
+        let sent = self.deliver(&to, q.raw.as_bytes()).await;
+        crate::metrics::METRICS.email(crate::metrics::MailKind::Compliance, sent.is_ok());
+        sent
     }
 
     pub fn retry_interval(&self) -> Duration {
-        self.cfg.compliance_retry_interval
+        self.active().cfg.compliance_retry_interval
     }
 }
 

@@ -22,6 +22,9 @@ struct Cli {
     /// Configuration file (TOML). Without it, the built-in defaults are used.
     #[arg(long, global = true, env = "TOKENGATE_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +49,10 @@ enum Command {
     /// Load-test a running tokengate (only ever the target you name).
     #[command(subcommand)]
     Loadtest(LoadtestCommand),
+    /// Write a consistent snapshot of the data directory to FILE (also while the server runs).
+    Backup { file: PathBuf },
+    /// Restore a backup into an empty data directory (the server must not be running).
+    Restore { file: PathBuf },
     /// Validate a configuration file and exit.
     CheckConfig,
 }
@@ -259,20 +266,29 @@ fn load_config(path: Option<&Path>) -> Result<Config, BoxError> {
     })
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Serve => {
             let cfg = load_config(cli.config.as_deref())?;
-            init_logging(&cfg.log_level);
+            init_logging(&cfg.log_level, cli.log_format);
             let server = Server::start(cfg).await?;
             if server.cert.generated {
                 eprintln!(
@@ -284,7 +300,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 "tokengate: listening on {} ({})",
                 server.addr, server.origin
             );
-            wait_for_signal().await;
+            serve_until_stopped(&server, cli.config.as_deref()).await;
             server.shutdown().await;
             Ok(())
         }
@@ -317,6 +333,44 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             }
         }
         Command::Loadtest(cmd) => loadtest(cmd).await,
+        Command::Backup { file } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let file = std::path::absolute(&file)?;
+            match admin_call(
+                &cfg,
+                Request::Backup {
+                    path: file.display().to_string(),
+                },
+            )
+            .await?
+            {
+                Answer::Error { message } => Err(message.into()),
+                Answer::Done { message } => {
+                    println!("{message}");
+                    Ok(())
+                }
+                other => print_answer(other, false, false),
+            }
+        }
+        Command::Restore { file } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            if admin::call_socket(&cfg.store.path, &Request::UserList)
+                .await?
+                .is_some()
+            {
+                return Err(
+                    "a tokengate server is running on this data directory; stop it first".into(),
+                );
+            }
+            let (store, _) = server::open_store(&cfg)?;
+            let n = tokengate::backup::restore(store.as_ref(), &file)?;
+            println!(
+                "restored {n} records from {} into {}",
+                file.display(),
+                cfg.store.path.display()
+            );
+            Ok(())
+        }
         Command::CheckConfig => {
             let path = cli.config.ok_or("check-config needs --config FILE")?;
             Config::load(&path)?;
@@ -465,6 +519,36 @@ async fn loadtest(cmd: LoadtestCommand) -> Result<(), BoxError> {
                     .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
             }
             Ok(())
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads the configuration file, keeping the old
+/// configuration when the new one is invalid.
+async fn serve_until_stopped(server: &Server, config: Option<&Path>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        wait_for_signal().await;
+        return;
+    };
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                tracing::info!("stopping: finishing in-flight requests");
+                return;
+            }
+            _ = hup.recv() => {
+                let Some(path) = config else {
+                    tracing::warn!("SIGHUP: no --config file to reload");
+                    continue;
+                };
+                match Config::load(path).map_err(BoxError::from).and_then(|c| Ok(server.app.reload(&c)?)) {
+                    Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration stays in force"),
+                }
+            }
         }
     }
 }
@@ -668,6 +752,10 @@ fn print_answer(answer: Answer, json: bool, show_token: bool) -> Result<(), BoxE
     match answer {
         Answer::Error { message } => Err(message.into()),
         Answer::History { rows } => print_history(&rows, Format::Table),
+        Answer::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
         Answer::Rotated { user, masked_email } => {
             println!(
                 "A new security token for {} was emailed to {masked_email}.",
@@ -729,7 +817,7 @@ const DEMO_CLIENT_ID: &str = "tokengate-demo";
 
 async fn demo(args: DemoArgs) -> Result<(), BoxError> {
     let mut cfg = Config::defaults();
-    init_logging("info");
+    init_logging("info", LogFormat::Text);
     let upstream = tokengate::demo::start_echo_upstream().await?;
     cfg.upstream.url = format!("http://{upstream}").parse()?;
     cfg.store.path = std::env::current_dir()?.join(&args.data_dir);

@@ -199,7 +199,14 @@ impl Upstream {
             h.insert(header::HOST, host);
         }
 
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        let status = match &answer {
+            Ok(Ok(resp)) => Some(resp.status().as_u16()),
+            _ => None,
+        };
+        crate::metrics::METRICS.upstream(status, answer.is_err(), started.elapsed());
+        match answer {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);

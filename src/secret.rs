@@ -4,8 +4,10 @@
 //! Nothing here knows about HTTP or storage. Every keyed hash carries a domain label so a
 //! token tag can never be confused with a session key or a cache key (DESIGN.md §3.1, §3.3).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::Mutex;
+
+use argon2::password_hash::PasswordHash;
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine as _;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -44,17 +46,25 @@ impl Domain {
 
 pub struct Secrets {
     key: hmac::Key,
-    argon2: Argon2<'static>,
+    params: Params,
     rng: SystemRandom,
+    /// argon2 working memory (19 MiB each by default), reused across verifications: allocating
+    /// it per call costs page faults, and glibc keeps such freed blocks around per thread
+    /// arena, which once grew the process to 800 MiB after 64 hashes.
+    buffers: Mutex<Vec<Vec<Block>>>,
 }
+
+/// Buffers kept for reuse; callers beyond this allocate (and free) their own.
+const KEPT_BUFFERS: usize = 4;
 
 impl Secrets {
     /// `server_key` comes from the store (generated once per installation).
     pub fn new(server_key: &[u8; 32], params: Params) -> Self {
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, server_key),
-            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            params,
             rng: SystemRandom::new(),
+            buffers: Mutex::new(Vec::new()),
         }
     }
 
@@ -117,25 +127,75 @@ impl Secrets {
         constant_time_eq(&computed, stored)
     }
 
+    /// Runs argon2 with a working buffer of `blocks` blocks from the reuse pool.
+    fn with_blocks<T>(&self, blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
+        let mut buf = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        if buf.len() != blocks {
+            buf.resize(blocks, Block::default());
+        }
+        let out = f(&mut buf);
+        let mut pool = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < KEPT_BUFFERS {
+            pool.push(buf);
+        }
+        out
+    }
+
     /// An argon2id PHC string for `password`, with a fresh salt.
     pub fn hash_password(&self, password: &str) -> Result<String, SecretError> {
-        let salt_bytes: [u8; 16] = self.random_bytes()?;
-        let salt =
-            SaltString::encode_b64(&salt_bytes).map_err(|e| SecretError::Hash(e.to_string()))?;
-        self.argon2
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| SecretError::Hash(e.to_string()))
+        use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+        let salt: [u8; 16] = self.random_bytes()?;
+        let mut out = [0u8; 32];
+        let a = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone());
+        self.with_blocks(self.params.block_count(), |blocks| {
+            a.hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, blocks)
+        })
+        .map_err(|e| SecretError::Hash(e.to_string()))?;
+        // The PHC string format (argon2's reference encoding, unpadded standard base64).
+        Ok(format!(
+            "$argon2id$v=19$m={},t={},p={}${}${}",
+            self.params.m_cost(),
+            self.params.t_cost(),
+            self.params.p_cost(),
+            B64.encode(salt),
+            B64.encode(out)
+        ))
     }
 
     /// Verifies with the parameters embedded in the PHC string, so hashes made under older
     /// parameters keep working after a configuration change. CPU-bound (~35 ms): callers run it
     /// on the bounded hashing pool, never on the async executor.
     pub fn verify_password(&self, phc: &str, password: &str) -> bool {
-        match PasswordHash::new(phc) {
-            Ok(h) => self.argon2.verify_password(password.as_bytes(), &h).is_ok(),
-            Err(_) => false,
-        }
+        let Ok(h) = PasswordHash::new(phc) else {
+            return false;
+        };
+        let (Ok(params), Ok(algorithm)) = (Params::try_from(&h), Algorithm::try_from(h.algorithm))
+        else {
+            return false;
+        };
+        let version = match h.version.map(Version::try_from) {
+            None => Version::V0x13,
+            Some(Ok(v)) => v,
+            Some(Err(_)) => return false,
+        };
+        let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+            return false;
+        };
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+            return false;
+        };
+        let mut out = vec![0u8; expected.len()];
+        let a = Argon2::new(algorithm, version, params.clone());
+        let computed = self.with_blocks(params.block_count(), |blocks| {
+            a.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, blocks)
+        });
+        computed.is_ok() && constant_time_eq(&out, expected.as_bytes())
     }
 }
 
@@ -202,6 +262,39 @@ mod tests {
         assert!(s.verify_password(&phc, "Passw0rd"));
         assert!(!s.verify_password(&phc, "passw0rd"));
         assert!(!s.verify_password("not a phc string", "Passw0rd"));
+    }
+
+    #[test]
+    fn hashes_interoperate_with_the_standard_phc_encoder_and_verifier() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
+        let s = secrets();
+        let params = Params::new(1024, 1, 1, None).unwrap();
+        let standard = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let phc = standard
+            .hash_password(
+                b"Passw0rd",
+                &SaltString::encode_b64(b"0123456789abcdef").unwrap(),
+            )
+            .unwrap()
+            .to_string();
+        assert!(s.verify_password(&phc, "Passw0rd"));
+        assert!(!s.verify_password(&phc, "Passw0rD"));
+        let ours = s.hash_password("Passw0rd").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(standard.verify_password(b"Passw0rd", &parsed).is_ok());
+        // A hash made under other parameters still verifies (parameters come from the string).
+        let other = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(2048, 2, 1, None).unwrap(),
+        )
+        .hash_password(
+            b"Passw0rd",
+            &SaltString::encode_b64(b"fedcba9876543210").unwrap(),
+        )
+        .unwrap()
+        .to_string();
+        assert!(s.verify_password(&other, "Passw0rd"));
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub mod cache;
 pub mod session;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -170,6 +170,11 @@ impl HashPool {
             .map_err(|_| AuthError::Busy),
             _ => Err(AuthError::Busy),
         };
+        if matches!(result, Err(AuthError::Busy)) {
+            crate::metrics::METRICS
+                .argon2_rejections
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         result
     }
@@ -183,8 +188,9 @@ pub struct Authenticator {
     /// what decoding a real record costs.
     dummy: Vec<u8>,
     max_secret_bytes: usize,
-    trusted_networks: Vec<ipnet::IpNet>,
-    limits: LoginLimits,
+    // Reloadable on SIGHUP: read once per login, swapped whole.
+    trusted_networks: RwLock<Arc<Vec<ipnet::IpNet>>>,
+    limits: RwLock<Arc<LoginLimits>>,
     lockout: Lockout,
     cache: CredentialCache<Result<Verified, AuthError>>,
     history: Arc<History>,
@@ -240,8 +246,8 @@ impl Authenticator {
             ),
             dummy: serde_json::to_vec(&dummy).expect("records serialise"),
             max_secret_bytes: a.max_secret_bytes,
-            trusted_networks: a.trusted_networks.clone(),
-            limits: LoginLimits::new(&cfg.limits),
+            trusted_networks: RwLock::new(Arc::new(a.trusted_networks.clone())),
+            limits: RwLock::new(Arc::new(LoginLimits::new(&cfg.limits))),
             lockout: Lockout::new(&cfg.lockout),
             cache: CredentialCache::new(a.credential_cache_ttl, a.credential_cache_size),
             history,
@@ -252,8 +258,23 @@ impl Authenticator {
         &self.pool
     }
 
-    pub fn limits(&self) -> &LoginLimits {
-        &self.limits
+    pub fn limits(&self) -> Arc<LoginLimits> {
+        self.limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded configuration: limits (their counters start afresh), trusted
+    /// networks and the lockout policy.
+    pub fn reload(&self, cfg: &Config) {
+        *self.limits.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(LoginLimits::new(&cfg.limits));
+        *self
+            .trusted_networks
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg.auth.trusted_networks.clone());
+        self.lockout.reload(&cfg.lockout);
     }
 
     pub fn lockout(&self) -> &Lockout {
@@ -266,7 +287,7 @@ impl Authenticator {
 
     /// Periodic upkeep: stale limiter keys and expired cache entries.
     pub fn housekeep(&self) {
-        self.limits.housekeep();
+        self.limits().housekeep();
         self.cache.sweep(crate::now_secs());
     }
 
@@ -275,12 +296,25 @@ impl Authenticator {
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_networks.iter().any(|n| n.contains(&ip))
+        self.trusted_networks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|n| n.contains(&ip))
     }
 
     /// Verifies a login attempt in any dialect and records it in the login history.
     pub async fn login(&self, a: &Attempt<'_>) -> Result<Verified, AuthError> {
+        let started = std::time::Instant::now();
         let (result, cached) = self.login_unrecorded(a).await;
+        if cached {
+            crate::metrics::METRICS
+                .cache_hits
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(outcome) = outcome_of(&result) {
+            crate::metrics::METRICS.login(a.dialect, outcome, started.elapsed());
+        }
         // A Basic call answered from the cache is an authenticated call, not a login: only
         // real verifications of Basic credentials go to the history.
         if !(cached && a.dialect == Dialect::Basic) {
@@ -328,7 +362,10 @@ impl Authenticator {
                 _ => self.cache.remove(&key),
             }
         }
-        if let Err(retry_after) = self.limits.check(a.ip, &canonical) {
+        crate::metrics::METRICS
+            .cache_misses
+            .fetch_add(1, Ordering::Relaxed);
+        if let Err(retry_after) = self.limits().check(a.ip, &canonical) {
             return Err(AuthError::RateLimited { retry_after });
         }
         self.cache
@@ -386,7 +423,7 @@ impl Authenticator {
             }
             return self.fail(&user, secret, Reason::WrongToken, now);
         };
-        if let Err(retry_after) = self.limits.check_argon2() {
+        if let Err(retry_after) = self.limits().check_argon2() {
             return Err(AuthError::RateLimited { retry_after });
         }
         let ok = self.check_password(&user, password).await?;
@@ -452,6 +489,9 @@ impl Authenticator {
                 }
             })?;
             if locked {
+                crate::metrics::METRICS
+                    .lockouts
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(user = %updated.username, "account locked after repeated failed logins");
             }
         }
@@ -524,6 +564,17 @@ impl Authenticator {
             .run(move || secrets.verify_password(&phc, &password))
             .await
     }
+}
+
+fn outcome_of(result: &Result<Verified, AuthError>) -> Option<Outcome> {
+    Some(match result {
+        Ok(v) if v.superseded => Outcome::SupersededToken,
+        Ok(_) => Outcome::Success,
+        Err(AuthError::Rejected(r)) => r.outcome(),
+        Err(AuthError::Locked { .. }) => Outcome::Locked,
+        Err(AuthError::RateLimited { .. }) => Outcome::RateLimited,
+        Err(AuthError::Busy | AuthError::Store(_)) => return None,
+    })
 }
 
 /// Whether the user may log in from `ip` (no ranges: from anywhere).

@@ -578,6 +578,12 @@ pub async fn run(t: &Target, opts: RunOptions) -> Result<Vec<(String, Summary)>,
         }
     };
     let total_conns: usize = plan.iter().map(|p| p.2).sum();
+    if needs_users && opts.users.len() < total_conns && opts.progress {
+        eprintln!(
+            "tokengate: note: {} users for {total_conns} connections: some connections share credentials",
+            opts.users.len()
+        );
+    }
     let started = Instant::now();
     let barrier = Arc::new(tokio::sync::Barrier::new(total_conns));
     let seconds = opts.duration.as_secs().max(1) as usize + 1;
@@ -626,8 +632,20 @@ pub async fn run(t: &Target, opts: RunOptions) -> Result<Vec<(String, Summary)>,
             tasks.push(tokio::spawn(async move {
                 let mut rec = Recorder::new(seconds);
                 worker(
-                    &t, job, w, &users, &path, &oauth, duration, interval, &barrier, &mut rec,
-                    &done, &failed, &stop,
+                    &t,
+                    job,
+                    w,
+                    &users,
+                    &path,
+                    &oauth,
+                    duration,
+                    interval,
+                    &barrier,
+                    total_conns,
+                    &mut rec,
+                    &done,
+                    &failed,
+                    &stop,
                 )
                 .await;
                 rec
@@ -670,6 +688,7 @@ async fn worker(
     duration: Duration,
     interval: Option<Duration>,
     barrier: &tokio::sync::Barrier,
+    stride: usize,
     rec: &mut Recorder,
     done: &AtomicU64,
     failed: &AtomicU64,
@@ -744,7 +763,10 @@ async fn worker(
         } else {
             Some(&users[n % users.len()])
         };
-        n = n.wrapping_add(1);
+        // Each connection walks its own slice of the users (index, index + connections, ...),
+        // so no two connections send the same credentials at once: the server would answer
+        // such identical logins with one shared verification and the run would not be cold.
+        n = n.wrapping_add(stride);
         if job == Job::Session && session.is_none() {
             match login_session(t, c, user.expect("checked")).await {
                 Ok(sid) => session = Some(sid),

@@ -85,6 +85,62 @@ pub struct App {
     pub reset_duration_us: std::sync::atomic::AtomicU64,
     /// `https://host[:port]`: the start of `serverUrl`, `instance_url` and identity URLs.
     pub origin: String,
+    /// What a SIGHUP reload replaces.
+    live: std::sync::RwLock<Arc<Live>>,
+}
+
+/// The reloadable part of the configuration in force.
+pub struct Live {
+    pub tls: TlsAcceptor,
+    pub oauth_clients: Vec<crate::config::OAuthClient>,
+}
+
+impl App {
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a new configuration without dropping connections: the TLS certificate and key,
+    /// limits, trusted networks, the lockout policy, OAuth clients and mail settings. Every
+    /// part is built first; if any fails, nothing changes.
+    pub fn reload(&self, new: &Config) -> Result<(), ServerError> {
+        let cert = tls::ensure_cert(
+            new.tls.cert.as_deref().zip(new.tls.key.as_deref()),
+            &new.store.path,
+        )?;
+        let acceptor = TlsAcceptor::from(tls::server_config(&cert)?);
+        // Validate the mail settings before changing anything.
+        Mailer::new(&new.mail, self.store.clone())?;
+        for (what, changed) in [
+            ("server.listen", new.server.listen != self.cfg.server.listen),
+            ("store.path", new.store.path != self.cfg.store.path),
+            ("upstream.url", new.upstream.url != self.cfg.upstream.url),
+        ] {
+            if changed {
+                tracing::warn!(key = what, "this setting changes only with a restart");
+            }
+        }
+        self.tokens.mailer().reload(&new.mail)?;
+        self.auth.reload(new);
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
+            tls: acceptor,
+            oauth_clients: new.oauth_clients.clone(),
+        });
+        Ok(())
+    }
+
+    /// Values for the metrics that their owners hold.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let (ip, user) = self.auth.limits().keys();
+        crate::metrics::Gauges {
+            argon2_queue_depth: self.auth.hash_pool().depth() as u64,
+            active_sessions: self.sessions.len() as u64,
+            limiter_keys_ip: ip as u64,
+            limiter_keys_user: user as u64,
+            history_dropped: self.history.dropped(),
+            compliance_queue: self.tokens.mailer().queued() as u64,
+        }
+    }
 }
 
 /// Opens the store of a data directory and derives the installation's secrets.
@@ -142,9 +198,59 @@ pub fn open_admin(cfg: &Config) -> Result<Admin, ServerError> {
     })
 }
 
+/// The Prometheus listener: plain HTTP on a loopback address, `GET /metrics`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    app: Arc<App>,
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let app = app.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    async move {
+                        let r = if req.uri().path() == "/metrics" {
+                            crate::wire::respond(
+                                http::StatusCode::OK,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                                crate::metrics::render(&app.gauges()),
+                            )
+                        } else {
+                            crate::wire::json_error(
+                                http::StatusCode::NOT_FOUND,
+                                "not_found",
+                                "try /metrics",
+                            )
+                        };
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
+                let _ = b.serve_connection(TokioIo::new(tcp), service).await;
+            });
+        }
+    });
+    Ok((task, bound))
+}
+
 /// A started server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     pub addr: SocketAddr,
+    /// The Prometheus listener's address, when on.
+    pub metrics_addr: Option<SocketAddr>,
     pub origin: String,
     pub cert: CertPaths,
     pub app: Arc<App>,
@@ -155,7 +261,6 @@ pub struct Server {
 }
 
 const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(30);
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Server {
     pub async fn start(cfg: Config) -> Result<Self, ServerError> {
@@ -218,6 +323,7 @@ impl Server {
         let reset_per_user = KeyedLimiter::new(cfg.tokens.reset_per_user_per_hour, HOUR, 100_000);
         let reset_per_ip = KeyedLimiter::new(cfg.tokens.reset_per_ip_per_hour, HOUR, 100_000);
 
+        let cfg_oauth = cfg.oauth_clients.clone();
         let app = Arc::new(App {
             cfg,
             store,
@@ -234,6 +340,10 @@ impl Server {
             reset_per_ip,
             reset_duration_us: std::sync::atomic::AtomicU64::new(0),
             origin: origin.clone(),
+            live: std::sync::RwLock::new(Arc::new(Live {
+                tls: acceptor,
+                oauth_clients: cfg_oauth,
+            })),
         });
 
         // Scheduled rotations: at start (catching up on any missed while down), then on a timer.
@@ -274,16 +384,24 @@ impl Server {
         });
 
         let (stop, stop_rx) = watch::channel(false);
-        let accept_task = tokio::spawn(accept_loop(listener, acceptor, app.clone(), stop_rx));
+        let accept_task = tokio::spawn(accept_loop(listener, app.clone(), stop_rx));
+        let mut background = vec![sweeper, admin_task, rotations, retries, housekeeping];
+        let mut metrics_addr = None;
+        if let Some(addr) = app.cfg.metrics_listen {
+            let (task, bound) = serve_metrics(addr, app.clone()).await?;
+            background.push(task);
+            metrics_addr = Some(bound);
+        }
         tracing::info!(%addr, %origin, restored_sessions = restored, "tokengate is listening");
         Ok(Self {
             addr,
+            metrics_addr,
             origin,
             cert,
             app,
             stop,
             accept_task,
-            background: vec![sweeper, admin_task, rotations, retries, housekeeping],
+            background,
             history_task,
         })
     }
@@ -308,7 +426,7 @@ impl Server {
         }
         // Connection tasks drop their handle on the app a moment after their connection ends;
         // wait for them so the store (and its directory lock) is closed when this returns.
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + self.app.cfg.server.drain_timeout;
         while Arc::strong_count(&self.app) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -316,12 +434,7 @@ impl Server {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: Arc<App>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(app.cfg.server.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -356,7 +469,8 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        // The certificate in force at accept time (a reload swaps it for new connections).
+        let acceptor = app.live().tls.clone();
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -366,10 +480,16 @@ async fn accept_loop(
             let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
+                    crate::metrics::METRICS
+                        .tls_handshake_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    crate::metrics::METRICS
+                        .tls_handshake_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
@@ -395,7 +515,7 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(app.cfg.server.drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {

@@ -81,6 +81,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
         "/services/oauth2/revoke" => oauth_revoke(app, req).await,
         "/services/oauth2/userinfo" => userinfo(app, req).await,
         "/tokengate/health" => wire::respond(StatusCode::OK, JSON, r#"{"status":"ok"}"#),
+        "/tokengate/ready" => ready(&app).await,
         p if p.starts_with("/id/") => identity(app, req).await,
         p if p == "/tokengate/console" || p.starts_with("/tokengate/console/") => {
             crate::console::handle(app, req, peer).await
@@ -88,6 +89,62 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
         p if p.starts_with("/tokengate/") => super::api::handle(app, req, peer).await,
         _ => forward(app, req, peer).await,
     }
+}
+
+/// Readiness: the store answers, the upstream accepts connections, and the SMTP server does
+/// when mail goes over SMTP. 200 when all are fine, 503 otherwise; JSON either way.
+async fn ready(app: &App) -> Response<Body> {
+    const PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+    async fn connect(host: &str, port: u16) -> Result<(), String> {
+        match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect((host, port))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+    let store = match app.store.setting("readiness") {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("error: {e}"),
+    };
+    let url = &app.cfg.upstream.url;
+    let port = url
+        .port_u16()
+        .unwrap_or(if url.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let host = url
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let upstream = match connect(host, port).await {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => format!("error: {e}"),
+    };
+    let smtp = match &app.cfg.mail.transport {
+        crate::config::MailTransport::Smtp { host, port, .. } => match connect(host, *port).await {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("error: {e}"),
+        },
+        crate::config::MailTransport::File { .. } => "file".to_owned(),
+        crate::config::MailTransport::None => "not configured".to_owned(),
+    };
+    let ok = store == "ok" && upstream == "ok" && !smtp.starts_with("error");
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "not ready" },
+        "checks": { "store": store, "upstream": upstream, "smtp": smtp },
+    });
+    respond(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        JSON,
+        body.to_string(),
+    )
 }
 
 fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
@@ -473,12 +530,8 @@ async fn oauth_token(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Res
     let Some(client_id) = form.get("client_id") else {
         return oauth::error("invalid_client_id", "client identifier invalid");
     };
-    let Some(client) = app
-        .cfg
-        .oauth_clients
-        .iter()
-        .find(|c| c.client_id == client_id)
-    else {
+    let live = app.live();
+    let Some(client) = live.oauth_clients.iter().find(|c| c.client_id == client_id) else {
         return oauth::error("invalid_client_id", "client identifier invalid");
     };
     let secret_ok = form.get("client_secret").is_some_and(|s| {

@@ -158,6 +158,9 @@ pub struct SessionRecord {
     pub last_seen: u64,
 }
 
+/// Receives exported records: (collection, key, value).
+pub type ExportSink<'a> = dyn FnMut(&str, &[u8], &[u8]) -> std::io::Result<()> + 'a;
+
 pub trait Store: Send + Sync + 'static {
     fn user_by_name(&self, canonical_username: &str) -> Result<Option<User>, StoreError>;
     fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError>;
@@ -191,6 +194,14 @@ pub trait Store: Send + Sync + 'static {
     /// Removes rows older than `older_than_ms` and the oldest beyond `max_rows`; returns how
     /// many were removed.
     fn history_prune(&self, older_than_ms: u64, max_rows: usize) -> Result<usize, StoreError>;
+
+    /// Calls `out` with every record of every collection (tree name, key, value), as one
+    /// consistent snapshot: writes wait until it is done. Returns the number of records.
+    fn export(&self, out: &mut ExportSink<'_>) -> Result<u64, StoreError>;
+    /// Writes one exported record back (restore into an empty store).
+    fn import(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// True when the store holds no users, sessions, settings or history.
+    fn is_empty(&self) -> Result<bool, StoreError>;
 
     /// The installation's 32-byte server key, created on first use.
     fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError>;

@@ -12,7 +12,7 @@ use std::path::Path;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use super::{HistoryFilter, HistoryRow, SessionRecord, Store, StoreError, User};
+use super::{ExportSink, HistoryFilter, HistoryRow, SessionRecord, Store, StoreError, User};
 use crate::secret::Tag;
 
 pub struct SledStore {
@@ -27,7 +27,17 @@ pub struct SledStore {
     outbox: sled::Tree,
     /// (time ms, sequence) big-endian → history row: iterates in time order.
     history: sled::Tree,
+    /// Writers hold it shared; a backup holds it exclusively, so its snapshot is consistent
+    /// across trees.
+    gate: std::sync::RwLock<()>,
+    /// Decoded user records by canonical name, so the hot paths (a cached Basic credential,
+    /// every login) do not decode JSON. Write-through: this process is the store's only writer
+    /// (sled's directory lock), writers always overwrite, readers only fill absent entries.
+    user_cache: dashmap::DashMap<String, User>,
 }
+
+/// Decoded users kept in memory at most (the cache empties when full).
+const USER_CACHE: usize = 20_000;
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
@@ -64,18 +74,62 @@ impl SledStore {
             settings: db.open_tree("settings").map_err(io)?,
             outbox: db.open_tree("outbox").map_err(io)?,
             history: db.open_tree("history").map_err(io)?,
+            gate: std::sync::RwLock::new(()),
+            user_cache: dashmap::DashMap::new(),
             db,
         })
     }
 }
 
+impl SledStore {
+    /// `overwrite`: writers replace; readers only fill a missing entry, so a reader holding an
+    /// older record can never replace a writer's newer one.
+    fn cache_user(&self, user: &User, overwrite: bool) {
+        if self.user_cache.len() >= USER_CACHE {
+            self.user_cache.clear();
+        }
+        if overwrite {
+            self.user_cache.insert(user.username.clone(), user.clone());
+        } else {
+            self.user_cache
+                .entry(user.username.clone())
+                .or_insert_with(|| user.clone());
+        }
+    }
+
+    fn write_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        Some(match name {
+            "users" => &self.users,
+            "user_ids" => &self.user_ids,
+            "sessions" => &self.sessions,
+            "meta" => &self.meta,
+            "settings" => &self.settings,
+            "outbox" => &self.outbox,
+            "history" => &self.history,
+            _ => return None,
+        })
+    }
+}
+
+const TREES: [&str; 7] = [
+    "users", "user_ids", "sessions", "meta", "settings", "outbox", "history",
+];
+
 impl Store for SledStore {
     fn user_by_name(&self, canonical_username: &str) -> Result<Option<User>, StoreError> {
-        self.users
-            .get(canonical_username)
-            .map_err(io)?
-            .map(|b| decode("user", &b))
-            .transpose()
+        if let Some(u) = self.user_cache.get(canonical_username) {
+            return Ok(Some(u.value().clone()));
+        }
+        let Some(bytes) = self.users.get(canonical_username).map_err(io)? else {
+            return Ok(None);
+        };
+        let user: User = decode("user", &bytes)?;
+        self.cache_user(&user, false);
+        Ok(Some(user))
     }
 
     fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
@@ -90,6 +144,7 @@ impl Store for SledStore {
     }
 
     fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let _gate = self.write_gate();
         let record = encode(user);
         (&self.users, &self.user_ids)
             .transaction(|(users, ids)| {
@@ -103,10 +158,13 @@ impl Store for SledStore {
             .map_err(|e| match e {
                 TransactionError::Abort(()) => StoreError::UserExists(user.username.clone()),
                 TransactionError::Storage(e) => io(e),
-            })
+            })?;
+        self.cache_user(user, true);
+        Ok(())
     }
 
     fn update_user(&self, id: &str, change: &mut dyn FnMut(&mut User)) -> Result<User, StoreError> {
+        let _gate = self.write_gate();
         let name = self
             .user_ids
             .get(id)
@@ -128,7 +186,10 @@ impl Store for SledStore {
                 .compare_and_swap(&name, Some(&old), Some(new))
                 .map_err(io)?
             {
-                Ok(()) => return Ok(user),
+                Ok(()) => {
+                    self.cache_user(&user, true);
+                    return Ok(user);
+                }
                 Err(_) => continue, // raced with another writer: re-read and re-apply
             }
         }
@@ -145,6 +206,7 @@ impl Store for SledStore {
     }
 
     fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
+        let gate = self.write_gate();
         let Some(name) = self.user_ids.get(id).map_err(io)? else {
             return Ok(false);
         };
@@ -158,21 +220,28 @@ impl Store for SledStore {
                 TransactionError::Abort(()) => StoreError::Io("delete aborted".into()),
                 TransactionError::Storage(e) => io(e),
             })?;
+        self.user_cache
+            .remove(std::str::from_utf8(&name).unwrap_or_default());
+        // The read gate is not re-entrant under a waiting backup: release it first.
+        drop(gate);
         self.delete_user_sessions(id)?;
         Ok(true)
     }
 
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError> {
+        let _gate = self.write_gate();
         self.sessions.insert(key, encode(session)).map_err(io)?;
         Ok(())
     }
 
     fn delete_session(&self, key: &Tag) -> Result<(), StoreError> {
+        let _gate = self.write_gate();
         self.sessions.remove(key).map_err(io)?;
         Ok(())
     }
 
     fn delete_user_sessions(&self, user_id: &str) -> Result<usize, StoreError> {
+        let _gate = self.write_gate();
         let mut n = 0;
         for (k, s) in self.sessions()? {
             if s.user_id == user_id {
@@ -200,16 +269,19 @@ impl Store for SledStore {
     }
 
     fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let _gate = self.write_gate();
         self.settings.insert(key, value).map_err(io)?;
         Ok(())
     }
 
     fn outbox_put(&self, id: u64, message: &[u8]) -> Result<(), StoreError> {
+        let _gate = self.write_gate();
         self.outbox.insert(id.to_be_bytes(), message).map_err(io)?;
         Ok(())
     }
 
     fn outbox_delete(&self, id: u64) -> Result<(), StoreError> {
+        let _gate = self.write_gate();
         self.outbox.remove(id.to_be_bytes()).map_err(io)?;
         Ok(())
     }
@@ -230,6 +302,7 @@ impl Store for SledStore {
     }
 
     fn history_append(&self, rows: &[HistoryRow]) -> Result<(), StoreError> {
+        let _gate = self.write_gate();
         let mut batch = sled::Batch::default();
         for row in rows {
             let mut key = [0u8; 16];
@@ -257,6 +330,7 @@ impl Store for SledStore {
     }
 
     fn history_prune(&self, older_than_ms: u64, max_rows: usize) -> Result<usize, StoreError> {
+        let _gate = self.write_gate();
         let mut removed = 0;
         let cutoff = older_than_ms.to_be_bytes();
         for item in self.history.range(..&cutoff[..]) {
@@ -271,6 +345,37 @@ impl Store for SledStore {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    fn export(&self, out: &mut ExportSink<'_>) -> Result<u64, StoreError> {
+        let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for name in TREES {
+            let tree = self.tree(name).expect("known tree");
+            for item in tree.iter() {
+                let (k, v) = item.map_err(io)?;
+                out(name, &k, &v).map_err(|e| StoreError::Io(e.to_string()))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn import(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let t = self.tree(tree).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "unknown collection '{}'",
+                tree.chars().take(40).collect::<String>()
+            ))
+        })?;
+        t.insert(key, value).map_err(io)?;
+        Ok(())
+    }
+
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(["users", "sessions", "settings", "history", "outbox"]
+            .iter()
+            .all(|n| self.tree(n).expect("known tree").is_empty()))
     }
 
     fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError> {

@@ -3,6 +3,7 @@
 //! server's own certificate.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod smtp;
 
 use std::convert::Infallible;

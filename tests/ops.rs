@@ -1,0 +1,542 @@
+//! Operations, with the real binary where signals and processes are the point: metrics,
+//! health and readiness, SIGHUP reload under load, graceful shutdown, backup and restore, and
+//! logs free of secrets.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use support::process::{self, Serve};
+use support::smtp::SmtpSink;
+use support::*;
+
+fn config(dir: &Path, upstream: &str, extra: &str) -> PathBuf {
+    let path = dir.join("tokengate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"10s\"\n[upstream]\nurl = \"{upstream}\"\n[store]\npath = \"data\"\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn ca(dir: &Path) -> PathBuf {
+    dir.join("data/tls/cert.pem")
+}
+
+/// A plain-HTTP GET (the metrics listener).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no metric {name}")) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_reflect_logins_failures_sessions_emails_and_upstream_calls() {
+    let up = Upstream::start().await;
+    let sink = SmtpSink::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        mail_to(c, &sink, "tokengate");
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let maddr = ts
+        .server
+        .as_ref()
+        .unwrap()
+        .metrics_addr
+        .expect("the metrics listener is on");
+    let before = http_get(maddr, "/metrics").await;
+    assert!(before.starts_with("HTTP/1.1 200"));
+    assert!(before.contains("content-type: text/plain; version=0.0.4"));
+
+    let admin = ts
+        .add_user_with("metrics-admin@example.com", PASSWORD, true)
+        .await;
+    let token = ts.add_user("metered@example.com").await;
+    let sid = ts
+        .soap_login("metered@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    ts.client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("metered@example.com", "WrongPassw0rd"),
+        )
+        .await;
+    ts.client()
+        .get(
+            "/services/data/v59.0/",
+            &[("authorization", &format!("Bearer {sid}"))],
+        )
+        .await;
+    let b = ts
+        .client()
+        .request(
+            Method::POST,
+            "/tokengate/v1/admin/users/metered@example.com/token/reset",
+        )
+        .header(
+            "authorization",
+            basic("metrics-admin@example.com", &format!("{PASSWORD}{admin}")),
+        );
+    assert_eq!(ts.client().call(b, "").await.status, StatusCode::ACCEPTED);
+
+    let after = http_get(maddr, "/metrics").await;
+    let delta = |name: &str| metric(&after, name) - metric(&before, name);
+    assert!(delta("tokengate_logins_total{dialect=\"soap\",outcome=\"success\"}") >= 1);
+    assert!(delta("tokengate_logins_total{dialect=\"soap\",outcome=\"bad_credentials\"}") >= 1);
+    assert!(delta("tokengate_emails_sent_total{kind=\"user\"}") >= 1);
+    assert!(delta("tokengate_upstream_requests_total{status=\"2xx\"}") >= 1);
+    assert!(metric(&after, "tokengate_login_duration_seconds_count") >= 2);
+    // The reset ended the user's session; the admin's Basic login made none.
+    assert!(after.contains("tokengate_active_sessions "));
+    for secret in [&token, &sid, "metered@example.com", PASSWORD] {
+        assert!(
+            !after.contains(secret),
+            "a metric carries a secret or username"
+        );
+    }
+    assert!(http_get(maddr, "/other").await.starts_with("HTTP/1.1 404"));
+}
+
+#[tokio::test]
+async fn health_is_live_and_readiness_checks_store_upstream_and_smtp() {
+    let up = Upstream::start().await;
+    let sink = SmtpSink::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| mail_to(c, &sink, "tokengate")).await;
+    let r = ts.client().get("/tokengate/health", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "ok");
+    let r = ts.client().get("/tokengate/ready", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["checks"],
+        serde_json::json!({ "store": "ok", "upstream": "ok", "smtp": "ok" })
+    );
+
+    sink.stop();
+    let r = ts.client().get("/tokengate/ready", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.json()["checks"]["smtp"]
+            .as_str()
+            .unwrap()
+            .starts_with("error")
+    );
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ts = TestServer::start(&format!("http://{dead}")).await;
+    let r = ts.client().get("/tokengate/ready", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["status"], "not ready");
+    assert!(
+        r.json()["checks"]["upstream"]
+            .as_str()
+            .unwrap()
+            .starts_with("error")
+    );
+    assert_eq!(r.json()["checks"]["smtp"], "not configured");
+    // Health stays live.
+    assert_eq!(
+        ts.client().get("/tokengate/health", &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k, cert.der().to_vec())
+}
+
+/// The certificate a fresh TLS connection is served.
+async fn served_cert(ca: &[&Path], addr: std::net::SocketAddr) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for p in ca {
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(p).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    use rustls_pki_types::pem::PemObject as _;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_under_load_without_losing_a_request() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, key_a, der_a) = write_cert(dir.path(), "a");
+    let (cert_b, key_b, der_b) = write_cert(dir.path(), "b");
+    let live_cert = dir.path().join("live.pem");
+    let live_key = dir.path().join("live.key");
+    std::fs::copy(&cert_a, &live_cert).unwrap();
+    std::fs::copy(&key_a, &live_key).unwrap();
+    let tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        live_cert.display(),
+        live_key.display()
+    );
+    let cfg = config(dir.path(), &up.url(), &tls);
+    let token = process::add_user(&cfg, "steady@example.com", PASSWORD, false);
+    let server = Serve::start(&cfg, &[], &[]);
+    assert_eq!(served_cert(&[&cert_a], server.addr).await, der_a);
+
+    // Load: keep-alive connections and fresh ones, trusting both certificates.
+    let both = dir.path().join("both.pem");
+    std::fs::write(
+        &both,
+        [
+            std::fs::read(&cert_a).unwrap(),
+            std::fs::read(&cert_b).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let auth = basic("steady@example.com", &format!("{PASSWORD}{token}"));
+    let mut load = Vec::new();
+    for fresh in [false, true, false, true] {
+        let (stop, ok, failed, both, auth) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            both.clone(),
+            auth.clone(),
+        );
+        let addr = server.addr;
+        load.push(tokio::spawn(async move {
+            let mut client = HttpsClient::new(&both, addr, false);
+            while !stop.load(Ordering::Relaxed) {
+                if fresh {
+                    client = HttpsClient::new(&both, addr, false);
+                }
+                let req = client
+                    .request(Method::GET, "/services/data/v59.0/limits")
+                    .header("authorization", auth.as_str())
+                    .body(empty_body())
+                    .unwrap();
+                match client.send_result(req).await {
+                    Ok(r) if r.status == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    std::fs::copy(&cert_b, &live_cert).unwrap();
+    std::fs::copy(&key_b, &live_key).unwrap();
+    server.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // An invalid configuration is refused and the running one stays.
+    std::fs::write(&cfg, "[server]\nlisten = \"nope\"\n").unwrap();
+    server.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request was lost across the reloads"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 20,
+        "the load ran: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        served_cert(&[&cert_b], server.addr).await,
+        der_b,
+        "new connections get the new certificate"
+    );
+    let log = server.stop();
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(log.contains("reload refused"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &up.url(), "");
+    let token = process::add_user(&cfg, "slow@example.com", PASSWORD, false);
+    let mut server = Serve::start(&cfg, &[], &[]);
+    let client = HttpsClient::new(&ca(dir.path()), server.addr, false);
+    let auth = basic("slow@example.com", &format!("{PASSWORD}{token}"));
+    let in_flight =
+        tokio::spawn(async move { client.get("/slow", &[("authorization", &auth)]).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stopped accepting: a new connection is refused while the old request still runs.
+    assert!(
+        tokio::net::TcpStream::connect(server.addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "the in-flight request finished");
+    let status = tokio::task::block_in_place(|| server.wait(Duration::from_secs(20)));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_while_running_and_restore_round_trip_everything() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &up.url(), "[lockout]\nmax_failures = 2\n");
+    let token = process::add_user(&cfg, "keep@example.com", PASSWORD, true);
+    let locked_token = process::add_user(&cfg, "locked@example.com", PASSWORD, false);
+    let server = Serve::start(&cfg, &[], &[]);
+    let c = HttpsClient::new(&ca(dir.path()), server.addr, false);
+    let r = c
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("keep@example.com", &format!("{PASSWORD}{token}")),
+        )
+        .await;
+    let sid = extract(&r.text(), "sessionId").unwrap();
+    for wrong in ["Wrong1pass", "Wrong2pass"] {
+        c.post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("locked@example.com", &format!("{wrong}{locked_token}")),
+        )
+        .await;
+    }
+    let o = process::run(
+        &cfg,
+        &[
+            "settings",
+            "compliance-bcc",
+            "--enable",
+            "audit@example.org",
+        ],
+        None,
+        &[],
+    );
+    assert!(o.status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let file = dir.path().join("tokengate.backup");
+    let o = process::run(&cfg, &["backup", file.to_str().unwrap()], None, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("records"));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    for secret in [token.as_str(), sid.as_str(), PASSWORD] {
+        assert!(!text.contains(secret), "the backup holds no plain secret");
+    }
+    // Restoring onto the running server's directory is refused.
+    let o = process::run(&cfg, &["restore", file.to_str().unwrap()], None, &[]);
+    assert!(!o.status.success());
+    server.stop();
+
+    // Into an empty data directory.
+    let other = tempfile::tempdir().unwrap();
+    let cfg2 = config(other.path(), &up.url(), "[lockout]\nmax_failures = 2\n");
+    let truncated = other.path().join("truncated.backup");
+    std::fs::write(&truncated, &text[..text.len() / 2]).unwrap();
+    let o = process::run(&cfg2, &["restore", truncated.to_str().unwrap()], None, &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a tokengate backup"));
+    let o = process::run(&cfg2, &["restore", file.to_str().unwrap()], None, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = process::run(&cfg2, &["restore", file.to_str().unwrap()], None, &[]);
+    assert!(
+        !o.status.success(),
+        "a second restore meets a non-empty directory"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
+
+    let server = Serve::start(&cfg2, &[], &[]);
+    let c = HttpsClient::new(&ca(other.path()), server.addr, false);
+    // Session, token (the server key came along), lockout, setting and history all survived.
+    let r = c
+        .get(
+            "/services/data/v59.0/",
+            &[("authorization", &format!("Bearer {sid}"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = c
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("keep@example.com", &format!("{PASSWORD}{token}")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = c
+        .get(
+            "/services/data/v59.0/",
+            &[(
+                "authorization",
+                &basic("locked@example.com", &format!("{PASSWORD}{locked_token}")),
+            )],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::LOCKED);
+    let o = process::run(&cfg2, &["settings", "compliance-bcc"], None, &[]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("audit@example.org"));
+    let o = process::run(
+        &cfg2,
+        &[
+            "history",
+            "--user",
+            "locked@example.com",
+            "--format",
+            "json",
+        ],
+        None,
+        &[],
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(rows.as_array().unwrap().len() >= 2);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
+    let up = Upstream::start().await;
+    let sink = SmtpSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mail = format!(
+        "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\nfrom = \"t <t@tokengate.test>\"\n[[oauth.clients]]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
+        sink.addr.port()
+    );
+    let cfg = config(dir.path(), &up.url(), &mail);
+    let password = "Secret9Passw0rd";
+    let admin_token = process::add_user(&cfg, "logadmin@example.com", password, true);
+    let mut token = process::add_user(&cfg, "logged@example.com", password, false);
+    for (format, envs) in [
+        ("text", vec![("RUST_LOG", "debug")]),
+        ("json", vec![("RUST_LOG", "trace")]),
+    ] {
+        let server = Serve::start(&cfg, &["--log-format", format], &envs);
+        let c = HttpsClient::new(&ca(dir.path()), server.addr, false);
+        let secret = format!("{password}{token}");
+        let soap = c
+            .post(
+                "/services/Soap/u/59.0",
+                "text/xml",
+                soap_login_body("logged@example.com", &secret),
+            )
+            .await;
+        let sid = extract(&soap.text(), "sessionId").unwrap();
+        let oauth = c.oauth_login("logged@example.com", &secret).await;
+        let access = oauth.json()["access_token"].as_str().unwrap().to_owned();
+        c.get(
+            "/services/data/v59.0/",
+            &[("authorization", &format!("Bearer {sid}"))],
+        )
+        .await;
+        c.get(
+            "/services/data/v59.0/",
+            &[("authorization", &basic("logged@example.com", &secret))],
+        )
+        .await;
+        c.post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("logged@example.com", &format!("Wrong1{secret}")),
+        )
+        .await;
+        let b = c
+            .request(
+                Method::POST,
+                "/tokengate/v1/admin/users/logged@example.com/token/reset",
+            )
+            .header(
+                "authorization",
+                basic("logadmin@example.com", &format!("{password}{admin_token}")),
+            );
+        assert_eq!(c.call(b, "").await.status, StatusCode::ACCEPTED);
+        let emailed = sink
+            .to("logged.example.com@example.com")
+            .last()
+            .unwrap()
+            .token();
+        let log = server.stop();
+        assert!(log.len() > 500, "the run logged: {log}");
+        for s in [
+            password,
+            token.as_str(),
+            admin_token.as_str(),
+            sid.as_str(),
+            access.as_str(),
+            emailed.as_str(),
+            CLIENT_SECRET,
+        ] {
+            let leak = log
+                .lines()
+                .find(|l| l.contains(s))
+                .map(|l| l.replace(s, "<SECRET>"));
+            assert!(
+                leak.is_none(),
+                "the {format} log contains a secret: {leak:?}"
+            );
+        }
+        if format == "json" {
+            for line in log.lines().filter(|l| l.starts_with('{')) {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("{e}: {line}"));
+            }
+        }
+        // The next round logs in with the emailed token.
+        token = emailed;
+    }
+}
