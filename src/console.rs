@@ -954,28 +954,8 @@ fn compliance_page(
 }
 
 fn history_filter(q: &HashMap<String, String>) -> Result<HistoryFilter, String> {
-    let since_ms = match q.get("since").map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        Some(s) => Some(
-            crate::history::parse_since(s)
-                .ok_or_else(|| format!("'{s}' is neither a time nor a duration such as 24h"))?,
-        ),
-        None => None,
-    };
-    let outcome = q.get("outcome").filter(|o| !o.is_empty()).cloned();
-    if let Some(o) = &outcome
-        && Outcome::parse(o).is_none()
-    {
-        return Err(format!("'{o}' is not a known outcome"));
-    }
-    Ok(HistoryFilter {
-        user: q
-            .get("user")
-            .map(|u| crate::auth::canonical_username(u))
-            .filter(|u| !u.is_empty()),
-        since_ms,
-        outcome,
-        limit: 50,
-    })
+    let get = |k: &str| q.get(k).map(String::as_str);
+    crate::history::filter(get("user"), get("since"), get("outcome"), 50)
 }
 
 fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -> Response<Body> {

@@ -152,6 +152,37 @@ pub fn parse_since(s: &str) -> Option<u64> {
     Some(now_ms().saturating_sub(ago.as_millis() as u64))
 }
 
+/// A history filter from the parameters the CLI, the admin API and the console share; empty
+/// values mean "any". Errors are sentences for the caller.
+pub fn filter(
+    user: Option<&str>,
+    since: Option<&str>,
+    outcome: Option<&str>,
+    limit: usize,
+) -> Result<crate::store::HistoryFilter, String> {
+    fn nonempty(v: Option<&str>) -> Option<&str> {
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+    let since_ms = match nonempty(since) {
+        Some(s) => Some(parse_since(s).ok_or_else(|| {
+            format!("since: '{s}' is neither an RFC 3339 time nor a duration such as 1h")
+        })?),
+        None => None,
+    };
+    let outcome = nonempty(outcome);
+    if let Some(o) = outcome
+        && Outcome::parse(o).is_none()
+    {
+        return Err(format!("outcome: '{o}' is not a known outcome"));
+    }
+    Ok(crate::store::HistoryFilter {
+        user: nonempty(user).map(crate::auth::canonical_username),
+        since_ms,
+        outcome: outcome.map(str::to_owned),
+        limit,
+    })
+}
+
 pub const CSV_HEADER: &str =
     "time,username,user_id,source_ip,dialect,api_version,client,tls,outcome,reason";
 

@@ -307,26 +307,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Demo(args) => demo(args).await,
         Command::History(args) => {
             let cfg = load_config(cli.config.as_deref())?;
-            let since_ms = match &args.since {
-                Some(s) => Some(tokengate::history::parse_since(s).ok_or_else(|| {
-                    format!("--since: '{s}' is neither an RFC 3339 time nor a duration such as 1h")
-                })?),
-                None => None,
-            };
-            if let Some(o) = &args.outcome
-                && tokengate::history::Outcome::parse(o).is_none()
-            {
-                return Err(format!("--outcome: '{o}' is not a known outcome").into());
-            }
-            let filter = tokengate::store::HistoryFilter {
-                user: args
-                    .user
-                    .as_deref()
-                    .map(tokengate::auth::canonical_username),
-                since_ms,
-                outcome: args.outcome.clone(),
-                limit: args.limit.clamp(1, 1_000_000),
-            };
+            let filter = tokengate::history::filter(
+                args.user.as_deref(),
+                args.since.as_deref(),
+                args.outcome.as_deref(),
+                args.limit.clamp(1, 1_000_000),
+            )
+            .map_err(|e| format!("--{e}"))?;
             match admin_call(&cfg, Request::History { filter }).await? {
                 Answer::History { rows } => print_history(&rows, args.format),
                 other => print_answer(other, false, false),

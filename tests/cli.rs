@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use http::StatusCode;
+use support::process::{self, Serve};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
@@ -41,27 +41,12 @@ client_secret_env = "TG_TEST_CLIENT_SECRET"
 }
 
 fn tokengate(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("TG_TEST_CLIENT_SECRET", CLIENT_SECRET)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    process::run(
+        config,
+        args,
+        stdin,
+        &[("TG_TEST_CLIENT_SECRET", CLIENT_SECRET)],
+    )
 }
 
 fn stdout(o: &Output) -> String {
@@ -95,70 +80,8 @@ fn add_user(config: &Path, name: &str) -> String {
     token
 }
 
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Running {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .env("TG_TEST_CLIENT_SECRET", CLIENT_SECRET)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let started = Instant::now();
-        let addr = loop {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the server did not start"
-            );
-            let Some(Ok(line)) = lines.next() else {
-                panic!("the server exited: {:?}", child.wait());
-            };
-            if let Some(rest) = line.strip_prefix("tokengate: listening on ") {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status}");
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the server did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn serve(config: &Path) -> Serve {
+    Serve::start(config, &[], &[("TG_TEST_CLIENT_SECRET", CLIENT_SECRET)])
 }
 
 fn client(dir: &Path, addr: SocketAddr) -> HttpsClient {
@@ -199,7 +122,7 @@ async fn admin_commands_work_with_and_without_a_running_server() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
 
-    let server = Running::start(&config);
+    let server = serve(&config);
     let c = client(dir.path(), server.addr);
     let (status, _) = soap_status(&c, "alice@example.com", &format!("{PASSWORD}{alice}")).await;
     assert_eq!(status, StatusCode::OK);
@@ -319,7 +242,7 @@ async fn sessions_survive_a_restart_of_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &up.url());
     let token = add_user(&config, "restart@example.com");
-    let server = Running::start(&config);
+    let server = serve(&config);
     let c = client(dir.path(), server.addr);
     let r = c
         .oauth_login("restart@example.com", &format!("{PASSWORD}{token}"))
@@ -328,7 +251,7 @@ async fn sessions_survive_a_restart_of_the_process() {
     let sid = r.json()["access_token"].as_str().unwrap().to_owned();
     server.stop();
 
-    let server = Running::start(&config);
+    let server = serve(&config);
     let c = client(dir.path(), server.addr);
     let r = c
         .get(
@@ -435,7 +358,7 @@ async fn token_reset_and_compliance_settings_work_from_the_cli_with_and_without_
     assert!(!stdout(&o).contains(&sink.to(inbox)[1].token()));
     assert_eq!(sink.to("audit@example.org").len(), 1);
 
-    let server = Running::start(&config);
+    let server = serve(&config);
     let c = client(dir.path(), server.addr);
     let second = sink.to(inbox)[1].token();
     assert_eq!(
@@ -527,7 +450,7 @@ async fn unlock_login_ranges_and_history_from_the_cli() {
     text.push_str("\n[lockout]\nmax_failures = 2\n");
     std::fs::write(&config, text).unwrap();
     let token = add_user(&config, "jo@example.com");
-    let server = Running::start(&config);
+    let server = serve(&config);
     let c = client(dir.path(), server.addr);
     let good = format!("{PASSWORD}{token}");
     soap_status(&c, "jo@example.com", &format!("Wrong1pass{token}")).await;

@@ -4,17 +4,14 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
+use support::process::{self, Serve};
 use support::smtp::SmtpSink;
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
 fn write_config(dir: &Path, upstream: &str, smtp: SocketAddr) -> PathBuf {
     let path = dir.join("tokengate.toml");
@@ -46,76 +43,6 @@ from = "tokengate <noreply@tokengate.test>"
     path
 }
 
-fn add_user(config: &Path, name: &str, admin: bool) -> String {
-    let mut args = vec![
-        "--config".into(),
-        config.display().to_string(),
-        "user".into(),
-        "add".into(),
-        name.into(),
-    ];
-    args.extend([
-        "--email".into(),
-        format!("{}@example.com", name.replace('@', ".")),
-        "--password-stdin".into(),
-        "--show-token".into(),
-    ]);
-    if admin {
-        args.push("--admin".into());
-    }
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
-}
-
-fn start(config: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = Instant::now();
-    let addr = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the server did not start"
-        );
-        let line = lines.next().expect("the server is running").unwrap();
-        if let Some(rest) = line.strip_prefix("tokengate: listening on ") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 /// A pseudo-random delay in `[lo, hi)` ms, varied per round without a random crate.
 fn jitter(round: u64, lo: u64, hi: u64) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -133,8 +60,8 @@ async fn sigkill_during_resets_leaves_exactly_the_old_or_the_new_token_valid() {
     let sink = SmtpSink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &up.url(), sink.addr);
-    let admin_token = add_user(&config, "admin@example.com", true);
-    let initial = add_user(&config, "victim@example.com", false);
+    let admin_token = process::add_user(&config, "admin@example.com", PASSWORD, true);
+    let initial = process::add_user(&config, "victim@example.com", PASSWORD, false);
     let victim_mail = "victim.example.com@example.com";
     assert_eq!(
         sink.to(victim_mail)[0].token(),
@@ -146,8 +73,8 @@ async fn sigkill_during_resets_leaves_exactly_the_old_or_the_new_token_valid() {
 
     let mut rounds_with_uncommitted_mail = 0;
     for round in 0..6u64 {
-        let (mut child, addr) = start(&config);
-        let client = HttpsClient::new(&ca, addr, false);
+        let mut server = Serve::start(&config, &[], &[]);
+        let client = HttpsClient::new(&ca, server.addr, false);
         let auth = admin_auth.clone();
         let resets = tokio::spawn(async move {
             let mut accepted = 0;
@@ -166,12 +93,12 @@ async fn sigkill_during_resets_leaves_exactly_the_old_or_the_new_token_valid() {
             }
         });
         tokio::time::sleep(jitter(round, 150, 700)).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
         let accepted = resets.await.unwrap();
 
-        let (mut child, addr) = start(&config);
-        let client = HttpsClient::new(&ca, addr, false);
+        let server = Serve::start(&config, &[], &[]);
+        let client = HttpsClient::new(&ca, server.addr, false);
         let emailed: Vec<String> = sink.to(victim_mail).iter().map(|m| m.token()).collect();
         let n = emailed.len();
         assert!(
@@ -203,8 +130,7 @@ async fn sigkill_during_resets_leaves_exactly_the_old_or_the_new_token_valid() {
         if valid[0] + 1 < n {
             rounds_with_uncommitted_mail += 1;
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(server); // SIGKILL again: the next round starts from a killed process
     }
     // Informational: how often the kill fell between the SMTP acceptance and the commit.
     eprintln!(

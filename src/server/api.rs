@@ -424,28 +424,6 @@ async fn history(app: &App, req: &Request<Incoming>) -> Response<Body> {
         None => Vec::new(),
     };
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let since_ms = match get("since") {
-        Some(s) => match crate::history::parse_since(s) {
-            Some(t) => Some(t),
-            None => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "since must be an RFC 3339 time or a duration such as 1h",
-                );
-            }
-        },
-        None => None,
-    };
-    if let Some(o) = get("outcome")
-        && crate::history::Outcome::parse(o).is_none()
-    {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "unknown outcome",
-        );
-    }
     let limit = match get("limit").map(str::parse::<usize>) {
         None => 100,
         Some(Ok(n)) if (1..=100_000).contains(&n) => n,
@@ -457,11 +435,9 @@ async fn history(app: &App, req: &Request<Incoming>) -> Response<Body> {
             );
         }
     };
-    let filter = crate::store::HistoryFilter {
-        user: get("user").map(crate::auth::canonical_username),
-        since_ms,
-        outcome: get("outcome").map(str::to_owned),
-        limit,
+    let filter = match crate::history::filter(get("user"), get("since"), get("outcome"), limit) {
+        Ok(f) => f,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_request", &e),
     };
     let store = app.store.clone();
     let rows = match tokio::task::spawn_blocking(move || store.history_query(&filter)).await {

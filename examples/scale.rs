@@ -1,0 +1,70 @@
+//! Fills a data directory with many users and live sessions, for the scale benchmark in
+//! `benches/scale.sh` (RSS and start-up time of a server that holds them).
+//!
+//!     cargo run --release --example scale -- DATA_DIR USERS SESSIONS
+//!
+//! Passwords are hashed with cheap argon2 parameters so filling is quick; the stored records
+//! have the same size as with the defaults.
+
+use std::sync::Arc;
+
+use tokengate::admin::{NewUser, Users};
+use tokengate::auth::session::Sessions;
+use tokengate::config::Config;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (dir, users, sessions) = match args.as_slice() {
+        [_, d, u, s] => (
+            d.clone(),
+            u.parse::<usize>().expect("USERS"),
+            s.parse::<usize>().expect("SESSIONS"),
+        ),
+        _ => {
+            eprintln!("usage: scale DATA_DIR USERS SESSIONS");
+            std::process::exit(2);
+        }
+    };
+    let mut cfg = Config::defaults();
+    cfg.store.path = dir.into();
+    cfg.auth.argon2 = argon2::Params::new(8, 1, 1, None).expect("params");
+    cfg.auth.max_sessions = sessions.max(1);
+    let (store, secrets) = tokengate::server::open_store(&cfg).expect("store");
+    let ops = Users::new(
+        store.clone(),
+        secrets.clone(),
+        None,
+        24,
+        cfg.auth.password_policy.clone(),
+    );
+    let table = Arc::new(Sessions::new(
+        store.clone(),
+        secrets,
+        cfg.auth.session_idle_timeout,
+        cfg.auth.session_lifetime,
+        cfg.auth.max_sessions,
+        &cfg.server.org.id15,
+    ));
+    let mut ids = Vec::with_capacity(users);
+    for i in 0..users {
+        let (view, _) = ops
+            .add(NewUser {
+                username: format!("scale-{i}@example.com"),
+                email: format!("scale-{i}@example.com"),
+                full_name: format!("Scale User {i}"),
+                password: "Passw0rdScale".into(),
+                ..Default::default()
+            })
+            .expect("user");
+        ids.push(view.username);
+    }
+    for i in 0..sessions {
+        let user = store
+            .user_by_name(&ids[i % ids.len()])
+            .expect("read")
+            .expect("user");
+        table.create(&user).expect("session");
+    }
+    store.flush().expect("flush");
+    println!("{users} users, {sessions} sessions");
+}
