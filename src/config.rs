@@ -149,7 +149,7 @@ pub mod file {
         fn default() -> Self {
             Self {
                 path: "tokengate-data".into(),
-                cache_capacity_mib: 64,
+                cache_capacity_mib: 32,
             }
         }
     }
