@@ -296,28 +296,18 @@ impl Users {
             Some(_) => return Err(AdminError::Token(TokenError::Supplied)),
         };
         let now = crate::now_secs();
-        let user = User {
-            id: crate::ids::from_number("005", self.store.next_user_number()?),
+        let mut user = User::new(
+            crate::ids::from_number("005", self.store.next_user_number()?),
             username,
             email,
-            full_name: new.full_name.trim().to_owned(),
-            admin: new.admin,
-            disabled: false,
-            password_hash: self.secrets.hash_password(&new.password)?,
-            token_tag: self.secrets.token_tag(&token),
-            token_length: token.len(),
-            epoch: 1,
-            created_at: now,
-            password_changed_at: now,
-            token_reset_at: now,
-            pending_token: None,
-            previous_token: None,
-            rotate_every_secs: None,
-            next_rotation_at: None,
-            lockout: Default::default(),
-            login_ranges: Vec::new(),
-            loadtest: new.loadtest,
-        };
+            self.secrets.hash_password(&new.password)?,
+            self.secrets.token_tag(&token),
+            token.len(),
+            now,
+        );
+        user.full_name = new.full_name.trim().to_owned();
+        user.admin = new.admin;
+        user.loadtest = new.loadtest;
         self.store.create_user(&user)?;
         self.store.flush()?;
         Ok(((&user).into(), token))

@@ -537,28 +537,16 @@ mod tests {
 
     #[test]
     fn the_message_names_user_reason_token_and_what_to_do() {
-        let user = User {
-            id: "005".into(),
-            username: "alice@example.com".into(),
-            email: "alice@example.com".into(),
-            full_name: "Alice <Admin>".into(),
-            admin: false,
-            disabled: false,
-            password_hash: String::new(),
-            token_tag: [0; 32],
-            token_length: 24,
-            epoch: 1,
-            created_at: 0,
-            password_changed_at: 0,
-            token_reset_at: 0,
-            pending_token: None,
-            previous_token: None,
-            rotate_every_secs: None,
-            next_rotation_at: None,
-            lockout: Default::default(),
-            login_ranges: Vec::new(),
-            loadtest: false,
-        };
+        let mut user = User::new(
+            "005".into(),
+            "alice@example.com".into(),
+            "alice@example.com".into(),
+            String::new(),
+            [0; 32],
+            24,
+            0,
+        );
+        user.full_name = "Alice <Admin>".into();
         let m = TokenMail {
             user: &user,
             token: "AbCdEfGhIjKlMnOpQrStUvWx",

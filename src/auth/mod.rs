@@ -215,28 +215,17 @@ impl Authenticator {
         let a = &cfg.auth;
         // The dummy's token tag is a random value no token hashes to, and its password hash
         // is real, so a dummy walk costs what a wrong token for a real user costs.
-        let dummy = User {
-            id: crate::ids::from_number("005", 0),
-            username: "dummy.user@example.invalid".into(),
-            email: "dummy.user@example.invalid".into(),
-            full_name: "Dummy User".into(),
-            admin: false,
-            disabled: true,
-            password_hash: secrets.hash_password(&secrets.generate_password()?)?,
-            token_tag: secrets.random_bytes()?,
-            token_length: a.token_length,
-            epoch: 0,
-            created_at: 0,
-            password_changed_at: 0,
-            token_reset_at: 0,
-            pending_token: None,
-            previous_token: None,
-            rotate_every_secs: None,
-            next_rotation_at: None,
-            lockout: Default::default(),
-            login_ranges: Vec::new(),
-            loadtest: false,
-        };
+        let mut dummy = User::new(
+            crate::ids::from_number("005", 0),
+            "dummy.user@example.invalid".into(),
+            "dummy.user@example.invalid".into(),
+            secrets.hash_password(&secrets.generate_password()?)?,
+            secrets.random_bytes()?,
+            a.token_length,
+            0,
+        );
+        dummy.full_name = "Dummy User".into();
+        dummy.disabled = true;
         Ok(Self {
             store,
             secrets,

@@ -136,6 +136,43 @@ pub struct TokenRecord {
     pub at: u64,
 }
 
+impl User {
+    /// A new, enabled, non-admin account with the given credentials; every other field starts
+    /// empty (no pending token, no schedule, no lock, logins from anywhere).
+    pub fn new(
+        id: String,
+        username: String,
+        email: String,
+        password_hash: String,
+        token_tag: Tag,
+        token_length: usize,
+        now: u64,
+    ) -> Self {
+        Self {
+            id,
+            username,
+            email,
+            full_name: String::new(),
+            admin: false,
+            disabled: false,
+            password_hash,
+            token_tag,
+            token_length,
+            epoch: 1,
+            created_at: now,
+            password_changed_at: now,
+            token_reset_at: now,
+            pending_token: None,
+            previous_token: None,
+            rotate_every_secs: None,
+            next_rotation_at: None,
+            lockout: LockoutState::default(),
+            login_ranges: Vec::new(),
+            loadtest: false,
+        }
+    }
+}
+
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("User")

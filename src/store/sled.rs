@@ -428,28 +428,17 @@ mod tests {
     use super::*;
 
     fn user(id: &str, name: &str) -> User {
-        User {
-            id: id.into(),
-            username: name.into(),
-            email: "a@example.com".into(),
-            full_name: String::new(),
-            admin: false,
-            disabled: false,
-            password_hash: "$argon2id$".into(),
-            token_tag: [1; 32],
-            token_length: 24,
-            epoch: 0,
-            created_at: 0,
-            password_changed_at: 0,
-            token_reset_at: 0,
-            pending_token: None,
-            previous_token: None,
-            rotate_every_secs: None,
-            next_rotation_at: None,
-            lockout: Default::default(),
-            login_ranges: Vec::new(),
-            loadtest: false,
-        }
+        let mut u = User::new(
+            id.into(),
+            name.into(),
+            "a@example.com".into(),
+            "$argon2id$".into(),
+            [1; 32],
+            24,
+            0,
+        );
+        u.epoch = 0;
+        u
     }
 
     #[test]
