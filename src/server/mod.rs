@@ -430,6 +430,15 @@ impl Server {
         while Arc::strong_count(&self.app) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // Blocking tasks (history writes, session sweeps) may still hold the store for a
+        // moment after their async owner was aborted: wait until it is really closed, so the
+        // data directory's lock is free when this returns (a restart in the same process).
+        let store = Arc::downgrade(&self.app.store);
+        drop(self.app);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tracing::info!("tokengate stopped");
     }
 }

@@ -178,7 +178,20 @@ impl TestServer {
     }
 
     async fn boot(dir: Arc<tempfile::TempDir>, cfg: Config) -> Self {
-        let server = Server::start(cfg.clone()).await.expect("server starts");
+        // Shutdown waits for the store to close, but a blocking task of the previous server
+        // (a history write) may still finish on another thread: give the lock a moment.
+        let mut tries = 0;
+        let server = loop {
+            match Server::start(cfg.clone()).await {
+                Err(tokengate::server::ServerError::Store(
+                    tokengate::store::StoreError::Locked { .. },
+                )) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other.expect("server starts"),
+            }
+        };
         Self {
             addr: server.addr,
             origin: server.origin.clone(),
