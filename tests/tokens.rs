@@ -299,6 +299,11 @@ async fn compliance_bcc_receives_a_redacted_copy_by_default_and_verbatim_when_co
     ] {
         assert_eq!(put(bad).await.status, StatusCode::BAD_REQUEST, "{bad}");
     }
+    // serde_json quotes a wrongly typed string in its message; the answer must not.
+    let r = put(r#"{"enabled": "Leaky9Secret"}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(!r.text().contains("Leaky9Secret"), "{}", r.text());
+    assert!(r.text().contains("wrong type"), "{}", r.text());
     assert_eq!(put(r#"{"enabled": false}"#).await.status, StatusCode::OK);
     assert_eq!(
         admin_reset(&e.ts, &admin, "carl@example.com").await.status,
@@ -478,6 +483,16 @@ async fn changing_the_password_emails_a_new_token() {
     assert_eq!(
         change(auth.clone(), "not json").await.status,
         StatusCode::BAD_REQUEST
+    );
+    // A wrongly typed value is not quoted back: it may be a password.
+    let r = change(auth.clone(), r#"{"new_password": ["Leaky9Secret"]}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(!r.text().contains("Leaky9Secret"), "{}", r.text());
+    let r = change(auth.clone(), r#"{"password": "Leaky9Secret"}"#).await;
+    assert!(
+        r.text().contains("unknown field `password`") && !r.text().contains("Leaky9Secret"),
+        "{}",
+        r.text()
     );
 
     let r = change(auth, r#"{"new_password": "Brand1NewPass"}"#).await;

@@ -176,11 +176,24 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         json_error(status, "invalid_request", &e.to_string())
     })?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        // serde_json's message names the field and position, never echoes values at length.
+        // serde_json quotes the offending value in type errors ("invalid type: string
+        // \"...\""), which may be a password: only field-name errors are passed on verbatim.
+        let text = e.to_string();
+        let what = if text.starts_with("missing field") || text.starts_with("unknown field") {
+            text.split(" at line").next().unwrap_or_default().to_owned()
+        } else if e.is_data() {
+            "a field has a value of the wrong type".to_owned()
+        } else {
+            "the body is not valid JSON".to_owned()
+        };
         json_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            &format!("invalid JSON body: {e}"),
+            &format!(
+                "invalid JSON body ({what}, line {} column {})",
+                e.line(),
+                e.column()
+            ),
         )
     })
 }
