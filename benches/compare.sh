@@ -6,8 +6,15 @@
 # All proxies front the same upstream (nginx serving a small JSON answer on plain HTTP) and are
 # driven by the same load tool (`tokengate loadtest run`) with the same settings.
 #
-#   bash benches/compare.sh                      # 20 s per run, 32 connections
-#   DURATION=30s CONNECTIONS=64 bash benches/compare.sh
+#   bash benches/compare.sh                      # 3 rounds of 15 s runs, 32 connections
+#   ROUNDS=5 DURATION=30s CONNECTIONS=64 bash benches/compare.sh
+#
+# On a small shared machine one run of the same server varies by ±15 %, so the rows that are
+# compared with each other (nginx without auth, tokengate's session and Basic paths, and the
+# paced latency runs) run ROUNDS times, interleaved, and the table gives their median with the
+# range. Each row also gives the server's CPU time per request (user + system, /proc/PID/stat),
+# which does not depend on how much CPU the load tool left the server. The upstream runs in its
+# own nginx process, so a proxy's CPU is its own.
 #
 # Installs nginx, caddy and apache2-utils from Debian's packages when missing (as root). Every
 # server listens on 127.0.0.1 only and is stopped at the end. Prints one table; also writes
@@ -15,7 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-20s}
+DURATION=${DURATION:-15s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 OUT=${OUT:-target/compare}
 BCRYPT_COST=${BCRYPT_COST:-10}
@@ -49,7 +57,8 @@ BIN=$PWD/target/release/tokengate
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
   -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 
-UPSTREAM=127.0.0.1:18080
+UPSTREAM_PORT=18080
+UPSTREAM=127.0.0.1:$UPSTREAM_PORT
 NGINX_PLAIN=18443
 NGINX_BASIC=18444
 CADDY_BASIC=18445
@@ -58,6 +67,24 @@ TG_COLD=18447
 
 htpasswd -nbB -C "$BCRYPT_COST" bench 'Passw0rdBench' | cut -d: -f2- | tr -d '\n' > "$WORK/bcrypt"
 printf 'bench:%s\n' "$(cat "$WORK/bcrypt")" > "$WORK/htpasswd"
+
+cat > "$WORK/upstream.conf" <<EOF
+worker_processes auto;
+pid $WORK/upstream.pid;
+error_log $WORK/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen $UPSTREAM;
+    location / { default_type application/json; return 200 '{"totalSize":1,"done":true,"records":[{"Name":"Acme"}]}'; }
+  }
+}
+EOF
+nginx -c "$WORK/upstream.conf" -p "$WORK" -g 'daemon off;' &
+PIDS+=($!)
+UPSTREAM_PID=$!
 
 cat > "$WORK/nginx.conf" <<EOF
 worker_processes auto;
@@ -68,10 +95,6 @@ http {
   access_log off;
   keepalive_requests 1000000;
   upstream backend { server $UPSTREAM; keepalive 64; }
-  server {
-    listen $UPSTREAM;
-    location / { default_type application/json; return 200 '{"totalSize":1,"done":true,"records":[{"Name":"Acme"}]}'; }
-  }
   server {
     listen 127.0.0.1:$NGINX_PLAIN ssl;
     ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;
@@ -146,7 +169,7 @@ done
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 for p in 18080 $NGINX_PLAIN $NGINX_BASIC $CADDY_BASIC $TG $TG_COLD; do wait_port "$p"; done
 
-LT=(--ca "$WORK/cert.pem" --connections "$CONNECTIONS" --duration "$DURATION" --quiet)
+LT=(--ca "$WORK/cert.pem" --duration "$DURATION" --quiet)
 printf '{"target":"","users":[{"username":"bench","secret":"Passw0rdBench"}]}' > "$WORK/bench-user.json"
 for c in tg tg-cold; do
   port=$TG; [ "$c" = tg-cold ] && port=$TG_COLD
@@ -160,64 +183,54 @@ rss_kib() { # total RSS of a process and its children
   for p in $1 $(pgrep -P "$1" || true); do total=$((total + $(ps -o rss= -p "$p" 2>/dev/null || echo 0))); done
   echo "$total"
 }
+cpu_ticks() { # user + system CPU ticks of a process and its children
+  local total=0 p f
+  for p in $1 $(pgrep -P "$1" || true); do
+    f=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + f))
+  done
+  echo "$total"
+}
 
-declare -A RPS P99 RSS
-run() { # name port scenario users-file pid
-  local name=$1 port=$2 scenario=$3 users=$4 pid=$5
-  "$BIN" loadtest run --target "https://127.0.0.1:$port" --scenario "$scenario" --users-file "$users" \
-    "${LT[@]}" --json "$OUT/$name.json" --chart "$OUT/$name.svg" > "$OUT/$name.txt"
-  RSS[$name]=$(rss_kib "$pid")
-  RPS[$name]=$(python3 -c "import json,sys; d=json.load(open('$OUT/$name.json')); print(round(sum(v['rps'] for v in d.values())))")
-  P99[$name]=$(python3 -c "import json; d=json.load(open('$OUT/$name.json')); print(max(v['latency_us']['p99'] for v in d.values())/1000)")
+# run NAME PORT SCENARIO USERS PID [load-tool args]: one run into $OUT/NAME.json, with the
+# server's RSS and CPU time added under "server".
+run() {
+  local name=$1 port=$2 scenario=$3 users=$4 pid=$5 scheme=https before after
+  shift 5
+  [ "$port" = "$UPSTREAM_PORT" ] && scheme=http
+  before=$(cpu_ticks "$pid")
+  "$BIN" loadtest run --target "$scheme://127.0.0.1:$port" --scenario "$scenario" --users-file "$users" \
+    "${LT[@]}" --connections "${CONNS:-$CONNECTIONS}" --json "$OUT/$name.json" --chart "$OUT/$name.svg" "$@" > "$OUT/$name.txt"
+  after=$(cpu_ticks "$pid")
+  python3 benches/server_stats.py "$OUT/$name.json" "$(rss_kib "$pid")" "$((after - before))" "$(getconf CLK_TCK)"
   echo "ran $name" >&2
 }
 
-run nginx-noauth $NGINX_PLAIN plain "$WORK/bench-user.json" "$NGINX_PID"
 run nginx-basic-bcrypt $NGINX_BASIC basic "$WORK/bench-user.json" "$NGINX_PID"
 run caddy-basicauth $CADDY_BASIC basic "$WORK/bench-user.json" "$CADDY_PID"
-run tokengate-session $TG session "$WORK/tg.users.json" "$PID_tg"
-run tokengate-basic $TG basic "$WORK/tg.users.json" "$PID_tg"
 run tokengate-login-soap-cold $TG_COLD login-soap "$WORK/tg-cold.users.json" "$PID_tg_cold"
 # One connection: the p50 of a lone cold login is one argon2 verification plus the pipeline.
-"$BIN" loadtest run --target "https://127.0.0.1:$TG_COLD" --scenario login-soap --users-file "$WORK/tg-cold.users.json" \
-  --ca "$WORK/cert.pem" --connections 1 --duration 5s --quiet --json "$OUT/tokengate-login-soap-1conn.json" > /dev/null
+CONNS=1 run tokengate-login-soap-1conn $TG_COLD login-soap "$WORK/tg-cold.users.json" "$PID_tg_cold"
 run tokengate-mixed $TG mixed "$WORK/tg.users.json" "$PID_tg"
-# Direct upstream latency at a fixed rate, for the added-latency comparison.
-HALF=$(( ${RPS[tokengate-session]} / 2 ))
-"$BIN" loadtest run --target "https://127.0.0.1:$NGINX_PLAIN" --scenario plain --users-file "$WORK/bench-user.json" \
-  "${LT[@]}" --rate "$HALF" --json "$OUT/nginx-noauth-half.json" > "$OUT/nginx-noauth-half.txt"
-"$BIN" loadtest run --target "https://127.0.0.1:$TG" --scenario session --users-file "$WORK/tg.users.json" \
-  "${LT[@]}" --rate "$HALF" --json "$OUT/tokengate-session-half.json" > "$OUT/tokengate-session-half.txt"
+# The compared rows, interleaved round by round.
+for r in $(seq "$ROUNDS"); do
+  run "nginx-noauth.$r" $NGINX_PLAIN plain "$WORK/bench-user.json" "$NGINX_PID"
+  run "tokengate-session.$r" $TG session "$WORK/tg.users.json" "$PID_tg"
+  run "tokengate-basic.$r" $TG basic "$WORK/tg.users.json" "$PID_tg"
+done
+# Latency at half of tokengate's median session throughput, paced and interleaved: the
+# upstream directly (plain HTTP, what tokengate itself talks to), tokengate's session path, and
+# nginx without auth.
+HALF=$(python3 benches/compare_table.py "$OUT" "$ROUNDS" half-rate)
+for r in $(seq "$ROUNDS"); do
+  run "upstream-direct-half.$r" "$UPSTREAM_PORT" plain "$WORK/bench-user.json" "$UPSTREAM_PID" --rate "$HALF"
+  run "tokengate-session-half.$r" $TG session "$WORK/tg.users.json" "$PID_tg" --rate "$HALF"
+  run "nginx-noauth-half.$r" $NGINX_PLAIN plain "$WORK/bench-user.json" "$NGINX_PID" --rate "$HALF"
+done
 
-base=${RPS[nginx-noauth]}
 {
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr); load tool on the same machine."
-  echo "Settings: HTTP/1.1 keep-alive over TLS, $CONNECTIONS connections, $DURATION per run, bcrypt cost $BCRYPT_COST."
+  echo "Settings: HTTP/1.1 keep-alive over TLS, $CONNECTIONS connections, $DURATION per run, $ROUNDS interleaved rounds of the compared rows, bcrypt cost $BCRYPT_COST."
   echo
-  echo "| target | scenario | requests/s | p99 | RSS | vs nginx no-auth |"
-  echo "|---|---|---:|---:|---:|---:|"
-  for name in nginx-noauth nginx-basic-bcrypt caddy-basicauth tokengate-session tokengate-basic tokengate-login-soap-cold tokengate-mixed; do
-    scen=$(python3 -c "import json; print(', '.join(json.load(open('$OUT/$name.json')).keys()))")
-    ratio=$(python3 -c "print(f'{${RPS[$name]}/$base:.2f}x')")
-    echo "| $name | $scen | ${RPS[$name]} | ${P99[$name]} ms | $(( ${RSS[$name]} / 1024 )) MiB | $ratio |"
-  done
-  echo
-  python3 - "$OUT" <<'PY'
-import json, sys
-out = sys.argv[1]
-m = json.load(open(f"{out}/tokengate-mixed.json"))
-s = json.load(open(f"{out}/tokengate-session.json"))["session"]
-print(f"Mixed: session traffic kept {m['session']['rps']:.0f} req/s ({m['session']['rps'] / s['rps'] * 100:.0f}% of unloaded "
-      f"{s['rps']:.0f}) while the flood ran at {m['flood']['rps']:.0f} req/s.")
-one = json.load(open(f"{out}/tokengate-login-soap-1conn.json"))["login-soap"]["latency_us"]["p50"] / 1e6
-cold = json.load(open(f"{out}/tokengate-login-soap-cold.json"))["login-soap"]["rps"]
-import os
-cores = os.cpu_count()
-print(f"Cold logins: {cold:.0f}/s; one login alone takes {one*1000:.1f} ms (p50), so {cores} cores allow "
-      f"{cores/one:.0f}/s: {cold/(cores/one)*100:.0f}% of that (target 90%).")
-d = json.load(open(f"{out}/nginx-noauth-half.json"))["plain"]["latency_us"]["p99"]
-t = json.load(open(f"{out}/tokengate-session-half.json"))["session"]["latency_us"]["p99"]
-print(f"At half of tokengate's session throughput: p99 {t/1000:.2f} ms through tokengate vs {d/1000:.2f} ms through "
-      f"nginx without auth (added {max(t - d, 0)/1000:.2f} ms).")
-PY
+  python3 benches/compare_table.py "$OUT" "$ROUNDS" table
 } | tee "$OUT/table.md"

@@ -1,10 +1,11 @@
 //! Fills a data directory with many users and live sessions, for the scale benchmark in
 //! `benches/scale.sh` (RSS and start-up time of a server that holds them).
 //!
-//!     cargo run --release --example scale -- DATA_DIR USERS SESSIONS
+//!     cargo run --release --example scale -- DATA_DIR USERS SESSIONS [USERS_FILE]
 //!
 //! Passwords are hashed with cheap argon2 parameters so filling is quick; the stored records
-//! have the same size as with the defaults.
+//! have the same size as with the defaults. With USERS_FILE, the credentials of the first 1,000
+//! users are written there (mode 0600) in the load tool's format, to send traffic afterwards.
 
 use std::sync::Arc;
 
@@ -14,14 +15,15 @@ use tokengate::config::Config;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (dir, users, sessions) = match args.as_slice() {
-        [_, d, u, s] => (
+    let (dir, users, sessions, users_file) = match args.as_slice() {
+        [_, d, u, s, rest @ ..] if rest.len() <= 1 => (
             d.clone(),
             u.parse::<usize>().expect("USERS"),
             s.parse::<usize>().expect("SESSIONS"),
+            rest.first().cloned(),
         ),
         _ => {
-            eprintln!("usage: scale DATA_DIR USERS SESSIONS");
+            eprintln!("usage: scale DATA_DIR USERS SESSIONS [USERS_FILE]");
             std::process::exit(2);
         }
     };
@@ -46,8 +48,9 @@ fn main() {
         &cfg.server.org.id15,
     ));
     let mut ids = Vec::with_capacity(users);
+    let mut credentials = Vec::new();
     for i in 0..users {
-        let (view, _) = ops
+        let (view, token) = ops
             .add(NewUser {
                 username: format!("scale-{i}@example.com"),
                 email: format!("scale-{i}@example.com"),
@@ -56,7 +59,21 @@ fn main() {
                 ..Default::default()
             })
             .expect("user");
+        if i < 1000 {
+            credentials.push(tokengate::loadtest::LoadUser {
+                username: view.username.clone(),
+                secret: format!("Passw0rdScale{token}"),
+            });
+        }
         ids.push(view.username);
+    }
+    if let Some(path) = users_file {
+        tokengate::loadtest::UsersFile {
+            target: String::new(),
+            users: credentials,
+        }
+        .write(std::path::Path::new(&path))
+        .expect("users file");
     }
     for i in 0..sessions {
         let user = store

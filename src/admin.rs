@@ -254,7 +254,7 @@ impl Users {
         }
     }
 
-    fn find(&self, username: &str) -> Result<User, AdminError> {
+    fn find(&self, username: &str) -> Result<Arc<User>, AdminError> {
         self.store
             .user_by_name(&canonical_username(username))?
             .ok_or_else(|| AdminError::NoSuchUser(username.chars().take(80).collect()))
@@ -323,7 +323,7 @@ impl Users {
     }
 
     pub fn show(&self, username: &str) -> Result<UserView, AdminError> {
-        Ok((&self.find(username)?).into())
+        Ok(self.find(username)?.as_ref().into())
     }
 
     /// Disabling ends the user's sessions at once; enabling restores logins.

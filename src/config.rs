@@ -289,6 +289,10 @@ pub mod file {
         /// Most keys a keyed limiter holds; beyond, a coarse shared limiter takes over.
         pub max_keys: usize,
         pub housekeeping_interval: String,
+        /// Failed logins are answered no sooner than this after they arrived; "0" turns it off.
+        pub failure_delay: String,
+        /// Failed logins held for the delay at once; beyond, answered at once.
+        pub max_delayed_failures: usize,
     }
 
     impl Default for Limits {
@@ -301,6 +305,8 @@ pub mod file {
                 argon2_per_second: 200,
                 max_keys: 100_000,
                 housekeeping_interval: "60s".into(),
+                failure_delay: "250ms".into(),
+                max_delayed_failures: 10_000,
             }
         }
     }
@@ -387,6 +393,9 @@ pub struct LimitsConfig {
     pub argon2_per_second: std::num::NonZeroU32,
     pub max_keys: usize,
     pub housekeeping_interval: Duration,
+    /// Zero: failures are answered as soon as they are known.
+    pub failure_delay: Duration,
+    pub max_delayed_failures: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -924,6 +933,18 @@ impl Config {
             housekeeping_interval: duration(
                 "limits.housekeeping_interval",
                 &l.housekeeping_interval,
+            )?,
+            failure_delay: match duration_or_zero("limits.failure_delay", &l.failure_delay)? {
+                d if d > Duration::from_secs(10) => {
+                    return Err(invalid("limits.failure_delay", "must be at most 10s"));
+                }
+                d => d,
+            },
+            max_delayed_failures: bounded(
+                "limits.max_delayed_failures",
+                l.max_delayed_failures,
+                1,
+                1_000_000,
             )?,
         };
         let lo = &f.lockout;

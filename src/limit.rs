@@ -5,6 +5,13 @@
 //! bound; stale keys are pruned on a schedule (`housekeep`). Login limits are checked before
 //! any password hashing.
 //!
+//! Failed logins are answered no sooner than `failure_delay` after they arrived (as Authelia
+//! delays its failed first-factor answers): every kind of failure then takes the same time, so
+//! timing tells an attacker nothing, and a connection that keeps guessing gets a few answers a
+//! second instead of thousands, which leaves the CPU to legitimate traffic. The delay is a timer,
+//! not a thread; at most `max_delayed_failures` wait at once, and beyond that bound failures are
+//! answered at once (and counted) rather than queued without limit.
+//!
 //! Lockout (reference §5): after `max_failures` counted failures within `window` the account is
 //! locked for `period` (or until an admin unlocks). The same wrong secret sent again and again
 //! (an integration with a stale token) counts once: recent wrong secrets are remembered per user
@@ -13,7 +20,8 @@
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
@@ -95,6 +103,18 @@ pub struct LoginLimits {
     per_user: KeyedLimiter<String>,
     argon2: DefaultDirectRateLimiter,
     clock: DefaultClock,
+    failure_delay: Duration,
+    max_delayed: usize,
+    delayed: AtomicUsize,
+}
+
+/// Gives back a place among the delayed failures, also when the client goes away mid-delay.
+struct DelayedPlace<'a>(&'a AtomicUsize);
+
+impl Drop for DelayedPlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl LoginLimits {
@@ -109,7 +129,33 @@ impl LoginLimits {
             ),
             argon2: RateLimiter::direct(Quota::per_second(per_second)),
             clock: DefaultClock::default(),
+            failure_delay: cfg.failure_delay,
+            max_delayed: cfg.max_delayed_failures,
+            delayed: AtomicUsize::new(0),
         }
+    }
+
+    /// Waits until `failure_delay` has passed since `started`, the arrival of a login that
+    /// failed; returns at once when the delay is off, already over, or too many wait.
+    pub async fn delay_failure(&self, started: Instant) {
+        let deadline = started + self.failure_delay;
+        if deadline <= Instant::now() {
+            return;
+        }
+        if self.delayed.fetch_add(1, Ordering::AcqRel) >= self.max_delayed {
+            self.delayed.fetch_sub(1, Ordering::AcqRel);
+            crate::metrics::METRICS
+                .failures_undelayed
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _place = DelayedPlace(&self.delayed);
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+
+    /// Failed logins waiting out their delay.
+    pub fn delayed_failures(&self) -> usize {
+        self.delayed.load(Ordering::Relaxed)
     }
 
     /// Per address, then per canonical username.

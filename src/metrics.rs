@@ -76,6 +76,7 @@ pub struct Metrics {
     logins: [[AtomicU64; Outcome::ALL.len()]; DIALECTS.len()],
     pub login_duration: Histogram,
     pub argon2_rejections: AtomicU64,
+    pub failures_undelayed: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     pub lockouts: AtomicU64,
@@ -91,6 +92,7 @@ pub static METRICS: Metrics = Metrics {
     logins: [const { [const { AtomicU64::new(0) }; Outcome::ALL.len()] }; DIALECTS.len()],
     login_duration: Histogram::new(),
     argon2_rejections: AtomicU64::new(0),
+    failures_undelayed: AtomicU64::new(0),
     cache_hits: AtomicU64::new(0),
     cache_misses: AtomicU64::new(0),
     lockouts: AtomicU64::new(0),
@@ -195,6 +197,12 @@ pub fn render(g: &Gauges) -> String {
         "tokengate_argon2_rejections_total",
         "Logins refused because password verification was saturated.",
         m.argon2_rejections.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "tokengate_failure_delay_overflow_total",
+        "Failed logins answered without the failure delay because max_delayed_failures were waiting.",
+        m.failures_undelayed.load(Ordering::Relaxed),
     );
     counter(
         &mut out,

@@ -101,7 +101,7 @@ impl Tokens {
         &self.locks[h % LOCK_STRIPES]
     }
 
-    pub fn find(&self, username: &str) -> Result<User, TokenError> {
+    pub fn find(&self, username: &str) -> Result<Arc<User>, TokenError> {
         self.store
             .user_by_name(&crate::auth::canonical_username(username))?
             .ok_or_else(|| TokenError::NoSuchUser(username.chars().take(80).collect()))
@@ -278,16 +278,18 @@ impl Tokens {
     /// server was down). A failed rotation stays due and is tried again on the next pass.
     pub async fn run_due(&self) -> usize {
         let now = crate::now_secs();
-        let due: Vec<User> = match self.store.list_users() {
-            Ok(users) => users
-                .into_iter()
-                .filter(|u| !u.disabled && u.next_rotation_at.is_some_and(|t| t <= now))
-                .collect(),
+        let ids = match self.store.due_rotations(now) {
+            Ok(ids) => ids,
             Err(e) => {
-                tracing::error!(error = %e, "cannot list users for scheduled rotation");
+                tracing::error!(error = %e, "cannot read the rotation schedule");
                 return 0;
             }
         };
+        let due: Vec<_> = ids
+            .iter()
+            .filter_map(|id| self.store.user_by_id(id).ok().flatten())
+            .filter(|u| !u.disabled && u.next_rotation_at.is_some_and(|t| t <= now))
+            .collect();
         let mut done = 0;
         for u in due {
             match self.rotate(&u.id, TokenReason::Scheduled).await {

@@ -483,7 +483,13 @@ async fn every_credential_change_invalidates_cached_basic_credentials_at_once() 
     };
     assert_eq!(ok(&ts, good.clone()).await, StatusCode::OK);
     assert!(ts.app().auth.cache_len() >= 1, "the verification is cached");
-    let id = ts.app().tokens.find("cache@example.com").unwrap().id;
+    let id = ts
+        .app()
+        .tokens
+        .find("cache@example.com")
+        .unwrap()
+        .id
+        .clone();
 
     // Password change.
     ts.app()
@@ -574,4 +580,115 @@ async fn a_flood_of_random_usernames_keeps_the_limiters_under_their_key_cap() {
     let token = ts.add_user("legit@example.com").await;
     ts.soap_login("legit@example.com", &format!("{PASSWORD}{token}"))
         .await;
+}
+
+#[tokio::test]
+async fn failures_are_answered_after_the_failure_delay_and_successes_are_not() {
+    let up = Upstream::start().await;
+    let delay = Duration::from_millis(1500);
+    let ts = TestServer::start_with(&up.url(), |c| c.limits.failure_delay = delay).await;
+    let token = ts.add_user("slow@example.com").await;
+    let good = format!("{PASSWORD}{token}");
+
+    // Every kind of failure, in every dialect, takes at least the delay: an unknown user, a
+    // wrong token (no argon2) and a wrong password (argon2) cannot be told apart by timing.
+    let wrong_password = format!("Wrong-{PASSWORD}{token}");
+    for (user, secret) in [
+        ("nobody@example.com", good.as_str()),
+        ("slow@example.com", "Passw0rdWRONGTOKENWRONGTOKEN"),
+        ("slow@example.com", wrong_password.as_str()),
+    ] {
+        let t = std::time::Instant::now();
+        let r = soap(&ts, user, secret, &[]).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(r.text().contains("INVALID_LOGIN"), "{}", r.text());
+        assert!(
+            t.elapsed() >= delay,
+            "SOAP failure answered after {:?}",
+            t.elapsed()
+        );
+
+        let t = std::time::Instant::now();
+        let r = basic_call(&ts, user, secret).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            t.elapsed() >= delay,
+            "Basic failure answered after {:?}",
+            t.elapsed()
+        );
+    }
+    let t = std::time::Instant::now();
+    let r = ts.client().oauth_login("nobody@example.com", &good).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        t.elapsed() >= delay,
+        "OAuth failure answered after {:?}",
+        t.elapsed()
+    );
+
+    // A right login is not held back.
+    let t = std::time::Instant::now();
+    let r = soap(&ts, "slow@example.com", &good, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(t.elapsed() < delay, "a success waited {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn failures_beyond_max_delayed_failures_are_answered_at_once() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.limits.failure_delay = Duration::from_secs(10);
+        c.limits.max_delayed_failures = 2;
+    })
+    .await;
+    let overflowed = || {
+        tokengate::metrics::METRICS
+            .failures_undelayed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = overflowed();
+    // Two failures hold both places for 10 s; the third is answered without waiting.
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            let c = ts.client();
+            tokio::spawn(async move {
+                let b = c
+                    .request(Method::POST, "/services/Soap/u/59.0")
+                    .header("content-type", "text/xml");
+                c.call(
+                    b,
+                    soap_login_body(&format!("held{i}@example.com"), "x1234567"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ts.app().auth.limits().delayed_failures() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two failures never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = std::time::Instant::now();
+    let r = soap(&ts, "third@example.com", "x1234567", &[]).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the third failure waited"
+    );
+    assert_eq!(overflowed(), before + 1);
+    for w in waiting {
+        w.abort();
+    }
+    // Clients that went away gave their places back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ts.app().auth.limits().delayed_failures() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "places were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -219,3 +219,70 @@ async fn loadtest_sets_up_runs_every_scenario_and_cleans_up() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_targets_measure_an_upstream_directly_but_never_carry_credentials() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("direct.json");
+    let o = tokio::task::block_in_place(|| {
+        loadtest(
+            &[
+                "run",
+                "--target",
+                &up.url(),
+                "--scenario",
+                "plain",
+                "--duration",
+                "1s",
+                "--connections",
+                "2",
+                "--rate",
+                "100",
+                "--quiet",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+            "unused",
+        )
+    });
+    ok(&o);
+    let plain = &read_json(&json)["plain"];
+    assert!(plain["requests"].as_u64().unwrap() > 0, "{plain}");
+    assert_eq!(plain["statuses"]["200"], plain["requests"], "{plain}");
+    assert!(!up.requests().is_empty());
+
+    let users = dir.path().join("users.json");
+    std::fs::write(
+        &users,
+        r#"{"target":"","users":[{"username":"u@example.com","secret":"Passw0rdTOKEN"}]}"#,
+    )
+    .unwrap();
+    for scenario in ["session", "basic", "login-soap", "flood"] {
+        let o = tokio::task::block_in_place(|| {
+            loadtest(
+                &[
+                    "run",
+                    "--target",
+                    &up.url(),
+                    "--scenario",
+                    scenario,
+                    "--users-file",
+                    users.to_str().unwrap(),
+                    "--duration",
+                    "1s",
+                ],
+                "unused",
+            )
+        });
+        assert!(!o.status.success(), "{scenario} ran over plain HTTP");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("must be https://"), "{scenario}: {err}");
+    }
+    // Nothing but the plain run's requests reached the upstream: no credentials went out.
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| !r.headers.contains_key("authorization") && r.body.is_empty())
+    );
+}

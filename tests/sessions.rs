@@ -124,7 +124,7 @@ async fn disabling_a_user_or_changing_the_password_ends_sessions_and_logins() {
         .unwrap();
     let sid = ts.soap_login("cut@example.com", &secret).await;
     // Without mail configured, a password change changes the password only.
-    let id = ts.app().tokens.find("cut@example.com").unwrap().id;
+    let id = ts.app().tokens.find("cut@example.com").unwrap().id.clone();
     ts.app()
         .tokens
         .change_password(&id, "NewPassw0rd")

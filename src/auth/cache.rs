@@ -18,7 +18,8 @@ use crate::secret::Tag;
 
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub user_id: String,
+    /// Shared so that a hit costs a reference count, not a copy.
+    pub user_id: Arc<str>,
     pub epoch: u64,
     /// Verified with the password alone (a trusted network): honoured only from one.
     pub password_only: bool,

@@ -11,7 +11,9 @@
 //! 5. the global argon2 cap, then argon2id on a bounded pool off the async executor;
 //! 6. lockout: a locked account fails like a wrong password unless the credentials were right;
 //!    failures are counted (the same wrong secret once);
-//! 7. the outcome goes to the login history, off the request path.
+//! 7. the outcome goes to the login history, off the request path;
+//! 8. a failure is answered no sooner than the failure delay after the attempt arrived
+//!    (`limit::LoginLimits::delay_failure`).
 
 pub mod cache;
 pub mod session;
@@ -87,6 +89,20 @@ impl From<StoreError> for AuthError {
 /// Usernames are case-insensitive, like Salesforce's; this is the stored form.
 pub fn canonical_username(name: &str) -> String {
     name.trim().to_lowercase()
+}
+
+/// [`canonical_username`] without a copy when the name already is canonical, as integration
+/// tools send it on every Basic call.
+fn canonical_cow(name: &str) -> std::borrow::Cow<'_, str> {
+    // ASCII only: outside it, lower-casing is Unicode's business (`to_lowercase`).
+    if name.is_ascii()
+        && name.trim().len() == name.len()
+        && !name.bytes().any(|b| b.is_ascii_uppercase())
+    {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(canonical_username(name))
+    }
 }
 
 /// How the client logged in.
@@ -184,10 +200,10 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     secrets: Arc<Secrets>,
     pool: HashPool,
-    /// Stands in for unknown and disabled users. Real users come from the store's in-memory
-    /// cache as a clone, so the dummy is cloned too, with fields of realistic size: both paths
+    /// Stands in for unknown and disabled users, with fields of realistic size. Real users come
+    /// from the store's in-memory cache as a shared record, and so does the dummy: both paths
     /// cost the same.
-    dummy: User,
+    dummy: Arc<User>,
     max_secret_bytes: usize,
     // Reloadable on SIGHUP: read once per login, swapped whole.
     trusted_networks: RwLock<Arc<Vec<ipnet::IpNet>>>,
@@ -200,7 +216,7 @@ pub struct Authenticator {
 /// A successful verification.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub user: User,
+    pub user: Arc<User>,
     /// The login used the previous token during its grace window.
     pub superseded: bool,
 }
@@ -234,7 +250,7 @@ impl Authenticator {
                 a.hashing_queue,
                 a.hashing_queue_timeout,
             ),
-            dummy,
+            dummy: Arc::new(dummy),
             max_secret_bytes: a.max_secret_bytes,
             trusted_networks: RwLock::new(Arc::new(a.trusted_networks.clone())),
             limits: RwLock::new(Arc::new(LoginLimits::new(&cfg.limits))),
@@ -281,7 +297,7 @@ impl Authenticator {
         self.cache.sweep(crate::now_secs());
     }
 
-    fn dummy_user(&self) -> User {
+    fn dummy_user(&self) -> Arc<User> {
         self.dummy.clone()
     }
 
@@ -310,6 +326,12 @@ impl Authenticator {
         if !(cached && a.dialect == Dialect::Basic) {
             self.record(a, &result);
         }
+        if matches!(
+            result,
+            Err(AuthError::Rejected(_) | AuthError::Locked { .. } | AuthError::RateLimited { .. })
+        ) {
+            self.limits().delay_failure(started).await;
+        }
         result
     }
 
@@ -329,14 +351,14 @@ impl Authenticator {
         {
             return Err(AuthError::Rejected(Reason::Malformed));
         }
-        let canonical = canonical_username(a.username);
+        let canonical = canonical_cow(a.username);
         let trusted = self.trusted(a.ip) || a.password_only;
         let key = self.cache.key(&canonical, a.secret);
         let now = crate::now_secs();
         if let Some(hit) = self.cache.get(&key, now) {
             match self.store.user_by_name(&canonical)? {
                 Some(user)
-                    if user.id == hit.user_id
+                    if *user.id == *hit.user_id
                         && user.epoch == hit.epoch
                         && !user.disabled
                         && !user.lockout.is_locked(now)
@@ -434,7 +456,8 @@ impl Authenticator {
         let user = if user.lockout.failures > 0 || user.lockout.locked_until.is_some() {
             self.lockout.forget(&user.id);
             self.store
-                .update_user(&user.id, &mut |u| u.lockout = Default::default())?
+                .update_user(&user.id, &mut |u| u.lockout = Default::default())
+                .map(Arc::new)?
         } else {
             user
         };
@@ -447,7 +470,7 @@ impl Authenticator {
         self.cache.insert(
             self.cache.key(canonical, secret),
             cache::Entry {
-                user_id: user.id.clone(),
+                user_id: user.id.as_str().into(),
                 epoch: user.epoch,
                 password_only,
                 superseded,
@@ -502,7 +525,7 @@ impl Authenticator {
                 .user_by_name(&canonical_username(a.username))
                 .ok()
                 .flatten()
-                .map(|u| u.id)
+                .map(|u| u.id.clone())
         });
         let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
         self.history.record(HistoryRow {
@@ -526,7 +549,7 @@ impl Authenticator {
         &self,
         username: &str,
         password: &str,
-    ) -> Result<User, AuthError> {
+    ) -> Result<Arc<User>, AuthError> {
         if username.is_empty() || username.len() > 256 || password.len() > self.max_secret_bytes {
             return Err(AuthError::Rejected(Reason::Malformed));
         }
@@ -575,6 +598,25 @@ fn in_ranges(user: &User, ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_borrowed_canonical_form_equals_the_owned_one() {
+        for name in [
+            "user@example.com",
+            "User@Example.com",
+            " user@example.com",
+            "user@example.com\t",
+            "ÉLODIE@example.com",
+            "ǅ@example.com",
+            "",
+        ] {
+            assert_eq!(canonical_cow(name), canonical_username(name), "{name:?}");
+        }
+        assert!(matches!(
+            canonical_cow("user@example.com"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[tokio::test]
     async fn the_pool_refuses_work_beyond_its_queue() {

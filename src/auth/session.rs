@@ -96,7 +96,8 @@ impl Sessions {
     /// Loads persisted sessions at start, dropping the ones that expired meanwhile.
     pub fn load(&self) -> Result<usize, SessionError> {
         let now = crate::now_secs();
-        for (key, rec) in self.store.sessions()? {
+        let mut expired = Vec::new();
+        self.store.for_each_session(&mut |key, rec| {
             let s = Session {
                 user_id: rec.user_id,
                 username: rec.username,
@@ -106,10 +107,13 @@ impl Sessions {
                 persisted_seen: AtomicU64::new(rec.last_seen),
             };
             if self.expired(&s, now) {
-                self.store.delete_session(&key)?;
+                expired.push(key);
             } else if self.map.len() < self.max {
                 self.map.insert(key, Arc::new(s));
             }
+        })?;
+        for key in &expired {
+            self.store.delete_session(key)?;
         }
         Ok(self.map.len())
     }

@@ -26,8 +26,12 @@ use report::{Recorder, Summary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("invalid target URL '{0}': use https://host:port")]
+    #[error(
+        "invalid target URL '{0}': use https://host:port (or http://host:port for --scenario plain)"
+    )]
     Target(String),
+    #[error("{0} sends credentials: its target must be https://")]
+    PlainHttp(String),
     #[error("cannot read the CA file {path}: {reason}")]
     Ca { path: String, reason: String },
     #[error("TLS configuration failed: {0}")]
@@ -55,20 +59,23 @@ pub struct Target {
     pub addr: SocketAddr,
     pub server_name: ServerName<'static>,
     pub host_header: String,
-    tls: Arc<rustls::ClientConfig>,
+    /// `None` for an `http://` target: an upstream measured directly, without credentials.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
     pub async fn new(url: &str, ca: Option<&Path>, insecure: bool) -> Result<Self, LoadError> {
         let uri: Uri = url.parse().map_err(|_| LoadError::Target(url.into()))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(LoadError::Target(url.into()));
-        }
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(LoadError::Target(url.into())),
+        };
         let host = uri
             .host()
             .ok_or_else(|| LoadError::Target(url.into()))?
             .to_owned();
-        let port = uri.port_u16().unwrap_or(443);
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host_for_lookup = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -124,7 +131,7 @@ impl Target {
             uri,
             addr,
             server_name,
-            tls: Arc::new(tls),
+            tls: https.then(|| Arc::new(tls)),
         })
     }
 }
@@ -188,25 +195,43 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Conn {
     pub async fn open(t: &Target) -> Result<Self, LoadError> {
-        let connect = async {
-            let tcp = tokio::net::TcpStream::connect(t.addr).await?;
-            tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(t.tls.clone())
-                .connect(t.server_name.clone(), tcp)
-                .await?;
-            Ok::<_, std::io::Error>(tls)
-        };
         let err = |reason: String| LoadError::Connect {
             addr: t.addr.to_string(),
             reason,
         };
-        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(t.addr).await?;
+            tcp.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(tcp)
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| err("timed out".into()))?
             .map_err(|e| err(e.to_string()))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let Some(tls) = &t.tls else {
+            return Self::handshake(tcp).await.map_err(err);
+        };
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(tls.clone()).connect(t.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| err("TLS handshake timed out".into()))?
+        .map_err(|e| err(e.to_string()))?;
+        Self::handshake(tls).await.map_err(err)
+    }
+
+    async fn handshake<T>(io: T) -> Result<Self, String>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            hyper::client::conn::http1::handshake(TokioIo::new(io)),
+        )
+        .await
+        .map_err(|_| "HTTP handshake timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -297,7 +322,8 @@ impl UsersFile {
         serde_json::from_str(&text).map_err(|e| err(e.to_string()))
     }
 
-    fn write(&self, path: &Path) -> Result<(), LoadError> {
+    /// Writes the file readable by its owner only (it holds credentials).
+    pub fn write(&self, path: &Path) -> Result<(), LoadError> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let err = |reason: String| LoadError::UsersFile {
@@ -342,6 +368,9 @@ pub const LOADTEST_DOMAIN: &str = "loadtest.invalid";
 /// Logs the admin in once (SOAP) and returns an `Authorization` value for the admin API, so
 /// the many admin calls of a setup or cleanup are session calls, not logins.
 async fn admin_auth(t: &Target, admin_user: &str, admin_secret: &str) -> Result<String, LoadError> {
+    if t.tls.is_none() {
+        return Err(LoadError::PlainHttp("the admin login".into()));
+    }
     let mut conn = Conn::open(t).await?;
     let user = LoadUser {
         username: admin_user.to_owned(),
@@ -542,6 +571,11 @@ enum Job {
 
 /// Runs a scenario to its end and returns one summary per traffic kind (two for `mixed`).
 pub async fn run(t: &Target, opts: RunOptions) -> Result<Vec<(String, Summary)>, LoadError> {
+    if t.tls.is_none() && opts.scenario != Scenario::Plain {
+        return Err(LoadError::PlainHttp(
+            format!("--scenario {:?}", opts.scenario).to_lowercase(),
+        ));
+    }
     let needs_users = !matches!(opts.scenario, Scenario::Flood | Scenario::Plain);
     if needs_users && opts.users.is_empty() {
         return Err(LoadError::NoUsers(
@@ -725,6 +759,32 @@ async fn worker(
         if session.is_none() {
             rec.error("session login failed");
             failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // Basic workers likewise send each of their credentials once before the clock starts: the
+    // first call per credential is a cold login (argon2, measured by `login-soap`), and the
+    // run measures the calls that follow, as `session` measures the calls after its login.
+    if job == Job::Basic && !users.is_empty() {
+        for u in users
+            .iter()
+            .skip(index % users.len())
+            .step_by(stride.max(1))
+        {
+            if conn.is_none() {
+                conn = Conn::open(t).await.ok();
+            }
+            let Some(c) = conn.as_mut() else { break };
+            let auth = basic(&u.username, &u.secret);
+            let req = request(
+                t,
+                Method::GET,
+                path,
+                &[("authorization", &auth)],
+                Bytes::new(),
+            );
+            if c.send(req).await.is_err() {
+                conn = None;
+            }
         }
     }
     barrier.wait().await;

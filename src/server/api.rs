@@ -199,7 +199,11 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 }
 
 /// Who is calling: a session's user, or Basic `username:password+token`.
-async fn caller(app: &App, req: &Request<Incoming>, peer: Client) -> Result<User, Response<Body>> {
+async fn caller(
+    app: &App,
+    req: &Request<Incoming>,
+    peer: Client,
+) -> Result<Arc<User>, Response<Body>> {
     match credentials::from_headers(req.headers()) {
         Some(HeaderCredential::Session(sid)) => {
             let session = app.sessions.lookup(sid).ok_or_else(unauthenticated)?;

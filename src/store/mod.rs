@@ -7,6 +7,8 @@
 
 pub mod sled;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Tag;
@@ -199,22 +201,36 @@ pub struct SessionRecord {
 pub type ExportSink<'a> = dyn FnMut(&str, &[u8], &[u8]) -> std::io::Result<()> + 'a;
 
 pub trait Store: Send + Sync + 'static {
-    fn user_by_name(&self, canonical_username: &str) -> Result<Option<User>, StoreError>;
-    fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError>;
+    /// Shared, not cloned: the cached Basic path reads a user on every request.
+    fn user_by_name(&self, canonical_username: &str) -> Result<Option<Arc<User>>, StoreError>;
+    fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError>;
     /// Allocates a fresh, never reused user number.
     fn next_user_number(&self) -> Result<u64, StoreError>;
     /// Inserts a new user; fails with [`StoreError::UserExists`] if the username is taken.
     fn create_user(&self, user: &User) -> Result<(), StoreError>;
     /// Applies `change` to the stored user atomically and returns the new record.
     fn update_user(&self, id: &str, change: &mut dyn FnMut(&mut User)) -> Result<User, StoreError>;
-    fn list_users(&self) -> Result<Vec<User>, StoreError>;
+    /// Calls `visit` with every user in username order, decoding one record at a time: a
+    /// periodic scan of 100,000 users must not hold them all in memory at once.
+    fn for_each_user(&self, visit: &mut dyn FnMut(User)) -> Result<(), StoreError>;
+    /// Ids of the users whose scheduled rotation is due at `now` (Unix seconds), read from an
+    /// index rather than from every record.
+    fn due_rotations(&self, now: u64) -> Result<Vec<String>, StoreError>;
+    /// Every user in username order.
+    fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_user(&mut |u| out.push(u))?;
+        Ok(out)
+    }
     /// Removes a user and the user's sessions; false when there was no such user.
     fn delete_user(&self, id: &str) -> Result<bool, StoreError>;
 
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError>;
     fn delete_session(&self, key: &Tag) -> Result<(), StoreError>;
     fn delete_user_sessions(&self, user_id: &str) -> Result<usize, StoreError>;
-    fn sessions(&self) -> Result<Vec<(Tag, SessionRecord)>, StoreError>;
+    /// Calls `visit` with every persisted session, one record at a time.
+    fn for_each_session(&self, visit: &mut dyn FnMut(Tag, SessionRecord))
+    -> Result<(), StoreError>;
 
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;

@@ -8,6 +8,7 @@
 //! transaction.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -27,13 +28,17 @@ pub struct SledStore {
     outbox: sled::Tree,
     /// (time ms, sequence) big-endian → history row: iterates in time order.
     history: sled::Tree,
+    /// (next rotation, Unix seconds big-endian) ‖ user id → empty: the scheduled rotations in
+    /// time order, so finding the due ones reads a few keys instead of every user record.
+    /// Written in the same transaction as the user record; derived, so not exported.
+    rotations: sled::Tree,
     /// Writers hold it shared; a backup holds it exclusively, so its snapshot is consistent
     /// across trees.
     gate: std::sync::RwLock<()>,
     /// Decoded user records by canonical name, so the hot paths (a cached Basic credential,
     /// every login) do not decode JSON. Write-through: this process is the store's only writer
     /// (sled's directory lock), writers always overwrite, readers only fill absent entries.
-    user_cache: dashmap::DashMap<String, User>,
+    user_cache: dashmap::DashMap<String, Arc<User>>,
     /// Every canonical username, so a login for a name that does not exist is answered from
     /// memory, as fast as one that does (no timing difference to enumerate users by).
     names: dashmap::DashSet<String>,
@@ -77,33 +82,65 @@ impl SledStore {
             settings: db.open_tree("settings").map_err(io)?,
             outbox: db.open_tree("outbox").map_err(io)?,
             history: db.open_tree("history").map_err(io)?,
+            rotations: db.open_tree("rotations").map_err(io)?,
             gate: std::sync::RwLock::new(()),
             user_cache: dashmap::DashMap::new(),
             names: dashmap::DashSet::new(),
             db,
         };
-        for key in store.users.iter().keys() {
+        // The id index holds every username and is small: reading it does not pull every
+        // user record into sled's cache, as iterating `users` would.
+        for item in store.user_ids.iter().values() {
             store
                 .names
-                .insert(String::from_utf8_lossy(&key.map_err(io)?).into_owned());
+                .insert(String::from_utf8_lossy(&item.map_err(io)?).into_owned());
         }
+        store.build_rotation_index()?;
         Ok(store)
     }
+
+    /// Builds the rotation index once, for a store written before it existed.
+    fn build_rotation_index(&self) -> Result<(), StoreError> {
+        const DONE: &str = "rotation_index_v1";
+        if self.meta.contains_key(DONE).map_err(io)? {
+            return Ok(());
+        }
+        for item in self.users.iter() {
+            let (_, v) = item.map_err(io)?;
+            let user: User = decode("user", &v)?;
+            if let Some(key) = rotation_key(&user) {
+                self.rotations.insert(key, &[]).map_err(io)?;
+            }
+        }
+        self.meta.insert(DONE, &[]).map_err(io)?;
+        Ok(())
+    }
+}
+
+/// The user's entry in the rotation index, if a rotation is scheduled.
+fn rotation_key(user: &User) -> Option<Vec<u8>> {
+    let at = user.next_rotation_at?;
+    let mut key = at.to_be_bytes().to_vec();
+    key.extend_from_slice(user.id.as_bytes());
+    Some(key)
 }
 
 impl SledStore {
     /// `overwrite`: writers replace; readers only fill a missing entry, so a reader holding an
     /// older record can never replace a writer's newer one.
-    fn cache_user(&self, user: &User, overwrite: bool) {
+    fn cache_user(&self, user: Arc<User>, overwrite: bool) -> Arc<User> {
         if self.user_cache.len() >= USER_CACHE {
             self.user_cache.clear();
         }
         if overwrite {
             self.user_cache.insert(user.username.clone(), user.clone());
+            user
         } else {
             self.user_cache
                 .entry(user.username.clone())
-                .or_insert_with(|| user.clone());
+                .or_insert(user)
+                .value()
+                .clone()
         }
     }
 
@@ -130,22 +167,21 @@ const TREES: [&str; 7] = [
 ];
 
 impl Store for SledStore {
-    fn user_by_name(&self, canonical_username: &str) -> Result<Option<User>, StoreError> {
-        if !self.names.contains(canonical_username) {
-            return Ok(None);
-        }
+    fn user_by_name(&self, canonical_username: &str) -> Result<Option<Arc<User>>, StoreError> {
         if let Some(u) = self.user_cache.get(canonical_username) {
             return Ok(Some(u.value().clone()));
+        }
+        if !self.names.contains(canonical_username) {
+            return Ok(None);
         }
         let Some(bytes) = self.users.get(canonical_username).map_err(io)? else {
             return Ok(None);
         };
         let user: User = decode("user", &bytes)?;
-        self.cache_user(&user, false);
-        Ok(Some(user))
+        Ok(Some(self.cache_user(Arc::new(user), false)))
     }
 
-    fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+    fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError> {
         match self.user_ids.get(id).map_err(io)? {
             Some(name) => self.user_by_name(std::str::from_utf8(&name).unwrap_or_default()),
             None => Ok(None),
@@ -159,13 +195,17 @@ impl Store for SledStore {
     fn create_user(&self, user: &User) -> Result<(), StoreError> {
         let _gate = self.write_gate();
         let record = encode(user);
-        (&self.users, &self.user_ids)
-            .transaction(|(users, ids)| {
+        let rotation = rotation_key(user);
+        (&self.users, &self.user_ids, &self.rotations)
+            .transaction(|(users, ids, rotations)| {
                 if users.get(user.username.as_bytes())?.is_some() {
                     return Err(ConflictableTransactionError::Abort(()));
                 }
                 users.insert(user.username.as_bytes(), record.as_slice())?;
                 ids.insert(user.id.as_bytes(), user.username.as_bytes())?;
+                if let Some(key) = &rotation {
+                    rotations.insert(key.as_slice(), &[])?;
+                }
                 Ok(())
             })
             .map_err(|e| match e {
@@ -173,7 +213,7 @@ impl Store for SledStore {
                 TransactionError::Storage(e) => io(e),
             })?;
         self.names.insert(user.username.clone());
-        self.cache_user(user, true);
+        self.cache_user(Arc::new(user.clone()), true);
         Ok(())
     }
 
@@ -190,33 +230,68 @@ impl Store for SledStore {
                 .get(&name)
                 .map_err(io)?
                 .ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
-            let mut user: User = decode("user", &old)?;
+            let before: User = decode("user", &old)?;
+            let mut user = before.clone();
             change(&mut user);
             // The username is the key: a change that renamed the user would orphan the index.
             debug_assert_eq!(user.username.as_bytes(), &name[..]);
             let new = encode(&user);
-            match self
-                .users
-                .compare_and_swap(&name, Some(&old), Some(new))
-                .map_err(io)?
-            {
-                Ok(()) => {
-                    self.cache_user(&user, true);
-                    return Ok(user);
-                }
-                Err(_) => continue, // raced with another writer: re-read and re-apply
+            let (was, now) = (rotation_key(&before), rotation_key(&user));
+            let swapped = if was == now {
+                // The common case (lockout counts, tokens): one compare-and-swap.
+                self.users
+                    .compare_and_swap(&name, Some(&old), Some(new))
+                    .map_err(io)?
+                    .is_ok()
+            } else {
+                // The schedule moved: the record and its index entry change together.
+                (&self.users, &self.rotations)
+                    .transaction(|(users, rotations)| {
+                        if users.get(&name)?.as_deref() != Some(&old[..]) {
+                            return Err(ConflictableTransactionError::Abort(()));
+                        }
+                        users.insert(&name, new.as_slice())?;
+                        if let Some(k) = &was {
+                            rotations.remove(k.as_slice())?;
+                        }
+                        if let Some(k) = &now {
+                            rotations.insert(k.as_slice(), &[])?;
+                        }
+                        Ok(())
+                    })
+                    .map_or_else(
+                        |e| match e {
+                            TransactionError::Abort(()) => Ok(false),
+                            TransactionError::Storage(e) => Err(io(e)),
+                        },
+                        |()| Ok(true),
+                    )?
+            };
+            if swapped {
+                self.cache_user(Arc::new(user.clone()), true);
+                return Ok(user);
             }
+            // Raced with another writer: re-read and re-apply.
         }
     }
 
-    fn list_users(&self) -> Result<Vec<User>, StoreError> {
-        let mut out = Vec::new();
+    fn due_rotations(&self, now: u64) -> Result<Vec<String>, StoreError> {
+        let mut due = Vec::new();
+        // Keys start with the due time; every key of a time ≤ now sorts before (now + 1).
+        for item in self.rotations.range(..(now + 1).to_be_bytes().to_vec()) {
+            let (k, _) = item.map_err(io)?;
+            due.push(String::from_utf8_lossy(&k[8..]).into_owned());
+        }
+        Ok(due)
+    }
+
+    fn for_each_user(&self, visit: &mut dyn FnMut(User)) -> Result<(), StoreError> {
+        // Keys are canonical usernames, so sled's key order is username order.
         for item in self.users.iter() {
             let (_, v) = item.map_err(io)?;
-            out.push(decode("user", &v)?);
+            visit(decode("user", &v)?);
         }
-        out.sort_by(|a: &User, b| a.username.cmp(&b.username));
-        Ok(out)
+        Ok(())
     }
 
     fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
@@ -224,9 +299,16 @@ impl Store for SledStore {
         let Some(name) = self.user_ids.get(id).map_err(io)? else {
             return Ok(false);
         };
-        (&self.users, &self.user_ids)
-            .transaction(|(users, ids)| {
-                users.remove(&name)?;
+        (&self.users, &self.user_ids, &self.rotations)
+            .transaction(|(users, ids, rotations)| {
+                if let Some(old) = users.remove(&name)?
+                    && let Some(key) = serde_json::from_slice::<User>(&old)
+                        .ok()
+                        .as_ref()
+                        .and_then(rotation_key)
+                {
+                    rotations.remove(key)?;
+                }
                 ids.remove(id.as_bytes())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
@@ -257,26 +339,30 @@ impl Store for SledStore {
 
     fn delete_user_sessions(&self, user_id: &str) -> Result<usize, StoreError> {
         let _gate = self.write_gate();
-        let mut n = 0;
-        for (k, s) in self.sessions()? {
+        let mut doomed = Vec::new();
+        self.for_each_session(&mut |k, s| {
             if s.user_id == user_id {
-                self.sessions.remove(k).map_err(io)?;
-                n += 1;
+                doomed.push(k);
             }
+        })?;
+        for k in &doomed {
+            self.sessions.remove(k).map_err(io)?;
         }
-        Ok(n)
+        Ok(doomed.len())
     }
 
-    fn sessions(&self) -> Result<Vec<(Tag, SessionRecord)>, StoreError> {
-        let mut out = Vec::new();
+    fn for_each_session(
+        &self,
+        visit: &mut dyn FnMut(Tag, SessionRecord),
+    ) -> Result<(), StoreError> {
         for item in self.sessions.iter() {
             let (k, v) = item.map_err(io)?;
             let Ok(key) = <Tag>::try_from(k.as_ref()) else {
                 continue;
             };
-            out.push((key, decode("session", &v)?));
+            visit(key, decode("session", &v)?);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -386,6 +472,9 @@ impl Store for SledStore {
         t.insert(key, value).map_err(io)?;
         if tree == "users" {
             self.names.insert(String::from_utf8_lossy(key).into_owned());
+            if let Some(k) = rotation_key(&decode::<User>("user", value)?) {
+                self.rotations.insert(k, &[]).map_err(io)?;
+            }
         }
         Ok(())
     }
@@ -442,6 +531,48 @@ mod tests {
     }
 
     #[test]
+    fn the_rotation_index_follows_schedules_deletes_and_old_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+            for (id, name, at) in [
+                ("1", "a", Some(100)),
+                ("2", "b", Some(200)),
+                ("3", "c", None),
+            ] {
+                let mut u = user(id, name);
+                u.next_rotation_at = at;
+                s.create_user(&u).unwrap();
+            }
+            assert_eq!(s.due_rotations(99).unwrap(), Vec::<String>::new());
+            assert_eq!(s.due_rotations(100).unwrap(), ["1"]);
+            assert_eq!(s.due_rotations(500).unwrap(), ["1", "2"]);
+            // Rotating moves the entry; scheduling a user adds one; unscheduling removes it.
+            s.update_user("1", &mut |u| u.next_rotation_at = Some(1000))
+                .unwrap();
+            s.update_user("3", &mut |u| u.next_rotation_at = Some(300))
+                .unwrap();
+            s.update_user("2", &mut |u| u.next_rotation_at = None)
+                .unwrap();
+            // An update that leaves the schedule alone keeps the entry.
+            s.update_user("3", &mut |u| u.epoch += 1).unwrap();
+            assert_eq!(s.due_rotations(500).unwrap(), ["3"]);
+            assert!(s.delete_user("3").unwrap());
+            assert_eq!(s.due_rotations(5000).unwrap(), ["1"]);
+            // A store written before the index existed: no index, no marker.
+            s.rotations.clear().unwrap();
+            s.meta.remove("rotation_index_v1").unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.due_rotations(5000).unwrap(), ["1"]);
+        assert!(
+            s.user_by_name("b").unwrap().is_some(),
+            "names come from the id index"
+        );
+    }
+
+    #[test]
     fn usernames_are_unique_and_updates_persist() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 1 << 20).unwrap();
@@ -493,6 +624,8 @@ mod tests {
         s.put_session(&[2; 32], &rec("a")).unwrap();
         s.put_session(&[3; 32], &rec("b")).unwrap();
         assert_eq!(s.delete_user_sessions("a").unwrap(), 2);
-        assert_eq!(s.sessions().unwrap().len(), 1);
+        let mut left = 0;
+        s.for_each_session(&mut |_, _| left += 1).unwrap();
+        assert_eq!(left, 1);
     }
 }

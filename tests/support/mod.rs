@@ -158,6 +158,9 @@ pub fn test_config(dir: &Path, upstream: &str) -> Config {
     cfg.upstream.url = upstream.parse().unwrap();
     cfg.upstream.response_timeout = Duration::from_secs(2);
     cfg.upstream.connect_timeout = Duration::from_secs(2);
+    // Tests that count failures do not wait out the delay; `failures_are_answered_after_the_failure_delay`
+    // pins it down.
+    cfg.limits.failure_delay = Duration::ZERO;
     cfg.oauth_clients = vec![OAuthClient {
         client_id: CLIENT_ID.into(),
         client_secret: CLIENT_SECRET.into(),
