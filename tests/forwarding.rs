@@ -279,3 +279,116 @@ async fn unauthenticated_calls_get_the_rest_invalid_session_error() {
     }
     assert!(up.requests().is_empty());
 }
+
+#[tokio::test]
+async fn forwarded_calls_reuse_one_upstream_connection_and_replace_a_closed_one() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "pool@example.com").await;
+    let auth = format!("Bearer {sid}");
+    let c = ts.client();
+    let connections = || up.connections.load(std::sync::atomic::Ordering::SeqCst);
+    // Sequential calls, bodies of every shape (a HEAD answer has none), one connection.
+    for i in 0..10 {
+        let method = if i % 3 == 0 {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
+        let b = c
+            .request(method.clone(), "/services/data/v59.0/limits")
+            .header("authorization", &auth);
+        let r = c.call(b, Bytes::new()).await;
+        assert_eq!(r.status, StatusCode::OK, "{method} {}", r.text());
+        if method == Method::GET {
+            assert_eq!(r.json()["records"][0]["Name"], "Acme");
+        }
+    }
+    assert_eq!(
+        connections(),
+        1,
+        "sequential calls opened new upstream connections"
+    );
+    // An answer with `Connection: close` ends that connection; the next call opens another.
+    let r = c.get("/close", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = c
+        .get("/services/data/v59.0/limits", &[("authorization", &auth)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(connections(), 2);
+    // Concurrent calls each get a connection, and all of them are kept for reuse.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let c = ts.client();
+            let auth = auth.clone();
+            tokio::spawn(async move { c.get("/slowish", &[("authorization", &auth)]).await.status })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    let after_burst = connections();
+    for _ in 0..8 {
+        let r = c
+            .get("/services/data/v59.0/limits", &[("authorization", &auth)])
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(
+        connections(),
+        after_burst,
+        "idle connections were not reused"
+    );
+}
+
+/// An upstream that answers one request per connection with keep-alive headers, then closes
+/// the connection 100 ms later, as a server with a short idle timeout does.
+async fn impatient_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_not_used_again() {
+    let (addr, accepted) = impatient_upstream().await;
+    let ts = TestServer::start(&format!("http://{addr}")).await;
+    let sid = logged_in(&ts, "idle@example.com").await;
+    let auth = format!("Bearer {sid}");
+    for _ in 0..3 {
+        let r = ts
+            .client()
+            .get("/services/data/v59.0/limits", &[("authorization", &auth)])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        // Long enough for the upstream to have closed the idle connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}

@@ -41,10 +41,13 @@ pub struct Recorded {
 }
 
 /// A plain HTTP/1.1 upstream on loopback that records every request and answers with a small
-/// Salesforce-shaped query result. `/slow` waits 5 s; `/echo-body` returns the request body.
+/// Salesforce-shaped query result. `/slow` waits 5 s; `/echo-body` returns the request body;
+/// `/close` answers with `Connection: close`.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Recorded>>>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,11 +57,14 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let rec = seen.clone();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let rec = rec.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -71,7 +77,12 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            connections,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -119,7 +130,14 @@ async fn upstream_answer(
     };
     Response::builder()
         .header("content-type", "application/json;charset=UTF-8")
-        .header("connection", "keep-alive, x-upstream-hop")
+        .header(
+            "connection",
+            if path == "/close" {
+                "close"
+            } else {
+                "keep-alive, x-upstream-hop"
+            },
+        )
         .header("x-upstream-hop", "must not reach the client")
         .body(Full::new(out))
         .unwrap()

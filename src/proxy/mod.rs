@@ -1,11 +1,13 @@
-//! Forwarding to the upstream: header hygiene, identity headers, streaming bodies, timeouts
-//! and the pooled client. Knows nothing of credentials beyond removing them.
+//! Forwarding to the upstream: header hygiene, identity headers, streaming bodies, timeouts;
+//! the connections themselves are in `pool`. Knows nothing of credentials beyond removing them.
 //!
 //! RFC 9110 §7.6.1: "a proxy or gateway MUST parse a received Connection header field before a
 //! message is forwarded and, for each connection-option in this field, remove any header or
 //! trailer field(s) from the message with the same name as the connection-option, and then
 //! remove the Connection header field itself". The fixed hop-by-hop names below are the ones
 //! §7.6.1 lists plus the historic `Keep-Alive` and `Proxy-Connection`.
+
+pub mod pool;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,11 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 
 use crate::config::UpstreamConfig;
 use crate::wire::{Body, json_error};
@@ -30,6 +28,8 @@ pub enum ProxyError {
     Ca { path: String, reason: String },
     #[error("TLS client configuration failed: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("the upstream host '{0}' is not a valid TLS server name")]
+    ServerName(String),
 }
 
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -90,8 +90,7 @@ pub struct Principal<'a> {
 }
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
-    scheme: Scheme,
+    pool: Arc<pool::Pool>,
     authority: Authority,
     /// Path prefix of the upstream URL, without a trailing slash.
     prefix: String,
@@ -117,32 +116,39 @@ impl Upstream {
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .build(https);
-
         let url = &cfg.url;
+        let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = url.authority().cloned().expect("validated by config");
+        // The URI keeps IPv6 literals in brackets; connecting and TLS names want them bare.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let https = scheme == Scheme::HTTPS;
+        let tls = if https {
+            let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = ServerName::try_from(host.clone())
+                .map_err(|_| ProxyError::ServerName(host.clone()))?;
+            Some((tokio_rustls::TlsConnector::from(Arc::new(tls)), name))
+        } else {
+            None
+        };
+        let endpoint = pool::Endpoint {
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            host,
+            tls,
+            connect_timeout: cfg.connect_timeout,
+        };
         Ok(Self {
-            client,
-            scheme: url.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: url.authority().cloned().expect("validated by config"),
+            pool: pool::Pool::new(endpoint, cfg.pool_max_idle_per_host, cfg.pool_idle_timeout),
+            authority,
             prefix: url.path().trim_end_matches('/').to_owned(),
             response_timeout: cfg.response_timeout,
         })
@@ -155,11 +161,10 @@ impl Upstream {
         } else {
             PathAndQuery::from_maybe_shared(format!("{}{pq}", self.prefix))
         };
+        // Origin-form (RFC 9112 §3.2.1): the connection already goes to the upstream.
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(pq.unwrap_or_else(|_| PathAndQuery::from_static("/")));
-        Uri::from_parts(parts).expect("scheme, authority and path are set")
+        Uri::from_parts(parts).expect("a path alone is a valid URI")
     }
 
     /// Sends `req` upstream on behalf of `who` and streams the answer back. Failures become
@@ -194,13 +199,21 @@ impl Upstream {
             h.insert(X_FORWARDED_FOR, v);
         }
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        if let Some(host) = host {
-            h.insert(X_FORWARDED_HOST, host.clone());
-            h.insert(header::HOST, host);
+        match host {
+            Some(host) => {
+                h.insert(X_FORWARDED_HOST, host.clone());
+                h.insert(header::HOST, host);
+            }
+            // HTTP/1.1 requires a Host (RFC 9112 §3.2); an HTTP/1.0 client may not have sent one.
+            None => {
+                if let Ok(v) = HeaderValue::from_str(self.authority.as_str()) {
+                    h.insert(header::HOST, v);
+                }
+            }
         }
 
         let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        let answer = tokio::time::timeout(self.response_timeout, self.pool.send(req)).await;
         let status = match &answer {
             Ok(Ok(resp)) => Some(resp.status().as_u16()),
             _ => None,

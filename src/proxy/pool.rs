@@ -1,0 +1,300 @@
+//! Keep-alive HTTP/1.1 connections to the upstream, driven by the request that uses them.
+//!
+//! A general-purpose pooled client (hyper-util's) runs every connection as a task of its own,
+//! so each forwarded call hops between two tasks — often two threads — and back: a wake-up, a
+//! channel and a context switch each way. On the proxy's hot path that hop cost more than the
+//! authentication did. Here the request's own task polls the connection: while waiting for the
+//! response head ([`Pool::send`]) and then from the response body ([`PooledBody`]), which hands
+//! the connection back to the pool once the body has been read to its end.
+//!
+//! Bounds: at most `max_idle` idle connections, none reused after `idle_timeout`. A connection
+//! the upstream closed while idle is noticed when it is taken (it has already read EOF) and
+//! dropped; a request that could not be written at all is retried once on a fresh connection
+//! (RFC 9110 §9.2.2: a request never sent is safe to send again, whatever its method).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+
+use crate::wire::Body;
+
+/// Why an upstream call failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    #[error("connecting to the upstream timed out")]
+    ConnectTimeout,
+    #[error("the upstream connection failed: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+// `Sync` because response bodies are `BoxBody`s, which are.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
+
+/// One upstream connection: the request side and the future that performs its I/O.
+struct Conn {
+    sender: http1::SendRequest<Body>,
+    /// `None` once the connection has ended: dropping it fails any request still queued on
+    /// it, so nobody waits for an answer that cannot come.
+    driver: Option<Driver>,
+}
+
+impl Conn {
+    /// Polls the connection's I/O; true when the connection has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let pending = match &mut self.driver {
+            Some(d) => d.as_mut().poll(cx).is_pending(),
+            None => false,
+        };
+        if !pending {
+            self.driver = None;
+        }
+        !pending
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// Where and how to connect.
+pub struct Endpoint {
+    /// `host:port` as `TcpStream::connect` resolves it.
+    pub host: String,
+    pub port: u16,
+    /// TLS to the upstream (an `https` URL): the client configuration and the name to verify.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    pub connect_timeout: Duration,
+}
+
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    endpoint: Endpoint,
+}
+
+impl Pool {
+    pub fn new(endpoint: Endpoint, max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+            endpoint,
+        })
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Sends `req` and waits for the response head; the body streams from the returned
+    /// response and gives the connection back when it ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let (conn, reused) = match self.checkout().await {
+            Some(c) => (c, true),
+            None => (self.connect().await?, false),
+        };
+        match exchange(conn, req).await {
+            Ok((resp, conn)) => Ok(self.wrap(resp, conn)),
+            // A reused connection that died before the request was written: once more, fresh.
+            Err(Failed::NotSent(req, _)) if reused => {
+                let conn = self.connect().await?;
+                match exchange(conn, *req).await {
+                    Ok((resp, conn)) => Ok(self.wrap(resp, conn)),
+                    Err(Failed::NotSent(_, e) | Failed::Sent(e)) => Err(e.into()),
+                }
+            }
+            Err(Failed::NotSent(_, e) | Failed::Sent(e)) => Err(e.into()),
+        }
+    }
+
+    fn wrap(self: &Arc<Self>, resp: Response<Incoming>, conn: Conn) -> Response<PooledBody> {
+        resp.map(|inner| PooledBody {
+            inner,
+            conn: Some(conn),
+            pool: self.clone(),
+        })
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn checkout(&self) -> Option<Conn> {
+        loop {
+            let idle = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                // Oldest first in the vector: drop the expired ones from the front.
+                let expired = idle
+                    .iter()
+                    .take_while(|i| i.since.elapsed() >= self.idle_timeout)
+                    .count();
+                idle.drain(..expired);
+                idle.pop()
+            };
+            let mut conn = idle?.conn;
+            // One poll lets the connection read a close (EOF) or finish its keep-alive
+            // bookkeeping; then the sender says whether a request can go.
+            let usable = std::future::poll_fn(|cx| {
+                if conn.drive(cx) {
+                    return Poll::Ready(false);
+                }
+                Poll::Ready(matches!(conn.sender.poll_ready(cx), Poll::Ready(Ok(()))))
+            })
+            .await;
+            if usable {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn checkin(&self, conn: Conn) {
+        if conn.driver.is_none() || conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, PoolError> {
+        let e = &self.endpoint;
+        tokio::time::timeout(e.connect_timeout, async {
+            let tcp = tokio::net::TcpStream::connect((e.host.as_str(), e.port))
+                .await
+                .map_err(|err| PoolError::Connect(err.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            match &e.tls {
+                None => handshake(tcp).await,
+                Some((tls, name)) => {
+                    let stream = tls
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|err| PoolError::Connect(err.to_string()))?;
+                    handshake(stream).await
+                }
+            }
+        })
+        .await
+        .map_err(|_| PoolError::ConnectTimeout)?
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<Conn, PoolError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+    Ok(Conn {
+        sender,
+        driver: Some(Box::pin(conn)),
+    })
+}
+
+enum Failed {
+    /// The request was not written; it comes back for a retry.
+    NotSent(Box<Request<Body>>, hyper::Error),
+    Sent(hyper::Error),
+}
+
+/// Sends one request on `conn`, polling the connection in this task until the head arrives.
+async fn exchange(
+    mut conn: Conn,
+    req: Request<Body>,
+) -> Result<(Response<Incoming>, Conn), Failed> {
+    let mut answer = std::pin::pin!(conn.sender.try_send_request(req));
+    let mut ended = false;
+    let result = std::future::poll_fn(|cx| {
+        if !ended {
+            ended = conn.drive(cx);
+        }
+        match answer.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            // The connection ended without answering and is dropped: hyper fails the queued
+            // request, so the answer is ready on the next poll.
+            Poll::Pending if ended => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    match result {
+        Ok(resp) => Ok((resp, conn)),
+        Err(mut e) => match e.take_message() {
+            Some(req) => Err(Failed::NotSent(Box::new(req), e.into_error())),
+            None => Err(Failed::Sent(e.into_error())),
+        },
+    }
+}
+
+/// The upstream's response body; polling it also drives its connection, which goes back to
+/// the pool when the body has been read to its end (or was empty).
+pub struct PooledBody {
+    inner: Incoming,
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(conn) = &mut this.conn
+            && conn.drive(cx)
+        {
+            // Ended: whatever the body still holds was read already, or it fails below.
+            this.conn = None;
+        }
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None))
+            && let Some(conn) = this.conn.take()
+        {
+            this.pool.checkin(conn);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304, Content-Length: 0) is never polled; a body dropped
+        // half-read leaves the connection mid-message, so it is closed instead.
+        if self.inner.is_end_stream()
+            && let Some(conn) = self.conn.take()
+        {
+            self.pool.checkin(conn);
+        }
+    }
+}
