@@ -131,7 +131,7 @@ caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1
 PIDS+=($!)
 CADDY_PID=$!
 
-tg_config() { # port data cache_size
+tg_config() { # port data cache_size failure_delay
   cat <<EOF
 [server]
 listen = "127.0.0.1:$1"
@@ -150,14 +150,16 @@ credential_cache_size = $3
 login_per_ip = 100000000
 login_per_user = 100000000
 argon2_per_second = 100000
+failure_delay = "$4"
 [lockout]
 max_failures = 0
 [log]
 level = "warn"
 EOF
 }
-tg_config $TG "$WORK/tg" 100000 > "$WORK/tg.toml"
-tg_config $TG_COLD "$WORK/tg-cold" 0 > "$WORK/tg-cold.toml"
+# The cold server also shows the flood without the failure delay (it delays no successful login).
+tg_config $TG "$WORK/tg" 100000 250ms > "$WORK/tg.toml"
+tg_config $TG_COLD "$WORK/tg-cold" 0 0 > "$WORK/tg-cold.toml"
 for c in tg tg-cold; do
   printf 'Passw0rdAdmin1\n' | "$BIN" --config "$WORK/$c.toml" user add admin@bench.invalid \
     --email admin@bench.invalid --admin --password-stdin --show-token | tail -n1 > "$WORK/$c.admin-token"
@@ -212,6 +214,7 @@ run tokengate-login-soap-cold $TG_COLD login-soap "$WORK/tg-cold.users.json" "$P
 # One connection: the p50 of a lone cold login is one argon2 verification plus the pipeline.
 CONNS=1 run tokengate-login-soap-1conn $TG_COLD login-soap "$WORK/tg-cold.users.json" "$PID_tg_cold"
 run tokengate-mixed $TG mixed "$WORK/tg.users.json" "$PID_tg"
+run tokengate-mixed-nodelay $TG_COLD mixed "$WORK/tg-cold.users.json" "$PID_tg_cold"
 # The compared rows, interleaved round by round.
 for r in $(seq "$ROUNDS"); do
   run "nginx-noauth.$r" $NGINX_PLAIN plain "$WORK/bench-user.json" "$NGINX_PID"

@@ -59,6 +59,11 @@ mrss = m.pop("server")["rss_kib"] / 1024
 print(f"| tokengate, session traffic under a flood | mixed | {m['session']['rps']:,.0f} + "
       f"{m['flood']['rps']:,.0f} flood | {m['session']['latency_us']['p99'] / 1000:.1f} ms | "
       f"| {mrss:.0f} MiB | |")
+z = load("tokengate-mixed-nodelay")
+zrss = z.pop("server")["rss_kib"] / 1024
+print(f"| the same with `failure_delay = \"0\"` | mixed | {z['session']['rps']:,.0f} + "
+      f"{z['flood']['rps']:,.0f} flood | {z['session']['latency_us']['p99'] / 1000:.1f} ms | "
+      f"| {zrss:.0f} MiB | |")
 print()
 (session, _, _, scpu), _ = med("tokengate-session")
 (basic, _, _, bcpu), _ = med("tokengate-basic")
@@ -70,7 +75,9 @@ print(f"Basic path: {basic / session:.2f}× tokengate's session path (CPU per re
       f"{basic / caddy:.1f}× Caddy's basicauth.")
 print(f"Mixed: session traffic kept {m['session']['rps']:,.0f} req/s "
       f"({m['session']['rps'] / session * 100:.0f}% of the median unloaded {session:,.0f}) while the "
-      f"flood ran at {m['flood']['rps']:,.0f} req/s; RSS {mrss:.0f} MiB.")
+      f"flood ran at {m['flood']['rps']:,.0f} req/s; RSS {mrss:.0f} MiB. Without the failure delay: "
+      f"{z['session']['rps']:,.0f} req/s ({z['session']['rps'] / session * 100:.0f}%) beside a flood of "
+      f"{z['flood']['rps']:,.0f} req/s.")
 one = load("tokengate-login-soap-1conn")["login-soap"]["latency_us"]["p50"] / 1e6
 cold = load("tokengate-login-soap-cold")["login-soap"]["rps"]
 cores = os.cpu_count()
