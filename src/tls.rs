@@ -1,6 +1,7 @@
 //! The TLS listener's configuration: PEM certificate and key from the config, or a
 //! self-signed certificate for localhost/127.0.0.1 generated into the data directory on first
-//! start. ALPN offers h2 and http/1.1.
+//! start. ALPN offers h2 and http/1.1. Also the trust store of tokengate's own TLS clients
+//! (the upstream connection and the load tool).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,4 +115,21 @@ pub fn server_config(paths: &CertPaths) -> Result<Arc<ServerConfig>, TlsError> {
             .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// Trust anchors for a TLS client: the certificates of a PEM file, or the Mozilla roots
+/// (webpki-roots) without one. The error says what is wrong with the file.
+pub fn client_roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
+                roots
+                    .add(cert.map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(roots)
 }

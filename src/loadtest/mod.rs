@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
 
 use report::{Recorder, Summary};
@@ -106,23 +106,11 @@ impl Target {
                 .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
                 .with_no_client_auth()
         } else {
-            let mut roots = rustls::RootCertStore::empty();
-            match ca {
-                Some(path) => {
-                    let ca_err = |reason: String| LoadError::Ca {
-                        path: path.display().to_string(),
-                        reason,
-                    };
-                    for c in
-                        CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?
-                    {
-                        roots
-                            .add(c.map_err(|e| ca_err(e.to_string()))?)
-                            .map_err(|e| ca_err(e.to_string()))?;
-                    }
-                }
-                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
+            let roots = crate::tls::client_roots(ca).map_err(|reason| LoadError::Ca {
+                // Only a given file can fail.
+                path: ca.map(|p| p.display().to_string()).unwrap_or_default(),
+                reason,
+            })?;
             builder.with_root_certificates(roots).with_no_client_auth()
         };
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -17,7 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls_pki_types::ServerName;
 
 use crate::config::UpstreamConfig;
 use crate::wire::{Body, json_error};
@@ -99,23 +99,16 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, ProxyError> {
-        let mut roots = rustls::RootCertStore::empty();
-        match &cfg.ca {
-            Some(path) => {
-                let ca_err = |reason: String| ProxyError::Ca {
-                    path: path.display().to_string(),
-                    reason,
-                };
-                for cert in
-                    CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?
-                {
-                    roots
-                        .add(cert.map_err(|e| ca_err(e.to_string()))?)
-                        .map_err(|e| ca_err(e.to_string()))?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
+        let roots =
+            crate::tls::client_roots(cfg.ca.as_deref()).map_err(|reason| ProxyError::Ca {
+                // Only a configured file can fail.
+                path: cfg
+                    .ca
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                reason,
+            })?;
         let url = &cfg.url;
         let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = url.authority().cloned().expect("validated by config");
