@@ -325,7 +325,10 @@ fn rows(app: &App, filter: &HistoryFilter, skip: usize, with_reason: bool) -> Ve
     f.limit += skip;
     app.store
         .history_query(&f)
-        .unwrap_or_default()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the login history");
+            Vec::new()
+        })
         .into_iter()
         .skip(skip)
         .map(|r| Row {
@@ -424,7 +427,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Resp
                 "setup/users" => users_page(&page, &q, None, None),
                 "setup/compliance" => compliance_page(&page, None, None),
                 "setup/history" => history_page(&page, &q),
-                "setup/history.csv" => history_csv(&app, &q),
+                "setup/history.csv" => history_csv(&app, &q).await,
                 _ => page.message(
                     StatusCode::NOT_FOUND,
                     "Not found",
@@ -1016,7 +1019,7 @@ fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -> Response<Body> 
     )
 }
 
-fn history_csv(app: &App, q: &HashMap<String, String>) -> Response<Body> {
+async fn history_csv(app: &App, q: &HashMap<String, String>) -> Response<Body> {
     let Ok(mut filter) = history_filter(q) else {
         return harden(crate::wire::respond(
             StatusCode::BAD_REQUEST,
@@ -1025,15 +1028,22 @@ fn history_csv(app: &App, q: &HashMap<String, String>) -> Response<Body> {
         ));
     };
     filter.limit = 100_000;
-    let rows = app.store.history_query(&filter).unwrap_or_default();
-    let mut r = crate::wire::respond(
-        StatusCode::OK,
-        "text/csv; charset=utf-8",
-        crate::history::to_csv(&rows, true),
-    );
-    r.headers_mut().insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"login-history.csv\""),
-    );
-    harden(r)
+    // Up to 100,000 rows: off the async workers, and a store error is an error, not an empty
+    // file.
+    let store = app.store.clone();
+    match tokio::task::spawn_blocking(move || store.history_query(&filter)).await {
+        Ok(Ok(rows)) => harden(crate::wire::history_csv(&rows)),
+        failed => {
+            let e = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "the query task failed".to_owned(),
+            };
+            tracing::error!(error = %e, "cannot read the login history");
+            harden(crate::wire::respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                "internal error",
+            ))
+        }
+    }
 }

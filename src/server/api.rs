@@ -463,18 +463,7 @@ async fn history(app: &App, req: &Request<Incoming>) -> Response<Body> {
         Err(e) => return internal(&e),
     };
     match get("format") {
-        Some("csv") => {
-            let mut r = respond(
-                StatusCode::OK,
-                "text/csv; charset=utf-8",
-                crate::history::to_csv(&rows, true),
-            );
-            r.headers_mut().insert(
-                header::CONTENT_DISPOSITION,
-                HeaderValue::from_static("attachment; filename=\"login-history.csv\""),
-            );
-            r
-        }
+        Some("csv") => crate::wire::history_csv(&rows),
         None | Some("json") => json(StatusCode::OK, &serde_json::json!({ "rows": rows })),
         Some(_) => json_error(
             StatusCode::BAD_REQUEST,

@@ -47,6 +47,20 @@ pub fn respond(
     r
 }
 
+/// The login history as a CSV download (console and admin API alike).
+pub fn history_csv(rows: &[crate::store::HistoryRow]) -> Response<Body> {
+    let mut r = respond(
+        StatusCode::OK,
+        "text/csv; charset=utf-8",
+        crate::history::to_csv(rows, true),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"login-history.csv\""),
+    );
+    r
+}
+
 /// A JSON answer in tokengate's own shape (`{"error": ..., "message": ...}`).
 pub fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": error, "message": message });
