@@ -95,11 +95,6 @@ impl Pool {
         })
     }
 
-    /// Idle connections held now.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// Sends `req` and waits for the response head; the body streams from the returned
     /// response and gives the connection back when it ends.
     pub async fn send(

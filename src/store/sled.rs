@@ -230,13 +230,13 @@ impl Store for SledStore {
                 .get(&name)
                 .map_err(io)?
                 .ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
-            let before: User = decode("user", &old)?;
-            let mut user = before.clone();
+            let mut user: User = decode("user", &old)?;
+            let was = rotation_key(&user);
             change(&mut user);
             // The username is the key: a change that renamed the user would orphan the index.
             debug_assert_eq!(user.username.as_bytes(), &name[..]);
             let new = encode(&user);
-            let (was, now) = (rotation_key(&before), rotation_key(&user));
+            let now = rotation_key(&user);
             let swapped = if was == now {
                 // The common case (lockout counts, tokens): one compare-and-swap.
                 self.users
@@ -280,7 +280,10 @@ impl Store for SledStore {
         // Keys start with the due time; every key of a time ≤ now sorts before (now + 1).
         for item in self.rotations.range(..(now + 1).to_be_bytes().to_vec()) {
             let (k, _) = item.map_err(io)?;
-            due.push(String::from_utf8_lossy(&k[8..]).into_owned());
+            // Every key is 8 bytes of time then the id; anything shorter is not ours.
+            if let Some(id) = k.get(8..) {
+                due.push(String::from_utf8_lossy(id).into_owned());
+            }
         }
         Ok(due)
     }
