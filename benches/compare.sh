@@ -38,24 +38,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+. benches/lib.sh
 need=()
 command -v nginx >/dev/null || need+=(nginx)
 command -v caddy >/dev/null || need+=(caddy)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} from Debian's packages" >&2
-  # Keep the packages' services from starting on install: this script starts its own.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  rm -f /usr/sbin/policy-rc.d
-fi
+install_debian "${need[@]}"
 
 cargo build --release --quiet
 BIN=$PWD/target/release/tokengate
 
 # One certificate for every TLS proxy.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
-  -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+bench_cert "$WORK"
 
 UPSTREAM_PORT=18080
 UPSTREAM=127.0.0.1:$UPSTREAM_PORT
@@ -68,20 +62,7 @@ TG_COLD=18447
 htpasswd -nbB -C "$BCRYPT_COST" bench 'Passw0rdBench' | cut -d: -f2- | tr -d '\n' > "$WORK/bcrypt"
 printf 'bench:%s\n' "$(cat "$WORK/bcrypt")" > "$WORK/htpasswd"
 
-cat > "$WORK/upstream.conf" <<EOF
-worker_processes auto;
-pid $WORK/upstream.pid;
-error_log $WORK/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen $UPSTREAM;
-    location / { default_type application/json; return 200 '{"totalSize":1,"done":true,"records":[{"Name":"Acme"}]}'; }
-  }
-}
-EOF
+upstream_conf "$WORK" "$UPSTREAM" > "$WORK/upstream.conf"
 nginx -c "$WORK/upstream.conf" -p "$WORK" -g 'daemon off;' &
 PIDS+=($!)
 UPSTREAM_PID=$!
@@ -131,68 +112,24 @@ caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1
 PIDS+=($!)
 CADDY_PID=$!
 
-tg_config() { # port data cache_size failure_delay
-  cat <<EOF
-[server]
-listen = "127.0.0.1:$1"
-[tls]
-cert = "$WORK/cert.pem"
-key = "$WORK/key.pem"
-[upstream]
-url = "http://$UPSTREAM"
-[store]
-path = "$2"
-[auth]
-credential_cache_size = $3
-[limits]
-# The benchmark's flood and logins come from one address; per-address limits would measure
-# the limiter, not the path.
-login_per_ip = 100000000
-login_per_user = 100000000
-argon2_per_second = 100000
-failure_delay = "$4"
-[lockout]
-max_failures = 0
-[log]
-level = "warn"
-EOF
-}
 # The cold server also shows the flood without the failure delay (it delays no successful login).
-tg_config $TG "$WORK/tg" 100000 250ms > "$WORK/tg.toml"
-tg_config $TG_COLD "$WORK/tg-cold" 0 0 > "$WORK/tg-cold.toml"
+tg_config $TG "$WORK/tg" 100000 250ms "$UPSTREAM" "$WORK" > "$WORK/tg.toml"
+tg_config $TG_COLD "$WORK/tg-cold" 0 0 "$UPSTREAM" "$WORK" > "$WORK/tg-cold.toml"
 for c in tg tg-cold; do
-  printf 'Passw0rdAdmin1\n' | "$BIN" --config "$WORK/$c.toml" user add admin@bench.invalid \
-    --email admin@bench.invalid --admin --password-stdin --show-token | tail -n1 > "$WORK/$c.admin-token"
+  tg_admin "$BIN" "$WORK/$c.toml" > "$WORK/$c.admin-token"
   "$BIN" --config "$WORK/$c.toml" serve 2>"$WORK/$c.log" &
   PIDS+=($!)
   eval "PID_${c//-/_}=\$!"
 done
 
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 for p in 18080 $NGINX_PLAIN $NGINX_BASIC $CADDY_BASIC $TG $TG_COLD; do wait_port "$p"; done
 
 LT=(--ca "$WORK/cert.pem" --duration "$DURATION" --quiet)
 printf '{"target":"","users":[{"username":"bench","secret":"Passw0rdBench"}]}' > "$WORK/bench-user.json"
 for c in tg tg-cold; do
   port=$TG; [ "$c" = tg-cold ] && port=$TG_COLD
-  TOKENGATE_ADMIN_SECRET="Passw0rdAdmin1$(cat "$WORK/$c.admin-token")" "$BIN" loadtest setup \
-    --target "https://127.0.0.1:$port" --ca "$WORK/cert.pem" --admin admin@bench.invalid \
-    --users 64 --users-file "$WORK/$c.users.json" >/dev/null
+  tg_users "$BIN" "$port" "$WORK" "$(cat "$WORK/$c.admin-token")" "$WORK/$c.users.json"
 done
-
-rss_kib() { # total RSS of a process and its children
-  local total=0 p
-  for p in $1 $(pgrep -P "$1" || true); do total=$((total + $(ps -o rss= -p "$p" 2>/dev/null || echo 0))); done
-  echo "$total"
-}
-cpu_ticks() { # user + system CPU ticks of a process and its children
-  local total=0 p f
-  for p in $1 $(pgrep -P "$1" || true); do
-    f=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-    total=$((total + f))
-  done
-  echo "$total"
-}
 
 # run NAME PORT SCENARIO USERS PID [load-tool args]: one run into $OUT/NAME.json, with the
 # server's RSS and CPU time added under "server".

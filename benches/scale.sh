@@ -15,9 +15,8 @@ cargo build --release --quiet --example scale
 cargo build --release --quiet
 BIN=./target/release/tokengate
 ./target/release/examples/scale "$WORK/data" "$USERS" "$SESSIONS" "$WORK/users.json"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
-  -addext "subjectAltName=IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
-  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+. benches/lib.sh
+bench_cert "$WORK"
 PORT=18460
 cat > "$WORK/t.toml" <<EOT
 [server]

@@ -1,0 +1,100 @@
+# Shared by the benchmark scripts (sourced, not run): Debian packages, the certificate, the
+# upstream, tokengate's configuration, and the process figures the scripts report.
+
+# install_debian PKG...: installs the packages that are missing, without starting their services
+# (the scripts start their own). Needs root.
+install_debian() {
+  [ $# -gt 0 ] || return 0
+  echo "installing $* from Debian's packages" >&2
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+}
+
+# bench_cert DIR: DIR/cert.pem and DIR/key.pem, a P-256 certificate for 127.0.0.1 and localhost.
+bench_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -addext "basicConstraints=critical,CA:FALSE" \
+    -addext "extendedKeyUsage=serverAuth" -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
+}
+
+# upstream_conf DIR ADDR: an nginx configuration answering every path with a small JSON body on
+# plain HTTP — the upstream every proxy in the benchmarks fronts.
+upstream_conf() {
+  cat <<EOF
+worker_processes auto;
+pid $1/upstream.pid;
+error_log $1/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen $2;
+    location / { default_type application/json; return 200 '{"totalSize":1,"done":true,"records":[{"Name":"Acme"}]}'; }
+  }
+}
+EOF
+}
+
+# tg_config PORT DATA CACHE_SIZE FAILURE_DELAY UPSTREAM CERT_DIR: a tokengate configuration for
+# a benchmark on loopback.
+tg_config() {
+  cat <<EOF
+[server]
+listen = "127.0.0.1:$1"
+[tls]
+cert = "$6/cert.pem"
+key = "$6/key.pem"
+[upstream]
+url = "http://$5"
+[store]
+path = "$2"
+[auth]
+credential_cache_size = $3
+[limits]
+# The benchmarks' floods and logins come from one address; per-address limits would measure
+# the limiter, not the path.
+login_per_ip = 100000000
+login_per_user = 100000000
+argon2_per_second = 100000
+failure_delay = "$4"
+[lockout]
+max_failures = 0
+[log]
+level = "warn"
+EOF
+}
+
+# tg_admin BIN CONFIG: creates the admin user of a fresh data directory; prints its token.
+tg_admin() {
+  printf 'Passw0rdAdmin1\n' | "$1" --config "$2" user add admin@bench.invalid \
+    --email admin@bench.invalid --admin --password-stdin --show-token | tail -n1
+}
+
+# tg_users BIN PORT CERT_DIR ADMIN_TOKEN USERS_FILE: 64 load-test users, through the admin API.
+tg_users() {
+  TOKENGATE_ADMIN_SECRET="Passw0rdAdmin1$4" "$1" loadtest setup --target "https://127.0.0.1:$2" \
+    --ca "$3/cert.pem" --admin admin@bench.invalid --users 64 --users-file "$5" >/dev/null
+}
+
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "port $1 did not open" >&2
+  return 1
+}
+
+rss_kib() { # total RSS of a process and its children
+  local total=0 p
+  for p in $1 $(pgrep -P "$1" || true); do total=$((total + $(ps -o rss= -p "$p" 2>/dev/null || echo 0))); done
+  echo "$total"
+}
+
+cpu_ticks() { # user + system CPU ticks of a process and its children
+  local total=0 p f
+  for p in $1 $(pgrep -P "$1" || true); do
+    f=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + f))
+  done
+  echo "$total"
+}
