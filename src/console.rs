@@ -320,15 +320,24 @@ struct Row {
     reason: Option<String>,
 }
 
-fn rows(app: &App, filter: &HistoryFilter, skip: usize, with_reason: bool) -> Vec<Row> {
+/// Login-history rows for a page. The query runs on the blocking pool: a late page of the
+/// history skips up to 50,000 rows.
+async fn rows(app: &App, filter: &HistoryFilter, skip: usize, with_reason: bool) -> Vec<Row> {
     let mut f = filter.clone();
     f.limit += skip;
-    app.store
-        .history_query(&f)
-        .unwrap_or_else(|e| {
+    let store = app.store.clone();
+    let found = match tokio::task::spawn_blocking(move || store.history_query(&f)).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot read the login history");
             Vec::new()
-        })
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the login-history query task failed");
+            Vec::new()
+        }
+    };
+    found
         .into_iter()
         .skip(skip)
         .map(|r| Row {
@@ -405,7 +414,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Resp
     }
     match rest.as_str() {
         "" => redirect(&format!("{BASE}/settings"), None),
-        "settings" => settings(&page, &user, None, None),
+        "settings" => settings(&page, &user, None, None).await,
         "settings/reset-token" => page.render(
             StatusCode::OK,
             "confirm_reset.html",
@@ -426,7 +435,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Resp
             match s {
                 "setup/users" => users_page(&page, &q, None, None),
                 "setup/compliance" => compliance_page(&page, None, None),
-                "setup/history" => history_page(&page, &q),
+                "setup/history" => history_page(&page, &q).await,
                 "setup/history.csv" => history_csv(&app, &q).await,
                 _ => page.message(
                     StatusCode::NOT_FOUND,
@@ -538,7 +547,7 @@ async fn signin(app: &App, req: Request<Incoming>, peer: Client, method: Method)
     }
 }
 
-fn settings(
+async fn settings(
     page: &Page<'_>,
     user: &User,
     notice: Option<String>,
@@ -564,7 +573,7 @@ fn settings(
             token_reset => format_ms(user.token_reset_at * 1000),
             masked_email => mask_email(&user.email),
             policy => page.app.tokens.policy().describe(),
-            rows => rows(page.app, &filter, 0, false),
+            rows => rows(page.app, &filter, 0, false).await,
             show_reason => false,
             notice, error,
         },
@@ -597,15 +606,18 @@ async fn post(
             redirect(&format!("{BASE}/signin"), Some(clear_cookie()))
         }
         "settings/reset-token" => match app.tokens.rotate(&me.id, TokenReason::Requested).await {
-            Ok(r) => settings(
-                page,
-                &r.user,
-                Some(format!(
-                    "A new security token was emailed to {}.",
-                    r.masked_email
-                )),
-                None,
-            ),
+            Ok(r) => {
+                settings(
+                    page,
+                    &r.user,
+                    Some(format!(
+                        "A new security token was emailed to {}.",
+                        r.masked_email
+                    )),
+                    None,
+                )
+                .await
+            }
             Err(e) => {
                 let (status, msg) = token_failure(&e);
                 page.message(
@@ -629,7 +641,8 @@ async fn post(
                         me,
                         None,
                         Some("The current password is not right.".into()),
-                    );
+                    )
+                    .await;
                 }
             }
             match app
@@ -646,9 +659,9 @@ async fn post(
                     } else {
                         "Your password was changed.".into()
                     };
-                    settings(page, &r.user, Some(notice), None)
+                    settings(page, &r.user, Some(notice), None).await
                 }
-                Err(e) => settings(page, me, None, Some(token_failure(&e).1)),
+                Err(e) => settings(page, me, None, Some(token_failure(&e).1)).await,
             }
         }
         s if s.starts_with("setup/") => {
@@ -961,7 +974,7 @@ fn history_filter(q: &HashMap<String, String>) -> Result<HistoryFilter, String> 
     crate::history::filter(get("user"), get("since"), get("outcome"), 50)
 }
 
-fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -> Response<Body> {
+async fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -> Response<Body> {
     let (filter, error) = match history_filter(q) {
         Ok(f) => (f, None),
         Err(e) => (
@@ -985,7 +998,8 @@ fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -> Response<Body> 
         },
         (pg - 1) * 50,
         true,
-    );
+    )
+    .await;
     let more = found.len() > 50;
     found.truncate(50);
     let params = |p: usize| {

@@ -392,3 +392,29 @@ async fn an_idle_connection_the_upstream_closed_is_not_used_again() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout_on_a_quiet_proxy() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.upstream.pool_idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let sid = logged_in(&ts, "quiet@example.com").await;
+    let r = ts
+        .client()
+        .get(
+            "/services/data/v59.0/limits",
+            &[("authorization", &format!("Bearer {sid}"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let open = || up.open.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(open(), 1, "the connection stays open for reuse at first");
+    // No further call takes the connection: only the server's sweep can close it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open(), 0, "the idle upstream connection was never closed");
+}

@@ -147,6 +147,17 @@ impl Upstream {
         })
     }
 
+    /// Closes upstream connections that have been idle too long; how often to call it.
+    pub fn sweep_idle(&self) {
+        self.pool.sweep();
+    }
+
+    pub fn sweep_every(&self) -> Duration {
+        // Half the timeout keeps a connection at most 1.5 timeouts; a floor keeps a tiny
+        // timeout from spinning.
+        (self.pool.idle_timeout() / 2).max(Duration::from_millis(100))
+    }
+
     fn target(&self, original: &Uri) -> Uri {
         let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
         let pq = if self.prefix.is_empty() {

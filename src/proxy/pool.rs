@@ -7,7 +7,8 @@
 //! response head ([`Pool::send`]) and then from the response body ([`PooledBody`]), which hands
 //! the connection back to the pool once the body has been read to its end.
 //!
-//! Bounds: at most `max_idle` idle connections, none reused after `idle_timeout`. A connection
+//! Bounds: at most `max_idle` idle connections, none reused or kept open after `idle_timeout`
+//! (the server sweeps them, [`Pool::sweep`]). A connection
 //! the upstream closed while idle is noticed when it is taken (it has already read EOF) and
 //! dropped; a request that could not be written at all is retried once on a fresh connection
 //! (RFC 9110 §9.2.2: a request never sent is safe to send again, whatever its method).
@@ -138,16 +139,13 @@ impl Pool {
     /// The most recently used idle connection that is still open and ready.
     async fn checkout(&self) -> Option<Conn> {
         loop {
-            let idle = {
+            let (idle, expired) = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                // Oldest first in the vector: drop the expired ones from the front.
-                let expired = idle
-                    .iter()
-                    .take_while(|i| i.since.elapsed() >= self.idle_timeout)
-                    .count();
-                idle.drain(..expired);
-                idle.pop()
+                let expired = self.take_expired(&mut idle);
+                (idle.pop(), expired)
             };
+            // Closed outside the lock.
+            drop(expired);
             let mut conn = idle?.conn;
             // One poll lets the connection read a close (EOF) or finish its keep-alive
             // bookkeeping; then the sender says whether a request can go.
@@ -162,6 +160,30 @@ impl Pool {
                 return Some(conn);
             }
         }
+    }
+
+    /// The idle connections past `idle_timeout`, taken out of the list.
+    fn take_expired(&self, idle: &mut Vec<Idle>) -> Vec<Idle> {
+        // Oldest first in the vector: the expired ones are at the front.
+        let expired = idle
+            .iter()
+            .take_while(|i| i.since.elapsed() >= self.idle_timeout)
+            .count();
+        idle.drain(..expired).collect()
+    }
+
+    /// Closes the idle connections past `idle_timeout`. Taking a connection does this too;
+    /// this is for a quiet proxy, which would otherwise hold them open.
+    pub fn sweep(&self) {
+        let expired = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            self.take_expired(&mut idle)
+        };
+        drop(expired);
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     fn checkin(&self, conn: Conn) {

@@ -373,6 +373,15 @@ impl Server {
             }
         });
 
+        let pool_app = app.clone();
+        let pool_sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(pool_app.upstream.sweep_every());
+            loop {
+                tick.tick().await;
+                pool_app.upstream.sweep_idle();
+            }
+        });
+
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SESSION_SWEEP_EVERY);
             tick.tick().await;
@@ -385,7 +394,14 @@ impl Server {
 
         let (stop, stop_rx) = watch::channel(false);
         let accept_task = tokio::spawn(accept_loop(listener, app.clone(), stop_rx));
-        let mut background = vec![sweeper, admin_task, rotations, retries, housekeeping];
+        let mut background = vec![
+            sweeper,
+            admin_task,
+            rotations,
+            retries,
+            housekeeping,
+            pool_sweeper,
+        ];
         let mut metrics_addr = None;
         if let Some(addr) = app.cfg.metrics_listen {
             let (task, bound) = serve_metrics(addr, app.clone()).await?;

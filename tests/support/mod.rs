@@ -48,6 +48,8 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Recorded>>>,
     /// TCP connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// TCP connections open now.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -59,13 +61,17 @@ impl Upstream {
         let rec = seen.clone();
         let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let accepted = connections.clone();
+        let open: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let live = open.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let rec = rec.clone();
+                let live = live.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let rec = rec.clone();
@@ -74,6 +80,7 @@ impl Upstream {
                     let mut b = hyper::server::conn::http1::Builder::new();
                     b.timer(TokioTimer::new());
                     let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+                    live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
@@ -81,6 +88,7 @@ impl Upstream {
             addr,
             seen,
             connections,
+            open,
             task,
         }
     }
