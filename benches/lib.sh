@@ -1,6 +1,24 @@
 # Shared by the benchmark scripts (sourced, not run): Debian packages, the certificate, the
 # upstream, tokengate's configuration, and the process figures the scripts report.
 
+# bench_workdir: a fresh temporary directory in WORK; at exit every process in PIDS is stopped
+# and the directory removed.
+bench_workdir() {
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+# bench_out DIR: creates DIR and prints its absolute path.
+bench_out() {
+  mkdir -p "$1" && (cd "$1" && pwd)
+}
+
 # install_debian PKG...: installs the packages that are missing, without starting their services
 # (the scripts start their own). Needs root.
 install_debian() {

@@ -19,17 +19,9 @@ cd "$(dirname "$0")/.."
 SCENARIO=${1:-session}
 DURATION=${DURATION:-8}
 OUT=${OUT:-target/profile}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 . benches/lib.sh
+OUT=$(bench_out "$OUT")
+bench_workdir
 
 need=()
 command -v perf >/dev/null || need+=(linux-perf)
