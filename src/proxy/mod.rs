@@ -147,11 +147,12 @@ impl Upstream {
         })
     }
 
-    /// Closes upstream connections that have been idle too long; how often to call it.
+    /// Closes the upstream connections idle for longer than `pool_idle_timeout`.
     pub fn sweep_idle(&self) {
         self.pool.sweep();
     }
 
+    /// How often the server calls [`Upstream::sweep_idle`].
     pub fn sweep_every(&self) -> Duration {
         // Half the timeout keeps a connection at most 1.5 timeouts; a floor keeps a tiny
         // timeout from spinning.
