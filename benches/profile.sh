@@ -4,7 +4,7 @@
 #
 #   bash benches/profile.sh                 # the session path
 #   bash benches/profile.sh basic           # any scenario of `tokengate loadtest run`
-#   DURATION=20 bash benches/profile.sh mixed
+#   DURATION=20 bash benches/profile.sh mixed      # seconds recorded (default 8)
 #
 # Starts an upstream (nginx, as in compare.sh) and a release-built tokengate on loopback,
 # drives the scenario with the load tool (32 connections), and records tokengate alone with
@@ -18,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${1:-session}
 DURATION=${DURATION:-8}
+DURATION=${DURATION%s}
 OUT=${OUT:-target/profile}
 . benches/lib.sh
 OUT=$(bench_out "$OUT")
@@ -55,8 +56,9 @@ tg_users "$BIN" $PORT "$WORK" "$(cat "$WORK/admin-token")" "$WORK/users.json"
   --users-file "$WORK/users.json" --connections 32 --duration "$((DURATION + 4))s" --quiet \
   > "$OUT/$SCENARIO.load.txt" &
 LOAD=$!
+PIDS+=($LOAD)
 sleep 2
-perf record -q -F 499 --call-graph dwarf,16384 -p "$TG_PID" -o "$WORK/perf.data" -- sleep "$DURATION" 2>/dev/null
+perf record -q -F 499 --call-graph dwarf,16384 -p "$TG_PID" -o "$WORK/perf.data" -- sleep "$DURATION"
 wait $LOAD
 
 perf script -i "$WORK/perf.data" 2>/dev/null > "$WORK/perf.txt"
@@ -67,9 +69,10 @@ perf script -i "$WORK/perf.data" 2>/dev/null > "$WORK/perf.txt"
   echo "tokengate, scenario $SCENARIO, $DURATION s, $(nproc) cores; the load: $(grep -m1 'requests/s' "$OUT/$SCENARIO.load.txt" || true)"
   echo
   echo "CPU by binary (self time):"
-  perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep '%' | head -6
+  # awk rather than grep | head: head would stop reading, and pipefail would fail the script.
+  perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | awk '/%/ && n++ < 6'
   echo
   echo "Hottest functions (self time):"
-  perf report -i "$WORK/perf.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep '%' | head -25
+  perf report -i "$WORK/perf.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | awk '/%/ && n++ < 25'
 } | tee "$OUT/$SCENARIO.txt"
 echo "flamegraph: $OUT/$SCENARIO.svg"

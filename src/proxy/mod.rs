@@ -155,8 +155,8 @@ impl Upstream {
     /// How often the server calls [`Upstream::sweep_idle`].
     pub fn sweep_every(&self) -> Duration {
         // Half the timeout keeps a connection at most 1.5 timeouts; a floor keeps a tiny
-        // timeout from spinning.
-        (self.pool.idle_timeout() / 2).max(Duration::from_millis(100))
+        // timeout from spinning, a ceiling keeps a huge one from overflowing the timer.
+        (self.pool.idle_timeout() / 2).clamp(Duration::from_millis(100), Duration::from_secs(60))
     }
 
     fn target(&self, original: &Uri) -> Uri {
