@@ -171,12 +171,7 @@ async fn admin_commands_work_with_and_without_a_running_server() {
 
     let o = tokengate(&config, &["user", "disable", "bob@example.com"], None);
     assert!(o.status.success(), "{}", stderr(&o));
-    let r = c
-        .get(
-            "/services/data/v59.0/",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
-        .await;
+    let r = c.get_with_session("/services/data/v59.0/", &sid).await;
     assert_eq!(
         r.status,
         StatusCode::UNAUTHORIZED,
@@ -253,12 +248,7 @@ async fn sessions_survive_a_restart_of_the_process() {
 
     let server = serve(&config);
     let c = client(dir.path(), server.addr);
-    let r = c
-        .get(
-            "/services/data/v59.0/",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
-        .await;
+    let r = c.get_with_session("/services/data/v59.0/", &sid).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(up.last().headers["x-tokengate-user"], "restart@example.com");
     server.stop();

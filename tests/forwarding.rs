@@ -227,10 +227,7 @@ async fn unreachable_upstream_gives_502_and_slow_upstream_gives_504() {
     let sid = logged_in(&ts, "down@example.com").await;
     let r = ts
         .client()
-        .get(
-            "/services/data/v59.0/",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
+        .get_with_session("/services/data/v59.0/", &sid)
         .await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.json()["error"], "bad_gateway");
@@ -243,10 +240,7 @@ async fn unreachable_upstream_gives_502_and_slow_upstream_gives_504() {
     .await;
     let sid = logged_in(&ts, "slow@example.com").await;
     let started = std::time::Instant::now();
-    let r = ts
-        .client()
-        .get("/slow", &[("authorization", &format!("Bearer {sid}"))])
-        .await;
+    let r = ts.client().get_with_session("/slow", &sid).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.json()["error"], "gateway_timeout");
     assert!(
@@ -403,10 +397,7 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout_on_a_quiet_
     let sid = logged_in(&ts, "quiet@example.com").await;
     let r = ts
         .client()
-        .get(
-            "/services/data/v59.0/limits",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
+        .get_with_session("/services/data/v59.0/limits", &sid)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let open = || up.open.load(std::sync::atomic::Ordering::SeqCst);

@@ -55,10 +55,7 @@ async fn soap_login_returns_a_salesforce_shaped_result() {
     // The session works for a proxied call.
     let r = ts
         .client()
-        .get(
-            "/services/data/v59.0/sobjects",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
+        .get_with_session("/services/data/v59.0/sobjects", &sid)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
@@ -175,10 +172,7 @@ async fn oauth_password_grant_returns_a_signed_token() {
     assert_eq!(r.json()["organization_id"], ts.cfg.server.org.id18.as_str());
     let r = ts
         .client()
-        .get(
-            "/services/oauth2/userinfo",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
+        .get_with_session("/services/oauth2/userinfo", sid)
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["preferred_username"], "oauth@example.com");
@@ -195,10 +189,7 @@ async fn oauth_password_grant_returns_a_signed_token() {
     assert_eq!(r.status, StatusCode::OK);
     let r = ts
         .client()
-        .get(
-            "/services/data/v59.0/limits",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
+        .get_with_session("/services/data/v59.0/limits", sid)
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = ts
@@ -429,10 +420,7 @@ async fn logout_and_get_user_info_work_with_the_soap_session_header() {
     );
     assert!(r.text().contains("Illegal Session"));
     let r = c
-        .get(
-            "/services/data/v59.0/sobjects",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
+        .get_with_session("/services/data/v59.0/sobjects", &sid)
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }

@@ -84,10 +84,7 @@ async fn metrics_reflect_logins_failures_sessions_emails_and_upstream_calls() {
         )
         .await;
     ts.client()
-        .get(
-            "/services/data/v59.0/",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
+        .get_with_session("/services/data/v59.0/", &sid)
         .await;
     let b = ts
         .client()
@@ -405,12 +402,7 @@ async fn backup_while_running_and_restore_round_trip_everything() {
     let server = Serve::start(&cfg2, &[], &[]);
     let c = HttpsClient::new(&ca(other.path()), server.addr, false);
     // Session, token (the server key came along), lockout, setting and history all survived.
-    let r = c
-        .get(
-            "/services/data/v59.0/",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
-        .await;
+    let r = c.get_with_session("/services/data/v59.0/", &sid).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let r = c
         .post(
@@ -479,11 +471,7 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
         let sid = extract(&soap.text(), "sessionId").unwrap();
         let oauth = c.oauth_login("logged@example.com", &secret).await;
         let access = oauth.json()["access_token"].as_str().unwrap().to_owned();
-        c.get(
-            "/services/data/v59.0/",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
-        .await;
+        c.get_with_session("/services/data/v59.0/", &sid).await;
         c.get(
             "/services/data/v59.0/",
             &[("authorization", &basic("logged@example.com", &secret))],

@@ -10,10 +10,7 @@ use support::*;
 
 async fn call(ts: &TestServer, sid: &str) -> StatusCode {
     ts.client()
-        .get(
-            "/services/data/v59.0/sobjects",
-            &[("authorization", &format!("Bearer {sid}"))],
-        )
+        .get_with_session("/services/data/v59.0/sobjects", sid)
         .await
         .status
 }

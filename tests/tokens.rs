@@ -103,10 +103,7 @@ async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
     // The reset ended the user's sessions (the default).
     let r =
         e.ts.client()
-            .get(
-                "/services/data/v59.0/",
-                &[("authorization", &format!("Bearer {sid}"))],
-            )
+            .get_with_session("/services/data/v59.0/", &sid)
             .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // The old Basic credential fails on the very next request.
@@ -136,10 +133,7 @@ async fn the_admin_api_refuses_non_admins_with_403_and_strangers_with_401() {
             .await;
     let r =
         e.ts.client()
-            .get(
-                "/tokengate/v1/admin/settings/compliance-bcc",
-                &[("authorization", &format!("Bearer {sid}"))],
-            )
+            .get_with_session("/tokengate/v1/admin/settings/compliance-bcc", &sid)
             .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = e.ts.client().get("/tokengate/v1/admin/users", &[]).await;

@@ -454,6 +454,12 @@ impl HttpsClient {
         self.call(b, Bytes::new()).await
     }
 
+    /// A GET carrying a session id as a Bearer token, as REST clients send it.
+    pub async fn get_with_session(&self, path: &str, sid: &str) -> Reply {
+        self.get(path, &[("authorization", &format!("Bearer {sid}"))])
+            .await
+    }
+
     pub async fn post(&self, path: &str, content_type: &str, body: impl Into<Bytes>) -> Reply {
         let b = self
             .request(Method::POST, path)
