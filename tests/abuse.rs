@@ -582,6 +582,13 @@ async fn a_flood_of_random_usernames_keeps_the_limiters_under_their_key_cap() {
         .await;
 }
 
+/// A call's reply and how long it took.
+async fn timed(call: impl Future<Output = Reply>) -> (Reply, Duration) {
+    let t = std::time::Instant::now();
+    let r = call.await;
+    (r, t.elapsed())
+}
+
 #[tokio::test]
 async fn failures_are_answered_after_the_failure_delay_and_successes_are_not() {
     let up = Upstream::start().await;
@@ -598,39 +605,24 @@ async fn failures_are_answered_after_the_failure_delay_and_successes_are_not() {
         ("slow@example.com", "Passw0rdWRONGTOKENWRONGTOKEN"),
         ("slow@example.com", wrong_password.as_str()),
     ] {
-        let t = std::time::Instant::now();
-        let r = soap(&ts, user, secret, &[]).await;
+        let (r, took) = timed(soap(&ts, user, secret, &[])).await;
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(r.text().contains("INVALID_LOGIN"), "{}", r.text());
-        assert!(
-            t.elapsed() >= delay,
-            "SOAP failure answered after {:?}",
-            t.elapsed()
-        );
+        assert!(took >= delay, "SOAP failure answered after {took:?}");
 
-        let t = std::time::Instant::now();
-        let r = basic_call(&ts, user, secret).await;
+        let (r, took) = timed(basic_call(&ts, user, secret)).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-        assert!(
-            t.elapsed() >= delay,
-            "Basic failure answered after {:?}",
-            t.elapsed()
-        );
+        assert!(took >= delay, "Basic failure answered after {took:?}");
     }
-    let t = std::time::Instant::now();
-    let r = ts.client().oauth_login("nobody@example.com", &good).await;
+    let client = ts.client();
+    let (r, took) = timed(client.oauth_login("nobody@example.com", &good)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(
-        t.elapsed() >= delay,
-        "OAuth failure answered after {:?}",
-        t.elapsed()
-    );
+    assert!(took >= delay, "OAuth failure answered after {took:?}");
 
     // A right login is not held back.
-    let t = std::time::Instant::now();
-    let r = soap(&ts, "slow@example.com", &good, &[]).await;
+    let (r, took) = timed(soap(&ts, "slow@example.com", &good, &[])).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert!(t.elapsed() < delay, "a success waited {:?}", t.elapsed());
+    assert!(took < delay, "a success waited {took:?}");
 }
 
 #[tokio::test]
@@ -671,13 +663,9 @@ async fn failures_beyond_max_delayed_failures_are_answered_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let t = std::time::Instant::now();
-    let r = soap(&ts, "third@example.com", "x1234567", &[]).await;
+    let (r, took) = timed(soap(&ts, "third@example.com", "x1234567", &[])).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "the third failure waited"
-    );
+    assert!(took < Duration::from_secs(10), "the third failure waited");
     assert_eq!(overflowed(), before + 1);
     for w in waiting {
         w.abort();

@@ -12,14 +12,18 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
+/// Runs `tokengate loadtest ARGS` to its end. The test's server runs on the same runtime, so
+/// the wait is on a blocking section (the tests use the multi-thread runtime).
 fn loadtest(args: &[&str], admin_secret: &str) -> Output {
-    Command::new(BIN)
-        .arg("loadtest")
-        .args(args)
-        .env("TOKENGATE_ADMIN_SECRET", admin_secret)
-        .env("TOKENGATE_LOADTEST_CLIENT_SECRET", CLIENT_SECRET)
-        .output()
-        .unwrap()
+    tokio::task::block_in_place(|| {
+        Command::new(BIN)
+            .arg("loadtest")
+            .args(args)
+            .env("TOKENGATE_ADMIN_SECRET", admin_secret)
+            .env("TOKENGATE_LOADTEST_CLIENT_SECRET", CLIENT_SECRET)
+            .output()
+            .unwrap()
+    })
 }
 
 fn ok(o: &Output) -> String {
@@ -61,17 +65,15 @@ async fn loadtest_sets_up_runs_every_scenario_and_cleans_up() {
         users_file.to_str().unwrap(),
     ];
 
-    let out = ok(&tokio::task::block_in_place(|| {
-        loadtest(
-            &[
-                &["setup"][..],
-                &common,
-                &["--admin", "ops@example.com", "--users", "6"],
-            ]
-            .concat(),
-            &secret,
-        )
-    }));
+    let out = ok(&loadtest(
+        &[
+            &["setup"][..],
+            &common,
+            &["--admin", "ops@example.com", "--users", "6"],
+        ]
+        .concat(),
+        &secret,
+    ));
     assert!(out.contains("created 6 load-test users"), "{out}");
     let mode = std::fs::metadata(&users_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "only the owner can read the credentials");
@@ -111,7 +113,7 @@ async fn loadtest_sets_up_runs_every_scenario_and_cleans_up() {
             &extra,
         ]
         .concat();
-        let out = ok(&tokio::task::block_in_place(|| loadtest(&args, &secret)));
+        let out = ok(&loadtest(&args, &secret));
         assert!(
             out.contains("requests/s") && out.contains("p99.9"),
             "{scenario}: {out}"
@@ -150,68 +152,60 @@ async fn loadtest_sets_up_runs_every_scenario_and_cleans_up() {
         );
     }
 
-    let out = ok(&tokio::task::block_in_place(|| {
-        loadtest(
-            &[&["cleanup"][..], &common, &["--admin", "ops@example.com"]].concat(),
-            &secret,
-        )
-    }));
+    let out = ok(&loadtest(
+        &[&["cleanup"][..], &common, &["--admin", "ops@example.com"]].concat(),
+        &secret,
+    ));
     assert!(out.contains("deleted 6 load-test users"), "{out}");
     assert!(ts.app().users.list().unwrap().iter().all(|u| !u.loadtest));
 
     // Clear errors: no users file, an untrusted certificate, a wrong admin secret.
-    let o = tokio::task::block_in_place(|| {
-        loadtest(
-            &[
-                "run",
-                "--target",
-                &target,
-                "--ca",
-                &ca,
-                "--users-file",
-                "/nonexistent.json",
-                "--scenario",
-                "basic",
-                "--duration",
-                "1s",
-            ],
-            &secret,
-        )
-    });
+    let o = loadtest(
+        &[
+            "run",
+            "--target",
+            &target,
+            "--ca",
+            &ca,
+            "--users-file",
+            "/nonexistent.json",
+            "--scenario",
+            "basic",
+            "--duration",
+            "1s",
+        ],
+        &secret,
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.json"));
-    let o = tokio::task::block_in_place(|| {
-        loadtest(
-            &[
-                "run",
-                "--target",
-                &target,
-                "--scenario",
-                "plain",
-                "--duration",
-                "1s",
-                "--connections",
-                "1",
-                "--quiet",
-            ],
-            &secret,
-        )
-    });
+    let o = loadtest(
+        &[
+            "run",
+            "--target",
+            &target,
+            "--scenario",
+            "plain",
+            "--duration",
+            "1s",
+            "--connections",
+            "1",
+            "--quiet",
+        ],
+        &secret,
+    );
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("errors   ")
             && !String::from_utf8_lossy(&o.stdout).contains("errors   none")
     );
-    let o = tokio::task::block_in_place(|| {
-        loadtest(
-            &[
-                &["setup"][..],
-                &common,
-                &["--admin", "ops@example.com", "--users", "1"],
-            ]
-            .concat(),
-            "wrong",
-        )
-    });
+    let o = loadtest(
+        &[
+            &["setup"][..],
+            &common,
+            &["--admin", "ops@example.com", "--users", "1"],
+        ]
+        .concat(),
+        "wrong",
+    );
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("401"),
@@ -225,27 +219,25 @@ async fn plain_http_targets_measure_an_upstream_directly_but_never_carry_credent
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("direct.json");
-    let o = tokio::task::block_in_place(|| {
-        loadtest(
-            &[
-                "run",
-                "--target",
-                &up.url(),
-                "--scenario",
-                "plain",
-                "--duration",
-                "1s",
-                "--connections",
-                "2",
-                "--rate",
-                "100",
-                "--quiet",
-                "--json",
-                json.to_str().unwrap(),
-            ],
-            "unused",
-        )
-    });
+    let o = loadtest(
+        &[
+            "run",
+            "--target",
+            &up.url(),
+            "--scenario",
+            "plain",
+            "--duration",
+            "1s",
+            "--connections",
+            "2",
+            "--rate",
+            "100",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        "unused",
+    );
     ok(&o);
     let plain = &read_json(&json)["plain"];
     assert!(plain["requests"].as_u64().unwrap() > 0, "{plain}");
@@ -259,22 +251,20 @@ async fn plain_http_targets_measure_an_upstream_directly_but_never_carry_credent
     )
     .unwrap();
     for scenario in ["session", "basic", "login-soap", "flood"] {
-        let o = tokio::task::block_in_place(|| {
-            loadtest(
-                &[
-                    "run",
-                    "--target",
-                    &up.url(),
-                    "--scenario",
-                    scenario,
-                    "--users-file",
-                    users.to_str().unwrap(),
-                    "--duration",
-                    "1s",
-                ],
-                "unused",
-            )
-        });
+        let o = loadtest(
+            &[
+                "run",
+                "--target",
+                &up.url(),
+                "--scenario",
+                scenario,
+                "--users-file",
+                users.to_str().unwrap(),
+                "--duration",
+                "1s",
+            ],
+            "unused",
+        );
         assert!(!o.status.success(), "{scenario} ran over plain HTTP");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("must be https://"), "{scenario}: {err}");
