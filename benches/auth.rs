@@ -61,6 +61,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         None,
         cfg.auth.token_length,
         cfg.auth.password_policy.clone(),
+        false,
     );
     let (_, token) = users
         .add(NewUser {
@@ -73,16 +74,21 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         })
         .unwrap();
     let (history, _task) = rt.block_on(async { History::start(store.clone(), &cfg.history) });
-    let cached = Authenticator::new(store.clone(), secrets.clone(), &cfg, history.clone()).unwrap();
+    let cached =
+        Authenticator::new(store.clone(), secrets.clone(), &cfg, history.clone(), None).unwrap();
     let mut no_cache = cfg.clone();
     no_cache.auth.credential_cache_size = 0;
-    let cold = Authenticator::new(store.clone(), secrets.clone(), &no_cache, history).unwrap();
+    let cold =
+        Authenticator::new(store.clone(), secrets.clone(), &no_cache, history, None).unwrap();
     let sessions = Sessions::new(
         store.clone(),
         secrets,
-        cfg.auth.session_idle_timeout,
-        cfg.auth.session_lifetime,
-        cfg.auth.max_sessions,
+        tokengate::auth::session::Limits {
+            idle: cfg.auth.session_idle_timeout,
+            lifetime: cfg.auth.session_lifetime,
+            max: cfg.auth.max_sessions,
+            max_per_user: cfg.auth.max_sessions_per_user,
+        },
         &cfg.server.org.id15,
     );
     let secret = format!("Passw0rd{token}");
@@ -157,7 +163,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("rejection_under_flood", |b| b.iter(|| flood(&n)));
 
     c.bench_function("session_lookup", |b| {
-        b.iter(|| f.sessions.lookup(black_box(&f.sid)).unwrap())
+        b.iter(|| f.sessions.lookup(black_box(&f.sid), LOCAL).unwrap())
     });
 }
 

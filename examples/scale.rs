@@ -38,13 +38,17 @@ fn main() {
         None,
         24,
         cfg.auth.password_policy.clone(),
+        false,
     );
     let table = Arc::new(Sessions::new(
         store.clone(),
         secrets,
-        cfg.auth.session_idle_timeout,
-        cfg.auth.session_lifetime,
-        cfg.auth.max_sessions,
+        tokengate::auth::session::Limits {
+            idle: cfg.auth.session_idle_timeout,
+            lifetime: cfg.auth.session_lifetime,
+            max: cfg.auth.max_sessions,
+            max_per_user: cfg.auth.max_sessions.max(1),
+        },
         &cfg.server.org.id15,
     ));
     let mut ids = Vec::with_capacity(users);

@@ -49,6 +49,8 @@ pub enum AdminError {
     Period(String),
     #[error("invalid login range '{0}': use CIDRs such as 192.0.2.0/24, or none")]
     Range(String),
+    #[error("{0}")]
+    Synthetic(&'static str),
 }
 
 /// What admins see of a user: never a hash, never a token.
@@ -235,7 +237,12 @@ pub struct Users {
     sessions: Option<Arc<Sessions>>,
     token_length: usize,
     policy: PasswordPolicy,
+    /// `[loadtest] allow_synthetic_users` (reloadable).
+    allow_synthetic: std::sync::atomic::AtomicBool,
 }
+
+const SYNTHETIC_OFF: &str = "synthetic load-test users are refused on this server; set [loadtest] allow_synthetic_users = true on a test server to allow them";
+const SYNTHETIC_ADMIN: &str = "a synthetic load-test user cannot be an administrator";
 
 impl Users {
     pub fn new(
@@ -244,6 +251,7 @@ impl Users {
         sessions: Option<Arc<Sessions>>,
         token_length: usize,
         policy: PasswordPolicy,
+        allow_synthetic: bool,
     ) -> Self {
         Self {
             store,
@@ -251,7 +259,14 @@ impl Users {
             sessions,
             token_length,
             policy,
+            allow_synthetic: allow_synthetic.into(),
         }
+    }
+
+    /// Applies a reloaded `[loadtest] allow_synthetic_users`.
+    pub fn set_allow_synthetic(&self, allow: bool) {
+        self.allow_synthetic
+            .store(allow, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn find(&self, username: &str) -> Result<Arc<User>, AdminError> {
@@ -285,6 +300,19 @@ impl Users {
         self.policy
             .check(&new.password)
             .map_err(AdminError::Password)?;
+        // A synthetic user's token is chosen by the caller and never emailed, so no Compliance
+        // BCC copy ever shows it: only on a server that allows them, and never an admin.
+        if new.loadtest {
+            if !self
+                .allow_synthetic
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Err(AdminError::Synthetic(SYNTHETIC_OFF));
+            }
+            if new.admin {
+                return Err(AdminError::Synthetic(SYNTHETIC_ADMIN));
+            }
+        }
         let token = match new.token {
             None => self.secrets.generate_token(self.token_length)?,
             Some(_) if !new.loadtest => return Err(AdminError::Token(TokenError::Supplied)),
@@ -331,7 +359,7 @@ impl Users {
         let user = self.find(username)?;
         let user = self.store.update_user(&user.id, &mut |u| {
             u.disabled = disabled;
-            u.epoch += 1;
+            u.end_access();
         })?;
         if disabled {
             self.end_sessions(&user.id)?;
@@ -355,10 +383,11 @@ impl Users {
     /// Grants or revokes the admin flag.
     pub fn set_admin(&self, username: &str, admin: bool) -> Result<UserView, AdminError> {
         let user = self.find(username)?;
-        let user = self.store.update_user(&user.id, &mut |u| {
-            u.admin = admin;
-            u.epoch += 1;
-        })?;
+        if admin && user.loadtest {
+            return Err(AdminError::Synthetic(SYNTHETIC_ADMIN));
+        }
+        // Sessions need not end: every admin check reads the flag from the current record.
+        let user = self.store.update_user(&user.id, &mut |u| u.admin = admin)?;
         self.store.flush()?;
         Ok((&user).into())
     }
@@ -382,8 +411,9 @@ impl Users {
         let user = self.find(username)?;
         let user = self.store.update_user(&user.id, &mut |u| {
             u.login_ranges = ranges.clone();
-            u.epoch += 1;
+            u.end_access();
         })?;
+        self.end_sessions(&user.id)?;
         self.store.flush()?;
         Ok((&user).into())
     }
@@ -410,7 +440,7 @@ impl Users {
             u.disabled = false;
             u.password_changed_at = now;
             u.token_reset_at = now;
-            u.epoch += 1;
+            u.end_access();
         })?;
         self.end_sessions(&user.id)?;
         self.store.flush()?;

@@ -25,6 +25,8 @@ pub enum BackupError {
     Format(String),
     #[error("the data directory is not empty; restore only into an empty data directory")]
     NotEmpty,
+    #[error("the password hash of user '{user}' is not acceptable: {why}")]
+    Hash { user: String, why: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -52,21 +54,57 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-/// Writes a snapshot of `store` to `path` (atomically: a temporary file, then a rename).
-pub fn backup(store: &dyn Store, path: &Path) -> Result<u64, BackupError> {
+/// A fresh temporary file next to `path`, created exclusively (`O_EXCL`: never a file that
+/// already existed, whoever made it) with mode 0600 under a random name.
+fn create_temporary(path: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
     use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rng = ring::rand::SystemRandom::new();
+    loop {
+        let nonce = ring::rand::generate::<[u8; 8]>(&rng)
+            .map_err(|_| std::io::Error::other("the OS random generator failed"))?
+            .expose();
+        let tmp_name = format!(
+            ".{name}.{}.partial",
+            nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let tmp = dir.map_or_else(|| tmp_name.clone().into(), |d| d.join(&tmp_name));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes a snapshot of `store` to `path` atomically: a fresh 0600 temporary file in the same
+/// directory, written and synced, then renamed over `path` (and the directory synced, so the
+/// rename survives a crash).
+pub fn backup(store: &dyn Store, path: &Path) -> Result<u64, BackupError> {
     let file_err = |reason: String| BackupError::File {
         path: path.display().to_string(),
         reason,
     };
-    let tmp = path.with_extension("partial");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| file_err(e.to_string()))?;
+    let (tmp, f) = create_temporary(path).map_err(|e| file_err(e.to_string()))?;
+    // The temporary file goes away on every failure below.
+    struct Cleanup<'a>(Option<&'a Path>);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let mut cleanup = Cleanup(Some(&tmp));
     let mut w = BufWriter::new(f);
     let line = |l: &Line, w: &mut BufWriter<std::fs::File>| -> std::io::Result<()> {
         serde_json::to_writer(&mut *w, l)?;
@@ -102,6 +140,14 @@ pub fn backup(store: &dyn Store, path: &Path) -> Result<u64, BackupError> {
     let f = w.into_inner().map_err(|e| file_err(e.to_string()))?;
     f.sync_all().map_err(|e| file_err(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))?;
+    cleanup.0 = None;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| file_err(e.to_string()))?;
     Ok(n)
 }
 
@@ -139,9 +185,20 @@ pub fn restore(store: &dyn Store, path: &Path) -> Result<u64, BackupError> {
     for l in lines {
         let l = l.map_err(|_| bad())?;
         match serde_json::from_str::<Line>(&l).map_err(|_| bad())? {
-            Line::Record { k, v, .. } if !ended => {
+            Line::Record { c, k, v } if !ended => {
                 decode(&k)?;
-                decode(&v)?;
+                let value = decode(&v)?;
+                // A stored password hash sets the cost of verifying it: one with parameters
+                // beyond tokengate's bounds would make a login take gigabytes or minutes.
+                if c == "users" {
+                    let user = crate::store::User::decode(&value).map_err(|_| bad())?;
+                    crate::secret::check_stored_hash(&user.password_hash).map_err(|why| {
+                        BackupError::Hash {
+                            user: user.username.chars().take(80).collect(),
+                            why,
+                        }
+                    })?;
+                }
                 count += 1;
             }
             Line::End { records, .. } if !ended && records == count => ended = true,

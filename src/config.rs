@@ -58,6 +58,15 @@ pub mod file {
         pub history: History,
         pub metrics: Metrics,
         pub log: Log,
+        pub loadtest: Loadtest,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Loadtest {
+        /// Whether the admin API may create synthetic load-test users (a token chosen by the
+        /// caller, no email). Only on a test server.
+        pub allow_synthetic_users: bool,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -161,6 +170,8 @@ pub mod file {
         pub session_idle_timeout: String,
         pub session_lifetime: String,
         pub max_sessions: usize,
+        /// Sessions one user may hold; past it the user's oldest session ends.
+        pub max_sessions_per_user: usize,
         pub max_secret_bytes: usize,
         pub argon2_memory_kib: u32,
         pub argon2_iterations: u32,
@@ -184,6 +195,7 @@ pub mod file {
                 session_idle_timeout: "2h".into(),
                 session_lifetime: "2h".into(),
                 max_sessions: 500_000,
+                max_sessions_per_user: 1000,
                 max_secret_bytes: 4096,
                 argon2_memory_kib: 19_456,
                 argon2_iterations: 2,
@@ -382,6 +394,8 @@ pub struct Config {
     /// The Prometheus listener, if on (always a loopback address).
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
+    /// `[loadtest] allow_synthetic_users`: the admin API may create load-test users.
+    pub allow_synthetic_users: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -524,6 +538,7 @@ pub struct AuthConfig {
     pub session_idle_timeout: Duration,
     pub session_lifetime: Duration,
     pub max_sessions: usize,
+    pub max_sessions_per_user: usize,
     pub max_secret_bytes: usize,
     pub argon2: argon2::Params,
     pub hashing_concurrency: NonZeroUsize,
@@ -809,6 +824,7 @@ impl Config {
             None,
         )
         .map_err(|e| invalid("auth.argon2_*", format!("invalid argon2 parameters: {e}")))?;
+        crate::secret::check_argon2_params(&argon2).map_err(|e| invalid("auth.argon2_*", e))?;
         let concurrency = if a.hashing_concurrency == 0 {
             std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
         } else {
@@ -819,6 +835,12 @@ impl Config {
             session_idle_timeout: duration("auth.session_idle_timeout", &a.session_idle_timeout)?,
             session_lifetime: duration("auth.session_lifetime", &a.session_lifetime)?,
             max_sessions: bounded("auth.max_sessions", a.max_sessions, 1, 50_000_000)?,
+            max_sessions_per_user: bounded(
+                "auth.max_sessions_per_user",
+                a.max_sessions_per_user,
+                1,
+                1_000_000,
+            )?,
             max_secret_bytes: bounded("auth.max_secret_bytes", a.max_secret_bytes, 64, 16_384)?,
             argon2,
             hashing_concurrency: NonZeroUsize::new(bounded(
@@ -998,6 +1020,7 @@ impl Config {
             history,
             metrics_listen,
             log_level: f.log.level.clone(),
+            allow_synthetic_users: f.loadtest.allow_synthetic_users,
         })
     }
 

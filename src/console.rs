@@ -45,6 +45,9 @@ const LIFETIME: u64 = 8 * 3600;
 
 struct ConsoleSession {
     user_id: String,
+    /// The user's session epoch at sign-in: a console session ends with the user's API
+    /// sessions (disable, password change, token reset, lock, login-range change).
+    epoch: u64,
     csrf: String,
     created: u64,
     last_seen: AtomicU64,
@@ -109,7 +112,7 @@ impl Console {
             .tag(Domain::Session, &[b"console", sid.as_bytes()])
     }
 
-    fn create(&self, user: &User) -> Option<String> {
+    fn create(&self, user: &User) -> Option<(String, Arc<ConsoleSession>)> {
         let now = crate::now_secs();
         if self.sessions.len() >= MAX_SESSIONS {
             self.sessions.retain(|_, s| {
@@ -121,16 +124,20 @@ impl Console {
         }
         let sid = self.secrets.generate_session_secret().ok()?;
         let csrf = self.secrets.generate_session_secret().ok()?;
-        self.sessions.insert(
-            self.key(&sid),
-            Arc::new(ConsoleSession {
-                user_id: user.id.clone(),
-                csrf,
-                created: now,
-                last_seen: AtomicU64::new(now),
-            }),
-        );
-        Some(sid)
+        let session = Arc::new(ConsoleSession {
+            user_id: user.id.clone(),
+            epoch: user.session_epoch,
+            csrf,
+            created: now,
+            last_seen: AtomicU64::new(now),
+        });
+        self.sessions.insert(self.key(&sid), session.clone());
+        Some((sid, session))
+    }
+
+    /// Ends the console session whose CSRF token is `csrf` (sign-out, renewal).
+    fn end(&self, csrf: &str) {
+        self.sessions.retain(|_, s| s.csrf != csrf);
     }
 
     fn lookup(&self, sid: &str) -> Option<Arc<ConsoleSession>> {
@@ -152,6 +159,67 @@ impl Console {
     pub fn end_user(&self, user_id: &str) {
         self.sessions.retain(|_, s| s.user_id != user_id);
     }
+}
+
+/// Whether `path` is the console's.
+pub fn owns(path: &str) -> bool {
+    path == BASE || path.starts_with("/tokengate/console/")
+}
+
+/// A 403 page with `message`, for requests refused before the console saw them.
+pub fn forbidden(app: &App, message: &str) -> Response<Body> {
+    Page {
+        app,
+        me: None,
+        csrf: String::new(),
+    }
+    .message(StatusCode::FORBIDDEN, "Forbidden", message, BASE)
+}
+
+/// After the signed-in user's own action moved their session epoch on (a password change, a
+/// token reset), the console session has ended with the others: a fresh one keeps the user
+/// who acted signed in. None when nothing ended it.
+fn renew(
+    app: &App,
+    old: &Page<'_>,
+    before: &User,
+    after: &User,
+) -> Option<(String, Arc<ConsoleSession>)> {
+    if after.session_epoch == before.session_epoch || after.disabled {
+        return None;
+    }
+    app.console.end(&old.csrf);
+    app.console.create(after)
+}
+
+/// The page to render after an action by `user`: with the renewed session's CSRF token when
+/// the session was renewed.
+fn page_after<'a>(
+    app: &'a App,
+    page: &Page<'_>,
+    user: &'a User,
+    renewed: &Option<(String, Arc<ConsoleSession>)>,
+) -> Page<'a> {
+    Page {
+        app,
+        me: Some(user),
+        csrf: renewed
+            .as_ref()
+            .map_or_else(|| page.csrf.clone(), |(_, s)| s.csrf.clone()),
+    }
+}
+
+/// Sets the renewed session's cookie on `r`.
+fn with_cookie(
+    mut r: Response<Body>,
+    renewed: Option<(String, Arc<ConsoleSession>)>,
+) -> Response<Body> {
+    if let Some((sid, _)) = renewed
+        && let Ok(v) = HeaderValue::from_str(&session_cookie(&sid))
+    {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 fn cookie_value(req: &Request<Incoming>) -> Option<String> {
@@ -179,9 +247,11 @@ fn harden(mut r: Response<Body>) -> Response<Body> {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not "no-referrer": under it browsers send `Origin: null` with the console's own form
+    // posts, which the cross-site check cannot tell from a sandboxed attacker's.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -216,7 +286,7 @@ struct Me {
 struct Page<'a> {
     app: &'a App,
     me: Option<&'a User>,
-    csrf: &'a str,
+    csrf: String,
 }
 
 impl Page<'_> {
@@ -232,7 +302,7 @@ impl Page<'_> {
             title, section,
             brand => self.app.tokens.mailer().brand(),
             me => self.me.map(|u| Me { username: u.username.clone(), admin: u.admin }),
-            csrf => self.csrf,
+            csrf => &self.csrf,
             ..extra
         };
         let html = match self
@@ -375,7 +445,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Resp
     if rest == "signin" {
         return signin(&app, req, peer, method).await;
     }
-    // Everything else needs a console session.
+    // Everything else needs a console session whose user has not moved on since sign-in and
+    // is used from inside the user's login ranges (the same rule as API sessions).
     let Some((session, user)) = cookie_value(&req).and_then(|sid| {
         let s = app.console.lookup(&sid)?;
         let u = app
@@ -383,7 +454,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Resp
             .user_by_id(&s.user_id)
             .ok()
             .flatten()
-            .filter(|u| !u.disabled)?;
+            .filter(|u| !u.disabled && u.session_epoch == s.epoch && u.allows(peer.ip))?;
         Some((s, u))
     }) else {
         let expired = cookie_value(&req).is_some();
@@ -395,7 +466,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Resp
     let page = Page {
         app: &app,
         me: Some(&user),
-        csrf: &session.csrf,
+        csrf: session.csrf.clone(),
     };
     if method == Method::POST {
         let Some(f) = form(&app, req).await else {
@@ -410,7 +481,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Resp
         if !constant_time_eq(sent.as_bytes(), session.csrf.as_bytes()) {
             return page.message(StatusCode::FORBIDDEN, "Forbidden", "The form was not sent from this console (invalid or missing CSRF token). Reload the page and try again.", BASE);
         }
-        return post(&app, &page, &user, &rest, f).await;
+        return post(&app, &page, &user, &rest, f, peer).await;
     }
     match rest.as_str() {
         "" => redirect(&format!("{BASE}/settings"), None),
@@ -458,7 +529,7 @@ async fn signin(app: &App, req: Request<Incoming>, peer: Client, method: Method)
     let page = Page {
         app,
         me: None,
-        csrf: "",
+        csrf: String::new(),
     };
     if method != Method::POST {
         let expired = query(&req).contains_key("expired");
@@ -508,26 +579,18 @@ async fn signin(app: &App, req: Request<Incoming>, peer: Client, method: Method)
     };
     match app.auth.login(&attempt).await {
         Ok(v) => match app.console.create(&v.user) {
-            Some(sid) => redirect(&format!("{BASE}/settings"), Some(session_cookie(&sid))),
+            Some((sid, _)) => redirect(&format!("{BASE}/settings"), Some(session_cookie(&sid))),
             None => fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Too many console sessions; try again later.".into(),
             ),
         },
-        Err(AuthError::Rejected(_)) => fail(
+        // A password alone proves nothing a guesser could not have tried: a locked account
+        // answers exactly like a wrong password, or the lock would confirm the guess. The
+        // owner learns of the lock by email.
+        Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => fail(
             StatusCode::UNAUTHORIZED,
             "Invalid username or password, or the account is locked.".into(),
-        ),
-        Err(AuthError::Locked { until }) => fail(
-            StatusCode::LOCKED,
-            if until == u64::MAX {
-                "Your account is locked after too many failed logins. Ask an administrator to unlock it.".into()
-            } else {
-                format!(
-                    "Your account is locked after too many failed logins until {} (UTC).",
-                    format_ms(until.saturating_mul(1000))
-                )
-            },
         ),
         Err(AuthError::RateLimited { retry_after }) => fail(
             StatusCode::TOO_MANY_REQUESTS,
@@ -598,25 +661,20 @@ async fn post(
     me: &User,
     rest: &str,
     f: HashMap<String, String>,
+    peer: Client,
 ) -> Response<Body> {
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
     match rest {
         "signout" => {
-            app.console.sessions.retain(|_, s| s.csrf != page.csrf);
+            app.console.end(&page.csrf);
             redirect(&format!("{BASE}/signin"), Some(clear_cookie()))
         }
         "settings/reset-token" => match app.tokens.rotate(&me.id, TokenReason::Requested).await {
             Ok(r) => {
-                settings(
-                    page,
-                    &r.user,
-                    Some(format!(
-                        "A new security token was emailed to {}.",
-                        r.masked_email
-                    )),
-                    None,
-                )
-                .await
+                let renewed = renew(app, page, me, &r.user);
+                let next = page_after(app, page, &r.user, &renewed);
+                let notice = format!("A new security token was emailed to {}.", r.masked_email);
+                with_cookie(settings(&next, &r.user, Some(notice), None).await, renewed)
             }
             Err(e) => {
                 let (status, msg) = token_failure(&e);
@@ -629,21 +687,25 @@ async fn post(
             }
         },
         "settings/password" => {
-            match app
-                .auth
-                .verify_password_only(&me.username, get("current_password"))
-                .await
-            {
-                Ok(_) => {}
-                Err(_) => {
-                    return settings(
-                        page,
-                        me,
-                        None,
-                        Some("The current password is not right.".into()),
-                    )
-                    .await;
-                }
+            // Verified like a login: a wrong one counts toward lockout and is in the history.
+            let attempt = Attempt {
+                username: &me.username,
+                secret: get("current_password"),
+                ip: peer.ip,
+                dialect: Dialect::Password,
+                api_version: None,
+                client: None,
+                tls: peer.tls,
+                password_only: true,
+            };
+            if !matches!(app.auth.login(&attempt).await, Ok(v) if v.user.id == me.id) {
+                return settings(
+                    page,
+                    me,
+                    None,
+                    Some("The current password is not right.".into()),
+                )
+                .await;
             }
             match app
                 .tokens
@@ -659,7 +721,9 @@ async fn post(
                     } else {
                         "Your password was changed.".into()
                     };
-                    settings(page, &r.user, Some(notice), None).await
+                    let renewed = renew(app, page, me, &r.user);
+                    let next = page_after(app, page, &r.user, &renewed);
+                    with_cookie(settings(&next, &r.user, Some(notice), None).await, renewed)
                 }
                 Err(e) => settings(page, me, None, Some(token_failure(&e).1)).await,
             }
@@ -673,7 +737,7 @@ async fn post(
                     &format!("{BASE}/settings"),
                 );
             }
-            setup_post(app, page, s, &f).await
+            setup_post(app, page, me, s, &f).await
         }
         _ => page.message(
             StatusCode::NOT_FOUND,
@@ -687,6 +751,7 @@ async fn post(
 async fn setup_post(
     app: &App,
     page: &Page<'_>,
+    me: &User,
     path: &str,
     f: &HashMap<String, String>,
 ) -> Response<Body> {
@@ -783,10 +848,19 @@ async fn setup_post(
             .map_err(|e| e.to_string()),
         "reset-token" => match app.tokens.find(&name) {
             Ok(u) => match app.tokens.rotate(&u.id, TokenReason::AdminRotation).await {
-                Ok(r) => Ok(format!(
-                    "A new security token for {} was emailed to {}.",
-                    r.user.username, r.masked_email
-                )),
+                Ok(r) => {
+                    let msg = format!(
+                        "A new security token for {} was emailed to {}.",
+                        r.user.username, r.masked_email
+                    );
+                    // An admin who reset their own token stays signed in.
+                    if r.user.id == me.id {
+                        let renewed = renew(app, page, me, &r.user);
+                        let next = page_after(app, page, &r.user, &renewed);
+                        return with_cookie(users_page(&next, &none, Some(msg), None), renewed);
+                    }
+                    Ok(msg)
+                }
                 Err(e) => Err(token_failure(&e).1),
             },
             Err(e) => Err(e.to_string()),

@@ -189,8 +189,9 @@ pub const CSV_HEADER: &str =
 /// RFC 4180 CSV, one row per attempt, with a header line.
 pub fn to_csv(rows: &[HistoryRow], with_reason: bool) -> String {
     fn field(s: &str) -> String {
-        // Cells starting with a formula character are prefixed so spreadsheets do not run them.
-        let s = if s.starts_with(['=', '+', '-', '@']) {
+        // Cells starting with a formula character (OWASP's list: = + - @ tab CR) are prefixed
+        // so spreadsheets do not run them.
+        let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
             format!("'{s}")
         } else {
             s.to_owned()
@@ -262,6 +263,14 @@ mod tests {
         let line = csv.lines().nth(1).unwrap();
         assert!(line.contains("\"a,\"\"b\"\"\""), "{line}");
         assert!(line.contains("'=cmd()"), "{line}");
+        for lead in ["\t=cmd()", "\r=cmd()", "@SUM(A1)", "+1", "-1"] {
+            let r = HistoryRow {
+                client: Some(lead.into()),
+                ..row.clone()
+            };
+            let csv = to_csv(&[r], true);
+            assert!(csv.contains(&format!("'{lead}")), "{lead:?}: {csv}");
+        }
         assert!(line.ends_with("bad_credentials,wrong token"));
         assert!(
             to_csv(&[row], false)

@@ -1,9 +1,10 @@
 //! Rate limits (governor) and the lockout policy.
 //!
-//! Keyed limiters have a bounded key count: beyond the bound, a coarse limiter shared by all
-//! new keys takes over, so a flood of random usernames or addresses cannot grow memory without
-//! bound; stale keys are pruned on a schedule (`housekeep`). Login limits are checked before
-//! any password hashing.
+//! Keyed limiters have a bounded key count: beyond the bound, a coarse limiter shared by the
+//! keys that found no room takes over for them (keys already held keep their own state), so a
+//! flood of random usernames or addresses cannot grow memory without bound nor throttle the
+//! users the limiter already knows; stale keys are pruned on a schedule (`housekeep`). Login
+//! limits are checked before any password hashing.
 //!
 //! Failed logins are answered no sooner than `failure_delay` after they arrived (as Authelia
 //! delays its failed first-factor answers): every kind of failure then takes the same time, so
@@ -17,6 +18,7 @@
 //! (an integration with a stale token) counts once: recent wrong secrets are remembered per user
 //! as keyed fingerprints, in memory only.
 
+use std::cell::Cell;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -29,13 +31,94 @@ use ring::hmac;
 
 use crate::config::{LimitsConfig, LockoutConfig};
 use crate::store::LockoutState;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// A limiter key, noting whether the bounded store had no room for it.
+pub struct Probe<K> {
+    key: K,
+    spilled: Cell<bool>,
+}
+
+impl<K: Clone> Clone for Probe<K> {
+    fn clone(&self) -> Self {
+        Self {
+            key: self.key.clone(),
+            spilled: Cell::new(self.spilled.get()),
+        }
+    }
+}
+
+impl<K: Hash> Hash for Probe<K> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl<K: PartialEq> PartialEq for Probe<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl<K: Eq> Eq for Probe<K> {}
+
+/// governor's DashMap state store with a bound on its keys: once it holds `max` keys, a key it
+/// does not hold yet is not added (it is judged as fresh here and marked `spilled`, and the
+/// caller sends it to the shared limiter). Keys it holds keep their own state whatever the
+/// count, so a flood of new names cannot move real users onto the shared limiter.
+pub struct BoundedStore<K: Hash + Eq + Clone> {
+    inner: DashMapStateStore<K>,
+    max: usize,
+}
+
+impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
+    type Key = Probe<K>;
+
+    fn measure_and_replace<T, F, E>(&self, probe: &Probe<K>, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if self.inner.len() >= self.max && !self.inner.contains_key(&probe.key) {
+            probe.spilled.set(true);
+            return f(None).map(|(t, _)| t);
+        }
+        self.inner.measure_and_replace(&probe.key, f)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<Probe<K>> for BoundedStore<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(&self.inner, drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&self.inner);
+    }
+
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+type Keyed<K> = RateLimiter<
+    Probe<K>,
+    BoundedStore<K>,
+    DefaultClock,
+    NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+>;
 
 pub struct KeyedLimiter<K: Hash + Eq + Clone> {
-    keyed: DefaultKeyedRateLimiter<K>,
-    /// Shared by every key once `max_keys` is reached.
+    keyed: Keyed<K>,
+    /// Shared by the keys that found no room once `max_keys` is reached.
     overflow: DefaultDirectRateLimiter,
-    max_keys: usize,
     clock: DefaultClock,
 }
 
@@ -45,27 +128,39 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         let quota = Quota::with_period(period / n.get())
             .expect("non-zero period")
             .allow_burst(n);
+        let clock = DefaultClock::default();
         Self {
-            keyed: RateLimiter::keyed(quota),
+            keyed: RateLimiter::new(
+                quota,
+                BoundedStore {
+                    inner: DashMapStateStore::default(),
+                    max: max_keys,
+                },
+                clock.clone(),
+            ),
             overflow: RateLimiter::direct(
                 quota.allow_burst(n.saturating_mul(NonZeroU32::new(16).expect("16"))),
             ),
-            max_keys,
-            clock: DefaultClock::default(),
+            clock,
         }
     }
 
     /// `Err(wait)` when `key` is over its limit: the time until it may try again.
     pub fn check(&self, key: &K) -> Result<(), Duration> {
-        let result = if self.keyed.len() >= self.max_keys {
-            self.overflow
-                .check()
-                .map_err(|nu| nu.wait_time_from(self.clock.now()))
-        } else {
-            self.keyed
-                .check_key(key)
-                .map_err(|nu| nu.wait_time_from(self.clock.now()))
+        let probe = Probe {
+            key: key.clone(),
+            spilled: Cell::new(false),
         };
+        let mut result = self
+            .keyed
+            .check_key(&probe)
+            .map_err(|nu| nu.wait_time_from(self.clock.now()));
+        if probe.spilled.get() {
+            result = self
+                .overflow
+                .check()
+                .map_err(|nu| nu.wait_time_from(self.clock.now()));
+        }
         // Retry-After has whole-second resolution; never advise 0.
         result.map_err(|d| d.max(Duration::from_secs(1)))
     }
@@ -153,6 +248,11 @@ impl LoginLimits {
         tokio::time::sleep_until(deadline.into()).await;
     }
 
+    /// How long after its arrival a failure is answered.
+    pub fn failure_delay(&self) -> Duration {
+        self.failure_delay
+    }
+
     /// Failed logins waiting out their delay.
     pub fn delayed_failures(&self) -> usize {
         self.delayed.load(Ordering::Relaxed)
@@ -162,6 +262,11 @@ impl LoginLimits {
     pub fn check(&self, ip: IpAddr, canonical_user: &str) -> Result<(), Duration> {
         self.per_ip.check(&ip_key(ip))?;
         self.per_user.check(&canonical_user.to_owned())
+    }
+
+    /// Per client address only (self-service requests that failed verification).
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.per_ip.check(&ip_key(ip))
     }
 
     /// The global cap on password verifications.
@@ -312,6 +417,24 @@ mod tests {
         }
         assert_eq!(l.keys(), 10, "no new keys past the bound");
         assert!(refused > 0);
+    }
+
+    #[test]
+    fn keys_held_before_the_bound_keep_their_own_limit_during_a_flood() {
+        let l = KeyedLimiter::new(NonZeroU32::new(3).unwrap(), Duration::from_secs(3600), 10);
+        assert!(l.check(&"alice".to_owned()).is_ok());
+        // A flood of new names fills the store and exhausts the shared limiter.
+        for i in 0..1000 {
+            let _ = l.check(&format!("flood-{i}"));
+        }
+        assert!(
+            l.check(&"new-name".to_owned()).is_err(),
+            "the shared limiter is spent"
+        );
+        // Alice still has her own two remaining attempts, then her own refusal.
+        assert!(l.check(&"alice".to_owned()).is_ok());
+        assert!(l.check(&"alice".to_owned()).is_ok());
+        assert!(l.check(&"alice".to_owned()).is_err());
     }
 
     fn lockout(max: u32) -> Lockout {

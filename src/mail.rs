@@ -201,6 +201,85 @@ password. Change your password and reset your token.</p>\
     (subject, text, html)
 }
 
+/// An account that a failed login just locked, for the email that tells its owner.
+#[derive(Debug)]
+pub struct LockNotice {
+    pub user: User,
+    /// When it locked (Unix seconds).
+    pub at: u64,
+    /// The address the failed login that locked it came from.
+    pub ip: std::net::IpAddr,
+    /// Locked until (Unix seconds); `u64::MAX`: until an administrator unlocks it.
+    pub until: u64,
+}
+
+/// Lock notices waiting to be sent at most; beyond, a notice is dropped with an error log.
+pub const LOCK_NOTICE_QUEUE: usize = 1000;
+
+/// Sends queued lock notices one at a time until the queue's senders are gone.
+pub async fn send_lock_notices(
+    mailer: Arc<Mailer>,
+    mut queue: tokio::sync::mpsc::Receiver<LockNotice>,
+) {
+    while let Some(n) = queue.recv().await {
+        match mailer.send_lock_notice(&n).await {
+            Ok(()) => tracing::info!(user = %n.user.username, "lock notice emailed"),
+            Err(MailError::NotConfigured) => {}
+            Err(e) => {
+                tracing::warn!(user = %n.user.username, error = %e, "lock notice could not be emailed")
+            }
+        }
+    }
+}
+
+fn render_lock(brand: &str, n: &LockNotice) -> (String, String, String) {
+    let name = if n.user.full_name.is_empty() {
+        &n.user.username
+    } else {
+        &n.user.full_name
+    };
+    let until = if n.until == u64::MAX {
+        "until an administrator unlocks it".to_owned()
+    } else {
+        format!("until {} (UTC)", rfc3339(n.until))
+    };
+    let subject = format!("Your {brand} account was locked");
+    let text = format!(
+        "Hello {name},\n\n\
+Your {brand} account {username} was locked at {when} (UTC) after too many failed logins; \
+the last one came from the address {ip}. It stays locked {until}.\n\n\
+While it is locked, nobody can log in with it, and sessions that were open have ended.\n\n\
+If the failed logins were yours (an integration with an old password or security token, \
+perhaps), correct them and log in again once the lock ends. If they were not yours, \
+someone may be guessing your password: tell your administrator, and change your password \
+once you can log in.\n\n\
+-- {brand}\n",
+        username = n.user.username,
+        when = rfc3339(n.at),
+        ip = n.ip,
+    );
+    let e = |s: &str| quick_xml::escape::escape(s).into_owned();
+    let html = format!(
+        "<!DOCTYPE html><html><body style=\"font-family:sans-serif\">\
+<p>Hello {name},</p>\
+<p>Your {brand} account <strong>{username}</strong> was locked at {when} (UTC) after too many \
+failed logins; the last one came from the address {ip}. It stays locked {until}.</p>\
+<p>While it is locked, nobody can log in with it, and sessions that were open have ended.</p>\
+<p>If the failed logins were yours (an integration with an old password or security token, \
+perhaps), correct them and log in again once the lock ends. If they were not yours, someone \
+may be guessing your password: tell your administrator, and change your password once you \
+can log in.</p>\
+<p>-- {brand}</p></body></html>",
+        name = e(name),
+        brand = e(brand),
+        username = e(&n.user.username),
+        when = rfc3339(n.at),
+        ip = n.ip,
+        until = e(&until),
+    );
+    (subject, text, html)
+}
+
 enum Transport {
     None,
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
@@ -375,23 +454,46 @@ impl Mailer {
             tracing::debug!(user = %m.user.username, "token email for a load-test user not sent");
             return Ok(());
         }
+        let brand = self.active().cfg.brand.clone();
+        self.send_to_user(m.user, &|redacted| render(&brand, m, redacted), true)
+            .await
+    }
+
+    /// Tells a user the account was locked (with its Compliance BCC copy, like every message).
+    pub async fn send_lock_notice(&self, n: &LockNotice) -> Result<(), MailError> {
+        if n.user.loadtest {
+            return Ok(());
+        }
+        let brand = self.active().cfg.brand.clone();
+        self.send_to_user(&n.user, &|_| render_lock(&brand, n), false)
+            .await
+    }
+
+    /// Sends one message to `user`, then its compliance copy when the setting is on.
+    /// `content(redacted)` renders it; `has_secret` says whether the unredacted form carries
+    /// one (a copy that carries none can wait in the store for a retry).
+    async fn send_to_user(
+        &self,
+        user: &User,
+        content: &(dyn Fn(bool) -> (String, String, String) + Sync),
+        has_secret: bool,
+    ) -> Result<(), MailError> {
         if !self.is_configured() {
             return Err(MailError::NotConfigured);
         }
         let to: Mailbox = {
-            let addr: Address = m
-                .user
+            let addr: Address = user
                 .email
                 .parse()
-                .map_err(|_| MailError::Address(m.user.email.chars().take(100).collect()))?;
-            let name = if m.user.full_name.is_empty() {
+                .map_err(|_| MailError::Address(user.email.chars().take(100).collect()))?;
+            let name = if user.full_name.is_empty() {
                 None
             } else {
-                Some(m.user.full_name.clone())
+                Some(user.full_name.clone())
             };
             Mailbox::new(name, addr)
         };
-        let (subject, text, html) = render(&self.active().cfg.brand, m, false);
+        let (subject, text, html) = content(false);
         let message = self.build(&to, &subject, text, html)?;
         let sent = self.deliver(&to.email, &message.formatted()).await;
         crate::metrics::METRICS.email(crate::metrics::MailKind::User, sent.is_ok());
@@ -411,8 +513,7 @@ impl Mailer {
             };
             // The copy carries the user's own headers (To: the user), like a Bcc, and goes to
             // the compliance mailbox only by its envelope.
-            let (subject, text, html) =
-                render(&self.active().cfg.brand, m, compliance.redact_secrets);
+            let (subject, text, html) = content(compliance.redact_secrets);
             let copy = self.build(&to, &subject, text, html)?.formatted();
             let sent = self.deliver(&bcc, &copy).await;
             crate::metrics::METRICS.email(crate::metrics::MailKind::Compliance, sent.is_ok());
@@ -424,7 +525,7 @@ impl Mailer {
                         raw: String::from_utf8_lossy(&copy).into_owned(),
                         attempts: 1,
                     },
-                    compliance.redact_secrets,
+                    compliance.redact_secrets || !has_secret,
                 );
             }
         }

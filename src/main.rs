@@ -609,6 +609,9 @@ fn print_user(u: &UserView, json: bool) {
     println!("full name:         {}", u.full_name);
     println!("admin:             {}", u.admin);
     println!("disabled:          {}", u.disabled);
+    if u.loadtest {
+        println!("synthetic:         yes (a load-test user: its token was never emailed)");
+    }
     println!("created:           {}", when(u.created_at));
     println!("password changed:  {}", when(u.password_changed_at));
     println!("token reset:       {}", when(u.token_reset_at));
@@ -771,13 +774,17 @@ fn print_answer(answer: Answer, json: bool, show_token: bool) -> Result<(), BoxE
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
                 println!(
-                    "{:<40} {:<20} {:<6} {:<8} EMAIL",
+                    "{:<40} {:<20} {:<6} {:<19} EMAIL",
                     "USERNAME", "ID", "ADMIN", "STATUS"
                 );
                 for u in users {
-                    let status = if u.disabled { "disabled" } else { "active" };
+                    let mut status = if u.disabled { "disabled" } else { "active" }.to_owned();
+                    if u.loadtest {
+                        // Made by `tokengate loadtest setup`: a token no email carried.
+                        status.push_str(", synthetic");
+                    }
                     println!(
-                        "{:<40} {:<20} {:<6} {:<8} {}",
+                        "{:<40} {:<20} {:<6} {:<19} {}",
                         u.username, u.id, u.admin, status, u.email
                     );
                 }

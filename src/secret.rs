@@ -23,6 +23,48 @@ pub enum SecretError {
     Hash(String),
 }
 
+/// The largest argon2 parameters tokengate configures or verifies with: a stored hash (from a
+/// restored backup, say) cannot make one verification take gigabytes or minutes.
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 1 << 20;
+pub const MAX_ARGON2_ITERATIONS: u32 = 16;
+pub const MAX_ARGON2_PARALLELISM: u32 = 16;
+
+/// Checks argon2 parameters against the bounds above; the error names the one out of range.
+pub fn check_argon2_params(p: &Params) -> Result<(), String> {
+    if p.m_cost() > MAX_ARGON2_MEMORY_KIB {
+        return Err(format!(
+            "memory {} KiB is above the bound of {MAX_ARGON2_MEMORY_KIB} KiB",
+            p.m_cost()
+        ));
+    }
+    if p.t_cost() > MAX_ARGON2_ITERATIONS {
+        return Err(format!(
+            "{} iterations are above the bound of {MAX_ARGON2_ITERATIONS}",
+            p.t_cost()
+        ));
+    }
+    if p.p_cost() > MAX_ARGON2_PARALLELISM {
+        return Err(format!(
+            "parallelism {} is above the bound of {MAX_ARGON2_PARALLELISM}",
+            p.p_cost()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a stored password hash is an argon2 PHC string whose parameters are within the
+/// bounds (a restore refuses a backup with one that is not).
+pub fn check_stored_hash(phc: &str) -> Result<(), String> {
+    let h = PasswordHash::new(phc).map_err(|_| "not a PHC password hash".to_owned())?;
+    Algorithm::try_from(h.algorithm).map_err(|_| "not an argon2 hash".to_owned())?;
+    let params = Params::try_from(&h).map_err(|_| "unreadable argon2 parameters".to_owned())?;
+    check_argon2_params(&params)?;
+    match (h.salt, h.hash) {
+        (Some(salt), Some(hash)) if salt.len() <= 86 && hash.len() <= 64 => Ok(()),
+        _ => Err("salt or hash missing or too long".to_owned()),
+    }
+}
+
 /// A 32-byte keyed hash.
 pub type Tag = [u8; 32];
 
@@ -178,6 +220,9 @@ impl Secrets {
         else {
             return false;
         };
+        if check_argon2_params(&params).is_err() || h.hash.is_some_and(|o| o.len() > 64) {
+            return false;
+        }
         let version = match h.version.map(Version::try_from) {
             None => Version::V0x13,
             Some(Ok(v)) => v,
@@ -262,6 +307,19 @@ mod tests {
         assert!(s.verify_password(&phc, "Passw0rd"));
         assert!(!s.verify_password(&phc, "passw0rd"));
         assert!(!s.verify_password("not a phc string", "Passw0rd"));
+    }
+
+    #[test]
+    fn stored_hashes_with_parameters_beyond_the_bounds_are_refused() {
+        let s = secrets();
+        let ok = s.hash_password("Passw0rd").unwrap();
+        assert!(check_stored_hash(&ok).is_ok());
+        let huge = ok.replace("m=1024,t=1,p=1", "m=4194304,t=1,p=1");
+        assert!(check_stored_hash(&huge).unwrap_err().contains("memory"));
+        assert!(!s.verify_password(&huge, "Passw0rd"), "not even tried");
+        let slow = ok.replace("m=1024,t=1,p=1", "m=1024,t=100000,p=1");
+        assert!(check_stored_hash(&slow).unwrap_err().contains("iterations"));
+        assert!(check_stored_hash("plain text").is_err());
     }
 
     #[test]

@@ -7,9 +7,14 @@
 //! 3. the pending token replaces the current one, the epoch moves on (killing cached
 //!    verifications and, by configuration, sessions), and the store is flushed.
 //!
-//! A crash before 3 leaves the old token valid (the pending one is discarded on the next
-//! rotation); a crash after 3 leaves the new one valid. Never neither, and never a token that
-//! nobody was sent. A failed send clears the pending token and reports the failure.
+//! A crash after 3 leaves the new token valid. A crash between 1 and 3 leaves an outcome nobody
+//! knows: the message may or may not have been accepted. The pending token then carries the
+//! id of a process that no longer runs ([`incarnation`]), and logins accept it beside the
+//! current token (the old one stays valid too) until the next successful rotation, which
+//! keeps it as *unconfirmed* while its own message is on its way and drops it at its commit.
+//! So a crash never leaves a user holding a mailed token that fails, and never neither token.
+//! An explicit failure of the send (the SMTP server refused, timed out, or is unreachable)
+//! clears the pending token and reports the failure: the old token stays the only one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +43,26 @@ pub enum TokenError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+}
+
+/// This process's id, written into the pending tokens it is delivering: a pending token with
+/// another id was left by a process that stopped mid-rotation. Random, never 0 (records
+/// written before owners existed carry 0, and count as left behind).
+pub fn incarnation() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        loop {
+            let id = u64::from_be_bytes(
+                ring::rand::generate::<[u8; 8]>(&rng)
+                    .expect("the OS random generator works")
+                    .expose(),
+            );
+            if id != 0 {
+                return id;
+            }
+        }
+    })
 }
 
 /// What a successful rotation reports (never the token).
@@ -112,6 +137,29 @@ impl Tokens {
         self.rotate_with(user_id, reason, None).await
     }
 
+    /// Starts a rotation that nobody waits for (the self-service reset answers before the mail
+    /// goes out, so its answer cannot tell how the mail went). At most as many run at once as
+    /// `slots` has permits; beyond, the request is dropped with an error log. A failure is
+    /// logged and counted; the old token stays valid.
+    pub fn rotate_detached(
+        self: &Arc<Self>,
+        user: Arc<User>,
+        reason: TokenReason,
+        slots: &Arc<tokio::sync::Semaphore>,
+    ) {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::error!(user = %user.username, "too many token resets in progress; this one was dropped");
+            return;
+        };
+        let tokens = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = tokens.rotate(&user.id, reason).await {
+                tracing::warn!(user = %user.username, error = %e, "self-service token reset failed; the current token stays valid");
+            }
+        });
+    }
+
     /// Changes the password and emails a new token, both or neither. Without a configured mail
     /// transport, only the password changes.
     pub async fn change_password(
@@ -133,9 +181,9 @@ impl Tokens {
             let user = self.store.update_user(user_id, &mut |u| {
                 u.password_hash = hash.clone();
                 u.password_changed_at = now;
-                u.epoch += 1;
+                u.end_access();
             })?;
-            self.after_commit(&user)?;
+            self.after_commit(&user, true)?;
             return Ok(Rotated {
                 masked_email: mask_email(&user.email),
                 user,
@@ -168,12 +216,20 @@ impl Tokens {
             tag: self.secrets.token_tag(&token),
             length: token.len(),
             at: now,
+            owner: incarnation(),
         };
 
-        // Step 1: record the pending token (durably: a crash must not forget it was issued).
-        let user = self
-            .store
-            .update_user(user_id, &mut |u| u.pending_token = Some(pending.clone()))?;
+        // Step 1: record the pending token (durably: a crash must not forget it was issued). A
+        // pending token a crashed process left may have been mailed: it stays valid, as the
+        // unconfirmed one, until this rotation commits.
+        let user = self.store.update_user(user_id, &mut |u| {
+            if let Some(left) = u.pending_token.take()
+                && left.owner != incarnation()
+            {
+                u.unconfirmed_token = Some(left);
+            }
+            u.pending_token = Some(pending.clone());
+        })?;
         self.store.flush()?;
 
         // Step 2: the message must be accepted before anything else changes.
@@ -197,6 +253,7 @@ impl Tokens {
         }
 
         // Step 3: commit, only if our pending token is still the pending one.
+        let ends_sessions = self.cfg.revoke_sessions_on_reset || new_password_hash.is_some();
         let mut committed = false;
         let user = self.store.update_user(user_id, &mut |u| {
             committed = u.pending_token.as_ref() == Some(&pending);
@@ -207,10 +264,12 @@ impl Tokens {
                 tag: u.token_tag,
                 length: u.token_length,
                 at: until,
+                owner: 0,
             });
             u.token_tag = pending.tag;
             u.token_length = pending.length;
             u.pending_token = None;
+            u.unconfirmed_token = None;
             u.token_reset_at = now;
             if let Some(h) = &new_password_hash {
                 u.password_hash = h.clone();
@@ -219,7 +278,12 @@ impl Tokens {
             if let Some(every) = u.rotate_every_secs {
                 u.next_rotation_at = Some(now + every);
             }
-            u.epoch += 1;
+            if ends_sessions {
+                u.end_access();
+            } else {
+                // Cached verifications of the old token die; sessions stay.
+                u.epoch += 1;
+            }
         })?;
         if !committed {
             // Cannot happen while the per-user lock is held; kept so a bug shows in the logs.
@@ -229,7 +293,7 @@ impl Tokens {
             )));
         }
         self.store.flush()?;
-        self.after_commit(&user)?;
+        self.after_commit(&user, ends_sessions)?;
         tracing::info!(user = %user.username, reason = ?reason, "security token rotated and emailed");
         Ok(Rotated {
             masked_email: mask_email(&user.email),
@@ -237,8 +301,9 @@ impl Tokens {
         })
     }
 
-    fn after_commit(&self, user: &User) -> Result<(), TokenError> {
-        if self.cfg.revoke_sessions_on_reset {
+    /// Frees the sessions a commit ended (they are already refused: their epoch is behind).
+    fn after_commit(&self, user: &User, ended_sessions: bool) -> Result<(), TokenError> {
+        if ended_sessions {
             match &self.sessions {
                 Some(s) => {
                     let _ = s.revoke_user(&user.id);

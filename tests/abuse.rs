@@ -330,13 +330,31 @@ async fn login_ranges_and_forwarded_for_trust() {
         )
         .await;
     assert_eq!(up.last().headers["x-forwarded-for"], "203.0.113.7");
-    let rows = history(
-        &ts,
-        &format!("Bearer {sid}"),
-        "user=ranged@example.com&outcome=success",
-    )
-    .await;
-    assert_eq!(rows[0]["source_ip"], "203.0.113.7");
+    // The session is the user's only from inside the ranges: the same session without the
+    // forwarded address (the client is then the proxy itself) is refused.
+    let outside = ts
+        .client()
+        .get_with_session("/services/data/v59.0/", &sid)
+        .await;
+    assert_eq!(
+        outside.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        outside.text()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = ts
+        .client()
+        .get(
+            "/tokengate/v1/admin/history?user=ranged@example.com&outcome=success",
+            &[
+                ("authorization", &format!("Bearer {sid}")),
+                ("x-forwarded-for", "203.0.113.7"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["rows"][0]["source_ip"], "203.0.113.7");
 }
 
 #[tokio::test]

@@ -17,7 +17,9 @@ const BASE: &str = "/tokengate/console";
 /// A browser-like client: keeps the console cookie and the page's CSRF token.
 struct Browser<'a> {
     ts: &'a TestServer,
-    cookie: String,
+    /// The console cookie, replaced when the server renews the session (after the user's own
+    /// password change or token reset), as a browser replaces it.
+    cookie: std::sync::Mutex<String>,
 }
 
 impl<'a> Browser<'a> {
@@ -39,14 +41,14 @@ impl<'a> Browser<'a> {
         assert!(set.starts_with("__Host-tg_console="));
         Ok(Browser {
             ts,
-            cookie: set.split(';').next().unwrap().to_owned(),
+            cookie: std::sync::Mutex::new(set.split(';').next().unwrap().to_owned()),
         })
     }
 
     async fn get(&self, path: &str) -> Reply {
         self.ts
             .client()
-            .get(&format!("{BASE}{path}"), &[("cookie", &self.cookie)])
+            .get(&format!("{BASE}{path}"), &[("cookie", &self.cookie())])
             .await
     }
 
@@ -56,7 +58,19 @@ impl<'a> Browser<'a> {
         let csrf = csrf_of(&html);
         let mut all = vec![("csrf", csrf.as_str())];
         all.extend_from_slice(fields);
-        post_form(self.ts, Some(&self.cookie), action, &all).await
+        let r = post_form(self.ts, Some(&self.cookie()), action, &all).await;
+        if let Some(set) = r.header("set-cookie")
+            && let Some(pair) = set.split(';').next()
+            && pair.starts_with("__Host-tg_console=")
+            && pair.len() > "__Host-tg_console=".len()
+        {
+            *self.cookie.lock().unwrap() = pair.to_owned();
+        }
+        r
+    }
+
+    fn cookie(&self) -> String {
+        self.cookie.lock().unwrap().clone()
     }
 }
 
@@ -229,7 +243,7 @@ async fn forged_csrf_non_admins_and_html_in_user_fields_are_handled() {
         .await
         .unwrap();
     for fields in [vec![], vec![("csrf", "forged")]] {
-        let r = post_form(&ts, Some(&b.cookie), "/settings/reset-token", &fields).await;
+        let r = post_form(&ts, Some(&b.cookie()), "/settings/reset-token", &fields).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert!(r.text().contains("CSRF"));
     }

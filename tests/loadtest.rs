@@ -41,6 +41,40 @@ fn read_json(p: &Path) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_on_a_server_that_refuses_synthetic_users_says_how_to_allow_them() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let admin_token = ts.add_user_with("ops@example.com", PASSWORD, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("https://127.0.0.1:{}", ts.addr.port());
+    let o = loadtest(
+        &[
+            "setup",
+            "--target",
+            &target,
+            "--ca",
+            ts.ca.to_str().unwrap(),
+            "--users-file",
+            dir.path().join("u.json").to_str().unwrap(),
+            "--admin",
+            "ops@example.com",
+            "--users",
+            "2",
+        ],
+        &format!("{PASSWORD}{admin_token}"),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("allow_synthetic_users = true"),
+        "the message says what to set: {err}"
+    );
+    // No user was made.
+    let list = ts.app().users.list().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_sets_up_runs_every_scenario_and_cleans_up() {
     let up = Upstream::start().await;
     // The login scenarios measure the argon2 path: without the credential cache.
@@ -48,6 +82,7 @@ async fn loadtest_sets_up_runs_every_scenario_and_cleans_up() {
     let ts = TestServer::start_with(&up.url(), |c| {
         c.auth.credential_cache_size = 0;
         c.limits.login_per_ip = std::num::NonZeroU32::new(1_000_000).unwrap();
+        c.allow_synthetic_users = true;
     })
     .await;
     let admin_token = ts.add_user_with("ops@example.com", PASSWORD, true).await;

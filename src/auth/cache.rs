@@ -1,4 +1,4 @@
-//! The verified-credential cache (DESIGN.md §3.3): HTTP Basic on every call and repeated logins
+//! The verified-credential cache: HTTP Basic on every call and repeated logins
 //! with the same credentials skip argon2.
 //!
 //! Key: HMAC(per-process key, length-prefixed username ‖ secret), so the cache never holds a
@@ -108,21 +108,51 @@ impl<V: Clone> CredentialCache<V> {
         self.map.retain(|_, e| now < e.expires);
     }
 
-    /// Runs `verify` once for all concurrent callers with the same key.
+    /// Verifications in flight.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Runs `verify` once for all concurrent callers with the same key. Cancellation-safe: if
+    /// the caller running `verify` goes away, a waiting one takes over (`OnceCell`), and the
+    /// first caller to leave, finished or not, retires the flight (later callers start a fresh
+    /// one), so no entry outlives its callers.
     pub async fn single_flight<F, Fut>(&self, key: Tag, verify: F) -> V
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = V>,
     {
+        if self.inflight.len() >= MAX_INFLIGHT {
+            return verify().await;
+        }
         let cell = self
             .inflight
             .entry(key)
             .or_insert_with(|| Arc::new(OnceCell::new()))
             .clone();
-        let v = cell.get_or_init(verify).await.clone();
-        // The first finisher retires the flight; later callers start a fresh one.
-        self.inflight.remove_if(&key, |_, c| Arc::ptr_eq(c, &cell));
-        v
+        let _flight = Flight {
+            map: &self.inflight,
+            key,
+            cell: cell.clone(),
+        };
+        cell.get_or_init(verify).await.clone()
+    }
+}
+
+/// Verifications in flight at most; beyond, callers verify without sharing.
+const MAX_INFLIGHT: usize = 100_000;
+
+/// Retires a flight from the in-flight map when one of its callers leaves.
+struct Flight<'a, V> {
+    map: &'a DashMap<Tag, Arc<OnceCell<V>>>,
+    key: Tag,
+    cell: Arc<OnceCell<V>>,
+}
+
+impl<V> Drop for Flight<'_, V> {
+    fn drop(&mut self) {
+        self.map
+            .remove_if(&self.key, |_, c| Arc::ptr_eq(c, &self.cell));
     }
 }
 
@@ -182,5 +212,22 @@ mod tests {
             assert_eq!(t.await.unwrap(), 42);
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(c.inflight(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_flight_leaves_no_entry_behind() {
+        let c = Arc::new(CredentialCache::<u32>::new(Duration::from_secs(60), 10));
+        let c2 = c.clone();
+        let t =
+            tokio::spawn(
+                async move { c2.single_flight([9; 32], std::future::pending::<u32>).await },
+            );
+        while c.inflight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        t.abort();
+        let _ = t.await;
+        assert_eq!(c.inflight(), 0);
     }
 }

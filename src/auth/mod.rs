@@ -70,8 +70,12 @@ pub enum AuthError {
     #[error("invalid credentials ({})", .0.as_str())]
     Rejected(Reason),
     /// The credentials were right but the account is locked (`u64::MAX`: until unlocked).
+    /// `proven`: the secret carried a valid token, which cannot be guessed, so telling the
+    /// caller of the lock reveals nothing. Without one (a password alone: the console, a
+    /// trusted network, the self-service reset) the lock must answer exactly like a wrong
+    /// password, or it would confirm a guessed password.
     #[error("the account is locked")]
-    Locked { until: u64 },
+    Locked { until: u64, proven: bool },
     #[error("too many login attempts")]
     RateLimited { retry_after: Duration },
     #[error("password verification is saturated; retry shortly")]
@@ -110,17 +114,33 @@ fn canonical_cow(name: &str) -> std::borrow::Cow<'_, str> {
 pub enum Dialect {
     Soap,
     OAuth,
+    /// HTTP Basic on a call: verified per call, no session.
     Basic,
     Console,
+    /// The self-service token reset's password check.
+    Reset,
+    /// The current password a password change must present.
+    Password,
 }
 
 impl Dialect {
+    pub const ALL: [Dialect; 6] = [
+        Dialect::Soap,
+        Dialect::OAuth,
+        Dialect::Basic,
+        Dialect::Console,
+        Dialect::Reset,
+        Dialect::Password,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Dialect::Soap => "soap",
             Dialect::OAuth => "oauth",
             Dialect::Basic => "basic",
             Dialect::Console => "console",
+            Dialect::Reset => "reset",
+            Dialect::Password => "password",
         }
     }
 }
@@ -138,7 +158,8 @@ pub struct Attempt<'a> {
     /// User-Agent, SOAP CallOptions client or OAuth client_id.
     pub client: Option<&'a str>,
     pub tls: Option<&'static str>,
-    /// The password alone, with no token (the web console's sign-in).
+    /// The password alone, with no token (the console's sign-in, the self-service reset, a
+    /// password change's current password).
     pub password_only: bool,
 }
 
@@ -173,8 +194,14 @@ impl HashPool {
     ) -> Result<T, AuthError> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.admitted {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            crate::metrics::METRICS
+                .argon2_rejections
+                .fetch_add(1, Ordering::Relaxed);
             return Err(AuthError::Busy);
         }
+        // Given back when this future ends, also when it is dropped mid-wait (the client went
+        // away): hyper drops a request's future when its connection closes.
+        let _place = Place(&self.waiting);
         let acquired =
             tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await;
         let result = match acquired {
@@ -191,8 +218,16 @@ impl HashPool {
                 .argon2_rejections
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         result
+    }
+}
+
+/// A counted place, given back on drop.
+struct Place<'a>(&'a AtomicUsize);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -211,6 +246,8 @@ pub struct Authenticator {
     lockout: Lockout,
     cache: CredentialCache<Result<Verified, AuthError>>,
     history: Arc<History>,
+    /// Where lock notices go to be emailed (bounded; none in the CLI and benchmarks).
+    lock_notices: Option<tokio::sync::mpsc::Sender<crate::mail::LockNotice>>,
 }
 
 /// A successful verification.
@@ -227,6 +264,7 @@ impl Authenticator {
         secrets: Arc<Secrets>,
         cfg: &Config,
         history: Arc<History>,
+        lock_notices: Option<tokio::sync::mpsc::Sender<crate::mail::LockNotice>>,
     ) -> Result<Self, crate::secret::SecretError> {
         let a = &cfg.auth;
         // The dummy's token tag is a random value no token hashes to, and its password hash
@@ -257,6 +295,7 @@ impl Authenticator {
             lockout: Lockout::new(&cfg.lockout),
             cache: CredentialCache::new(a.credential_cache_ttl, a.credential_cache_size),
             history,
+            lock_notices,
         })
     }
 
@@ -291,6 +330,11 @@ impl Authenticator {
         self.cache.len()
     }
 
+    /// Verifications in flight (0 at rest: every entry is released when its callers end).
+    pub fn inflight(&self) -> usize {
+        self.cache.inflight()
+    }
+
     /// Periodic upkeep: stale limiter keys and expired cache entries.
     pub fn housekeep(&self) {
         self.limits().housekeep();
@@ -302,11 +346,13 @@ impl Authenticator {
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_networks
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|n| n.contains(&ip))
+        !ip.is_unspecified()
+            && self
+                .trusted_networks
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|n| n.contains(&ip))
     }
 
     /// Verifies a login attempt in any dialect and records it in the login history.
@@ -363,8 +409,16 @@ impl Authenticator {
                         && !user.disabled
                         && !user.lockout.is_locked(now)
                         && (!hit.password_only || trusted)
-                        && in_ranges(&user, a.ip) =>
+                        && user.allows(a.ip) =>
                 {
+                    // A login that opens a session counts against the limits like any other,
+                    // or one valid credential could open sessions without end. A Basic call
+                    // is an authenticated call, not a login.
+                    if a.dialect != Dialect::Basic
+                        && let Err(retry_after) = self.limits().check(a.ip, &canonical)
+                    {
+                        return Err(AuthError::RateLimited { retry_after });
+                    }
                     let v = Verified {
                         user,
                         superseded: hit.superseded,
@@ -399,29 +453,40 @@ impl Authenticator {
             Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
             None => (self.dummy_user(), Some(Reason::UnknownUser)),
         };
-        if substitute.is_none() && !in_ranges(&user, a.ip) {
+        if substitute.is_none() && !user.allows(a.ip) {
             return Err(AuthError::Rejected(Reason::OutsideLoginRange));
         }
         let secret = a.secret;
 
-        // The current token, then the superseded one while its grace window lasts.
-        let candidates = std::iter::once((user.token_tag, user.token_length, false)).chain(
+        // Every token the user may hold: the current one, the superseded one while its grace
+        // window lasts, and a token whose delivery a crash cut short (`tokens`). Each is
+        // checked, whichever matches, so the time does not tell which one did.
+        let left_pending = user
+            .pending_token
+            .as_ref()
+            .filter(|p| p.owner != crate::tokens::incarnation());
+        let candidates = [
+            Some((user.token_tag, user.token_length, false)),
             user.previous_token
                 .as_ref()
                 .filter(|p| p.at > now)
                 .map(|p| (p.tag, p.length, true)),
-        );
+            user.unconfirmed_token
+                .as_ref()
+                .map(|p| (p.tag, p.length, false)),
+            left_pending.map(|p| (p.tag, p.length, false)),
+        ];
         let mut matched = None;
-        for (tag, length, superseded) in candidates {
+        for (tag, length, superseded) in candidates.into_iter().flatten() {
             let split = secret
                 .len()
                 .checked_sub(length)
                 .filter(|&i| i > 0 && secret.is_char_boundary(i));
             if let Some(at) = split
                 && self.secrets.token_matches(&secret[at..], &tag)
+                && matched.is_none()
             {
                 matched = Some((&secret[..at], superseded, false));
-                break;
             }
         }
         // From a trusted network the password alone is accepted (Salesforce's trusted IP
@@ -433,7 +498,7 @@ impl Authenticator {
             if let Some(r) = substitute {
                 return Err(AuthError::Rejected(r));
             }
-            return self.fail(&user, secret, Reason::WrongToken, now);
+            return self.fail(&user, a, secret, Reason::WrongToken, now);
         };
         if let Err(retry_after) = self.limits().check_argon2() {
             return Err(AuthError::RateLimited { retry_after });
@@ -443,15 +508,19 @@ impl Authenticator {
             return Err(AuthError::Rejected(r));
         }
         if !ok {
-            return self.fail(&user, secret, Reason::WrongPassword, now);
+            return self.fail(&user, a, secret, Reason::WrongPassword, now);
         }
-        // Only a caller holding the right credentials learns that the account is locked.
+        // Only a caller holding the right credentials learns that the account is locked, and
+        // only one whose secret carried a token may be told (see `AuthError::Locked`).
         if let Some(until) = user
             .lockout
             .locked_until
             .filter(|_| user.lockout.is_locked(now))
         {
-            return Err(AuthError::Locked { until });
+            return Err(AuthError::Locked {
+                until,
+                proven: !password_only,
+            });
         }
         let user = if user.lockout.failures > 0 || user.lockout.locked_until.is_some() {
             self.lockout.forget(&user.id);
@@ -481,10 +550,12 @@ impl Authenticator {
         Ok(Verified { user, superseded })
     }
 
-    /// Counts a failed login toward lockout (the same wrong secret once) and rejects it.
+    /// Counts a failed login toward lockout (the same wrong secret once) and rejects it; a
+    /// failure that locks the account tells its owner by email.
     fn fail(
         &self,
         user: &User,
+        a: &Attempt<'_>,
         secret: &str,
         reason: Reason,
         now: u64,
@@ -497,8 +568,8 @@ impl Authenticator {
             let updated = self.store.update_user(&user.id, &mut |u| {
                 locked = self.lockout.register_failure(&mut u.lockout, now);
                 if locked {
-                    // Kills cached verifications at once.
-                    u.epoch += 1;
+                    // Kills cached verifications and sessions at once.
+                    u.end_access();
                 }
             })?;
             if locked {
@@ -506,9 +577,27 @@ impl Authenticator {
                     .lockouts
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(user = %updated.username, "account locked after repeated failed logins");
+                self.notify_locked(updated, a, now);
             }
         }
         Err(AuthError::Rejected(reason))
+    }
+
+    /// Queues the email that tells a user the account was locked. Never waits: a full queue
+    /// drops the notice with an error log.
+    fn notify_locked(&self, user: User, a: &Attempt<'_>, now: u64) {
+        let Some(tx) = &self.lock_notices else {
+            return;
+        };
+        let notice = crate::mail::LockNotice {
+            until: user.lockout.locked_until.unwrap_or(u64::MAX),
+            user,
+            at: now,
+            ip: a.ip,
+        };
+        if tx.try_send(notice).is_err() {
+            tracing::error!("the lock-notice queue is full; a lock notice was not sent");
+        }
     }
 
     fn record(&self, a: &Attempt<'_>, result: &Result<Verified, AuthError>) {
@@ -542,30 +631,6 @@ impl Authenticator {
         });
     }
 
-    /// Verifies a password alone, with no token: for the self-service token reset, which must
-    /// work for a user who lost the token. Always spends one argon2 verification, known user
-    /// or not.
-    pub async fn verify_password_only(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<Arc<User>, AuthError> {
-        if username.is_empty() || username.len() > 256 || password.len() > self.max_secret_bytes {
-            return Err(AuthError::Rejected(Reason::Malformed));
-        }
-        let (user, substitute) = match self.store.user_by_name(&canonical_username(username))? {
-            Some(u) if !u.disabled => (u, None),
-            Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
-            None => (self.dummy_user(), Some(Reason::UnknownUser)),
-        };
-        let ok = self.check_password(&user, password).await?;
-        match (substitute, ok) {
-            (Some(r), _) => Err(AuthError::Rejected(r)),
-            (None, true) => Ok(user),
-            (None, false) => Err(AuthError::Rejected(Reason::WrongPassword)),
-        }
-    }
-
     async fn check_password(&self, user: &User, password: &str) -> Result<bool, AuthError> {
         if password.is_empty() {
             return Ok(false);
@@ -590,11 +655,6 @@ fn outcome_of(result: &Result<Verified, AuthError>) -> Option<Outcome> {
     })
 }
 
-/// Whether the user may log in from `ip` (no ranges: from anywhere).
-fn in_ranges(user: &User, ip: IpAddr) -> bool {
-    user.login_ranges.is_empty() || user.login_ranges.iter().any(|n| n.contains(&ip))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,6 +676,35 @@ mod tests {
             canonical_cow("user@example.com"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_caller_dropped_while_waiting_gives_its_place_back() {
+        let pool = Arc::new(HashPool::new(1, 4, Duration::from_secs(5)));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let holder = tokio::spawn(async move { p.run(move || rx.recv().is_ok()).await });
+        while pool.depth() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Two callers queue behind the holder, then go away.
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let p = pool.clone();
+                tokio::spawn(async move { p.run(|| ()).await })
+            })
+            .collect();
+        while pool.depth() < 3 {
+            tokio::task::yield_now().await;
+        }
+        for w in waiters {
+            w.abort();
+            let _ = w.await;
+        }
+        assert_eq!(pool.depth(), 1, "only the holder remains");
+        tx.send(()).unwrap();
+        assert!(holder.await.unwrap().unwrap());
+        assert_eq!(pool.depth(), 0);
     }
 
     #[tokio::test]

@@ -1,8 +1,20 @@
-//! Sessions (DESIGN.md §3.4): ids of the form `{15-char org id}!{43 url-safe characters}`,
-//! indexed in memory by the keyed hash of the id and persisted in the store so a restart does
-//! not log anyone out. A lookup is one map probe and no disk access; idle time is tracked in
-//! memory and written back by the periodic sweep.
+//! Sessions: ids of the form `{15-char org id}!{43 url-safe characters}`, indexed in memory by
+//! the keyed hash of the id and persisted in the store so a restart does not log anyone out. A
+//! lookup is one map probe and no disk access; idle time is tracked in memory and written back
+//! by the periodic sweep.
+//!
+//! A session carries its user's *session epoch* at login and a shared cell that holds the
+//! user's current one: every use compares the two (one atomic load), so a disable, password
+//! change, token reset, lock or login-range change ends every session at once, including one
+//! created by a login that was verified just before the change. The cells follow the store
+//! through its user observer, with no store access on the request path. A session is also
+//! refused when it is used from outside the user's login ranges.
+//!
+//! Each user holds at most `max_per_user` sessions: a new one past the bound ends the user's
+//! oldest, so one valid credential cannot fill the table for everyone else.
 
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,7 +22,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 use crate::secret::{Domain, SecretError, Secrets, Tag};
-use crate::store::{SessionRecord, Store, StoreError, User};
+use crate::store::{SessionRecord, Store, StoreError, User, UserChange};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -22,13 +34,22 @@ pub enum SessionError {
     Store(#[from] StoreError),
 }
 
+/// The session epoch of a deleted user: no session matches it.
+const GONE: u64 = u64::MAX;
+
 /// A live session. Carries what forwarding needs so the hot path never reads the user record.
 #[derive(Debug)]
 pub struct Session {
     pub user_id: String,
     pub username: String,
+    /// The user's session epoch at login.
     pub epoch: u64,
     pub created_at: u64,
+    /// The user's current session epoch, shared by all the user's sessions.
+    live: Arc<AtomicU64>,
+    /// The user's login ranges at login. A change of ranges moves the epoch on, so while the
+    /// session lives they are the user's current ones.
+    ranges: Arc<[ipnet::IpNet]>,
     last_seen: AtomicU64,
     persisted_seen: AtomicU64,
 }
@@ -37,37 +58,72 @@ impl Session {
     pub fn last_seen(&self) -> u64 {
         self.last_seen.load(Ordering::Relaxed)
     }
+
+    /// Whether the user's state still allows this session (any client address).
+    fn current(&self) -> bool {
+        self.epoch == self.live.load(Ordering::Acquire)
+    }
 }
 
 pub struct Sessions {
     map: DashMap<Tag, Arc<Session>>,
+    /// user id → the keys of the user's sessions, oldest first.
+    by_user: DashMap<String, VecDeque<Tag>>,
+    /// user id → the user's current session epoch, for users with sessions (shared with the
+    /// store's observer).
+    epochs: Arc<DashMap<String, Arc<AtomicU64>>>,
     store: Arc<dyn Store>,
     secrets: Arc<Secrets>,
     idle: u64,
     lifetime: u64,
     max: usize,
+    max_per_user: usize,
     org15: String,
 }
 
 /// Session ids are ASCII and short; anything longer is not ours and is not hashed.
 const MAX_SESSION_ID_LEN: usize = 128;
 
+/// How the session table is bounded and timed.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub idle: Duration,
+    pub lifetime: Duration,
+    pub max: usize,
+    pub max_per_user: usize,
+}
+
 impl Sessions {
-    pub fn new(
-        store: Arc<dyn Store>,
-        secrets: Arc<Secrets>,
-        idle: Duration,
-        lifetime: Duration,
-        max: usize,
-        org15: &str,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, secrets: Arc<Secrets>, limits: Limits, org15: &str) -> Self {
+        let epochs: Arc<DashMap<String, Arc<AtomicU64>>> = Arc::default();
+        let cells = Arc::downgrade(&epochs);
+        store.observe_users(Arc::new(move |change| {
+            let Some(cells) = cells.upgrade() else {
+                return;
+            };
+            match change {
+                UserChange::Written(u) => {
+                    if let Some(c) = cells.get(&u.id) {
+                        c.fetch_max(u.session_epoch, Ordering::AcqRel);
+                    }
+                }
+                UserChange::Deleted { id } => {
+                    if let Some(c) = cells.get(id) {
+                        c.store(GONE, Ordering::Release);
+                    }
+                }
+            }
+        }));
         Self {
             map: DashMap::new(),
+            by_user: DashMap::new(),
+            epochs,
             store,
             secrets,
-            idle: idle.as_secs().max(1),
-            lifetime: lifetime.as_secs().max(1),
-            max,
+            idle: limits.idle.as_secs().max(1),
+            lifetime: limits.lifetime.as_secs().max(1),
+            max: limits.max,
+            max_per_user: limits.max_per_user.max(1),
             org15: org15.to_owned(),
         }
     }
@@ -84,6 +140,11 @@ impl Sessions {
         self.map.is_empty()
     }
 
+    /// Sessions the user holds now.
+    pub fn count_for(&self, user_id: &str) -> usize {
+        self.by_user.get(user_id).map_or(0, |k| k.len())
+    }
+
     fn key(&self, sid: &str) -> Tag {
         self.secrets.tag(Domain::Session, &[sid.as_bytes()])
     }
@@ -93,12 +154,61 @@ impl Sessions {
             || now >= s.last_seen().saturating_add(self.idle)
     }
 
-    /// Loads persisted sessions at start, dropping the ones that expired meanwhile.
+    /// The cell holding `user_id`'s current session epoch. A new cell is filled from the
+    /// store after it is published, so a change committed before is read here and one
+    /// committed after reaches it through the observer: none is missed.
+    fn epoch_cell(&self, user_id: &str, seen: u64) -> Result<Arc<AtomicU64>, StoreError> {
+        let (cell, fresh) = match self.epochs.get(user_id) {
+            Some(c) => (c.clone(), false),
+            None => {
+                let mut fresh = false;
+                let c = self
+                    .epochs
+                    .entry(user_id.to_owned())
+                    .or_insert_with(|| {
+                        fresh = true;
+                        Arc::new(AtomicU64::new(seen))
+                    })
+                    .clone();
+                (c, fresh)
+            }
+        };
+        if fresh {
+            match self.store.user_by_id(user_id)? {
+                Some(u) => cell.fetch_max(u.session_epoch, Ordering::AcqRel),
+                None => cell.swap(GONE, Ordering::AcqRel),
+            };
+        }
+        Ok(cell)
+    }
+
+    /// Loads persisted sessions at start, checked like sessions in use: expired ones, ones
+    /// whose user is gone or has moved on, and ones beyond the table's bounds are deleted.
     pub fn load(&self) -> Result<usize, SessionError> {
         let now = crate::now_secs();
-        let mut expired = Vec::new();
-        self.store.for_each_session(&mut |key, rec| {
+        let mut doomed = Vec::new();
+        let mut users: HashMap<String, Option<Arc<User>>> = HashMap::new();
+        let mut records = Vec::new();
+        self.store
+            .for_each_session(&mut |key, rec| records.push((key, rec)))?;
+        // Oldest first, so the per-user bound keeps each user's newest sessions.
+        records.sort_by_key(|(_, r)| r.created_at);
+        for (key, rec) in records {
+            let user = match users.get(&rec.user_id) {
+                Some(u) => u.clone(),
+                None => {
+                    let u = self.store.user_by_id(&rec.user_id)?;
+                    users.insert(rec.user_id.clone(), u.clone());
+                    u
+                }
+            };
+            let Some(user) = user.filter(|u| u.session_epoch == rec.epoch && !u.disabled) else {
+                doomed.push(key);
+                continue;
+            };
             let s = Session {
+                live: self.epoch_cell(&user.id, user.session_epoch)?,
+                ranges: user.login_ranges.clone().into(),
                 user_id: rec.user_id,
                 username: rec.username,
                 epoch: rec.epoch,
@@ -106,19 +216,32 @@ impl Sessions {
                 last_seen: AtomicU64::new(rec.last_seen),
                 persisted_seen: AtomicU64::new(rec.last_seen),
             };
-            if self.expired(&s, now) {
-                expired.push(key);
-            } else if self.map.len() < self.max {
+            if self.expired(&s, now) || self.map.len() >= self.max {
+                doomed.push(key);
+            } else {
+                let user_id = s.user_id.clone();
                 self.map.insert(key, Arc::new(s));
+                for old in self.index(&user_id, key) {
+                    self.remove(&old);
+                }
             }
-        })?;
-        for key in &expired {
+        }
+        for key in &doomed {
             self.store.delete_session(key)?;
         }
         Ok(self.map.len())
     }
 
-    /// Starts a session for `user` and returns its id. The id itself is never stored.
+    /// Records `key` as `user_id`'s newest session; returns the keys past the per-user bound.
+    fn index(&self, user_id: &str, key: Tag) -> Vec<Tag> {
+        let mut keys = self.by_user.entry(user_id.to_owned()).or_default();
+        keys.push_back(key);
+        let excess = keys.len().saturating_sub(self.max_per_user);
+        keys.drain(..excess).collect()
+    }
+
+    /// Starts a session for `user` (as a login verified it) and returns its id. The id itself
+    /// is never stored. A user past the per-user bound loses the oldest session.
     pub fn create(&self, user: &User) -> Result<String, SessionError> {
         if self.map.len() >= self.max {
             self.sweep();
@@ -131,11 +254,12 @@ impl Sessions {
         let rec = SessionRecord {
             user_id: user.id.clone(),
             username: user.username.clone(),
-            epoch: user.epoch,
+            epoch: user.session_epoch,
             created_at: now,
             last_seen: now,
         };
         let key = self.key(&sid);
+        let live = self.epoch_cell(&user.id, user.session_epoch)?;
         self.store.put_session(&key, &rec)?;
         self.map.insert(
             key,
@@ -144,23 +268,34 @@ impl Sessions {
                 username: rec.username,
                 epoch: rec.epoch,
                 created_at: now,
+                live,
+                ranges: user.login_ranges.clone().into(),
                 last_seen: AtomicU64::new(now),
                 persisted_seen: AtomicU64::new(now),
             }),
         );
+        for old in self.index(&user.id, key) {
+            self.remove(&old);
+        }
         Ok(sid)
     }
 
-    /// The live session for `sid`, touching its idle timer; `None` when unknown or expired.
-    pub fn lookup(&self, sid: &str) -> Option<Arc<Session>> {
+    /// The live session for `sid` used from `ip`, touching its idle timer; `None` when
+    /// unknown, expired, ended by a change to its user, or used from outside the user's login
+    /// ranges.
+    pub fn lookup(&self, sid: &str, ip: IpAddr) -> Option<Arc<Session>> {
         if sid.is_empty() || sid.len() > MAX_SESSION_ID_LEN {
             return None;
         }
         let key = self.key(sid);
         let s = self.map.get(&key).map(|r| r.value().clone())?;
         let now = crate::now_secs();
-        if self.expired(&s, now) {
+        if self.expired(&s, now) || !s.current() {
             self.remove(&key);
+            return None;
+        }
+        // Salesforce's "enforce login IP ranges on every request".
+        if !crate::store::ranges_allow(&s.ranges, ip) {
             return None;
         }
         s.last_seen.fetch_max(now, Ordering::Relaxed);
@@ -168,11 +303,16 @@ impl Sessions {
     }
 
     fn remove(&self, key: &Tag) -> bool {
-        let removed = self.map.remove(key).is_some();
+        let removed = self.map.remove(key);
+        if let Some((_, s)) = &removed
+            && let Some(mut keys) = self.by_user.get_mut(&s.user_id)
+        {
+            keys.retain(|k| k != key);
+        }
         if let Err(e) = self.store.delete_session(key) {
             tracing::warn!(error = %e, "could not delete a session from the store");
         }
-        removed
+        removed.is_some()
     }
 
     /// Ends one session. Returns whether it existed.
@@ -183,32 +323,47 @@ impl Sessions {
         self.remove(&self.key(sid))
     }
 
-    /// Ends every session of a user (after a disable or a credential change).
+    /// Ends every session of a user (after a disable or a credential change): the user's own
+    /// sessions by the index, no scan of the table.
     pub fn revoke_user(&self, user_id: &str) -> Result<usize, SessionError> {
-        let before = self.map.len();
-        self.map.retain(|_, s| s.user_id != user_id);
-        let n = self.store.delete_user_sessions(user_id)?;
-        Ok(n.max(before.saturating_sub(self.map.len())))
+        let keys = self
+            .by_user
+            .remove(user_id)
+            .map(|(_, k)| k)
+            .unwrap_or_default();
+        let mut n = 0;
+        for key in &keys {
+            n += usize::from(self.map.remove(key).is_some());
+            self.store.delete_session(key)?;
+        }
+        Ok(n)
     }
 
-    /// Drops expired sessions and writes back idle timers that moved, so a restart resumes
-    /// them where they were. Run periodically.
+    /// Drops expired sessions and ones whose user moved on, and writes back idle timers that
+    /// moved, so a restart resumes them where they were. Run periodically, off the async
+    /// workers (it writes to the store).
     pub fn sweep(&self) -> usize {
         let now = crate::now_secs();
-        let mut expired = Vec::new();
+        let mut doomed = Vec::new();
         let mut touched = Vec::new();
         for entry in self.map.iter() {
             let s = entry.value();
-            if self.expired(s, now) {
-                expired.push(*entry.key());
+            if self.expired(s, now) || !s.current() {
+                doomed.push(*entry.key());
             } else if s.last_seen() > s.persisted_seen.load(Ordering::Relaxed) + 30 {
-                touched.push((*entry.key(), s.clone()));
+                touched.push(*entry.key());
             }
         }
-        for key in &expired {
+        for key in &doomed {
             self.remove(key);
         }
-        for (key, s) in touched {
+        for key in touched {
+            // The entry is held while its record is written: a revocation waits for the write
+            // and then deletes it, instead of being undone by it.
+            let Some(entry) = self.map.get(&key) else {
+                continue;
+            };
+            let s = entry.value();
             let seen = s.last_seen();
             let rec = SessionRecord {
                 user_id: s.user_id.clone(),
@@ -217,11 +372,13 @@ impl Sessions {
                 created_at: s.created_at,
                 last_seen: seen,
             };
-            // Only write back sessions still present, so a concurrent revoke is not undone.
-            if self.map.contains_key(&key) && self.store.put_session(&key, &rec).is_ok() {
+            if self.store.put_session(&key, &rec).is_ok() {
                 s.persisted_seen.store(seen, Ordering::Relaxed);
             }
         }
-        expired.len()
+        self.by_user.retain(|_, keys| !keys.is_empty());
+        // Cells no session holds any more; a new session makes a fresh one from the store.
+        self.epochs.retain(|_, c| Arc::strong_count(c) > 1);
+        doomed.len()
     }
 }

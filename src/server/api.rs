@@ -4,7 +4,6 @@
 //! authenticated, 403 when authenticated but not allowed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -17,7 +16,7 @@ use super::body;
 use super::routes::Client;
 use crate::admin::{AdminError, NewUser, UserView};
 use crate::auth::{Attempt, AuthError, Dialect};
-use crate::mail::{ComplianceBcc, MailError, TokenReason, mask_email};
+use crate::mail::{ComplianceBcc, MailError, TokenReason};
 use crate::store::User;
 use crate::tokens::TokenError;
 use crate::wire::credentials::{self, HeaderCredential};
@@ -126,6 +125,7 @@ fn admin_error(e: AdminError) -> Response<Body> {
             "a user with that username exists",
         ),
         AdminError::Token(t) => token_error(t),
+        AdminError::Synthetic(m) => json_error(StatusCode::FORBIDDEN, "synthetic_users_refused", m),
         e @ (AdminError::Username(_)
         | AdminError::Email(_)
         | AdminError::Password(_)
@@ -198,17 +198,30 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// How a caller proved who it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    /// A session id alone: proves nothing of the password.
+    Session,
+    /// Basic credentials verified in this request (the password, and the token unless from a
+    /// trusted network).
+    Password,
+}
+
 /// Who is calling: a session's user, or Basic `username:password+token`.
 async fn caller(
     app: &App,
     req: &Request<Incoming>,
     peer: Client,
-) -> Result<Arc<User>, Response<Body>> {
+) -> Result<(Arc<User>, Proof), Response<Body>> {
     match credentials::from_headers(req.headers()) {
         Some(HeaderCredential::Session(sid)) => {
-            let session = app.sessions.lookup(sid).ok_or_else(unauthenticated)?;
+            let session = app
+                .sessions
+                .lookup(sid, peer.ip)
+                .ok_or_else(unauthenticated)?;
             match app.store.user_by_id(&session.user_id) {
-                Ok(Some(u)) if !u.disabled => Ok(u),
+                Ok(Some(u)) if !u.disabled => Ok((u, Proof::Session)),
                 Ok(_) => Err(unauthenticated()),
                 Err(e) => Err(internal(&e)),
             }
@@ -228,9 +241,14 @@ async fn caller(
                 password_only: false,
             };
             match app.auth.login(&attempt).await {
-                Ok(v) => Ok(v.user),
-                Err(AuthError::Rejected(_)) => Err(unauthenticated()),
-                Err(AuthError::Locked { until }) => Err(crate::wire::rest::locked(until)),
+                Ok(v) => Ok((v.user, Proof::Password)),
+                Err(AuthError::Rejected(_) | AuthError::Locked { proven: false, .. }) => {
+                    Err(unauthenticated())
+                }
+                Err(AuthError::Locked {
+                    until,
+                    proven: true,
+                }) => Err(crate::wire::rest::locked(until)),
                 Err(AuthError::RateLimited { retry_after }) => Err(too_many(retry_after)),
                 Err(AuthError::Busy) => Err(busy()),
                 Err(AuthError::Store(e)) => Err(internal(&e)),
@@ -255,7 +273,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Resp
         ["password"] => change_password(app, req, peer).await,
         ["admin", rest @ ..] => {
             let user = match caller(&app, &req, peer).await {
-                Ok(u) => u,
+                Ok((u, _)) => u,
                 Err(r) => return r,
             };
             if !user.admin {
@@ -287,8 +305,15 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// `POST /tokengate/v1/token/reset`: a session of the user, or Basic `username:password` with
-/// the password alone. Unknown users and wrong passwords get the same 202 after about the same
-/// time, and no mail.
+/// the password alone (for a user who lost the token).
+///
+/// Every request that gets this far gets the same 202 and the same body, after the same time
+/// (the failure delay), whether the password was right, wrong, the user unknown or locked, the
+/// per-user quota spent or the mail server down: the answer must not tell a password guesser
+/// anything, nor give a stranger a lever on the owner's quota. Wrong passwords count toward
+/// lockout and go to the login history (dialect `reset`), like any login. A verified request
+/// spends the user's quota and the rotation runs on its own, off the answer; its failure is
+/// logged and counted, and the old token stays valid (the user who gets no mail asks again).
 async fn self_service_reset(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
     if req.method() != Method::POST {
         return method_not_allowed("POST");
@@ -297,38 +322,34 @@ async fn self_service_reset(app: Arc<App>, req: Request<Incoming>, peer: Client)
     if let Err(wait) = app.reset_per_ip.check(&crate::limit::ip_key(peer.ip)) {
         return too_many(wait);
     }
-    let accepted = |masked: &str| {
-        json(
-            StatusCode::ACCEPTED,
-            &serde_json::json!({
-                "status": "accepted",
-                "message": format!("If the credentials were right, a new security token was emailed to {masked}."),
-                "sent_to": masked,
-            }),
-        )
-    };
-    let (user, claimed) = match credentials::from_headers(req.headers()) {
+    let verified = match credentials::from_headers(req.headers()) {
         Some(HeaderCredential::Session(sid)) => {
-            let Some(s) = app.sessions.lookup(sid) else {
+            let Some(s) = app.sessions.lookup(sid, peer.ip) else {
                 return unauthenticated();
             };
-            if let Err(wait) = app.reset_per_user.check(&s.username) {
-                return too_many(wait);
-            }
             match app.store.user_by_id(&s.user_id) {
-                Ok(Some(u)) => (Some(u), s.username.clone()),
-                Ok(None) => return unauthenticated(),
+                Ok(u) => u.filter(|u| !u.disabled),
                 Err(e) => return internal(&e),
             }
         }
         Some(HeaderCredential::Basic(username, password)) => {
-            let canonical = crate::auth::canonical_username(&username);
-            if let Err(wait) = app.reset_per_user.check(&canonical) {
-                return too_many(wait);
-            }
-            match app.auth.verify_password_only(&username, &password).await {
-                Ok(u) => (Some(u), canonical),
-                Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => (None, canonical),
+            let attempt = Attempt {
+                username: &username,
+                secret: &password,
+                ip: peer.ip,
+                dialect: Dialect::Reset,
+                api_version: None,
+                client: req
+                    .headers()
+                    .get("user-agent")
+                    .and_then(|v| v.to_str().ok()),
+                tls: peer.tls,
+                password_only: true,
+            };
+            match app.auth.login(&attempt).await {
+                Ok(v) => Some(v.user),
+                Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => None,
+                // Limits are checked before the password is: they say nothing of it.
                 Err(AuthError::RateLimited { retry_after }) => return too_many(retry_after),
                 Err(AuthError::Busy) => return busy(),
                 Err(AuthError::Store(e)) => return internal(&e),
@@ -336,52 +357,88 @@ async fn self_service_reset(app: Arc<App>, req: Request<Incoming>, peer: Client)
         }
         _ => return unauthenticated(),
     };
-    let Some(user) = user else {
-        // Same answer, about the same time, no mail. The address shown is derived from the
-        // username the caller gave, the way a real one would look.
-        let avg = Duration::from_micros(app.reset_duration_us.load(Ordering::Relaxed));
-        if let Some(rest) = avg.checked_sub(started.elapsed()) {
-            tokio::time::sleep(rest).await;
-        }
-        let fake = if claimed.contains('@') {
-            mask_email(&claimed)
+    if let Some(user) = verified {
+        if app.reset_per_user.check(&user.username).is_err() {
+            tracing::info!(user = %user.username, "self-service reset over the per-user quota; no token sent");
         } else {
-            "***".to_owned()
-        };
-        return accepted(&fake);
-    };
-    match app.tokens.rotate(&user.id, TokenReason::Requested).await {
-        Ok(r) => {
-            let took = started.elapsed().as_micros() as u64;
-            let old = app.reset_duration_us.load(Ordering::Relaxed);
-            let avg = if old == 0 { took } else { (old * 7 + took) / 8 };
-            app.reset_duration_us.store(avg, Ordering::Relaxed);
-            accepted(&r.masked_email)
+            app.tokens
+                .rotate_detached(user, TokenReason::Requested, &app.reset_slots);
         }
-        Err(e) => token_error(e),
     }
+    tokio::time::sleep_until((started + app.auth.limits().failure_delay()).into()).await;
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({
+            "status": "accepted",
+            "message": "If the credentials were right, a new security token is on its way to the email address on file.",
+        }),
+    )
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PasswordChange {
     new_password: String,
+    /// Required when the caller authenticated with a session alone.
+    #[serde(default)]
+    current_password: Option<String>,
 }
 
-/// `POST /tokengate/v1/password` `{"new_password": ...}`, authenticated by a session or Basic
-/// `username:password+token`. The password changes and a new token is emailed, both or neither.
+/// `POST /tokengate/v1/password` `{"new_password": ..., "current_password": ...}`,
+/// authenticated by Basic `username:password+token`, or by a session with the current password
+/// in the body (a session alone is not enough: a stolen session id must not buy the password,
+/// which opens the console). The current password is verified like a login: a wrong one counts
+/// toward lockout and goes to the login history (dialect `password`). The password changes and
+/// a new token is emailed, both or neither.
 async fn change_password(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
     if req.method() != Method::POST {
         return method_not_allowed("POST");
     }
-    let user = match caller(&app, &req, peer).await {
+    let (user, proof) = match caller(&app, &req, peer).await {
         Ok(u) => u,
         Err(r) => return r,
     };
+    let client = req
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body: PasswordChange = match json_body(&app, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
+    if proof == Proof::Session {
+        let Some(current) = body.current_password.as_deref() else {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "current_password_required",
+                "a session alone cannot change the password: send current_password too",
+            );
+        };
+        let attempt = Attempt {
+            username: &user.username,
+            secret: current,
+            ip: peer.ip,
+            dialect: Dialect::Password,
+            api_version: None,
+            client: client.as_deref(),
+            tls: peer.tls,
+            password_only: true,
+        };
+        match app.auth.login(&attempt).await {
+            Ok(v) if v.user.id == user.id => {}
+            Ok(_) | Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "current_password_mismatch",
+                    "the current password is not right",
+                );
+            }
+            Err(AuthError::RateLimited { retry_after }) => return too_many(retry_after),
+            Err(AuthError::Busy) => return busy(),
+            Err(AuthError::Store(e)) => return internal(&e),
+        }
+    }
     match app
         .tokens
         .change_password(&user.id, &body.new_password)

@@ -80,9 +80,8 @@ pub struct App {
     /// Self-service token resets per canonical username and per client address.
     pub reset_per_user: KeyedLimiter<String>,
     pub reset_per_ip: KeyedLimiter<std::net::IpAddr>,
-    /// Moving average (µs) of a successful self-service reset, so refused ones answer in
-    /// about the same time (no user enumeration by timing).
-    pub reset_duration_us: std::sync::atomic::AtomicU64,
+    /// Self-service resets whose rotation runs detached from the answer, at most.
+    pub reset_slots: Arc<Semaphore>,
     /// `https://host[:port]`: the start of `serverUrl`, `instance_url` and identity URLs.
     pub origin: String,
     /// What a SIGHUP reload replaces.
@@ -122,6 +121,7 @@ impl App {
         }
         self.tokens.mailer().reload(&new.mail)?;
         self.auth.reload(new);
+        self.users.set_allow_synthetic(new.allow_synthetic_users);
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
             tls: acceptor,
             oauth_clients: new.oauth_clients.clone(),
@@ -180,6 +180,7 @@ pub fn open_admin(cfg: &Config) -> Result<Admin, ServerError> {
         None,
         cfg.auth.token_length,
         cfg.auth.password_policy.clone(),
+        cfg.allow_synthetic_users,
     ));
     let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone())?);
     let tokens = Arc::new(Tokens::new(
@@ -261,6 +262,8 @@ pub struct Server {
 }
 
 const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Self-service token resets being delivered at once, at most.
+const RESET_SLOTS: usize = 64;
 
 impl Server {
     pub async fn start(cfg: Config) -> Result<Self, ServerError> {
@@ -274,14 +277,25 @@ impl Server {
         let sessions = Arc::new(Sessions::new(
             store.clone(),
             secrets.clone(),
-            cfg.auth.session_idle_timeout,
-            cfg.auth.session_lifetime,
-            cfg.auth.max_sessions,
+            crate::auth::session::Limits {
+                idle: cfg.auth.session_idle_timeout,
+                lifetime: cfg.auth.session_lifetime,
+                max: cfg.auth.max_sessions,
+                max_per_user: cfg.auth.max_sessions_per_user,
+            },
             &cfg.server.org.id15,
         ));
         let restored = sessions.load()?;
         let (history, history_task) = History::start(store.clone(), &cfg.history);
-        let auth = Authenticator::new(store.clone(), secrets.clone(), &cfg, history.clone())?;
+        let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone())?);
+        let (lock_notices, lock_queue) = tokio::sync::mpsc::channel(crate::mail::LOCK_NOTICE_QUEUE);
+        let auth = Authenticator::new(
+            store.clone(),
+            secrets.clone(),
+            &cfg,
+            history.clone(),
+            Some(lock_notices),
+        )?;
         let upstream = Upstream::new(&cfg.upstream)?;
         let users = Arc::new(Users::new(
             store.clone(),
@@ -289,8 +303,8 @@ impl Server {
             Some(sessions.clone()),
             cfg.auth.token_length,
             cfg.auth.password_policy.clone(),
+            cfg.allow_synthetic_users,
         ));
-        let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone())?);
         let tokens = Arc::new(Tokens::new(
             store.clone(),
             secrets.clone(),
@@ -338,7 +352,7 @@ impl Server {
             console,
             reset_per_user,
             reset_per_ip,
-            reset_duration_us: std::sync::atomic::AtomicU64::new(0),
+            reset_slots: Arc::new(Semaphore::new(RESET_SLOTS)),
             origin: origin.clone(),
             live: std::sync::RwLock::new(Arc::new(Live {
                 tls: acceptor,
@@ -354,6 +368,7 @@ impl Server {
                 tokens.run_due().await;
             }
         });
+        let notices = tokio::spawn(crate::mail::send_lock_notices(mailer.clone(), lock_queue));
         let retries = tokio::spawn(async move {
             let mut tick = tokio::time::interval(mailer.retry_interval());
             tick.tick().await;
@@ -396,6 +411,7 @@ impl Server {
         let accept_task = tokio::spawn(accept_loop(listener, app.clone(), stop_rx));
         let mut background = vec![
             sweeper,
+            notices,
             admin_task,
             rotations,
             retries,

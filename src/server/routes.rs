@@ -38,9 +38,18 @@ pub struct Client {
     pub tls: Option<&'static str>,
 }
 
-/// The client's address: the socket's peer, or the nearest untrusted address in
-/// `X-Forwarded-For` when the peer is a trusted proxy (DESIGN.md §3.9). Proxies append to the
-/// header, so it is read right to left, skipping trusted proxies.
+/// The client address recorded for a request whose forwarded chain could not be read: in no
+/// trusted network and no login range, one shared limiter key, `0.0.0.0` in the history.
+pub const UNIDENTIFIED_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+/// The client's address: the socket's peer, or, when the peer is a trusted proxy, the
+/// nearest address in `X-Forwarded-For` that is not a trusted proxy. Each proxy appends the
+/// address it received the request from, so only the entries on the right were written by
+/// proxies we trust: the header is walked right to left, trusted proxies are skipped, and the
+/// first other entry is the client. An entry that cannot be read (empty, `unknown`, garbage)
+/// ends the walk as an unidentified client ([`UNIDENTIFIED_CLIENT`]): whatever stands left
+/// of it was written by someone we do not trust. When every entry is a trusted proxy, the
+/// leftmost is the client.
 pub fn client_ip(
     trusted_proxies: &[ipnet::IpNet],
     peer: IpAddr,
@@ -50,17 +59,31 @@ pub fn client_ip(
     if !trusted(&peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map_while(|h| h.trim().parse::<IpAddr>().ok())
-        .collect();
-    hops.into_iter()
-        .rev()
-        .find(|ip| !trusted(ip))
-        .unwrap_or(peer)
+    let mut client = peer;
+    // Several header lines are one list, in order (RFC 9110 §5.3).
+    for line in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = line.to_str() else {
+            return UNIDENTIFIED_CLIENT;
+        };
+        for hop in text.rsplit(',') {
+            match parse_hop(hop) {
+                Some(ip) if trusted(&ip) => client = ip,
+                Some(ip) => return ip,
+                None => return UNIDENTIFIED_CLIENT,
+            }
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port as some load balancers
+/// write it (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim_matches([' ', '\t']);
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .filter(|ip| !ip.is_unspecified())
 }
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
@@ -76,16 +99,19 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
     // and unboxed it would be as large as the largest branch (SOAP, the console), not the
     // forwarded call that most requests are.
     let path = req.uri().path();
+    if path.starts_with("/tokengate/") && cross_site(&app, &req) {
+        return Box::pin(refuse_cross_site(app, req)).await;
+    }
     if path.starts_with("/services/Soap/") {
         return Box::pin(soap_call(app, req, peer)).await;
     }
     match path {
         "/services/oauth2/token" => Box::pin(oauth_token(app, req, peer)).await,
         "/services/oauth2/revoke" => Box::pin(oauth_revoke(app, req)).await,
-        "/services/oauth2/userinfo" => Box::pin(userinfo(app, req)).await,
+        "/services/oauth2/userinfo" => Box::pin(userinfo(app, req, peer)).await,
         "/tokengate/health" => wire::respond(StatusCode::OK, JSON, r#"{"status":"ok"}"#),
         "/tokengate/ready" => Box::pin(ready(&app)).await,
-        p if p.starts_with("/id/") => Box::pin(identity(app, req)).await,
+        p if p.starts_with("/id/") => Box::pin(identity(app, req, peer)).await,
         p if p == "/tokengate/console" || p.starts_with("/tokengate/console/") => {
             Box::pin(crate::console::handle(app, req, peer)).await
         }
@@ -94,20 +120,69 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
     }
 }
 
+/// Whether a state-changing request under `/tokengate/` was sent by a page of another site: a
+/// browser that holds the console cookie or Basic credentials must not act for that page.
+/// Browsers say so in `Sec-Fetch-Site` and `Origin`; clients that send neither (curl, SDKs,
+/// the CLI) are not browsers and are unaffected.
+fn cross_site(app: &App, req: &Request<Incoming>) -> bool {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return false;
+    }
+    let h = req.headers();
+    if header_str(h, "sec-fetch-site").is_some_and(|v| v.eq_ignore_ascii_case("cross-site")) {
+        return true;
+    }
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return true;
+    };
+    // The page's origin must be tokengate's own: the public origin, or the origin of the
+    // host this request was sent to (an admin who reaches it by another name).
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let own = |o: &str| origin.eq_ignore_ascii_case(o);
+    !(own(&app.origin) || host.is_some_and(|host| own(&format!("https://{host}"))))
+}
+
+/// The 403 for a cross-site request, in the console's or the API's format.
+async fn refuse_cross_site(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    tracing::warn!(path = %req.uri().path(), "cross-site request refused");
+    let message = "cross-site request refused: this request came from a page of another site";
+    if crate::console::owns(req.uri().path()) {
+        return crate::console::forbidden(&app, message);
+    }
+    wire::json_error(StatusCode::FORBIDDEN, "cross_site_request", message)
+}
+
 /// Readiness: the store answers, the upstream accepts connections, and the SMTP server does
 /// when mail goes over SMTP. 200 when all are fine, 503 otherwise; JSON either way.
 async fn ready(app: &App) -> Response<Body> {
     const PROBE: std::time::Duration = std::time::Duration::from_secs(2);
-    async fn connect(host: &str, port: u16) -> Result<(), String> {
+    // The answer names the failing check and nothing more (anyone may ask); the reason goes
+    // to the log.
+    async fn connect(what: &str, host: &str, port: u16) -> &'static str {
         match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect((host, port))).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
+            Ok(Ok(_)) => "ok",
+            Ok(Err(e)) => {
+                tracing::warn!(check = what, error = %e, "readiness check failed");
+                "error"
+            }
+            Err(_) => {
+                tracing::warn!(check = what, "readiness check timed out");
+                "error"
+            }
         }
     }
     let store = match app.store.setting("readiness") {
-        Ok(_) => "ok".to_owned(),
-        Err(e) => format!("error: {e}"),
+        Ok(_) => "ok",
+        Err(e) => {
+            tracing::warn!(check = "store", error = %e, "readiness check failed");
+            "error"
+        }
     };
     let url = &app.cfg.upstream.url;
     let port = url
@@ -122,19 +197,13 @@ async fn ready(app: &App) -> Response<Body> {
         .unwrap_or_default()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let upstream = match connect(host, port).await {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => format!("error: {e}"),
-    };
+    let upstream = connect("upstream", host, port).await;
     let smtp = match &app.cfg.mail.transport {
-        crate::config::MailTransport::Smtp { host, port, .. } => match connect(host, *port).await {
-            Ok(()) => "ok".to_owned(),
-            Err(e) => format!("error: {e}"),
-        },
-        crate::config::MailTransport::File { .. } => "file".to_owned(),
-        crate::config::MailTransport::None => "not configured".to_owned(),
+        crate::config::MailTransport::Smtp { host, port, .. } => connect("smtp", host, *port).await,
+        crate::config::MailTransport::File { .. } => "file",
+        crate::config::MailTransport::None => "not configured",
     };
-    let ok = store == "ok" && upstream == "ok" && !smtp.starts_with("error");
+    let ok = store == "ok" && upstream == "ok" && smtp != "error";
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "not ready" },
         "checks": { "store": store, "upstream": upstream, "smtp": smtp },
@@ -325,7 +394,7 @@ async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Respo
                     ),
                     Err(e) => soap_server_busy(flavor, &e),
                 },
-                // A locked account answers like a wrong password in SOAP (reference §1.5).
+                // A locked account answers like a wrong password in SOAP.
                 Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => {
                     soap_response(StatusCode::INTERNAL_SERVER_ERROR, soap::login_fault(flavor))
                 }
@@ -356,7 +425,7 @@ async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Respo
                 }
             }
         }
-        Op::Logout => match soap_session(&app, &env, &parts.headers) {
+        Op::Logout => match soap_session(&env, &parts.headers) {
             Some(sid) if app.sessions.revoke(&sid) => {
                 soap_response(StatusCode::OK, soap::logout_response(flavor))
             }
@@ -366,8 +435,8 @@ async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Respo
             ),
         },
         Op::GetUserInfo => {
-            let session =
-                soap_session(&app, &env, &parts.headers).and_then(|sid| app.sessions.lookup(&sid));
+            let session = soap_session(&env, &parts.headers)
+                .and_then(|sid| app.sessions.lookup(&sid, peer.ip));
             let Some(session) = session else {
                 return soap_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -390,8 +459,8 @@ async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Respo
             }
         }
         _ => {
-            let session =
-                soap_session(&app, &env, &parts.headers).and_then(|sid| app.sessions.lookup(&sid));
+            let session = soap_session(&env, &parts.headers)
+                .and_then(|sid| app.sessions.lookup(&sid, peer.ip));
             let Some(session) = session else {
                 return soap_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -424,7 +493,7 @@ async fn soap_call(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Respo
 }
 
 /// The session id of a SOAP call: its SessionHeader, else a session header of the HTTP request.
-fn soap_session(_app: &App, env: &soap::Envelope, headers: &http::HeaderMap) -> Option<String> {
+fn soap_session(env: &soap::Envelope, headers: &http::HeaderMap) -> Option<String> {
     if let Some(sid) = &env.session_id {
         return Some(sid.clone());
     }
@@ -634,16 +703,16 @@ async fn oauth_revoke(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// The session of an identity request: `Authorization` or the `oauth_token` parameter.
-fn identity_session(app: &App, req: &Request<Incoming>) -> Option<Arc<Session>> {
+fn identity_session(app: &App, req: &Request<Incoming>, peer: Client) -> Option<Arc<Session>> {
     let sid = match credentials::from_headers(req.headers()) {
         Some(HeaderCredential::Session(s)) => s.to_owned(),
         _ => query_param(req.uri(), "oauth_token")?,
     };
-    app.sessions.lookup(&sid)
+    app.sessions.lookup(&sid, peer.ip)
 }
 
-async fn userinfo(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let Some(session) = identity_session(&app, &req) else {
+async fn userinfo(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
+    let Some(session) = identity_session(&app, &req, peer) else {
         return rest::invalid_session();
     };
     match app.store.user_by_id(&session.user_id) {
@@ -664,9 +733,10 @@ async fn userinfo(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// `GET /id/{org}/{user}`: the identity document of any user of this org.
-async fn identity(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let Some(_session) = identity_session(&app, &req) else {
+/// `GET /id/{org}/{user}`: the identity document of the session's own user; another user's
+/// is refused (403), whether or not that user exists.
+async fn identity(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
+    let Some(session) = identity_session(&app, &req, peer) else {
         return rest::invalid_session();
     };
     let mut segs = req
@@ -687,6 +757,13 @@ async fn identity(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         } else {
             uid.to_owned()
         };
+        if full != session.user_id {
+            return rest::error(
+                StatusCode::FORBIDDEN,
+                "INSUFFICIENT_ACCESS",
+                "a session may read only its own user's identity",
+            );
+        }
         app.store.user_by_id(&full)
     } else {
         Ok(None)
@@ -727,7 +804,7 @@ async fn forward(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Respons
     // forwarding future's state in this one, which hyper moves once per request.
     let (session, user);
     let who = match credentials::from_headers(req.headers()) {
-        Some(HeaderCredential::Session(sid)) => match app.sessions.lookup(sid) {
+        Some(HeaderCredential::Session(sid)) => match app.sessions.lookup(sid, peer.ip) {
             Some(s) => {
                 session = s;
                 Principal {
@@ -795,8 +872,12 @@ async fn basic_login(
     match result {
         Ok(v) => Ok(v.user),
         Err(AuthError::Rejected(_)) => Err(rest::basic_login_failed()),
-        // Only a caller with the right credentials learns of the lock, with its end.
-        Err(AuthError::Locked { until }) => Err(rest::locked(until)),
+        // Only a caller whose secret carried the right token learns of the lock, with its end.
+        Err(AuthError::Locked {
+            until,
+            proven: true,
+        }) => Err(rest::locked(until)),
+        Err(AuthError::Locked { proven: false, .. }) => Err(rest::basic_login_failed()),
         Err(AuthError::RateLimited { retry_after }) => Err(retry_after_header(
             rest::error(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -44,9 +44,16 @@ pub struct User {
     /// Length of the current token: the secret is split at `len - token_length`
     /// (DESIGN.md §3.1: stored per user, never guessed).
     pub token_length: usize,
-    /// Bumped by every credential or status change; sessions and cached verifications that
-    /// carry an older epoch are dead.
+    /// Bumped by every credential or status change; cached verifications that carry an older
+    /// epoch are dead.
     pub epoch: u64,
+    /// Bumped by every change that must end the user's sessions (disable, password change,
+    /// token reset unless sessions are kept, lock, login-range change); a session carries the
+    /// value at login and dies on its first use after the user's moved on. Apart from `epoch`
+    /// only so that `[tokens] revoke_sessions_on_reset = false` can keep sessions across a
+    /// token reset while cached verifications of the old token still die.
+    #[serde(default)]
+    pub session_epoch: u64,
     pub created_at: u64,
     pub password_changed_at: u64,
     pub token_reset_at: u64,
@@ -57,6 +64,11 @@ pub struct User {
     /// The superseded token during its grace window.
     #[serde(default)]
     pub previous_token: Option<TokenRecord>,
+    /// A pending token left by a process that stopped between writing it and committing it:
+    /// its email may have gone out, so it is valid beside the current token until the next
+    /// successful rotation (a crash never strands a user with a mailed token that fails).
+    #[serde(default)]
+    pub unconfirmed_token: Option<TokenRecord>,
     /// Scheduled rotation period in seconds, if any.
     #[serde(default)]
     pub rotate_every_secs: Option<u64>,
@@ -136,6 +148,10 @@ pub struct TokenRecord {
     pub length: usize,
     /// Pending tokens: when it was created. Previous tokens: until when it stays valid.
     pub at: u64,
+    /// Pending tokens: the process that is delivering it (see `tokens::Tokens`), so that a
+    /// later process recognises one whose delivery was cut short by a crash. 0 elsewhere.
+    #[serde(default)]
+    pub owner: u64,
 }
 
 impl User {
@@ -161,11 +177,13 @@ impl User {
             token_tag,
             token_length,
             epoch: 1,
+            session_epoch: 1,
             created_at: now,
             password_changed_at: now,
             token_reset_at: now,
             pending_token: None,
             previous_token: None,
+            unconfirmed_token: None,
             rotate_every_secs: None,
             next_rotation_at: None,
             lockout: LockoutState::default(),
@@ -175,6 +193,50 @@ impl User {
     }
 }
 
+impl User {
+    /// Ends cached verifications and sessions at once: every change of credentials or status
+    /// that must end access calls this.
+    pub fn end_access(&mut self) {
+        self.epoch += 1;
+        self.session_epoch += 1;
+    }
+
+    /// A stored record as the current code reads it: records written before `session_epoch`
+    /// existed take it from `epoch`, which sessions of that time carried.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let mut u: User =
+            serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("user: {e}")))?;
+        if u.session_epoch == 0 {
+            u.session_epoch = u.epoch;
+        }
+        Ok(u)
+    }
+
+    /// Whether the user may log in, or use a session, from `ip` (no ranges: from anywhere).
+    /// The unspecified address stands for a client that could not be identified behind a
+    /// trusted proxy: it is in no range.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        ranges_allow(&self.login_ranges, ip)
+    }
+}
+
+/// Whether `ip` is inside `ranges` (empty: everywhere); see [`User::allows`].
+pub fn ranges_allow(ranges: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    ranges.is_empty() || (!ip.is_unspecified() && ranges.iter().any(|n| n.contains(&ip)))
+}
+
+/// A committed change to a user record, as observers hear of it.
+#[derive(Debug, Clone, Copy)]
+pub enum UserChange<'a> {
+    Written(&'a User),
+    Deleted { id: &'a str },
+}
+
+/// Called after every committed change to a user record, in the writing thread: keeps
+/// in-memory state that must follow users (the session table's epochs) current without a
+/// store read on the request path.
+pub type UserObserver = Arc<dyn Fn(UserChange<'_>) + Send + Sync>;
+
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("User")
@@ -183,6 +245,7 @@ impl std::fmt::Debug for User {
             .field("admin", &self.admin)
             .field("disabled", &self.disabled)
             .field("epoch", &self.epoch)
+            .field("session_epoch", &self.session_epoch)
             .finish_non_exhaustive()
     }
 }
@@ -201,6 +264,9 @@ pub struct SessionRecord {
 pub type ExportSink<'a> = dyn FnMut(&str, &[u8], &[u8]) -> std::io::Result<()> + 'a;
 
 pub trait Store: Send + Sync + 'static {
+    /// Registers `observer` for every later committed change to a user record.
+    fn observe_users(&self, observer: UserObserver);
+
     /// Shared, not cloned: the cached Basic path reads a user on every request.
     fn user_by_name(&self, canonical_username: &str) -> Result<Option<Arc<User>>, StoreError>;
     fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError>;

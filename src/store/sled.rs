@@ -13,7 +13,10 @@ use std::sync::Arc;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use super::{ExportSink, HistoryFilter, HistoryRow, SessionRecord, Store, StoreError, User};
+use super::{
+    ExportSink, HistoryFilter, HistoryRow, SessionRecord, Store, StoreError, User, UserChange,
+    UserObserver,
+};
 use crate::secret::Tag;
 
 pub struct SledStore {
@@ -42,6 +45,11 @@ pub struct SledStore {
     /// Every canonical username, so a login for a name that does not exist is answered from
     /// memory, as fast as one that does (no timing difference to enumerate users by).
     names: dashmap::DashSet<String>,
+    /// Counts user writes (and deletes). A reader that filled the cache while a write happened
+    /// takes its entry out again: its record may be older than the write's, and a cache that
+    /// was cleared (full) or a delete would otherwise let the old record back in.
+    user_writes: std::sync::atomic::AtomicU64,
+    observers: std::sync::RwLock<Vec<UserObserver>>,
 }
 
 /// Decoded users kept in memory at most (the cache empties when full).
@@ -86,6 +94,8 @@ impl SledStore {
             gate: std::sync::RwLock::new(()),
             user_cache: dashmap::DashMap::new(),
             names: dashmap::DashSet::new(),
+            user_writes: std::sync::atomic::AtomicU64::new(0),
+            observers: std::sync::RwLock::new(Vec::new()),
             db,
         };
         // The id index holds every username and is small: reading it does not pull every
@@ -107,7 +117,7 @@ impl SledStore {
         }
         for item in self.users.iter() {
             let (_, v) = item.map_err(io)?;
-            let user: User = decode("user", &v)?;
+            let user = User::decode(&v)?;
             if let Some(key) = rotation_key(&user) {
                 self.rotations.insert(key, &[]).map_err(io)?;
             }
@@ -126,21 +136,46 @@ fn rotation_key(user: &User) -> Option<Vec<u8>> {
 }
 
 impl SledStore {
-    /// `overwrite`: writers replace; readers only fill a missing entry, so a reader holding an
-    /// older record can never replace a writer's newer one.
-    fn cache_user(&self, user: Arc<User>, overwrite: bool) -> Arc<User> {
+    /// A writer's record: replaces the cached one. Called after the write is committed.
+    fn cache_written(&self, user: Arc<User>) {
+        use std::sync::atomic::Ordering;
+        self.user_writes.fetch_add(1, Ordering::SeqCst);
         if self.user_cache.len() >= USER_CACHE {
             self.user_cache.clear();
         }
-        if overwrite {
-            self.user_cache.insert(user.username.clone(), user.clone());
-            user
-        } else {
+        self.user_cache.insert(user.username.clone(), user.clone());
+        self.notify(UserChange::Written(&user));
+    }
+
+    /// A reader's record, read after `writes_before` was taken: fills a missing entry only
+    /// (a present one is at least as new), and is taken out again if a write happened
+    /// meanwhile, since it may predate that write.
+    fn cache_read(&self, user: Arc<User>, writes_before: u64) -> Arc<User> {
+        use std::sync::atomic::Ordering;
+        if self.user_cache.len() >= USER_CACHE {
+            self.user_cache.clear();
+        }
+        let cached = self
+            .user_cache
+            .entry(user.username.clone())
+            .or_insert(user)
+            .value()
+            .clone();
+        if self.user_writes.load(Ordering::SeqCst) != writes_before {
             self.user_cache
-                .entry(user.username.clone())
-                .or_insert(user)
-                .value()
-                .clone()
+                .remove_if(&cached.username, |_, c| Arc::ptr_eq(c, &cached));
+        }
+        cached
+    }
+
+    fn notify(&self, change: UserChange<'_>) {
+        for o in self
+            .observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            o(change);
         }
     }
 
@@ -167,6 +202,13 @@ const TREES: [&str; 7] = [
 ];
 
 impl Store for SledStore {
+    fn observe_users(&self, observer: UserObserver) {
+        self.observers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observer);
+    }
+
     fn user_by_name(&self, canonical_username: &str) -> Result<Option<Arc<User>>, StoreError> {
         if let Some(u) = self.user_cache.get(canonical_username) {
             return Ok(Some(u.value().clone()));
@@ -174,11 +216,12 @@ impl Store for SledStore {
         if !self.names.contains(canonical_username) {
             return Ok(None);
         }
+        let writes_before = self.user_writes.load(std::sync::atomic::Ordering::SeqCst);
         let Some(bytes) = self.users.get(canonical_username).map_err(io)? else {
             return Ok(None);
         };
-        let user: User = decode("user", &bytes)?;
-        Ok(Some(self.cache_user(Arc::new(user), false)))
+        let user = User::decode(&bytes)?;
+        Ok(Some(self.cache_read(Arc::new(user), writes_before)))
     }
 
     fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError> {
@@ -213,7 +256,7 @@ impl Store for SledStore {
                 TransactionError::Storage(e) => io(e),
             })?;
         self.names.insert(user.username.clone());
-        self.cache_user(Arc::new(user.clone()), true);
+        self.cache_written(Arc::new(user.clone()));
         Ok(())
     }
 
@@ -230,7 +273,7 @@ impl Store for SledStore {
                 .get(&name)
                 .map_err(io)?
                 .ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
-            let mut user: User = decode("user", &old)?;
+            let mut user = User::decode(&old)?;
             let was = rotation_key(&user);
             change(&mut user);
             // The username is the key: a change that renamed the user would orphan the index.
@@ -268,7 +311,7 @@ impl Store for SledStore {
                     )?
             };
             if swapped {
-                self.cache_user(Arc::new(user.clone()), true);
+                self.cache_written(Arc::new(user.clone()));
                 return Ok(user);
             }
             // Raced with another writer: re-read and re-apply.
@@ -292,7 +335,7 @@ impl Store for SledStore {
         // Keys are canonical usernames, so sled's key order is username order.
         for item in self.users.iter() {
             let (_, v) = item.map_err(io)?;
-            visit(decode("user", &v)?);
+            visit(User::decode(&v)?);
         }
         Ok(())
     }
@@ -320,8 +363,14 @@ impl Store for SledStore {
                 TransactionError::Storage(e) => io(e),
             })?;
         let canonical = std::str::from_utf8(&name).unwrap_or_default();
-        self.user_cache.remove(canonical);
+        // The name first, then the writes counter, then the cache: a reader that filled the
+        // cache from a record read before the delete sees one of the first two and takes it
+        // out, or filled it before the third and is taken out by it.
         self.names.remove(canonical);
+        self.user_writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.user_cache.remove(canonical);
+        self.notify(UserChange::Deleted { id });
         // The read gate is not re-entrant under a waiting backup: release it first.
         drop(gate);
         self.delete_user_sessions(id)?;
@@ -475,9 +524,11 @@ impl Store for SledStore {
         t.insert(key, value).map_err(io)?;
         if tree == "users" {
             self.names.insert(String::from_utf8_lossy(key).into_owned());
-            if let Some(k) = rotation_key(&decode::<User>("user", value)?) {
+            let user = User::decode(value)?;
+            if let Some(k) = rotation_key(&user) {
                 self.rotations.insert(k, &[]).map_err(io)?;
             }
+            self.cache_written(Arc::new(user));
         }
         Ok(())
     }

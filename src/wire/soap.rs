@@ -131,6 +131,10 @@ pub enum SoapError {
     Missing(&'static str),
     #[error("an element is too long")]
     FieldTooLong,
+    /// Two `Header`s, two `SessionHeader`s, a `Body` with other than one call, ...: a parser
+    /// and the upstream could read such an envelope differently, so it is refused.
+    #[error("the envelope is ambiguous: {0}")]
+    Ambiguous(&'static str),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -163,7 +167,14 @@ pub fn parse(body: &[u8]) -> Result<Envelope, SoapError> {
         session_header: None,
     };
     let mut seen_envelope = false;
+    let mut seen_header = false;
+    let mut seen_body = false;
+    let mut session_headers = 0usize;
+    let mut call_options = 0usize;
     let mut body_children = 0usize;
+    let mut session_ids = 0usize;
+    let mut clients = 0usize;
+    let (mut usernames, mut passwords) = (0usize, 0usize);
     let (mut username, mut password): (Option<String>, Option<String>) = (None, None);
     let mut capture: Option<String> = None;
     let mut header_start = 0usize;
@@ -180,26 +191,68 @@ pub fn parse(body: &[u8]) -> Result<Envelope, SoapError> {
                 let local = local.as_ref();
                 let parent = stack.last().copied();
                 let env_ns = matches!(ns, ResolveResult::Bound(Namespace(n)) if n == NS_ENVELOPE);
+                let ambiguous = |what| Err(SoapError::Ambiguous(what));
                 let tag = match parent {
+                    None if seen_envelope => return ambiguous("a second root element"),
                     None if env_ns && local == b"Envelope" => {
                         seen_envelope = true;
                         Tag::Envelope
                     }
                     None => return Err(SoapError::NotSoap),
-                    Some(Tag::Envelope) if env_ns && local == b"Header" => Tag::Header,
-                    Some(Tag::Envelope) if env_ns && local == b"Body" => Tag::Body,
+                    Some(Tag::Envelope) if env_ns && local == b"Header" => {
+                        if seen_header || seen_body {
+                            return ambiguous("a second Header, or a Header after the Body");
+                        }
+                        seen_header = true;
+                        Tag::Header
+                    }
+                    Some(Tag::Envelope) if env_ns && local == b"Body" => {
+                        if seen_body {
+                            return ambiguous("a second Body");
+                        }
+                        seen_body = true;
+                        Tag::Body
+                    }
+                    Some(Tag::Envelope) => {
+                        return ambiguous("an Envelope child other than Header and Body");
+                    }
                     Some(Tag::Header) if is_sf_ns(&ns) && local == b"SessionHeader" => {
+                        session_headers += 1;
+                        if session_headers > 1 {
+                            return ambiguous("a second SessionHeader");
+                        }
                         header_start = before;
                         Tag::SessionHeader
                     }
                     Some(Tag::Header) if is_sf_ns(&ns) && local == b"CallOptions" => {
+                        call_options += 1;
+                        if call_options > 1 {
+                            return ambiguous("a second CallOptions");
+                        }
                         Tag::CallOptions
                     }
-                    Some(Tag::SessionHeader) if local == b"sessionId" => Tag::SessionId,
-                    Some(Tag::CallOptions) if local == b"client" => Tag::Client,
+                    Some(Tag::SessionHeader) if local == b"sessionId" => {
+                        session_ids += 1;
+                        if session_ids > 1 {
+                            return ambiguous("a second sessionId");
+                        }
+                        Tag::SessionId
+                    }
+                    Some(Tag::CallOptions) if local == b"client" => {
+                        clients += 1;
+                        if clients > 1 {
+                            return ambiguous("a second client");
+                        }
+                        Tag::Client
+                    }
                     Some(Tag::Body) => {
                         body_children += 1;
-                        if body_children == 1 && is_sf_ns(&ns) {
+                        if body_children > 1 {
+                            // A second call would be ignored by one reader and read by another
+                            // (a login that carries a second call would be forwarded).
+                            return ambiguous("a Body with more than one call");
+                        }
+                        if is_sf_ns(&ns) {
                             match local {
                                 b"login" => {
                                     env.op = Op::Login {
@@ -223,8 +276,20 @@ pub fn parse(body: &[u8]) -> Result<Envelope, SoapError> {
                             Tag::Ignored
                         }
                     }
-                    Some(Tag::Login) if local == b"username" => Tag::Username,
-                    Some(Tag::Login) if local == b"password" => Tag::Password,
+                    Some(Tag::Login) if local == b"username" => {
+                        usernames += 1;
+                        if usernames > 1 {
+                            return ambiguous("a second username");
+                        }
+                        Tag::Username
+                    }
+                    Some(Tag::Login) if local == b"password" => {
+                        passwords += 1;
+                        if passwords > 1 {
+                            return ambiguous("a second password");
+                        }
+                        Tag::Password
+                    }
                     _ => Tag::Ignored,
                 };
                 if empty {
@@ -271,6 +336,12 @@ pub fn parse(body: &[u8]) -> Result<Envelope, SoapError> {
                         &t.decode()
                             .map_err(|e| SoapError::Malformed(e.to_string()))?,
                     );
+                } else if matches!(
+                    stack.last(),
+                    None | Some(Tag::Envelope | Tag::Header | Tag::Body)
+                ) && !t.iter().all(u8::is_ascii_whitespace)
+                {
+                    return Err(SoapError::Ambiguous("text outside the elements"));
                 }
             }
             Event::CData(t) => {
@@ -308,6 +379,9 @@ pub fn parse(body: &[u8]) -> Result<Envelope, SoapError> {
     }
     if !seen_envelope {
         return Err(SoapError::NotSoap);
+    }
+    if !seen_body || body_children != 1 {
+        return Err(SoapError::Ambiguous("a Body must hold exactly one call"));
     }
     if !stack.is_empty() {
         return Err(SoapError::Malformed(
@@ -535,6 +609,52 @@ mod tests {
             parse(missing.as_bytes()).unwrap_err(),
             SoapError::Missing("password")
         );
+    }
+
+    #[test]
+    fn ambiguous_envelopes_are_refused() {
+        let env = |header: &str, body: &str| {
+            format!(
+                r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:p="urn:partner.soap.sforce.com">{header}<s:Body>{body}</s:Body></s:Envelope>"#
+            )
+        };
+        let sh = |sid: &str| {
+            format!("<p:SessionHeader><p:sessionId>{sid}</p:sessionId></p:SessionHeader>")
+        };
+        let login = "<p:login><p:username>u</p:username><p:password>x</p:password></p:login>";
+        let cases = [
+            env(&format!("<s:Header>{}{}</s:Header>", sh("a"), sh("b")), "<p:query/>"),
+            env(
+                "<s:Header><p:SessionHeader><p:sessionId>a</p:sessionId><p:sessionId>b</p:sessionId></p:SessionHeader></s:Header>",
+                "<p:query/>",
+            ),
+            env("<s:Header/><s:Header/>", "<p:query/>"),
+            env("", &format!("{login}<p:query/>")),
+            env("", &format!("<p:query/>{login}")),
+            env("", "<p:login><p:username>u</p:username><p:username>v</p:username><p:password>x</p:password></p:login>"),
+            env("", ""),
+            env("", "stray text<p:query/>"),
+            format!("{}{}", env("", login), env("", login)),
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><a/></s:Body><s:Body><b/></s:Body></s:Envelope>"#.to_owned(),
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><a/></s:Body><s:Header/></s:Envelope>"#.to_owned(),
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><a/></s:Body><x/></s:Envelope>"#.to_owned(),
+        ];
+        for c in &cases {
+            assert!(
+                matches!(parse(c.as_bytes()), Err(SoapError::Ambiguous(_))),
+                "{c}: {:?}",
+                parse(c.as_bytes())
+            );
+        }
+        // The unambiguous forms still parse.
+        assert!(
+            parse(env(&format!("<s:Header>{}</s:Header>", sh("a")), "<p:query/>").as_bytes())
+                .is_ok()
+        );
+        assert!(matches!(
+            parse(env("", login).as_bytes()).unwrap().op,
+            Op::Login { .. }
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A real SMTP server on loopback (RFC 5321, plaintext, no extensions) that records what it
-//! accepts, and can be told to refuse a recipient, refuse all data, or hang.
+//! accepts, and can be told to refuse a recipient, refuse all data, hang, or hold its reply to
+//! a message it received until the test releases it (to kill the sender at that instant).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -53,39 +54,78 @@ pub struct Behaviour {
     pub hang: bool,
     /// Close connections on their next command (with `stop`: the server is gone).
     pub down: bool,
+    /// Record each message in full, report [`SinkEvent::Received`], then hold the reply to it
+    /// until [`SmtpSink::release`].
+    pub hold_data_reply: bool,
+}
+
+/// What the sink reports as it goes, to a test that waits for an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkEvent {
+    /// A message arrived in full (and was recorded); its reply is being held.
+    Received,
+    /// The 250 reply to a message was written.
+    Replied,
 }
 
 pub struct SmtpSink {
     pub addr: SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
     behaviour: Arc<Mutex<Behaviour>>,
+    events: tokio::sync::broadcast::Sender<SinkEvent>,
+    release: Arc<tokio::sync::Semaphore>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What a session shares with the sink.
+#[derive(Clone)]
+struct Shared {
+    mails: Arc<Mutex<Vec<Mail>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    events: tokio::sync::broadcast::Sender<SinkEvent>,
+    release: Arc<tokio::sync::Semaphore>,
 }
 
 impl SmtpSink {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mails: Arc<Mutex<Vec<Mail>>> = Arc::default();
-        let behaviour: Arc<Mutex<Behaviour>> = Arc::default();
-        let (m, b) = (mails.clone(), behaviour.clone());
+        let shared = Shared {
+            mails: Arc::default(),
+            behaviour: Arc::default(),
+            events: tokio::sync::broadcast::channel(64).0,
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (m, b) = (m.clone(), b.clone());
+                let s = s.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(60), session(tcp, m, b)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(60), session(tcp, s)).await;
                 });
             }
         });
         Self {
             addr,
-            mails,
-            behaviour,
+            mails: shared.mails,
+            behaviour: shared.behaviour,
+            events: shared.events,
+            release: shared.release,
             task,
         }
+    }
+
+    /// Events from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<SinkEvent> {
+        self.events.subscribe()
+    }
+
+    /// Lets one held reply go.
+    pub fn release(&self) {
+        self.release.add_permits(1);
     }
 
     pub fn set(&self, b: Behaviour) {
@@ -135,11 +175,13 @@ fn path_arg(line: &str) -> String {
     line[start..end].to_owned()
 }
 
-async fn session(
-    tcp: tokio::net::TcpStream,
-    mails: Arc<Mutex<Vec<Mail>>>,
-    behaviour: Arc<Mutex<Behaviour>>,
-) {
+async fn session(tcp: tokio::net::TcpStream, shared: Shared) {
+    let Shared {
+        mails,
+        behaviour,
+        events,
+        release,
+    } = shared;
     // Read per command, not per connection: lettre pools connections across messages.
     let current = || behaviour.lock().unwrap().clone();
     if current().hang {
@@ -209,7 +251,18 @@ async fn session(
                         to: to.clone(),
                         data,
                     });
-                    b"250 OK queued\r\n"
+                    if b.hold_data_reply {
+                        let _ = events.send(SinkEvent::Received);
+                        let Ok(permit) = release.acquire().await else {
+                            return;
+                        };
+                        permit.forget();
+                    }
+                    if w.write_all(b"250 OK queued\r\n").await.is_err() {
+                        return;
+                    }
+                    let _ = events.send(SinkEvent::Replied);
+                    continue;
                 }
             }
             "RSET" | "NOOP" => b"250 OK\r\n",
