@@ -2,8 +2,7 @@
 //! "username + password‖security token" logins (SOAP `login()`, the OAuth 2.0 password grant,
 //! HTTP Basic on every call), backed by its own embedded credential store.
 //!
-//! See `DESIGN.md` in the shared docs for the architecture; each module's own docs say what it
-//! owns.
+//! `docs/architecture.md` draws the request path; each module's own docs say what it owns.
 
 pub mod admin;
 pub mod auth;
@@ -11,6 +10,8 @@ pub mod backup;
 pub mod config;
 pub mod console;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod ids;
 pub mod limit;

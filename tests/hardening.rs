@@ -903,6 +903,19 @@ async fn ambiguous_soap_envelopes_are_refused_and_nothing_is_forwarded() {
         assert!(reply.text().contains("ambiguous"), "{}", reply.text());
     }
     assert!(r.up.requests().is_empty(), "nothing reached the upstream");
+    // A byte order mark in front (found by the fuzzer) does not move the cut: exactly the
+    // SessionHeader element is taken out of what the upstream gets.
+    let body = format!(
+        "\u{feff}<s:Envelope {ns}><s:Header><p:CallOptions><p:client>x</p:client></p:CallOptions>{}</s:Header><s:Body><p:query/></s:Body></s:Envelope>",
+        sh(&sid)
+    );
+    let reply =
+        r.ts.client()
+            .post("/services/Soap/u/59.0", "text/xml", body.clone())
+            .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = String::from_utf8_lossy(&r.up.last().body).into_owned();
+    assert_eq!(seen, body.replace(&sh(&sid), ""));
 }
 
 // -------------------------------------------------------------------------------------------

@@ -64,21 +64,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes what a client must not pass upstream: its credentials, and any identity or
-/// forwarding header it made up (tokengate sets its own; DESIGN.md §3.8–3.9).
+/// Whether a client header must not reach the upstream: a credential, or an identity,
+/// forwarding or routing header that tokengate sets itself or that upstreams trust. Names are
+/// compared with `_` read as `-`: CGI, WSGI and Rack map `X_Tokengate_User` and
+/// `X-Tokengate-User` to the same `HTTP_X_TOKENGATE_USER` (CVE-2024-45614), so a client must
+/// not be able to pass either spelling. (Other names with underscores pass: some APIs use
+/// them, unlike nginx's default of dropping them all.)
+pub fn is_protected(name: &str) -> bool {
+    const EXACT: [&str; 11] = [
+        "authorization",
+        "proxy-authorization",
+        "x-sfdc-session",
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+    ];
+    const PREFIXES: [&str; 2] = ["x-tokengate-", "x-forwarded-"];
+    let n = name.as_bytes();
+    // Header names reach here lower case (the http crate's form); fold anyway, a name is short.
+    let same = |a: u8, b: u8| {
+        let a = a.to_ascii_lowercase();
+        a == b || (a == b'_' && b == b'-')
+    };
+    let starts = |p: &str| n.len() >= p.len() && n.iter().zip(p.bytes()).all(|(&a, b)| same(a, b));
+    EXACT.iter().any(|e| e.len() == n.len() && starts(e)) || PREFIXES.iter().any(|p| starts(p))
+}
+
+/// Removes what a client must not pass upstream ([`is_protected`]): its credentials, and any
+/// identity or forwarding header it made up (tokengate sets its own).
 pub fn strip_client_credentials(headers: &mut HeaderMap) {
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(crate::wire::credentials::X_SFDC_SESSION);
-    headers.remove(header::FORWARDED);
-    let spoofable: Vec<HeaderName> = headers
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| {
-            let n = k.as_str();
-            n.starts_with("x-tokengate-") || n.starts_with("x-forwarded-")
-        })
+        .filter(|k| is_protected(k.as_str()))
         .cloned()
         .collect();
-    for k in spoofable {
+    for k in doomed {
         headers.remove(k);
     }
 }
@@ -279,8 +304,18 @@ mod tests {
             "x-sfdc-session",
             "x-tokengate-user",
             "X-Tokengate-Anything",
+            "x_tokengate_user",
+            "X_Tokengate-User-Id",
             "x-forwarded-for",
+            "x_forwarded_host",
             "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "client_ip",
+            "x-original-url",
+            "x_rewrite_url",
+            "proxy_authorization",
+            "x_sfdc_session",
         ] {
             h.insert(
                 HeaderName::from_bytes(n.as_bytes()).unwrap(),
@@ -288,7 +323,9 @@ mod tests {
             );
         }
         h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert("x_custom_header", HeaderValue::from_static("kept"));
+        h.insert("x-tokengateway", HeaderValue::from_static("kept"));
         strip_client_credentials(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.len(), 3, "{h:?}");
     }
 }

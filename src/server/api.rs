@@ -176,26 +176,47 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         json_error(status, "invalid_request", &e.to_string())
     })?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        // serde_json quotes the offending value in type errors ("invalid type: string
-        // \"...\""), which may be a password: only field-name errors are passed on verbatim.
-        let text = e.to_string();
-        let what = if text.starts_with("missing field") || text.starts_with("unknown field") {
-            text.split(" at line").next().unwrap_or_default().to_owned()
-        } else if e.is_data() {
-            "a field has a value of the wrong type".to_owned()
-        } else {
-            "the body is not valid JSON".to_owned()
-        };
         json_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            &format!(
-                "invalid JSON body ({what}, line {} column {})",
-                e.line(),
-                e.column()
-            ),
+            &json_problem(&e),
         )
     })
+}
+
+/// What is wrong with a JSON body, for the caller. serde_json quotes the offending value in
+/// type errors ("invalid type: string \"...\""), which may be a password: only field-name
+/// errors are passed on verbatim.
+pub(crate) fn json_problem(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let what = if text.starts_with("missing field") || text.starts_with("unknown field") {
+        text.split(" at line").next().unwrap_or_default().to_owned()
+    } else if e.is_data() {
+        "a field has a value of the wrong type".to_owned()
+    } else {
+        "the body is not valid JSON".to_owned()
+    };
+    format!(
+        "invalid JSON body ({what}, line {} column {})",
+        e.line(),
+        e.column()
+    )
+}
+
+/// Every JSON body the API reads, parsed from `data` as it would be: the fuzz targets' entry.
+/// Returns the caller-facing problem of each body type that refused it.
+pub(crate) fn parse_bodies(data: &[u8]) -> Vec<String> {
+    fn one<T: serde::de::DeserializeOwned>(data: &[u8], out: &mut Vec<String>) {
+        if let Err(e) = serde_json::from_slice::<T>(data) {
+            out.push(json_problem(&e));
+        }
+    }
+    let mut out = Vec::new();
+    one::<PasswordChange>(data, &mut out);
+    one::<NewUserBody>(data, &mut out);
+    one::<RangesBody>(data, &mut out);
+    one::<ComplianceBody>(data, &mut out);
+    out
 }
 
 /// How a caller proved who it is.

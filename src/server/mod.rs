@@ -2,7 +2,7 @@
 //! and HTTP/2 by ALPN), routes requests (`routes`), serves the admin socket, sweeps sessions,
 //! and shuts down gracefully. It wires the other modules together and owns none of their rules.
 
-mod api;
+pub(crate) mod api;
 mod body;
 pub mod routes;
 

@@ -670,7 +670,7 @@ async fn oauth_token(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Res
     }
 }
 
-fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
     let q = uri.query()?;
     serde_urlencoded::from_str::<Vec<(String, String)>>(q)
         .ok()?
@@ -905,6 +905,67 @@ async fn basic_login(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_hop_and_a_malformed_hop_is_unidentified() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let outsider: IpAddr = "192.0.2.99".parse().unwrap();
+        let unknown = UNIDENTIFIED_CLIENT.to_string();
+        // (X-Forwarded-For lines, peer, the client address)
+        let table: &[(&[&str], IpAddr, &str)] = &[
+            // An untrusted peer: its headers mean nothing.
+            (&["203.0.113.7"], outsider, "192.0.2.99"),
+            (&[], outsider, "192.0.2.99"),
+            // A trusted peer with no header: the peer is the client.
+            (&[], peer, "127.0.0.1"),
+            (&["203.0.113.7"], peer, "203.0.113.7"),
+            (&["203.0.113.7, 198.51.100.50"], peer, "198.51.100.50"),
+            (&["198.51.100.50, 10.1.2.3"], peer, "198.51.100.50"),
+            (&["198.51.100.50,10.1.2.3,10.9.9.9"], peer, "198.51.100.50"),
+            // Every hop trusted: the leftmost is the client.
+            (&["10.1.2.3, 10.4.5.6"], peer, "10.1.2.3"),
+            // Several lines are one list, in order.
+            (&["203.0.113.7", "198.51.100.50"], peer, "198.51.100.50"),
+            (&["198.51.100.50", "10.1.2.3"], peer, "198.51.100.50"),
+            // Forged entries left of a malformed one are never reached.
+            (&["203.0.113.7, x, 198.51.100.50"], peer, "198.51.100.50"),
+            (&["203.0.113.7,,198.51.100.50"], peer, "198.51.100.50"),
+            (&["203.0.113.7, x"], peer, &unknown),
+            (&["203.0.113.7,"], peer, &unknown),
+            (&["203.0.113.7, unknown, 10.1.2.3"], peer, &unknown),
+            (&["203.0.113.7, 999.0.0.1"], peer, &unknown),
+            (&[""], peer, &unknown),
+            (&["0.0.0.0"], peer, &unknown),
+            (&["203.0.113.7", "garbage"], peer, &unknown),
+            // Ports as some load balancers write them.
+            (&["198.51.100.50:4711"], peer, "198.51.100.50"),
+            (&["[2001:db8::1]:4711, 10.1.2.3"], peer, "2001:db8::1"),
+            (&["2001:db8::2"], peer, "2001:db8::2"),
+            (&["  198.51.100.50\t"], peer, "198.51.100.50"),
+        ];
+        for (lines, peer, want) in table {
+            let mut h = http::HeaderMap::new();
+            for l in *lines {
+                h.append("x-forwarded-for", HeaderValue::from_str(l).unwrap());
+            }
+            assert_eq!(
+                client_ip(&trusted, *peer, &h).to_string(),
+                *want,
+                "{lines:?} from {peer}"
+            );
+        }
+        // A value that is not text ends the walk too.
+        let mut h = http::HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.7, \xff").unwrap(),
+        );
+        assert_eq!(client_ip(&trusted, peer, &h), UNIDENTIFIED_CLIENT);
+    }
 
     /// The size of the future an async fn returns, without calling it.
     fn future_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {

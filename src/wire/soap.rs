@@ -158,6 +158,20 @@ fn is_sf_ns(ns: &ResolveResult) -> bool {
 
 /// Parses a SOAP request body (already decompressed and size-capped by the caller).
 pub fn parse(body: &[u8]) -> Result<Envelope, SoapError> {
+    // quick-xml skips a UTF-8 byte order mark without counting it in its positions: parse what
+    // follows it, and move the spans by its length, or a span would cut the wrong bytes.
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    if let Some(rest) = body.strip_prefix(BOM) {
+        let mut env = parse_from(rest)?;
+        env.session_header = env
+            .session_header
+            .map(|r| r.start + BOM.len()..r.end + BOM.len());
+        return Ok(env);
+    }
+    parse_from(body)
+}
+
+fn parse_from(body: &[u8]) -> Result<Envelope, SoapError> {
     let mut reader = NsReader::from_reader(body);
     let mut stack: Vec<Tag> = Vec::with_capacity(8);
     let mut env = Envelope {
@@ -609,6 +623,17 @@ mod tests {
             parse(missing.as_bytes()).unwrap_err(),
             SoapError::Missing("password")
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_move_the_session_header_span() {
+        let body = format!(
+            "\u{feff}{}",
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:p="urn:partner.soap.sforce.com"><s:Header><p:SessionHeader><p:sessionId>00D!x</p:sessionId></p:SessionHeader></s:Header><s:Body><p:query/></s:Body></s:Envelope>"#
+        );
+        let env = parse(body.as_bytes()).unwrap();
+        let span = env.session_header.unwrap();
+        assert!(body[span].starts_with("<p:SessionHeader>"));
     }
 
     #[test]

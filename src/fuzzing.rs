@@ -1,0 +1,247 @@
+//! The fuzz targets' bodies: one function per parser that reads untrusted bytes before (or
+//! while) a caller is authenticated. Each takes arbitrary bytes, runs the parser as the server
+//! does, and panics when a property the rest of tokengate relies on does not hold. The
+//! cargo-fuzz targets under `fuzz/` call these (coverage-guided, on nightly); the test
+//! `tests/fuzz_corpora.rs` replays every saved input through them on stable, so a finding
+//! stays fixed.
+//!
+//! Not part of the API: it exists for the fuzzers and the regression test.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// SOAP envelopes. A parsed envelope's `SessionHeader` span lies inside the body, starts an
+/// element, and cutting it out (as forwarding does) leaves an envelope that still parses and
+/// carries no session id: the credential never reaches the upstream.
+pub fn soap_envelope(data: &[u8]) {
+    let Ok(env) = crate::wire::soap::parse(data) else {
+        return;
+    };
+    if let crate::wire::soap::Op::Login { username, .. } = &env.op {
+        assert_eq!(username.trim(), username, "usernames are trimmed");
+    }
+    if let Some(span) = env.session_header {
+        assert!(span.start < span.end && span.end <= data.len(), "{span:?}");
+        assert_eq!(data[span.start], b'<', "the span starts an element");
+        let mut rest = data[..span.start].to_vec();
+        rest.extend_from_slice(&data[span.end..]);
+        let again = crate::wire::soap::parse(&rest)
+            .expect("an envelope without its SessionHeader still parses");
+        assert_eq!(again.session_id, None, "the session id was cut out");
+        assert!(again.session_header.is_none());
+    }
+}
+
+/// The addresses a fuzz input stands for: a byte picks one of a few, so the interesting cases
+/// (trusted proxies, outsiders, IPv6) come up often.
+fn address(b: u8) -> std::net::IpAddr {
+    const ADDRS: [&str; 8] = [
+        "127.0.0.1",
+        "10.1.2.3",
+        "10.200.0.9",
+        "203.0.113.7",
+        "198.51.100.50",
+        "2001:db8::1",
+        "fd00::5",
+        "192.0.2.1",
+    ];
+    ADDRS[(b % 8) as usize].parse().expect("valid")
+}
+
+/// Client-address resolution from `X-Forwarded-For`. The first byte picks the peer; the rest
+/// is the header, one line per `\n`. The result is the peer when the peer is not a trusted
+/// proxy; otherwise the nearest entry that is not a trusted proxy, walking from the right,
+/// with a malformed entry ending the walk as an unidentified client, as a straightforward
+/// second reading of the same rule computes it.
+pub fn client_address(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let trusted: Vec<ipnet::IpNet> = vec![
+        "127.0.0.0/8".parse().expect("valid"),
+        "10.0.0.0/8".parse().expect("valid"),
+        "fd00::/8".parse().expect("valid"),
+    ];
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer = address(first);
+    let mut headers = HeaderMap::new();
+    for line in rest.split(|&b| b == b'\n') {
+        if let Ok(v) = HeaderValue::from_bytes(line) {
+            headers.append("x-forwarded-for", v);
+        }
+    }
+    let got = crate::server::routes::client_ip(&trusted, peer, &headers);
+    // The second reading: every entry, left to right, then the rule from the right.
+    let expected = if !is_trusted(&peer) {
+        peer
+    } else {
+        let mut entries: Vec<Option<std::net::IpAddr>> = Vec::new();
+        for v in headers.get_all("x-forwarded-for") {
+            match v.to_str() {
+                Ok(text) => {
+                    for e in text.split(',') {
+                        let e = e.trim_matches([' ', '\t']);
+                        let ip = e
+                            .parse::<std::net::IpAddr>()
+                            .ok()
+                            .or_else(|| e.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()));
+                        entries.push(ip.filter(|ip| !ip.is_unspecified()));
+                    }
+                }
+                Err(_) => entries.push(None),
+            }
+        }
+        let mut client = peer;
+        let mut i = entries.len();
+        loop {
+            if i == 0 {
+                break client;
+            }
+            i -= 1;
+            match entries[i] {
+                None => break crate::server::routes::UNIDENTIFIED_CLIENT,
+                Some(ip) if is_trusted(&ip) => client = ip,
+                Some(ip) => break ip,
+            }
+        }
+    };
+    assert_eq!(got, expected, "{headers:?} from {peer}");
+}
+
+/// Header sanitising before forwarding. The input is a list of `name:value` lines; the
+/// protected names are added in spellings the input picks. After the hop-by-hop and
+/// credential stripping that forwarding applies, no protected name is left in any spelling.
+pub fn sanitise_headers(data: &[u8]) {
+    const PROTECTED: [&str; 9] = [
+        "authorization",
+        "x-sfdc-session",
+        "x-tokengate-user",
+        "x-tokengate-user-id",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+    ];
+    let mut headers = HeaderMap::new();
+    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(at) => (&line[..at], &line[at + 1..]),
+            None => (line, &b""[..]),
+        };
+        // Each line also plants a protected name, spelled with the line's `_`/`-` pattern.
+        let planted: String = PROTECTED[i % PROTECTED.len()]
+            .chars()
+            .zip(name.iter().cycle())
+            .map(|(c, &b)| if c == '-' && b % 2 == 1 { '_' } else { c })
+            .collect();
+        let value = HeaderValue::from_bytes(value).unwrap_or(HeaderValue::from_static("x"));
+        if let Ok(n) = HeaderName::from_bytes(planted.as_bytes()) {
+            headers.append(n, value.clone());
+        }
+        if let Ok(n) = HeaderName::from_bytes(name) {
+            headers.append(n, value);
+        }
+    }
+    crate::proxy::strip_hop_by_hop(&mut headers);
+    crate::proxy::strip_client_credentials(&mut headers);
+    for name in headers.keys() {
+        let folded = name.as_str().replace('_', "-");
+        assert!(
+            !PROTECTED.contains(&folded.as_str())
+                && !folded.starts_with("x-tokengate-")
+                && !folded.starts_with("x-forwarded-"),
+            "{name} survived"
+        );
+        assert!(!crate::proxy::is_protected(name.as_str()));
+    }
+}
+
+/// Credentials in headers (`Authorization: Basic|Bearer|OAuth`, `X-SFDC-Session`) and the
+/// `oauth_token` query parameter. A Basic user-id is never empty and never holds a colon
+/// (RFC 7617 §2); a session id is taken from the header as sent.
+pub fn credentials(data: &[u8]) {
+    use crate::wire::credentials::{HeaderCredential, from_headers};
+    let (first, rest) = data.split_at(data.len().min(1));
+    let name = if first.first().is_some_and(|b| b % 2 == 0) {
+        "authorization"
+    } else {
+        "x-sfdc-session"
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_bytes(rest) {
+        headers.insert(name, v);
+    }
+    match from_headers(&headers) {
+        Some(HeaderCredential::Basic(user, _)) => {
+            assert!(!user.is_empty() && !user.contains(':'), "{user:?}");
+        }
+        Some(HeaderCredential::Session(sid)) => {
+            let sent = headers.get(name).expect("present").as_bytes();
+            let sid = sid.as_bytes();
+            assert!(
+                sent.windows(sid.len().max(1)).any(|w| w == sid) || sid.is_empty(),
+                "a session id comes from the header"
+            );
+        }
+        Some(HeaderCredential::Malformed) | None => {}
+    }
+    // The same bytes as a query string carrying `oauth_token`.
+    if let Ok(q) = std::str::from_utf8(rest)
+        && let Ok(uri) = format!("/id/x?{q}").parse::<http::Uri>()
+    {
+        let _ = crate::server::routes::query_param(&uri, "oauth_token");
+    }
+}
+
+/// The OAuth token endpoint's form. A form that parses holds each parameter once.
+pub fn oauth_form(data: &[u8]) {
+    if let Ok(form) = crate::wire::oauth::Form::parse(data) {
+        for key in [
+            "grant_type",
+            "client_id",
+            "client_secret",
+            "username",
+            "password",
+        ] {
+            let _ = form.get(key);
+        }
+    }
+}
+
+/// The JSON bodies of the self-service and admin APIs. An error never quotes a value from the
+/// body (it may be a password): only field names and positions.
+pub fn json_bodies(data: &[u8]) {
+    let problems = crate::server::api::parse_bodies(data);
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let mut strings = Vec::new();
+    collect_strings(&value, &mut strings);
+    for p in &problems {
+        for s in &strings {
+            // Short strings may occur in the message's own words.
+            if s.chars().count() >= 6 {
+                assert!(!p.contains(s.as_str()), "{p:?} quotes the value {s:?}");
+            }
+        }
+    }
+}
+
+fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_strings(v, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}
+
+/// Every target by name, for the corpus replay and `fuzz/run.sh`.
+pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+    ("soap_envelope", soap_envelope),
+    ("client_address", client_address),
+    ("sanitise_headers", sanitise_headers),
+    ("credentials", credentials),
+    ("oauth_form", oauth_form),
+    ("json_bodies", json_bodies),
+];
