@@ -236,8 +236,11 @@ fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the corpus replay and `fuzz/run.sh`.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("soap_envelope", soap_envelope),
     ("client_address", client_address),
     ("sanitise_headers", sanitise_headers),
