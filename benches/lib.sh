@@ -55,8 +55,8 @@ http {
 EOF
 }
 
-# tg_config PORT DATA CACHE_SIZE FAILURE_DELAY UPSTREAM CERT_DIR: a tokengate configuration for
-# a benchmark on loopback.
+# tg_config PORT DATA CACHE_SIZE FAILURE_DELAY UPSTREAM CERT_DIR [BIN]: a tokengate
+# configuration for a benchmark on loopback (BIN, default $BIN: the build that will read it).
 tg_config() {
   cat <<EOF
 [server]
@@ -81,7 +81,20 @@ failure_delay = "$4"
 max_failures = 0
 [log]
 level = "warn"
+$(tg_synthetic_section "${7:-}")
 EOF
+}
+
+# tg_synthetic_section [BIN]: the section that lets `loadtest setup` create its synthetic
+# users, for builds that know it (older builds reject unknown sections, and allowed them anyway).
+tg_synthetic_section() {
+  local bin=${1:-${BIN:-}} probe
+  probe=$(mktemp)
+  printf '[loadtest]\nallow_synthetic_users = true\n[store]\npath = "%s.d"\n' "$probe" > "$probe"
+  if [ -z "$bin" ] || "$bin" --config "$probe" check-config >/dev/null 2>&1; then
+    printf '[loadtest]\nallow_synthetic_users = true\n'
+  fi
+  rm -rf "$probe" "$probe.d"
 }
 
 # tg_admin BIN CONFIG: creates the admin user of a fresh data directory; prints its token.
