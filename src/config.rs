@@ -94,6 +94,18 @@ pub mod file {
         pub trusted_proxies: Vec<String>,
         /// How long a shutdown waits for in-flight requests.
         pub drain_timeout: String,
+        /// Request bodies tokengate holds in memory at once, all requests together.
+        pub max_buffered_body_bytes: usize,
+        /// A connection with no request in flight for this long is closed.
+        pub idle_timeout: String,
+        /// Connections one client address (IPv6: its /64) may hold open.
+        pub max_connections_per_ip: usize,
+        /// HTTP/2 streams one connection may have open at once.
+        pub max_concurrent_streams: u32,
+        /// Host names clients may address besides `public_url`'s (421 otherwise).
+        pub allowed_hosts: Vec<String>,
+        /// The Strict-Transport-Security value on every answer; "off" sends none.
+        pub hsts: String,
     }
 
     impl Default for Server {
@@ -112,6 +124,12 @@ pub mod file {
                 max_connections: 10_000,
                 trusted_proxies: Vec::new(),
                 drain_timeout: "30s".into(),
+                max_buffered_body_bytes: 256 * 1024 * 1024,
+                idle_timeout: "60s".into(),
+                max_connections_per_ip: 256,
+                max_concurrent_streams: 100,
+                allowed_hosts: Vec::new(),
+                hsts: "max-age=31536000".into(),
             }
         }
     }
@@ -132,6 +150,11 @@ pub mod file {
         pub response_timeout: String,
         pub pool_idle_timeout: String,
         pub pool_max_idle_per_host: usize,
+        /// Upstream connections open at once, idle or busy; requests beyond wait (up to
+        /// `connect_timeout`), then get 503.
+        pub max_connections: usize,
+        /// A response body from the upstream that sends nothing for this long is aborted.
+        pub body_idle_timeout: String,
     }
 
     impl Default for Upstream {
@@ -143,6 +166,8 @@ pub mod file {
                 response_timeout: "60s".into(),
                 pool_idle_timeout: "90s".into(),
                 pool_max_idle_per_host: 256,
+                max_connections: 1024,
+                body_idle_timeout: "60s".into(),
             }
         }
     }
@@ -507,6 +532,16 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub drain_timeout: Duration,
+    pub max_buffered_body_bytes: usize,
+    pub idle_timeout: Duration,
+    pub max_connections_per_ip: usize,
+    pub max_concurrent_streams: u32,
+    /// Lower-case host names (no port) clients may address: `public_url`'s and
+    /// `allowed_hosts`. The server adds the host of its public origin when `public_url` is
+    /// unset (the listen address, or localhost).
+    pub allowed_hosts: Vec<String>,
+    /// `None`: no Strict-Transport-Security header.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -523,6 +558,8 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    pub max_connections: usize,
+    pub body_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -733,7 +770,42 @@ impl Config {
             max_connections: bounded("server.max_connections", s.max_connections, 1, 1_000_000)?,
             trusted_proxies: cidrs("server.trusted_proxies", &s.trusted_proxies)?,
             drain_timeout: duration("server.drain_timeout", &s.drain_timeout)?,
+            max_buffered_body_bytes: bounded(
+                "server.max_buffered_body_bytes",
+                s.max_buffered_body_bytes,
+                64 * 1024,
+                1 << 40,
+            )?,
+            idle_timeout: duration("server.idle_timeout", &s.idle_timeout)?,
+            max_connections_per_ip: bounded(
+                "server.max_connections_per_ip",
+                s.max_connections_per_ip,
+                1,
+                1_000_000,
+            )?,
+            max_concurrent_streams: bounded(
+                "server.max_concurrent_streams",
+                s.max_concurrent_streams as usize,
+                1,
+                10_000,
+            )? as u32,
+            allowed_hosts: allowed_hosts(s.public_url.as_deref(), &s.allowed_hosts)?,
+            hsts: match s.hsts.trim() {
+                "off" | "" => None,
+                v => Some(http::HeaderValue::from_str(v).map_err(|_| {
+                    invalid(
+                        "server.hsts",
+                        "must be a header value such as max-age=31536000, or off",
+                    )
+                })?),
+            },
         };
+        if server.max_login_body_bytes > server.max_buffered_body_bytes {
+            return Err(invalid(
+                "server.max_buffered_body_bytes",
+                "must be at least server.max_login_body_bytes",
+            ));
+        }
 
         let tls = match (&f.tls.cert, &f.tls.key) {
             (None, None) => TlsConfig::default(),
@@ -799,6 +871,8 @@ impl Config {
                 0,
                 100_000,
             )?,
+            max_connections: bounded("upstream.max_connections", u.max_connections, 1, 1_000_000)?,
+            body_idle_timeout: duration("upstream.body_idle_timeout", &u.body_idle_timeout)?,
         };
 
         if f.store.path.is_empty() {
@@ -1043,6 +1117,42 @@ impl Config {
             format!("https://{host}:{}", bound.port())
         }
     }
+}
+
+/// The host names clients may address: `public_url`'s, then the listed ones, lower case and
+/// without ports.
+fn allowed_hosts(public_url: Option<&str>, listed: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut hosts = Vec::new();
+    if let Some(host) = public_url
+        .and_then(|u| u.parse::<Uri>().ok())
+        .and_then(|u| u.host().map(str::to_ascii_lowercase))
+    {
+        hosts.push(host);
+    }
+    for (i, h) in listed.iter().enumerate() {
+        let name = h.trim().to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && (name.parse::<std::net::IpAddr>().is_ok()
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok()
+                || name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if !valid {
+            return Err(invalid(
+                &format!("server.allowed_hosts[{i}]"),
+                format!("'{h}' is not a host name (no scheme, port or path)"),
+            ));
+        }
+        if !hosts.contains(&name) {
+            hosts.push(name);
+        }
+    }
+    Ok(hosts)
 }
 
 fn parse_public_url(u: &str) -> Result<String, ConfigError> {

@@ -16,7 +16,6 @@ use std::time::Duration;
 use dashmap::DashMap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use minijinja::{Environment, context};
 use serde::Serialize;
 
@@ -26,7 +25,7 @@ use crate::history::{Outcome, format_ms};
 use crate::mail::{ComplianceBcc, TokenReason, mask_email};
 use crate::secret::{Domain, Secrets, Tag, constant_time_eq};
 use crate::server::App;
-use crate::server::routes::Client;
+use crate::server::{Client, ReqBody};
 use crate::store::{HistoryFilter, User};
 use crate::wire::{Body, full};
 
@@ -36,7 +35,7 @@ pub enum ConsoleError {
     Template(#[from] minijinja::Error),
 }
 
-const COOKIE: &str = "__Host-tg_console";
+pub const COOKIE: &str = "__Host-tg_console";
 const BASE: &str = "/tokengate/console";
 const PAGE_SIZE: usize = 20;
 const MAX_SESSIONS: usize = 10_000;
@@ -222,7 +221,7 @@ fn with_cookie(
     r
 }
 
-fn cookie_value(req: &Request<Incoming>) -> Option<String> {
+fn cookie_value(req: &Request<ReqBody>) -> Option<String> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()
@@ -346,13 +345,14 @@ impl Page<'_> {
     }
 }
 
-async fn form(app: &App, req: Request<Incoming>) -> Option<HashMap<String, String>> {
+async fn form(app: &App, req: Request<ReqBody>) -> Option<HashMap<String, String>> {
     let (parts, body) = req.into_parts();
-    let bytes = crate::server::read_body(
+    let (bytes, _held) = crate::server::body::read(
         body,
         &parts.headers,
         app.cfg.server.max_login_body_bytes,
         app.cfg.server.body_read_timeout,
+        &app.bodies,
     )
     .await
     .ok()?;
@@ -364,7 +364,7 @@ async fn form(app: &App, req: Request<Incoming>) -> Option<HashMap<String, Strin
     Some(map)
 }
 
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
     req.uri()
         .query()
         .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
@@ -422,7 +422,7 @@ async fn rows(app: &App, filter: &HistoryFilter, skip: usize, with_reason: bool)
         .collect()
 }
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let rest = path
         .strip_prefix(BASE)
@@ -525,7 +525,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Resp
     }
 }
 
-async fn signin(app: &App, req: Request<Incoming>, peer: Client, method: Method) -> Response<Body> {
+async fn signin(app: &App, req: Request<ReqBody>, peer: Client, method: Method) -> Response<Body> {
     let page = Page {
         app,
         me: None,

@@ -69,7 +69,7 @@ pub fn client_address(data: &[u8]) {
             headers.append("x-forwarded-for", v);
         }
     }
-    let got = crate::server::routes::client_ip(&trusted, peer, &headers);
+    let got = crate::server::conn::client_ip(&trusted, peer, &headers);
     // The second reading: every entry, left to right, then the rule from the right.
     let expected = if !is_trusted(&peer) {
         peer
@@ -98,7 +98,7 @@ pub fn client_address(data: &[u8]) {
             }
             i -= 1;
             match entries[i] {
-                None => break crate::server::routes::UNIDENTIFIED_CLIENT,
+                None => break crate::server::conn::UNIDENTIFIED_CLIENT,
                 Some(ip) if is_trusted(&ip) => client = ip,
                 Some(ip) => break ip,
             }
@@ -189,7 +189,7 @@ pub fn credentials(data: &[u8]) {
     if let Ok(q) = std::str::from_utf8(rest)
         && let Ok(uri) = format!("/id/x?{q}").parse::<http::Uri>()
     {
-        let _ = crate::server::routes::query_param(&uri, "oauth_token");
+        let _ = crate::server::handlers::oauth::query_param(&uri, "oauth_token");
     }
 }
 

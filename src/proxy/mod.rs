@@ -108,6 +108,86 @@ pub fn strip_client_credentials(headers: &mut HeaderMap) {
     }
 }
 
+/// tokengate's own cookies: never sent upstream, never set by the upstream.
+pub const OWN_COOKIES: [&str; 1] = [crate::console::COOKIE];
+
+fn is_own_cookie(name: &str) -> bool {
+    OWN_COOKIES
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(name.trim()))
+}
+
+/// Removes tokengate's own cookies from the `Cookie` header and, for a request that came over
+/// HTTP/2, joins its `cookie` fields into one with "; " (RFC 9113 §8.2.3): an HTTP/1.1
+/// upstream expects one `Cookie` line, and WSGI servers keep only one.
+pub fn clean_cookies(headers: &mut HeaderMap, from_http2: bool) {
+    let Some(first) = headers.get(header::COOKIE) else {
+        return;
+    };
+    let several = from_http2 && headers.get_all(header::COOKIE).iter().nth(1).is_some();
+    let ours = |v: &HeaderValue| {
+        v.to_str().map_or(true, |v| {
+            v.split(';')
+                .any(|pair| is_own_cookie(pair.split('=').next().unwrap_or("")))
+        })
+    };
+    if !several && !ours(first) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !is_own_cookie(pair.split('=').next().unwrap_or("")))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && !kept.is_empty()
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Removes `Set-Cookie` lines that would set one of tokengate's own cookies (cookie tossing:
+/// an upstream must not plant a console session).
+pub fn strip_our_cookies(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            v.to_str()
+                .is_ok_and(|v| !is_own_cookie(v.split(['=', ';']).next().unwrap_or("")))
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Why an upstream response cannot be relayed, if it cannot: an unrequested `101 Switching
+/// Protocols` (tokengate never forwards `Upgrade`), or both `Transfer-Encoding` and
+/// `Content-Length` (RFC 9112 §6.3: the length is unreliable, and relaying it with the
+/// decoded body would truncate it for an HTTP/1.1 client).
+fn malformed_response(parts: &http::response::Parts) -> Option<&'static str> {
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Some("an unrequested 101 Switching Protocols");
+    }
+    if parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    None
+}
+
 /// Who the forwarded request acts for.
 pub struct Principal<'a> {
     pub username: &'a str,
@@ -165,7 +245,15 @@ impl Upstream {
             connect_timeout: cfg.connect_timeout,
         };
         Ok(Self {
-            pool: pool::Pool::new(endpoint, cfg.pool_max_idle_per_host, cfg.pool_idle_timeout),
+            pool: pool::Pool::new(
+                endpoint,
+                pool::Limits {
+                    max_connections: cfg.max_connections,
+                    max_idle: cfg.pool_max_idle_per_host,
+                    idle_timeout: cfg.pool_idle_timeout,
+                    body_idle_timeout: cfg.body_idle_timeout,
+                },
+            ),
             authority,
             prefix: url.path().trim_end_matches('/').to_owned(),
             response_timeout: cfg.response_timeout,
@@ -199,19 +287,16 @@ impl Upstream {
 
     /// Sends `req` upstream on behalf of `who` and streams the answer back. Failures become
     /// 502 (unreachable) or 504 (no answer in time) with a JSON body, never a hang.
+    /// `host` is the request's validated host (`server::target`), kept so the upstream sees
+    /// the name the client used; `None` for an HTTP/1.0 request without one.
     pub async fn forward(
         &self,
         mut req: Request<Body>,
         peer: IpAddr,
         who: Principal<'_>,
+        host: Option<HeaderValue>,
     ) -> Response<Body> {
-        // The original Host: a Host header (HTTP/1.1) or the :authority (HTTP/2, RFC 9113
-        // §8.3.1), kept so the upstream sees the name the client used.
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let from_http2 = req.version() == Version::HTTP_2;
         *req.uri_mut() = self.target(req.uri());
         // HTTP/2 clients are served to an HTTP/1.1 upstream.
         *req.version_mut() = Version::HTTP_11;
@@ -219,6 +304,7 @@ impl Upstream {
         let h = req.headers_mut();
         strip_hop_by_hop(h);
         strip_client_credentials(h);
+        clean_cookies(h, from_http2);
         if let Ok(v) = HeaderValue::from_str(who.username) {
             h.insert(X_TOKENGATE_USER, v);
         }
@@ -252,8 +338,28 @@ impl Upstream {
         match answer {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
+                if let Some(refusal) = malformed_response(&parts) {
+                    tracing::warn!(status = %parts.status, refusal, "malformed upstream response refused");
+                    return json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "bad_gateway",
+                        "the upstream service sent a malformed response",
+                    );
+                }
                 strip_hop_by_hop(&mut parts.headers);
+                strip_our_cookies(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())
+            }
+            Ok(Err(pool::PoolError::Saturated)) => {
+                tracing::warn!("every upstream connection is in use; request refused");
+                let mut r = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_busy",
+                    "every connection to the upstream service is in use; retry shortly",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
@@ -294,6 +400,36 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn cookies_are_joined_for_http1_and_ours_never_travel() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append(
+            "cookie",
+            HeaderValue::from_static("__Host-tg_console=secret; b=2"),
+        );
+        clean_cookies(&mut h, true);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("__host-tg_console=x"));
+        clean_cookies(&mut h, false);
+        assert!(!h.contains_key("cookie"));
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("sid=1; other=2"));
+        clean_cookies(&mut h, false);
+        assert_eq!(h["cookie"], "sid=1; other=2");
+        let mut h = HeaderMap::new();
+        h.append(
+            "set-cookie",
+            HeaderValue::from_static("__Host-tg_console=planted; Path=/"),
+        );
+        h.append("set-cookie", HeaderValue::from_static("app=1; Path=/"));
+        strip_our_cookies(&mut h);
+        assert_eq!(h.get_all("set-cookie").iter().count(), 1);
+        assert_eq!(h["set-cookie"], "app=1; Path=/");
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! response head ([`Pool::send`]) and then from the response body ([`PooledBody`]), which hands
 //! the connection back to the pool once the body has been read to its end.
 //!
-//! Bounds: at most `max_idle` idle connections, none reused or kept open after `idle_timeout`
-//! (the server sweeps them, [`Pool::sweep`]). A connection
+//! Bounds: at most `max_connections` connections open at once, idle or busy (a request that
+//! finds none free waits up to the connect timeout, then fails); at most `max_idle` idle ones,
+//! none reused or kept open after `idle_timeout` (the server sweeps them, [`Pool::sweep`]); a
+//! response body that sends nothing for `body_idle_timeout` is aborted, on both sides. A
+//! connection
 //! the upstream closed while idle is noticed when it is taken (it has already read EOF) and
 //! dropped; a request that could not be written at all is retried once on a fresh connection
 //! (RFC 9110 §9.2.2: a request never sent is safe to send again, whatever its method).
@@ -35,6 +38,8 @@ pub enum PoolError {
     Connect(String),
     #[error("connecting to the upstream timed out")]
     ConnectTimeout,
+    #[error("every upstream connection is in use")]
+    Saturated,
     #[error("the upstream connection failed: {0}")]
     Http(#[from] hyper::Error),
 }
@@ -48,6 +53,8 @@ struct Conn {
     /// `None` once the connection has ended: dropping it fails any request still queued on
     /// it, so nobody waits for an answer that cannot come.
     driver: Option<Driver>,
+    /// Its place among the `max_connections`, given back when it closes.
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Conn {
@@ -79,19 +86,28 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
 }
 
+/// The pool's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub body_idle_timeout: Duration,
+}
+
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
-    max_idle: usize,
-    idle_timeout: Duration,
+    places: Arc<tokio::sync::Semaphore>,
+    limits: Limits,
     endpoint: Endpoint,
 }
 
 impl Pool {
-    pub fn new(endpoint: Endpoint, max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+    pub fn new(endpoint: Endpoint, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(Vec::new()),
-            max_idle,
-            idle_timeout,
+            places: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            limits,
             endpoint,
         })
     }
@@ -133,6 +149,7 @@ impl Pool {
             inner,
             conn: Some(conn),
             pool: self.clone(),
+            quiet: None,
         })
     }
 
@@ -167,7 +184,7 @@ impl Pool {
         // Oldest first in the vector: the expired ones are at the front.
         let expired = idle
             .iter()
-            .take_while(|i| i.since.elapsed() >= self.idle_timeout)
+            .take_while(|i| i.since.elapsed() >= self.limits.idle_timeout)
             .count();
         idle.drain(..expired).collect()
     }
@@ -183,7 +200,7 @@ impl Pool {
     }
 
     pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
+        self.limits.idle_timeout
     }
 
     fn checkin(&self, conn: Conn) {
@@ -191,7 +208,7 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle {
+        if idle.len() < self.limits.max_idle {
             idle.push(Idle {
                 conn,
                 since: Instant::now(),
@@ -201,19 +218,28 @@ impl Pool {
 
     async fn connect(&self) -> Result<Conn, PoolError> {
         let e = &self.endpoint;
+        let place = match tokio::time::timeout(
+            e.connect_timeout,
+            self.places.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            _ => return Err(PoolError::Saturated),
+        };
         tokio::time::timeout(e.connect_timeout, async {
             let tcp = tokio::net::TcpStream::connect((e.host.as_str(), e.port))
                 .await
                 .map_err(|err| PoolError::Connect(err.to_string()))?;
             let _ = tcp.set_nodelay(true);
             match &e.tls {
-                None => handshake(tcp).await,
+                None => handshake(tcp, place).await,
                 Some((tls, name)) => {
                     let stream = tls
                         .connect(name.clone(), tcp)
                         .await
                         .map_err(|err| PoolError::Connect(err.to_string()))?;
-                    handshake(stream).await
+                    handshake(stream, place).await
                 }
             }
         })
@@ -222,7 +248,7 @@ impl Pool {
     }
 }
 
-async fn handshake<T>(io: T) -> Result<Conn, PoolError>
+async fn handshake<T>(io: T, place: tokio::sync::OwnedSemaphorePermit) -> Result<Conn, PoolError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
 {
@@ -230,6 +256,7 @@ where
     Ok(Conn {
         sender,
         driver: Some(Box::pin(conn)),
+        _place: place,
     })
 }
 
@@ -277,16 +304,24 @@ pub struct PooledBody {
     inner: Incoming,
     conn: Option<Conn>,
     pool: Arc<Pool>,
+    /// Armed while the body waits for the upstream (made on the first wait, so a body that is
+    /// already there costs no timer).
+    quiet: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// The upstream sent nothing for `body_idle_timeout` in the middle of a response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?} in the middle of a response")]
+pub struct BodyStalled(Duration);
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::wire::BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         if let Some(conn) = &mut this.conn
             && conn.drive(cx)
@@ -295,12 +330,33 @@ impl HttpBody for PooledBody {
             this.conn = None;
         }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None))
-            && let Some(conn) = this.conn.take()
-        {
-            this.pool.checkin(conn);
+        let idle = this.pool.limits.body_idle_timeout;
+        match &frame {
+            Poll::Pending => {
+                let quiet = this
+                    .quiet
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if quiet.as_mut().poll(cx).is_ready() {
+                    // Abort: the client's response fails (hyper resets it), and the upstream
+                    // connection, mid-message, is closed rather than reused.
+                    this.conn = None;
+                    tracing::warn!(?idle, "upstream response body stalled; aborted");
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))));
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(quiet) = &mut this.quiet {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(conn) = this.conn.take() {
+                    this.pool.checkin(conn);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {}
         }
-        frame
+        frame.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

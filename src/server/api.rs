@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::App;
 use super::body;
-use super::routes::Client;
+use super::{Client, ReqBody};
 use crate::admin::{AdminError, NewUser, UserView};
 use crate::auth::{Attempt, AuthError, Dialect};
 use crate::mail::{ComplianceBcc, MailError, TokenReason};
@@ -142,7 +141,7 @@ fn admin_error(e: AdminError) -> Response<Body> {
 /// Reads a JSON request body into `T`, answering a clear 400/413/415 otherwise.
 async fn json_body<T: serde::de::DeserializeOwned>(
     app: &App,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<T, Response<Body>> {
     let is_json = req
         .headers()
@@ -161,16 +160,18 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         ));
     }
     let (parts, incoming) = req.into_parts();
-    let bytes = body::read(
+    let (bytes, _held) = body::read(
         incoming,
         &parts.headers,
         app.cfg.server.max_login_body_bytes,
         app.cfg.server.body_read_timeout,
+        &app.bodies,
     )
     .await
     .map_err(|e| {
         let status = match e {
             body::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            body::BodyError::Busy => return busy(),
             _ => StatusCode::BAD_REQUEST,
         };
         json_error(status, "invalid_request", &e.to_string())
@@ -232,7 +233,7 @@ enum Proof {
 /// Who is calling: a session's user, or Basic `username:password+token`.
 async fn caller(
     app: &App,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
     peer: Client,
 ) -> Result<(Arc<User>, Proof), Response<Body>> {
     match credentials::from_headers(req.headers()) {
@@ -279,7 +280,7 @@ async fn caller(
     }
 }
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let Some(rest) = path.strip_prefix("/tokengate/v1/") else {
         return json_error(
@@ -335,7 +336,7 @@ fn percent_decode(s: &str) -> String {
 /// lockout and go to the login history (dialect `reset`), like any login. A verified request
 /// spends the user's quota and the rotation runs on its own, off the answer; its failure is
 /// logged and counted, and the old token stays valid (the user who gets no mail asks again).
-async fn self_service_reset(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
+async fn self_service_reset(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
     if req.method() != Method::POST {
         return method_not_allowed("POST");
     }
@@ -411,7 +412,7 @@ struct PasswordChange {
 /// which opens the console). The current password is verified like a login: a wrong one counts
 /// toward lockout and goes to the login history (dialect `password`). The password changes and
 /// a new token is emailed, both or neither.
-async fn change_password(app: Arc<App>, req: Request<Incoming>, peer: Client) -> Response<Body> {
+async fn change_password(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
     if req.method() != Method::POST {
         return method_not_allowed("POST");
     }
@@ -504,7 +505,7 @@ struct RangesBody {
 }
 
 /// `GET /tokengate/v1/admin/history?user=&since=&outcome=&limit=&format=json|csv`.
-async fn history(app: &App, req: &Request<Incoming>) -> Response<Body> {
+async fn history(app: &App, req: &Request<ReqBody>) -> Response<Body> {
     let pairs: Vec<(String, String)> = match req.uri().query() {
         Some(q) => match serde_urlencoded::from_str(q) {
             Ok(p) => p,
@@ -565,7 +566,7 @@ fn yes() -> bool {
     true
 }
 
-async fn admin(app: Arc<App>, req: Request<Incoming>, path: &[&str]) -> Response<Body> {
+async fn admin(app: Arc<App>, req: Request<ReqBody>, path: &[&str]) -> Response<Body> {
     let method = req.method().clone();
     match (path, method) {
         (["users"], Method::GET) => {

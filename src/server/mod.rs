@@ -3,10 +3,14 @@
 //! and shuts down gracefully. It wires the other modules together and owns none of their rules.
 
 pub(crate) mod api;
-mod body;
+pub mod body;
+pub mod conn;
+pub mod handlers;
 pub mod routes;
+pub mod target;
 
-pub use body::read as read_body;
+pub use body::{Budget, ReqBody};
+pub use conn::{Client, Conn};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,9 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -82,6 +84,10 @@ pub struct App {
     pub reset_per_ip: KeyedLimiter<std::net::IpAddr>,
     /// Self-service resets whose rotation runs detached from the answer, at most.
     pub reset_slots: Arc<Semaphore>,
+    /// The memory request bodies may take, all requests together.
+    pub bodies: Arc<Budget>,
+    /// Lower-case host names clients may address (421 otherwise).
+    pub hosts: Vec<String>,
     /// `https://host[:port]`: the start of `serverUrl`, `instance_url` and identity URLs.
     pub origin: String,
     /// What a SIGHUP reload replaces.
@@ -141,6 +147,20 @@ impl App {
             compliance_queue: self.tokens.mailer().queued() as u64,
         }
     }
+}
+
+/// The host names clients may address: the configured ones, and the public origin's when
+/// `public_url` is unset (the listen address, or localhost).
+fn hosts_of(cfg: &Config, origin: &str) -> Vec<String> {
+    let mut hosts = cfg.server.allowed_hosts.clone();
+    if let Some(host) = origin.parse::<http::Uri>().ok().and_then(|u| {
+        u.host()
+            .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+    }) && !hosts.contains(&host)
+    {
+        hosts.push(host);
+    }
+    hosts
 }
 
 /// Opens the store of a data directory and derives the installation's secrets.
@@ -338,6 +358,8 @@ impl Server {
         let reset_per_ip = KeyedLimiter::new(cfg.tokens.reset_per_ip_per_hour, HOUR, 100_000);
 
         let cfg_oauth = cfg.oauth_clients.clone();
+        let hosts = hosts_of(&cfg, &origin);
+        let bodies = Budget::new(cfg.server.max_buffered_body_bytes);
         let app = Arc::new(App {
             cfg,
             store,
@@ -353,6 +375,8 @@ impl Server {
             reset_per_user,
             reset_per_ip,
             reset_slots: Arc::new(Semaphore::new(RESET_SLOTS)),
+            bodies,
+            hosts,
             origin: origin.clone(),
             live: std::sync::RwLock::new(Arc::new(Live {
                 tls: acceptor,
@@ -408,7 +432,7 @@ impl Server {
         });
 
         let (stop, stop_rx) = watch::channel(false);
-        let accept_task = tokio::spawn(accept_loop(listener, app.clone(), stop_rx));
+        let accept_task = tokio::spawn(conn::accept_loop(listener, app.clone(), stop_rx));
         let mut background = vec![
             sweeper,
             notices,
@@ -472,94 +496,5 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::info!("tokengate stopped");
-    }
-}
-
-async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(app.cfg.server.max_connections));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The slowloris guard: headers must arrive within this time.
-        .header_read_timeout(app.cfg.server.header_read_timeout)
-        .max_buf_size(app.cfg.server.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(app.cfg.server.max_header_bytes as u32);
-    let builder = Arc::new(builder);
-
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing new connection");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        // The certificate in force at accept time (a reload swaps it for new connections).
-        let acceptor = app.live().tls.clone();
-        let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let handshake = app.cfg.server.tls_handshake_timeout;
-            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    crate::metrics::METRICS
-                        .tls_handshake_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    crate::metrics::METRICS
-                        .tls_handshake_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let conn = routes::Conn {
-                peer,
-                tls: tls.get_ref().1.protocol_version().map(|v| match v {
-                    rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-                    rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
-                    _ => "TLS",
-                }),
-            };
-            let service = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(routes::handle(app, req, conn).await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(tls), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(app.cfg.server.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight requests did not finish within the drain timeout");
     }
 }

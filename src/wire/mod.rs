@@ -12,8 +12,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
-/// The one body type of every response, local or streamed from the upstream.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// Why a body stopped before its end: the upstream's connection failed, or went quiet.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The one body type of every response, local or streamed from the upstream (and of the
+/// requests tokengate sends upstream).
+pub type Body = BoxBody<Bytes, BodyError>;
 
 pub const TEXT_XML: &str = "text/xml; charset=utf-8";
 /// Salesforce's REST content type, byte for byte (reference §3.2).

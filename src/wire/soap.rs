@@ -20,6 +20,13 @@ const NS_ENTERPRISE: &[u8] = b"urn:enterprise.soap.sforce.com";
 const NS_METADATA: &[u8] = b"http://soap.sforce.com/2006/04/metadata";
 const MAX_DEPTH: usize = 32;
 const MAX_FIELD_BYTES: usize = 32 * 1024;
+/// Attributes one element may carry, namespace declarations one element may make, and
+/// declarations in a whole envelope. Each element's name is resolved against the declarations
+/// in scope, so without these bounds a few kilobytes of duplicate `xmlns:a` declarations make
+/// parsing quadratic (seconds of CPU for a small gzipped body). Real envelopes declare a few.
+const MAX_ATTRIBUTES: usize = 32;
+const MAX_NS_PER_ELEMENT: usize = 16;
+const MAX_NS_TOTAL: usize = 128;
 
 /// Which WSDL the path selects: `/Soap/u/` partner, `/Soap/c/` enterprise, `/Soap/m/`
 /// metadata (reference §1.1).
@@ -135,6 +142,8 @@ pub enum SoapError {
     /// and the upstream could read such an envelope differently, so it is refused.
     #[error("the envelope is ambiguous: {0}")]
     Ambiguous(&'static str),
+    #[error("the XML has too many attributes or namespace declarations")]
+    TooComplex,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -158,20 +167,51 @@ fn is_sf_ns(ns: &ResolveResult) -> bool {
 
 /// Parses a SOAP request body (already decompressed and size-capped by the caller).
 pub fn parse(body: &[u8]) -> Result<Envelope, SoapError> {
+    parse_bom(body, false).map(|e| e.expect("a whole parse ends with an envelope"))
+}
+
+/// Reads an envelope's head from a prefix of it: the session and client, up to the start of
+/// the `Body` (so a large call's session is checked before the rest is read). `None` when
+/// the prefix ends before the `Body` starts. The head is checked for ambiguity like a whole
+/// envelope's; what follows it is not looked at.
+pub fn parse_head(prefix: &[u8]) -> Result<Option<Envelope>, SoapError> {
+    parse_bom(prefix, true)
+}
+
+fn parse_bom(body: &[u8], head_only: bool) -> Result<Option<Envelope>, SoapError> {
     // quick-xml skips a UTF-8 byte order mark without counting it in its positions: parse what
     // follows it, and move the spans by its length, or a span would cut the wrong bytes.
     const BOM: &[u8] = b"\xEF\xBB\xBF";
     if let Some(rest) = body.strip_prefix(BOM) {
-        let mut env = parse_from(rest)?;
-        env.session_header = env
-            .session_header
-            .map(|r| r.start + BOM.len()..r.end + BOM.len());
+        let env = parse_from(rest, head_only)?.map(|mut env| {
+            env.session_header = env
+                .session_header
+                .map(|r| r.start + BOM.len()..r.end + BOM.len());
+            env
+        });
         return Ok(env);
     }
-    parse_from(body)
+    parse_from(body, head_only)
 }
 
-fn parse_from(body: &[u8]) -> Result<Envelope, SoapError> {
+/// Checks a start tag's attributes against the bounds; returns its namespace declarations.
+fn count_attributes(e: &quick_xml::events::BytesStart<'_>) -> Result<usize, SoapError> {
+    let (mut attributes, mut declarations) = (0, 0);
+    for a in e.attributes().with_checks(false) {
+        let a = a.map_err(|e| SoapError::Malformed(e.to_string()))?;
+        attributes += 1;
+        let key = a.key.as_ref();
+        if key == b"xmlns" || key.starts_with(b"xmlns:") {
+            declarations += 1;
+        }
+        if attributes > MAX_ATTRIBUTES || declarations > MAX_NS_PER_ELEMENT {
+            return Err(SoapError::TooComplex);
+        }
+    }
+    Ok(declarations)
+}
+
+fn parse_from(body: &[u8], head_only: bool) -> Result<Option<Envelope>, SoapError> {
     let mut reader = NsReader::from_reader(body);
     let mut stack: Vec<Tag> = Vec::with_capacity(8);
     let mut env = Envelope {
@@ -192,16 +232,26 @@ fn parse_from(body: &[u8]) -> Result<Envelope, SoapError> {
     let (mut username, mut password): (Option<String>, Option<String>) = (None, None);
     let mut capture: Option<String> = None;
     let mut header_start = 0usize;
+    let mut declarations = 0usize;
 
     loop {
         let before = reader.buffer_position() as usize;
-        let (ns, event) = reader
-            .read_resolved_event()
-            .map_err(|e| SoapError::Malformed(e.to_string()))?;
+        let event = match reader.read_event() {
+            Ok(e) => e,
+            // A prefix may end anywhere; its head is simply not all there.
+            Err(_) if head_only => return Ok(None),
+            Err(e) => return Err(SoapError::Malformed(e.to_string())),
+        };
         match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let empty = matches!(event, Event::Empty(_));
-                let local = e.local_name();
+                // The bounds first: resolving the name costs as much as the declarations in
+                // scope.
+                declarations += count_attributes(e)?;
+                if declarations > MAX_NS_TOTAL {
+                    return Err(SoapError::TooComplex);
+                }
+                let (ns, local) = reader.resolve_element(e.name());
                 let local = local.as_ref();
                 let parent = stack.last().copied();
                 let env_ns = matches!(ns, ResolveResult::Bound(Namespace(n)) if n == NS_ENVELOPE);
@@ -223,6 +273,9 @@ fn parse_from(body: &[u8]) -> Result<Envelope, SoapError> {
                     Some(Tag::Envelope) if env_ns && local == b"Body" => {
                         if seen_body {
                             return ambiguous("a second Body");
+                        }
+                        if head_only {
+                            return Ok(Some(env));
                         }
                         seen_body = true;
                         Tag::Body
@@ -384,6 +437,7 @@ fn parse_from(body: &[u8]) -> Result<Envelope, SoapError> {
                 }
             }
             Event::DocType(_) => return Err(SoapError::Dtd),
+            Event::Eof if head_only => return Ok(None),
             Event::Eof => break,
             _ => {}
         }
@@ -410,7 +464,7 @@ fn parse_from(body: &[u8]) -> Result<Envelope, SoapError> {
             password,
         };
     }
-    Ok(env)
+    Ok(Some(env))
 }
 
 fn esc(s: &str) -> std::borrow::Cow<'_, str> {
@@ -634,6 +688,40 @@ mod tests {
         let env = parse(body.as_bytes()).unwrap();
         let span = env.session_header.unwrap();
         assert!(body[span].starts_with("<p:SessionHeader>"));
+    }
+
+    #[test]
+    fn the_head_is_read_from_a_prefix_up_to_the_body() {
+        let whole = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:p="urn:partner.soap.sforce.com"><s:Header><p:SessionHeader><p:sessionId>00D!x</p:sessionId></p:SessionHeader></s:Header><s:Body><p:create>"#;
+        let head = parse_head(whole.as_bytes()).unwrap().unwrap();
+        assert_eq!(head.session_id.as_deref(), Some("00D!x"));
+        // Cut before the Body starts: no head yet.
+        let cut = &whole[..whole.find("<s:Body").unwrap() + 3];
+        assert!(parse_head(cut.as_bytes()).unwrap().is_none());
+        // Ambiguity in the head is found in a prefix too.
+        let twice = whole.replace("</s:Header>", "</s:Header><s:Header/>");
+        assert!(matches!(
+            parse_head(twice.as_bytes()),
+            Err(SoapError::Ambiguous(_))
+        ));
+    }
+
+    #[test]
+    fn declaration_floods_are_refused_before_any_name_is_resolved() {
+        let many = (0..40)
+            .map(|i| format!(r#" xmlns:a{i}="urn:x""#))
+            .collect::<String>();
+        let body = format!(
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><x{many}/></s:Body></s:Envelope>"#
+        );
+        assert_eq!(parse(body.as_bytes()).unwrap_err(), SoapError::TooComplex);
+        let spread = (0..200)
+            .map(|i| format!(r#"<e xmlns:b{i}="urn:y"/>"#))
+            .collect::<String>();
+        let body = format!(
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><x>{spread}</x></s:Body></s:Envelope>"#
+        );
+        assert_eq!(parse(body.as_bytes()).unwrap_err(), SoapError::TooComplex);
     }
 
     #[test]

@@ -1,0 +1,181 @@
+//! The OAuth 2.0 endpoints: the password grant on `/services/oauth2/token` (a login) and
+//! `/services/oauth2/revoke`.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+use super::{busy, log_login, retry_after_header};
+use crate::auth::{Attempt, AuthError, Dialect};
+use crate::server::body::{self, BodyError};
+use crate::server::{App, Client, ReqBody};
+use crate::wire::{Body, JSON, oauth, respond};
+
+fn is_form(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
+async fn read_form(
+    app: &App,
+    req: Request<ReqBody>,
+) -> Result<(http::request::Parts, oauth::Form), Response<Body>> {
+    if !is_form(req.headers()) {
+        return Err(oauth::error(
+            "invalid_request",
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let (parts, incoming) = req.into_parts();
+    let limit = app.cfg.server.max_login_body_bytes;
+    let (bytes, _held) = match body::read(
+        incoming,
+        &parts.headers,
+        limit,
+        app.cfg.server.body_read_timeout,
+        &app.bodies,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(BodyError::Busy) => {
+            return Err(busy(oauth::error(
+                "temporarily_unavailable",
+                "server busy; retry shortly",
+            )));
+        }
+        Err(BodyError::TooLarge(_)) => {
+            let mut r = oauth::error("invalid_request", "request body too large");
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return Err(r);
+        }
+        Err(e) => return Err(oauth::error("invalid_request", &e.to_string())),
+    };
+    match oauth::Form::parse(&bytes) {
+        Ok(f) => Ok((parts, f)),
+        Err(e) => Err(oauth::error("invalid_request", &e.to_string())),
+    }
+}
+
+pub async fn oauth_token(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
+    if req.method() != Method::POST {
+        let mut r = oauth::error("invalid_request", "must use HTTP POST");
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let (_, form) = match read_form(&app, req).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match form.get("grant_type") {
+        Some("password") => {}
+        Some(_) => return oauth::error("unsupported_grant_type", "grant type not supported"),
+        None => return oauth::error("invalid_request", "grant_type is required"),
+    }
+    let Some(client_id) = form.get("client_id") else {
+        return oauth::error("invalid_client_id", "client identifier invalid");
+    };
+    let live = app.live();
+    let Some(client) = live.oauth_clients.iter().find(|c| c.client_id == client_id) else {
+        return oauth::error("invalid_client_id", "client identifier invalid");
+    };
+    let secret_ok = form.get("client_secret").is_some_and(|s| {
+        crate::secret::constant_time_eq(s.as_bytes(), client.client_secret.as_bytes())
+    });
+    if !secret_ok {
+        return oauth::error("invalid_client", "invalid client credentials");
+    }
+    let (Some(username), Some(password)) = (form.get("username"), form.get("password")) else {
+        return oauth::error("invalid_request", "username and password are required");
+    };
+    let attempt = Attempt {
+        username,
+        secret: password,
+        ip: peer.ip,
+        dialect: Dialect::OAuth,
+        api_version: None,
+        client: Some(client_id),
+        tls: peer.tls,
+        password_only: false,
+    };
+    let result = app.auth.login(&attempt).await;
+    log_login("oauth", username, &result, Some(client_id));
+    match result.map(|v| v.user) {
+        Ok(user) => match app.sessions.create(&user) {
+            Ok(sid) => {
+                let id_url = format!("{}/id/{}/{}", app.origin, app.cfg.server.org.id18, user.id);
+                let issued_at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                oauth::token_response(&sid, &app.origin, &id_url, issued_at, &client.client_secret)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not create a session");
+                busy(oauth::error(
+                    "temporarily_unavailable",
+                    "server busy; retry shortly",
+                ))
+            }
+        },
+        Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => oauth::invalid_grant(),
+        Err(AuthError::RateLimited { retry_after }) => retry_after_header(
+            oauth::error(
+                "rate_limit_exceeded",
+                "too many login attempts; retry later",
+            ),
+            retry_after,
+        ),
+        Err(AuthError::Busy) => busy(oauth::error(
+            "temporarily_unavailable",
+            "server busy; retry shortly",
+        )),
+        Err(AuthError::Store(e)) => {
+            tracing::error!(error = %e, "store error during login");
+            let mut r = oauth::error("server_error", "internal error");
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
+    }
+}
+
+pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    let q = uri.query()?;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// `POST /services/oauth2/revoke` with `token` in the body or the query (reference §2.4).
+pub async fn oauth_revoke(app: Arc<App>, req: Request<ReqBody>) -> Response<Body> {
+    let from_query = query_param(req.uri(), "token");
+    let token = match from_query {
+        Some(t) => Some(t),
+        None if req.method() == Method::POST && is_form(req.headers()) => {
+            match read_form(&app, req).await {
+                Ok((_, form)) => form.get("token").map(str::to_owned),
+                Err(r) => return r,
+            }
+        }
+        None => None,
+    };
+    let Some(token) = token else {
+        return oauth::error("invalid_request", "token is required");
+    };
+    if app.sessions.revoke(&token) {
+        respond(StatusCode::OK, JSON, "")
+    } else {
+        oauth::error("invalid_token", "invalid token")
+    }
+}
