@@ -819,6 +819,8 @@ async fn demo(args: DemoArgs) -> Result<(), BoxError> {
         .listen
         .parse()
         .map_err(|_| format!("--listen: '{}' is not an address", args.listen))?;
+    // The demo is reached by either name of the local machine.
+    cfg.server.allowed_hosts = vec!["localhost".into(), "127.0.0.1".into()];
     // Token emails become .eml files in the demo's data directory.
     cfg.mail.transport = tokengate::config::MailTransport::File {
         dir: cfg.store.path.join("mail"),

@@ -1,7 +1,8 @@
 //! The TLS listener's configuration: PEM certificate and key from the config, or a
-//! self-signed certificate for localhost/127.0.0.1 generated into the data directory on first
-//! start. ALPN offers h2 and http/1.1. Also the trust store of tokengate's own TLS clients
-//! (the upstream connection and the load tool).
+//! self-signed certificate for localhost/127.0.0.1 generated into the data directory: valid for
+//! a year, and made anew at start when it has less than 30 days left. ALPN offers h2 and
+//! http/1.1. Also the trust store of tokengate's own TLS clients (the upstream connection and
+//! the load tool).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,7 +51,13 @@ pub fn ensure_cert(
     let dir = data_dir.join("tls");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    if !(cert.is_file() && key.is_file()) {
+    // Kept while it has more than 30 days left; one from an older tokengate that made them
+    // valid until the year 4096 is replaced too.
+    let fresh = cert.is_file()
+        && key.is_file()
+        && not_after(&cert)
+            .is_some_and(|end| end > now() + RENEW_BEFORE && end < now() + LONGEST);
+    if !fresh {
         let write_err = |path: &Path| {
             let path = path.to_owned();
             move |source| TlsError::Write { path, source }
@@ -67,6 +74,13 @@ pub fn ensure_cert(
             rcgen::DnType::CommonName,
             "tokengate self-signed (localhost)",
         );
+        // A year, like a public CA's longest; started a day back for clocks that lag.
+        let start = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        params.not_before = start;
+        params.not_after = start + time::Duration::days(VALID_DAYS);
+        if cert.is_file() {
+            tracing::warn!(path = %cert.display(), "the generated certificate expires within 30 days, lasts longer than a year, or is unreadable; making a new one (clients that pinned the old one must trust the new one)");
+        }
         let c = params.self_signed(&key_pair)?;
         write_private(&key, key_pair.serialize_pem().as_bytes()).map_err(write_err(&key))?;
         std::fs::write(&cert, c.pem()).map_err(write_err(&cert))?;
@@ -76,6 +90,22 @@ pub fn ensure_cert(
         key,
         generated: true,
     })
+}
+
+/// Days a generated certificate is valid, and how long before its end it is made anew.
+const VALID_DAYS: i64 = 366;
+const RENEW_BEFORE: u64 = 30 * 86_400;
+const LONGEST: u64 = 400 * 86_400;
+
+fn now() -> u64 {
+    crate::now_secs()
+}
+
+/// The end of the first certificate in a PEM file (Unix seconds), if it can be read.
+pub fn not_after(pem: &Path) -> Option<u64> {
+    let der = CertificateDer::pem_file_iter(pem).ok()?.next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -132,4 +162,35 @@ pub fn client_roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, String> 
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_certificate_lasts_a_year_and_is_renewed_near_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ensure_cert(None, dir.path()).unwrap();
+        let end = not_after(&paths.cert).unwrap();
+        let year = 365 * 86_400;
+        assert!(end > now() + year - 86_400 && end < now() + year + 86_400, "{end}");
+        // Kept while it has time left.
+        let first = std::fs::read(&paths.cert).unwrap();
+        ensure_cert(None, dir.path()).unwrap();
+        assert_eq!(std::fs::read(&paths.cert).unwrap(), first);
+        // One that ends within 30 days is made anew at start.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+        std::fs::write(&paths.cert, params.self_signed(&key).unwrap().pem()).unwrap();
+        ensure_cert(None, dir.path()).unwrap();
+        assert!(not_after(&paths.cert).unwrap() > now() + 300 * 86_400);
+        server_config(&paths).expect("the new pair matches");
+        // So is one valid for far too long (older tokengates made them until 4096).
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+        std::fs::write(&paths.cert, params.self_signed(&key).unwrap().pem()).unwrap();
+        ensure_cert(None, dir.path()).unwrap();
+        assert!(not_after(&paths.cert).unwrap() < now() + 400 * 86_400);
+    }
 }

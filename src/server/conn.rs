@@ -3,13 +3,15 @@
 //! holding a slot without using it.
 //!
 //! Deadlines, on top of hyper's header read timeout:
-//! - the first request must start within `header_read_timeout` of the handshake (protocol
-//!   detection has no timer of its own: a client that sends nothing, or only the HTTP/2
-//!   preface, would otherwise hold its slot for ever);
-//! - a connection with no request in flight for `idle_timeout` is closed gracefully (HTTP/2
-//!   with a GOAWAY), HTTP/2 keep-alive pings find dead peers sooner;
-//! - a connection asked to close (idle, or the server stopping) that has not closed within
-//!   `drain_timeout` is dropped.
+//! - the first request must start within `header_read_timeout` of the handshake, or the
+//!   connection is dropped (protocol detection has no timer of its own: a client that sends
+//!   nothing, or only the HTTP/2 preface, would otherwise hold its slot for ever);
+//! - a connection with no request in flight and none started for `idle_timeout` (checked every
+//!   `idle_timeout`, so closed within twice that) is closed gracefully (HTTP/2 with a GOAWAY),
+//!   and dropped if it has not closed within `header_read_timeout`; HTTP/2 keep-alive pings
+//!   find dead peers sooner;
+//! - when the server stops, connections are asked to close and dropped after
+//!   `drain_timeout`.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -260,11 +262,17 @@ async fn serve(
                     return;
                 }
                 let started = activity.started.load(Ordering::Relaxed);
+                if started == 0 {
+                    // Nothing asked yet: nothing to finish gracefully.
+                    tracing::debug!(%peer, "no request within the header timeout; connection dropped");
+                    return;
+                }
                 if activity.active.load(Ordering::Relaxed) == 0 && started == seen {
                     tracing::debug!(%peer, requests = started, "idle connection closed");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
-                    deadline = tokio::time::Instant::now() + s.drain_timeout;
+                    // Nothing is in flight: the close needs no more than a header's time.
+                    deadline = tokio::time::Instant::now() + s.header_read_timeout;
                 } else {
                     seen = started;
                     deadline = tokio::time::Instant::now() + s.idle_timeout;

@@ -42,6 +42,7 @@ pub struct Recorded {
 
 /// A plain HTTP/1.1 upstream on loopback that records every request and answers with a small
 /// Salesforce-shaped query result. `/slow` waits 5 s; `/echo-body` returns the request body;
+/// `/set-cookies` tries to set tokengate's console cookie and turn HSTS off;
 /// `/close` answers with `Connection: close`.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -136,8 +137,14 @@ async fn upstream_answer(
     } else {
         Bytes::from_static(br#"{"totalSize":1,"done":true,"records":[{"attributes":{"type":"Account"},"Id":"001000000000001AAA","Name":"Acme"}]}"#)
     };
-    Response::builder()
-        .header("content-type", "application/json;charset=UTF-8")
+    let mut b = Response::builder();
+    if path == "/set-cookies" {
+        b = b
+            .header("set-cookie", "__Host-tg_console=planted; Path=/; Secure; HttpOnly")
+            .header("set-cookie", "app=1; Path=/")
+            .header("strict-transport-security", "max-age=0");
+    }
+    b.header("content-type", "application/json;charset=UTF-8")
         .header(
             "connection",
             if path == "/close" {
@@ -485,6 +492,53 @@ impl HttpsClient {
     }
 }
 
+/// An upstream that answers every request with the same raw bytes, whatever they are: for
+/// responses no HTTP library would send (both Content-Length and Transfer-Encoding, an
+/// unrequested 101, a body that stalls).
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start(answer: &'static [u8]) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    // Read the request head, answer, then hold the connection open.
+                    let mut buf = vec![0u8; 65536];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tcp.write_all(answer).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A plain-HTTP GET (the metrics listener); the whole answer, head and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -511,8 +565,17 @@ pub async fn raw_tls(
     ca: &Path,
     addr: SocketAddr,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    raw_tls_alpn(ca, addr, &[b"http/1.1"]).await
+}
+
+/// A raw TLS connection offering the given ALPN protocols (none: no ALPN at all).
+pub async fn raw_tls_alpn(
+    ca: &Path,
+    addr: SocketAddr,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut cfg = client_tls(ca);
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     connector

@@ -1,0 +1,641 @@
+//! The HTTP layer attacked as an attacker would, against the running server, with the bytes
+//! the attack sends (raw TLS sockets and raw HTTP/2 frames where a client library would not
+//! send them), and upstreams that answer with hostile responses: bodies before login,
+//! XML floods, silent connections, smuggled identity headers, dot segments, hosts, cookies,
+//! CONNECT, upstream responses, trailing slashes, and refusals sent before the body.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends raw bytes on a fresh TLS connection and reads the first answer's head and body (up to
+/// `timeout`).
+async fn raw(ts: &TestServer, request: &[u8]) -> String {
+    raw_exchange(&ts.ca, ts.addr, request, Duration::from_secs(5)).await
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
+}
+
+fn soap_with_session(sid: &str, body_call: &str) -> String {
+    format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:p="urn:partner.soap.sforce.com"><s:Header><p:SessionHeader><p:sessionId>{sid}</p:sessionId></p:SessionHeader></s:Header><s:Body>{body_call}</s:Body></s:Envelope>"#
+    )
+}
+
+// -------------------------------------------------------------------------------------------
+// Bounded before authentication
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soap_body_before_login_is_read_only_up_to_the_login_bound() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    // Streams that announce 15 MiB and send 1 MiB without a session: each is refused with 413
+    // once 64 KiB are in, long before its body ends, and nothing stays held.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (ca, addr) = (ts.ca.clone(), ts.addr);
+        tasks.push(tokio::spawn(async move {
+            let mut s = raw_tls(&ca, addr).await;
+            let head = "POST /services/Soap/u/59.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nContent-Length: 15728640\r\n\r\n";
+            s.write_all(head.as_bytes()).await.unwrap();
+            let filler = format!(
+                r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header>{}"#,
+                "<x/>".repeat(40_000)
+            );
+            // The server stops reading and answers; a write may then fail.
+            let _ = s.write_all(filler.as_bytes()).await;
+            let mut out = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut out))
+                .await
+                .expect("answered before the body ends")
+                .unwrap();
+            String::from_utf8_lossy(&out[..n]).into_owned()
+        }));
+    }
+    for t in tasks {
+        let answer = t.await.unwrap();
+        assert_eq!(status_of(&answer), 413, "{answer}");
+        assert!(answer.contains("first 65536 bytes"), "{answer}");
+    }
+    let bodies = ts.app().bodies.clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bodies.used() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bodies.used(), 0, "no body memory held");
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_soap_call_with_a_valid_session_is_read_and_forwarded() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user("big@example.com").await;
+    let sid = ts
+        .soap_login("big@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    let records = "<p:sObjects><p:Name>Acme</p:Name></p:sObjects>".repeat(40_000);
+    let body = soap_with_session(&sid, &format!("<p:create>{records}</p:create>"));
+    assert!(body.len() > 1 << 20);
+    let r = ts
+        .client()
+        .post("/services/Soap/u/59.0", "text/xml", body.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.body.len(), body.len() - body.find("<p:SessionHeader>").map_or(0, |_| {
+        format!("<p:SessionHeader><p:sessionId>{sid}</p:sessionId></p:SessionHeader>").len()
+    }));
+    assert!(!String::from_utf8_lossy(&seen.body).contains(&sid));
+    // A bad session in a large call's head: refused without reading the rest (the client is
+    // still sending when the answer comes).
+    let bad = soap_with_session("00D000000000001!nope", &format!("<p:create>{records}</p:create>"));
+    let mut c = raw_tls(&ts.ca, ts.addr).await;
+    let head = format!(
+        "POST /services/Soap/u/59.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+        bad.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&bad.as_bytes()[..200_000]).await.unwrap();
+    let mut out = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut out))
+        .await
+        .expect("answered before the body ends")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out[..n]);
+    assert_eq!(status_of(&answer), 500, "{answer}");
+    assert!(answer.contains("INVALID_SESSION_ID"), "{answer}");
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_the_global_budget_are_answered_503_in_the_callers_dialect() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.server.max_buffered_body_bytes = 200 * 1024;
+        c.server.body_read_timeout = Duration::from_secs(20);
+    })
+    .await;
+    // Eight logins that send 60 KiB of a body and hold: four fit in the budget.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = raw_tls(&ts.ca, ts.addr).await;
+        let head = "POST /services/Soap/u/59.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nContent-Length: 65000\r\n\r\n";
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b' '; 60_000]).await.unwrap();
+        s.flush().await.unwrap();
+        held.push(s);
+    }
+    let mut refused = 0;
+    for s in &mut held {
+        let mut out = vec![0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut out)).await {
+            let answer = String::from_utf8_lossy(&out[..n]).into_owned();
+            assert_eq!(status_of(&answer), 503, "{answer}");
+            assert!(answer.contains("SERVER_UNAVAILABLE"), "a SOAP fault: {answer}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 4, "bodies past the budget are refused: {refused}");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_gzipped_namespace_flood_is_refused_at_once_and_health_keeps_answering() {
+    use std::io::Write as _;
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    // Duplicate declarations and empty elements: quadratic name resolution before the bounds
+    // (small enough once inflated to be parsed before authentication).
+    let declarations = r#" xmlns:a="urn:x""#.repeat(1500);
+    let inner = format!("<a:e{declarations}/>{}", "<a:e/>".repeat(5000));
+    let xml = format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>{inner}</s:Body></s:Envelope>"#
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(xml.as_bytes()).unwrap();
+    let compressed = gz.finish().unwrap();
+    assert!(compressed.len() < 4096, "{}", compressed.len());
+    let c = ts.client();
+    let attack = {
+        let c = ts.client();
+        let compressed = compressed.clone();
+        tokio::spawn(async move {
+            let b = c
+                .request(Method::POST, "/services/Soap/u/59.0")
+                .header("content-type", "text/xml")
+                .header("content-encoding", "gzip");
+            let started = Instant::now();
+            let r = c.call(b, compressed).await;
+            (r, started.elapsed())
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    while !attack.is_finished() {
+        let started = Instant::now();
+        assert_eq!(
+            c.get("/tokengate/health", &[]).await.status,
+            StatusCode::OK
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    let (r, took) = attack.await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
+    assert!(r.text().contains("too many attributes"), "{}", r.text());
+    assert!(took < Duration::from_secs(1), "refused in {took:?}");
+    assert!(slowest < Duration::from_millis(100), "health took {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_nothing_or_only_a_preface_are_closed() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.server.max_connections = 12;
+        c.server.header_read_timeout = Duration::from_millis(700);
+        c.server.idle_timeout = Duration::from_millis(700);
+    })
+    .await;
+    // Four that send nothing after the handshake (no ALPN: the preface would decide), four
+    // that send only the HTTP/2 preface, four that send nothing over HTTP/1.1.
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(raw_tls_alpn(&ts.ca, ts.addr, &[]).await);
+    }
+    for _ in 0..4 {
+        let mut s = raw_tls_alpn(&ts.ca, ts.addr, &[b"h2"]).await;
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        silent.push(s);
+    }
+    for _ in 0..4 {
+        silent.push(raw_tls(&ts.ca, ts.addr).await);
+    }
+    // Each is closed by the server within the deadlines (read returns EOF, or an error once
+    // the server's GOAWAY has been read).
+    let started = Instant::now();
+    for mut s in silent {
+        let mut buf = vec![0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue, // SETTINGS, GOAWAY
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent connection stays open");
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // And the server takes new clients.
+    assert_eq!(
+        ts.client().get("/tokengate/health", &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| c.server.max_connections_per_ip = 3).await;
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        kept.push(raw_tls(&ts.ca, ts.addr).await);
+    }
+    // A fourth from the same address is closed at once (the handshake fails).
+    let mut cfg = client_tls(&ts.ca);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(ts.addr).await.unwrap();
+    let fourth = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await;
+    assert!(fourth.is_err(), "the fourth connection is refused");
+    drop(kept);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ts.client().get("/tokengate/health", &[]).await.status,
+        StatusCode::OK,
+        "places come back when connections close"
+    );
+}
+
+// -------------------------------------------------------------------------------------------
+// What reaches the upstream
+
+#[tokio::test]
+async fn identity_headers_in_any_spelling_and_the_console_cookie_never_reach_the_upstream() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user("clean@example.com").await;
+    let sid = ts
+        .soap_login("clean@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    let request = format!(
+        "GET /services/data/v59.0/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {sid}\r\nX_Tokengate_User: admin@example.com\r\nx_tokengate_user_id: 005000000000001AAA\r\nX-Real-IP: 6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\nClient-IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nCookie: app=1; __Host-tg_console=stolen; other=2\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw(&ts, request.as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = up.last();
+    for (name, _) in seen.headers.iter() {
+        let n = name.as_str().replace('_', "-");
+        assert!(
+            !["x-real-ip", "true-client-ip", "client-ip", "x-original-url", "x-rewrite-url"]
+                .contains(&n.as_str()),
+            "{name} reached the upstream"
+        );
+        if n.starts_with("x-tokengate-") || n.starts_with("x-forwarded-") {
+            assert!(!name.as_str().contains('_'), "{name} reached the upstream");
+        }
+    }
+    assert_eq!(seen.headers.get_all("x-tokengate-user").iter().count(), 1);
+    assert_eq!(seen.headers["x-tokengate-user"], "clean@example.com");
+    assert_eq!(seen.headers["cookie"], "app=1; other=2");
+}
+
+#[tokio::test]
+async fn dot_segments_never_escape_the_upstream_base_path() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.upstream.url = format!("{}/api/v1", up.url()).parse().unwrap();
+    })
+    .await;
+    let token = ts.add_user("dots@example.com").await;
+    let auth = basic("dots@example.com", &format!("{PASSWORD}{token}"));
+    for path in [
+        "/../../internal",
+        "/%2e%2e/%2e%2e/internal",
+        "/%2E%2E/internal",
+        "/services/data/../../../../internal",
+        "/services/data/./x",
+        "/services/data%2f..%2finternal",
+        "/services/data/..%5cinternal",
+    ] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw(&ts, request.as_bytes()).await;
+        assert_eq!(status_of(&answer), 400, "{path}: {answer}");
+    }
+    assert!(up.requests().is_empty(), "nothing reached the upstream");
+    // The canonical path still works, under the base path.
+    let request = format!(
+        "GET /services//data/v59.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(status_of(&raw(&ts, request.as_bytes()).await), 200);
+    assert_eq!(up.last().uri, "/api/v1/services/data/v59.0");
+}
+
+#[tokio::test]
+async fn requests_must_name_one_of_our_hosts_once_without_userinfo() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let cases: [(&str, u16); 7] = [
+        ("GET /services/data/ HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n", 400),
+        ("GET /services/data/ HTTP/1.1\r\n", 400),
+        ("GET /services/data/ HTTP/1.1\r\nHost: evil.example\r\n", 421),
+        ("GET https://evil.example/services/data/ HTTP/1.1\r\nHost: 127.0.0.1\r\n", 421),
+        ("GET https://user:pw@127.0.0.1/services/data/ HTTP/1.1\r\nHost: 127.0.0.1\r\n", 400),
+        // Load balancers probe health by address: exempt.
+        ("GET /tokengate/health HTTP/1.1\r\nHost: 10.1.2.3:8443\r\n", 200),
+        ("CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1\r\n", 405),
+    ];
+    for (head, want) in cases {
+        let answer = raw(&ts, format!("{head}Connection: close\r\n\r\n").as_bytes()).await;
+        assert_eq!(status_of(&answer), want, "{head:?}: {answer}");
+    }
+    assert!(up.requests().is_empty());
+}
+
+/// An HTTP/2 connection with raw frames (the `h2` crate), trusting the server's certificate.
+async fn h2_conn(ts: &TestServer) -> h2::client::SendRequest<Bytes> {
+    let s = raw_tls_alpn(&ts.ca, ts.addr, &[b"h2"]).await;
+    let (send, conn) = h2::client::handshake(s).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+async fn h2_call(send: &mut h2::client::SendRequest<Bytes>, req: http::Request<()>) -> (u16, String) {
+    let send = send.clone().ready().await.unwrap();
+    let mut send = send;
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn on_http2_the_authority_decides_carries_no_userinfo_and_cookies_are_joined() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user("h2@example.com").await;
+    let auth = basic("h2@example.com", &format!("{PASSWORD}{token}"));
+    let mut send = h2_conn(&ts).await;
+    let port = ts.addr.port();
+    // Userinfo in :authority.
+    let req = http::Request::get(format!("https://user:pw@evil.com/services/data/"))
+        .header("authorization", &auth)
+        .body(())
+        .unwrap();
+    assert_eq!(h2_call(&mut send, req).await.0, 400);
+    // A host header that disagrees with :authority.
+    let req = http::Request::get(format!("https://127.0.0.1:{port}/services/data/"))
+        .header("host", "evil.example")
+        .header("authorization", &auth)
+        .body(())
+        .unwrap();
+    assert_eq!(h2_call(&mut send, req).await.0, 400);
+    assert!(up.requests().is_empty());
+    // Two cookie fields become one Cookie line; ours is gone.
+    let req = http::Request::get(format!("https://127.0.0.1:{port}/services/data/"))
+        .header("authorization", &auth)
+        .header("cookie", "a=1")
+        .header("cookie", "__Host-tg_console=x")
+        .header("cookie", "b=2")
+        .body(())
+        .unwrap();
+    assert_eq!(h2_call(&mut send, req).await.0, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers.get_all("cookie").iter().count(), 1);
+    assert_eq!(seen.headers["cookie"], "a=1; b=2");
+    assert_eq!(seen.headers["host"], format!("127.0.0.1:{port}"));
+    assert_eq!(seen.headers["x-forwarded-host"], format!("127.0.0.1:{port}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_bounded_and_a_waiting_request_gets_503() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.upstream.max_connections = 2;
+        c.upstream.connect_timeout = Duration::from_millis(500);
+        c.upstream.response_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let token = ts.add_user("bound@example.com").await;
+    let auth = basic("bound@example.com", &format!("{PASSWORD}{token}"));
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let (c, auth) = (ts.client(), auth.clone());
+        slow.push(tokio::spawn(async move {
+            c.get("/slow", &[("authorization", &auth)]).await.status
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let r = ts
+        .client()
+        .get("/services/data/", &[("authorization", &auth)])
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream_busy");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for s in slow {
+        assert_eq!(s.await.unwrap(), StatusCode::OK);
+    }
+    assert!(up.connections.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+}
+
+// -------------------------------------------------------------------------------------------
+// What comes back from the upstream
+
+async fn against(answer: &'static [u8], tweak: impl FnOnce(&mut tokengate::config::Config)) -> (RawUpstream, TestServer, String) {
+    let up = RawUpstream::start(answer).await;
+    let ts = TestServer::start_with(&up.url(), tweak).await;
+    let token = ts.add_user("up@example.com").await;
+    let auth = basic("up@example.com", &format!("{PASSWORD}{token}"));
+    (up, ts, auth)
+}
+
+#[tokio::test]
+async fn an_upstream_answer_with_both_length_and_chunking_is_refused() {
+    let (_up, ts, auth) = against(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n",
+        |_| {},
+    )
+    .await;
+    let r = ts.client().get("/x", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+}
+
+#[tokio::test]
+async fn an_unrequested_switch_of_protocols_is_refused() {
+    let (_up, ts, auth) = against(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        |_| {},
+    )
+    .await;
+    let r = ts.client().get("/x", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+}
+
+#[tokio::test]
+async fn an_upstream_body_that_stalls_is_aborted_after_its_idle_timeout() {
+    let (_up, ts, auth) = against(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nstart of a body that never ends",
+        |c| c.upstream.body_idle_timeout = Duration::from_millis(500),
+    )
+    .await;
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(5),
+        ts.client().send_result(
+            ts.client()
+                .request(Method::GET, "/x")
+                .header("authorization", &auth)
+                .body(empty_body())
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("the client is not held for ever");
+    assert!(result.is_err(), "the response fails: {result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn the_upstream_cannot_set_our_cookie_or_our_security_policy() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user("policy@example.com").await;
+    let auth = basic("policy@example.com", &format!("{PASSWORD}{token}"));
+    let r = ts
+        .client()
+        .get("/set-cookies", &[("authorization", &auth)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cookies: Vec<_> = r.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["app=1; Path=/"]);
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"));
+    // Every answer carries it, tokengate's own too.
+    let r = ts.client().get("/tokengate/health", &[]).await;
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"));
+}
+
+#[tokio::test]
+async fn the_generated_certificate_is_valid_for_a_year() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let end = tokengate::tls::not_after(&ts.ca).unwrap();
+    let now = tokengate::now_secs();
+    assert!(end > now + 360 * 86_400 && end < now + 368 * 86_400, "{end}");
+}
+
+// -------------------------------------------------------------------------------------------
+// Robust with real clients
+
+#[tokio::test]
+async fn a_login_url_with_a_trailing_slash_reaches_the_login_handlers() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user("slash@example.com").await;
+    let secret = format!("{PASSWORD}{token}");
+    let c = ts.client();
+    let r = c
+        .post(
+            "//services/Soap/u/42.0",
+            "text/xml",
+            soap_login_body("slash@example.com", &secret),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.text().contains("<sessionId>"));
+    for path in ["//services/oauth2/token", "/services/oauth2/token/"] {
+        let form = serde_urlencoded::to_string([
+            ("grant_type", "password"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("username", "slash@example.com"),
+            ("password", secret.as_str()),
+        ])
+        .unwrap();
+        let r = c
+            .post(path, "application/x-www-form-urlencoded", form)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        assert!(r.json()["access_token"].is_string());
+    }
+    let r = c.get("//tokengate//health/", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(up.requests().is_empty(), "no login was forwarded");
+}
+
+#[tokio::test]
+async fn a_refusal_sent_before_the_body_leaves_a_usable_connection_or_says_close() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let mut s = raw_tls(&ts.ca, ts.addr).await;
+    // A POST with an expired session and a small body: the connection stays usable.
+    let body = "x".repeat(1000);
+    let request = format!(
+        "POST /services/data/v59.0/sobjects/Account HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer 00D000000000001!expired\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let read_answer = async |s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .unwrap_or(0);
+                if out.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    s.write_all(request.as_bytes()).await.unwrap();
+    let first = read_answer(&mut s).await;
+    assert_eq!(status_of(&first), 401, "{first}");
+    assert!(!first.to_ascii_lowercase().contains("connection: close"), "{first}");
+    // The same connection at once, as jsforce re-logging in would.
+    s.write_all(b"GET /tokengate/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_answer(&mut s).await;
+    assert_eq!(status_of(&second), 200, "{second}");
+
+    // A body too large to drain: the refusal says the connection closes.
+    let mut s = raw_tls(&ts.ca, ts.addr).await;
+    let head = "POST /services/data/v59.0/sobjects/Account HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer 00D000000000001!expired\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = s.write_all(&vec![b'x'; 200_000]).await;
+    let answer = read_answer(&mut s).await;
+    assert_eq!(status_of(&answer), 401, "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+}
