@@ -10,7 +10,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(soap_envelope client_address sanitise_headers credentials oauth_form json_bodies)
+  targets=(soap_envelope request_target client_address sanitise_headers credentials oauth_form json_bodies)
 fi
 
 # cargo-fuzz needs nightly for its sanitizer flags; RUSTC_BOOTSTRAP lets stable stand in.

@@ -156,6 +156,63 @@ pub fn sanitise_headers(data: &[u8]) {
     }
 }
 
+/// Request targets: the path and `Host` of a request (the input, split at its first
+/// newline). Whatever the spelling, an accepted target's path has no dot segment (raw or
+/// percent-encoded), no encoded slash or backslash and no repeated slash, and checking it
+/// again changes nothing; an accepted host carries no userinfo and is one of ours.
+pub fn request_target(data: &[u8]) {
+    let (path, host) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b"proxy.example.com"[..]),
+    };
+    let Ok(uri) = http::Uri::builder().path_and_query(path).build() else {
+        return;
+    };
+    let Ok(host) = HeaderValue::from_bytes(host) else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::HOST, host);
+    let hosts = ["proxy.example.com".to_owned()];
+    let Ok(t) = crate::server::target::check(
+        &http::Method::GET,
+        http::Version::HTTP_11,
+        &uri,
+        &headers,
+        &hosts,
+    ) else {
+        return;
+    };
+    let p = t.path.as_ref();
+    assert!(!p.contains("//"), "{p}");
+    assert!(!p.contains('\\'), "{p}");
+    let lower = p.to_ascii_lowercase();
+    assert!(!lower.contains("%2f") && !lower.contains("%5c"), "{p}");
+    for segment in lower.replace("%2e", ".").split('/') {
+        assert!(segment != "." && segment != "..", "{p}");
+    }
+    let h = t.host.expect("HTTP/1.1 has a host");
+    let h = h.to_str().expect("a checked host is text");
+    assert!(!h.contains('@'), "{h}");
+    assert!(
+        h.to_ascii_lowercase().starts_with("proxy.example.com"),
+        "{h}"
+    );
+    let again = http::Uri::builder()
+        .path_and_query(p)
+        .build()
+        .expect("the canonical path is a path");
+    let t2 = crate::server::target::check(
+        &http::Method::GET,
+        http::Version::HTTP_11,
+        &again,
+        &headers,
+        &hosts,
+    )
+    .expect("the canonical path is accepted");
+    assert_eq!(t2.path.as_ref(), p);
+}
+
 /// Credentials in headers (`Authorization: Basic|Bearer|OAuth`, `X-SFDC-Session`) and the
 /// `oauth_token` query parameter. A Basic user-id is never empty and never holds a colon
 /// (RFC 7617 §2); a session id is taken from the header as sent.
@@ -240,8 +297,9 @@ fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
 pub type Target = fn(&[u8]);
 
 /// Every target by name, for the corpus replay and `fuzz/run.sh`.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("soap_envelope", soap_envelope),
+    ("request_target", request_target),
     ("client_address", client_address),
     ("sanitise_headers", sanitise_headers),
     ("credentials", credentials),

@@ -55,8 +55,7 @@ pub fn ensure_cert(
     // valid until the year 4096 is replaced too.
     let fresh = cert.is_file()
         && key.is_file()
-        && not_after(&cert)
-            .is_some_and(|end| end > now() + RENEW_BEFORE && end < now() + LONGEST);
+        && not_after(&cert).is_some_and(|end| end > now() + RENEW_BEFORE && end < now() + LONGEST);
     if !fresh {
         let write_err = |path: &Path| {
             let path = path.to_owned();
@@ -174,7 +173,10 @@ mod tests {
         let paths = ensure_cert(None, dir.path()).unwrap();
         let end = not_after(&paths.cert).unwrap();
         let year = 365 * 86_400;
-        assert!(end > now() + year - 86_400 && end < now() + year + 86_400, "{end}");
+        assert!(
+            end > now() + year - 86_400 && end < now() + year + 86_400,
+            "{end}"
+        );
         // Kept while it has time left.
         let first = std::fs::read(&paths.cert).unwrap();
         ensure_cert(None, dir.path()).unwrap();

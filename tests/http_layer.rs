@@ -95,13 +95,20 @@ async fn a_large_soap_call_with_a_valid_session_is_read_and_forwarded() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let seen = up.last();
-    assert_eq!(seen.body.len(), body.len() - body.find("<p:SessionHeader>").map_or(0, |_| {
-        format!("<p:SessionHeader><p:sessionId>{sid}</p:sessionId></p:SessionHeader>").len()
-    }));
+    assert_eq!(
+        seen.body.len(),
+        body.len()
+            - body.find("<p:SessionHeader>").map_or(0, |_| {
+                format!("<p:SessionHeader><p:sessionId>{sid}</p:sessionId></p:SessionHeader>").len()
+            })
+    );
     assert!(!String::from_utf8_lossy(&seen.body).contains(&sid));
     // A bad session in a large call's head: refused without reading the rest (the client is
     // still sending when the answer comes).
-    let bad = soap_with_session("00D000000000001!nope", &format!("<p:create>{records}</p:create>"));
+    let bad = soap_with_session(
+        "00D000000000001!nope",
+        &format!("<p:create>{records}</p:create>"),
+    );
     let mut c = raw_tls(&ts.ca, ts.addr).await;
     let head = format!(
         "POST /services/Soap/u/59.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
@@ -144,11 +151,17 @@ async fn bodies_past_the_global_budget_are_answered_503_in_the_callers_dialect()
         if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut out)).await {
             let answer = String::from_utf8_lossy(&out[..n]).into_owned();
             assert_eq!(status_of(&answer), 503, "{answer}");
-            assert!(answer.contains("SERVER_UNAVAILABLE"), "a SOAP fault: {answer}");
+            assert!(
+                answer.contains("SERVER_UNAVAILABLE"),
+                "a SOAP fault: {answer}"
+            );
             refused += 1;
         }
     }
-    assert!(refused >= 4, "bodies past the budget are refused: {refused}");
+    assert!(
+        refused >= 4,
+        "bodies past the budget are refused: {refused}"
+    );
     drop(held);
 }
 
@@ -185,17 +198,17 @@ async fn a_small_gzipped_namespace_flood_is_refused_at_once_and_health_keeps_ans
     let mut slowest = Duration::ZERO;
     while !attack.is_finished() {
         let started = Instant::now();
-        assert_eq!(
-            c.get("/tokengate/health", &[]).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(c.get("/tokengate/health", &[]).await.status, StatusCode::OK);
         slowest = slowest.max(started.elapsed());
     }
     let (r, took) = attack.await.unwrap();
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
     assert!(r.text().contains("too many attributes"), "{}", r.text());
     assert!(took < Duration::from_secs(1), "refused in {took:?}");
-    assert!(slowest < Duration::from_millis(100), "health took {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(100),
+        "health took {slowest:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,8 +308,14 @@ async fn identity_headers_in_any_spelling_and_the_console_cookie_never_reach_the
     for (name, _) in seen.headers.iter() {
         let n = name.as_str().replace('_', "-");
         assert!(
-            !["x-real-ip", "true-client-ip", "client-ip", "x-original-url", "x-rewrite-url"]
-                .contains(&n.as_str()),
+            ![
+                "x-real-ip",
+                "true-client-ip",
+                "client-ip",
+                "x-original-url",
+                "x-rewrite-url"
+            ]
+            .contains(&n.as_str()),
             "{name} reached the upstream"
         );
         if n.starts_with("x-tokengate-") || n.starts_with("x-forwarded-") {
@@ -346,13 +365,28 @@ async fn requests_must_name_one_of_our_hosts_once_without_userinfo() {
     let up = Upstream::start().await;
     let ts = TestServer::start(&up.url()).await;
     let cases: [(&str, u16); 7] = [
-        ("GET /services/data/ HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n", 400),
+        (
+            "GET /services/data/ HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n",
+            400,
+        ),
         ("GET /services/data/ HTTP/1.1\r\n", 400),
-        ("GET /services/data/ HTTP/1.1\r\nHost: evil.example\r\n", 421),
-        ("GET https://evil.example/services/data/ HTTP/1.1\r\nHost: 127.0.0.1\r\n", 421),
-        ("GET https://user:pw@127.0.0.1/services/data/ HTTP/1.1\r\nHost: 127.0.0.1\r\n", 400),
+        (
+            "GET /services/data/ HTTP/1.1\r\nHost: evil.example\r\n",
+            421,
+        ),
+        (
+            "GET https://evil.example/services/data/ HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+            421,
+        ),
+        (
+            "GET https://user:pw@127.0.0.1/services/data/ HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+            400,
+        ),
         // Load balancers probe health by address: exempt.
-        ("GET /tokengate/health HTTP/1.1\r\nHost: 10.1.2.3:8443\r\n", 200),
+        (
+            "GET /tokengate/health HTTP/1.1\r\nHost: 10.1.2.3:8443\r\n",
+            200,
+        ),
         ("CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1\r\n", 405),
     ];
     for (head, want) in cases {
@@ -372,7 +406,10 @@ async fn h2_conn(ts: &TestServer) -> h2::client::SendRequest<Bytes> {
     send
 }
 
-async fn h2_call(send: &mut h2::client::SendRequest<Bytes>, req: http::Request<()>) -> (u16, String) {
+async fn h2_call(
+    send: &mut h2::client::SendRequest<Bytes>,
+    req: http::Request<()>,
+) -> (u16, String) {
     let send = send.clone().ready().await.unwrap();
     let mut send = send;
     let (resp, _) = send.send_request(req, true).unwrap();
@@ -397,7 +434,7 @@ async fn on_http2_the_authority_decides_carries_no_userinfo_and_cookies_are_join
     let mut send = h2_conn(&ts).await;
     let port = ts.addr.port();
     // Userinfo in :authority.
-    let req = http::Request::get(format!("https://user:pw@evil.com/services/data/"))
+    let req = http::Request::get("https://user:pw@evil.com/services/data/")
         .header("authorization", &auth)
         .body(())
         .unwrap();
@@ -423,7 +460,10 @@ async fn on_http2_the_authority_decides_carries_no_userinfo_and_cookies_are_join
     assert_eq!(seen.headers.get_all("cookie").iter().count(), 1);
     assert_eq!(seen.headers["cookie"], "a=1; b=2");
     assert_eq!(seen.headers["host"], format!("127.0.0.1:{port}"));
-    assert_eq!(seen.headers["x-forwarded-host"], format!("127.0.0.1:{port}"));
+    assert_eq!(
+        seen.headers["x-forwarded-host"],
+        format!("127.0.0.1:{port}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,7 +502,10 @@ async fn upstream_connections_are_bounded_and_a_waiting_request_gets_503() {
 // -------------------------------------------------------------------------------------------
 // What comes back from the upstream
 
-async fn against(answer: &'static [u8], tweak: impl FnOnce(&mut tokengate::config::Config)) -> (RawUpstream, TestServer, String) {
+async fn against(
+    answer: &'static [u8],
+    tweak: impl FnOnce(&mut tokengate::config::Config),
+) -> (RawUpstream, TestServer, String) {
     let up = RawUpstream::start(answer).await;
     let ts = TestServer::start_with(&up.url(), tweak).await;
     let token = ts.add_user("up@example.com").await;
@@ -513,7 +556,11 @@ async fn an_upstream_body_that_stalls_is_aborted_after_its_idle_timeout() {
     .await
     .expect("the client is not held for ever");
     assert!(result.is_err(), "the response fails: {result:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -529,10 +576,16 @@ async fn the_upstream_cannot_set_our_cookie_or_our_security_policy() {
     assert_eq!(r.status, StatusCode::OK);
     let cookies: Vec<_> = r.headers.get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["app=1; Path=/"]);
-    assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"));
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
     // Every answer carries it, tokengate's own too.
     let r = ts.client().get("/tokengate/health", &[]).await;
-    assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"));
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
 }
 
 #[tokio::test]
@@ -541,7 +594,10 @@ async fn the_generated_certificate_is_valid_for_a_year() {
     let ts = TestServer::start(&up.url()).await;
     let end = tokengate::tls::not_after(&ts.ca).unwrap();
     let now = tokengate::now_secs();
-    assert!(end > now + 360 * 86_400 && end < now + 368 * 86_400, "{end}");
+    assert!(
+        end > now + 360 * 86_400 && end < now + 368 * 86_400,
+        "{end}"
+    );
 }
 
 // -------------------------------------------------------------------------------------------
@@ -610,7 +666,11 @@ async fn a_refusal_sent_before_the_body_leaves_a_usable_connection_or_says_close
             if let Some(end) = text.find("\r\n\r\n") {
                 let len: usize = text[..end]
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
                     .unwrap_or(0);
                 if out.len() >= end + 4 + len {
                     break;
@@ -622,7 +682,10 @@ async fn a_refusal_sent_before_the_body_leaves_a_usable_connection_or_says_close
     s.write_all(request.as_bytes()).await.unwrap();
     let first = read_answer(&mut s).await;
     assert_eq!(status_of(&first), 401, "{first}");
-    assert!(!first.to_ascii_lowercase().contains("connection: close"), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
     // The same connection at once, as jsforce re-logging in would.
     s.write_all(b"GET /tokengate/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
@@ -637,5 +700,8 @@ async fn a_refusal_sent_before_the_body_leaves_a_usable_connection_or_says_close
     let _ = s.write_all(&vec![b'x'; 200_000]).await;
     let answer = read_answer(&mut s).await;
     assert_eq!(status_of(&answer), 401, "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
 }

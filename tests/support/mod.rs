@@ -140,7 +140,10 @@ async fn upstream_answer(
     let mut b = Response::builder();
     if path == "/set-cookies" {
         b = b
-            .header("set-cookie", "__Host-tg_console=planted; Path=/; Secure; HttpOnly")
+            .header(
+                "set-cookie",
+                "__Host-tg_console=planted; Path=/; Secure; HttpOnly",
+            )
             .header("set-cookie", "app=1; Path=/")
             .header("strict-transport-security", "max-age=0");
     }
