@@ -287,6 +287,9 @@ pub mod file {
         pub username: Option<String>,
         pub password: Option<String>,
         pub password_env: Option<String>,
+        /// PEM file of CA certificates to trust for the SMTP server's TLS (default: the
+        /// public web roots).
+        pub ca: Option<String>,
         pub timeout: String,
         pub from: String,
         pub reply_to: Option<String>,
@@ -305,6 +308,7 @@ pub mod file {
                 username: None,
                 password: None,
                 password_env: None,
+                ca: None,
                 timeout: "30s".into(),
                 from: "tokengate <tokengate@localhost>".into(),
                 reply_to: None,
@@ -479,6 +483,8 @@ pub enum MailTransport {
         port: u16,
         security: SmtpSecurity,
         credentials: Option<(String, String)>,
+        /// Extra trust anchors for the server's certificate (a private CA).
+        ca: Option<PathBuf>,
     },
     /// `.eml` files in a directory: for the demo only.
     File { dir: PathBuf },
@@ -493,12 +499,14 @@ impl std::fmt::Debug for MailTransport {
                 port,
                 security,
                 credentials,
+                ca,
             } => f
                 .debug_struct("Smtp")
                 .field("host", host)
                 .field("port", port)
                 .field("security", security)
                 .field("username", &credentials.as_ref().map(|c| &c.0))
+                .field("ca", ca)
                 .finish_non_exhaustive(),
             MailTransport::File { dir } => f.debug_struct("File").field("dir", dir).finish(),
         }
@@ -1253,11 +1261,25 @@ fn mail_config(
                 SmtpSecurity::StartTls => 587,
                 SmtpSecurity::Tls => 465,
             });
+            let ca = match &m.ca {
+                None => None,
+                Some(p) => {
+                    let p = resolve(p);
+                    if !p.is_file() {
+                        return Err(invalid(
+                            "mail.ca",
+                            format!("file {} does not exist", p.display()),
+                        ));
+                    }
+                    Some(p)
+                }
+            };
             MailTransport::Smtp {
                 host: m.host.clone(),
                 port,
                 security,
                 credentials,
+                ca,
             }
         }
         other => {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use lettre::address::{Address, Envelope};
 use lettre::message::{Mailbox, Message, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 
@@ -322,23 +322,24 @@ impl Active {
                 port,
                 security,
                 credentials,
+                ca,
             } => {
                 let cfg_err = |e: lettre::transport::smtp::Error| MailError::Config(e.to_string());
+                let tls = || -> Result<TlsParameters, MailError> {
+                    let mut b = TlsParameters::builder(host.clone());
+                    if let Some(path) = ca {
+                        let pem = std::fs::read(path)
+                            .map_err(|e| MailError::Config(format!("{}: {e}", path.display())))?;
+                        b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(cfg_err)?);
+                    }
+                    b.build_rustls().map_err(cfg_err)
+                };
+                let builder =
+                    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str());
                 let mut b = match security {
-                    SmtpSecurity::None => {
-                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
-                            .tls(Tls::None)
-                    }
-                    SmtpSecurity::StartTls => {
-                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str()).tls(
-                            Tls::Required(TlsParameters::new(host.clone()).map_err(cfg_err)?),
-                        )
-                    }
-                    SmtpSecurity::Tls => {
-                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str()).tls(
-                            Tls::Wrapper(TlsParameters::new(host.clone()).map_err(cfg_err)?),
-                        )
-                    }
+                    SmtpSecurity::None => builder.tls(Tls::None),
+                    SmtpSecurity::StartTls => builder.tls(Tls::Required(tls()?)),
+                    SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls()?)),
                 };
                 b = b.port(*port).timeout(Some(cfg.timeout));
                 if let Some((u, p)) = credentials {

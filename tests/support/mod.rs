@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod real_smtp;
 pub mod smtp;
 
 use std::convert::Infallible;
@@ -178,6 +179,7 @@ pub fn mail_to(cfg: &mut Config, sink: &smtp::SmtpSink, brand: &str) {
         port: sink.addr.port(),
         security: tokengate::config::SmtpSecurity::None,
         credentials: None,
+        ca: None,
     };
     cfg.mail.timeout = Duration::from_secs(2);
     cfg.mail.from = format!("{brand} <noreply@tokengate.test>").parse().unwrap();
