@@ -300,29 +300,98 @@ async fn basic_credentials_on_a_proxied_call_are_accepted_and_not_forwarded() {
     );
 }
 
-/// Wrong password, wrong token, unknown user, disabled user, and a secret too short to hold a
-/// token all get byte-identical answers in each dialect.
+/// Every header but `Date`, and the body: what a caller sees of an answer.
+fn seen(r: &Reply) -> (StatusCode, Vec<(String, String)>, String) {
+    let mut headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != "date")
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    headers.sort();
+    (r.status, headers, r.text())
+}
+
+/// Wrong password, wrong token, a password without its token, an unknown user, a disabled
+/// user, a locked user with the right credentials and a user outside its login ranges with
+/// the right credentials all get the same answer — status, every header but `Date`, and body
+/// — in each dialect: SOAP on the partner and enterprise endpoints, OAuth, Basic, and the
+/// console's sign-in (where the password alone is the secret).
 #[tokio::test]
 async fn every_login_failure_gets_a_byte_identical_answer() {
     let up = Upstream::start().await;
-    let ts = TestServer::start(&up.url()).await;
-    let token = ts.add_user("victim@example.com").await;
-    let disabled_token = ts.add_user("gone@example.com").await;
+    let ts = TestServer::start_with(&up.url(), |c| c.lockout.max_failures = 3).await;
+    let mut tokens = std::collections::HashMap::new();
+    for user in [
+        "wrongpw",
+        "wrongtoken",
+        "notoken",
+        "gone",
+        "locked",
+        "ranged",
+    ] {
+        let name = format!("{user}@example.com");
+        tokens.insert(user, ts.add_user(&name).await);
+    }
+    let admin = ts.add_user_with("admin@example.com", PASSWORD, true).await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin}"));
     let users = ts.app().users.clone();
     tokio::task::spawn_blocking(move || users.set_disabled("gone@example.com", true).unwrap())
         .await
         .unwrap();
-    let mut wrong_token = token.clone();
-    wrong_token.replace_range(0..1, if token.starts_with('A') { "B" } else { "A" });
-    let attempts = [
-        ("victim@example.com", format!("WrongPass1{token}")),
-        ("victim@example.com", format!("{PASSWORD}{wrong_token}")),
-        ("victim@example.com", PASSWORD.to_owned()),
-        ("nobody@example.com", format!("{PASSWORD}{token}")),
-        ("gone@example.com", format!("{PASSWORD}{disabled_token}")),
-    ];
     let c = ts.client();
-    let mut soap = Vec::new();
+    let b = c
+        .request(
+            Method::PUT,
+            "/tokengate/v1/admin/users/ranged@example.com/login-ranges",
+        )
+        .header("authorization", &admin)
+        .header("content-type", "application/json");
+    assert_eq!(
+        c.call(b, r#"{"ranges": ["203.0.113.0/24"]}"#).await.status,
+        StatusCode::OK
+    );
+    for guess in ["Wrong1aaa", "Wrong2bbb", "Wrong3ccc"] {
+        c.post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("locked@example.com", guess),
+        )
+        .await;
+    }
+    let token = |u: &str| tokens[u].clone();
+    let mut wrong = token("wrongtoken");
+    wrong.replace_range(0..1, if wrong.starts_with('A') { "B" } else { "A" });
+    // (username, secret): every kind of failure, the locked and ranged users with their right
+    // password and token.
+    let attempts = [
+        (
+            "wrongpw@example.com",
+            format!("WrongPass1{}", token("wrongpw")),
+        ),
+        ("wrongtoken@example.com", format!("{PASSWORD}{wrong}")),
+        ("notoken@example.com", PASSWORD.to_owned()),
+        (
+            "nobody@example.com",
+            format!("{PASSWORD}{}", token("wrongpw")),
+        ),
+        ("gone@example.com", format!("{PASSWORD}{}", token("gone"))),
+        (
+            "locked@example.com",
+            format!("{PASSWORD}{}", token("locked")),
+        ),
+        (
+            "ranged@example.com",
+            format!("{PASSWORD}{}", token("ranged")),
+        ),
+    ];
+    let mut partner = Vec::new();
+    let mut enterprise = Vec::new();
     let mut oauth = Vec::new();
     let mut basic_answers = Vec::new();
     for (user, secret) in &attempts {
@@ -334,33 +403,89 @@ async fn every_login_failure_gets_a_byte_identical_answer() {
             )
             .await;
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-        soap.push(r.body.clone());
-        let r = c.oauth_login(user, secret).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST);
-        oauth.push(r.body.clone());
+        partner.push(seen(&r));
+        let r = c
+            .post(
+                "/services/Soap/c/59.0",
+                "text/xml",
+                soap_login_body(user, secret),
+            )
+            .await;
+        enterprise.push(seen(&r));
+        oauth.push(seen(&c.oauth_login(user, secret).await));
+        // Basic with the locked user's right token would truthfully say 423 (the token cannot
+        // be guessed); with its password alone it must not.
+        let secret = if user.starts_with("locked") {
+            PASSWORD.to_owned()
+        } else {
+            secret.clone()
+        };
         let r = c
             .get(
                 "/services/data/v59.0/sobjects",
-                &[("authorization", &basic(user, secret))],
+                &[("authorization", &basic(user, &secret))],
             )
             .await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-        basic_answers.push(r.body.clone());
+        basic_answers.push(seen(&r));
     }
-    for answers in [&soap, &oauth, &basic_answers] {
-        assert!(
-            answers.windows(2).all(|w| w[0] == w[1]),
-            "answers differ: {answers:?}"
-        );
+    for (name, answers) in [
+        ("partner", &partner),
+        ("enterprise", &enterprise),
+        ("oauth", &oauth),
+        ("basic", &basic_answers),
+    ] {
+        for (i, a) in answers.iter().enumerate() {
+            assert_eq!(
+                a, &answers[0],
+                "{name}: attempt {i} ({}) differs",
+                attempts[i].0
+            );
+        }
     }
     assert_eq!(
-        String::from_utf8_lossy(&soap[0]),
+        partner[0].2,
         tokengate::wire::soap::login_fault(tokengate::wire::soap::Flavor::Partner)
     );
     assert_eq!(
-        &oauth[0][..],
-        br#"{"error":"invalid_grant","error_description":"authentication failure"}"#
+        enterprise[0].2,
+        tokengate::wire::soap::login_fault(tokengate::wire::soap::Flavor::Enterprise)
     );
+    assert_eq!(oauth[0].0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        oauth[0].2,
+        r#"{"error":"invalid_grant","error_description":"authentication failure"}"#
+    );
+    assert_eq!(basic_answers[0].0, StatusCode::UNAUTHORIZED);
+
+    // The console: the password alone. Each user's right password answers as a wrong one
+    // does; across users the answers differ only by the username the form shows again.
+    let sign_in = async |user: &str, password: &str| {
+        let b = c
+            .request(Method::POST, "/tokengate/console/signin")
+            .header("content-type", "application/x-www-form-urlencoded");
+        let form =
+            serde_urlencoded::to_string([("username", user), ("password", password)]).unwrap();
+        let mut s = seen(&c.call(b, form).await);
+        // The page shows the username typed: take it out, and the length it changes.
+        s.2 = s.2.replace(user, "USER");
+        s.1.retain(|(k, _)| k != "content-length");
+        s
+    };
+    let reference = sign_in("wrongpw@example.com", "WrongPass1").await;
+    assert_eq!(reference.0, StatusCode::UNAUTHORIZED);
+    for user in ["nobody", "gone", "locked", "ranged"] {
+        let user = format!("{user}@example.com");
+        assert_eq!(
+            sign_in(&user, PASSWORD).await,
+            reference,
+            "{user}, right password"
+        );
+        assert_eq!(
+            sign_in(&user, "WrongPass9").await,
+            reference,
+            "{user}, wrong password"
+        );
+    }
     assert!(
         up.requests().is_empty(),
         "no failed login reaches the upstream"
