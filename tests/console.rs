@@ -97,6 +97,41 @@ async fn post_form(
         .await
 }
 
+/// The cells of each row in the body of the page's first table, tags stripped.
+fn table_rows(html: &str) -> Vec<Vec<String>> {
+    let Some(start) = html.find("<tbody>") else {
+        return Vec::new();
+    };
+    let body = &html[start
+        ..html[start..]
+            .find("</tbody>")
+            .map_or(html.len(), |e| start + e)];
+    body.split("<tr>")
+        .skip(1)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|cell| {
+                    let inner = &cell[cell.find('>').map_or(0, |i| i + 1)..];
+                    let inner = &inner[..inner.find("</td>").unwrap_or(inner.len())];
+                    // Tags out, text kept (entities stay as the page sent them).
+                    let mut text = String::new();
+                    let mut in_tag = false;
+                    for c in inner.chars() {
+                        match c {
+                            '<' => in_tag = true,
+                            '>' => in_tag = false,
+                            c if !in_tag => text.push(c),
+                            _ => {}
+                        }
+                    }
+                    text.split_whitespace().collect::<Vec<_>>().join(" ")
+                })
+                .collect()
+        })
+        .collect()
+}
+
 async fn env() -> (Upstream, SmtpSink, TestServer) {
     let up = Upstream::start().await;
     let sink = SmtpSink::start().await;
@@ -150,9 +185,11 @@ async fn sign_in_settings_reset_and_password_change_pages_work() {
         html.contains("at least 8 characters"),
         "the policy is shown"
     );
+    let rows = table_rows(&html);
     assert!(
-        html.contains("console"),
-        "the console sign-in is in the user's own history"
+        rows.iter()
+            .any(|r| r[1] == "web@example.com" && r[3] == "console" && r[5] == "success"),
+        "the console sign-in is in the user's own history: {rows:?}"
     );
     assert!(
         !html.contains("wrong password"),
@@ -298,7 +335,7 @@ async fn forged_csrf_non_admins_and_html_in_user_fields_are_handled() {
 async fn setup_pages_manage_users_compliance_and_history() {
     let (_up, sink, ts) = env().await;
     ts.add_user_with("boss@example.com", PASSWORD, true).await;
-    ts.add_user("emp@example.com").await;
+    let emp_token = ts.add_user("emp@example.com").await;
     let b = Browser::sign_in(&ts, "boss@example.com", PASSWORD)
         .await
         .unwrap();
@@ -343,20 +380,18 @@ async fn setup_pages_manage_users_compliance_and_history() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.text().contains("invalid email address"));
 
-    for (action, check) in [
-        ("disable", "emp@example.com is now disabled."),
-        ("enable", "emp@example.com is now enabled."),
-        ("grant-admin", "emp@example.com is now an administrator."),
-        (
-            "revoke-admin",
-            "emp@example.com is no longer an administrator.",
-        ),
-        (
-            "reset-token",
-            "A new security token for emp@example.com was emailed to e***@example.com.",
-        ),
-        ("unlock", "emp@example.com was unlocked."),
-    ] {
+    // Each action says what it did, and did it: checked by a login, a mail, the admin API.
+    let emp_login = async |token: &str| {
+        ts.client()
+            .post(
+                "/services/Soap/u/59.0",
+                "text/xml",
+                soap_login_body("emp@example.com", &format!("{PASSWORD}{token}")),
+            )
+            .await
+            .status
+    };
+    let act = async |action: &str, check: &str| {
         let r = b
             .submit(
                 "/setup/users",
@@ -365,7 +400,82 @@ async fn setup_pages_manage_users_compliance_and_history() {
             )
             .await;
         assert!(r.text().contains(check), "{action}: {}", r.text());
+        let row = table_rows(&r.text())
+            .into_iter()
+            .find(|row| row[0].starts_with("emp@example.com"))
+            .expect("emp's row");
+        row
+    };
+    let row = act("disable", "emp@example.com is now disabled.").await;
+    assert_eq!(row[2], "disabled");
+    assert_eq!(
+        emp_login(&emp_token).await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let row = act("enable", "emp@example.com is now enabled.").await;
+    assert_eq!(row[2], "active");
+    assert_eq!(emp_login(&emp_token).await, StatusCode::OK);
+    let emp_admin_call = async |token: &str| {
+        ts.client()
+            .get(
+                "/tokengate/v1/admin/users",
+                &[(
+                    "authorization",
+                    &basic("emp@example.com", &format!("{PASSWORD}{token}")),
+                )],
+            )
+            .await
+            .status
+    };
+    assert_eq!(emp_admin_call(&emp_token).await, StatusCode::FORBIDDEN);
+    let row = act("grant-admin", "emp@example.com is now an administrator.").await;
+    assert_eq!(row[3], "yes");
+    assert_eq!(emp_admin_call(&emp_token).await, StatusCode::OK);
+    let row = act(
+        "revoke-admin",
+        "emp@example.com is no longer an administrator.",
+    )
+    .await;
+    assert_eq!(row[3], "no");
+    assert_eq!(emp_admin_call(&emp_token).await, StatusCode::FORBIDDEN);
+    act(
+        "reset-token",
+        "A new security token for emp@example.com was emailed to e***@example.com.",
+    )
+    .await;
+    let mails = sink.to("emp.example.com@example.com");
+    assert_eq!(mails.len(), 1, "the reset mailed a token");
+    let new_token = mails[0].token();
+    assert_eq!(
+        emp_login(&emp_token).await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(emp_login(&new_token).await, StatusCode::OK);
+    // Lock emp with wrong passwords, then unlock from the page.
+    for guess in 1..=10 {
+        ts.client()
+            .post(
+                "/services/Soap/u/59.0",
+                "text/xml",
+                soap_login_body("emp@example.com", &format!("Wrong{guess}pass{new_token}")),
+            )
+            .await;
     }
+    assert_eq!(
+        emp_login(&new_token).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "locked"
+    );
+    let html = b.get("/setup/users?q=emp").await.text();
+    assert!(
+        table_rows(&html)
+            .iter()
+            .any(|r| r[0].starts_with("emp@example.com") && r[2] == "locked"),
+        "{html}"
+    );
+    let row = act("unlock", "emp@example.com was unlocked.").await;
+    assert_eq!(row[2], "active");
+    assert_eq!(emp_login(&new_token).await, StatusCode::OK);
     let r = b
         .submit(
             "/setup/users",
@@ -420,9 +530,22 @@ async fn setup_pages_manage_users_compliance_and_history() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let html = b.get("/setup/history?user=boss@example.com").await.text();
-    assert!(html.contains("console") && html.contains("success"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let rows = loop {
+        let html = b.get("/setup/history?user=boss@example.com").await.text();
+        let rows = table_rows(&html);
+        if rows.iter().any(|r| r.len() > 5 && r[5] == "success")
+            || std::time::Instant::now() > deadline
+        {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        rows.iter()
+            .any(|r| r[1] == "boss@example.com" && r[3] == "console" && r[5] == "success"),
+        "{rows:?}"
+    );
     let html = b.get("/setup/history?outcome=sideways").await.text();
     assert!(html.contains("is not a known outcome"));
     let r = b.get("/setup/history.csv?user=boss@example.com").await;
