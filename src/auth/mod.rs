@@ -248,6 +248,8 @@ pub struct Authenticator {
     history: Arc<History>,
     /// Where lock notices go to be emailed (bounded; none in the CLI and benchmarks).
     lock_notices: Option<tokio::sync::mpsc::Sender<crate::mail::LockNotice>>,
+    /// Verifications answered from the cache by this authenticator.
+    cache_hits: std::sync::atomic::AtomicU64,
 }
 
 /// A successful verification.
@@ -296,6 +298,7 @@ impl Authenticator {
             cache: CredentialCache::new(a.credential_cache_ttl, a.credential_cache_size),
             history,
             lock_notices,
+            cache_hits: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -328,6 +331,11 @@ impl Authenticator {
 
     pub fn cache_len(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Verifications this authenticator answered from its cache.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
     }
 
     /// Verifications in flight (0 at rest: every entry is released when its callers end).
@@ -363,6 +371,7 @@ impl Authenticator {
             crate::metrics::METRICS
                 .cache_hits
                 .fetch_add(1, Ordering::Relaxed);
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(outcome) = outcome_of(&result) {
             crate::metrics::METRICS.login(a.dialect, outcome, started.elapsed());
