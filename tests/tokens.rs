@@ -276,11 +276,17 @@ async fn compliance_bcc_receives_a_redacted_copy_by_default_and_verbatim_when_co
     );
     assert_eq!(copy.header("subject"), user_mail.header("subject"));
     assert!(copy.header("bcc").is_none());
-    assert!(!copy.text().contains(&token), "redacted by default");
-    assert!(
-        copy.text()
-            .contains(&format!("{}{}", "*".repeat(20), &token[20..]))
-    );
+    // Every part, decoded: the token appears in none of them.
+    assert!(user_mail.carries(&token), "the user's own mail has it");
+    assert!(!copy.carries(&token), "redacted by default");
+    let parts = copy.decoded_parts();
+    assert_eq!(parts.len(), 2, "text and HTML");
+    for part in &parts {
+        assert!(
+            part.contains(&format!("{}{}", "*".repeat(20), &token[20..])),
+            "{part}"
+        );
+    }
 
     let r =
         put(r#"{"enabled": true, "address": "compliance@example.org", "redact_secrets": false}"#)
@@ -296,8 +302,8 @@ async fn compliance_bcc_receives_a_redacted_copy_by_default_and_verbatim_when_co
         .wait_for("compliance@example.org", 2, Duration::from_secs(5))
         .await;
     assert!(
-        copies[1].text().contains(&token),
-        "verbatim when configured"
+        copies[1].decoded_parts().iter().all(|p| p.contains(&token)),
+        "verbatim when configured, in every part"
     );
 
     // Bad settings are refused with a clear error.
@@ -360,8 +366,42 @@ async fn a_failed_compliance_copy_never_undoes_the_rotation_and_is_retried() {
         .wait_for("audit@example.org", 1, Duration::from_secs(10))
         .await;
     assert_eq!(copies.len(), 1, "the queued copy was retried");
-    assert!(!copies[0].text().contains(&token));
+    assert!(!copies[0].carries(&token));
     assert_eq!(e.ts.app().tokens.mailer().queued(), 0);
+    assert_eq!(files_hold(e.ts.dir.path(), &token), None);
+
+    // A verbatim copy that fails waits in memory only: the store never holds a token.
+    tokengate::mail::ComplianceBcc {
+        redact_secrets: false,
+        ..setting
+    }
+    .save(e.ts.app().store.as_ref())
+    .unwrap();
+    e.sink.set(Behaviour {
+        refuse_rcpt: vec!["audit@example.org".into()],
+        ..Behaviour::default()
+    });
+    assert_eq!(
+        admin_reset(&e.ts, &admin, "dora@example.com").await.status,
+        StatusCode::ACCEPTED
+    );
+    let token = e.sink.to(&email_of("dora@example.com"))[1].token();
+    assert_eq!(e.ts.app().tokens.mailer().queued(), 1);
+    e.ts.app().store.flush().unwrap();
+    assert_eq!(
+        files_hold(e.ts.dir.path(), &token),
+        None,
+        "the verbatim copy is not in the data directory"
+    );
+    e.sink.set(Behaviour::default());
+    let copies = e
+        .sink
+        .wait_for("audit@example.org", 2, Duration::from_secs(10))
+        .await;
+    assert!(
+        copies[1].carries(&token),
+        "the verbatim copy went out on retry"
+    );
 }
 
 #[tokio::test]

@@ -544,6 +544,27 @@ impl Drop for RawUpstream {
     }
 }
 
+/// Whether any file under `dir` (the store, generated files, a backup) contains `needle`:
+/// tokens must never be stored, in any file, in any form they were sent in.
+pub fn files_hold(dir: &Path, needle: &str) -> Option<PathBuf> {
+    fn walk(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()? {
+            let path = entry.ok()?.path();
+            if path.is_dir() {
+                if let Some(found) = walk(&path, needle) {
+                    return Some(found);
+                }
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                return Some(path);
+            }
+        }
+        None
+    }
+    walk(dir, needle.as_bytes())
+}
+
 /// A plain-HTTP GET (the metrics listener); the whole answer, head and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

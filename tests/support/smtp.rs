@@ -31,6 +31,32 @@ impl Mail {
         self.data.replace("=\r\n", "").replace("=3D", "=")
     }
 
+    /// Every MIME part's content, decoded whatever its transfer encoding (quoted-printable,
+    /// base64, 7bit), text and HTML alike: what a mail client would show.
+    pub fn decoded_parts(&self) -> Vec<String> {
+        let message = mail_parser::MessageParser::default()
+            .parse(self.data.as_bytes())
+            .expect("a MIME message");
+        message
+            .parts
+            .iter()
+            .filter_map(|p| match &p.body {
+                mail_parser::PartType::Text(t) | mail_parser::PartType::Html(t) => {
+                    Some(t.to_string())
+                }
+                mail_parser::PartType::Binary(b) | mail_parser::PartType::InlineBinary(b) => {
+                    Some(String::from_utf8_lossy(b).into_owned())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `needle` appears in the message: raw, or in any decoded part.
+    pub fn carries(&self, needle: &str) -> bool {
+        self.data.contains(needle) || self.decoded_parts().iter().any(|p| p.contains(needle))
+    }
+
     /// The token shown in the plain-text part ("Your new security token:" then the token).
     pub fn token(&self) -> String {
         let text = self.text();
