@@ -421,19 +421,92 @@ async fn backup_while_running_and_restore_round_trip_everything() {
     server.stop();
 }
 
+/// A secret in every form it could take in a log: as is, base64 (standard and URL-safe, also
+/// inside a Basic header), and percent-encoded.
+fn spellings(s: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD;
+    let u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let percent: String = s
+        .bytes()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                (c as char).to_string()
+            } else {
+                format!("%{c:02X}")
+            }
+        })
+        .collect();
+    let mut out = vec![s.to_owned(), b.encode(s), u.encode(s), percent];
+    // A base64 string starts at another offset inside a longer one (`user:secret`); its
+    // middle is the same for any prefix of the same length modulo 3.
+    for pad in ["", "a", "aa"] {
+        let enc = b.encode(format!("{pad}{s}"));
+        let skip = pad.len() * 4 / 3 + 4;
+        if enc.len() > skip + 8 {
+            out.push(enc[skip..enc.len() - 4].to_owned());
+        }
+    }
+    out.retain(|v| v.len() >= 8);
+    out
+}
+
+/// Asserts `log` holds none of `secrets` in any spelling.
+fn assert_no_secret(what: &str, log: &str, secrets: &[&str]) {
+    for s in secrets {
+        for form in spellings(s) {
+            let leak = log
+                .lines()
+                .find(|l| l.contains(&form))
+                .map(|l| l.replace(&form, "<SECRET>"));
+            assert!(leak.is_none(), "the {what} log contains a secret: {leak:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
     let up = Upstream::start().await;
     let sink = SmtpSink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mail = format!(
-        "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\nfrom = \"t <t@tokengate.test>\"\n[[oauth.clients]]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
+        "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\ntimeout = \"2s\"\nfrom = \"t <t@tokengate.test>\"\n[[oauth.clients]]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
         sink.addr.port()
     );
     let cfg = config(dir.path(), &up.url(), &mail);
     let password = "Secret9Passw0rd";
     let admin_token = process::add_user(&cfg, "logadmin@example.com", password, true);
     let mut token = process::add_user(&cfg, "logged@example.com", password, false);
+    // The CLI's own log, at trace level: a user added (its token mailed) and a token reset.
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        let o = process::run(&cfg, args, stdin, &[("RUST_LOG", "trace")]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let cli_log = cli(
+        &[
+            "user",
+            "add",
+            "clilog@example.com",
+            "--email",
+            "clilog@example.com",
+            "--password-stdin",
+        ],
+        Some(&format!("{password}\n")),
+    ) + &cli(&["token", "reset", "clilog@example.com"], None);
+    let cli_tokens: Vec<String> = sink
+        .to("clilog@example.com")
+        .iter()
+        .map(|m| m.token())
+        .collect();
+    assert_eq!(cli_tokens.len(), 2);
+    let cli_secrets: Vec<&str> = cli_tokens
+        .iter()
+        .map(String::as_str)
+        .chain([password])
+        .collect();
+    assert_no_secret("CLI", &cli_log, &cli_secrets);
+
     for (format, envs) in [
         ("text", vec![("RUST_LOG", "debug")]),
         ("json", vec![("RUST_LOG", "trace")]),
@@ -463,16 +536,38 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
             soap_login_body("logged@example.com", &format!("Wrong1{secret}")),
         )
         .await;
-        let b = c
-            .request(
-                Method::POST,
-                "/tokengate/v1/admin/users/logged@example.com/token/reset",
+        // The console's sign-in, right and wrong.
+        for pw in [password, "Wrong2Passw0rd"] {
+            let b = c
+                .request(Method::POST, "/tokengate/console/signin")
+                .header("content-type", "application/x-www-form-urlencoded");
+            c.call(
+                b,
+                serde_urlencoded::to_string([("username", "logged@example.com"), ("password", pw)])
+                    .unwrap(),
             )
-            .header(
-                "authorization",
-                basic("logadmin@example.com", &format!("{password}{admin_token}")),
-            );
-        assert_eq!(c.call(b, "").await.status, StatusCode::ACCEPTED);
+            .await;
+        }
+        let reset = async || {
+            let b = c
+                .request(
+                    Method::POST,
+                    "/tokengate/v1/admin/users/logged@example.com/token/reset",
+                )
+                .header(
+                    "authorization",
+                    basic("logadmin@example.com", &format!("{password}{admin_token}")),
+                );
+            c.call(b, "").await.status
+        };
+        // A delivery failure, then a delivery.
+        sink.set(support::smtp::Behaviour {
+            refuse_data: true,
+            ..Default::default()
+        });
+        assert_eq!(reset().await, StatusCode::SERVICE_UNAVAILABLE);
+        sink.set(support::smtp::Behaviour::default());
+        assert_eq!(reset().await, StatusCode::ACCEPTED);
         let emailed = sink
             .to("logged.example.com@example.com")
             .last()
@@ -480,24 +575,20 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
             .token();
         let log = server.stop();
         assert!(log.len() > 500, "the run logged: {log}");
-        for s in [
-            password,
-            token.as_str(),
-            admin_token.as_str(),
-            sid.as_str(),
-            access.as_str(),
-            emailed.as_str(),
-            CLIENT_SECRET,
-        ] {
-            let leak = log
-                .lines()
-                .find(|l| l.contains(s))
-                .map(|l| l.replace(s, "<SECRET>"));
-            assert!(
-                leak.is_none(),
-                "the {format} log contains a secret: {leak:?}"
-            );
-        }
+        assert!(log.contains("token email failed"), "the failure is logged");
+        assert_no_secret(
+            format,
+            &log,
+            &[
+                password,
+                token.as_str(),
+                admin_token.as_str(),
+                sid.as_str(),
+                access.as_str(),
+                emailed.as_str(),
+                CLIENT_SECRET,
+            ],
+        );
         if format == "json" {
             for line in log.lines().filter(|l| l.starts_with('{')) {
                 serde_json::from_str::<serde_json::Value>(line)

@@ -67,6 +67,8 @@ pub struct Serve {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,
+    /// Reads the child's standard error until it closes (the child exited).
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Serve {
@@ -88,7 +90,7 @@ impl Serve {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.strip_prefix("tokengate: listening on ") {
                     let _ = tx.send(
@@ -108,7 +110,12 @@ impl Serve {
             .unwrap_or_else(|_| panic!("the server did not start: {}", log.lock().unwrap()))
             .parse()
             .unwrap();
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -136,13 +143,14 @@ impl Serve {
         }
     }
 
-    /// SIGTERM and a clean exit.
+    /// SIGTERM and a clean exit; the whole log (its reader has read to the end).
     pub fn stop(mut self) -> String {
         self.signal("TERM");
         let status = self.wait(Duration::from_secs(30));
         assert!(status.success(), "exit status {status}: {}", self.log());
-        // Let the reader thread drain the last lines.
-        std::thread::sleep(Duration::from_millis(100));
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the log reader ends with the process");
+        }
         self.log()
     }
 }
