@@ -1180,7 +1180,7 @@ fn parse_public_url(u: &str) -> Result<String, ConfigError> {
         ));
     }
     let host = uri.host().unwrap_or_default();
-    // simple-salesforce strips "-api" from the host it is given (reference §1.4).
+    // simple-salesforce strips "-api" from the host it is given (docs/salesforce-protocol.md §1.4).
     if host.contains("-api") {
         return Err(invalid(
             "server.public_url",

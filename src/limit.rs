@@ -13,7 +13,7 @@
 //! not a thread; at most `max_delayed_failures` wait at once, and beyond that bound failures are
 //! answered at once (and counted) rather than queued without limit.
 //!
-//! Lockout (reference §5): after `max_failures` counted failures within `window` the account is
+//! Lockout (docs/salesforce-protocol.md §5): after `max_failures` counted failures within `window` the account is
 //! locked for `period` (or until an admin unlocks). The same wrong secret sent again and again
 //! (an integration with a stale token) counts once: recent wrong secrets are remembered per user
 //! as keyed fingerprints, in memory only.

@@ -2,7 +2,7 @@
 //! keyed hashes (HMAC-SHA256 under the server key) and constant-time comparison.
 //!
 //! Nothing here knows about HTTP or storage. Every keyed hash carries a domain label so a
-//! token tag can never be confused with a session key or a cache key (DESIGN.md §3.1, §3.3).
+//! token tag can never be confused with a session key or a cache key.
 
 use std::sync::Mutex;
 
@@ -12,7 +12,7 @@ use base64::Engine as _;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// Security tokens use these 62 characters (reference §5: "case-sensitive alphanumeric").
+/// Security tokens use these 62 characters (docs/salesforce-protocol.md §5: "case-sensitive alphanumeric").
 const TOKEN_ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +140,7 @@ impl Secrets {
     }
 
     /// The opaque part of a session id: 32 random bytes, URL-safe base64 without padding
-    /// (no XML-special characters, reference §3.3).
+    /// (no XML-special characters, docs/salesforce-protocol.md §3.3).
     pub fn generate_session_secret(&self) -> Result<String, SecretError> {
         let b: [u8; 32] = self.random_bytes()?;
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))

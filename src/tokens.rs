@@ -1,7 +1,7 @@
 //! The token lifecycle: resets (self-service, admin, password change, schedule), grace windows
 //! and delivery-safe rotation. Knows *that* a token must be emailed, not how (`mail`).
 //!
-//! Delivery-safe rotation (DESIGN.md §3.6), step by step, each step one atomic store write:
+//! Delivery-safe rotation, step by step, each step one atomic store write:
 //! 1. the new token's keyed hash is recorded as *pending* (never valid for login);
 //! 2. the message carrying it is sent; nothing changes until the SMTP server accepts it;
 //! 3. the pending token replaces the current one, the epoch moves on (killing cached

@@ -167,62 +167,74 @@ async fn http2_clients_reach_an_http1_upstream_with_the_original_authority() {
     );
 }
 
+/// Streaming is shown by order, not by size: the client holds its last chunk until the
+/// upstream has received bytes of the body, and the upstream holds the rest of its answer
+/// until the client has received the first part. A proxy that buffered either body would
+/// wait for the whole of it, and these exchanges would never finish.
 #[tokio::test]
-async fn large_bodies_stream_both_ways() {
+async fn bodies_stream_both_ways() {
     let up = Upstream::start().await;
     let ts = TestServer::start(&up.url()).await;
     let sid = logged_in(&ts, "big@example.com").await;
-    // Far larger than any login body limit: forwarded calls are streamed, not capped.
-    let big: Bytes = (0..8 * 1024 * 1024)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<u8>>()
-        .into();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    // Request: 4 MiB in 64 KiB chunks, the last one held back.
+    let big = pattern(4 * 1024 * 1024);
     let chunks: Vec<Bytes> = big.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
-    tokio::spawn(async move {
-        for c in chunks {
-            if tx.send(c).await.is_err() {
-                break;
-            }
-        }
-    });
-    let body = ChannelBody(rx).boxed();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let req = ts
         .client()
-        .request(Method::PUT, "/echo-body")
+        .request(Method::PUT, "/stream-in")
         .header("authorization", format!("Bearer {sid}"))
-        .body(body)
+        .body(ChannelBody(rx).boxed())
         .unwrap();
-    let r = ts.client().send(req).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.body.len(), big.len());
-    assert!(r.body == big);
-}
-
-/// A request body fed chunk by chunk from a channel, with no length known in advance.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
+    let c = ts.client();
+    let answer = tokio::spawn(async move { c.send(req).await });
+    let (last, rest) = chunks.split_last().unwrap();
+    for chunk in rest {
+        tx.send(chunk.clone()).await.unwrap();
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while up.streamed_in.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream saw nothing before the client's body ended: the request was buffered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tx.send(last.clone()).await.unwrap();
+    drop(tx);
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body == big, "the body arrived whole and in order");
+
+    // Response: the first part reaches the client while the upstream holds the rest.
+    let req = ts
+        .client()
+        .request(Method::GET, "/stream-out")
+        .header("authorization", format!("Bearer {sid}"))
+        .body(empty_body())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), ts.client().send_streaming(req))
+        .await
+        .expect("the head arrives")
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first part arrives before the upstream sends the rest: not buffered")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(&first[..], b"first,");
+    up.release_out.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"second,third");
 }
 
 #[tokio::test]
 async fn unreachable_upstream_gives_502_and_slow_upstream_gives_504() {
-    // A port that nothing listens on: bind, note, and release it.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port that refuses connections.
+    let (_held, dead) = refusing_address();
     let ts = TestServer::start(&format!("http://{dead}")).await;
     let sid = logged_in(&ts, "down@example.com").await;
     let r = ts

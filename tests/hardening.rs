@@ -1005,10 +1005,9 @@ async fn a_restore_refuses_password_hashes_with_parameters_beyond_the_bounds() {
 #[tokio::test]
 async fn readiness_names_the_failing_check_without_internal_details() {
     let up = Upstream::start().await;
-    // An upstream that refuses connections: a port held by a socket that never listens.
-    let dead = tokio::net::TcpSocket::new_v4().unwrap();
-    dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let port = dead.local_addr().unwrap().port();
+    // An upstream that refuses connections.
+    let (_held, dead) = refusing_address();
+    let port = dead.port();
     let ts = TestServer::start_with(&up.url(), |c| {
         c.upstream.url = format!("http://127.0.0.1:{port}").parse().unwrap();
     })

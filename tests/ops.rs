@@ -121,10 +121,7 @@ async fn health_is_live_and_readiness_checks_store_upstream_and_smtp() {
             .starts_with("error")
     );
 
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refusing_address();
     let ts = TestServer::start(&format!("http://{dead}")).await;
     let r = ts.client().get("/tokengate/ready", &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -2,7 +2,7 @@
 //! username and a "password‖token" secret into a user or a generic failure, plus the
 //! verified-credential cache (`cache`) and the session table (`session`).
 //!
-//! The order of the steps (DESIGN.md §1, §3.1–3.3):
+//! The order of the steps:
 //! 1. the verified-credential cache: a hit costs two keyed hashes and one record lookup;
 //! 2. rate limits per address and per username, before any hashing;
 //! 3. the user (or a dummy record for unknown and disabled users, so they walk the same steps);
@@ -33,7 +33,7 @@ use crate::store::{HistoryRow, Store, StoreError, User};
 use cache::CredentialCache;
 
 /// Why a login failed. For the login history and logs only: every reason gets the same answer
-/// on the wire (DESIGN.md §3.7).
+/// on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     UnknownUser,
@@ -164,7 +164,7 @@ pub struct Attempt<'a> {
 }
 
 /// Admission control for argon2: at most `permits` verifications run at once on the blocking
-/// pool, at most `queue` wait, and none waits longer than `queue_timeout` (DESIGN.md §3.2).
+/// pool, at most `queue` wait, and none waits longer than `queue_timeout`.
 pub struct HashPool {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -499,7 +499,7 @@ impl Authenticator {
             }
         }
         // From a trusted network the password alone is accepted (Salesforce's trusted IP
-        // ranges, reference §5); the token may still be appended, as handled above.
+        // ranges, docs/salesforce-protocol.md §5); the token may still be appended, as handled above.
         if matched.is_none() && trusted {
             matched = Some((secret, false, true));
         }

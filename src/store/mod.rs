@@ -42,7 +42,7 @@ pub struct User {
     /// HMAC-SHA256 of the current token under the server key.
     pub token_tag: Tag,
     /// Length of the current token: the secret is split at `len - token_length`
-    /// (DESIGN.md §3.1: stored per user, never guessed).
+    /// (stored per user, never guessed).
     pub token_length: usize,
     /// Bumped by every credential or status change; cached verifications that carry an older
     /// epoch are dead.
@@ -58,7 +58,7 @@ pub struct User {
     pub password_changed_at: u64,
     pub token_reset_at: u64,
     /// A token whose email is on its way: never valid until the SMTP server has accepted the
-    /// message, then it replaces `token_tag` (DESIGN.md §3.6).
+    /// message, then it replaces `token_tag`.
     #[serde(default)]
     pub pending_token: Option<TokenRecord>,
     /// The superseded token during its grace window.
@@ -85,7 +85,7 @@ pub struct User {
     pub loadtest: bool,
 }
 
-/// Failed-login accounting (DESIGN.md §3.7, reference §5 "Lockout policy").
+/// Failed-login accounting (docs/salesforce-protocol.md §5).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LockoutState {
     /// Distinct failures counted in the current window.

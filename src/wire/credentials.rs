@@ -1,5 +1,5 @@
 //! Credentials carried in headers: HTTP Basic (RFC 7617) on any proxied call, and the session
-//! id in `Authorization: Bearer|OAuth` or `X-SFDC-Session` (reference §3.1).
+//! id in `Authorization: Bearer|OAuth` or `X-SFDC-Session` (docs/salesforce-protocol.md §3.1).
 
 use base64::Engine as _;
 use http::HeaderMap;

@@ -20,7 +20,7 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BodyError>;
 
 pub const TEXT_XML: &str = "text/xml; charset=utf-8";
-/// Salesforce's REST content type, byte for byte (reference §3.2).
+/// Salesforce's REST content type, byte for byte (docs/salesforce-protocol.md §3.2).
 pub const JSON_SF: &str = "application/json;charset=UTF-8";
 pub const JSON: &str = "application/json";
 

@@ -1,4 +1,4 @@
-//! The OAuth 2.0 resource-owner password grant as Salesforce serves it (reference §2,
+//! The OAuth 2.0 resource-owner password grant as Salesforce serves it (docs/salesforce-protocol.md §2,
 //! RFC 6749 §4.3), token revocation (RFC 7009 as Salesforce shapes it) and the identity and
 //! userinfo documents.
 
@@ -60,7 +60,7 @@ impl Form {
 }
 
 /// 400 `{"error": ..., "error_description": ...}`; Salesforce uses 400 for every token error,
-/// bad credentials included (reference §2.3).
+/// bad credentials included (docs/salesforce-protocol.md §2.3).
 pub fn error(error: &str, description: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": error, "error_description": description });
     respond(StatusCode::BAD_REQUEST, JSON, body.to_string())
@@ -71,7 +71,7 @@ pub fn invalid_grant() -> Response<Body> {
     error("invalid_grant", "authentication failure")
 }
 
-/// `signature = Base64(HMAC-SHA256(client_secret, id + issued_at))` (reference §2.2).
+/// `signature = Base64(HMAC-SHA256(client_secret, id + issued_at))` (docs/salesforce-protocol.md §2.2).
 pub fn signature(client_secret: &str, id_url: &str, issued_at: &str) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, client_secret.as_bytes());
     let mut ctx = hmac::Context::with_key(&key);
@@ -142,7 +142,7 @@ impl Identity<'_> {
         })
     }
 
-    /// The identity URL document (`GET /id/{org}/{user}`, reference §2.5).
+    /// The identity URL document (`GET /id/{org}/{user}`, docs/salesforce-protocol.md §2.5).
     pub fn id_document(&self) -> serde_json::Value {
         let (first, last) = self.names();
         serde_json::json!({

@@ -1,4 +1,4 @@
-//! REST and Bulk error shapes, byte-compatible with Salesforce's (reference §3.2).
+//! REST and Bulk error shapes, byte-compatible with Salesforce's (docs/salesforce-protocol.md §3.2).
 
 use http::{HeaderValue, Response, StatusCode, header};
 

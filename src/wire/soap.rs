@@ -1,10 +1,10 @@
-//! SOAP 1.1 as the Salesforce partner and enterprise APIs speak it (reference §1).
+//! SOAP 1.1 as the Salesforce partner and enterprise APIs speak it (docs/salesforce-protocol.md §1).
 //!
 //! Requests are parsed namespace-aware with quick-xml, ignoring prefixes; document type
 //! declarations are refused and only the predefined and character entity references are
 //! resolved, so no entity can expand. Answers are rendered as compact one-line envelopes
 //! with unprefixed elements in WSDL sequence order, because jsforce reads them with regular
-//! expressions and WSC binds them strictly in order (reference §1.4, §1.5).
+//! expressions and WSC binds them strictly in order (docs/salesforce-protocol.md §1.4, §1.5).
 
 use std::ops::Range;
 
@@ -29,7 +29,7 @@ const MAX_NS_PER_ELEMENT: usize = 16;
 const MAX_NS_TOTAL: usize = 128;
 
 /// Which WSDL the path selects: `/Soap/u/` partner, `/Soap/c/` enterprise, `/Soap/m/`
-/// metadata (reference §1.1).
+/// metadata (docs/salesforce-protocol.md §1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
     Partner,
@@ -69,7 +69,7 @@ pub struct SoapPath {
 }
 
 impl SoapPath {
-    /// Versions look like `59.0` (reference §1.1: accept any `\d+\.\d+`).
+    /// Versions look like `59.0` (docs/salesforce-protocol.md §1.1: accept any `\d+\.\d+`).
     pub fn version_is_valid(&self) -> bool {
         match self.version.split_once('.') {
             Some((a, b)) => {
@@ -492,7 +492,7 @@ fn push_user_info(out: &mut String, u: &UserInfo<'_>) {
     } else {
         u.full_name
     };
-    // GetUserInfoResult in WSDL sequence order (reference §1.4).
+    // GetUserInfoResult in WSDL sequence order (docs/salesforce-protocol.md §1.4).
     let _ = write!(
         out,
         "<accessibilityMode>false</accessibilityMode><chatterExternal>false</chatterExternal>\
@@ -567,7 +567,7 @@ pub fn logout_response(flavor: Flavor) -> String {
 
 /// A Salesforce API fault: `faultcode` `sf:{code}`, `faultstring` `{code}: {message}` and a
 /// typed detail element (`LoginFault`, `UnexpectedErrorFault`, ...) that WSC maps to an
-/// exception class (reference §1.5). `code` must be a value of the WSDL `ExceptionCode` enum.
+/// exception class (docs/salesforce-protocol.md §1.5). `code` must be a value of the WSDL `ExceptionCode` enum.
 pub fn fault(flavor: Flavor, detail_type: &str, code: &str, message: &str) -> String {
     let message = esc(message);
     format!(
@@ -579,13 +579,13 @@ pub fn fault(flavor: Flavor, detail_type: &str, code: &str, message: &str) -> St
 pub const LOGIN_FAILED_MESSAGE: &str =
     "Invalid username, password, security token; or user locked out.";
 
-/// The one answer to every failed login, whatever the reason (DESIGN.md §3.7).
+/// The one answer to every failed login, whatever the reason.
 pub fn login_fault(flavor: Flavor) -> String {
     fault(flavor, "LoginFault", "INVALID_LOGIN", LOGIN_FAILED_MESSAGE)
 }
 
 /// jsforce re-logs in only on a 500 whose faultcode is prefixed `…:INVALID_SESSION_ID`, and WSC
-/// only when the faultstring says `Illegal Session` (reference §3.2).
+/// only when the faultstring says `Illegal Session` (docs/salesforce-protocol.md §3.2).
 pub fn invalid_session_fault(flavor: Flavor) -> String {
     fault(
         flavor,
@@ -616,7 +616,7 @@ mod tests {
 
     #[test]
     fn parses_the_login_envelope_of_each_client() {
-        // jsforce (reference §1.3)
+        // jsforce (docs/salesforce-protocol.md §1.3)
         let jsforce = r#"<se:Envelope xmlns:se="http://schemas.xmlsoap.org/soap/envelope/"><se:Header/><se:Body><login xmlns="urn:partner.soap.sforce.com"><username>u@x.com</username><password>p&amp;w&lt;TOKEN</password></login></se:Body></se:Envelope>"#;
         assert_eq!(login_of(jsforce), ("u@x.com".into(), "p&w<TOKEN".into()));
         // simple-salesforce, with declaration, CallOptions and prefixed elements

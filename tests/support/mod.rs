@@ -41,10 +41,21 @@ pub struct Recorded {
     pub body: Bytes,
 }
 
-/// A plain HTTP/1.1 upstream on loopback that records every request and answers with a small
-/// Salesforce-shaped query result. `/slow` waits 5 s; `/echo-body` returns the request body;
-/// `/set-cookies` tries to set tokengate's console cookie and turn HSTS off;
-/// `/close` answers with `Connection: close`.
+/// A plain HTTP/1.1 upstream on loopback that records every request and answers by path:
+/// - `/echo-body`: the request body back;
+/// - `/slow`: after 5 s;
+/// - `/large?bytes=N`: N bytes of a known pattern ([`pattern`]);
+/// - `/error`: 500 with a JSON error;
+/// - `/chunked`: a chunked answer in several frames;
+/// - `/stream-in`: reads the body frame by frame, counting bytes in [`Upstream::streamed_in`]
+///   as they arrive, then echoes it;
+/// - `/stream-out`: sends a first frame, then waits for [`Upstream::release_out`] before the
+///   rest;
+/// - `/set-cookies`: tries to set tokengate's console cookie and turn HSTS off;
+/// - `/close`: answers with `Connection: close`;
+/// - anything else: a small Salesforce-shaped query result.
+///
+/// Each answer also names a hop-by-hop header the proxy must remove.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Recorded>>>,
@@ -52,19 +63,42 @@ pub struct Upstream {
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// TCP connections open now.
     pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes of `/stream-in` bodies received so far.
+    pub streamed_in: Arc<std::sync::atomic::AtomicUsize>,
+    /// Lets a `/stream-out` answer send the rest of its body.
+    pub release_out: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// What the upstream's behaviours share.
+#[derive(Clone)]
+struct UpstreamState {
+    rec: Arc<Mutex<Vec<Recorded>>>,
+    streamed_in: Arc<std::sync::atomic::AtomicUsize>,
+    release_out: Arc<tokio::sync::Notify>,
+}
+
+/// The bytes `/large` answers with: byte `i` is `i % 251`.
+pub fn pattern(n: usize) -> Bytes {
+    (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 impl Upstream {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let rec = seen.clone();
+        let state = UpstreamState {
+            rec: Arc::default(),
+            streamed_in: Arc::default(),
+            release_out: Arc::new(tokio::sync::Notify::new()),
+        };
         let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let accepted = connections.clone();
         let open: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let live = open.clone();
+        let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -72,12 +106,12 @@ impl Upstream {
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let rec = rec.clone();
+                let state = shared.clone();
                 let live = live.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let rec = rec.clone();
-                        async move { Ok::<_, Infallible>(upstream_answer(req, rec).await) }
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(upstream_answer(req, state).await) }
                     });
                     let mut b = hyper::server::conn::http1::Builder::new();
                     b.timer(TokioTimer::new());
@@ -88,9 +122,11 @@ impl Upstream {
         });
         Self {
             addr,
-            seen,
+            seen: state.rec,
             connections,
             open,
+            streamed_in: state.streamed_in,
+            release_out: state.release_out,
             task,
         }
     }
@@ -112,33 +148,77 @@ impl Upstream {
     }
 }
 
-async fn upstream_answer(
-    req: Request<Incoming>,
-    rec: Arc<Mutex<Vec<Recorded>>>,
-) -> Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+async fn upstream_answer(req: Request<Incoming>, state: UpstreamState) -> Response<UpBody> {
+    let (parts, mut body) = req.into_parts();
     let path = parts.uri.path().to_owned();
-    rec.lock().unwrap().push(Recorded {
+    let body = if path == "/stream-in" {
+        // Frame by frame, so a test sees bytes arrive before the client has sent them all.
+        let mut all = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map(|f| f.into_data()) {
+                let data = data.unwrap_or_default();
+                state
+                    .streamed_in
+                    .fetch_add(data.len(), std::sync::atomic::Ordering::SeqCst);
+                all.extend_from_slice(&data);
+            } else {
+                break;
+            }
+        }
+        Bytes::from(all)
+    } else {
+        body.collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default()
+    };
+    state.rec.lock().unwrap().push(Recorded {
         method: parts.method,
         uri: parts.uri.to_string(),
         version: parts.version,
         headers: parts.headers,
         body: body.clone(),
     });
-    if path == "/slow" {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
-    let out = if path == "/echo-body" {
-        body
-    } else {
-        Bytes::from_static(br#"{"totalSize":1,"done":true,"records":[{"attributes":{"type":"Account"},"Id":"001000000000001AAA","Name":"Acme"}]}"#)
+    let full = |b: Bytes| Full::new(b).boxed();
+    let mut status = StatusCode::OK;
+    let out: UpBody = match path.as_str() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            full(QUERY_RESULT.into())
+        }
+        "/echo-body" | "/stream-in" => full(body),
+        "/large" => {
+            let n = parts
+                .uri
+                .query()
+                .and_then(|q| q.strip_prefix("bytes="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1 << 20);
+            full(pattern(n))
+        }
+        "/error" => {
+            status = StatusCode::INTERNAL_SERVER_ERROR;
+            full(Bytes::from_static(
+                br#"[{"message":"upstream failure","errorCode":"UNKNOWN_EXCEPTION"}]"#,
+            ))
+        }
+        "/chunked" | "/stream-out" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+            let release = (path == "/stream-out").then(|| state.release_out.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"first,")).await;
+                if let Some(r) = release {
+                    r.notified().await;
+                }
+                for part in [&b"second,"[..], b"third"] {
+                    let _ = tx.send(Bytes::from_static(part)).await;
+                }
+            });
+            ChannelBody(rx).boxed()
+        }
+        _ => full(QUERY_RESULT.into()),
     };
-    let mut b = Response::builder();
+    let mut b = Response::builder().status(status);
     if path == "/set-cookies" {
         b = b
             .header(
@@ -158,8 +238,27 @@ async fn upstream_answer(
             },
         )
         .header("x-upstream-hop", "must not reach the client")
-        .body(Full::new(out))
+        .body(out)
         .unwrap()
+}
+
+const QUERY_RESULT: &[u8] = br#"{"totalSize":1,"done":true,"records":[{"attributes":{"type":"Account"},"Id":"001000000000001AAA","Name":"Acme"}]}"#;
+
+/// A body fed chunk by chunk from a channel, with no length known in advance.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
+    }
 }
 
 /// A tokengate server under test.
@@ -434,6 +533,14 @@ impl HttpsClient {
         }
     }
 
+    /// Sends and returns the response with its body unread, to read it frame by frame.
+    pub async fn send_streaming(
+        &self,
+        req: Request<ClientBody>,
+    ) -> Result<Response<Incoming>, String> {
+        self.client.request(req).await.map_err(|e| e.to_string())
+    }
+
     /// Like `send`, but a connection failure is an `Err` instead of a panic.
     pub async fn send_result(&self, req: Request<ClientBody>) -> Result<Reply, String> {
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
@@ -542,6 +649,15 @@ impl Drop for RawUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An address that refuses connections for as long as the returned socket lives: bound, never
+/// listening (unlike a port bound and released, nobody else can take it meanwhile).
+pub fn refusing_address() -> (tokio::net::TcpSocket, SocketAddr) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    (s, addr)
 }
 
 /// Whether any file under `dir` (the store, generated files, a backup) contains `needle`:

@@ -157,7 +157,7 @@ pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// `POST /services/oauth2/revoke` with `token` in the body or the query (reference §2.4).
+/// `POST /services/oauth2/revoke` with `token` in the body or the query (docs/salesforce-protocol.md §2.4).
 pub async fn oauth_revoke(app: Arc<App>, req: Request<ReqBody>) -> Response<Body> {
     let from_query = query_param(req.uri(), "token");
     let token = match from_query {
