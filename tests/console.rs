@@ -400,11 +400,10 @@ async fn setup_pages_manage_users_compliance_and_history() {
             )
             .await;
         assert!(r.text().contains(check), "{action}: {}", r.text());
-        let row = table_rows(&r.text())
+        table_rows(&r.text())
             .into_iter()
             .find(|row| row[0].starts_with("emp@example.com"))
-            .expect("emp's row");
-        row
+            .expect("emp's row")
     };
     let row = act("disable", "emp@example.com is now disabled.").await;
     assert_eq!(row[2], "disabled");
@@ -570,13 +569,11 @@ fn chromium() -> PathBuf {
 fn node_modules() -> PathBuf {
     let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
     if !js.join("node_modules/playwright-core").exists() {
-        let out = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&js)
-            .output()
-            .expect("npm runs");
+        let mut npm = Command::new("npm");
+        npm.args(["ci", "--no-audit", "--no-fund"]).current_dir(&js);
+        let (out, killed) = support::process::run_bounded(npm, None, Duration::from_secs(600));
         assert!(
-            out.status.success(),
+            out.status.success() && !killed,
             "npm ci failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
@@ -618,11 +615,13 @@ fn run_browser(
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("node runs");
+    // Node and the Chromium it drives, killed together if they hang.
+    let (out, killed) = support::process::run_bounded(cmd, None, Duration::from_secs(180));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        out.status.success(),
-        "browser {phase} failed:\n{stdout}\n{}",
+        out.status.success() && !killed,
+        "browser {phase} failed{}:\n{stdout}\n{}",
+        if killed { " (killed after 180 s)" } else { "" },
         String::from_utf8_lossy(&out.stderr)
     );
     stdout

@@ -244,15 +244,25 @@ async fn sighup_reloads_the_certificate_under_load_without_losing_a_request() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let served = async |n: u64| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let target = ok.load(Ordering::Relaxed) + n;
+        while ok.load(Ordering::Relaxed) < target {
+            assert!(tokio::time::Instant::now() < deadline, "the load stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    served(20).await;
     std::fs::copy(&cert_b, &live_cert).unwrap();
     std::fs::copy(&key_b, &live_key).unwrap();
     server.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_log(&server, "configuration reloaded", 1).await;
+    served(20).await;
     // An invalid configuration is refused and the running one stays.
     std::fs::write(&cfg, "[server]\nlisten = \"nope\"\n").unwrap();
     server.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    wait_log(&server, "reload refused", 1).await;
+    served(20).await;
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.await.unwrap();
@@ -275,6 +285,132 @@ async fn sighup_reloads_the_certificate_under_load_without_losing_a_request() {
     let log = server.stop();
     assert!(log.contains("configuration reloaded"), "{log}");
     assert!(log.contains("reload refused"), "{log}");
+}
+
+/// Waits (bounded) until the server's log holds `needle` at least `times` times.
+async fn wait_log(server: &Serve, needle: &str, times: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.log().matches(needle).count() < times {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {needle:?} in the log: {}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_limits_oauth_clients_and_the_lockout_policy_under_load() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let before = format!(
+        "[limits]\nlogin_per_user = 1000\nfailure_delay = \"0s\"\n[lockout]\nmax_failures = 0\n[[oauth.clients]]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n"
+    );
+    let cfg = config(dir.path(), &up.url(), &before);
+    let steady = process::add_user(&cfg, "steady@example.com", PASSWORD, false);
+    let limited = process::add_user(&cfg, "limited@example.com", PASSWORD, false);
+    let lockable = process::add_user(&cfg, "lockable@example.com", PASSWORD, false);
+    let server = Serve::start(&cfg, &[], &[]);
+    let c = HttpsClient::new(&ca(dir.path()), server.addr, false);
+    let soap = async |user: &str, secret: &str| {
+        c.post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body(user, secret),
+        )
+        .await
+    };
+    let other_client = async |user: &str, secret: &str| {
+        let form = serde_urlencoded::to_string([
+            ("grant_type", "password"),
+            ("client_id", "reloaded-client"),
+            ("client_secret", "reloaded-secret-1"),
+            ("username", user),
+            ("password", secret),
+        ])
+        .unwrap();
+        c.post(
+            "/services/oauth2/token",
+            "application/x-www-form-urlencoded",
+            form,
+        )
+        .await
+    };
+    // Before: the second client is unknown; lockout is off.
+    let r = other_client("steady@example.com", &format!("{PASSWORD}{steady}")).await;
+    assert_eq!(r.json()["error"], "invalid_client_id");
+    for i in 0..4 {
+        soap("lockable@example.com", &format!("Wrong{i}pass")).await;
+    }
+    assert_eq!(
+        soap("lockable@example.com", &format!("{PASSWORD}{lockable}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Load through the reload: cached Basic calls that must all succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let client = HttpsClient::new(&ca(dir.path()), server.addr, false);
+        let auth = basic("steady@example.com", &format!("{PASSWORD}{steady}"));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = client
+                    .get("/services/data/v59.0/", &[("authorization", &auth)])
+                    .await;
+                if r.status == StatusCode::OK {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let after = format!(
+        "[limits]\nlogin_per_user = 2\nfailure_delay = \"0s\"\n[lockout]\nmax_failures = 3\n[[oauth.clients]]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n[[oauth.clients]]\nclient_id = \"reloaded-client\"\nclient_secret = \"reloaded-secret-1\"\n"
+    );
+    config(dir.path(), &up.url(), &after);
+    server.signal("HUP");
+    wait_log(&server, "configuration reloaded", 1).await;
+
+    // The new OAuth client logs in.
+    let r = other_client("steady@example.com", &format!("{PASSWORD}{steady}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Two logins an hour for a user now (the limiters start afresh on reload).
+    let good = format!("{PASSWORD}{limited}");
+    for _ in 0..2 {
+        assert_eq!(
+            soap("limited@example.com", &good).await.status,
+            StatusCode::OK
+        );
+    }
+    let r = soap("limited@example.com", &good).await;
+    assert!(r.text().contains("REQUEST_LIMIT_EXCEEDED"), "{}", r.text());
+    // Three distinct failures lock now.
+    for i in 0..3 {
+        soap("lockable@example.com", &format!("Again{i}pass")).await;
+    }
+    let r = soap("lockable@example.com", &format!("{PASSWORD}{lockable}")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "locked: {}",
+        r.text()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no call failed across the reload"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -570,25 +570,33 @@ async fn changing_the_password_emails_a_new_token() {
 
 #[tokio::test]
 async fn scheduled_rotation_emails_due_tokens() {
-    let e = env_with(|c| c.tokens.rotation_check_interval = Duration::from_millis(200)).await;
+    const CHECK: Duration = Duration::from_millis(250);
+    const EVERY: Duration = Duration::from_secs(3);
+    let e = env_with(|c| c.tokens.rotation_check_interval = CHECK).await;
     let first = e.ts.add_user("vendor@example.com").await;
+    let set_at = std::time::Instant::now();
     e.ts.app()
         .tokens
-        .set_rotation("vendor@example.com", Some(Duration::from_secs(1)))
+        .set_rotation("vendor@example.com", Some(EVERY))
         .unwrap();
-    let mails = e
-        .sink
-        .wait_for(&email_of("vendor@example.com"), 2, Duration::from_secs(10))
-        .await;
-    assert!(mails.len() >= 2, "rotated on schedule: {}", mails.len());
+    let inbox = email_of("vendor@example.com");
+    let mails = e.sink.wait_for(&inbox, 1, EVERY * 3).await;
+    assert_eq!(mails.len(), 1, "rotated on schedule");
+    let rotated_at = set_at.elapsed();
+    assert!(
+        rotated_at >= EVERY - Duration::from_secs(1),
+        "not before it was due: {rotated_at:?}"
+    );
     assert!(mails[0].text().contains("rotated on a schedule"));
+    // Three more checks find nothing due: exactly one mail per due rotation.
+    tokio::time::sleep(CHECK * 3).await;
+    assert_eq!(e.sink.to(&inbox).len(), 1, "a rotation ran twice");
     // Turn it off, then the last emailed token is the one that works.
     e.ts.app()
         .tokens
         .set_rotation("vendor@example.com", None)
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let mails = e.sink.to(&email_of("vendor@example.com"));
+    let mails = e.sink.to(&inbox);
     let last = mails.last().unwrap().token();
     assert!(soap_ok(&e.ts, "vendor@example.com", &format!("{PASSWORD}{last}")).await);
     assert!(!soap_ok(&e.ts, "vendor@example.com", &format!("{PASSWORD}{first}")).await);

@@ -10,7 +10,61 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
-/// Runs one command with `stdin` as its input.
+/// How long any command a test runs may take before it is killed, with its children.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd` with `stdin` as its input to its end, or kills it and everything it started
+/// (its own process group) after `timeout`; then the output, and whether it was killed.
+/// Blocking: on a runtime, call it from `block_in_place` or `spawn_blocking`.
+pub fn run_bounded(mut cmd: Command, stdin: Option<&str>, timeout: Duration) -> (Output, bool) {
+    use std::io::Read as _;
+    use std::os::unix::process::CommandExt as _;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e} (is it installed and on PATH?)"));
+    if let Some(input) = stdin {
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    }
+    drop(child.stdin.take());
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let mut killed = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // The whole group: a browser or npm leaves children behind otherwise.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            killed = true;
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    (output, killed)
+}
+
+/// Runs one tokengate command with `stdin` as its input (killed after [`COMMAND_TIMEOUT`]).
 pub fn run(config: &Path, args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.arg("--config")
@@ -20,22 +74,12 @@ pub fn run(config: &Path, args: &[&str], stdin: Option<&str>, envs: &[(&str, &st
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    let (out, killed) = run_bounded(cmd, stdin, COMMAND_TIMEOUT);
+    assert!(
+        !killed,
+        "tokengate {args:?} did not finish in {COMMAND_TIMEOUT:?}"
+    );
+    out
 }
 
 /// `user add NAME --show-token` with the password on stdin; returns the token.
@@ -159,5 +203,8 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
