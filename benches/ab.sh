@@ -7,6 +7,10 @@
 #
 #   bash benches/ab.sh OLD_BINARY NEW_BINARY [SCENARIO...]      # default: session basic
 #   ROUNDS=7 DURATION=10s CONNECTIONS=32 bash benches/ab.sh ...
+#   PROFILE=1 bash benches/ab.sh ...   # also `perf record` each server: OUT/SIDE-SCENARIO.N.perf
+#                                      # (PROFILE_ARGS: its options, default "-F 999 -g")
+#   PIN=1 bash benches/ab.sh ...       # servers on the last CPU, nginx and the load tool on the
+#                                      # others: steadier CPU per request, lower requests/s
 #
 # Build the old one from a worktree, for instance:
 #   git worktree add /tmp/old COMMIT && cargo build --release --manifest-path /tmp/old/Cargo.toml
@@ -29,14 +33,21 @@ bench_cert "$WORK"
 
 UPSTREAM=127.0.0.1:18080
 upstream_conf "$WORK" "$UPSTREAM" > "$WORK/upstream.conf"
-nginx -c "$WORK/upstream.conf" -p "$WORK" -g 'daemon off;' &
+# With PIN, the servers get the last CPU to themselves and everything else shares the rest.
+LAST_CPU=$(($(nproc) - 1))
+SERVER_CPUS=() OTHER_CPUS=()
+if [ -n "${PIN:-}" ] && [ "$LAST_CPU" -gt 0 ]; then
+  SERVER_CPUS=(taskset -c "$LAST_CPU")
+  OTHER_CPUS=(taskset -c "0-$((LAST_CPU - 1))")
+fi
+"${OTHER_CPUS[@]}" nginx -c "$WORK/upstream.conf" -p "$WORK" -g 'daemon off;' &
 PIDS+=($!)
 declare -A PORT=([old]=18456 [new]=18457) PID=() BIN_OF=([old]="$OLD" [new]="$NEW")
 for side in old new; do
   bin=${BIN_OF[$side]}
   tg_config "${PORT[$side]}" "$WORK/$side" 100000 250ms "$UPSTREAM" "$WORK" "$bin" > "$WORK/$side.toml"
   tg_admin "$bin" "$WORK/$side.toml" > "$WORK/$side.admin-token"
-  "$bin" --config "$WORK/$side.toml" serve 2>"$WORK/$side.log" &
+  "${SERVER_CPUS[@]}" "$bin" --config "$WORK/$side.toml" serve 2>"$WORK/$side.log" &
   PIDS+=($!)
   PID[$side]=$!
 done
@@ -50,7 +61,13 @@ done
 run() {
   local side=$1 scenario=$2 round=$3 before after name=$1-$2.$3
   before=$(cpu_ticks "${PID[$side]}")
-  python3 - "$NEW" "$side" "$name" "$OUT" "${PORT[$side]}" "$scenario" "$WORK" "$DURATION" "$CONNECTIONS" <<'PY'
+  local perf=
+  if [ -n "${PROFILE:-}" ]; then
+    # shellcheck disable=SC2086
+    perf record -q ${PROFILE_ARGS:--F 999 -g} -p "${PID[$side]}" -o "$OUT/$name.perf" 2>/dev/null &
+    perf=$!
+  fi
+  "${OTHER_CPUS[@]}" python3 - "$NEW" "$side" "$name" "$OUT" "${PORT[$side]}" "$scenario" "$WORK" "$DURATION" "$CONNECTIONS" <<'PY'
 import resource, subprocess, sys
 new, side, name, out, port, scenario, work, duration, conns = sys.argv[1:]
 subprocess.run([new, "loadtest", "run", "--target", f"https://127.0.0.1:{port}", "--scenario", scenario,
@@ -62,6 +79,7 @@ with open(f"{out}/{name}.tool", "w") as f:
     f.write(str(ru.ru_utime + ru.ru_stime))
 PY
   after=$(cpu_ticks "${PID[$side]}")
+  if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
   echo "$((after - before))" > "$OUT/$name.server"
   echo "ran $name" >&2
 }

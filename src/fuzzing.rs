@@ -266,29 +266,36 @@ pub fn oauth_form(data: &[u8]) {
 }
 
 /// The JSON bodies of the self-service and admin APIs. An error never quotes a value from the
-/// body (it may be a password): only field names and positions.
+/// body (it may be a password): only field names and positions. (A field name is the
+/// caller's own text and may be quoted, "unknown field `pasword`"; a value that also occurs
+/// in a field name proves nothing either way.)
 pub fn json_bodies(data: &[u8]) {
     let problems = crate::server::api::parse_bodies(data);
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
-    let mut strings = Vec::new();
-    collect_strings(&value, &mut strings);
+    let (mut values, mut keys) = (Vec::new(), Vec::new());
+    collect_strings(&value, &mut values, &mut keys);
     for p in &problems {
-        for s in &strings {
+        for s in &values {
             // Short strings may occur in the message's own words.
-            if s.chars().count() >= 6 {
+            if s.chars().count() >= 6 && !keys.iter().any(|k| k.contains(s.as_str())) {
                 assert!(!p.contains(s.as_str()), "{p:?} quotes the value {s:?}");
             }
         }
     }
 }
 
-fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+fn collect_strings(v: &serde_json::Value, values: &mut Vec<String>, keys: &mut Vec<String>) {
     match v {
-        serde_json::Value::String(s) => out.push(s.clone()),
-        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_strings(v, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|v| collect_strings(v, out)),
+        serde_json::Value::String(s) => values.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_strings(v, values, keys)),
+        serde_json::Value::Object(o) => {
+            for (k, v) in o {
+                keys.push(k.clone());
+                collect_strings(v, values, keys);
+            }
+        }
         _ => {}
     }
 }

@@ -245,18 +245,22 @@ async fn serve(
 
     // The first request must start by the header timeout; after that, a quiet spell of
     // `idle_timeout` ends the connection.
-    let mut deadline = tokio::time::Instant::now() + s.header_read_timeout;
+    let alarm = tokio::time::sleep(s.header_read_timeout);
+    let mut alarm = std::pin::pin!(alarm);
     let mut seen = 0u64;
     let mut closing = false;
     loop {
+        // Biased, the connection first: this loop runs at every wake-up of every request, and
+        // the alarm and the stop signal are rarely what woke it.
         tokio::select! {
+            biased;
             r = connection.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            () = alarm.as_mut() => {
                 if closing {
                     tracing::debug!(%peer, "connection did not close in time; dropped");
                     return;
@@ -272,16 +276,16 @@ async fn serve(
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                     // Nothing is in flight: the close needs no more than a header's time.
-                    deadline = tokio::time::Instant::now() + s.header_read_timeout;
+                    alarm.as_mut().reset(tokio::time::Instant::now() + s.header_read_timeout);
                 } else {
                     seen = started;
-                    deadline = tokio::time::Instant::now() + s.idle_timeout;
+                    alarm.as_mut().reset(tokio::time::Instant::now() + s.idle_timeout);
                 }
             }
             _ = stop.changed(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
-                deadline = tokio::time::Instant::now() + s.drain_timeout;
+                alarm.as_mut().reset(tokio::time::Instant::now() + s.drain_timeout);
             }
         }
     }

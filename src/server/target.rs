@@ -71,7 +71,7 @@ pub fn check<'a>(
         let name = host_name(h.as_bytes()).ok_or(TargetError::BadHost)?;
         if !hosts
             .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(name))
+            .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(name))
         {
             return Err(TargetError::Misdirected);
         }
@@ -121,46 +121,68 @@ fn host_of(
 }
 
 /// The host name of a `Host` value (`name`, `name:port`, `[v6]`, `[v6]:port`), without the
-/// port and brackets; `None` when the value is not one (userinfo, spaces, bad port).
-fn host_name(value: &[u8]) -> Option<&str> {
-    let value = std::str::from_utf8(value).ok()?;
-    let (name, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']')?;
-        inside.parse::<std::net::Ipv6Addr>().ok()?;
-        (inside, after.strip_prefix(':'))
+/// port and brackets; `None` when the value is not one (userinfo, spaces, bad port). Works on
+/// bytes: it runs on every request.
+fn host_name(value: &[u8]) -> Option<&[u8]> {
+    let (name, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        let close = rest.iter().position(|&b| b == b']')?;
+        let (inside, after) = (&rest[..close], &rest[close + 1..]);
+        std::str::from_utf8(inside)
+            .ok()?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()?;
+        let port = match after {
+            [] => None,
+            [b':', port @ ..] => Some(port),
+            _ => return None,
+        };
+        (inside, port)
     } else {
-        match value.rsplit_once(':') {
-            Some((n, p)) => (n, Some(p)),
+        match value.iter().rposition(|&b| b == b':') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
             None => (value, None),
         }
     };
     if let Some(p) = port
-        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()))
+        && (p.is_empty() || p.len() > 5 || !p.iter().all(u8::is_ascii_digit))
     {
         return None;
     }
-    let host_chars = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':');
-    (!name.is_empty() && name.len() <= 253 && name.bytes().all(host_chars)).then_some(name)
+    let host_chars = |&b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':');
+    (!name.is_empty() && name.len() <= 253 && name.iter().all(host_chars)).then_some(name)
 }
 
 /// The path with repeated slashes collapsed, or an error for dot segments (`.`, `..`, raw or
 /// percent-encoded) and encoded slashes or backslashes.
 fn canonical_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
     let bytes = path.as_bytes();
-    if bytes.contains(&b'\\') {
-        return Err(TargetError::BadPath);
+    // The common path has no `\`, no `%`, no `/.` and no `//`: one pass clears it.
+    let (mut suspect, mut doubled) = (false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return Err(TargetError::BadPath),
+            b'%' => suspect = true,
+            b'/' => match bytes.get(i + 1) {
+                Some(b'/') => doubled = true,
+                Some(b'.') => suspect = true,
+                _ => {}
+            },
+            _ => {}
+        }
     }
-    let encoded_separator = |w: &[u8]| {
-        w[0] == b'%'
-            && matches!(
-                [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()],
-                [b'2', b'f'] | [b'5', b'c']
-            )
-    };
-    if bytes.windows(3).any(encoded_separator) || path.split('/').any(is_dot_segment) {
-        return Err(TargetError::BadPath);
+    if suspect {
+        let encoded_separator = |w: &[u8]| {
+            w[0] == b'%'
+                && matches!(
+                    [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()],
+                    [b'2', b'f'] | [b'5', b'c']
+                )
+        };
+        if bytes.windows(3).any(encoded_separator) || path.split('/').any(is_dot_segment) {
+            return Err(TargetError::BadPath);
+        }
     }
-    if !path.contains("//") {
+    if !doubled {
         return Ok(Cow::Borrowed(path));
     }
     let mut out = String::with_capacity(path.len());
