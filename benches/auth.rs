@@ -74,12 +74,26 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         })
         .unwrap();
     let (history, _task) = rt.block_on(async { History::start(store.clone(), &cfg.history) });
-    let cached =
-        Authenticator::new(store.clone(), secrets.clone(), &cfg, history.clone(), None).unwrap();
+    let cached = Authenticator::new(
+        store.clone(),
+        secrets.clone(),
+        &cfg,
+        history.clone(),
+        None,
+        Default::default(),
+    )
+    .unwrap();
     let mut no_cache = cfg.clone();
     no_cache.auth.credential_cache_size = 0;
-    let cold =
-        Authenticator::new(store.clone(), secrets.clone(), &no_cache, history, None).unwrap();
+    let cold = Authenticator::new(
+        store.clone(),
+        secrets.clone(),
+        &no_cache,
+        history,
+        None,
+        Default::default(),
+    )
+    .unwrap();
     let sessions = Sessions::new(
         store.clone(),
         secrets,

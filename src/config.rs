@@ -59,6 +59,25 @@ pub mod file {
         pub metrics: Metrics,
         pub log: Log,
         pub loadtest: Loadtest,
+        pub console: Console,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Console {
+        /// A console session ends after this long without a request.
+        pub session_idle_timeout: String,
+        /// ... and this long after sign-in, however active.
+        pub session_lifetime: String,
+    }
+
+    impl Default for Console {
+        fn default() -> Self {
+            Self {
+                session_idle_timeout: "30m".into(),
+                session_lifetime: "8h".into(),
+            }
+        }
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -425,6 +444,14 @@ pub struct Config {
     pub log_level: String,
     /// `[loadtest] allow_synthetic_users`: the admin API may create load-test users.
     pub allow_synthetic_users: bool,
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: how long a console sign-in lasts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleConfig {
+    pub session_idle_timeout: Duration,
+    pub session_lifetime: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1060,6 +1087,19 @@ impl Config {
                 p => Some(duration("lockout.lockout_period", p)?),
             },
         };
+        let console = ConsoleConfig {
+            session_idle_timeout: duration(
+                "console.session_idle_timeout",
+                &f.console.session_idle_timeout,
+            )?,
+            session_lifetime: duration("console.session_lifetime", &f.console.session_lifetime)?,
+        };
+        if console.session_lifetime < console.session_idle_timeout {
+            return Err(invalid(
+                "console.session_lifetime",
+                "must not be shorter than console.session_idle_timeout",
+            ));
+        }
         let metrics_listen = match &f.metrics.listen {
             None => None,
             Some(l) => {
@@ -1103,6 +1143,7 @@ impl Config {
             metrics_listen,
             log_level: f.log.level.clone(),
             allow_synthetic_users: f.loadtest.allow_synthetic_users,
+            console,
         })
     }
 

@@ -39,8 +39,6 @@ pub const COOKIE: &str = "__Host-tg_console";
 const BASE: &str = "/tokengate/console";
 const PAGE_SIZE: usize = 20;
 const MAX_SESSIONS: usize = 10_000;
-const IDLE: u64 = 30 * 60;
-const LIFETIME: u64 = 8 * 3600;
 
 struct ConsoleSession {
     user_id: String,
@@ -52,14 +50,31 @@ struct ConsoleSession {
     last_seen: AtomicU64,
 }
 
+impl ConsoleSession {
+    fn live(&self, now: u64, limits: &Limits) -> bool {
+        now < self.created + limits.lifetime
+            && now < self.last_seen.load(Ordering::Relaxed) + limits.idle
+    }
+}
+
+/// How long a console sign-in lasts, in seconds (`[console]`).
+struct Limits {
+    idle: u64,
+    lifetime: u64,
+}
+
 pub struct Console {
     env: Environment<'static>,
     sessions: DashMap<Tag, Arc<ConsoleSession>>,
     secrets: Arc<Secrets>,
+    limits: Limits,
 }
 
 impl Console {
-    pub fn new(secrets: Arc<Secrets>) -> Result<Self, ConsoleError> {
+    pub fn new(
+        secrets: Arc<Secrets>,
+        cfg: crate::config::ConsoleConfig,
+    ) -> Result<Self, ConsoleError> {
         let mut env = Environment::new();
         for (name, src) in [
             ("base.html", include_str!("../templates/console/base.html")),
@@ -102,6 +117,10 @@ impl Console {
             env,
             sessions: DashMap::new(),
             secrets,
+            limits: Limits {
+                idle: cfg.session_idle_timeout.as_secs().max(1),
+                lifetime: cfg.session_lifetime.as_secs().max(1),
+            },
         })
     }
 
@@ -114,9 +133,7 @@ impl Console {
     fn create(&self, user: &User) -> Option<(String, Arc<ConsoleSession>)> {
         let now = crate::now_secs();
         if self.sessions.len() >= MAX_SESSIONS {
-            self.sessions.retain(|_, s| {
-                now < s.created + LIFETIME && now < s.last_seen.load(Ordering::Relaxed) + IDLE
-            });
+            self.sessions.retain(|_, s| s.live(now, &self.limits));
             if self.sessions.len() >= MAX_SESSIONS {
                 return None;
             }
@@ -146,7 +163,7 @@ impl Console {
         let key = self.key(sid);
         let s = self.sessions.get(&key).map(|r| r.value().clone())?;
         let now = crate::now_secs();
-        if now >= s.created + LIFETIME || now >= s.last_seen.load(Ordering::Relaxed) + IDLE {
+        if !s.live(now, &self.limits) {
             self.sessions.remove(&key);
             return None;
         }
@@ -210,11 +227,12 @@ fn page_after<'a>(
 
 /// Sets the renewed session's cookie on `r`.
 fn with_cookie(
+    console: &Console,
     mut r: Response<Body>,
     renewed: Option<(String, Arc<ConsoleSession>)>,
 ) -> Response<Body> {
     if let Some((sid, _)) = renewed
-        && let Ok(v) = HeaderValue::from_str(&session_cookie(&sid))
+        && let Ok(v) = HeaderValue::from_str(&console.session_cookie(&sid))
     {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -268,8 +286,11 @@ fn redirect(to: &str, cookie: Option<String>) -> Response<Body> {
     harden(r)
 }
 
-fn session_cookie(sid: &str) -> String {
-    format!("{COOKIE}={sid}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={LIFETIME}")
+impl Console {
+    fn session_cookie(&self, sid: &str) -> String {
+        let max_age = self.limits.lifetime;
+        format!("{COOKIE}={sid}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}")
+    }
 }
 
 fn clear_cookie() -> String {
@@ -579,7 +600,10 @@ async fn signin(app: &App, req: Request<ReqBody>, peer: Client, method: Method) 
     };
     match app.auth.login(&attempt).await {
         Ok(v) => match app.console.create(&v.user) {
-            Some((sid, _)) => redirect(&format!("{BASE}/settings"), Some(session_cookie(&sid))),
+            Some((sid, _)) => redirect(
+                &format!("{BASE}/settings"),
+                Some(app.console.session_cookie(&sid)),
+            ),
             None => fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Too many console sessions; try again later.".into(),
@@ -674,7 +698,11 @@ async fn post(
                 let renewed = renew(app, page, me, &r.user);
                 let next = page_after(app, page, &r.user, &renewed);
                 let notice = format!("A new security token was emailed to {}.", r.masked_email);
-                with_cookie(settings(&next, &r.user, Some(notice), None).await, renewed)
+                with_cookie(
+                    &app.console,
+                    settings(&next, &r.user, Some(notice), None).await,
+                    renewed,
+                )
             }
             Err(e) => {
                 let (status, msg) = token_failure(&e);
@@ -723,7 +751,11 @@ async fn post(
                     };
                     let renewed = renew(app, page, me, &r.user);
                     let next = page_after(app, page, &r.user, &renewed);
-                    with_cookie(settings(&next, &r.user, Some(notice), None).await, renewed)
+                    with_cookie(
+                        &app.console,
+                        settings(&next, &r.user, Some(notice), None).await,
+                        renewed,
+                    )
                 }
                 Err(e) => settings(page, me, None, Some(token_failure(&e).1)).await,
             }
@@ -857,7 +889,11 @@ async fn setup_post(
                     if r.user.id == me.id {
                         let renewed = renew(app, page, me, &r.user);
                         let next = page_after(app, page, &r.user, &renewed);
-                        return with_cookie(users_page(&next, &none, Some(msg), None), renewed);
+                        return with_cookie(
+                            &app.console,
+                            users_page(&next, &none, Some(msg), None),
+                            renewed,
+                        );
                     }
                     Ok(msg)
                 }

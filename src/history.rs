@@ -3,7 +3,7 @@
 //! batches, and pruned by age and count.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -54,7 +54,8 @@ impl Outcome {
 
 pub struct History {
     tx: mpsc::Sender<HistoryRow>,
-    capacity: usize,
+    /// Rows queued or being written: zero once every recorded row is in the store.
+    unwritten: Arc<AtomicUsize>,
     dropped: AtomicU64,
 }
 
@@ -69,6 +70,8 @@ impl History {
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<HistoryRow>(cfg.queue);
         let (max_age, max_rows) = (cfg.max_age, cfg.max_rows);
+        let unwritten = Arc::new(AtomicUsize::new(0));
+        let written_back = unwritten.clone();
         let task = tokio::spawn(async move {
             let mut prune = tokio::time::interval(PRUNE_EVERY);
             let mut buf = Vec::with_capacity(BATCH);
@@ -84,6 +87,7 @@ impl History {
                         if !matches!(written, Ok(Ok(()))) {
                             tracing::error!("could not write login history rows");
                         }
+                        written_back.fetch_sub(n, Ordering::AcqRel);
                     }
                     _ = prune.tick() => {
                         let cutoff = (crate::now_secs().saturating_sub(max_age.as_secs())) * 1000;
@@ -100,7 +104,7 @@ impl History {
         (
             Arc::new(Self {
                 tx,
-                capacity: cfg.queue,
+                unwritten,
                 dropped: AtomicU64::new(0),
             }),
             task,
@@ -109,7 +113,10 @@ impl History {
 
     /// Queues a row; never waits. A full queue drops the row and counts it.
     pub fn record(&self, row: HistoryRow) {
+        // Counted before the send, so the writer never takes away a row not yet counted.
+        self.unwritten.fetch_add(1, Ordering::AcqRel);
         if self.tx.try_send(row).is_err() {
+            self.unwritten.fetch_sub(1, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -118,9 +125,9 @@ impl History {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Rows waiting to be written.
+    /// Rows queued or being written.
     pub fn pending(&self) -> usize {
-        self.capacity - self.tx.capacity()
+        self.unwritten.load(Ordering::Acquire)
     }
 
     /// Waits (bounded) until the queue is written out.

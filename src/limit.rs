@@ -201,6 +201,7 @@ pub struct LoginLimits {
     failure_delay: Duration,
     max_delayed: usize,
     delayed: AtomicUsize,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Gives back a place among the delayed failures, also when the client goes away mid-delay.
@@ -213,7 +214,7 @@ impl Drop for DelayedPlace<'_> {
 }
 
 impl LoginLimits {
-    pub fn new(cfg: &LimitsConfig) -> Self {
+    pub fn new(cfg: &LimitsConfig, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
         let per_second = cfg.argon2_per_second;
         Self {
             per_ip: KeyedLimiter::new(cfg.login_per_ip, cfg.login_per_ip_period, cfg.max_keys),
@@ -227,6 +228,7 @@ impl LoginLimits {
             failure_delay: cfg.failure_delay,
             max_delayed: cfg.max_delayed_failures,
             delayed: AtomicUsize::new(0),
+            metrics,
         }
     }
 
@@ -239,9 +241,7 @@ impl LoginLimits {
         }
         if self.delayed.fetch_add(1, Ordering::AcqRel) >= self.max_delayed {
             self.delayed.fetch_sub(1, Ordering::AcqRel);
-            crate::metrics::METRICS
-                .failures_undelayed
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.failure_undelayed();
             return;
         }
         let _place = DelayedPlace(&self.delayed);

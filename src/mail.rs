@@ -310,6 +310,7 @@ pub struct Mailer {
     active: std::sync::RwLock<Arc<Active>>,
     store: Arc<dyn Store>,
     memory_queue: Mutex<VecDeque<Queued>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Active {
@@ -356,12 +357,22 @@ impl Active {
 }
 
 impl Mailer {
-    pub fn new(cfg: &MailConfig, store: Arc<dyn Store>) -> Result<Self, MailError> {
+    pub fn new(
+        cfg: &MailConfig,
+        store: Arc<dyn Store>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, MailError> {
         Ok(Self {
             active: std::sync::RwLock::new(Arc::new(Active::new(cfg)?)),
             store,
             memory_queue: Mutex::new(VecDeque::new()),
+            metrics,
         })
+    }
+
+    /// Whether `cfg` would make a mailer (checked before a reload changes anything).
+    pub fn check(cfg: &MailConfig) -> Result<(), MailError> {
+        Active::new(cfg).map(drop)
     }
 
     fn active(&self) -> Arc<Active> {
@@ -497,7 +508,8 @@ impl Mailer {
         let (subject, text, html) = content(false);
         let message = self.build(&to, &subject, text, html)?;
         let sent = self.deliver(&to.email, &message.formatted()).await;
-        crate::metrics::METRICS.email(crate::metrics::MailKind::User, sent.is_ok());
+        self.metrics
+            .email(crate::metrics::MailKind::User, sent.is_ok());
         sent?;
 
         let compliance = match ComplianceBcc::load(self.store.as_ref()) {
@@ -517,7 +529,8 @@ impl Mailer {
             let (subject, text, html) = content(compliance.redact_secrets);
             let copy = self.build(&to, &subject, text, html)?.formatted();
             let sent = self.deliver(&bcc, &copy).await;
-            crate::metrics::METRICS.email(crate::metrics::MailKind::Compliance, sent.is_ok());
+            self.metrics
+                .email(crate::metrics::MailKind::Compliance, sent.is_ok());
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "compliance copy failed; queued for retry");
                 self.enqueue(
@@ -610,7 +623,8 @@ impl Mailer {
     async fn retry_one(&self, q: &Queued) -> Result<(), MailError> {
         let to: Address = q.to.parse().map_err(|_| MailError::Address(q.to.clone()))?;
         let sent = self.deliver(&to, q.raw.as_bytes()).await;
-        crate::metrics::METRICS.email(crate::metrics::MailKind::Compliance, sent.is_ok());
+        self.metrics
+            .email(crate::metrics::MailKind::Compliance, sent.is_ok());
         sent
     }
 

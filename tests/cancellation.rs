@@ -53,7 +53,9 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         })
         .unwrap();
     let (history, _task) = rt.block_on(async { History::start(store.clone(), &cfg.history) });
-    let auth = Arc::new(Authenticator::new(store, secrets, &cfg, history, None).unwrap());
+    let auth = Arc::new(
+        Authenticator::new(store, secrets, &cfg, history, None, Default::default()).unwrap(),
+    );
     Fixture {
         _dir: dir,
         auth,

@@ -502,18 +502,23 @@ async fn unlock_login_ranges_and_history_from_the_cli() {
     );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("10.0.0.0/99"), "{}", stderr(&o));
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let o = tokengate(
-        &config,
-        &["history", "--user", "JO@example.com", "--format", "json"],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The six logins above, once the server's history writer has stored them.
+    let history = || {
+        let o = tokengate(
+            &config,
+            &["history", "--user", "JO@example.com", "--format", "json"],
+            None,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).unwrap()
+    };
+    eventually("six history rows", Duration::from_secs(10), async || {
+        history().len() >= 6
+    })
+    .await;
+    let rows = history();
     let outcomes: Vec<&str> = rows
-        .as_array()
-        .unwrap()
         .iter()
         .map(|r| r["outcome"].as_str().unwrap())
         .collect();

@@ -75,15 +75,6 @@ impl Rig {
     }
 }
 
-/// Waits (bounded) until `check` holds.
-async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // -------------------------------------------------------------------------------------------
 // Denial of service
 
@@ -288,7 +279,7 @@ async fn a_forged_forwarding_chain_behind_a_trusted_proxy_does_not_pick_the_clie
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{chain}");
     }
     // The history shows the address that was really used, not the forged one.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.ts.history_written().await;
     let h = r
         .admin_call(
             Method::GET,
@@ -595,7 +586,7 @@ async fn a_session_alone_cannot_change_the_password() {
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
         assert_eq!(reply.json()["error"], "current_password_mismatch");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.ts.history_written().await;
     let h = r
         .admin_call(Method::GET, "/history?user=pw@example.com", None)
         .await
@@ -832,7 +823,7 @@ async fn the_self_service_reset_tells_a_guesser_nothing_and_a_stranger_cannot_sp
         .await;
     assert_eq!(mails.len(), 2, "both of the owner's resets were sent");
     // The guesses count toward lockout and are in the history as `reset` logins.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.ts.history_written().await;
     let h = r
         .admin_call(Method::GET, "/history?user=owner@example.com", None)
         .await

@@ -280,12 +280,22 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
         .await;
     assert!(fourth.is_err(), "the fourth connection is refused");
     drop(kept);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        ts.client().get("/tokengate/health", &[]).await.status,
-        StatusCode::OK,
-        "places come back when connections close"
-    );
+    eventually(
+        "places come back when connections close",
+        Duration::from_secs(5),
+        async || {
+            ts.client()
+                .send_result(
+                    ts.client()
+                        .request(http::Method::GET, "/tokengate/health")
+                        .body(empty_body())
+                        .unwrap(),
+                )
+                .await
+                .is_ok_and(|r| r.status == StatusCode::OK)
+        },
+    )
+    .await;
 }
 
 // -------------------------------------------------------------------------------------------
@@ -484,7 +494,12 @@ async fn upstream_connections_are_bounded_and_a_waiting_request_gets_503() {
             c.get("/slow", &[("authorization", &auth)]).await.status
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        "both slow calls hold a connection",
+        Duration::from_secs(5),
+        async || up.arrived("/slow") == 2,
+    )
+    .await;
     let started = Instant::now();
     let r = ts
         .client()

@@ -45,14 +45,20 @@ async fn metrics_reflect_logins_failures_sessions_emails_and_upstream_calls() {
         .unwrap()
         .metrics_addr
         .expect("the metrics listener is on");
-    let before = http_get(maddr, "/metrics").await;
-    assert!(before.starts_with("HTTP/1.1 200"));
-    assert!(before.contains("content-type: text/plain; version=0.0.4"));
+    let first = http_get(maddr, "/metrics").await;
+    assert!(first.starts_with("HTTP/1.1 200"));
+    assert!(
+        first.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{first}"
+    );
+    assert!(first.ends_with("# EOF\n"));
 
     let admin = ts
         .add_user_with("metrics-admin@example.com", PASSWORD, true)
         .await;
     let token = ts.add_user("metered@example.com").await;
+    // The registry is this server's own: the deltas below are exactly what this test did.
+    let before = http_get(maddr, "/metrics").await;
     let sid = ts
         .soap_login("metered@example.com", &format!("{PASSWORD}{token}"))
         .await;
@@ -80,13 +86,32 @@ async fn metrics_reflect_logins_failures_sessions_emails_and_upstream_calls() {
 
     let after = http_get(maddr, "/metrics").await;
     let delta = |name: &str| metric(&after, name) - metric(&before, name);
-    assert!(delta("tokengate_logins_total{dialect=\"soap\",outcome=\"success\"}") >= 1);
-    assert!(delta("tokengate_logins_total{dialect=\"soap\",outcome=\"bad_credentials\"}") >= 1);
-    assert!(delta("tokengate_emails_sent_total{kind=\"user\"}") >= 1);
-    assert!(delta("tokengate_upstream_requests_total{status=\"2xx\"}") >= 1);
-    assert!(metric(&after, "tokengate_login_duration_seconds_count") >= 2);
+    for (name, expected) in [
+        (
+            "tokengate_logins_total{dialect=\"soap\",outcome=\"success\"}",
+            1,
+        ),
+        (
+            "tokengate_logins_total{dialect=\"soap\",outcome=\"bad_credentials\"}",
+            1,
+        ),
+        (
+            "tokengate_logins_total{dialect=\"basic\",outcome=\"success\"}",
+            1,
+        ),
+        ("tokengate_login_duration_seconds_count", 3),
+        // The SOAP login and the admin's Basic login; the wrong secret fails on its token.
+        ("tokengate_argon2_verifications_total", 2),
+        ("tokengate_emails_sent_total{kind=\"user\"}", 1),
+        ("tokengate_emails_failed_total{kind=\"user\"}", 0),
+        ("tokengate_upstream_requests_total{status=\"2xx\"}", 1),
+        ("tokengate_upstream_duration_seconds_count", 1),
+        ("tokengate_lockouts_total", 0),
+    ] {
+        assert_eq!(delta(name), expected, "{name}");
+    }
     // The reset ended the user's session; the admin's Basic login made none.
-    assert!(after.contains("tokengate_active_sessions "));
+    assert_eq!(metric(&after, "tokengate_active_sessions"), 0);
     for secret in [&token, &sid, "metered@example.com", PASSWORD] {
         assert!(
             !after.contains(secret),
@@ -424,14 +449,21 @@ async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
     let auth = basic("slow@example.com", &format!("{PASSWORD}{token}"));
     let in_flight =
         tokio::spawn(async move { client.get("/slow", &[("authorization", &auth)]).await });
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    eventually(
+        "the slow call reached the upstream",
+        Duration::from_secs(10),
+        async || up.arrived("/slow") == 1,
+    )
+    .await;
     server.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Stopped accepting: a new connection is refused while the old request still runs.
-    assert!(
-        tokio::net::TcpStream::connect(server.addr).await.is_err(),
-        "still accepting after SIGTERM"
-    );
+    // Stops accepting: a new connection is refused while the old request still runs.
+    eventually(
+        "refusing connections after SIGTERM",
+        Duration::from_secs(3),
+        async || tokio::net::TcpStream::connect(server.addr).await.is_err(),
+    )
+    .await;
+    assert!(!in_flight.is_finished(), "the slow call is still running");
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "the in-flight request finished");
     let status = tokio::task::block_in_place(|| server.wait(Duration::from_secs(20)));
@@ -475,7 +507,12 @@ async fn backup_while_running_and_restore_round_trip_everything() {
         &[],
     );
     assert!(o.status.success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The three logins above are in the history before it is backed up.
+    eventually("three history rows", Duration::from_secs(10), async || {
+        let o = process::run(&cfg, &["history", "--format", "json"], None, &[]);
+        serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).is_ok_and(|r| r.len() >= 3)
+    })
+    .await;
 
     let file = dir.path().join("tokengate.backup");
     let o = process::run(&cfg, &["backup", file.to_str().unwrap()], None, &[]);

@@ -651,3 +651,38 @@ async fn the_rotation_schedule_survives_a_restart_and_missed_rotations_run_at_st
     );
     drop(e.up);
 }
+
+#[tokio::test]
+async fn self_service_resets_are_limited_to_thirty_an_hour_per_address() {
+    // The default limit, not a test value: the README promises 30.
+    let e = env_with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.limits.failure_delay = Duration::from_millis(50);
+        c.lockout.max_failures = 0;
+    })
+    .await;
+    assert_eq!(e.ts.app().cfg.tokens.reset_per_ip_per_hour.get(), 30);
+    e.ts.add_user("limited@example.com").await;
+    let c = e.ts.client();
+    let reset = |from: &'static str, user: String| {
+        let b = c
+            .request(Method::POST, "/tokengate/v1/token/reset")
+            .header("x-forwarded-for", from)
+            .header("authorization", basic(&user, "Wrong-password-1"));
+        c.call(b, "")
+    };
+    // Thirty requests from one address, whatever they carry, are answered as usual...
+    for i in 0..30 {
+        let r = reset("192.0.2.7", format!("u{i}@example.com")).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "request {i}: {}", r.text());
+    }
+    // ...the 31st is refused, even for a real user, and says when to come back.
+    let r = reset("192.0.2.7", "limited@example.com".into()).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.json()["error"], "rate_limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "retry-after {retry}");
+    // Another address is not affected.
+    let r = reset("192.0.2.8", "limited@example.com".into()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+}

@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::history::{History, Outcome, now_ms};
 use crate::limit::{Lockout, LoginLimits};
+use crate::metrics::Metrics;
 use crate::secret::Secrets;
 use crate::store::{HistoryRow, Store, StoreError, User};
 use cache::CredentialCache;
@@ -171,15 +172,22 @@ pub struct HashPool {
     /// Permits plus queue places: the most callers admitted at once.
     admitted: usize,
     queue_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl HashPool {
-    pub fn new(permits: usize, queue: usize, queue_timeout: Duration) -> Self {
+    pub fn new(
+        permits: usize,
+        queue: usize,
+        queue_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(permits)),
             waiting: AtomicUsize::new(0),
             admitted: permits + queue,
             queue_timeout,
+            metrics,
         }
     }
 
@@ -194,9 +202,7 @@ impl HashPool {
     ) -> Result<T, AuthError> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.admitted {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            crate::metrics::METRICS
-                .argon2_rejections
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.argon2_rejected();
             return Err(AuthError::Busy);
         }
         // Given back when this future ends, also when it is dropped mid-wait (the client went
@@ -205,18 +211,19 @@ impl HashPool {
         let acquired =
             tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await;
         let result = match acquired {
-            Ok(Ok(permit)) => tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                work()
-            })
-            .await
-            .map_err(|_| AuthError::Busy),
+            Ok(Ok(permit)) => {
+                self.metrics.argon2_verification();
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    work()
+                })
+                .await
+                .map_err(|_| AuthError::Busy)
+            }
             _ => Err(AuthError::Busy),
         };
         if matches!(result, Err(AuthError::Busy)) {
-            crate::metrics::METRICS
-                .argon2_rejections
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.argon2_rejected();
         }
         result
     }
@@ -248,8 +255,7 @@ pub struct Authenticator {
     history: Arc<History>,
     /// Where lock notices go to be emailed (bounded; none in the CLI and benchmarks).
     lock_notices: Option<tokio::sync::mpsc::Sender<crate::mail::LockNotice>>,
-    /// Verifications answered from the cache by this authenticator.
-    cache_hits: std::sync::atomic::AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// A successful verification.
@@ -267,6 +273,7 @@ impl Authenticator {
         cfg: &Config,
         history: Arc<History>,
         lock_notices: Option<tokio::sync::mpsc::Sender<crate::mail::LockNotice>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, crate::secret::SecretError> {
         let a = &cfg.auth;
         // The dummy's token tag is a random value no token hashes to, and its password hash
@@ -289,16 +296,17 @@ impl Authenticator {
                 a.hashing_concurrency.get(),
                 a.hashing_queue,
                 a.hashing_queue_timeout,
+                metrics.clone(),
             ),
             dummy: Arc::new(dummy),
             max_secret_bytes: a.max_secret_bytes,
             trusted_networks: RwLock::new(Arc::new(a.trusted_networks.clone())),
-            limits: RwLock::new(Arc::new(LoginLimits::new(&cfg.limits))),
+            limits: RwLock::new(Arc::new(LoginLimits::new(&cfg.limits, metrics.clone()))),
             lockout: Lockout::new(&cfg.lockout),
             cache: CredentialCache::new(a.credential_cache_ttl, a.credential_cache_size),
             history,
             lock_notices,
-            cache_hits: std::sync::atomic::AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -317,7 +325,7 @@ impl Authenticator {
     /// networks and the lockout policy.
     pub fn reload(&self, cfg: &Config) {
         *self.limits.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(LoginLimits::new(&cfg.limits));
+            Arc::new(LoginLimits::new(&cfg.limits, self.metrics.clone()));
         *self
             .trusted_networks
             .write()
@@ -334,8 +342,9 @@ impl Authenticator {
     }
 
     /// Verifications this authenticator answered from its cache.
+    /// Verifications answered from the cache by this authenticator.
     pub fn cache_hits(&self) -> u64 {
-        self.cache_hits.load(Ordering::Relaxed)
+        self.metrics.cache_hits()
     }
 
     /// Verifications in flight (0 at rest: every entry is released when its callers end).
@@ -368,13 +377,10 @@ impl Authenticator {
         let started = std::time::Instant::now();
         let (result, cached) = self.login_unrecorded(a).await;
         if cached {
-            crate::metrics::METRICS
-                .cache_hits
-                .fetch_add(1, Ordering::Relaxed);
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache_hit();
         }
         if let Some(outcome) = outcome_of(&result) {
-            crate::metrics::METRICS.login(a.dialect, outcome, started.elapsed());
+            self.metrics.login(a.dialect, outcome, started.elapsed());
         }
         // A Basic call answered from the cache is an authenticated call, not a login: only
         // real verifications of Basic credentials go to the history.
@@ -437,9 +443,7 @@ impl Authenticator {
                 _ => self.cache.remove(&key),
             }
         }
-        crate::metrics::METRICS
-            .cache_misses
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.cache_miss();
         if let Err(retry_after) = self.limits().check(a.ip, &canonical) {
             return Err(AuthError::RateLimited { retry_after });
         }
@@ -582,9 +586,7 @@ impl Authenticator {
                 }
             })?;
             if locked {
-                crate::metrics::METRICS
-                    .lockouts
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.lockout();
                 tracing::warn!(user = %updated.username, "account locked after repeated failed logins");
                 self.notify_locked(updated, a, now);
             }
@@ -689,7 +691,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_dropped_while_waiting_gives_its_place_back() {
-        let pool = Arc::new(HashPool::new(1, 4, Duration::from_secs(5)));
+        let pool = Arc::new(HashPool::new(1, 4, Duration::from_secs(5), Arc::default()));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let p = pool.clone();
         let holder = tokio::spawn(async move { p.run(move || rx.recv().is_ok()).await });
@@ -718,7 +720,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_pool_refuses_work_beyond_its_queue() {
-        let pool = Arc::new(HashPool::new(1, 0, Duration::from_secs(5)));
+        let pool = Arc::new(HashPool::new(1, 0, Duration::from_secs(5), Arc::default()));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let p = pool.clone();
         let first = tokio::spawn(async move { p.run(move || rx.recv().is_ok()).await });

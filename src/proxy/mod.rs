@@ -212,10 +212,14 @@ pub struct Upstream {
     /// Path prefix of the upstream URL, without a trailing slash.
     prefix: String,
     response_timeout: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, ProxyError> {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, ProxyError> {
         let roots =
             crate::tls::client_roots(cfg.ca.as_deref()).map_err(|reason| ProxyError::Ca {
                 // Only a configured file can fail.
@@ -269,6 +273,7 @@ impl Upstream {
             authority,
             prefix: url.path().trim_end_matches('/').to_owned(),
             response_timeout: cfg.response_timeout,
+            metrics,
         })
     }
 
@@ -346,7 +351,8 @@ impl Upstream {
             Ok(Ok(resp)) => Some(resp.status().as_u16()),
             _ => None,
         };
-        crate::metrics::METRICS.upstream(status, answer.is_err(), started.elapsed());
+        self.metrics
+            .upstream(status, answer.is_err(), started.elapsed());
         match answer {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();

@@ -199,16 +199,12 @@ async fn serve(
     let tls = match tokio::time::timeout(s.tls_handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            crate::metrics::METRICS
-                .tls_handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
+            app.metrics.tls_handshake_failed();
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            crate::metrics::METRICS
-                .tls_handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
+            app.metrics.tls_handshake_failed();
             tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }

@@ -79,6 +79,8 @@ pub struct App {
     pub tokens: Arc<Tokens>,
     pub admin: Arc<Admin>,
     pub console: crate::console::Console,
+    /// This server's counters and histograms.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Self-service token resets per canonical username and per client address.
     pub reset_per_user: KeyedLimiter<String>,
     pub reset_per_ip: KeyedLimiter<std::net::IpAddr>,
@@ -115,7 +117,7 @@ impl App {
         )?;
         let acceptor = TlsAcceptor::from(tls::server_config(&cert)?);
         // Validate the mail settings before changing anything.
-        Mailer::new(&new.mail, self.store.clone())?;
+        Mailer::check(&new.mail)?;
         for (what, changed) in [
             ("server.listen", new.server.listen != self.cfg.server.listen),
             ("store.path", new.store.path != self.cfg.store.path),
@@ -202,7 +204,8 @@ pub fn open_admin(cfg: &Config) -> Result<Admin, ServerError> {
         cfg.auth.password_policy.clone(),
         cfg.allow_synthetic_users,
     ));
-    let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone())?);
+    // The offline CLI's sends are not scraped: its counts go nowhere.
+    let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone(), Arc::default())?);
     let tokens = Arc::new(Tokens::new(
         store.clone(),
         secrets,
@@ -244,8 +247,8 @@ async fn serve_metrics(
                         let r = if req.uri().path() == "/metrics" {
                             crate::wire::respond(
                                 http::StatusCode::OK,
-                                "text/plain; version=0.0.4; charset=utf-8",
-                                crate::metrics::render(&app.gauges()),
+                                crate::metrics::CONTENT_TYPE,
+                                app.metrics.render(&app.gauges()),
                             )
                         } else {
                             crate::wire::json_error(
@@ -307,7 +310,8 @@ impl Server {
         ));
         let restored = sessions.load()?;
         let (history, history_task) = History::start(store.clone(), &cfg.history);
-        let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone())?);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone(), metrics.clone())?);
         let (lock_notices, lock_queue) = tokio::sync::mpsc::channel(crate::mail::LOCK_NOTICE_QUEUE);
         let auth = Authenticator::new(
             store.clone(),
@@ -315,8 +319,9 @@ impl Server {
             &cfg,
             history.clone(),
             Some(lock_notices),
+            metrics.clone(),
         )?;
-        let upstream = Upstream::new(&cfg.upstream)?;
+        let upstream = Upstream::new(&cfg.upstream, metrics.clone())?;
         let users = Arc::new(Users::new(
             store.clone(),
             secrets.clone(),
@@ -352,7 +357,7 @@ impl Server {
         })?;
         let origin = cfg.public_origin(addr);
         let admin_task = admin::serve_socket(&cfg.store.path, admin.clone())?;
-        let console = crate::console::Console::new(secrets.clone())?;
+        let console = crate::console::Console::new(secrets.clone(), cfg.console)?;
         const HOUR: Duration = Duration::from_secs(3600);
         let reset_per_user = KeyedLimiter::new(cfg.tokens.reset_per_user_per_hour, HOUR, 100_000);
         let reset_per_ip = KeyedLimiter::new(cfg.tokens.reset_per_ip_per_hour, HOUR, 100_000);
@@ -372,6 +377,7 @@ impl Server {
             tokens: tokens.clone(),
             admin,
             console,
+            metrics,
             reset_per_user,
             reset_per_ip,
             reset_slots: Arc::new(Semaphore::new(RESET_SLOTS)),

@@ -139,6 +139,14 @@ impl Upstream {
         self.seen.lock().unwrap().clone()
     }
 
+    /// How many requests for `path` have arrived (recorded before they are answered).
+    pub fn arrived(&self, path: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.uri.split('?').next() == Some(path))
+            .count()
+    }
+
     pub fn last(&self) -> Recorded {
         self.requests().pop().expect("the upstream saw a request")
     }
@@ -382,6 +390,19 @@ impl TestServer {
         })
         .await
         .unwrap()
+    }
+
+    /// Waits (at most 10 s) until every login recorded so far is in the store's history.
+    pub async fn history_written(&self) {
+        let history = &self.app().history;
+        history.drain(Duration::from_secs(10)).await;
+        assert_eq!(history.pending(), 0, "the history writer fell behind");
+    }
+
+    /// This server's metrics exposition, as its `/metrics` endpoint serves it.
+    pub fn metrics(&self) -> String {
+        let app = self.app();
+        app.metrics.render(&app.gauges())
     }
 
     pub fn client(&self) -> HttpsClient {
@@ -691,6 +712,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// Waits (bounded) until `check` holds: the synchronisation tests use instead of sleeping.
+pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// One sample of a Prometheus exposition, by its full name with labels.
