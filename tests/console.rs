@@ -743,3 +743,298 @@ async fn in_chromium_a_user_resets_the_token_and_an_admin_enables_compliance_bcc
         assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_markup_in_a_username_is_shown_as_text_on_setup_pages() {
+    let (_up, _sink, ts) = env().await;
+    let admin = ts
+        .add_user_with("chief@example.com", "Chief1pass", true)
+        .await;
+    // No spaces (usernames allow none; `/` separates attributes, quotes end their values),
+    // and the element it would make is easy to look for.
+    let markup = r#"<img/id="pwned"/src="x"/onerror="alert(1)">@example.com"#;
+    // A user with that name, made through the admin API as an admin would...
+    let r = ts
+        .client()
+        .call(
+            ts.client()
+                .request(Method::POST, "/tokengate/v1/admin/users")
+                .header("content-type", "application/json")
+                .header(
+                    "authorization",
+                    basic("chief@example.com", &format!("Chief1pass{admin}")),
+                ),
+            serde_json::json!({
+                "username": markup,
+                "email": "pwned@example.com",
+                "password": PASSWORD,
+            })
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // ...and a failed login under it, which puts it in the login history.
+    let r = ts
+        .client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body(markup, "wrong-password-1"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    ts.history_written().await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = tokio::task::block_in_place(|| {
+        run_browser(
+            &ts,
+            "escape",
+            tmp.path(),
+            &[
+                ("TG_ADMIN", "chief@example.com"),
+                ("TG_ADMIN_PASSWORD", "Chief1pass"),
+                ("TG_MARKUP", markup),
+            ],
+        )
+    });
+    for page in ["users", "history"] {
+        let s = step(&steps, page);
+        assert_eq!(s["injected"], 0, "{page}: the markup became an element");
+        assert_eq!(s["shown"], true, "{page}: the name is shown as text: {s}");
+        assert_eq!(s["dialogs"], 0, "{page}");
+    }
+}
+
+/// Every `<form method="post">` action on a page, with the console prefix taken off.
+fn post_actions(html: &str) -> Vec<String> {
+    html.split("<form")
+        .skip(1)
+        .filter(|f| {
+            f.split('>')
+                .next()
+                .unwrap_or("")
+                .contains(r#"method="post""#)
+        })
+        .filter_map(|f| {
+            let at = f.find(r#"action=""#)? + r#"action=""#.len();
+            let action = f[at..].split('"').next()?;
+            Some(action.strip_prefix(BASE).unwrap_or(action).to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
+    let (_up, sink, ts) = env().await;
+    ts.add_user_with("boss@example.com", PASSWORD, true).await;
+    ts.add_user_with("other@example.com", PASSWORD, true).await;
+    let token = ts.add_user("target@example.com").await;
+    let b = Browser::sign_in(&ts, "boss@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let other = Browser::sign_in(&ts, "other@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let target = "/setup/users/target%40example.com";
+    // Every form of the console, with fields that would make it act.
+    let forms: Vec<(String, Vec<(&str, &str)>)> = vec![
+        ("/signout".into(), vec![]),
+        ("/settings/reset-token".into(), vec![]),
+        (
+            "/settings/password".into(),
+            vec![
+                ("current_password", PASSWORD),
+                ("new_password", "Changed1pass"),
+            ],
+        ),
+        (
+            "/setup/users".into(),
+            vec![
+                ("username", "made@example.com"),
+                ("email", "made@example.com"),
+                ("password", "Made1pass!"),
+            ],
+        ),
+        (
+            "/setup/compliance".into(),
+            vec![("enabled", "on"), ("address", "leak@example.org")],
+        ),
+        (format!("{target}/disable"), vec![]),
+        (format!("{target}/enable"), vec![]),
+        (format!("{target}/unlock"), vec![]),
+        (format!("{target}/reset-token"), vec![]),
+        (format!("{target}/grant-admin"), vec![]),
+        (format!("{target}/revoke-admin"), vec![]),
+        (format!("{target}/rotation"), vec![("every", "1h")]),
+    ];
+    // The table covers every form the pages offer (a new form must join it).
+    let mut offered = Vec::new();
+    for page in [
+        "/settings",
+        "/settings/reset-token",
+        "/setup/users?q=target",
+        "/setup/compliance",
+        "/setup/history",
+    ] {
+        offered.extend(post_actions(&b.get(page).await.text()));
+    }
+    assert!(offered.len() >= 10, "forms found: {offered:?}");
+    for action in &offered {
+        assert!(
+            forms.iter().any(|(a, _)| a == action),
+            "the form {action} is not in the table"
+        );
+    }
+    let other_csrf = csrf_of(&other.get("/settings").await.text());
+    for (action, fields) in &forms {
+        for csrf in [None, Some("forged"), Some(other_csrf.as_str())] {
+            let mut all = fields.clone();
+            if let Some(c) = csrf {
+                all.push(("csrf", c));
+            }
+            let r = post_form(&ts, Some(&b.cookie()), action, &all).await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{action} with {csrf:?}");
+            assert!(
+                r.text().contains("invalid or missing CSRF token"),
+                "{action}"
+            );
+        }
+    }
+    // Nothing happened: the session lives, the user is as before, no user, setting or mail
+    // was made, the passwords and the token still work.
+    assert_eq!(b.get("/settings").await.status, StatusCode::OK);
+    let shown = ts.app().users.show("target@example.com").unwrap();
+    assert!(!shown.disabled && !shown.admin, "{shown:?}");
+    assert!(ts.app().users.show("made@example.com").is_err());
+    assert!(
+        !b.get("/setup/compliance")
+            .await
+            .text()
+            .contains("leak@example.org")
+    );
+    ts.soap_login("target@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    assert!(
+        Browser::sign_in(&ts, "boss@example.com", PASSWORD)
+            .await
+            .is_ok()
+    );
+    assert!(sink.mails().is_empty(), "a forged form sent mail");
+    // The session's own token works.
+    let r = b
+        .submit("/setup/users?q=target", &format!("{target}/disable"), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(ts.app().users.show("target@example.com").unwrap().disabled);
+}
+
+#[tokio::test]
+async fn every_console_answer_carries_exactly_the_security_headers() {
+    let (_up, _sink, ts) = env().await;
+    ts.add_user("plain@example.com").await;
+    let b = Browser::sign_in(&ts, "plain@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let expected = [
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+        ("cache-control", "no-store"),
+    ];
+    let mut answers = vec![
+        (
+            "sign-in",
+            ts.client().get(&format!("{BASE}/signin"), &[]).await,
+        ),
+        (
+            "failed sign-in",
+            post_form(
+                &ts,
+                None,
+                "/signin",
+                &[("username", "x"), ("password", "y")],
+            )
+            .await,
+        ),
+        ("settings", b.get("/settings").await),
+        ("confirm", b.get("/settings/reset-token").await),
+        ("forbidden setup page", b.get("/setup/users").await),
+        (
+            "refused form",
+            post_form(&ts, Some(&b.cookie()), "/settings/reset-token", &[]).await,
+        ),
+    ];
+    answers.push(("not found", b.get("/nowhere").await));
+    for (what, r) in &answers {
+        for (name, value) in expected {
+            assert_eq!(r.header(name), Some(value), "{what}: {name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn console_sessions_end_after_their_idle_time_and_their_lifetime() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.console.session_idle_timeout = Duration::from_secs(3);
+        c.console.session_lifetime = Duration::from_secs(6);
+    })
+    .await;
+    ts.add_user("timed@example.com").await;
+    let expired = |r: &Reply| r.header("location") == Some("/tokengate/console/signin?expired=1");
+
+    // Idle: used every second it stays (the clock counts whole seconds, so a 1 s gap is at
+    // most 2 of them, under the 3 s idle time); left alone for 4 s, it is over.
+    let b = Browser::sign_in(&ts, "timed@example.com", PASSWORD)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(b.get("/settings").await.status, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        expired(&b.get("/settings").await),
+        "idle session still valid"
+    );
+
+    // Lifetime: used every second, it still ends 6 s after sign-in.
+    let b = Browser::sign_in(&ts, "timed@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let cookie = b.cookie();
+    let signed_in = std::time::Instant::now();
+    let ended = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = b.get("/settings").await;
+        if expired(&r) {
+            break signed_in.elapsed();
+        }
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(signed_in.elapsed() < Duration::from_secs(9), "never ended");
+    };
+    assert!(
+        ended >= Duration::from_secs(5),
+        "ended after {ended:?}, before its lifetime"
+    );
+    // The cookie's own Max-Age says the same lifetime.
+    let r = post_form(
+        &ts,
+        None,
+        "/signin",
+        &[("username", "timed@example.com"), ("password", PASSWORD)],
+    )
+    .await;
+    assert!(
+        r.header("set-cookie").unwrap().contains("Max-Age=6"),
+        "{:?}",
+        r.header("set-cookie")
+    );
+    assert!(!cookie.is_empty());
+}

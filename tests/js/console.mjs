@@ -2,8 +2,9 @@
 // browser download: executablePath is the system chromium). The certificate is trusted by its
 // SPKI hash only (--ignore-certificate-errors-spki-list), so TLS verification stays meaningful.
 //
-// Env: TG_URL, TG_SPKI, TG_PHASE (user | admin), TG_USER, TG_PASSWORD, TG_ADMIN, TG_ADMIN_PASSWORD,
-// TG_COMPLIANCE, TG_SHOTS (directory for screenshots).
+// Env: TG_URL, TG_SPKI, TG_PHASE (user | admin | escape), TG_USER, TG_PASSWORD, TG_ADMIN,
+// TG_ADMIN_PASSWORD, TG_COMPLIANCE, TG_SHOTS (directory for screenshots), TG_MARKUP (escape: the
+// text that must show as text; it would add an element with id "pwned" if it were markup).
 import { chromium } from 'playwright-core';
 
 const env = (k) => { const v = process.env[k]; if (!v) throw new Error(`missing ${k}`); return v; };
@@ -60,6 +61,23 @@ try {
     const links = await settings.getByRole('link', { name: /Setup/ }).count();
     const resp = await settings.goto(`${url}/tokengate/console/setup/users`);
     out('setup-forbidden', { status: resp.status(), links, text: await settings.locator('main').innerText() });
+  } else if (process.env.TG_PHASE === 'escape') {
+    // Attacker-chosen text (a username) on the admin's pages: shown as text, never as markup.
+    const page = await signIn(context, env('TG_ADMIN'), env('TG_ADMIN_PASSWORD'));
+    const dialogs = [];
+    page.on('dialog', async (d) => { dialogs.push(d.message()); await d.dismiss(); });
+    const markup = env('TG_MARKUP');
+    const look = async (step) => out(step, {
+      injected: await page.locator('#pwned').count(),
+      shown: (await page.locator('tbody').innerText()).includes(markup),
+      dialogs: dialogs.length,
+    });
+    await page.getByRole('link', { name: 'Setup: Users' }).click();
+    await page.getByLabel('Search users').fill('pwned');
+    await page.getByRole('button', { name: 'Search' }).click();
+    await look('users');
+    await page.getByRole('link', { name: 'Setup: Login History' }).click();
+    await look('history');
   } else {
     const page = await signIn(context, env('TG_ADMIN'), env('TG_ADMIN_PASSWORD'));
     await page.getByRole('link', { name: 'Setup: Compliance BCC Email' }).click();
