@@ -769,3 +769,49 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
         token = emailed;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_persists_session_idle_timers_for_the_next_start() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &up.url(),
+        "[auth]\nsession_idle_timeout = \"6s\"\nsession_lifetime = \"1h\"\n",
+    );
+    let token = process::add_user(&cfg, "idle@example.com", PASSWORD, false);
+    let mut server = Serve::start(&cfg, &[], &[]);
+    let c = HttpsClient::new(&ca(dir.path()), server.addr, false);
+    let r = c
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("idle@example.com", &format!("{PASSWORD}{token}")),
+        )
+        .await;
+    let logged_in = std::time::Instant::now();
+    let sid = extract(&r.text(), "sessionId").expect("a session");
+    // Used 3.5 s after the login: its idle timer now runs from there, not from the login.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let r = c.get_with_session("/services/data/v59.0/", &sid).await;
+    assert_eq!(r.status, StatusCode::OK);
+    server.signal("TERM");
+    let status = tokio::task::block_in_place(|| server.wait(Duration::from_secs(20)));
+    assert!(status.success(), "exit status {status}");
+
+    let server = Serve::start(&cfg, &[], &[]);
+    let c = HttpsClient::new(&ca(dir.path()), server.addr, false);
+    // 7 s after the login (idle for 6 s had the timer stayed at the login, whole seconds
+    // counted), 3.5 s after the last use: alive only if the shutdown wrote the timer back.
+    let at = logged_in + Duration::from_secs(7);
+    assert!(std::time::Instant::now() < at, "the restart took too long");
+    tokio::time::sleep_until(at.into()).await;
+    let r = c.get_with_session("/services/data/v59.0/", &sid).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the session's idle timer restarted from its login: {}",
+        r.text()
+    );
+    server.stop();
+}

@@ -686,3 +686,157 @@ async fn self_service_resets_are_limited_to_thirty_an_hour_per_address() {
     let r = reset("192.0.2.8", "limited@example.com".into()).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
 }
+
+/// An admin API call with a JSON body (or none).
+async fn admin_call(
+    ts: &TestServer,
+    admin_auth: &str,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let c = ts.client();
+    let mut b = c
+        .request(method, &format!("/tokengate/v1/admin{path}"))
+        .header("authorization", admin_auth);
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    c.call(b, body.map(|v| v.to_string()).unwrap_or_default())
+        .await
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_a_user_sets_login_ranges_and_never_takes_a_chosen_token() {
+    let e = env().await;
+    let admin_token =
+        e.ts.add_user_with("admin@example.com", PASSWORD, true)
+            .await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    let token = e.ts.add_user("ranged@example.com").await;
+    let call = async |m: Method, p: &str, b: Option<serde_json::Value>| {
+        admin_call(&e.ts, &admin, m, p, b).await
+    };
+    let login = async || {
+        let r =
+            e.ts.client()
+                .post(
+                    "/services/Soap/u/59.0",
+                    "text/xml",
+                    soap_login_body("ranged@example.com", &format!("{PASSWORD}{token}")),
+                )
+                .await;
+        (r.status, extract(&r.text(), "sf:exceptionCode"))
+    };
+
+    // GET /users/{u}: the user's record, with no secret in it; an unknown user is 404.
+    let r = call(Method::GET, "/users/Ranged@Example.com", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let user = &r.json()["user"];
+    assert_eq!(user["username"], "ranged@example.com");
+    assert_eq!(user["email"], email_of("ranged@example.com"));
+    assert_eq!(user["login_ranges"], serde_json::json!([]));
+    assert_eq!(user["disabled"], false);
+    for secret in [token.as_str(), PASSWORD, "argon2", "token_tag", "password_hash"] {
+        assert!(!r.text().contains(secret), "{secret} in {}", r.text());
+    }
+    let r = call(Method::GET, "/users/nobody@example.com", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"], "not_found");
+
+    // PUT /users/{u}/login-ranges: a range without this address refuses the login at once...
+    let r = call(
+        Method::PUT,
+        "/users/ranged@example.com/login-ranges",
+        Some(serde_json::json!({ "ranges": ["10.0.0.0/8", "192.0.2.1"] })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["user"]["login_ranges"],
+        serde_json::json!(["10.0.0.0/8", "192.0.2.1/32"])
+    );
+    assert_eq!(
+        call(Method::GET, "/users/ranged@example.com", None).await.json()["user"]["login_ranges"],
+        serde_json::json!(["10.0.0.0/8", "192.0.2.1/32"])
+    );
+    let (status, code) = login().await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    // Answered like a wrong password: the range is not disclosed.
+    assert_eq!(code.as_deref(), Some("INVALID_LOGIN"));
+    // ...one that holds it lets it in, an empty list lifts the restriction, and a bad range
+    // changes nothing.
+    let r = call(
+        Method::PUT,
+        "/users/ranged@example.com/login-ranges",
+        Some(serde_json::json!({ "ranges": ["127.0.0.0/8"] })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(login().await.0, StatusCode::OK);
+    let r = call(
+        Method::PUT,
+        "/users/ranged@example.com/login-ranges",
+        Some(serde_json::json!({ "ranges": ["10.0.0.0/99"] })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"], "invalid_request");
+    assert!(r.text().contains("10.0.0.0/99"), "{}", r.text());
+    assert_eq!(
+        call(Method::GET, "/users/ranged@example.com", None).await.json()["user"]["login_ranges"],
+        serde_json::json!(["127.0.0.0/8"])
+    );
+    let r = call(
+        Method::PUT,
+        "/users/ranged@example.com/login-ranges",
+        Some(serde_json::json!({ "ranges": [] })),
+    )
+    .await;
+    assert_eq!(r.json()["user"]["login_ranges"], serde_json::json!([]));
+    assert_eq!(login().await.0, StatusCode::OK);
+    let r = call(
+        Method::PUT,
+        "/users/nobody@example.com/login-ranges",
+        Some(serde_json::json!({ "ranges": [] })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // POST /users with a token of the caller's choosing: refused, and no user is made. (Only a
+    // load-test server makes synthetic users with chosen tokens.)
+    let chosen = "ChosenByTheCaller0123456789";
+    let r = call(
+        Method::POST,
+        "/users",
+        Some(serde_json::json!({
+            "username": "chosen@example.com",
+            "email": "chosen@example.com",
+            "password": PASSWORD,
+            "token": chosen,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid_request");
+    assert!(!r.text().contains(chosen));
+    let r = call(
+        Method::POST,
+        "/users",
+        Some(serde_json::json!({
+            "username": "chosen@example.com",
+            "email": "chosen@example.com",
+            "password": PASSWORD,
+            "token": chosen,
+            "loadtest": true,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["error"], "synthetic_users_refused");
+    assert_eq!(
+        call(Method::GET, "/users/chosen@example.com", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(e.sink.to("chosen@example.com").is_empty());
+}

@@ -340,9 +340,19 @@ impl Sessions {
     }
 
     /// Drops expired sessions and ones whose user moved on, and writes back idle timers that
-    /// moved, so a restart resumes them where they were. Run periodically, off the async
-    /// workers (it writes to the store).
+    /// moved by more than 30 s (a write per active session every half minute at most), so a
+    /// restart resumes them where they were. Run periodically, off the async workers (it
+    /// writes to the store).
     pub fn sweep(&self) -> usize {
+        self.sweep_moved_by(30)
+    }
+
+    /// [`Self::sweep`] at shutdown: every idle timer that moved at all is written back.
+    pub fn sweep_all(&self) -> usize {
+        self.sweep_moved_by(0)
+    }
+
+    fn sweep_moved_by(&self, threshold: u64) -> usize {
         let now = crate::now_secs();
         let mut doomed = Vec::new();
         let mut touched = Vec::new();
@@ -350,7 +360,7 @@ impl Sessions {
             let s = entry.value();
             if self.expired(s, now) || !s.current() {
                 doomed.push(*entry.key());
-            } else if s.last_seen() > s.persisted_seen.load(Ordering::Relaxed) + 30 {
+            } else if s.last_seen() > s.persisted_seen.load(Ordering::Relaxed) + threshold {
                 touched.push(*entry.key());
             }
         }

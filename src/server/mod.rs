@@ -482,7 +482,7 @@ impl Server {
         self.history_task.abort();
         let _ = self.history_task.await;
         let _ = std::fs::remove_file(admin::socket_path(&self.app.cfg.store.path));
-        self.app.sessions.sweep();
+        self.app.sessions.sweep_all();
         if let Err(e) = self.app.store.flush() {
             tracing::error!(error = %e, "could not flush the store at shutdown");
         }
