@@ -253,25 +253,26 @@ async fn trusted_networks_accept_the_password_alone() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_ranges_and_forwarded_for_trust() {
     let up = Upstream::start().await;
     let ts = TestServer::start(&up.url()).await;
     let token = ts.add_user("ranged@example.com").await;
     let good = format!("{PASSWORD}{token}");
-    let users = ts.app().users.clone();
     let set = |ranges: &str| {
-        let (users, ranges) = (users.clone(), ranges.to_owned());
-        async move {
-            let r = tokengate::admin::parse_ranges(&ranges).unwrap();
-            tokio::task::spawn_blocking(move || {
-                users.set_login_ranges("ranged@example.com", r).unwrap()
-            })
-            .await
-            .unwrap();
-        }
+        cli(
+            &ts,
+            &[
+                "user",
+                "set",
+                "ranged@example.com",
+                "--login-ranges",
+                ranges,
+            ],
+            None,
+        );
     };
-    set("203.0.113.0/24").await;
+    set("203.0.113.0/24");
     let refused = soap(&ts, "ranged@example.com", &good, &[]).await;
     assert_eq!(refused.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(
@@ -289,7 +290,7 @@ async fn login_ranges_and_forwarded_for_trust() {
     )
     .await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-    set("127.0.0.0/8, 203.0.113.0/24").await;
+    set("127.0.0.0/8,203.0.113.0/24");
     assert_eq!(
         soap(&ts, "ranged@example.com", &good, &[]).await.status,
         StatusCode::OK
@@ -303,11 +304,17 @@ async fn login_ranges_and_forwarded_for_trust() {
     .await;
     let token = ts.add_user_with("ranged@example.com", PASSWORD, true).await;
     let good = format!("{PASSWORD}{token}");
-    let r = tokengate::admin::parse_ranges("203.0.113.0/24").unwrap();
-    let users = ts.app().users.clone();
-    tokio::task::spawn_blocking(move || users.set_login_ranges("ranged@example.com", r).unwrap())
-        .await
-        .unwrap();
+    cli(
+        &ts,
+        &[
+            "user",
+            "set",
+            "ranged@example.com",
+            "--login-ranges",
+            "203.0.113.0/24",
+        ],
+        None,
+    );
     assert_eq!(
         soap(&ts, "ranged@example.com", &good, &[]).await.status,
         StatusCode::INTERNAL_SERVER_ERROR
@@ -358,7 +365,7 @@ async fn login_ranges_and_forwarded_for_trust() {
     assert_eq!(r.json()["rows"][0]["source_ip"], "203.0.113.7");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_records_every_outcome_with_its_details() {
     let up = Upstream::start().await;
     let ts = TestServer::start_with(&up.url(), |c| {
@@ -390,13 +397,17 @@ async fn the_history_records_every_outcome_with_its_details() {
     soap(&ts, "ghost@example.com", &good, &[]).await;
     basic_call(&ts, "hist@example.com", &good).await; // locked: 423
     let ranged = ts.add_user("ranged@example.com").await;
-    let r = tokengate::admin::parse_ranges("10.0.0.0/8").unwrap();
-    let users = ts.app().users.clone();
-    tokio::task::spawn_blocking(move || {
-        users.set_login_ranges("ranged@example.com", r).unwrap();
-    })
-    .await
-    .unwrap();
+    cli(
+        &ts,
+        &[
+            "user",
+            "set",
+            "ranged@example.com",
+            "--login-ranges",
+            "10.0.0.0/8",
+        ],
+        None,
+    );
     soap(
         &ts,
         "ranged@example.com",
@@ -405,10 +416,7 @@ async fn the_history_records_every_outcome_with_its_details() {
     )
     .await;
     let off = ts.add_user("off@example.com").await;
-    let users = ts.app().users.clone();
-    tokio::task::spawn_blocking(move || users.set_disabled("off@example.com", true).unwrap())
-        .await
-        .unwrap();
+    cli(&ts, &["user", "disable", "off@example.com"], None);
     soap(&ts, "off@example.com", &format!("{PASSWORD}{off}"), &[]).await;
     for _ in 0..25 {
         ts.client().oauth_login("flooded@example.com", "x").await;
@@ -481,33 +489,6 @@ async fn the_history_records_every_outcome_with_its_details() {
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
     }
-}
-
-/// A configuration file for the CLI that points at a test server's data directory, so the
-/// CLI's admin commands go through that server's admin socket.
-fn cli_config(ts: &TestServer) -> std::path::PathBuf {
-    let path = ts.dir.path().join("cli.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[store]\npath = \"{}\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n",
-            ts.cfg.store.path.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// Runs a CLI admin command against the test server (its admin socket).
-fn cli(ts: &TestServer, args: &[&str], stdin: Option<&str>) -> String {
-    let o =
-        tokio::task::block_in_place(|| support::process::run(&cli_config(ts), args, stdin, &[]));
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

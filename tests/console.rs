@@ -272,7 +272,7 @@ async fn sign_in_settings_reset_and_password_change_pages_work() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_csrf_non_admins_and_html_in_user_fields_are_handled() {
     let (_up, _sink, ts) = env().await;
     ts.add_user("plain@example.com").await;
@@ -309,20 +309,20 @@ async fn forged_csrf_non_admins_and_html_in_user_fields_are_handled() {
     assert!(!ts.app().users.show("plain@example.com").unwrap().admin);
 
     // HTML in a user's name is shown escaped.
-    let users = ts.app().users.clone();
-    tokio::task::spawn_blocking(move || {
-        users
-            .add(tokengate::admin::NewUser {
-                username: "xss@example.com".into(),
-                email: "xss@example.com".into(),
-                full_name: "<script>alert(1)</script>".into(),
-                password: PASSWORD.into(),
-                ..Default::default()
-            })
-            .unwrap();
-    })
-    .await
-    .unwrap();
+    cli(
+        &ts,
+        &[
+            "user",
+            "add",
+            "xss@example.com",
+            "--email",
+            "xss@example.com",
+            "--full-name",
+            "<script>alert(1)</script>",
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
     let x = Browser::sign_in(&ts, "xss@example.com", PASSWORD)
         .await
         .unwrap();

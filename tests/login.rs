@@ -322,7 +322,7 @@ fn seen(r: &Reply) -> (StatusCode, Vec<(String, String)>, String) {
 /// the right credentials all get the same answer — status, every header but `Date`, and body
 /// — in each dialect: SOAP on the partner and enterprise endpoints, OAuth, Basic, and the
 /// console's sign-in (where the password alone is the secret).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_login_failure_gets_a_byte_identical_answer() {
     let up = Upstream::start().await;
     let ts = TestServer::start_with(&up.url(), |c| c.lockout.max_failures = 3).await;
@@ -340,10 +340,7 @@ async fn every_login_failure_gets_a_byte_identical_answer() {
     }
     let admin = ts.add_user_with("admin@example.com", PASSWORD, true).await;
     let admin = basic("admin@example.com", &format!("{PASSWORD}{admin}"));
-    let users = ts.app().users.clone();
-    tokio::task::spawn_blocking(move || users.set_disabled("gone@example.com", true).unwrap())
-        .await
-        .unwrap();
+    cli(&ts, &["user", "disable", "gone@example.com"], None);
     let c = ts.client();
     let b = c
         .request(

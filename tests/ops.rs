@@ -591,36 +591,6 @@ async fn backup_while_running_and_restore_round_trip_everything() {
     server.stop();
 }
 
-/// A secret in every form it could take in a log: as is, base64 (standard and URL-safe, also
-/// inside a Basic header), and percent-encoded.
-fn spellings(s: &str) -> Vec<String> {
-    use base64::Engine as _;
-    let b = base64::engine::general_purpose::STANDARD;
-    let u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let percent: String = s
-        .bytes()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                (c as char).to_string()
-            } else {
-                format!("%{c:02X}")
-            }
-        })
-        .collect();
-    let mut out = vec![s.to_owned(), b.encode(s), u.encode(s), percent];
-    // A base64 string starts at another offset inside a longer one (`user:secret`); its
-    // middle is the same for any prefix of the same length modulo 3.
-    for pad in ["", "a", "aa"] {
-        let enc = b.encode(format!("{pad}{s}"));
-        let skip = pad.len() * 4 / 3 + 4;
-        if enc.len() > skip + 8 {
-            out.push(enc[skip..enc.len() - 4].to_owned());
-        }
-    }
-    out.retain(|v| v.len() >= 8);
-    out
-}
-
 /// Asserts `log` holds none of `secrets` in any spelling.
 fn assert_no_secret(what: &str, log: &str, secrets: &[&str]) {
     for s in secrets {

@@ -106,33 +106,27 @@ async fn sessions_end_at_their_lifetime_even_when_busy() {
     assert!(ended, "a busy session outlived its lifetime");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_a_user_or_changing_the_password_ends_sessions_and_logins() {
     let up = Upstream::start().await;
     let ts = TestServer::start(&up.url()).await;
     let token = ts.add_user("cut@example.com").await;
     let secret = format!("{PASSWORD}{token}");
     let sid = ts.soap_login("cut@example.com", &secret).await;
-    let users = ts.app().users.clone();
-    tokio::task::spawn_blocking(move || users.set_disabled("cut@example.com", true).unwrap())
-        .await
-        .unwrap();
+    // Through the CLI, as an operator does, while the server runs.
+    cli(&ts, &["user", "disable", "cut@example.com"], None);
     assert_eq!(call(&ts, &sid).await, StatusCode::UNAUTHORIZED);
     let r = ts.client().oauth_login("cut@example.com", &secret).await;
     assert_eq!(r.json()["error"], "invalid_grant");
 
-    let users = ts.app().users.clone();
-    tokio::task::spawn_blocking(move || users.set_disabled("cut@example.com", false).unwrap())
-        .await
-        .unwrap();
+    cli(&ts, &["user", "enable", "cut@example.com"], None);
     let sid = ts.soap_login("cut@example.com", &secret).await;
     // Without mail configured, a password change changes the password only.
-    let id = ts.app().tokens.find("cut@example.com").unwrap().id.clone();
-    ts.app()
-        .tokens
-        .change_password(&id, "NewPassw0rd")
-        .await
-        .unwrap();
+    cli(
+        &ts,
+        &["user", "passwd", "cut@example.com", "--password-stdin"],
+        Some("NewPassw0rd\n"),
+    );
     assert_eq!(call(&ts, &sid).await, StatusCode::UNAUTHORIZED);
     assert_eq!(
         ts.client()

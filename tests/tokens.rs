@@ -58,7 +58,7 @@ async fn admin_reset(ts: &TestServer, admin_auth: &str, user: &str) -> Reply {
     ts.client().call(b, "").await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
     let e = env().await;
     let admin_token =
@@ -118,6 +118,30 @@ async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
             )
             .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Neither token, nor the password, nor the session id is in the store, or in a backup of it.
+    assert_not_stored(&e.ts, &[&new, &old, PASSWORD, &sid]);
+    let backup = e.ts.dir.path().join("out.backup");
+    cli(&e.ts, &["backup", backup.to_str().unwrap()], None);
+    // Records are base64 in the file: search the file as it is and every record decoded.
+    let text = std::fs::read_to_string(&backup).unwrap();
+    let mut decoded = Vec::new();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        for field in ["k", "v"] {
+            if let Some(b) = record[field].as_str() {
+                use base64::Engine as _;
+                decoded.extend(base64::engine::general_purpose::STANDARD.decode(b).unwrap());
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    assert!(decoded.contains("bob@example.com"), "a backup of the users");
+    for secret in [&new, &old, PASSWORD, &sid] {
+        assert!(!decoded.contains(secret), "a backup record holds a secret");
+        for form in spellings(secret) {
+            assert!(!text.contains(&form), "the backup holds a secret");
+        }
+    }
     drop(e.up);
 }
 
@@ -179,6 +203,7 @@ async fn self_service_reset_works_with_the_password_alone_and_hides_unknown_user
     let new = mails[0].token();
     assert!(soap_ok(&e.ts, "self@example.com", &format!("{PASSWORD}{new}")).await);
     assert!(!soap_ok(&e.ts, "self@example.com", &format!("{PASSWORD}{old}")).await);
+    assert_not_stored(&e.ts, &[&new, &old, PASSWORD]);
 
     // Unknown users and wrong passwords: the same status and bytes, and no mail.
     for auth in [
@@ -341,12 +366,23 @@ async fn a_failed_compliance_copy_never_undoes_the_rotation_and_is_retried() {
             .await;
     let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
     e.ts.add_user("dora@example.com").await;
-    let setting = tokengate::mail::ComplianceBcc {
-        enabled: true,
-        address: Some("audit@example.org".into()),
-        redact_secrets: true,
+    let set_compliance = async |redact: bool| {
+        let r = admin_call(
+            &e.ts,
+            &admin,
+            Method::PUT,
+            "/settings/compliance-bcc",
+            Some(serde_json::json!({
+                "enabled": true,
+                "address": "audit@example.org",
+                "redact_secrets": redact,
+            })),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     };
-    setting.save(e.ts.app().store.as_ref()).unwrap();
+    let queued = || metric(&e.ts.metrics(), "tokengate_compliance_queue");
+    set_compliance(true).await;
     e.sink.set(Behaviour {
         refuse_rcpt: vec!["audit@example.org".into()],
         ..Behaviour::default()
@@ -358,7 +394,7 @@ async fn a_failed_compliance_copy_never_undoes_the_rotation_and_is_retried() {
     let token = e.sink.to(&email_of("dora@example.com"))[0].token();
     assert!(soap_ok(&e.ts, "dora@example.com", &format!("{PASSWORD}{token}")).await);
     assert!(e.sink.to("audit@example.org").is_empty());
-    assert_eq!(e.ts.app().tokens.mailer().queued(), 1);
+    assert_eq!(queued(), 1);
 
     e.sink.set(Behaviour::default());
     let copies = e
@@ -367,16 +403,11 @@ async fn a_failed_compliance_copy_never_undoes_the_rotation_and_is_retried() {
         .await;
     assert_eq!(copies.len(), 1, "the queued copy was retried");
     assert!(!copies[0].carries(&token));
-    assert_eq!(e.ts.app().tokens.mailer().queued(), 0);
+    assert_eq!(queued(), 0);
     assert_eq!(files_hold(e.ts.dir.path(), &token), None);
 
     // A verbatim copy that fails waits in memory only: the store never holds a token.
-    tokengate::mail::ComplianceBcc {
-        redact_secrets: false,
-        ..setting
-    }
-    .save(e.ts.app().store.as_ref())
-    .unwrap();
+    set_compliance(false).await;
     e.sink.set(Behaviour {
         refuse_rcpt: vec!["audit@example.org".into()],
         ..Behaviour::default()
@@ -386,7 +417,7 @@ async fn a_failed_compliance_copy_never_undoes_the_rotation_and_is_retried() {
         StatusCode::ACCEPTED
     );
     let token = e.sink.to(&email_of("dora@example.com"))[1].token();
-    assert_eq!(e.ts.app().tokens.mailer().queued(), 1);
+    assert_eq!(queued(), 1);
     e.ts.app().store.flush().unwrap();
     assert_eq!(
         files_hold(e.ts.dir.path(), &token),
@@ -485,24 +516,28 @@ async fn the_grace_window_keeps_the_old_token_working_for_a_while() {
         "still inside the grace window"
     );
     // Each use of the superseded token is in the history, for admins to find the integration.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let rows =
-        e.ts.app()
-            .store
-            .history_query(&tokengate::store::HistoryFilter {
-                user: Some("gus@example.com".into()),
-                outcome: Some("superseded_token".into()),
-                limit: 10,
-                ..Default::default()
-            })
-            .unwrap();
-    assert_eq!(rows.len(), 1);
+    e.ts.history_written().await;
+    let r = admin_call(
+        &e.ts,
+        &admin,
+        Method::GET,
+        "/history?user=gus@example.com&outcome=superseded_token",
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.json()["rows"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.text()
+    );
     tokio::time::sleep(Duration::from_millis(2900)).await;
     assert!(
         !soap_ok(&e.ts, "gus@example.com", &format!("{PASSWORD}{old}")).await,
         "the window closed"
     );
     assert!(soap_ok(&e.ts, "gus@example.com", &format!("{PASSWORD}{new}")).await);
+    assert_not_stored(&e.ts, &[&new, &old, PASSWORD]);
 }
 
 #[tokio::test]
@@ -553,6 +588,7 @@ async fn changing_the_password_emails_a_new_token() {
     assert!(soap_ok(&e.ts, "hal@example.com", &format!("Brand1NewPass{new}")).await);
     assert!(!soap_ok(&e.ts, "hal@example.com", &format!("{PASSWORD}{old}")).await);
     assert!(!soap_ok(&e.ts, "hal@example.com", &format!("Brand1NewPass{old}")).await);
+    assert_not_stored(&e.ts, &[&new, &old, PASSWORD, "Brand1NewPass"]);
 
     // SMTP down: neither the password nor the token changes.
     e.sink.stop();
@@ -568,17 +604,18 @@ async fn changing_the_password_emails_a_new_token() {
     assert!(soap_ok(&e.ts, "hal@example.com", &format!("Brand1NewPass{new}")).await);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_rotation_emails_due_tokens() {
     const CHECK: Duration = Duration::from_millis(250);
     const EVERY: Duration = Duration::from_secs(3);
     let e = env_with(|c| c.tokens.rotation_check_interval = CHECK).await;
     let first = e.ts.add_user("vendor@example.com").await;
     let set_at = std::time::Instant::now();
-    e.ts.app()
-        .tokens
-        .set_rotation("vendor@example.com", Some(EVERY))
-        .unwrap();
+    cli(
+        &e.ts,
+        &["user", "set", "vendor@example.com", "--rotate-every", "3s"],
+        None,
+    );
     let inbox = email_of("vendor@example.com");
     let mails = e.sink.wait_for(&inbox, 1, EVERY * 3).await;
     assert_eq!(mails.len(), 1, "rotated on schedule");
@@ -592,26 +629,34 @@ async fn scheduled_rotation_emails_due_tokens() {
     tokio::time::sleep(CHECK * 3).await;
     assert_eq!(e.sink.to(&inbox).len(), 1, "a rotation ran twice");
     // Turn it off, then the last emailed token is the one that works.
-    e.ts.app()
-        .tokens
-        .set_rotation("vendor@example.com", None)
-        .unwrap();
+    cli(
+        &e.ts,
+        &["user", "set", "vendor@example.com", "--rotate-every", "off"],
+        None,
+    );
     let mails = e.sink.to(&inbox);
     let last = mails.last().unwrap().token();
     assert!(soap_ok(&e.ts, "vendor@example.com", &format!("{PASSWORD}{last}")).await);
     assert!(!soap_ok(&e.ts, "vendor@example.com", &format!("{PASSWORD}{first}")).await);
+    assert_not_stored(&e.ts, &[&last, &first, PASSWORD]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotation_schedule_survives_a_restart_and_missed_rotations_run_at_start() {
     let e = env_with(|c| c.tokens.rotation_check_interval = Duration::from_millis(200)).await;
     e.ts.add_user("sched@example.com").await;
-    let set =
+    cli(
+        &e.ts,
+        &["user", "set", "sched@example.com", "--rotate-every", "1h"],
+        None,
+    );
+    let due =
         e.ts.app()
             .tokens
-            .set_rotation("sched@example.com", Some(Duration::from_secs(3600)))
+            .find("sched@example.com")
+            .unwrap()
+            .next_rotation_at
             .unwrap();
-    let due = set.next_rotation_at.unwrap();
     let ts = e.ts.restart().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let user = ts.app().tokens.find("sched@example.com").unwrap();
@@ -737,7 +782,13 @@ async fn the_admin_api_shows_a_user_sets_login_ranges_and_never_takes_a_chosen_t
     assert_eq!(user["email"], email_of("ranged@example.com"));
     assert_eq!(user["login_ranges"], serde_json::json!([]));
     assert_eq!(user["disabled"], false);
-    for secret in [token.as_str(), PASSWORD, "argon2", "token_tag", "password_hash"] {
+    for secret in [
+        token.as_str(),
+        PASSWORD,
+        "argon2",
+        "token_tag",
+        "password_hash",
+    ] {
         assert!(!r.text().contains(secret), "{secret} in {}", r.text());
     }
     let r = call(Method::GET, "/users/nobody@example.com", None).await;
@@ -757,7 +808,9 @@ async fn the_admin_api_shows_a_user_sets_login_ranges_and_never_takes_a_chosen_t
         serde_json::json!(["10.0.0.0/8", "192.0.2.1/32"])
     );
     assert_eq!(
-        call(Method::GET, "/users/ranged@example.com", None).await.json()["user"]["login_ranges"],
+        call(Method::GET, "/users/ranged@example.com", None)
+            .await
+            .json()["user"]["login_ranges"],
         serde_json::json!(["10.0.0.0/8", "192.0.2.1/32"])
     );
     let (status, code) = login().await;
@@ -784,7 +837,9 @@ async fn the_admin_api_shows_a_user_sets_login_ranges_and_never_takes_a_chosen_t
     assert_eq!(r.json()["error"], "invalid_request");
     assert!(r.text().contains("10.0.0.0/99"), "{}", r.text());
     assert_eq!(
-        call(Method::GET, "/users/ranged@example.com", None).await.json()["user"]["login_ranges"],
+        call(Method::GET, "/users/ranged@example.com", None)
+            .await
+            .json()["user"]["login_ranges"],
         serde_json::json!(["127.0.0.0/8"])
     );
     let r = call(
@@ -835,7 +890,9 @@ async fn the_admin_api_shows_a_user_sets_login_ranges_and_never_takes_a_chosen_t
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     assert_eq!(r.json()["error"], "synthetic_users_refused");
     assert_eq!(
-        call(Method::GET, "/users/chosen@example.com", None).await.status,
+        call(Method::GET, "/users/chosen@example.com", None)
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
     assert!(e.sink.to("chosen@example.com").is_empty());

@@ -702,6 +702,77 @@ pub fn files_hold(dir: &Path, needle: &str) -> Option<PathBuf> {
     walk(dir, needle.as_bytes())
 }
 
+/// A secret in every form it could take in a log: as is, base64 (standard and URL-safe, also
+/// inside a Basic header), and percent-encoded.
+pub fn spellings(s: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD;
+    let u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let percent: String = s
+        .bytes()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                (c as char).to_string()
+            } else {
+                format!("%{c:02X}")
+            }
+        })
+        .collect();
+    let mut out = vec![s.to_owned(), b.encode(s), u.encode(s), percent];
+    // A base64 string starts at another offset inside a longer one (`user:secret`); its
+    // middle is the same for any prefix of the same length modulo 3.
+    for pad in ["", "a", "aa"] {
+        let enc = b.encode(format!("{pad}{s}"));
+        let skip = pad.len() * 4 / 3 + 4;
+        if enc.len() > skip + 8 {
+            out.push(enc[skip..enc.len() - 4].to_owned());
+        }
+    }
+    out.retain(|v| v.len() >= 8);
+    out
+}
+
+/// A configuration file for the CLI that points at a test server's data directory, so the
+/// CLI's admin commands go through that server's admin socket.
+pub fn cli_config(ts: &TestServer) -> std::path::PathBuf {
+    let path = ts.dir.path().join("cli.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[store]\npath = \"{}\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n",
+            ts.cfg.store.path.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs a CLI admin command against the test server (its admin socket).
+pub fn cli(ts: &TestServer, args: &[&str], stdin: Option<&str>) -> String {
+    let o = tokio::task::block_in_place(|| process::run(&cli_config(ts), args, stdin, &[]));
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts the data directory holds none of `secrets`, in any spelling, once the store has
+/// written everything out: tokens and passwords are stored only as keyed hashes.
+pub fn assert_not_stored(ts: &TestServer, secrets: &[&str]) {
+    ts.app().store.flush().expect("flush the store");
+    for s in secrets {
+        for form in spellings(s) {
+            assert!(
+                files_hold(ts.dir.path(), &form).is_none(),
+                "the data directory holds a secret: {:?}",
+                files_hold(ts.dir.path(), &form)
+            );
+        }
+    }
+}
+
 /// A plain-HTTP GET (the metrics listener); the whole answer, head and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
