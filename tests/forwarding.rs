@@ -255,9 +255,11 @@ async fn unreachable_upstream_gives_502_and_slow_upstream_gives_504() {
     let r = ts.client().get_with_session("/slow", &sid).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.json()["error"], "gateway_timeout");
+    // The 500 ms timeout, not the upstream's 5 s answer.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "answered before the upstream did"
+        started.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        started.elapsed()
     );
 }
 
