@@ -566,21 +566,6 @@ fn chromium() -> PathBuf {
     path
 }
 
-fn node_modules() -> PathBuf {
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    if !js.join("node_modules/playwright-core").exists() {
-        let mut npm = Command::new("npm");
-        npm.args(["ci", "--no-audit", "--no-fund"]).current_dir(&js);
-        let (out, killed) = support::process::run_bounded(npm, None, Duration::from_secs(600));
-        assert!(
-            out.status.success() && !killed,
-            "npm ci failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    js
-}
-
 /// The base64 SHA-256 of the certificate's public key, for Chromium's SPKI allow-list.
 fn spki_hash(cert: &Path) -> String {
     let out = Command::new("sh")
@@ -600,7 +585,7 @@ fn run_browser(
     shots: &Path,
     extra: &[(&str, &str)],
 ) -> Vec<serde_json::Value> {
-    let js = node_modules();
+    let js = support::js::node_modules();
     let mut cmd = Command::new("node");
     cmd.arg(js.join("console.mjs"))
         .env("TG_URL", format!("https://127.0.0.1:{}", ts.addr.port()))

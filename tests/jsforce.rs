@@ -13,7 +13,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -25,10 +24,6 @@ const CANONICAL_USERNAME: &str = "jsforce.user@example.com";
 const NODE_TIMEOUT: Duration = Duration::from_secs(120);
 const INVALID_LOGIN: &str =
     "INVALID_LOGIN: Invalid username, password, security token; or user locked out.";
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
 
 /// What a finished child process left behind.
 struct Output {
@@ -63,48 +58,19 @@ fn run(cmd: Command, timeout: Duration) -> Output {
     }
 }
 
-/// The installed jsforce version, if any.
-fn installed_jsforce() -> Option<String> {
-    let manifest = js_dir().join("node_modules/jsforce/package.json");
-    let text = std::fs::read_to_string(manifest).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["version"].as_str().map(str::to_owned)
-}
-
-/// Installs the locked Node dependencies unless jsforce 3.10.16 is already there.
-fn ensure_node_deps() {
-    if installed_jsforce().as_deref() == Some("3.10.16") {
-        return;
-    }
-    let mut cmd = Command::new("npm");
-    cmd.args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(js_dir());
-    let out = run(cmd, Duration::from_secs(300));
-    assert!(
-        out.success,
-        "`npm ci` in {} failed; the jsforce test needs Node.js >= 18 and npm with registry access\n{}",
-        js_dir().display(),
-        out.dump()
-    );
-    assert_eq!(
-        installed_jsforce().as_deref(),
-        Some("3.10.16"),
-        "npm ci did not install jsforce 3.10.16\n{}",
-        out.dump()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsforce_logs_in_with_soap_and_oauth_and_queries_through_the_proxy() {
-    tokio::task::spawn_blocking(ensure_node_deps).await.unwrap();
+    tokio::task::spawn_blocking(support::js::node_modules)
+        .await
+        .unwrap();
 
     let up = Upstream::start().await;
     let ts = TestServer::start(&up.url()).await;
     let token = ts.add_user(USERNAME).await;
 
     let mut cmd = Command::new("node");
-    cmd.arg(js_dir().join("flow.mjs"))
-        .current_dir(js_dir())
+    cmd.arg(support::js::dir().join("flow.mjs"))
+        .current_dir(support::js::dir())
         .env("NODE_EXTRA_CA_CERTS", &ts.ca)
         .env("TG_URL", &ts.origin)
         .env("TG_USER", USERNAME)

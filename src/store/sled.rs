@@ -67,21 +67,34 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records serialise")
 }
 
+/// How long [`SledStore::open`] waits for a lock this process is still releasing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl SledStore {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity_bytes)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref ioe) if ioe.to_string().contains("lock") => {
-                    StoreError::Locked {
-                        path: dir.display().to_string(),
+        // A store this process closed a moment ago may still be letting go of its lock (sled
+        // finishes background writes after the last handle is dropped): a restart in the same
+        // process waits for it, briefly. Another process holding it is reported after that.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_capacity_bytes)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(sled::Error::Io(ref ioe)) if ioe.to_string().contains("lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: dir.display().to_string(),
+                        });
                     }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                other => io(other),
-            })?;
+                Err(other) => return Err(io(other)),
+            }
+        };
         let store = Self {
             users: db.open_tree("users").map_err(io)?,
             user_ids: db.open_tree("user_ids").map_err(io)?,

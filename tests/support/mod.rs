@@ -3,6 +3,7 @@
 //! server's own certificate.
 #![allow(dead_code)]
 
+pub mod js;
 pub mod process;
 pub mod real_smtp;
 pub mod smtp;
