@@ -51,9 +51,10 @@ struct ConsoleSession {
 }
 
 impl ConsoleSession {
+    /// Whole seconds, as for API sessions: at least the idle time and lifetime, never less.
     fn live(&self, now: u64, limits: &Limits) -> bool {
-        now < self.created + limits.lifetime
-            && now < self.last_seen.load(Ordering::Relaxed) + limits.idle
+        now <= self.created + limits.lifetime
+            && now <= self.last_seen.load(Ordering::Relaxed) + limits.idle
     }
 }
 

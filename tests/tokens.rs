@@ -404,7 +404,10 @@ async fn a_failed_compliance_copy_never_undoes_the_rotation_and_is_retried() {
     assert_eq!(copies.len(), 1, "the queued copy was retried");
     assert!(!copies[0].carries(&token));
     // The sender takes the copy off the queue once the server has accepted it.
-    eventually("the queue empties", Duration::from_secs(5), async || queued() == 0).await;
+    eventually("the queue empties", Duration::from_secs(5), async || {
+        queued() == 0
+    })
+    .await;
     assert_eq!(files_hold(e.ts.dir.path(), &token), None);
 
     // A verbatim copy that fails waits in memory only: the store never holds a token.

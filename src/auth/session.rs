@@ -149,9 +149,11 @@ impl Sessions {
         self.secrets.tag(Domain::Session, &[sid.as_bytes()])
     }
 
+    /// Times are whole seconds: `>` makes a session last at least its idle time and lifetime
+    /// (and at most a second more), where `>=` could end it up to a second early.
     fn expired(&self, s: &Session, now: u64) -> bool {
-        now >= s.created_at.saturating_add(self.lifetime)
-            || now >= s.last_seen().saturating_add(self.idle)
+        now > s.created_at.saturating_add(self.lifetime)
+            || now > s.last_seen().saturating_add(self.idle)
     }
 
     /// The cell holding `user_id`'s current session epoch. A new cell is filled from the
