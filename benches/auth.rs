@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokengate::admin::{NewUser, Users};
 use tokengate::auth::session::Sessions;
-use tokengate::auth::{Attempt, Authenticator, Dialect};
+use tokengate::auth::{Attempt, Authenticator};
 use tokengate::config::Config;
+use tokengate::domain::Dialect;
 use tokengate::history::History;
 
 struct Fixture {

@@ -142,8 +142,8 @@ pub fn sanitise_headers(data: &[u8]) {
             headers.append(n, value);
         }
     }
-    crate::proxy::strip_hop_by_hop(&mut headers);
-    crate::proxy::strip_client_credentials(&mut headers);
+    crate::proxy::sanitise::strip_hop_by_hop(&mut headers);
+    crate::proxy::sanitise::strip_client_credentials(&mut headers);
     for name in headers.keys() {
         let folded = name.as_str().replace('_', "-");
         assert!(
@@ -152,7 +152,7 @@ pub fn sanitise_headers(data: &[u8]) {
                 && !folded.starts_with("x-forwarded-"),
             "{name} survived"
         );
-        assert!(!crate::proxy::is_protected(name.as_str()));
+        assert!(!crate::proxy::sanitise::is_protected(name.as_str()));
     }
 }
 
@@ -194,8 +194,13 @@ pub fn request_target(data: &[u8]) {
     let h = t.host.expect("HTTP/1.1 has a host");
     let h = h.to_str().expect("a checked host is text");
     assert!(!h.contains('@'), "{h}");
+    // The health endpoints answer whatever host a load balancer probes them by (an address).
+    let health = matches!(
+        p.trim_end_matches('/'),
+        "/tokengate/health" | "/tokengate/ready"
+    );
     assert!(
-        h.to_ascii_lowercase().starts_with("proxy.example.com"),
+        health || h.to_ascii_lowercase().starts_with("proxy.example.com"),
         "{h}"
     );
     let again = http::Uri::builder()

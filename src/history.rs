@@ -9,48 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::HistoryConfig;
+use crate::domain::Outcome;
 use crate::store::{HistoryRow, Store};
-
-/// What came of an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// Success with the previous token during its grace window.
-    SupersededToken,
-    BadCredentials,
-    Locked,
-    RateLimited,
-    Disabled,
-    OutsideLoginRange,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::SupersededToken => "superseded_token",
-            Outcome::BadCredentials => "bad_credentials",
-            Outcome::Locked => "locked",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::Disabled => "disabled",
-            Outcome::OutsideLoginRange => "outside_login_range",
-        }
-    }
-
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Success,
-        Outcome::SupersededToken,
-        Outcome::BadCredentials,
-        Outcome::Locked,
-        Outcome::RateLimited,
-        Outcome::Disabled,
-        Outcome::OutsideLoginRange,
-    ];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-}
 
 pub struct History {
     tx: mpsc::Sender<HistoryRow>,
@@ -183,7 +143,7 @@ pub fn filter(
         return Err(format!("outcome: '{o}' is not a known outcome"));
     }
     Ok(crate::store::HistoryFilter {
-        user: nonempty(user).map(crate::auth::canonical_username),
+        user: nonempty(user).map(crate::domain::canonical_username),
         since_ms,
         outcome: outcome.map(str::to_owned),
         limit,
@@ -195,44 +155,46 @@ pub const CSV_HEADER: &str =
 
 /// RFC 4180 CSV, one row per attempt, with a header line.
 pub fn to_csv(rows: &[HistoryRow], with_reason: bool) -> String {
-    fn field(s: &str) -> String {
-        // Cells starting with a formula character (OWASP's list: = + - @ tab CR) are prefixed
-        // so spreadsheets do not run them.
-        let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-            format!("'{s}")
+    // Cells starting with a formula character (OWASP's list: = + - @ tab CR) are prefixed so
+    // spreadsheets do not run them; the `csv` crate quotes what RFC 4180 needs quoted.
+    fn defuse(s: &str) -> std::borrow::Cow<'_, str> {
+        if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{s}").into()
         } else {
-            s.to_owned()
-        };
-        if s.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s
+            s.into()
         }
     }
-    let mut out = String::from(CSV_HEADER);
-    out.push_str("\r\n");
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    let header: Vec<&str> = CSV_HEADER.split(',').collect();
+    let empty = String::new();
+    let mut write = |cells: &[&str]| {
+        // Writing to memory fails only on a bug in the writer.
+        let _ = w.write_record(cells.iter().map(|c| defuse(c).into_owned()));
+    };
+    write(&header);
     for r in rows {
-        let cells = [
-            format_ms(r.at_ms),
-            r.username.clone(),
-            r.user_id.clone().unwrap_or_default(),
-            r.source_ip.clone(),
-            r.dialect.clone(),
-            r.api_version.clone().unwrap_or_default(),
-            r.client.clone().unwrap_or_default(),
-            r.tls.clone().unwrap_or_default(),
-            r.outcome.clone(),
+        let at = format_ms(r.at_ms);
+        write(&[
+            &at,
+            &r.username,
+            r.user_id.as_ref().unwrap_or(&empty),
+            &r.source_ip,
+            &r.dialect,
+            r.api_version.as_ref().unwrap_or(&empty),
+            r.client.as_ref().unwrap_or(&empty),
+            r.tls.as_ref().unwrap_or(&empty),
+            &r.outcome,
             if with_reason {
-                r.reason.clone().unwrap_or_default()
+                r.reason.as_ref().unwrap_or(&empty)
             } else {
-                String::new()
+                &empty
             },
-        ];
-        let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
-        out.push_str(&line.join(","));
-        out.push_str("\r\n");
+        ]);
     }
-    out
+    let bytes = w.into_inner().unwrap_or_default();
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// Milliseconds since the epoch as RFC 3339 with milliseconds.

@@ -8,8 +8,8 @@ pub mod admin;
 pub mod auth;
 pub mod backup;
 pub mod config;
-pub mod console;
 pub mod demo;
+pub mod domain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod history;
@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod tls;
 pub mod tokens;

@@ -14,8 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::auth::Dialect;
-use crate::history::Outcome;
+use crate::domain::{Dialect, Outcome};
 
 /// The exposition's media type (OpenMetrics 1.0, which Prometheus negotiates and reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -128,7 +128,7 @@ impl Tokens {
 
     pub fn find(&self, username: &str) -> Result<Arc<User>, TokenError> {
         self.store
-            .user_by_name(&crate::auth::canonical_username(username))?
+            .user_by_name(&crate::domain::canonical_username(username))?
             .ok_or_else(|| TokenError::NoSuchUser(username.chars().take(80).collect()))
     }
 

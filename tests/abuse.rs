@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use support::*;
-use tokengate::auth::{Attempt, Dialect};
+use tokengate::auth::Attempt;
+use tokengate::domain::Dialect;
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap()

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokengate::admin::{NewUser, Users};
-use tokengate::auth::{Attempt, Authenticator, Dialect};
+use tokengate::auth::{Attempt, Authenticator};
 use tokengate::config::Config;
+use tokengate::domain::Dialect;
 use tokengate::history::History;
 
 struct Fixture {

@@ -26,45 +26,14 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::history::{History, Outcome, now_ms};
+use crate::domain::Outcome;
+use crate::domain::{Dialect, Reason, canonical_username};
+use crate::history::{History, now_ms};
 use crate::limit::{Lockout, LoginLimits};
 use crate::metrics::Metrics;
 use crate::secret::Secrets;
 use crate::store::{HistoryRow, Store, StoreError, User};
 use cache::CredentialCache;
-
-/// Why a login failed. For the login history and logs only: every reason gets the same answer
-/// on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    UnknownUser,
-    Disabled,
-    WrongToken,
-    WrongPassword,
-    Malformed,
-    OutsideLoginRange,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::UnknownUser => "unknown user",
-            Reason::Disabled => "disabled",
-            Reason::WrongToken => "wrong token",
-            Reason::WrongPassword => "wrong password",
-            Reason::Malformed => "malformed credentials",
-            Reason::OutsideLoginRange => "outside login range",
-        }
-    }
-
-    fn outcome(self) -> Outcome {
-        match self {
-            Reason::Disabled => Outcome::Disabled,
-            Reason::OutsideLoginRange => Outcome::OutsideLoginRange,
-            _ => Outcome::BadCredentials,
-        }
-    }
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
@@ -91,11 +60,6 @@ impl From<StoreError> for AuthError {
     }
 }
 
-/// Usernames are case-insensitive, like Salesforce's; this is the stored form.
-pub fn canonical_username(name: &str) -> String {
-    name.trim().to_lowercase()
-}
-
 /// [`canonical_username`] without a copy when the name already is canonical, as integration
 /// tools send it on every Basic call.
 fn canonical_cow(name: &str) -> std::borrow::Cow<'_, str> {
@@ -107,42 +71,6 @@ fn canonical_cow(name: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Borrowed(name)
     } else {
         std::borrow::Cow::Owned(canonical_username(name))
-    }
-}
-
-/// How the client logged in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Soap,
-    OAuth,
-    /// HTTP Basic on a call: verified per call, no session.
-    Basic,
-    Console,
-    /// The self-service token reset's password check.
-    Reset,
-    /// The current password a password change must present.
-    Password,
-}
-
-impl Dialect {
-    pub const ALL: [Dialect; 6] = [
-        Dialect::Soap,
-        Dialect::OAuth,
-        Dialect::Basic,
-        Dialect::Console,
-        Dialect::Reset,
-        Dialect::Password,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dialect::Soap => "soap",
-            Dialect::OAuth => "oauth",
-            Dialect::Basic => "basic",
-            Dialect::Console => "console",
-            Dialect::Reset => "reset",
-            Dialect::Password => "password",
-        }
     }
 }
 

@@ -1,19 +1,17 @@
-//! Forwarding to the upstream: header hygiene, identity headers, streaming bodies, timeouts;
-//! the connections themselves are in `pool`. Knows nothing of credentials beyond removing them.
-//!
-//! RFC 9110 §7.6.1: "a proxy or gateway MUST parse a received Connection header field before a
-//! message is forwarded and, for each connection-option in this field, remove any header or
-//! trailer field(s) from the message with the same name as the connection-option, and then
-//! remove the Connection header field itself". The fixed hop-by-hop names below are the ones
-//! §7.6.1 lists plus the historic `Keep-Alive` and `Proxy-Connection`.
+//! Forwarding to the upstream: the target URI, streaming bodies both ways, timeouts and the
+//! answers to an upstream that fails. What may leave for the upstream, and what may come back
+//! from it, is decided in `sanitise`; the connections themselves are in `pool`.
 
 pub mod pool;
+pub mod sanitise;
+
+pub use sanitise::{Principal, X_TOKENGATE_USER, X_TOKENGATE_USER_ID};
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -30,180 +28,6 @@ pub enum ProxyError {
     Tls(#[from] rustls::Error),
     #[error("the upstream host '{0}' is not a valid TLS server name")]
     ServerName(String),
-}
-
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-pub const X_TOKENGATE_USER: HeaderName = HeaderName::from_static("x-tokengate-user");
-pub const X_TOKENGATE_USER_ID: HeaderName = HeaderName::from_static("x-tokengate-user-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(n);
-    }
-}
-
-/// Whether a client header must not reach the upstream: a credential, or an identity,
-/// forwarding or routing header that tokengate sets itself or that upstreams trust. Names are
-/// compared with `_` read as `-`: CGI, WSGI and Rack map `X_Tokengate_User` and
-/// `X-Tokengate-User` to the same `HTTP_X_TOKENGATE_USER` (CVE-2024-45614), so a client must
-/// not be able to pass either spelling. (Other names with underscores pass: some APIs use
-/// them, unlike nginx's default of dropping them all.)
-pub fn is_protected(name: &str) -> bool {
-    const EXACT: [&str; 11] = [
-        "authorization",
-        "proxy-authorization",
-        "x-sfdc-session",
-        "forwarded",
-        "x-real-ip",
-        "true-client-ip",
-        "client-ip",
-        "x-client-ip",
-        "x-cluster-client-ip",
-        "x-original-url",
-        "x-rewrite-url",
-    ];
-    const PREFIXES: [&str; 2] = ["x-tokengate-", "x-forwarded-"];
-    let n = name.as_bytes();
-    // Every request's headers pass here: most names are ruled out by their first letter or
-    // their length (the shortest protected name has 9 bytes).
-    if n.len() < 9 || !matches!(n[0] | 0x20, b'a' | b'c' | b'f' | b'p' | b't' | b'x') {
-        return false;
-    }
-    // Header names reach here lower case (the http crate's form); fold anyway, a name is short.
-    let same = |a: u8, b: u8| {
-        let a = a.to_ascii_lowercase();
-        a == b || (a == b'_' && b == b'-')
-    };
-    let starts = |p: &str| n.len() >= p.len() && n.iter().zip(p.bytes()).all(|(&a, b)| same(a, b));
-    EXACT.iter().any(|e| e.len() == n.len() && starts(e)) || PREFIXES.iter().any(|p| starts(p))
-}
-
-/// Removes what a client must not pass upstream ([`is_protected`]): its credentials, and any
-/// identity or forwarding header it made up (tokengate sets its own).
-pub fn strip_client_credentials(headers: &mut HeaderMap) {
-    // The credential headers go by name (no allocation on the hot path); a scan finds the
-    // rest, which only a client that made one up has.
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(crate::wire::credentials::X_SFDC_SESSION);
-    if !headers.keys().any(|k| is_protected(k.as_str())) {
-        return;
-    }
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_protected(k.as_str()))
-        .cloned()
-        .collect();
-    for k in doomed {
-        headers.remove(k);
-    }
-}
-
-/// tokengate's own cookies: never sent upstream, never set by the upstream.
-pub const OWN_COOKIES: [&str; 1] = [crate::console::COOKIE];
-
-fn is_own_cookie(name: &str) -> bool {
-    OWN_COOKIES
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case(name.trim()))
-}
-
-/// Removes tokengate's own cookies from the `Cookie` header and, for a request that came over
-/// HTTP/2, joins its `cookie` fields into one with "; " (RFC 9113 §8.2.3): an HTTP/1.1
-/// upstream expects one `Cookie` line, and WSGI servers keep only one.
-pub fn clean_cookies(headers: &mut HeaderMap, from_http2: bool) {
-    let Some(first) = headers.get(header::COOKIE) else {
-        return;
-    };
-    let several = from_http2 && headers.get_all(header::COOKIE).iter().nth(1).is_some();
-    let ours = |v: &HeaderValue| {
-        v.to_str().map_or(true, |v| {
-            v.split(';')
-                .any(|pair| is_own_cookie(pair.split('=').next().unwrap_or("")))
-        })
-    };
-    if !several && !ours(first) {
-        return;
-    }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && !is_own_cookie(pair.split('=').next().unwrap_or("")))
-        .map(str::to_owned)
-        .collect();
-    headers.remove(header::COOKIE);
-    if let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-        && !kept.is_empty()
-    {
-        headers.insert(header::COOKIE, v);
-    }
-}
-
-/// Removes `Set-Cookie` lines that would set one of tokengate's own cookies (cookie tossing:
-/// an upstream must not plant a console session).
-pub fn strip_our_cookies(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::SET_COOKIE) {
-        return;
-    }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter(|v| {
-            v.to_str()
-                .is_ok_and(|v| !is_own_cookie(v.split(['=', ';']).next().unwrap_or("")))
-        })
-        .cloned()
-        .collect();
-    headers.remove(header::SET_COOKIE);
-    for v in kept {
-        headers.append(header::SET_COOKIE, v);
-    }
-}
-
-/// Why an upstream response cannot be relayed, if it cannot: an unrequested `101 Switching
-/// Protocols` (tokengate never forwards `Upgrade`), or both `Transfer-Encoding` and
-/// `Content-Length` (RFC 9112 §6.3: the length is unreliable, and relaying it with the
-/// decoded body would truncate it for an HTTP/1.1 client).
-fn malformed_response(parts: &http::response::Parts) -> Option<&'static str> {
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Some("an unrequested 101 Switching Protocols");
-    }
-    if parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        return Some("both Transfer-Encoding and Content-Length");
-    }
-    None
-}
-
-/// Who the forwarded request acts for.
-pub struct Principal<'a> {
-    pub username: &'a str,
-    pub user_id: &'a str,
 }
 
 pub struct Upstream {
@@ -317,33 +141,16 @@ impl Upstream {
         *req.uri_mut() = self.target(req.uri());
         // HTTP/2 clients are served to an HTTP/1.1 upstream.
         *req.version_mut() = Version::HTTP_11;
-
-        let h = req.headers_mut();
-        strip_hop_by_hop(h);
-        strip_client_credentials(h);
-        clean_cookies(h, from_http2);
-        if let Ok(v) = HeaderValue::from_str(who.username) {
-            h.insert(X_TOKENGATE_USER, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(who.user_id) {
-            h.insert(X_TOKENGATE_USER_ID, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-            h.insert(X_FORWARDED_FOR, v);
-        }
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        match host {
-            Some(host) => {
-                h.insert(X_FORWARDED_HOST, host.clone());
-                h.insert(header::HOST, host);
-            }
-            // HTTP/1.1 requires a Host (RFC 9112 §3.2); an HTTP/1.0 client may not have sent one.
-            None => {
-                if let Ok(v) = HeaderValue::from_str(self.authority.as_str()) {
-                    h.insert(header::HOST, v);
-                }
-            }
-        }
+        sanitise::outbound(
+            req.headers_mut(),
+            sanitise::Outbound {
+                from_http2,
+                who,
+                peer,
+                host,
+                upstream: &self.authority,
+            },
+        );
 
         let started = std::time::Instant::now();
         let answer = tokio::time::timeout(self.response_timeout, self.pool.send(req)).await;
@@ -356,7 +163,7 @@ impl Upstream {
         match answer {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
-                if let Some(refusal) = malformed_response(&parts) {
+                if let Err(refusal) = sanitise::inbound(&mut parts) {
                     tracing::warn!(status = %parts.status, refusal, "malformed upstream response refused");
                     return json_error(
                         StatusCode::BAD_GATEWAY,
@@ -364,8 +171,6 @@ impl Upstream {
                         "the upstream service sent a malformed response",
                     );
                 }
-                strip_hop_by_hop(&mut parts.headers);
-                strip_our_cookies(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())
             }
             Ok(Err(pool::PoolError::Saturated)) => {
@@ -396,90 +201,5 @@ impl Upstream {
                 )
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn removes_connection_named_and_fixed_hop_by_hop_headers_in_any_case() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "Connection",
-            HeaderValue::from_static("close, X-Secret-Hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("Keep-Alive", HeaderValue::from_static("timeout=5"));
-        h.insert("Transfer-Encoding", HeaderValue::from_static("chunked"));
-        h.insert("TE", HeaderValue::from_static("trailers"));
-        h.insert("Content-Type", HeaderValue::from_static("text/plain"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("content-type"));
-    }
-
-    #[test]
-    fn cookies_are_joined_for_http1_and_ours_never_travel() {
-        let mut h = HeaderMap::new();
-        h.append("cookie", HeaderValue::from_static("a=1"));
-        h.append(
-            "cookie",
-            HeaderValue::from_static("__Host-tg_console=secret; b=2"),
-        );
-        clean_cookies(&mut h, true);
-        assert_eq!(h.get_all("cookie").iter().count(), 1);
-        assert_eq!(h["cookie"], "a=1; b=2");
-        let mut h = HeaderMap::new();
-        h.insert("cookie", HeaderValue::from_static("__host-tg_console=x"));
-        clean_cookies(&mut h, false);
-        assert!(!h.contains_key("cookie"));
-        let mut h = HeaderMap::new();
-        h.insert("cookie", HeaderValue::from_static("sid=1; other=2"));
-        clean_cookies(&mut h, false);
-        assert_eq!(h["cookie"], "sid=1; other=2");
-        let mut h = HeaderMap::new();
-        h.append(
-            "set-cookie",
-            HeaderValue::from_static("__Host-tg_console=planted; Path=/"),
-        );
-        h.append("set-cookie", HeaderValue::from_static("app=1; Path=/"));
-        strip_our_cookies(&mut h);
-        assert_eq!(h.get_all("set-cookie").iter().count(), 1);
-        assert_eq!(h["set-cookie"], "app=1; Path=/");
-    }
-
-    #[test]
-    fn removes_credentials_and_spoofed_identity() {
-        let mut h = HeaderMap::new();
-        for n in [
-            "authorization",
-            "x-sfdc-session",
-            "x-tokengate-user",
-            "X-Tokengate-Anything",
-            "x_tokengate_user",
-            "X_Tokengate-User-Id",
-            "x-forwarded-for",
-            "x_forwarded_host",
-            "forwarded",
-            "x-real-ip",
-            "true-client-ip",
-            "client_ip",
-            "x-original-url",
-            "x_rewrite_url",
-            "proxy_authorization",
-            "x_sfdc_session",
-        ] {
-            h.insert(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_static("x"),
-            );
-        }
-        h.insert("accept", HeaderValue::from_static("*/*"));
-        h.insert("x_custom_header", HeaderValue::from_static("kept"));
-        h.insert("x-tokengateway", HeaderValue::from_static("kept"));
-        strip_client_credentials(&mut h);
-        assert_eq!(h.len(), 3, "{h:?}");
     }
 }

@@ -4,8 +4,12 @@
 
 pub(crate) mod api;
 pub mod body;
+pub mod caller;
 pub mod conn;
+pub mod console;
 pub mod handlers;
+pub mod read;
+pub mod refusal;
 pub mod routes;
 pub mod target;
 
@@ -32,7 +36,7 @@ use crate::limit::KeyedLimiter;
 use crate::mail::Mailer;
 use crate::proxy::Upstream;
 use crate::secret::Secrets;
-use crate::store::{Store, sled::SledStore};
+use crate::store::Store;
 use crate::tls::{self, CertPaths};
 use crate::tokens::Tokens;
 
@@ -63,7 +67,21 @@ pub enum ServerError {
     #[error(transparent)]
     Mail(#[from] crate::mail::MailError),
     #[error(transparent)]
-    Console(#[from] crate::console::ConsoleError),
+    Console(#[from] console::ConsoleError),
+    #[error("the operating system's random generator failed")]
+    Random,
+}
+
+impl From<crate::services::ServicesError> for ServerError {
+    fn from(e: crate::services::ServicesError) -> Self {
+        use crate::services::ServicesError as S;
+        match e {
+            S::DataDir { path, source } => ServerError::DataDir { path, source },
+            S::Store(e) => ServerError::Store(e),
+            S::Mail(e) => ServerError::Mail(e),
+            S::Random => ServerError::Random,
+        }
+    }
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -78,7 +96,7 @@ pub struct App {
     pub history: Arc<History>,
     pub tokens: Arc<Tokens>,
     pub admin: Arc<Admin>,
-    pub console: crate::console::Console,
+    pub console: console::Console,
     /// This server's counters and histograms.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Self-service token resets per canonical username and per client address.
@@ -165,61 +183,16 @@ fn hosts_of(cfg: &Config, origin: &str) -> Vec<String> {
     hosts
 }
 
-/// Opens the store of a data directory and derives the installation's secrets.
+/// Opens the store of a data directory and derives the installation's secrets (see
+/// [`crate::services::DataDir`]).
 pub fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Arc<Secrets>), ServerError> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    let dir = &cfg.store.path;
-    let dir_err = |source| ServerError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(dir_err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(
-        &dir.join("db"),
-        cfg.store.cache_capacity_bytes,
-    )?);
-    let rng = ring::rand::SystemRandom::new();
-    let key = store.server_key(&mut || {
-        ring::rand::generate::<[u8; 32]>(&rng)
-            .map(|k| k.expose())
-            .expect("the OS random generator works")
-    })?;
-    let secrets = Arc::new(Secrets::new(&key, cfg.auth.argon2.clone()));
-    Ok((store, secrets))
+    let d = crate::services::DataDir::open(cfg)?;
+    Ok((d.store, d.secrets))
 }
 
 /// The admin operations on a data directory with no server running (the CLI's direct mode).
 pub fn open_admin(cfg: &Config) -> Result<Admin, ServerError> {
-    let (store, secrets) = open_store(cfg)?;
-    let users = Arc::new(Users::new(
-        store.clone(),
-        secrets.clone(),
-        None,
-        cfg.auth.token_length,
-        cfg.auth.password_policy.clone(),
-        cfg.allow_synthetic_users,
-    ));
-    // The offline CLI's sends are not scraped: its counts go nowhere.
-    let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone(), Arc::default())?);
-    let tokens = Arc::new(Tokens::new(
-        store.clone(),
-        secrets,
-        mailer,
-        None,
-        cfg.tokens.clone(),
-        cfg.auth.token_length,
-        cfg.auth.password_policy.clone(),
-    ));
-    Ok(Admin {
-        users,
-        tokens,
-        store,
-    })
+    Ok(crate::services::offline_admin(cfg)?)
 }
 
 /// The Prometheus listener: plain HTTP on a loopback address, `GET /metrics`.
@@ -285,12 +258,15 @@ pub struct Server {
 }
 
 const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often limiter keys and other expiring entries are cleared out.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// Self-service token resets being delivered at once, at most.
 const RESET_SLOTS: usize = 64;
 
 impl Server {
     pub async fn start(cfg: Config) -> Result<Self, ServerError> {
-        let (store, secrets) = open_store(&cfg)?;
+        let data = crate::services::DataDir::open(&cfg)?;
+        let (store, secrets) = (data.store.clone(), data.secrets.clone());
         let cert = tls::ensure_cert(
             cfg.tls.cert.as_deref().zip(cfg.tls.key.as_deref()),
             &cfg.store.path,
@@ -311,7 +287,12 @@ impl Server {
         let restored = sessions.load()?;
         let (history, history_task) = History::start(store.clone(), &cfg.history);
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone(), metrics.clone())?);
+        let services = data.services(&cfg, Some(sessions.clone()), metrics.clone())?;
+        let (mailer, users, tokens) = (
+            services.mailer.clone(),
+            services.users.clone(),
+            services.tokens.clone(),
+        );
         let (lock_notices, lock_queue) = tokio::sync::mpsc::channel(crate::mail::LOCK_NOTICE_QUEUE);
         let auth = Authenticator::new(
             store.clone(),
@@ -322,28 +303,7 @@ impl Server {
             metrics.clone(),
         )?;
         let upstream = Upstream::new(&cfg.upstream, metrics.clone())?;
-        let users = Arc::new(Users::new(
-            store.clone(),
-            secrets.clone(),
-            Some(sessions.clone()),
-            cfg.auth.token_length,
-            cfg.auth.password_policy.clone(),
-            cfg.allow_synthetic_users,
-        ));
-        let tokens = Arc::new(Tokens::new(
-            store.clone(),
-            secrets.clone(),
-            mailer.clone(),
-            Some(sessions.clone()),
-            cfg.tokens.clone(),
-            cfg.auth.token_length,
-            cfg.auth.password_policy.clone(),
-        ));
-        let admin = Arc::new(Admin {
-            users: users.clone(),
-            tokens: tokens.clone(),
-            store: store.clone(),
-        });
+        let admin = Arc::new(services.admin());
 
         let listener = TcpListener::bind(cfg.server.listen)
             .await
@@ -357,7 +317,7 @@ impl Server {
         })?;
         let origin = cfg.public_origin(addr);
         let admin_task = admin::serve_socket(&cfg.store.path, admin.clone())?;
-        let console = crate::console::Console::new(secrets.clone(), cfg.console)?;
+        let console = console::Console::new(secrets.clone(), cfg.console)?;
         const HOUR: Duration = Duration::from_secs(3600);
         let reset_per_user = KeyedLimiter::new(cfg.tokens.reset_per_user_per_hour, HOUR, 100_000);
         let reset_per_ip = KeyedLimiter::new(cfg.tokens.reset_per_ip_per_hour, HOUR, 100_000);
@@ -390,49 +350,34 @@ impl Server {
             })),
         });
 
+        use crate::services::every;
         // Scheduled rotations: at start (catching up on any missed while down), then on a timer.
-        let rotations = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(tokens.check_interval());
-            loop {
-                tick.tick().await;
+        let rotations = every(tokens.check_interval(), true, move || {
+            let tokens = tokens.clone();
+            async move {
                 tokens.run_due().await;
             }
         });
         let notices = tokio::spawn(crate::mail::send_lock_notices(mailer.clone(), lock_queue));
-        let retries = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(mailer.retry_interval());
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                mailer.retry_queued().await;
-            }
+        let retries = every(mailer.retry_interval(), false, move || {
+            let mailer = mailer.clone();
+            async move { mailer.retry_queued().await }
         });
-        let housekeeping_app = app.clone();
-        let housekeeping = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                housekeeping_app.auth.housekeep();
-                housekeeping_app.reset_per_user.housekeep();
-                housekeeping_app.reset_per_ip.housekeep();
-            }
+        let a = app.clone();
+        let housekeeping = every(HOUSEKEEPING_EVERY, true, move || {
+            a.auth.housekeep();
+            a.reset_per_user.housekeep();
+            a.reset_per_ip.housekeep();
+            std::future::ready(())
         });
-
-        let pool_app = app.clone();
-        let pool_sweeper = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(pool_app.upstream.sweep_every());
-            loop {
-                tick.tick().await;
-                pool_app.upstream.sweep_idle();
-            }
+        let a = app.clone();
+        let pool_sweeper = every(a.upstream.sweep_every(), true, move || {
+            a.upstream.sweep_idle();
+            std::future::ready(())
         });
-
-        let sweeper = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SESSION_SWEEP_EVERY);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let s = sessions.clone();
+        let sweeper = every(SESSION_SWEEP_EVERY, false, move || {
+            let s = sessions.clone();
+            async move {
                 let _ = tokio::task::spawn_blocking(move || s.sweep()).await;
             }
         });

@@ -10,15 +10,16 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::{Body as _, Incoming};
 
 use super::App;
 use super::body::{self, ReqBody};
 use super::conn::{Client, Conn, client_ip};
 use super::handlers::{forward, health, identity, oauth, soap};
+use super::refusal::{self, Refusal};
 use super::target::{self, TargetError};
-use crate::wire::{self, Body, rest};
+use crate::wire::Body;
 
 /// A body left unread is drained up to this much, within `DRAIN_WITHIN`, to keep the
 /// connection; beyond, the answer says `Connection: close`.
@@ -85,7 +86,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
             "/tokengate/health" => health::health(),
             "/tokengate/ready" => Box::pin(health::ready(&app)).await,
             p if p.starts_with("/id/") => Box::pin(identity::identity(app, req, peer)).await,
-            p if crate::console::owns(p) => Box::pin(crate::console::handle(app, req, peer)).await,
+            p if super::console::owns(p) => Box::pin(super::console::handle(app, req, peer)).await,
             p if p == "/tokengate" || p.starts_with("/tokengate/") => {
                 Box::pin(super::api::handle(app, req, peer)).await
             }
@@ -151,30 +152,14 @@ fn set_path(req: &mut Request<ReqBody>, path: &str) {
 
 /// The refusal of a target, in the dialect its path implies.
 fn refuse_target(e: TargetError, path: &str) -> Response<Body> {
-    let status = match e {
-        TargetError::Connect => StatusCode::METHOD_NOT_ALLOWED,
-        TargetError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-        _ => StatusCode::BAD_REQUEST,
+    let refusal = match e {
+        TargetError::Connect => Refusal::MethodNotAllowed {
+            allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        },
+        TargetError::Misdirected => Refusal::Misdirected(e.to_string().into()),
+        _ => Refusal::BadRequest(e.to_string().into()),
     };
-    let message = e.to_string();
-    let mut r = if path.starts_with("/services/Soap/") {
-        wire::respond(
-            status,
-            wire::TEXT_XML,
-            crate::wire::soap::client_fault(&message),
-        )
-    } else if path.starts_with("/tokengate/") || path.starts_with("/services/oauth2/") {
-        wire::json_error(status, "invalid_request", &message)
-    } else {
-        rest::error(status, "INVALID_REQUEST", &message)
-    };
-    if e == TargetError::Connect {
-        r.headers_mut().insert(
-            header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-        );
-    }
-    r
+    refusal.render(refusal::Dialect::of_path(path))
 }
 
 /// Whether a state-changing request under `/tokengate/` was sent by a page of another site: a
@@ -211,10 +196,14 @@ fn cross_site(app: &App, req: &Request<ReqBody>) -> bool {
 async fn refuse_cross_site(app: Arc<App>, req: Request<ReqBody>) -> Response<Body> {
     tracing::warn!(path = %req.uri().path(), "cross-site request refused");
     let message = "cross-site request refused: this request came from a page of another site";
-    if crate::console::owns(req.uri().path()) {
-        return crate::console::forbidden(&app, message);
+    if super::console::owns(req.uri().path()) {
+        return super::console::forbidden(&app, message);
     }
-    wire::json_error(StatusCode::FORBIDDEN, "cross_site_request", message)
+    Refusal::Forbidden {
+        code: "cross_site_request",
+        message: message.into(),
+    }
+    .render(refusal::Dialect::Api)
 }
 
 #[cfg(test)]

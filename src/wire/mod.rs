@@ -65,6 +65,26 @@ pub fn history_csv(rows: &[crate::store::HistoryRow]) -> Response<Body> {
     r
 }
 
+/// What [`encode_component`] leaves as it is: letters, digits and `-._*` (what HTML forms
+/// leave, so links match the form actions a browser builds).
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'*');
+
+/// A value made safe for a path segment or a query value (`a@b.c` → `a%40b.c`).
+pub fn encode_component(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+/// A percent-encoded path segment decoded (RFC 3986 §2.1); `+` stays `+` in a path.
+pub fn decode_component(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// A JSON answer in tokengate's own shape (`{"error": ..., "message": ...}`).
 pub fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": error, "message": message });

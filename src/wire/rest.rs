@@ -37,8 +37,8 @@ pub fn basic_login_failed() -> Response<Body> {
     r
 }
 
-/// 423 for a locked account, told only to a caller who presented the right credentials.
-pub fn locked(until: u64) -> Response<Body> {
+/// What a locked account is told: until when (`u64::MAX`: until an administrator unlocks it).
+pub fn locked_message(until: u64) -> String {
     let when = if until == u64::MAX {
         "until an administrator unlocks it".to_owned()
     } else {
@@ -49,8 +49,13 @@ pub fn locked(until: u64) -> Response<Body> {
             )
         )
     };
+    format!("Your account is locked after too many failed logins, {when}.")
+}
+
+/// 423 for a locked account, told only to a caller who presented the right credentials.
+pub fn locked(until: u64) -> Response<Body> {
     let body = serde_json::json!([{
-        "message": format!("Your account is locked after too many failed logins, {when}."),
+        "message": locked_message(until),
         "errorCode": "PASSWORD_LOCKOUT",
         "lockedUntil": (until != u64::MAX).then_some(until),
     }]);

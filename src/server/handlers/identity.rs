@@ -7,47 +7,44 @@ use http::{Request, Response, StatusCode};
 
 use super::identity_of;
 use super::oauth::query_param;
-use crate::auth::session::Session;
+use crate::server::caller::{self, Credential, Login};
+use crate::server::refusal::{Dialect, Refusal};
 use crate::server::{App, Client, ReqBody};
-use crate::wire::credentials::{self, HeaderCredential};
-use crate::wire::{Body, JSON, respond, rest};
+use crate::store::User;
+use crate::wire::{Body, JSON, respond};
 
-/// The session of an identity request: `Authorization` or the `oauth_token` parameter.
-fn identity_session(app: &App, req: &Request<ReqBody>, peer: Client) -> Option<Arc<Session>> {
-    let sid = match credentials::from_headers(req.headers()) {
-        Some(HeaderCredential::Session(s)) => s.to_owned(),
-        _ => query_param(req.uri(), "oauth_token")?,
+/// The user of an identity request's session: in a session header, or the `oauth_token`
+/// parameter. Only a session will do (Basic credentials are not an OAuth token).
+async fn session_user(
+    app: &App,
+    req: &Request<ReqBody>,
+    peer: Client,
+) -> Result<(String, Arc<User>), Refusal> {
+    let credential = match Credential::from_headers(req.headers()) {
+        session @ Credential::Session(_) => session,
+        _ => Credential::None.or_session(query_param(req.uri(), "oauth_token")),
     };
-    app.sessions.lookup(&sid, peer.ip)
+    let who = caller::identify(app, credential, peer, || Login::BASIC).await?;
+    Ok((who.user_id().to_owned(), who.user(app)?))
 }
 
 pub async fn userinfo(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
-    let Some(session) = identity_session(&app, &req, peer) else {
-        return rest::invalid_session();
-    };
-    match app.store.user_by_id(&session.user_id) {
-        Ok(Some(user)) => respond(
+    match session_user(&app, &req, peer).await {
+        Ok((_, user)) => respond(
             StatusCode::OK,
             JSON,
             identity_of(&app, &user).userinfo_document().to_string(),
         ),
-        Ok(None) => rest::invalid_session(),
-        Err(e) => {
-            tracing::error!(error = %e, "store error in userinfo");
-            rest::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN_EXCEPTION",
-                "internal error",
-            )
-        }
+        Err(r) => r.render(Dialect::Rest),
     }
 }
 
 /// `GET /id/{org}/{user}`: the identity document of the session's own user; another user's
 /// is refused (403), whether or not that user exists.
 pub async fn identity(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
-    let Some(session) = identity_session(&app, &req, peer) else {
-        return rest::invalid_session();
+    let (session_user_id, user) = match session_user(&app, &req, peer).await {
+        Ok(s) => s,
+        Err(r) => return r.render(Dialect::Rest),
     };
     let mut segs = req
         .uri()
@@ -67,31 +64,23 @@ pub async fn identity(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Res
         } else {
             uid.to_owned()
         };
-        if full != session.user_id {
-            return rest::error(
-                StatusCode::FORBIDDEN,
-                "INSUFFICIENT_ACCESS",
-                "a session may read only its own user's identity",
-            );
+        if full != session_user_id {
+            return Refusal::Forbidden {
+                code: "forbidden",
+                message: "a session may read only its own user's identity".into(),
+            }
+            .render(Dialect::Rest);
         }
-        app.store.user_by_id(&full)
+        true
     } else {
-        Ok(None)
+        false
     };
-    match found {
-        Ok(Some(user)) => respond(
-            StatusCode::OK,
-            JSON,
-            identity_of(&app, &user).id_document().to_string(),
-        ),
-        Ok(None) => rest::error(StatusCode::NOT_FOUND, "NOT_FOUND", "Bad_Id"),
-        Err(e) => {
-            tracing::error!(error = %e, "store error in identity");
-            rest::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN_EXCEPTION",
-                "internal error",
-            )
-        }
+    if !found {
+        return Refusal::NotFound("Bad_Id").render(Dialect::Rest);
     }
+    respond(
+        StatusCode::OK,
+        JSON,
+        identity_of(&app, &user).id_document().to_string(),
+    )
 }

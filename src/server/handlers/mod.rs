@@ -10,36 +10,13 @@ pub mod identity;
 pub mod oauth;
 pub mod soap;
 
-use http::Response;
-use http::header::{self, HeaderValue};
-
 use super::App;
 use crate::auth::{AuthError, Verified};
 use crate::store::User;
-use crate::wire::{Body, oauth as oauth_wire, soap as soap_wire};
+use crate::wire::{oauth as oauth_wire, soap as soap_wire};
 
-/// Seconds a client should wait before retrying when argon2 admission is saturated.
-const BUSY_RETRY_AFTER: &str = "1";
-
-fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn retry_after_header(mut r: Response<Body>, wait: std::time::Duration) -> Response<Body> {
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(crate::limit::retry_after_secs(wait)),
-    );
-    r
-}
-
-fn busy<T: Into<Response<Body>>>(r: T) -> Response<Body> {
-    let mut r = r.into();
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_static(BUSY_RETRY_AFTER),
-    );
-    r
 }
 
 fn user_info<'a>(app: &'a App, user: &'a User) -> soap_wire::UserInfo<'a> {
@@ -66,7 +43,7 @@ fn identity_of<'a>(app: &'a App, user: &'a User) -> oauth_wire::Identity<'a> {
     }
 }
 
-fn log_login(
+pub(crate) fn log_login(
     dialect: &str,
     username: &str,
     result: &Result<Verified, AuthError>,

@@ -6,61 +6,31 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use super::{busy, log_login, retry_after_header};
-use crate::auth::{Attempt, AuthError, Dialect};
-use crate::server::body::{self, BodyError};
+use super::log_login;
+use crate::auth::Attempt;
+use crate::domain::Dialect;
+use crate::server::read;
+use crate::server::refusal::{self, Refusal};
 use crate::server::{App, Client, ReqBody};
 use crate::wire::{Body, JSON, oauth, respond};
 
-fn is_form(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        })
-}
+const AS_OAUTH: refusal::Dialect = refusal::Dialect::OAuth;
 
 async fn read_form(
     app: &App,
     req: Request<ReqBody>,
 ) -> Result<(http::request::Parts, oauth::Form), Response<Body>> {
-    if !is_form(req.headers()) {
-        return Err(oauth::error(
-            "invalid_request",
-            "Content-Type must be application/x-www-form-urlencoded",
-        ));
-    }
-    let (parts, incoming) = req.into_parts();
-    let limit = app.cfg.server.max_login_body_bytes;
-    let (bytes, _held) = match body::read(
-        incoming,
-        &parts.headers,
-        limit,
-        app.cfg.server.body_read_timeout,
-        &app.bodies,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(BodyError::Busy) => {
-            return Err(busy(oauth::error(
-                "temporarily_unavailable",
-                "server busy; retry shortly",
-            )));
-        }
-        Err(BodyError::TooLarge(_)) => {
-            let mut r = oauth::error("invalid_request", "request body too large");
-            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return Err(r);
-        }
-        Err(e) => return Err(oauth::error("invalid_request", &e.to_string())),
-    };
+    let (parts, bytes, _held) =
+        read::body_of(app, req, read::Kind::Form)
+            .await
+            .map_err(|e| match e {
+                // The OAuth spec's answer to a wrong content type (RFC 6749 §3.2) is a 400.
+                Refusal::UnsupportedMedia(m) => oauth::error("invalid_request", &m),
+                e => e.render(AS_OAUTH),
+            })?;
     match oauth::Form::parse(&bytes) {
         Ok(f) => Ok((parts, f)),
-        Err(e) => Err(oauth::error("invalid_request", &e.to_string())),
+        Err(e) => Err(Refusal::invalid(e.to_string()).render(AS_OAUTH)),
     }
 }
 
@@ -121,30 +91,10 @@ pub async fn oauth_token(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> 
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not create a session");
-                busy(oauth::error(
-                    "temporarily_unavailable",
-                    "server busy; retry shortly",
-                ))
+                Refusal::Busy.render(AS_OAUTH)
             }
         },
-        Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => oauth::invalid_grant(),
-        Err(AuthError::RateLimited { retry_after }) => retry_after_header(
-            oauth::error(
-                "rate_limit_exceeded",
-                "too many login attempts; retry later",
-            ),
-            retry_after,
-        ),
-        Err(AuthError::Busy) => busy(oauth::error(
-            "temporarily_unavailable",
-            "server busy; retry shortly",
-        )),
-        Err(AuthError::Store(e)) => {
-            tracing::error!(error = %e, "store error during login");
-            let mut r = oauth::error("server_error", "internal error");
-            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            r
-        }
+        Err(e) => Refusal::from(e).render(AS_OAUTH),
     }
 }
 
@@ -162,7 +112,7 @@ pub async fn oauth_revoke(app: Arc<App>, req: Request<ReqBody>) -> Response<Body
     let from_query = query_param(req.uri(), "token");
     let token = match from_query {
         Some(t) => Some(t),
-        None if req.method() == Method::POST && is_form(req.headers()) => {
+        None if req.method() == Method::POST && read::Kind::Form.matches(req.headers()) => {
             match read_form(&app, req).await {
                 Ok((_, form)) => form.get("token").map(str::to_owned),
                 Err(r) => return r,

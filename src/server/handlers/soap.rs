@@ -13,13 +13,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use super::{busy, header_str, log_login, retry_after_header, user_info};
-use crate::auth::session::SessionError;
-use crate::auth::{Attempt, AuthError, Dialect};
-use crate::proxy::Principal;
+use super::{header_str, log_login, user_info};
+use crate::auth::Attempt;
+use crate::domain::Dialect;
+use crate::proxy::{Principal, sanitise};
 use crate::server::body::{self, BodyError};
+use crate::server::caller::{self, Credential, Login};
+use crate::server::refusal::{self, Refusal};
 use crate::server::{App, Client, ReqBody};
-use crate::wire::credentials::{self, HeaderCredential};
 use crate::wire::soap::{self, Flavor, Op};
 use crate::wire::{self, Body, TEXT_XML, respond};
 
@@ -44,12 +45,14 @@ async fn read_envelope(
     flavor: Flavor,
 ) -> Result<(Bytes, body::Held), Response<Body>> {
     let s = &app.cfg.server;
-    let mut reader = body::Reader::new(body, headers, &app.bodies, s.body_read_timeout)
-        .map_err(soap_body_error)?;
+    let as_soap = refusal::Dialect::Soap(flavor);
+    let body_error = |e: BodyError| Refusal::from(e).render(as_soap);
+    let mut reader =
+        body::Reader::new(body, headers, &app.bodies, s.body_read_timeout).map_err(body_error)?;
     if reader
         .fill(s.max_login_body_bytes)
         .await
-        .map_err(soap_body_error)?
+        .map_err(body_error)?
         == body::Fill::Full
     {
         let too_large = || {
@@ -71,24 +74,23 @@ async fn read_envelope(
                 ));
             }
         };
-        match soap_session(&head, headers) {
+        match session_of(&head, headers) {
             // No session at all: a login, or a call without credentials; too large either way.
-            None => return Err(too_large()),
-            Some(sid) if app.sessions.lookup(&sid, peer.ip).is_none() => {
-                return Err(soap_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    soap::invalid_session_fault(flavor),
-                ));
+            Credential::Session(sid) => {
+                let credential = Credential::Session(sid);
+                if let Err(r) = caller::identify(app, credential, peer, || Login::BASIC).await {
+                    return Err(r.render(as_soap));
+                }
             }
-            Some(_) => {}
+            _ => return Err(too_large()),
         }
         if reader
             .fill(s.max_soap_body_bytes)
             .await
-            .map_err(soap_body_error)?
+            .map_err(body_error)?
             == body::Fill::Full
         {
-            return Err(soap_body_error(BodyError::TooLarge(s.max_soap_body_bytes)));
+            return Err(body_error(BodyError::TooLarge(s.max_soap_body_bytes)));
         }
     }
     Ok(reader.into_bytes())
@@ -159,6 +161,7 @@ pub async fn soap_call(
         Err(e) => return soap_client_fault(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     let flavor = sp.flavor;
+    let as_soap = refusal::Dialect::Soap(flavor);
     match env.op {
         Op::Login {
             ref username,
@@ -193,91 +196,41 @@ pub async fn soap_call(
                             &user_info(&app, &user),
                         ),
                     ),
-                    Err(e) => soap_server_busy(flavor, &e),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not create a session");
+                        Refusal::Busy.render(as_soap)
+                    }
                 },
-                // A locked account answers like a wrong password in SOAP.
-                Err(AuthError::Rejected(_) | AuthError::Locked { .. }) => {
-                    soap_response(StatusCode::INTERNAL_SERVER_ERROR, soap::login_fault(flavor))
-                }
-                Err(AuthError::RateLimited { retry_after }) => retry_after_header(
-                    soap_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        soap::fault(
-                            flavor,
-                            "LoginFault",
-                            "REQUEST_LIMIT_EXCEEDED",
-                            "Too many login attempts; retry later",
-                        ),
-                    ),
-                    retry_after,
-                ),
-                Err(AuthError::Busy) => busy(soap_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    soap::fault(
-                        flavor,
-                        "UnexpectedErrorFault",
-                        "SERVER_UNAVAILABLE",
-                        "Server busy; retry shortly",
-                    ),
-                )),
-                Err(AuthError::Store(e)) => {
-                    tracing::error!(error = %e, "store error during login");
-                    soap_unknown(flavor)
-                }
+                Err(e) => Refusal::from(e).render(as_soap),
             }
         }
-        Op::Logout => match soap_session(&env, &parts.headers) {
-            Some(sid) if app.sessions.revoke(&sid) => {
+        Op::Logout => match session_of(&env, &parts.headers) {
+            Credential::Session(sid) if app.sessions.revoke(&sid) => {
                 soap_response(StatusCode::OK, soap::logout_response(flavor))
             }
-            _ => soap_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                soap::invalid_session_fault(flavor),
-            ),
+            _ => Refusal::InvalidSession.render(as_soap),
         },
         Op::GetUserInfo => {
-            let session = soap_session(&env, &parts.headers)
-                .and_then(|sid| app.sessions.lookup(&sid, peer.ip));
-            let Some(session) = session else {
-                return soap_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    soap::invalid_session_fault(flavor),
-                );
+            let credential = session_of(&env, &parts.headers);
+            let user = match caller::identify(&app, credential, peer, || Login::BASIC).await {
+                Ok(who) => who.user(&app),
+                Err(r) => Err(r),
             };
-            match app.store.user_by_id(&session.user_id) {
-                Ok(Some(user)) => soap_response(
+            match user {
+                Ok(user) => soap_response(
                     StatusCode::OK,
                     soap::get_user_info_response(flavor, &user_info(&app, &user)),
                 ),
-                Ok(None) => soap_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    soap::invalid_session_fault(flavor),
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "store error in getUserInfo");
-                    soap_unknown(flavor)
-                }
+                Err(r) => r.render(as_soap),
             }
         }
         _ => {
-            let session = soap_session(&env, &parts.headers)
-                .and_then(|sid| app.sessions.lookup(&sid, peer.ip));
-            let Some(session) = session else {
-                return soap_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    soap::invalid_session_fault(flavor),
-                );
+            let credential = session_of(&env, &parts.headers);
+            let who = match caller::identify(&app, credential, peer, || Login::BASIC).await {
+                Ok(who) => who,
+                Err(r) => return r.render(as_soap),
             };
-            // The session id is a credential: cut the SessionHeader out of what goes upstream.
-            let forwarded: Bytes = match env.session_header {
-                Some(span) => {
-                    let mut v = Vec::with_capacity(bytes.len());
-                    v.extend_from_slice(&bytes[..span.start]);
-                    v.extend_from_slice(&bytes[span.end..]);
-                    v.into()
-                }
-                None => bytes,
-            };
+            let forwarded = sanitise::cut_session_header(bytes, env.session_header.clone());
             let mut parts = parts;
             parts.headers.remove(header::CONTENT_ENCODING);
             parts
@@ -285,8 +238,8 @@ pub async fn soap_call(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
             let req = Request::from_parts(parts, wire::full(forwarded));
             let who = Principal {
-                username: &session.username,
-                user_id: &session.user_id,
+                username: who.username(),
+                user_id: who.user_id(),
             };
             let answer = app.upstream.forward(req, peer.ip, who, host).await;
             // The envelope's memory is counted until it has gone upstream.
@@ -296,59 +249,12 @@ pub async fn soap_call(
     }
 }
 
-/// The session id of a SOAP call: its SessionHeader, else a session header of the HTTP request.
-fn soap_session(env: &soap::Envelope, headers: &http::HeaderMap) -> Option<String> {
-    if let Some(sid) = &env.session_id {
-        return Some(sid.clone());
+/// The credential of a SOAP call: its `SessionHeader`, else the HTTP request's session
+/// header. Only a session counts (a SOAP call is not authenticated by Basic).
+fn session_of<'a>(env: &soap::Envelope, headers: &'a http::HeaderMap) -> Credential<'a> {
+    match Credential::from_headers(headers) {
+        session @ Credential::Session(_) => session,
+        _ => Credential::None,
     }
-    match credentials::from_headers(headers) {
-        Some(HeaderCredential::Session(s)) => Some(s.to_owned()),
-        _ => None,
-    }
-}
-
-fn soap_body_error(e: BodyError) -> Response<Body> {
-    let status = match e {
-        BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
-        BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        BodyError::BadGzip | BodyError::Io => StatusCode::BAD_REQUEST,
-        BodyError::Busy => {
-            return busy(soap_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                soap::fault(
-                    Flavor::Partner,
-                    "UnexpectedErrorFault",
-                    "SERVER_UNAVAILABLE",
-                    "Server busy; retry shortly",
-                ),
-            ));
-        }
-    };
-    soap_client_fault(status, &e.to_string())
-}
-
-fn soap_unknown(flavor: Flavor) -> Response<Body> {
-    soap_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        soap::fault(
-            flavor,
-            "UnexpectedErrorFault",
-            "UNKNOWN_EXCEPTION",
-            "An internal error occurred",
-        ),
-    )
-}
-
-fn soap_server_busy(flavor: Flavor, e: &SessionError) -> Response<Body> {
-    tracing::error!(error = %e, "could not create a session");
-    busy(soap_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        soap::fault(
-            flavor,
-            "UnexpectedErrorFault",
-            "SERVER_UNAVAILABLE",
-            "Server busy; retry shortly",
-        ),
-    ))
+    .or_session(env.session_id.clone())
 }

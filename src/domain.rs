@@ -1,0 +1,119 @@
+//! The vocabulary every layer shares, and nothing else: how a client logged in ([`Dialect`]),
+//! what came of it ([`Outcome`]), why a login failed ([`Reason`]), and the stored form of a
+//! username. A leaf: it imports no other module of tokengate, so `auth`, `history`, `metrics`
+//! and `store` can all use it without importing each other.
+
+/// How the client logged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Soap,
+    OAuth,
+    /// HTTP Basic on a call: verified per call, no session.
+    Basic,
+    Console,
+    /// The self-service token reset's password check.
+    Reset,
+    /// The current password a password change must present.
+    Password,
+}
+
+impl Dialect {
+    pub const ALL: [Dialect; 6] = [
+        Dialect::Soap,
+        Dialect::OAuth,
+        Dialect::Basic,
+        Dialect::Console,
+        Dialect::Reset,
+        Dialect::Password,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Soap => "soap",
+            Dialect::OAuth => "oauth",
+            Dialect::Basic => "basic",
+            Dialect::Console => "console",
+            Dialect::Reset => "reset",
+            Dialect::Password => "password",
+        }
+    }
+}
+
+/// What came of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Success with the previous token during its grace window.
+    SupersededToken,
+    BadCredentials,
+    Locked,
+    RateLimited,
+    Disabled,
+    OutsideLoginRange,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::SupersededToken => "superseded_token",
+            Outcome::BadCredentials => "bad_credentials",
+            Outcome::Locked => "locked",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Disabled => "disabled",
+            Outcome::OutsideLoginRange => "outside_login_range",
+        }
+    }
+
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Success,
+        Outcome::SupersededToken,
+        Outcome::BadCredentials,
+        Outcome::Locked,
+        Outcome::RateLimited,
+        Outcome::Disabled,
+        Outcome::OutsideLoginRange,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// Why a login failed. For the login history and logs only: every reason gets the same answer
+/// on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    UnknownUser,
+    Disabled,
+    WrongToken,
+    WrongPassword,
+    Malformed,
+    OutsideLoginRange,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UnknownUser => "unknown user",
+            Reason::Disabled => "disabled",
+            Reason::WrongToken => "wrong token",
+            Reason::WrongPassword => "wrong password",
+            Reason::Malformed => "malformed credentials",
+            Reason::OutsideLoginRange => "outside login range",
+        }
+    }
+
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Reason::Disabled => Outcome::Disabled,
+            Reason::OutsideLoginRange => Outcome::OutsideLoginRange,
+            _ => Outcome::BadCredentials,
+        }
+    }
+}
+
+/// Usernames are case-insensitive, like Salesforce's; this is the stored form.
+pub fn canonical_username(name: &str) -> String {
+    name.trim().to_lowercase()
+}

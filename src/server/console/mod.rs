@@ -1,0 +1,182 @@
+//! The web console under `/tokengate/console/`: sign-in, My Settings ("Reset My Security
+//! Token", Change Password, recent logins) and, for admins, Setup pages for users, Compliance BCC
+//! Email and the login history.
+//!
+//! Server-rendered with minijinja, which escapes every value in `.html` templates; one small
+//! stylesheet; no JavaScript. Console sessions are separate from API sessions and live in a
+//! `__Host-` cookie (`Secure; HttpOnly; SameSite=Strict`) with idle and absolute timeouts;
+//! every form carries a CSRF token bound to the console session. Every action calls the same
+//! `Users`/`Tokens`/`Admin` code as the admin API and the CLI.
+//!
+//! Here: the routing of every console request. `session`: console sessions, their cookie and
+//! CSRF token. `page`: the page frame, templates and security headers. `signin`, `settings`
+//! (the user's own account) and `setup` (the admins' pages) handle their pages and forms.
+
+mod page;
+mod session;
+mod settings;
+mod setup;
+mod signin;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use minijinja::context;
+
+use crate::mail::mask_email;
+use crate::server::App;
+use crate::server::{Client, ReqBody};
+use crate::wire::Body;
+
+use page::{Page, redirect};
+pub use session::Console;
+use session::{clear_cookie, cookie_value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("template error: {0}")]
+    Template(#[from] minijinja::Error),
+}
+
+pub const COOKIE: &str = "__Host-tg_console";
+pub(super) const BASE: &str = "/tokengate/console";
+pub(super) const PAGE_SIZE: usize = 20;
+pub(super) const MAX_SESSIONS: usize = 10_000;
+
+/// Whether `path` is the console's.
+pub fn owns(path: &str) -> bool {
+    path == BASE || path.starts_with("/tokengate/console/")
+}
+
+/// A 403 page with `message`, for requests refused before the console saw them.
+pub fn forbidden(app: &App, message: &str) -> Response<Body> {
+    Page {
+        app,
+        me: None,
+        csrf: String::new(),
+    }
+    .message(StatusCode::FORBIDDEN, "Forbidden", message, BASE)
+}
+
+/// A posted form's fields (the first of each name), or `None` when it cannot be read.
+pub(super) async fn form(app: &App, req: Request<ReqBody>) -> Option<HashMap<String, String>> {
+    let (_, bytes, _held) = crate::server::read::body_of(app, req, crate::server::read::Kind::Form)
+        .await
+        .ok()?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).ok()?;
+    let mut map = HashMap::new();
+    for (k, v) in pairs {
+        map.entry(k).or_insert(v);
+    }
+    Some(map)
+}
+
+pub(super) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let rest = path
+        .strip_prefix(BASE)
+        .unwrap_or("")
+        .trim_start_matches('/')
+        .to_owned();
+    let method = req.method().clone();
+    if rest == "style.css" {
+        let mut r = crate::wire::respond(
+            StatusCode::OK,
+            "text/css; charset=utf-8",
+            include_str!("../../../templates/console/style.css"),
+        );
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        );
+        return r;
+    }
+    if rest == "signin" {
+        return signin::signin(&app, req, peer, method).await;
+    }
+    // Everything else needs a console session whose user has not moved on since sign-in and
+    // is used from inside the user's login ranges (the same rule as API sessions).
+    let Some((session, user)) = cookie_value(&req).and_then(|sid| {
+        let s = app.console.lookup(&sid)?;
+        let u =
+            crate::server::caller::session_user(&app, &s.user_id, s.epoch, Some(peer.ip)).ok()?;
+        Some((s, u))
+    }) else {
+        let expired = cookie_value(&req).is_some();
+        return redirect(
+            &format!("{BASE}/signin{}", if expired { "?expired=1" } else { "" }),
+            expired.then(clear_cookie),
+        );
+    };
+    let page = Page {
+        app: &app,
+        me: Some(&user),
+        csrf: session.csrf.clone(),
+    };
+    if method == Method::POST {
+        let Some(f) = form(&app, req).await else {
+            return page.message(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "The form could not be read.",
+                BASE,
+            );
+        };
+        let sent = f.get("csrf").map(String::as_str).unwrap_or_default();
+        if !session.csrf_matches(sent) {
+            return page.message(StatusCode::FORBIDDEN, "Forbidden", "The form was not sent from this console (invalid or missing CSRF token). Reload the page and try again.", BASE);
+        }
+        return settings::post(&app, &page, &user, &rest, f, peer).await;
+    }
+    match rest.as_str() {
+        "" => redirect(&format!("{BASE}/settings"), None),
+        "settings" => settings::settings(&page, &user, None, None).await,
+        "settings/reset-token" => page.render(
+            StatusCode::OK,
+            "confirm_reset.html",
+            "Reset My Security Token",
+            "settings",
+            context! { masked_email => mask_email(&user.email) },
+        ),
+        s if s.starts_with("setup/") => {
+            if !user.admin {
+                return page.message(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "Setup pages are for administrators.",
+                    &format!("{BASE}/settings"),
+                );
+            }
+            let q = query(&req);
+            match s {
+                "setup/users" => setup::users_page(&page, &q, None, None),
+                "setup/compliance" => setup::compliance_page(&page, None, None),
+                "setup/history" => setup::history_page(&page, &q).await,
+                "setup/history.csv" => setup::history_csv(&app, &q).await,
+                _ => page.message(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "There is no such page.",
+                    BASE,
+                ),
+            }
+        }
+        _ => page.message(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such page.",
+            BASE,
+        ),
+    }
+}

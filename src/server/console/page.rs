@@ -1,0 +1,183 @@
+//! The page frame: templates, the signed-in user's header, messages, redirects, and the
+//! security headers on every console answer.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use minijinja::{Environment, context};
+use serde::Serialize;
+
+use super::ConsoleError;
+use super::session::ConsoleSession;
+use crate::server::App;
+use crate::store::User;
+use crate::wire::{Body, full};
+
+/// The console's templates, compiled into the binary.
+pub(super) fn templates() -> Result<Environment<'static>, ConsoleError> {
+    let mut env = Environment::new();
+    for (name, src) in [
+        (
+            "base.html",
+            include_str!("../../../templates/console/base.html"),
+        ),
+        (
+            "signin.html",
+            include_str!("../../../templates/console/signin.html"),
+        ),
+        (
+            "settings.html",
+            include_str!("../../../templates/console/settings.html"),
+        ),
+        (
+            "confirm_reset.html",
+            include_str!("../../../templates/console/confirm_reset.html"),
+        ),
+        (
+            "history_table.html",
+            include_str!("../../../templates/console/history_table.html"),
+        ),
+        (
+            "users.html",
+            include_str!("../../../templates/console/users.html"),
+        ),
+        (
+            "compliance.html",
+            include_str!("../../../templates/console/compliance.html"),
+        ),
+        (
+            "history.html",
+            include_str!("../../../templates/console/history.html"),
+        ),
+        (
+            "message.html",
+            include_str!("../../../templates/console/message.html"),
+        ),
+    ] {
+        env.add_template(name, src)?;
+    }
+    Ok(env)
+}
+
+/// Security headers every console answer carries.
+pub(super) fn harden(mut r: Response<Body>) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Not "no-referrer": under it browsers send `Origin: null` with the console's own form
+    // posts, which the cross-site check cannot tell from a sandboxed attacker's.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+pub(super) fn redirect(to: &str, cookie: Option<String>) -> Response<Body> {
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    harden(r)
+}
+
+#[derive(Serialize)]
+pub(super) struct Me {
+    pub(super) username: String,
+    pub(super) admin: bool,
+}
+
+pub(super) struct Page<'a> {
+    pub(super) app: &'a App,
+    pub(super) me: Option<&'a User>,
+    pub(super) csrf: String,
+}
+
+impl Page<'_> {
+    pub(super) fn render(
+        &self,
+        status: StatusCode,
+        template: &str,
+        title: &str,
+        section: &str,
+        extra: minijinja::Value,
+    ) -> Response<Body> {
+        let ctx = context! {
+            title, section,
+            brand => self.app.tokens.mailer().brand(),
+            me => self.me.map(|u| Me { username: u.username.clone(), admin: u.admin }),
+            csrf => &self.csrf,
+            ..extra
+        };
+        let html = match self
+            .app
+            .console
+            .env
+            .get_template(template)
+            .and_then(|t| t.render(ctx))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, template, "console template failed");
+                return harden(crate::wire::respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    "internal error",
+                ));
+            }
+        };
+        harden(crate::wire::respond(
+            status,
+            "text/html; charset=utf-8",
+            html,
+        ))
+    }
+
+    pub(super) fn message(
+        &self,
+        status: StatusCode,
+        title: &str,
+        message: &str,
+        back: &str,
+    ) -> Response<Body> {
+        self.render(
+            status,
+            "message.html",
+            title,
+            "",
+            context! { message, back },
+        )
+    }
+}
+
+/// The page to render after an action by `user`: with the renewed session's CSRF token when
+/// the session was renewed.
+pub(super) fn page_after<'a>(
+    app: &'a App,
+    page: &Page<'_>,
+    user: &'a User,
+    renewed: &Option<(String, Arc<ConsoleSession>)>,
+) -> Page<'a> {
+    Page {
+        app,
+        me: Some(user),
+        csrf: renewed
+            .as_ref()
+            .map_or_else(|| page.csrf.clone(), |(_, s)| s.csrf.clone()),
+    }
+}

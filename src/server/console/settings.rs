@@ -1,0 +1,159 @@
+//! My Settings: the user's own account (token reset, password change, recent logins) and
+//! sign-out.
+
+use std::collections::HashMap;
+
+use http::{Response, StatusCode};
+use minijinja::context;
+
+use super::BASE;
+use super::page::{Page, page_after, redirect};
+use super::session::{clear_cookie, renew, with_cookie};
+use super::setup::{rows, setup_post};
+use crate::auth::Attempt;
+use crate::domain::Dialect;
+use crate::history::format_ms;
+use crate::mail::{TokenReason, mask_email};
+use crate::server::refusal::Refusal;
+use crate::server::{App, Client};
+use crate::store::{HistoryFilter, User};
+use crate::wire::Body;
+
+pub(super) async fn settings(
+    page: &Page<'_>,
+    user: &User,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Response<Body> {
+    let filter = HistoryFilter {
+        user: Some(user.id.clone()),
+        limit: 10,
+        ..Default::default()
+    };
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    page.render(
+        status,
+        "settings.html",
+        "My Settings",
+        "settings",
+        context! {
+            user => crate::admin::UserView::from(user),
+            token_reset => format_ms(user.token_reset_at * 1000),
+            masked_email => mask_email(&user.email),
+            policy => page.app.tokens.policy().describe(),
+            rows => rows(page.app, &filter, 0, false).await,
+            show_reason => false,
+            notice, error,
+        },
+    )
+}
+
+pub(super) fn token_failure(e: crate::tokens::TokenError) -> (StatusCode, String) {
+    let refusal = Refusal::from(e);
+    (refusal.status(), refusal.sentence().into_owned())
+}
+
+pub(super) async fn post(
+    app: &App,
+    page: &Page<'_>,
+    me: &User,
+    rest: &str,
+    f: HashMap<String, String>,
+    peer: Client,
+) -> Response<Body> {
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
+    match rest {
+        "signout" => {
+            app.console.end(&page.csrf);
+            redirect(&format!("{BASE}/signin"), Some(clear_cookie()))
+        }
+        "settings/reset-token" => match app.tokens.rotate(&me.id, TokenReason::Requested).await {
+            Ok(r) => {
+                let renewed = renew(app, page, me, &r.user);
+                let next = page_after(app, page, &r.user, &renewed);
+                let notice = format!("A new security token was emailed to {}.", r.masked_email);
+                with_cookie(
+                    &app.console,
+                    settings(&next, &r.user, Some(notice), None).await,
+                    renewed,
+                )
+            }
+            Err(e) => {
+                let (status, msg) = token_failure(e);
+                page.message(
+                    status,
+                    "Reset My Security Token",
+                    &msg,
+                    &format!("{BASE}/settings"),
+                )
+            }
+        },
+        "settings/password" => {
+            // Verified like a login: a wrong one counts toward lockout and is in the history.
+            let attempt = Attempt {
+                username: &me.username,
+                secret: get("current_password"),
+                ip: peer.ip,
+                dialect: Dialect::Password,
+                api_version: None,
+                client: None,
+                tls: peer.tls,
+                password_only: true,
+            };
+            if !matches!(app.auth.login(&attempt).await, Ok(v) if v.user.id == me.id) {
+                return settings(
+                    page,
+                    me,
+                    None,
+                    Some("The current password is not right.".into()),
+                )
+                .await;
+            }
+            match app
+                .tokens
+                .change_password(&me.id, get("new_password"))
+                .await
+            {
+                Ok(r) => {
+                    let notice = if app.tokens.mailer().is_configured() {
+                        format!(
+                            "Your password was changed and a new security token was emailed to {}.",
+                            r.masked_email
+                        )
+                    } else {
+                        "Your password was changed.".into()
+                    };
+                    let renewed = renew(app, page, me, &r.user);
+                    let next = page_after(app, page, &r.user, &renewed);
+                    with_cookie(
+                        &app.console,
+                        settings(&next, &r.user, Some(notice), None).await,
+                        renewed,
+                    )
+                }
+                Err(e) => settings(page, me, None, Some(token_failure(e).1)).await,
+            }
+        }
+        s if s.starts_with("setup/") => {
+            if !me.admin {
+                return page.message(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "Setup pages are for administrators.",
+                    &format!("{BASE}/settings"),
+                );
+            }
+            setup_post(app, page, me, s, &f).await
+        }
+        _ => page.message(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such form.",
+            BASE,
+        ),
+    }
+}

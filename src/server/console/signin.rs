@@ -1,0 +1,88 @@
+//! Sign-in: the password alone, verified like any login (dialect `console`).
+
+use http::{Method, Request, Response, StatusCode};
+use minijinja::context;
+
+use super::page::{Page, redirect};
+use super::{BASE, form, query};
+use crate::auth::Attempt;
+use crate::domain::Dialect;
+use crate::server::refusal::Refusal;
+use crate::server::{App, Client, ReqBody};
+use crate::wire::Body;
+
+pub(super) async fn signin(
+    app: &App,
+    req: Request<ReqBody>,
+    peer: Client,
+    method: Method,
+) -> Response<Body> {
+    let page = Page {
+        app,
+        me: None,
+        csrf: String::new(),
+    };
+    if method != Method::POST {
+        let expired = query(&req).contains_key("expired");
+        let notice = expired.then_some("Your console session expired. Sign in again.");
+        return page.render(
+            StatusCode::OK,
+            "signin.html",
+            "Sign in",
+            "",
+            context! { notice, username => "" },
+        );
+    }
+    let client = req
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(f) = form(app, req).await else {
+        return page.render(
+            StatusCode::BAD_REQUEST,
+            "signin.html",
+            "Sign in",
+            "",
+            context! { error => "The form could not be read.", username => "" },
+        );
+    };
+    let username = f.get("username").cloned().unwrap_or_default();
+    let password = f.get("password").cloned().unwrap_or_default();
+    let attempt = Attempt {
+        username: &username,
+        secret: &password,
+        ip: peer.ip,
+        dialect: Dialect::Console,
+        api_version: None,
+        client: client.as_deref(),
+        tls: peer.tls,
+        password_only: true,
+    };
+    let fail = |status: StatusCode, error: String| {
+        page.render(
+            status,
+            "signin.html",
+            "Sign in",
+            "",
+            context! { error, username => username.clone() },
+        )
+    };
+    match app.auth.login(&attempt).await {
+        Ok(v) => match app.console.create(&v.user) {
+            Some((sid, _)) => redirect(
+                &format!("{BASE}/settings"),
+                Some(app.console.session_cookie(&sid)),
+            ),
+            None => fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many console sessions; try again later.".into(),
+            ),
+        },
+        Err(e) => {
+            // A password alone never proves the token, so a lock is `BadCredentials` here.
+            let refusal = Refusal::from(e);
+            fail(refusal.status(), refusal.sentence().into_owned())
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! Every refusal tokengate answers itself: what went wrong is decided once, as a [`Refusal`],
+//! from the error that caused it (`AuthError`, `BodyError`, `TokenError`, `AdminError`), and
+//! each dialect only renders it ([`Refusal::render`]): a SOAP fault, an OAuth error, a REST
+//! error array, the Bulk 1.0 XML error, or tokengate's own `{"error", "message"}`. The console
+//! shows [`Refusal::status`] and [`Refusal::message`] in a page.
+//!
+//! Decisions made here for every dialect:
+//! - A failed login is one answer, whatever the reason (unknown user, wrong password or token,
+//!   disabled, outside the login ranges, locked without proof of the right secret). A lock is
+//!   told only where the protocol has a place for it (REST and the JSON API, 423), and only to
+//!   a caller who presented the right credentials.
+//! - A body that does not arrive in time is `408 Request Timeout` (RFC 9110 §15.5.9); one over
+//!   its limit `413`; an unknown content coding `415`.
+//! - SOAP faults produced while processing an envelope are HTTP 500 (SOAP 1.1 §6.2); refusals
+//!   before an envelope is read keep their HTTP status.
+//! - Waiting helps with `Busy` and `Overloaded` (`Retry-After: 1`) and with `RateLimited` (the
+//!   limiter's wait); no other refusal carries `Retry-After`.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::BodyError;
+use crate::admin::AdminError;
+use crate::auth::AuthError;
+use crate::mail::MailError;
+use crate::tokens::TokenError;
+use crate::wire::soap::{self, Flavor};
+use crate::wire::{Body, TEXT_XML, json_error, oauth, respond, rest};
+
+/// The message of a failed login, in every dialect that has a message.
+const LOGIN_FAILED: &str = soap::LOGIN_FAILED_MESSAGE;
+/// Seconds a client should wait when a bounded resource is full.
+const BUSY_RETRY_SECS: u64 = 1;
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A login failed (see the module docs: one answer for every reason).
+    BadCredentials,
+    /// The account is locked, and the caller presented the right credentials.
+    Locked {
+        until: u64,
+    },
+    /// No session, or one that ended or was never valid.
+    InvalidSession,
+    /// An `Authorization` header that is neither Basic nor a session (REST only).
+    MalformedAuthorization,
+    RateLimited {
+        retry_after: Duration,
+    },
+    /// Password verification is saturated (argon2 admission).
+    Busy,
+    /// A bounded resource other than hashing is spent (the memory for request bodies).
+    Overloaded,
+    BodyTooLarge {
+        limit: usize,
+    },
+    BodyTimeout,
+    /// The HTTP message itself cannot be used: its target or host (`server::target`), or a
+    /// body that cannot be read or decoded (a broken connection, corrupt gzip). Refused
+    /// before any dialect's processing, so SOAP answers it with 400 too.
+    BadRequest(Cow<'static, str>),
+    /// The request names a host that is not tokengate's (RFC 9110 §15.5.20).
+    Misdirected(Cow<'static, str>),
+    UnsupportedMedia(Cow<'static, str>),
+    /// The request cannot be read or makes no sense; `code` for the JSON API.
+    Invalid {
+        code: &'static str,
+        message: Cow<'static, str>,
+    },
+    /// Authenticated, but not allowed to do this.
+    Forbidden {
+        code: &'static str,
+        message: Cow<'static, str>,
+    },
+    NotFound(&'static str),
+    Conflict {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// A dependency the request needs is missing or failed (mail).
+    Unavailable {
+        code: &'static str,
+        message: &'static str,
+    },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    /// Something broke on our side; logged where it happened, never described to the caller.
+    Internal,
+}
+
+/// How the caller speaks, which decides the shape of a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Soap(Flavor),
+    OAuth,
+    /// Salesforce REST: calls forwarded to the upstream, the identity URLs.
+    Rest,
+    /// Bulk API 1.0 (`/services/async/`).
+    Bulk,
+    /// tokengate's own JSON API.
+    Api,
+}
+
+impl Dialect {
+    /// The dialect a request's path implies, for refusals made before its handler runs.
+    pub fn of_path(path: &str) -> Self {
+        if path.starts_with("/services/Soap/") {
+            let flavor = soap::parse_path(path).map_or(Flavor::Partner, |p| p.flavor);
+            Dialect::Soap(flavor)
+        } else if path.starts_with("/services/oauth2/") {
+            Dialect::OAuth
+        } else if path.starts_with("/tokengate/") {
+            Dialect::Api
+        } else if path.starts_with("/services/async/") {
+            Dialect::Bulk
+        } else {
+            Dialect::Rest
+        }
+    }
+}
+
+impl Refusal {
+    pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
+        Refusal::Invalid {
+            code: "invalid_request",
+            message: message.into(),
+        }
+    }
+
+    /// Logs `e` (it is ours to look at, not the caller's) and refuses with 500.
+    pub fn internal(e: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        Refusal::Internal
+    }
+
+    /// The HTTP status outside SOAP, where faults keep their own rule.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadCredentials | Refusal::InvalidSession | Refusal::MalformedAuthorization => {
+                StatusCode::UNAUTHORIZED
+            }
+            Refusal::Locked { .. } => StatusCode::LOCKED,
+            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Busy | Refusal::Overloaded | Refusal::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::Invalid { .. } | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::Conflict { .. } => StatusCode::CONFLICT,
+            Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What a person is told (the console, and the JSON API's `message`).
+    pub fn message(&self) -> Cow<'static, str> {
+        match self {
+            Refusal::BadCredentials => LOGIN_FAILED.into(),
+            Refusal::Locked { until } => rest::locked_message(*until).into(),
+            Refusal::InvalidSession => {
+                "authenticate with a session (Authorization: Bearer) or HTTP Basic".into()
+            }
+            Refusal::MalformedAuthorization => "INVALID_HEADER_TYPE".into(),
+            Refusal::RateLimited { .. } => "too many requests; retry later".into(),
+            Refusal::Busy | Refusal::Overloaded => "server busy; retry shortly".into(),
+            Refusal::BodyTooLarge { limit } => BodyError::TooLarge(*limit).to_string().into(),
+            Refusal::BodyTimeout => BodyError::Timeout.to_string().into(),
+            Refusal::UnsupportedMedia(m)
+            | Refusal::BadRequest(m)
+            | Refusal::Misdirected(m)
+            | Refusal::Invalid { message: m, .. }
+            | Refusal::Forbidden { message: m, .. } => m.clone(),
+            Refusal::NotFound(m) => Cow::Borrowed(m),
+            Refusal::Conflict { message, .. } | Refusal::Unavailable { message, .. } => {
+                Cow::Borrowed(message)
+            }
+            Refusal::MethodNotAllowed { allow } => format!("use {allow}").into(),
+            Refusal::Internal => "internal error".into(),
+        }
+    }
+
+    /// What a person reading a page is told (the console): a sentence, never an internal
+    /// detail.
+    pub fn sentence(&self) -> Cow<'static, str> {
+        match self {
+            // A password alone proves nothing a guesser could not have tried: a lock is told
+            // like a wrong password (the owner learns of it by email).
+            Refusal::BadCredentials | Refusal::Locked { .. } => {
+                "Invalid username or password, or the account is locked.".into()
+            }
+            Refusal::InvalidSession => "Your console session expired. Sign in again.".into(),
+            Refusal::RateLimited { retry_after } => format!(
+                "Too many attempts. Try again in {} seconds.",
+                crate::limit::retry_after_secs(*retry_after)
+            )
+            .into(),
+            Refusal::Busy | Refusal::Overloaded => {
+                "The server is busy; try again in a moment.".into()
+            }
+            Refusal::Unavailable {
+                code: "mail_delivery_failed",
+                ..
+            } => "The new security token could not be emailed, so your current token still works. Try again later.".into(),
+            Refusal::Unavailable { .. } => {
+                "Email delivery is not configured, so no new security token can be issued.".into()
+            }
+            Refusal::Internal => "An internal error occurred.".into(),
+            other => {
+                let m = other.message();
+                let mut s = m[..1].to_uppercase() + &m[1..];
+                if !s.ends_with('.') {
+                    s.push('.');
+                }
+                s.into()
+            }
+        }
+    }
+
+    /// The seconds a client should wait, when waiting helps.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Refusal::RateLimited { retry_after } => {
+                Some(crate::limit::retry_after_secs(*retry_after))
+            }
+            Refusal::Busy | Refusal::Overloaded => Some(BUSY_RETRY_SECS),
+            _ => None,
+        }
+    }
+
+    /// The answer, in the caller's dialect.
+    pub fn render(&self, dialect: Dialect) -> Response<Body> {
+        let mut r = match dialect {
+            Dialect::Soap(flavor) => self.soap(flavor),
+            Dialect::OAuth => self.oauth(),
+            Dialect::Rest => self.rest(),
+            Dialect::Bulk => match self {
+                Refusal::InvalidSession | Refusal::MalformedAuthorization => {
+                    rest::bulk_invalid_session()
+                }
+                other => other.rest(),
+            },
+            Dialect::Api => self.api(),
+        };
+        if let Some(secs) = self.retry_after() {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Refusal::MethodNotAllowed { allow } = self {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        r
+    }
+
+    fn soap(&self, flavor: Flavor) -> Response<Body> {
+        let fault = |status, detail, code, message: &str| {
+            respond(status, TEXT_XML, soap::fault(flavor, detail, code, message))
+        };
+        let processing = StatusCode::INTERNAL_SERVER_ERROR;
+        match self {
+            // A lock is not told in SOAP: the client has nowhere to show it.
+            Refusal::BadCredentials | Refusal::Locked { .. } => {
+                respond(processing, TEXT_XML, soap::login_fault(flavor))
+            }
+            Refusal::InvalidSession | Refusal::MalformedAuthorization => {
+                respond(processing, TEXT_XML, soap::invalid_session_fault(flavor))
+            }
+            Refusal::RateLimited { .. } => fault(
+                processing,
+                "LoginFault",
+                "REQUEST_LIMIT_EXCEEDED",
+                "Too many login attempts; retry later",
+            ),
+            Refusal::Busy => fault(
+                processing,
+                "UnexpectedErrorFault",
+                "SERVER_UNAVAILABLE",
+                "Server busy; retry shortly",
+            ),
+            // Before the envelope is read: the HTTP status says it.
+            Refusal::Overloaded => fault(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UnexpectedErrorFault",
+                "SERVER_UNAVAILABLE",
+                "Server busy; retry shortly",
+            ),
+            Refusal::Internal | Refusal::Unavailable { .. } => fault(
+                processing,
+                "UnexpectedErrorFault",
+                "UNKNOWN_EXCEPTION",
+                "An internal error occurred",
+            ),
+            Refusal::Invalid { message, .. } => {
+                respond(processing, TEXT_XML, soap::client_fault(message))
+            }
+            other => respond(
+                other.status(),
+                TEXT_XML,
+                soap::client_fault(&other.message()),
+            ),
+        }
+    }
+
+    fn oauth(&self) -> Response<Body> {
+        let with_status = |mut r: Response<Body>, status| {
+            *r.status_mut() = status;
+            r
+        };
+        match self {
+            Refusal::BadCredentials | Refusal::Locked { .. } => oauth::invalid_grant(),
+            Refusal::RateLimited { .. } => oauth::error(
+                "rate_limit_exceeded",
+                "too many login attempts; retry later",
+            ),
+            Refusal::Busy | Refusal::Overloaded => {
+                oauth::error("temporarily_unavailable", "server busy; retry shortly")
+            }
+            Refusal::InvalidSession | Refusal::MalformedAuthorization => with_status(
+                oauth::error("invalid_token", "invalid token"),
+                self.status(),
+            ),
+            Refusal::Internal | Refusal::Unavailable { .. } => with_status(
+                oauth::error("server_error", "internal error"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            Refusal::Invalid { code, message } => oauth::error(code, message),
+            Refusal::BodyTooLarge { .. } => with_status(
+                oauth::error("invalid_request", "request body too large"),
+                self.status(),
+            ),
+            other => with_status(
+                oauth::error("invalid_request", &other.message()),
+                other.status(),
+            ),
+        }
+    }
+
+    fn rest(&self) -> Response<Body> {
+        match self {
+            Refusal::BadCredentials => rest::basic_login_failed(),
+            Refusal::Locked { until } => rest::locked(*until),
+            Refusal::InvalidSession => rest::invalid_session(),
+            Refusal::MalformedAuthorization => rest::error(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_AUTH_HEADER",
+                "INVALID_HEADER_TYPE",
+            ),
+            Refusal::RateLimited { .. } => rest::error(
+                self.status(),
+                "REQUEST_LIMIT_EXCEEDED",
+                "Too many login attempts; retry later",
+            ),
+            Refusal::Busy | Refusal::Overloaded => rest::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVER_UNAVAILABLE",
+                "Server busy; retry shortly",
+            ),
+            Refusal::Internal | Refusal::Unavailable { .. } => rest::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN_EXCEPTION",
+                "internal error",
+            ),
+            Refusal::Forbidden { message, .. } => {
+                rest::error(self.status(), "INSUFFICIENT_ACCESS", message)
+            }
+            Refusal::NotFound(m) => rest::error(self.status(), "NOT_FOUND", m),
+            other => rest::error(other.status(), "INVALID_REQUEST", &other.message()),
+        }
+    }
+
+    fn api(&self) -> Response<Body> {
+        let status = self.status();
+        match self {
+            // Rejected credentials and a missing or dead session look the same to an API
+            // caller: authenticate again.
+            Refusal::BadCredentials | Refusal::InvalidSession | Refusal::MalformedAuthorization => {
+                let mut r = json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_session",
+                    &Refusal::InvalidSession.message(),
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Basic realm="tokengate", charset="UTF-8""#),
+                );
+                r
+            }
+            Refusal::Locked { until } => rest::locked(*until),
+            Refusal::RateLimited { .. } => json_error(status, "rate_limited", &self.message()),
+            Refusal::Busy | Refusal::Overloaded => json_error(status, "busy", &self.message()),
+            Refusal::Invalid { code, message } => json_error(status, code, message),
+            Refusal::Forbidden { code, message } => json_error(status, code, message),
+            Refusal::Conflict { code, message } | Refusal::Unavailable { code, message } => {
+                json_error(status, code, message)
+            }
+            Refusal::NotFound(m) => json_error(status, "not_found", m),
+            Refusal::MethodNotAllowed { .. } => {
+                json_error(status, "method_not_allowed", &self.message())
+            }
+            Refusal::Internal => json_error(status, "internal", "internal error"),
+            Refusal::BodyTooLarge { .. }
+            | Refusal::BodyTimeout
+            | Refusal::BadRequest(_)
+            | Refusal::Misdirected(_)
+            | Refusal::UnsupportedMedia(_) => {
+                json_error(status, "invalid_request", &self.message())
+            }
+        }
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Rejected(_) | AuthError::Locked { proven: false, .. } => {
+                Refusal::BadCredentials
+            }
+            AuthError::Locked {
+                until,
+                proven: true,
+            } => Refusal::Locked { until },
+            AuthError::RateLimited { retry_after } => Refusal::RateLimited { retry_after },
+            AuthError::Busy => Refusal::Busy,
+            AuthError::Store(e) => Refusal::internal(&e),
+        }
+    }
+}
+
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge(limit) => Refusal::BodyTooLarge { limit },
+            BodyError::Timeout => Refusal::BodyTimeout,
+            BodyError::Busy => Refusal::Overloaded,
+            BodyError::UnsupportedEncoding(_) => Refusal::UnsupportedMedia(e.to_string().into()),
+            BodyError::BadGzip | BodyError::Io => Refusal::BadRequest(e.to_string().into()),
+        }
+    }
+}
+
+impl From<TokenError> for Refusal {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Delivery(MailError::NotConfigured) => Refusal::Unavailable {
+                code: "mail_not_configured",
+                message: "email delivery is not configured; no token can be issued",
+            },
+            TokenError::Delivery(e) => {
+                tracing::warn!(error = %e, "token email failed");
+                Refusal::Unavailable {
+                    code: "mail_delivery_failed",
+                    message: "the new token could not be emailed, so the current token stays valid; try again later",
+                }
+            }
+            TokenError::NoSuchUser(_) => Refusal::NotFound("no such user"),
+            TokenError::Disabled => Refusal::Conflict {
+                code: "user_disabled",
+                message: "the user is disabled",
+            },
+            TokenError::Policy(p) => Refusal::Invalid {
+                code: "password_policy",
+                message: format!("the new password must have {p}").into(),
+            },
+            TokenError::Period | TokenError::Supplied => Refusal::invalid(e.to_string()),
+            e @ (TokenError::Store(_) | TokenError::Secret(_)) => Refusal::internal(&e),
+        }
+    }
+}
+
+impl From<AdminError> for Refusal {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::NoSuchUser(_) => Refusal::NotFound("no such user"),
+            AdminError::Store(crate::store::StoreError::UserExists(_)) => Refusal::Conflict {
+                code: "user_exists",
+                message: "a user with that username exists",
+            },
+            AdminError::Token(t) => t.into(),
+            AdminError::Synthetic(m) => Refusal::Forbidden {
+                code: "synthetic_users_refused",
+                message: m.into(),
+            },
+            e @ (AdminError::Username(_)
+            | AdminError::Email(_)
+            | AdminError::Password(_)
+            | AdminError::FullName(_)
+            | AdminError::Period(_)
+            | AdminError::Range(_)
+            | AdminError::Mail(MailError::Address(_))) => Refusal::invalid(e.to_string()),
+            e => Refusal::internal(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    async fn text(r: Response<Body>) -> String {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_login_is_one_answer_per_dialect_and_a_lock_is_told_only_with_proof() {
+        let locked = Refusal::from(AuthError::Locked {
+            until: u64::MAX,
+            proven: false,
+        });
+        assert_eq!(locked, Refusal::BadCredentials);
+        for d in [
+            Dialect::Soap(Flavor::Partner),
+            Dialect::Soap(Flavor::Enterprise),
+            Dialect::OAuth,
+        ] {
+            let a = Refusal::BadCredentials.render(d);
+            let b = Refusal::Locked { until: 1 }.render(d);
+            assert_eq!(a.status(), b.status(), "{d:?}");
+            assert_eq!(text(a).await, text(b).await, "{d:?}");
+        }
+        let r = Refusal::Locked { until: u64::MAX }.render(Dialect::Rest);
+        assert_eq!(r.status(), StatusCode::LOCKED);
+        assert!(text(r).await.contains("PASSWORD_LOCKOUT"));
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_is_408_in_every_dialect() {
+        for d in [
+            Dialect::Soap(Flavor::Partner),
+            Dialect::OAuth,
+            Dialect::Rest,
+            Dialect::Api,
+        ] {
+            let r = Refusal::from(BodyError::Timeout).render(d);
+            assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn only_waiting_refusals_say_when_to_retry() {
+        let wait = Refusal::RateLimited {
+            retry_after: Duration::from_millis(2500),
+        };
+        for d in [
+            Dialect::Soap(Flavor::Partner),
+            Dialect::OAuth,
+            Dialect::Rest,
+            Dialect::Api,
+        ] {
+            assert_eq!(wait.render(d).headers()[header::RETRY_AFTER], "3", "{d:?}");
+            assert_eq!(Refusal::Busy.render(d).headers()[header::RETRY_AFTER], "1");
+            assert!(
+                Refusal::BadCredentials
+                    .render(d)
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .is_none()
+            );
+        }
+    }
+}
