@@ -1,5 +1,6 @@
 //! What a load run measured: HDR histograms of latency (overall, and per second for the chart),
-//! status and error counts, and their rendering as text, JSON and an SVG chart.
+//! status and error counts, and their rendering as text and JSON. The SVG chart is drawn in
+//! `chart` and re-exported here, where callers have always found it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,6 +8,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+pub use super::chart::svg_chart;
 
 /// One worker's (or a merged group's) measurements.
 pub struct Recorder {
@@ -193,113 +196,6 @@ impl Summary {
         );
         out
     }
-}
-
-/// Throughput and latency percentiles over time, one panel each, as a self-contained SVG.
-pub fn svg_chart(title: &str, runs: &[(String, Summary)]) -> String {
-    const W: f64 = 900.0;
-    const H: f64 = 260.0;
-    const PAD: f64 = 60.0;
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let secs = runs
-        .iter()
-        .map(|(_, s)| s.per_second.len())
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64;
-    let max_rps = runs
-        .iter()
-        .flat_map(|(_, s)| s.per_second.iter().map(|p| p.requests))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let max_lat = runs
-        .iter()
-        .flat_map(|(_, s)| s.per_second.iter().map(|p| p.p99_us))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64
-        / 1000.0;
-    let x = |t: f64| PAD + t / (secs - 1.0) * (W - 2.0 * PAD);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\
-<rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"{PAD}\" y=\"24\" font-size=\"16\">{}</text>",
-        2.0 * H + 60.0,
-        quick_xml::escape::escape(title)
-    );
-    for (panel, (label, max)) in [
-        ("requests/s", max_rps),
-        ("latency ms (p50 solid, p99 dashed)", max_lat),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let top = 40.0 + panel as f64 * (H + 10.0);
-        let y = |v: f64| top + H - 30.0 - v / max * (H - 50.0);
-        let _ = write!(
-            svg,
-            "<line x1=\"{PAD}\" y1=\"{b}\" x2=\"{}\" y2=\"{b}\" stroke=\"#888\"/><line x1=\"{PAD}\" y1=\"{}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"#888\"/>\
-<text x=\"{PAD}\" y=\"{}\">{label}</text><text x=\"4\" y=\"{}\">{max:.1}</text><text x=\"4\" y=\"{b}\">0</text>\
-<text x=\"{}\" y=\"{}\">{:.0} s</text>",
-            W - PAD,
-            top + 10.0,
-            top + 8.0,
-            y(max) + 4.0,
-            W - PAD - 20.0,
-            top + H - 12.0,
-            secs - 1.0,
-            b = top + H - 30.0,
-        );
-        for (i, (name, s)) in runs.iter().enumerate() {
-            let color = colors[i % colors.len()];
-            let series: Vec<Vec<(f64, f64)>> = if panel == 0 {
-                vec![
-                    s.per_second
-                        .iter()
-                        .map(|p| (p.t as f64, p.requests as f64))
-                        .collect(),
-                ]
-            } else {
-                vec![
-                    s.per_second
-                        .iter()
-                        .map(|p| (p.t as f64, p.p50_us as f64 / 1000.0))
-                        .collect(),
-                    s.per_second
-                        .iter()
-                        .map(|p| (p.t as f64, p.p99_us as f64 / 1000.0))
-                        .collect(),
-                ]
-            };
-            for (k, points) in series.iter().enumerate() {
-                let pts: Vec<String> = points
-                    .iter()
-                    .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
-                    .collect();
-                let dash = if k == 1 {
-                    " stroke-dasharray=\"5,4\""
-                } else {
-                    ""
-                };
-                let _ = write!(
-                    svg,
-                    "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>",
-                    pts.join(" ")
-                );
-            }
-            if panel == 0 {
-                let _ = write!(
-                    svg,
-                    "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>",
-                    W - PAD - 160.0,
-                    top + 20.0 + 16.0 * i as f64,
-                    quick_xml::escape::escape(name)
-                );
-            }
-        }
-    }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 #[cfg(test)]

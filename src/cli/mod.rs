@@ -1,0 +1,426 @@
+//! The `tokengate` command line: the clap grammar of every command, `main` (runtime, exit
+//! code), configuration loading, logging set-up, and the dispatch of each command to the
+//! module that carries it out.
+
+mod demo;
+mod history;
+mod loadtest;
+mod output;
+mod serve;
+mod users;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use tokengate::admin::{self, Answer, Request};
+use tokengate::config::Config;
+use tokengate::server;
+
+use output::print_answer;
+use users::admin_call;
+
+/// Whatever ends a command with exit code 1. `main` prints it as `tokengate: {error}`: the
+/// CLI's own messages as they are, every other error with its own message (`transparent`).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// A message of the CLI's own: a bad flag value, a missing setting, a refused state.
+    #[error("{0}")]
+    Message(String),
+    #[error(transparent)]
+    Config(#[from] tokengate::config::ConfigError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Store(#[from] tokengate::store::StoreError),
+    #[error(transparent)]
+    Backup(#[from] tokengate::backup::BackupError),
+    #[error(transparent)]
+    Secret(#[from] tokengate::secret::SecretError),
+    #[error(transparent)]
+    Load(#[from] tokengate::loadtest::LoadError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Uri(#[from] http::uri::InvalidUri),
+    #[error(transparent)]
+    Addr(#[from] std::net::AddrParseError),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> Self {
+        Self::Message(message)
+    }
+}
+
+impl From<&str> for CliError {
+    fn from(message: &str) -> Self {
+        Self::Message(message.to_owned())
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "tokengate",
+    version,
+    about = "A TLS reverse proxy with Salesforce-style password+token logins"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the built-in defaults are used.
+    #[arg(long, global = true, env = "TOKENGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve,
+    /// Zero set-up demo: self-signed certificate, built-in echo upstream, a demo user.
+    Demo(DemoArgs),
+    /// Manage users (works while the server runs, through its admin socket).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Security tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Settings stored in the data directory (changeable while the server runs).
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+    /// Show the login history, newest first.
+    History(HistoryArgs),
+    /// Load-test a running tokengate (only ever the target you name).
+    #[command(subcommand)]
+    Loadtest(LoadtestCommand),
+    /// Write a consistent snapshot of the data directory to FILE (also while the server runs).
+    Backup { file: PathBuf },
+    /// Restore a backup into an empty data directory (the server must not be running).
+    Restore { file: PathBuf },
+    /// Validate a configuration file and exit.
+    CheckConfig,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// The tokengate to test, e.g. https://127.0.0.1:8443
+    #[arg(long)]
+    target: String,
+    /// PEM file of the CA (or self-signed certificate) to trust for the target.
+    #[arg(long, conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// Do not verify the target's certificate (testing only).
+    #[arg(long)]
+    insecure: bool,
+    /// Where `setup` writes the synthetic users' credentials (mode 0600) and `run` reads them.
+    #[arg(long, default_value = "tokengate-loadtest-users.json")]
+    users_file: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum LoadtestCommand {
+    /// Create synthetic load-test users through the admin API. The admin's password+token comes
+    /// from TOKENGATE_ADMIN_SECRET (or a prompt).
+    Setup {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        admin: String,
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// The server's [auth] token_length.
+        #[arg(long, default_value_t = 24)]
+        token_length: usize,
+    },
+    /// Delete every load-test user on the target.
+    Cleanup {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        admin: String,
+    },
+    /// Run a scenario and report throughput, statuses and latency percentiles.
+    Run {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, value_enum)]
+        scenario: tokengate::loadtest::Scenario,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// How long to run, e.g. 30s.
+        #[arg(long, default_value = "30s")]
+        duration: String,
+        /// Total requests per second (default: as fast as the target answers).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Path of the proxied call (basic, session and plain scenarios).
+        #[arg(long, default_value = "/services/data/v59.0/limits")]
+        path: String,
+        /// OAuth client for login-oauth; its secret comes from TOKENGATE_LOADTEST_CLIENT_SECRET.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw throughput and latency percentiles over time as SVG.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// No progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Args)]
+struct HistoryArgs {
+    /// A username (case-insensitive) or user id.
+    #[arg(long)]
+    user: Option<String>,
+    /// An RFC 3339 time or a duration ago ("1h").
+    #[arg(long)]
+    since: Option<String>,
+    /// success, superseded_token, bad_credentials, locked, rate_limited, disabled,
+    /// outside_login_range.
+    #[arg(long)]
+    outcome: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a new token and email it to the user (the old one stops working).
+    Reset { username: String },
+}
+
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Show or change the Compliance BCC Email setting.
+    ComplianceBcc {
+        /// Copy every outbound message to this address.
+        #[arg(long, conflicts_with = "disable")]
+        enable: Option<String>,
+        /// Stop sending compliance copies.
+        #[arg(long)]
+        disable: bool,
+        /// Redact tokens in the compliance copy (true by default).
+        #[arg(long)]
+        redact: Option<bool>,
+    },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    /// Data directory for the demo.
+    #[arg(long, default_value = "tokengate-demo")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user with a fresh random security token.
+    Add {
+        username: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "")]
+        full_name: String,
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Print the new token once, as the last line of standard output.
+        #[arg(long)]
+        show_token: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one user.
+    Show {
+        username: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user: logins fail and sessions end at once.
+    Disable { username: String },
+    /// Enable a disabled user.
+    Enable { username: String },
+    /// Change a user's settings.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["rotate_every", "login_ranges"])))]
+    Set {
+        username: String,
+        /// Rotate the token on a schedule ("24h", "7d") or "off".
+        #[arg(long)]
+        rotate_every: Option<String>,
+        /// Networks the user may log in from ("192.0.2.0/24,2001:db8::/32") or "none".
+        #[arg(long)]
+        login_ranges: Option<String>,
+    },
+    /// Clear a lockout.
+    Unlock { username: String },
+    /// Set a user's password (a new token is emailed when mail is configured).
+    Passwd {
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+/// Parses the command line, runs the command on a multi-threaded runtime, and turns the
+/// outcome into the exit code: success, or failure with the error on standard error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokengate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The configuration file, or the built-in defaults when none is given.
+fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::defaults(),
+    })
+}
+
+/// Logs to standard error; `RUST_LOG` overrides the configured level.
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs one command. The small ones are carried out here; the others have modules of their own.
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve => serve::serve(cli.config.as_deref(), cli.log_format).await,
+        Command::Demo(args) => demo::demo(args).await,
+        Command::History(args) => history::history(cli.config.as_deref(), args).await,
+        Command::Loadtest(cmd) => loadtest::loadtest(cmd).await,
+        Command::Backup { file } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let file = std::path::absolute(&file)?;
+            match admin_call(
+                &cfg,
+                Request::Backup {
+                    path: file.display().to_string(),
+                },
+            )
+            .await?
+            {
+                Answer::Error { message } => Err(message.into()),
+                Answer::Done { message } => {
+                    println!("{message}");
+                    Ok(())
+                }
+                other => print_answer(other, false, false),
+            }
+        }
+        Command::Restore { file } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            if admin::call_socket(&cfg.store.path, &Request::UserList)
+                .await?
+                .is_some()
+            {
+                return Err(
+                    "a tokengate server is running on this data directory; stop it first".into(),
+                );
+            }
+            let (store, _) = server::open_store(&cfg)?;
+            let n = tokengate::backup::restore(store.as_ref(), &file)?;
+            println!(
+                "restored {n} records from {} into {}",
+                file.display(),
+                cfg.store.path.display()
+            );
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let path = cli.config.ok_or("check-config needs --config FILE")?;
+            Config::load(&path)?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        Command::User(cmd) => {
+            let cfg = load_config(cli.config.as_deref())?;
+            users::user_command(&cfg, cmd).await
+        }
+        Command::Token(TokenCommand::Reset { username }) => {
+            let cfg = load_config(cli.config.as_deref())?;
+            print_answer(
+                admin_call(&cfg, Request::TokenReset { username }).await?,
+                false,
+                false,
+            )
+        }
+        Command::Settings(SettingsCommand::ComplianceBcc {
+            enable,
+            disable,
+            redact,
+        }) => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let req = if enable.is_none() && !disable && redact.is_none() {
+                Request::ComplianceGet
+            } else {
+                Request::ComplianceSet {
+                    address: enable,
+                    disable,
+                    redact,
+                }
+            };
+            print_answer(admin_call(&cfg, req).await?, false, false)
+        }
+    }
+}
