@@ -1,6 +1,7 @@
 //! Salesforce-style record ids: a 3-character key prefix (`005` users, `00D` orgs, `00e`
 //! profiles), 12 base-62 digits, and the 3-character suffix that makes the id
-//! case-insensitively unique (the 18-character form clients read from `userId`).
+//! case-insensitively unique (the 18-character form clients read from `userId`), and
+//! [`OrgId`], the organization id the configuration names.
 
 const SUFFIX_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -37,6 +38,31 @@ pub fn from_number(prefix: &str, mut n: u64) -> String {
     to_18(&id15)
 }
 
+/// A Salesforce-style organization id: 15 case-sensitive characters and the 18-character form
+/// with its case-insensitive checksum suffix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgId {
+    pub id15: String,
+    pub id18: String,
+}
+
+impl OrgId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = (s.len() == 15 || s.len() == 18)
+            && s.bytes().all(|b| b.is_ascii_alphanumeric())
+            && s.starts_with("00D");
+        if !ok {
+            return None;
+        }
+        let id15 = s[..15].to_owned();
+        let id18 = to_18(&id15);
+        if s.len() == 18 && !s.eq_ignore_ascii_case(&id18) {
+            return None;
+        }
+        Some(Self { id15, id18 })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +79,25 @@ mod tests {
         assert_eq!(from_number("005", 1), "005000000000001AAA");
         assert_ne!(from_number("005", 62), from_number("005", 1));
         assert_eq!(from_number("005", 62).len(), 18);
+    }
+
+    #[test]
+    fn org_ids_parse_in_both_forms() {
+        let short = OrgId::parse("00D4S000000oz4e").unwrap();
+        assert_eq!(short.id15, "00D4S000000oz4e");
+        assert_eq!(short.id18, "00D4S000000oz4eUAA");
+        // The suffix is case-insensitive; the 15 characters before it are not.
+        assert_eq!(OrgId::parse("00D4S000000oz4euaa"), Some(short.clone()));
+        assert_eq!(OrgId::parse("00D4S000000oz4eUAA"), Some(short));
+        assert_eq!(OrgId::parse("00D4S000000oz4eXAA"), None);
+        for bad in [
+            "",
+            "001000000000001",
+            "00D00000000001",
+            "00D0000000000010",
+            "00D00000000000!",
+        ] {
+            assert_eq!(OrgId::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use quick_xml::events::Event;
 use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::reader::NsReader;
 
-use crate::config::OrgId;
+use crate::ids::OrgId;
 
 const NS_ENVELOPE: &[u8] = b"http://schemas.xmlsoap.org/soap/envelope/";
 const NS_PARTNER: &[u8] = b"urn:partner.soap.sforce.com";

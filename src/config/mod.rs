@@ -1,0 +1,422 @@
+//! Configuration: the validated runtime [`Config`] the rest of the program reads, its errors,
+//! and [`Config::load`] / [`Config::from_toml`], which read a file through the TOML format of
+//! [`file`] and the checks of `validate`.
+//!
+//! The two shapes are kept apart on purpose: the file is what an operator writes (strings,
+//! optional keys, human durations), the runtime config is what code wants (socket addresses,
+//! `Duration`s, resolved secrets). Every error names the key and the problem in one line, so a
+//! bad file stops the start with a message an operator can act on.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+
+pub use crate::ids::OrgId;
+
+pub mod file;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+/// A configuration problem, always naming the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("config key {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub upstream: UpstreamConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub oauth_clients: Vec<OAuthClient>,
+    pub tokens: TokensConfig,
+    pub mail: MailConfig,
+    pub limits: LimitsConfig,
+    pub lockout: LockoutConfig,
+    pub history: HistoryConfig,
+    /// The Prometheus listener, if on (always a loopback address).
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_level: String,
+    /// `[loadtest] allow_synthetic_users`: the admin API may create load-test users.
+    pub allow_synthetic_users: bool,
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: how long a console sign-in lasts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleConfig {
+    pub session_idle_timeout: Duration,
+    pub session_lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub login_per_ip: std::num::NonZeroU32,
+    pub login_per_ip_period: Duration,
+    pub login_per_user: std::num::NonZeroU32,
+    pub login_per_user_period: Duration,
+    pub argon2_per_second: std::num::NonZeroU32,
+    pub max_keys: usize,
+    pub housekeeping_interval: Duration,
+    /// Zero: failures are answered as soon as they are known.
+    pub failure_delay: Duration,
+    pub max_delayed_failures: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LockoutConfig {
+    /// Zero: lockout off.
+    pub max_failures: u32,
+    pub window: Duration,
+    /// `None`: until an admin unlocks.
+    pub period: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    pub max_age: Duration,
+    pub max_rows: usize,
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// How long a superseded token keeps working after a rotation (zero: not at all).
+    pub grace_period: Duration,
+    pub revoke_sessions_on_reset: bool,
+    pub reset_per_user_per_hour: std::num::NonZeroU32,
+    pub reset_per_ip_per_hour: std::num::NonZeroU32,
+    pub rotation_check_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Clone)]
+pub enum MailTransport {
+    /// No mail can be sent: token resets answer "email delivery is not configured".
+    None,
+    Smtp {
+        host: String,
+        port: u16,
+        security: SmtpSecurity,
+        credentials: Option<(String, String)>,
+        /// Extra trust anchors for the server's certificate (a private CA).
+        ca: Option<PathBuf>,
+    },
+    /// `.eml` files in a directory: for the demo only.
+    File { dir: PathBuf },
+}
+
+impl std::fmt::Debug for MailTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MailTransport::None => f.write_str("None"),
+            MailTransport::Smtp {
+                host,
+                port,
+                security,
+                credentials,
+                ca,
+            } => f
+                .debug_struct("Smtp")
+                .field("host", host)
+                .field("port", port)
+                .field("security", security)
+                .field("username", &credentials.as_ref().map(|c| &c.0))
+                .field("ca", ca)
+                .finish_non_exhaustive(),
+            MailTransport::File { dir } => f.debug_struct("File").field("dir", dir).finish(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub transport: MailTransport,
+    /// Bounds a whole send: connect, dialogue and data.
+    pub timeout: Duration,
+    pub from: lettre::message::Mailbox,
+    pub reply_to: Option<lettre::message::Mailbox>,
+    pub brand: String,
+    pub compliance_retry_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `https://host[:port]`, no trailing slash: what `serverUrl` and `instance_url` start with.
+    pub public_url: Option<String>,
+    pub org: OrgId,
+    pub org_name: String,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_login_body_bytes: usize,
+    pub max_soap_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub drain_timeout: Duration,
+    pub max_buffered_body_bytes: usize,
+    pub idle_timeout: Duration,
+    pub max_connections_per_ip: usize,
+    pub max_concurrent_streams: u32,
+    /// Lower-case host names (no port) clients may address: `public_url`'s and
+    /// `allowed_hosts`. The server adds the host of its public origin when `public_url` is
+    /// unset (the listen address, or localhost).
+    pub allowed_hosts: Vec<String>,
+    /// `None`: no Strict-Transport-Security header.
+    pub hsts: Option<http::HeaderValue>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: Uri,
+    pub ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub max_connections: usize,
+    pub body_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data directory: the database, the generated certificate and the admin socket.
+    pub path: PathBuf,
+    pub cache_capacity_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub token_length: usize,
+    pub session_idle_timeout: Duration,
+    pub session_lifetime: Duration,
+    pub max_sessions: usize,
+    pub max_sessions_per_user: usize,
+    pub max_secret_bytes: usize,
+    pub argon2: argon2::Params,
+    pub hashing_concurrency: NonZeroUsize,
+    pub hashing_queue: usize,
+    pub hashing_queue_timeout: Duration,
+    pub password_policy: PasswordPolicy,
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    pub credential_cache_ttl: Duration,
+    pub credential_cache_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordPolicy {
+    pub min_length: usize,
+    pub require_letter_and_digit: bool,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self {
+            min_length: 8,
+            require_letter_and_digit: true,
+        }
+    }
+}
+
+impl PasswordPolicy {
+    /// A sentence describing the policy, for error messages and forms.
+    pub fn describe(&self) -> String {
+        if self.require_letter_and_digit {
+            format!(
+                "at least {} characters, mixing letters and digits",
+                self.min_length
+            )
+        } else {
+            format!("at least {} characters", self.min_length)
+        }
+    }
+
+    pub fn check(&self, pw: &str) -> Result<(), String> {
+        let ok = pw.chars().count() >= self.min_length
+            && pw.len() <= 1024
+            && (!self.require_letter_and_digit
+                || (pw.chars().any(char::is_alphabetic) && pw.chars().any(|c| c.is_ascii_digit())));
+        if ok { Ok(()) } else { Err(self.describe()) }
+    }
+}
+
+#[derive(Clone)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `path` only labels errors and anchors relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: file::ConfigFile =
+            toml::from_str(text).map_err(|e| read_error(text, path, &e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_file(file, base)
+    }
+
+    /// The embedded defaults (what `demo` and a missing config start from).
+    pub fn defaults() -> Self {
+        Self::from_file(file::ConfigFile::default(), Path::new("."))
+            .expect("built-in defaults are valid")
+    }
+
+    /// Validates the file structs. Relative paths are resolved against `base` (the directory
+    /// of the config file), so a config works whatever the current directory is.
+    pub fn from_file(f: file::ConfigFile, base: &Path) -> Result<Self, ConfigError> {
+        // Sections are checked in this order; the first problem is the one reported.
+        Ok(Self {
+            server: validate::server(&f.server)?,
+            tls: validate::tls(&f.tls, base)?,
+            upstream: validate::upstream(&f.upstream, base)?,
+            store: validate::store(&f.store, base)?,
+            auth: validate::auth(&f.auth)?,
+            oauth_clients: validate::oauth(&f.oauth)?,
+            tokens: validate::tokens(&f.tokens)?,
+            mail: validate::mail(&f.mail, base)?,
+            limits: validate::limits(&f.limits)?,
+            lockout: validate::lockout(&f.lockout)?,
+            console: validate::console(&f.console)?,
+            metrics_listen: validate::metrics(&f.metrics)?,
+            history: validate::history(&f.history)?,
+            log_level: validate::log(&f.log)?,
+            allow_synthetic_users: f.loadtest.allow_synthetic_users,
+        })
+    }
+
+    /// The https origin clients are told to use: `public_url` or, when unset, the listen
+    /// address (with `localhost` for an unspecified address).
+    pub fn public_origin(&self, bound: SocketAddr) -> String {
+        if let Some(u) = &self.server.public_url {
+            return u.clone();
+        }
+        let host = if bound.ip().is_unspecified() {
+            "localhost".to_owned()
+        } else if bound.is_ipv6() {
+            format!("[{}]", bound.ip())
+        } else {
+            bound.ip().to_string()
+        };
+        if bound.port() == 443 {
+            format!("https://{host}")
+        } else {
+            format!("https://{host}:{}", bound.port())
+        }
+    }
+}
+
+/// A TOML error as a [`ConfigError`]. A duration the file structs could not read is reported
+/// like any other bad value, by its key (`config key auth.session_idle_timeout: 'soon' is not a
+/// duration such as 15m or 2h (...)`); everything else (syntax, unknown keys, wrong types) by
+/// its line, in the TOML reader's words.
+fn read_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let message = e.message();
+    // The words of `humantime_serde` and of `file`'s own duration readers.
+    if message.starts_with("invalid value: string ")
+        && message.contains("expected a duration")
+        && let Some((key, value)) = e.span().and_then(|s| string_at(text, s.start))
+    {
+        return ConfigError::Invalid {
+            problem: file::duration_problem(&key, &value),
+            key,
+        };
+    }
+    let line = e
+        .span()
+        .map(|s| {
+            text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        })
+        .unwrap_or(0);
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        message: message.replace('\n', " "),
+    }
+}
+
+/// The dotted key (`auth.session_idle_timeout`) and the value of the string that holds byte
+/// `at` of `text`; `None` when the text is not TOML or no string value is there.
+fn string_at(text: &str, at: usize) -> Option<(String, String)> {
+    use toml::de::{DeTable, DeValue};
+
+    // Every table is searched: a table's own span need not cover the lines under its header.
+    fn in_table(table: &DeTable<'_>, at: usize, path: &str) -> Option<(String, String)> {
+        table.iter().find_map(|(key, value)| {
+            let path = if path.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{path}.{}", key.get_ref())
+            };
+            match value.get_ref() {
+                DeValue::String(s) if value.span().contains(&at) => Some((path, s.to_string())),
+                DeValue::Table(table) => in_table(table, at, &path),
+                DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| match item
+                    .get_ref()
+                {
+                    DeValue::Table(table) => in_table(table, at, &format!("{path}[{i}]")),
+                    _ => None,
+                }),
+                _ => None,
+            }
+        })
+    }
+
+    let doc = DeTable::parse(text).ok()?;
+    in_table(doc.get_ref(), at, "")
+}

@@ -1,0 +1,212 @@
+//! Unit tests of the configuration: defaults, parse errors and validation messages.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("/etc/tokengate/tokengate.toml"))
+}
+
+#[test]
+fn defaults_are_valid_and_match_the_documented_values() {
+    let c = Config::defaults();
+    assert_eq!(c.auth.token_length, 24);
+    assert_eq!(c.auth.session_idle_timeout, Duration::from_secs(7200));
+    assert_eq!(c.auth.argon2.m_cost(), 19_456);
+    assert_eq!(c.auth.argon2.t_cost(), 2);
+    assert_eq!(c.auth.argon2.p_cost(), 1);
+    assert_eq!(c.server.org.id18, "00D000000000001EAA");
+}
+
+#[test]
+fn unknown_key_names_the_key_and_line() {
+    let e = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("line 3"), "{msg}");
+    assert!(msg.contains("listen_port"), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    for (text, key) in [
+        ("[server]\nlisten = \"nope\"", "server.listen"),
+        ("[server]\norg_id = \"001\"", "server.org_id"),
+        ("[server]\npublic_url = \"http://x\"", "server.public_url"),
+        (
+            "[server]\npublic_url = \"https://my-api.example.com\"",
+            "server.public_url",
+        ),
+        ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
+        (
+            "[auth]\nsession_idle_timeout = \"soon\"",
+            "auth.session_idle_timeout",
+        ),
+        ("[auth]\ntoken_length = 3", "auth.token_length"),
+        ("[auth]\nargon2_memory_kib = 1", "auth.argon2"),
+        (
+            "[tls]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"",
+            "tls.cert",
+        ),
+        (
+            "[[oauth.clients]]\nclient_id = \"a\"",
+            "oauth.clients[0].client_secret",
+        ),
+        ("[log]\nlevel = \"info,,=[\"", "log.level"),
+        ("[mail]\ntransport = \"pigeon\"", "mail.transport"),
+        ("[mail]\ntransport = \"file\"", "mail.dir"),
+        ("[mail]\nfrom = \"not an address\"", "mail.from"),
+        (
+            "[mail]\ntransport = \"smtp\"\nsecurity = \"none\"\nusername = \"u\"\npassword = \"p\"",
+            "mail.security",
+        ),
+        (
+            "[tokens]\ngrace_period = \"a while\"",
+            "tokens.grace_period",
+        ),
+        (
+            "[tokens]\nreset_per_user_per_hour = 0",
+            "tokens.reset_per_user_per_hour",
+        ),
+        (
+            "[auth]\ntrusted_networks = [\"10.0.0.0/33\"]",
+            "auth.trusted_networks",
+        ),
+        (
+            "[server]\ntrusted_proxies = [\"proxy\"]",
+            "server.trusted_proxies",
+        ),
+        (
+            "[lockout]\nlockout_period = \"never\"",
+            "lockout.lockout_period",
+        ),
+        ("[limits]\nlogin_per_user = 0", "limits.login_per_user"),
+        ("[history]\nmax_age = \"old\"", "history.max_age"),
+        ("[metrics]\nlisten = \"0.0.0.0:9464\"", "metrics.listen"),
+        (
+            "[server]\ndrain_timeout = \"never\"",
+            "server.drain_timeout",
+        ),
+    ] {
+        let msg = parse(text).unwrap_err().to_string();
+        assert!(msg.contains(key), "{text:?} gave {msg}");
+    }
+}
+
+#[test]
+fn oauth_client_secret_can_come_from_the_environment() {
+    // SAFETY of the test: the variable name is unique to this test.
+    let var = "TOKENGATE_TEST_OAUTH_SECRET_4711";
+    let missing = parse(&format!(
+        "[[oauth.clients]]\nclient_id = \"a\"\nclient_secret_env = \"{var}\""
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(missing.contains(var), "{missing}");
+}
+
+#[test]
+fn public_url_is_normalised_to_an_origin() {
+    let c = parse("[server]\npublic_url = \"https://proxy.example.com:8443/\"").unwrap();
+    assert_eq!(
+        c.server.public_url.as_deref(),
+        Some("https://proxy.example.com:8443")
+    );
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let c = parse("[store]\npath = \"data\"").unwrap();
+    assert_eq!(c.store.path, Path::new("/etc/tokengate/data"));
+}
+
+#[test]
+fn unreadable_durations_name_their_key_and_say_what_a_duration_is() {
+    for (text, key, value) in [
+        (
+            "[auth]\nsession_idle_timeout = \"soon\"",
+            "auth.session_idle_timeout",
+            "soon",
+        ),
+        (
+            "[tokens]\ngrace_period = \" a while\"",
+            "tokens.grace_period",
+            " a while",
+        ),
+        (
+            "[limits]\nfailure_delay = \"2 fortnights\"",
+            "limits.failure_delay",
+            "2 fortnights",
+        ),
+        (
+            "[lockout]\nlockout_period = \" never \"",
+            "lockout.lockout_period",
+            "never",
+        ),
+        (
+            "[console]\nsession_lifetime = \"8\"",
+            "console.session_lifetime",
+            "8",
+        ),
+    ] {
+        let problem = humantime::parse_duration(value).unwrap_err();
+        assert_eq!(
+            parse(text).unwrap_err().to_string(),
+            format!("config key {key}: '{value}' is not a duration such as 15m or 2h ({problem})"),
+        );
+    }
+    // Not a string at all: the TOML reader's words, with the line.
+    let msg = parse("[server]\n\ndrain_timeout = 30\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("line 3"), "{msg}");
+}
+
+#[test]
+fn zero_durations_are_refused_except_where_zero_means_off() {
+    for (text, key) in [
+        ("[server]\nidle_timeout = \"0s\"", "server.idle_timeout"),
+        ("[history]\nmax_age = \"0\"", "history.max_age"),
+        ("[tokens]\ngrace_period = \"0ms\"", "tokens.grace_period"),
+        (
+            "[lockout]\nlockout_period = \"0s\"",
+            "lockout.lockout_period",
+        ),
+    ] {
+        assert_eq!(
+            parse(text).unwrap_err().to_string(),
+            format!("config key {key}: must be longer than zero"),
+        );
+    }
+    let c = parse(
+        "[tokens]\ngrace_period = \" 0 \"\n[limits]\nfailure_delay = \"0s\"\n\
+         [lockout]\nlockout_period = \" forever \"",
+    )
+    .unwrap();
+    assert_eq!(c.tokens.grace_period, Duration::ZERO);
+    assert_eq!(c.limits.failure_delay, Duration::ZERO);
+    assert_eq!(c.lockout.period, None);
+    let msg = parse("[limits]\nfailure_delay = \"11s\"")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(msg, "config key limits.failure_delay: must be at most 10s");
+}
+
+#[test]
+fn the_defaults_are_the_documented_duration_strings() {
+    let written = "\
+        [server]\nheader_read_timeout = \"10s\"\ntls_handshake_timeout = \"10s\"\n\
+        body_read_timeout = \"30s\"\ndrain_timeout = \"30s\"\nidle_timeout = \"60s\"\n\
+        [upstream]\nconnect_timeout = \"5s\"\nresponse_timeout = \"60s\"\n\
+        pool_idle_timeout = \"90s\"\nbody_idle_timeout = \"60s\"\n\
+        [auth]\nsession_idle_timeout = \"2h\"\nsession_lifetime = \"2h\"\n\
+        hashing_queue_timeout = \"2s\"\ncredential_cache_ttl = \"5m\"\n\
+        [tokens]\ngrace_period = \"0s\"\nrotation_check_interval = \"30s\"\n\
+        [mail]\ntimeout = \"30s\"\ncompliance_retry_interval = \"60s\"\n\
+        [limits]\nlogin_per_ip_period = \"1m\"\nlogin_per_user_period = \"1h\"\n\
+        housekeeping_interval = \"60s\"\nfailure_delay = \"250ms\"\n\
+        [lockout]\nwindow = \"15m\"\nlockout_period = \"15m\"\n\
+        [history]\nmax_age = \"90d\"\n\
+        [console]\nsession_idle_timeout = \"30m\"\nsession_lifetime = \"8h\"\n";
+    let c = Config::from_toml(written, Path::new("./tokengate.toml")).unwrap();
+    assert_eq!(format!("{c:?}"), format!("{:?}", Config::defaults()));
+}

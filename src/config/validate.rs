@@ -1,0 +1,508 @@
+//! Validation: one function per section of the file, turning [`file`] structs into the runtime
+//! ones. Each refuses a bad value with a [`ConfigError::Invalid`] naming the key
+//! (`server.listen`, `oauth.clients[0].client_id`), and relative paths are resolved against
+//! `base`, the directory of the config file.
+//!
+//! [`Config::from_file`](super::Config::from_file) calls them in the file's order; the first
+//! problem found is the one reported.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+
+use super::{
+    AuthConfig, ConfigError, ConsoleConfig, HistoryConfig, LimitsConfig, LockoutConfig,
+    OAuthClient, OrgId, PasswordPolicy, ServerConfig, StoreConfig, TlsConfig, TokensConfig,
+    UpstreamConfig, file,
+};
+
+mod mail;
+pub(super) use mail::mail;
+
+pub(super) fn server(s: &file::Server) -> Result<ServerConfig, ConfigError> {
+    let listen: SocketAddr = s.listen.parse().map_err(|_| {
+        invalid(
+            "server.listen",
+            format!("'{}' is not an address such as 127.0.0.1:8443", s.listen),
+        )
+    })?;
+    let public_url = match &s.public_url {
+        None => None,
+        Some(u) => Some(parse_public_url(u)?),
+    };
+    let org = OrgId::parse(&s.org_id).ok_or_else(|| {
+        invalid(
+            "server.org_id",
+            format!(
+                "'{}' is not a 15- or 18-character id starting with 00D",
+                s.org_id
+            ),
+        )
+    })?;
+    if s.org_name.is_empty() || s.org_name.len() > 80 {
+        return Err(invalid("server.org_name", "must be 1 to 80 characters"));
+    }
+    let server = ServerConfig {
+        listen,
+        public_url,
+        org,
+        org_name: s.org_name.clone(),
+        header_read_timeout: nonzero("server.header_read_timeout", s.header_read_timeout)?,
+        tls_handshake_timeout: nonzero("server.tls_handshake_timeout", s.tls_handshake_timeout)?,
+        body_read_timeout: nonzero("server.body_read_timeout", s.body_read_timeout)?,
+        max_login_body_bytes: bounded(
+            "server.max_login_body_bytes",
+            s.max_login_body_bytes,
+            1024,
+            16 << 20,
+        )?,
+        max_soap_body_bytes: bounded(
+            "server.max_soap_body_bytes",
+            s.max_soap_body_bytes,
+            1024,
+            1 << 30,
+        )?,
+        max_header_bytes: bounded("server.max_header_bytes", s.max_header_bytes, 8192, 1 << 20)?,
+        max_connections: bounded("server.max_connections", s.max_connections, 1, 1_000_000)?,
+        trusted_proxies: cidrs("server.trusted_proxies", &s.trusted_proxies)?,
+        drain_timeout: nonzero("server.drain_timeout", s.drain_timeout)?,
+        max_buffered_body_bytes: bounded(
+            "server.max_buffered_body_bytes",
+            s.max_buffered_body_bytes,
+            64 * 1024,
+            1 << 40,
+        )?,
+        idle_timeout: nonzero("server.idle_timeout", s.idle_timeout)?,
+        max_connections_per_ip: bounded(
+            "server.max_connections_per_ip",
+            s.max_connections_per_ip,
+            1,
+            1_000_000,
+        )?,
+        max_concurrent_streams: bounded(
+            "server.max_concurrent_streams",
+            s.max_concurrent_streams as usize,
+            1,
+            10_000,
+        )? as u32,
+        allowed_hosts: allowed_hosts(s.public_url.as_deref(), &s.allowed_hosts)?,
+        hsts: match s.hsts.trim() {
+            "off" | "" => None,
+            v => Some(http::HeaderValue::from_str(v).map_err(|_| {
+                invalid(
+                    "server.hsts",
+                    "must be a header value such as max-age=31536000, or off",
+                )
+            })?),
+        },
+    };
+    if server.max_login_body_bytes > server.max_buffered_body_bytes {
+        return Err(invalid(
+            "server.max_buffered_body_bytes",
+            "must be at least server.max_login_body_bytes",
+        ));
+    }
+    Ok(server)
+}
+
+/// The host names clients may address: `public_url`'s, then the listed ones, lower case and
+/// without ports.
+fn allowed_hosts(public_url: Option<&str>, listed: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut hosts = Vec::new();
+    if let Some(host) = public_url
+        .and_then(|u| u.parse::<Uri>().ok())
+        .and_then(|u| u.host().map(str::to_ascii_lowercase))
+    {
+        hosts.push(host);
+    }
+    for (i, h) in listed.iter().enumerate() {
+        let name = h.trim().to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && (name.parse::<std::net::IpAddr>().is_ok()
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok()
+                || name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if !valid {
+            return Err(invalid(
+                &format!("server.allowed_hosts[{i}]"),
+                format!("'{h}' is not a host name (no scheme, port or path)"),
+            ));
+        }
+        if !hosts.contains(&name) {
+            hosts.push(name);
+        }
+    }
+    Ok(hosts)
+}
+
+fn parse_public_url(u: &str) -> Result<String, ConfigError> {
+    let uri: Uri = u
+        .parse()
+        .map_err(|_| invalid("server.public_url", format!("'{u}' is not a URL")))?;
+    if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+        return Err(invalid(
+            "server.public_url",
+            format!("'{u}' must be an https:// origin such as https://proxy.example.com"),
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(invalid(
+            "server.public_url",
+            "must be an origin without a path: clients append /services/... to it",
+        ));
+    }
+    let host = uri.host().unwrap_or_default();
+    // simple-salesforce strips "-api" from the host it is given (docs/salesforce-protocol.md §1.4).
+    if host.contains("-api") {
+        return Err(invalid(
+            "server.public_url",
+            "the host must not contain '-api' (simple-salesforce removes it)",
+        ));
+    }
+    Ok(format!("https://{}", uri.authority().expect("checked")))
+}
+
+pub(super) fn tls(t: &file::Tls, base: &Path) -> Result<TlsConfig, ConfigError> {
+    match (&t.cert, &t.key) {
+        (None, None) => Ok(TlsConfig::default()),
+        (Some(c), Some(k)) => {
+            let (cert, key) = (resolve(base, c), resolve(base, k));
+            Ok(TlsConfig {
+                cert: Some(existing_file("tls.cert", cert)?),
+                key: Some(existing_file("tls.key", key)?),
+            })
+        }
+        (Some(_), None) => Err(invalid("tls.key", "tls.cert is set but tls.key is not")),
+        (None, Some(_)) => Err(invalid("tls.cert", "tls.key is set but tls.cert is not")),
+    }
+}
+
+pub(super) fn upstream(u: &file::Upstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
+    let url: Uri = u
+        .url
+        .parse()
+        .map_err(|_| invalid("upstream.url", format!("'{}' is not a URL", u.url)))?;
+    match (url.scheme_str(), url.authority()) {
+        (Some("http" | "https"), Some(_)) => {}
+        _ => {
+            return Err(invalid(
+                "upstream.url",
+                format!("'{}' must be an http:// or https:// URL with a host", u.url),
+            ));
+        }
+    }
+    let ca = match &u.ca {
+        None => None,
+        Some(p) => Some(existing_file("upstream.ca", resolve(base, p))?),
+    };
+    Ok(UpstreamConfig {
+        url,
+        ca,
+        connect_timeout: nonzero("upstream.connect_timeout", u.connect_timeout)?,
+        response_timeout: nonzero("upstream.response_timeout", u.response_timeout)?,
+        pool_idle_timeout: nonzero("upstream.pool_idle_timeout", u.pool_idle_timeout)?,
+        pool_max_idle_per_host: bounded(
+            "upstream.pool_max_idle_per_host",
+            u.pool_max_idle_per_host,
+            0,
+            100_000,
+        )?,
+        max_connections: bounded("upstream.max_connections", u.max_connections, 1, 1_000_000)?,
+        body_idle_timeout: nonzero("upstream.body_idle_timeout", u.body_idle_timeout)?,
+    })
+}
+
+pub(super) fn store(s: &file::Store, base: &Path) -> Result<StoreConfig, ConfigError> {
+    if s.path.is_empty() {
+        return Err(invalid("store.path", "must not be empty"));
+    }
+    Ok(StoreConfig {
+        path: resolve(base, &s.path),
+        cache_capacity_bytes: bounded(
+            "store.cache_capacity_mib",
+            s.cache_capacity_mib as usize,
+            1,
+            65_536,
+        )? as u64
+            * 1024
+            * 1024,
+    })
+}
+
+pub(super) fn auth(a: &file::Auth) -> Result<AuthConfig, ConfigError> {
+    let argon2 = argon2::Params::new(
+        a.argon2_memory_kib,
+        a.argon2_iterations,
+        a.argon2_parallelism,
+        None,
+    )
+    .map_err(|e| invalid("auth.argon2_*", format!("invalid argon2 parameters: {e}")))?;
+    crate::secret::check_argon2_params(&argon2).map_err(|e| invalid("auth.argon2_*", e))?;
+    let concurrency = if a.hashing_concurrency == 0 {
+        std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+    } else {
+        a.hashing_concurrency
+    };
+    let auth = AuthConfig {
+        token_length: bounded("auth.token_length", a.token_length, 16, 64)?,
+        session_idle_timeout: nonzero("auth.session_idle_timeout", a.session_idle_timeout)?,
+        session_lifetime: nonzero("auth.session_lifetime", a.session_lifetime)?,
+        max_sessions: bounded("auth.max_sessions", a.max_sessions, 1, 50_000_000)?,
+        max_sessions_per_user: bounded(
+            "auth.max_sessions_per_user",
+            a.max_sessions_per_user,
+            1,
+            1_000_000,
+        )?,
+        max_secret_bytes: bounded("auth.max_secret_bytes", a.max_secret_bytes, 64, 16_384)?,
+        argon2,
+        hashing_concurrency: NonZeroUsize::new(bounded(
+            "auth.hashing_concurrency",
+            concurrency,
+            1,
+            1024,
+        )?)
+        .expect("bounded above zero"),
+        hashing_queue: bounded("auth.hashing_queue", a.hashing_queue, 0, 1_000_000)?,
+        hashing_queue_timeout: nonzero("auth.hashing_queue_timeout", a.hashing_queue_timeout)?,
+        password_policy: PasswordPolicy {
+            min_length: bounded("auth.password_min_length", a.password_min_length, 1, 256)?,
+            require_letter_and_digit: a.password_require_letter_and_digit,
+        },
+        trusted_networks: cidrs("auth.trusted_networks", &a.trusted_networks)?,
+        credential_cache_ttl: nonzero("auth.credential_cache_ttl", a.credential_cache_ttl)?,
+        credential_cache_size: bounded(
+            "auth.credential_cache_size",
+            a.credential_cache_size,
+            0,
+            10_000_000,
+        )?,
+    };
+    if auth.session_lifetime < auth.session_idle_timeout {
+        return Err(invalid(
+            "auth.session_lifetime",
+            "must not be shorter than auth.session_idle_timeout",
+        ));
+    }
+    Ok(auth)
+}
+
+pub(super) fn oauth(o: &file::OAuth) -> Result<Vec<OAuthClient>, ConfigError> {
+    let mut clients = Vec::with_capacity(o.clients.len());
+    for (i, c) in o.clients.iter().enumerate() {
+        let key = format!("oauth.clients[{i}]");
+        if c.client_id.is_empty() || c.client_id.len() > 256 {
+            return Err(invalid(
+                &format!("{key}.client_id"),
+                "must be 1 to 256 characters",
+            ));
+        }
+        if clients
+            .iter()
+            .any(|o: &OAuthClient| o.client_id == c.client_id)
+        {
+            return Err(invalid(
+                &format!("{key}.client_id"),
+                format!("'{}' is listed twice", c.client_id),
+            ));
+        }
+        let secret = match (&c.client_secret, &c.client_secret_env) {
+            (Some(s), None) => s.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                invalid(
+                    &format!("{key}.client_secret_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?,
+            _ => {
+                return Err(invalid(
+                    &format!("{key}.client_secret"),
+                    "set exactly one of client_secret and client_secret_env",
+                ));
+            }
+        };
+        if secret.len() < 8 {
+            return Err(invalid(
+                &format!("{key}.client_secret"),
+                "must be at least 8 characters",
+            ));
+        }
+        clients.push(OAuthClient {
+            client_id: c.client_id.clone(),
+            client_secret: secret,
+        });
+    }
+    Ok(clients)
+}
+
+pub(super) fn tokens(t: &file::Tokens) -> Result<TokensConfig, ConfigError> {
+    Ok(TokensConfig {
+        grace_period: or_zero("tokens.grace_period", t.grace_period)?,
+        revoke_sessions_on_reset: t.revoke_sessions_on_reset,
+        reset_per_user_per_hour: at_least_one(
+            "tokens.reset_per_user_per_hour",
+            t.reset_per_user_per_hour,
+        )?,
+        reset_per_ip_per_hour: at_least_one(
+            "tokens.reset_per_ip_per_hour",
+            t.reset_per_ip_per_hour,
+        )?,
+        rotation_check_interval: nonzero(
+            "tokens.rotation_check_interval",
+            t.rotation_check_interval,
+        )?,
+    })
+}
+
+pub(super) fn limits(l: &file::Limits) -> Result<LimitsConfig, ConfigError> {
+    Ok(LimitsConfig {
+        login_per_ip: at_least_one("limits.login_per_ip", l.login_per_ip)?,
+        login_per_ip_period: nonzero("limits.login_per_ip_period", l.login_per_ip_period)?,
+        login_per_user: at_least_one("limits.login_per_user", l.login_per_user)?,
+        login_per_user_period: nonzero("limits.login_per_user_period", l.login_per_user_period)?,
+        argon2_per_second: at_least_one("limits.argon2_per_second", l.argon2_per_second)?,
+        max_keys: bounded("limits.max_keys", l.max_keys, 100, 100_000_000)?,
+        housekeeping_interval: nonzero("limits.housekeeping_interval", l.housekeeping_interval)?,
+        failure_delay: match or_zero("limits.failure_delay", l.failure_delay)? {
+            d if d > Duration::from_secs(10) => {
+                return Err(invalid("limits.failure_delay", "must be at most 10s"));
+            }
+            d => d,
+        },
+        max_delayed_failures: bounded(
+            "limits.max_delayed_failures",
+            l.max_delayed_failures,
+            1,
+            1_000_000,
+        )?,
+    })
+}
+
+pub(super) fn lockout(l: &file::Lockout) -> Result<LockoutConfig, ConfigError> {
+    Ok(LockoutConfig {
+        max_failures: l.max_failures,
+        window: nonzero("lockout.window", l.window)?,
+        period: l
+            .lockout_period
+            .map(|p| nonzero("lockout.lockout_period", p))
+            .transpose()?,
+    })
+}
+
+pub(super) fn console(c: &file::Console) -> Result<ConsoleConfig, ConfigError> {
+    let console = ConsoleConfig {
+        session_idle_timeout: nonzero("console.session_idle_timeout", c.session_idle_timeout)?,
+        session_lifetime: nonzero("console.session_lifetime", c.session_lifetime)?,
+    };
+    if console.session_lifetime < console.session_idle_timeout {
+        return Err(invalid(
+            "console.session_lifetime",
+            "must not be shorter than console.session_idle_timeout",
+        ));
+    }
+    Ok(console)
+}
+
+/// The Prometheus listener, if on: always a loopback address.
+pub(super) fn metrics(m: &file::Metrics) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(l) = &m.listen else {
+        return Ok(None);
+    };
+    let addr: SocketAddr = l.parse().map_err(|_| {
+        invalid(
+            "metrics.listen",
+            format!("'{l}' is not an address such as 127.0.0.1:9464"),
+        )
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(invalid(
+            "metrics.listen",
+            "must be a loopback address (metrics are for the local collector)",
+        ));
+    }
+    Ok(Some(addr))
+}
+
+pub(super) fn history(h: &file::History) -> Result<HistoryConfig, ConfigError> {
+    Ok(HistoryConfig {
+        max_age: nonzero("history.max_age", h.max_age)?,
+        max_rows: bounded("history.max_rows", h.max_rows, 1, 1_000_000_000)?,
+        queue: bounded("history.queue", h.queue, 1, 10_000_000)?,
+    })
+}
+
+/// The tracing filter, checked for syntax.
+pub(super) fn log(l: &file::Log) -> Result<String, ConfigError> {
+    tracing_subscriber::EnvFilter::try_new(&l.level)
+        .map_err(|e| invalid("log.level", format!("'{}': {e}", l.level)))?;
+    Ok(l.level.clone())
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// `p` as written if absolute, else under `base`.
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+fn existing_file(key: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
+    if !p.is_file() {
+        return Err(invalid(key, format!("file {} does not exist", p.display())));
+    }
+    Ok(p)
+}
+
+fn cidrs(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.iter()
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| invalid(key, format!("'{c}' is not a network such as 10.0.0.0/8")))
+        })
+        .collect()
+}
+
+/// A duration that must not be zero (durations that may be written "0" to turn something off
+/// are read as `None` and go through [`or_zero`]).
+fn nonzero(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// A duration written "0" (`None`: off) or else one longer than zero.
+fn or_zero(key: &str, d: Option<Duration>) -> Result<Duration, ConfigError> {
+    d.map_or(Ok(Duration::ZERO), |d| nonzero(key, d))
+}
+
+fn at_least_one(key: &str, v: u32) -> Result<NonZeroU32, ConfigError> {
+    NonZeroU32::new(v).ok_or_else(|| invalid(key, "must be at least 1"))
+}
+
+fn bounded(key: &str, v: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    if v < min || v > max {
+        return Err(invalid(key, format!("{v} is outside {min}..={max}")));
+    }
+    Ok(v)
+}
