@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS (default 60) with cargo-fuzz and libFuzzer, one after the
 # other, adding what they find to fuzz/corpus/<target>/ (minimised at the end). A crash leaves
-# its input in fuzz/artifacts/<target>/ and stops the script; `cargo test --test fuzz_corpora`
+# its input in fuzz/artifacts/<target>/ and stops the script; `cargo test --test it fuzz_corpora`
 # replays both directories on stable.
 #   fuzz/run.sh [SECONDS] [TARGET...]
 set -euo pipefail

@@ -2,7 +2,7 @@
 //! while) a caller is authenticated. Each takes arbitrary bytes, runs the parser as the server
 //! does, and panics when a property the rest of tokengate relies on does not hold. The
 //! cargo-fuzz targets under `fuzz/` call these (coverage-guided, on nightly); the test
-//! `tests/fuzz_corpora.rs` replays every saved input through them on stable, so a finding
+//! `tests/it/fuzz_corpora.rs` replays every saved input through them on stable, so a finding
 //! stays fixed.
 //!
 //! Not part of the API: it exists for the fuzzers and the regression test.

@@ -33,6 +33,8 @@ enum CliError {
     #[error(transparent)]
     Server(#[from] server::ServerError),
     #[error(transparent)]
+    Services(#[from] tokengate::services::ServicesError),
+    #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Store(#[from] tokengate::store::StoreError),
@@ -378,7 +380,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     "a tokengate server is running on this data directory; stop it first".into(),
                 );
             }
-            let (store, _) = server::open_store(&cfg)?;
+            let store = tokengate::services::DataDir::open(&cfg)?.store;
             let n = tokengate::backup::restore(store.as_ref(), &file)?;
             println!(
                 "restored {n} records from {} into {}",

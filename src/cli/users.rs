@@ -6,7 +6,7 @@ use std::io::{BufRead as _, IsTerminal as _};
 
 use tokengate::admin::{self, Answer, NewUser, Request};
 use tokengate::config::Config;
-use tokengate::server;
+use tokengate::services::ServicesError;
 
 use super::output::print_answer;
 use super::{CliError, UserCommand};
@@ -39,8 +39,8 @@ pub(super) async fn admin_call(cfg: &Config, req: Request) -> Result<Answer, Cli
     if let Some(answer) = admin::call_socket(&cfg.store.path, &req).await? {
         return Ok(answer);
     }
-    let admin = server::open_admin(cfg).map_err(|e| match e {
-        server::ServerError::Store(tokengate::store::StoreError::Locked { path }) => format!(
+    let admin = tokengate::services::offline_admin(cfg).map_err(|e| match e {
+        ServicesError::Store(tokengate::store::StoreError::Locked { path }) => format!(
             "the data directory {path} is locked by a running tokengate whose admin socket does not answer"
         ),
         other => other.to_string(),

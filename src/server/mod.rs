@@ -183,18 +183,6 @@ fn hosts_of(cfg: &Config, origin: &str) -> Vec<String> {
     hosts
 }
 
-/// Opens the store of a data directory and derives the installation's secrets (see
-/// [`crate::services::DataDir`]).
-pub fn open_store(cfg: &Config) -> Result<(Arc<dyn Store>, Arc<Secrets>), ServerError> {
-    let d = crate::services::DataDir::open(cfg)?;
-    Ok((d.store, d.secrets))
-}
-
-/// The admin operations on a data directory with no server running (the CLI's direct mode).
-pub fn open_admin(cfg: &Config) -> Result<Admin, ServerError> {
-    Ok(crate::services::offline_admin(cfg)?)
-}
-
 /// The Prometheus listener: plain HTTP on a loopback address, `GET /metrics`.
 async fn serve_metrics(
     addr: SocketAddr,

@@ -1,6 +1,6 @@
 // Drives tokengate with the real jsforce client (pinned to 3.10.16 in package.json).
 //
-// Run by tests/jsforce.rs; it can also be run by hand against a running tokengate:
+// Run by tests/it/jsforce.rs; it can also be run by hand against a running tokengate:
 //
 //   NODE_EXTRA_CA_CERTS=/abs/path/cert.pem TG_URL=https://127.0.0.1:8443 TG_USER=alice \
 //   TG_SECRET='Passw0rd<token>' TG_CLIENT_ID=... TG_CLIENT_SECRET=... node flow.mjs

@@ -1,7 +1,6 @@
 //! Shared test harness: a recording upstream on loopback, the real tokengate server booted
 //! in-process on `127.0.0.1:0` with real TLS, and an HTTPS client that trusts only the
 //! server's own certificate.
-#![allow(dead_code)]
 
 pub mod js;
 pub mod process;

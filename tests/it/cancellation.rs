@@ -36,7 +36,8 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     cfg.limits.login_per_user = NonZeroU32::new(1_000_000).unwrap();
     cfg.limits.argon2_per_second = NonZeroU32::new(1_000_000).unwrap();
     cfg.lockout.max_failures = 0;
-    let (store, secrets) = tokengate::server::open_store(&cfg).unwrap();
+    let tokengate::services::DataDir { store, secrets } =
+        tokengate::services::DataDir::open(&cfg).unwrap();
     let users = Users::new(
         store.clone(),
         secrets.clone(),

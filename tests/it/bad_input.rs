@@ -1,13 +1,11 @@
 //! Bad input gets a clear error in the caller's own dialect: never a panic, a hang, or a
 //! secret echoed back.
 
-mod support;
-
 use std::io::Write as _;
 use std::time::Duration;
 
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::*;
 
 const ENVELOPE_OPEN: &str =
     r#"<se:Envelope xmlns:se="http://schemas.xmlsoap.org/soap/envelope/"><se:Body>"#;

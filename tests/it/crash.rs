@@ -8,16 +8,14 @@
 //! received in full until told: tokengate is killed while the message's fate is unknown to it
 //! (the mail went out, no acceptance came back), and again right after the acceptance.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::process::{self, Serve};
+use crate::support::smtp::{Behaviour, SinkEvent, SmtpSink};
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::process::{self, Serve};
-use support::smtp::{Behaviour, SinkEvent, SmtpSink};
-use support::*;
 
 const VICTIM: &str = "victim@example.com";
 const VICTIM_MAIL: &str = "victim.example.com@example.com";

@@ -2,12 +2,10 @@
 //! sends it, the OAuth 2.0 password grant, and HTTP Basic on a proxied call; and the one
 //! generic answer every failure gets.
 
-mod support;
-
 use std::io::Write as _;
 
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::*;
 
 #[tokio::test]
 async fn soap_login_returns_a_salesforce_shaped_result() {

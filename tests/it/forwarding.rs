@@ -1,14 +1,12 @@
 //! Forwarding: what the upstream receives (identity headers, no credentials, the original
 //! Host, HTTP/1.1 whatever the client spoke), what the client receives back, and failures.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use support::*;
 
 async fn logged_in(ts: &TestServer, name: &str) -> String {
     let token = ts.add_user(name).await;

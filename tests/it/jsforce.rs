@@ -10,13 +10,11 @@
 //! module, whose default trust store `NODE_EXTRA_CA_CERTS` extends. The variable is read once at
 //! Node start-up, so it is set on the child's environment, never from inside the script.
 
-mod support;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const USERNAME: &str = "JSForce.User@Example.com";
 /// What tokengate stores and forwards for `USERNAME` (usernames are case-insensitive).
@@ -45,7 +43,7 @@ impl Output {
 /// Runs `cmd` to completion, killing it and its children after `timeout`. Blocking: call
 /// from `spawn_blocking`.
 fn run(cmd: Command, timeout: Duration) -> Output {
-    let (out, killed) = support::process::run_bounded(cmd, None, timeout);
+    let (out, killed) = crate::support::process::run_bounded(cmd, None, timeout);
     Output {
         status: if killed {
             format!("killed after {timeout:?} (timeout)")
@@ -60,7 +58,7 @@ fn run(cmd: Command, timeout: Duration) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsforce_logs_in_with_soap_and_oauth_and_queries_through_the_proxy() {
-    tokio::task::spawn_blocking(support::js::node_modules)
+    tokio::task::spawn_blocking(crate::support::js::node_modules)
         .await
         .unwrap();
 
@@ -69,8 +67,8 @@ async fn jsforce_logs_in_with_soap_and_oauth_and_queries_through_the_proxy() {
     let token = ts.add_user(USERNAME).await;
 
     let mut cmd = Command::new("node");
-    cmd.arg(support::js::dir().join("flow.mjs"))
-        .current_dir(support::js::dir())
+    cmd.arg(crate::support::js::dir().join("flow.mjs"))
+        .current_dir(crate::support::js::dir())
         .env("NODE_EXTRA_CA_CERTS", &ts.ca)
         .env("TG_URL", &ts.origin)
         .env("TG_USER", USERNAME)

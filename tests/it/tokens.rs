@@ -2,13 +2,11 @@
 //! the emailed token works and the old one does not; Compliance BCC copies; delivery failures
 //! leave the old token valid; grace windows; scheduled rotation and its persistence.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::smtp::{Behaviour, SmtpSink};
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::smtp::{Behaviour, SmtpSink};
-use support::*;
 
 struct Env {
     up: Upstream,

@@ -2,15 +2,13 @@
 //! a real headless Chromium (Debian's chromium driven by playwright-core) that reset a token by
 //! clicking, receive it on a real SMTP server, and log in with it.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::smtp::SmtpSink;
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::smtp::SmtpSink;
-use support::*;
 
 const BASE: &str = "/tokengate/console";
 
@@ -585,7 +583,7 @@ fn run_browser(
     shots: &Path,
     extra: &[(&str, &str)],
 ) -> Vec<serde_json::Value> {
-    let js = support::js::node_modules();
+    let js = crate::support::js::node_modules();
     let mut cmd = Command::new("node");
     cmd.arg(js.join("console.mjs"))
         .env("TG_URL", format!("https://127.0.0.1:{}", ts.addr.port()))
@@ -601,7 +599,7 @@ fn run_browser(
         cmd.env(k, v);
     }
     // Node and the Chromium it drives, killed together if they hang.
-    let (out, killed) = support::process::run_bounded(cmd, None, Duration::from_secs(180));
+    let (out, killed) = crate::support::process::run_bounded(cmd, None, Duration::from_secs(180));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success() && !killed,

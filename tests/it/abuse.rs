@@ -3,14 +3,12 @@
 //! the login history, the verified-credential cache's invalidation, and bounded limiter memory
 //! under a flood of random usernames.
 
-mod support;
-
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::*;
 use tokengate::auth::Attempt;
 use tokengate::domain::Dialect;
 
@@ -568,7 +566,7 @@ async fn every_credential_change_invalidates_cached_basic_credentials_at_once() 
     assert_eq!(status(&ts, good.clone()).await, StatusCode::LOCKED);
     cli(&ts, &["user", "unlock", "cache@example.com"], None);
 
-    // A token reset cannot be tested without mail here; `tests/tokens.rs` covers it.
+    // A token reset cannot be tested without mail here; `tests/it/tokens.rs` covers it.
     cached(&good).await;
     drop(up);
 }

@@ -1,12 +1,10 @@
 //! Session lifetimes: idle and absolute expiry, revocation by disabling the user or changing
 //! the password, and persistence across a restart.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 async fn call(ts: &TestServer, sid: &str) -> StatusCode {
     ts.client()

@@ -2,13 +2,11 @@
 //! API of a real server, runs every scenario against it (short runs), writes JSON and SVG, and
 //! cleans up.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 

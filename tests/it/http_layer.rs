@@ -4,14 +4,12 @@
 //! XML floods, silent connections, smuggled identity headers, dot segments, hosts, cookies,
 //! CONNECT, upstream responses, trailing slashes, and refusals sent before the body.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends raw bytes on a fresh TLS connection and reads the first answer's head and body (up to

@@ -3,13 +3,11 @@
 //! a private CA (`[mail] ca`), the password from the environment (`password_env`), and a wrong
 //! password, which must leave the old token valid.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::real_smtp::{RealSmtp, Security};
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::real_smtp::{RealSmtp, Security};
-use support::*;
 
 const SMTP_USER: &str = "tokengate";
 const SMTP_PASSWORD: &str = "Smtp-Passw0rd";

@@ -2,17 +2,15 @@
 //! health and readiness, SIGHUP reload under load, graceful shutdown, backup and restore, and
 //! logs free of secrets.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::support::process::{self, Serve};
+use crate::support::smtp::SmtpSink;
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::process::{self, Serve};
-use support::smtp::SmtpSink;
-use support::*;
 
 fn config(dir: &Path, upstream: &str, extra: &str) -> PathBuf {
     let path = dir.join("tokengate.toml");
@@ -701,12 +699,12 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
             c.call(b, "").await.status
         };
         // A delivery failure, then a delivery.
-        sink.set(support::smtp::Behaviour {
+        sink.set(crate::support::smtp::Behaviour {
             refuse_data: true,
             ..Default::default()
         });
         assert_eq!(reset().await, StatusCode::SERVICE_UNAVAILABLE);
-        sink.set(support::smtp::Behaviour::default());
+        sink.set(crate::support::smtp::Behaviour::default());
         assert_eq!(reset().await, StatusCode::ACCEPTED);
         let emailed = sink
             .to("logged.example.com@example.com")

@@ -5,14 +5,12 @@
 //! cross-site requests, lockout and reset oracles, ambiguous SOAP envelopes, backup files,
 //! restored hashes, readiness details).
 
-mod support;
-
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use crate::support::smtp::SmtpSink;
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::smtp::SmtpSink;
-use support::*;
 use tokio::io::AsyncWriteExt;
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -491,7 +489,7 @@ async fn sessions_restored_at_start_are_checked_against_their_user() {
     let dir = ts.dir.clone();
     let cfg = ts.cfg.clone();
     ts.stop().await;
-    let admin = tokengate::server::open_admin(&cfg).unwrap();
+    let admin = tokengate::services::offline_admin(&cfg).unwrap();
     admin
         .users
         .set_login_ranges(
@@ -985,7 +983,7 @@ async fn a_restore_refuses_password_hashes_with_parameters_beyond_the_bounds() {
     let fresh = tempfile::tempdir().unwrap();
     let mut cfg = test_config(fresh.path(), &up.url());
     cfg.store.path = fresh.path().join("data");
-    let (store, _) = tokengate::server::open_store(&cfg).unwrap();
+    let store = tokengate::services::DataDir::open(&cfg).unwrap().store;
     let err = tokengate::backup::restore(store.as_ref(), &file).unwrap_err();
     assert!(err.to_string().contains("memory"), "{err}");
     assert!(store.is_empty().unwrap(), "nothing was written");

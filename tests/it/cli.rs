@@ -1,16 +1,14 @@
 //! The real `tokengate` binary: configuration errors, the admin commands with and without a
 //! running server on the same data directory, and sessions surviving a process restart.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::support::process::{self, Serve};
+use crate::support::*;
 use http::StatusCode;
-use support::process::{self, Serve};
-use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
@@ -322,7 +320,7 @@ fn the_example_config_is_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_reset_and_compliance_settings_work_from_the_cli_with_and_without_a_server() {
     let up = Upstream::start().await;
-    let sink = support::smtp::SmtpSink::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &up.url());
     let mut text = std::fs::read_to_string(&config).unwrap();

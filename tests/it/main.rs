@@ -1,0 +1,24 @@
+//! The integration tests, one binary (one link instead of one per area): each module boots the
+//! real server (or the real binary) on loopback with real TLS and attacks or uses it as its
+//! clients do. The helpers they share are in `tests/support/`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod abuse;
+mod bad_input;
+mod cancellation;
+mod cli;
+mod console;
+mod crash;
+mod forwarding;
+mod fuzz_corpora;
+mod hardening;
+mod http_layer;
+mod jsforce;
+mod loadtest;
+mod login;
+mod mail;
+mod ops;
+mod sessions;
+mod tokens;
