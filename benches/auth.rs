@@ -55,7 +55,8 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     cfg.limits.max_keys = 1_000_000;
     // The benches measure what a rejection costs, not the delay before it is answered.
     cfg.limits.failure_delay = std::time::Duration::ZERO;
-    let (store, secrets) = tokengate::server::open_store(&cfg).unwrap();
+    let tokengate::services::DataDir { store, secrets } =
+        tokengate::services::DataDir::open(&cfg).unwrap();
     let users = Users::new(
         store.clone(),
         secrets.clone(),

@@ -31,7 +31,8 @@ fn main() {
     cfg.store.path = dir.into();
     cfg.auth.argon2 = argon2::Params::new(8, 1, 1, None).expect("params");
     cfg.auth.max_sessions = sessions.max(1);
-    let (store, secrets) = tokengate::server::open_store(&cfg).expect("store");
+    let tokengate::services::DataDir { store, secrets } =
+        tokengate::services::DataDir::open(&cfg).expect("store");
     let ops = Users::new(
         store.clone(),
         secrets.clone(),
