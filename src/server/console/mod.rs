@@ -124,6 +124,14 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
         me: Some(&user),
         csrf: session.csrf.clone(),
     };
+    if rest.starts_with("setup/") && !user.admin {
+        return page.message(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Setup pages are for administrators.",
+            &format!("{BASE}/settings"),
+        );
+    }
     if method == Method::POST {
         let Some(f) = form(&app, req).await else {
             return page.message(
@@ -150,14 +158,6 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
             context! { masked_email => mask_email(&user.email) },
         ),
         s if s.starts_with("setup/") => {
-            if !user.admin {
-                return page.message(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    "Setup pages are for administrators.",
-                    &format!("{BASE}/settings"),
-                );
-            }
             let q = query(&req);
             match s {
                 "setup/users" => setup::users_page(&page, &q, None, None),

@@ -165,6 +165,15 @@ impl Page<'_> {
     }
 }
 
+/// A page that shows a form's outcome: 400 when it carries an error, else 200.
+pub(super) fn form_status(error: &Option<String>) -> StatusCode {
+    if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    }
+}
+
 /// The page to render after an action by `user`: with the renewed session's CSRF token when
 /// the session was renewed.
 pub(super) fn page_after<'a>(

@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 use minijinja::context;
 
 use super::BASE;
-use super::page::{Page, page_after, redirect};
+use super::page::{Page, form_status, page_after, redirect};
 use super::session::{clear_cookie, renew, with_cookie};
 use super::setup::{rows, setup_post};
 use crate::auth::Attempt;
@@ -30,13 +30,8 @@ pub(super) async fn settings(
         limit: 10,
         ..Default::default()
     };
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
     page.render(
-        status,
+        form_status(&error),
         "settings.html",
         "My Settings",
         "settings",
@@ -138,17 +133,8 @@ pub(super) async fn post(
                 Err(e) => settings(page, me, None, Some(token_failure(e).1)).await,
             }
         }
-        s if s.starts_with("setup/") => {
-            if !me.admin {
-                return page.message(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    "Setup pages are for administrators.",
-                    &format!("{BASE}/settings"),
-                );
-            }
-            setup_post(app, page, me, s, &f).await
-        }
+        // Only admins get this far (`handle`).
+        s if s.starts_with("setup/") => setup_post(app, page, me, s, &f).await,
         _ => page.message(
             StatusCode::NOT_FOUND,
             "Not found",

@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 use minijinja::context;
 use serde::Serialize;
 
-use super::page::{Page, harden, page_after};
+use super::page::{Page, form_status, harden, page_after};
 use super::session::{renew, with_cookie};
 use super::settings::token_failure;
 use super::{BASE, PAGE_SIZE};
@@ -277,13 +277,8 @@ pub(super) fn users_page(
             }
         })
         .collect();
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
     page.render(
-        status,
+        form_status(&error),
         "users.html",
         "Setup: Users",
         "users",
@@ -303,13 +298,8 @@ pub(super) fn compliance_page(
     error: Option<String>,
 ) -> Response<Body> {
     let setting = ComplianceBcc::load(page.app.store.as_ref()).unwrap_or_default();
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
     page.render(
-        status,
+        form_status(&error),
         "compliance.html",
         "Setup: Compliance BCC Email",
         "compliance",
