@@ -49,7 +49,7 @@ impl History {
                         }
                         written_back.fetch_sub(n, Ordering::AcqRel);
                     }
-                    _ = prune.tick() => {
+                    _ = prune.tick(), if store.leader() => {
                         let cutoff = (crate::now_secs().saturating_sub(max_age.as_secs())) * 1000;
                         let s = store.clone();
                         match tokio::task::spawn_blocking(move || s.history_prune(cutoff, max_rows)).await {

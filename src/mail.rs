@@ -573,6 +573,10 @@ impl Mailer {
 
     /// One retry pass over the queued compliance copies.
     pub async fn retry_queued(&self) {
+        // The queue is shared by every replica on one database: the leader retries it.
+        if !self.store.leader() {
+            return;
+        }
         let stored = match self.store.outbox() {
             Ok(o) => o,
             Err(e) => {

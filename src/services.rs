@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use crate::admin::{Admin, Users};
 use crate::auth::session::Sessions;
+use crate::config::Backend;
 use crate::config::Config;
 use crate::mail::{MailError, Mailer};
 use crate::metrics::Metrics;
 use crate::secret::Secrets;
+use crate::store::postgres::PgStore;
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 use crate::tokens::Tokens;
@@ -52,10 +54,13 @@ impl DataDir {
             .create(dir)
             .map_err(dir_err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(
-            &dir.join("db"),
-            cfg.store.cache_capacity_bytes,
-        )?);
+        let store: Arc<dyn Store> = match &cfg.store.backend {
+            Backend::Sled => Arc::new(SledStore::open(
+                &dir.join("db"),
+                cfg.store.cache_capacity_bytes,
+            )?),
+            Backend::Postgres(pg) => Arc::new(PgStore::connect(pg)?),
+        };
         let rng = ring::rand::SystemRandom::new();
         let mut random_failed = false;
         let key = store.server_key(&mut || {

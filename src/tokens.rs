@@ -342,6 +342,11 @@ impl Tokens {
     /// Rotates every token whose scheduled time has come (including those missed while the
     /// server was down). A failed rotation stays due and is tried again on the next pass.
     pub async fn run_due(&self) -> usize {
+        // Several replicas on one database: only the leader rotates, so a rotation is emailed
+        // once.
+        if !self.store.leader() {
+            return 0;
+        }
         let now = crate::now_secs();
         let ids = match self.store.due_rotations(now) {
             Ok(ids) => ids,

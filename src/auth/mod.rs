@@ -52,10 +52,17 @@ pub enum AuthError {
     Busy,
     #[error("storage error: {0}")]
     Store(String),
+    /// The database could not be reached in time (a shared store): no answer either way.
+    #[error("the database is unavailable")]
+    Unavailable,
 }
 
 impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Unavailable(_) = e {
+            tracing::warn!(error = %e, "login refused: the database is unavailable");
+            return AuthError::Unavailable;
+        }
         AuthError::Store(e.to_string())
     }
 }
@@ -465,9 +472,27 @@ impl Authenticator {
         }
         let user = if user.lockout.failures > 0 || user.lockout.locked_until.is_some() {
             self.lockout.forget(&user.id);
-            self.store
-                .update_user(&user.id, &mut |u| u.lockout = Default::default())
-                .map(Arc::new)?
+            // The record as stored now decides: another writer (another replica on a shared
+            // store) may have locked the account since `user` was read.
+            let fresh = self
+                .store
+                .update_user(&user.id, &mut |u| {
+                    if !u.lockout.is_locked(now) {
+                        u.lockout = Default::default();
+                    }
+                })
+                .map(Arc::new)?;
+            if let Some(until) = fresh
+                .lockout
+                .locked_until
+                .filter(|_| fresh.lockout.is_locked(now))
+            {
+                return Err(AuthError::Locked {
+                    until,
+                    proven: !password_only,
+                });
+            }
+            fresh
         } else {
             user
         };
@@ -546,7 +571,7 @@ impl Authenticator {
             Err(AuthError::Rejected(r)) => (r.outcome(), Some(r.as_str()), None),
             Err(AuthError::Locked { .. }) => (Outcome::Locked, None, None),
             Err(AuthError::RateLimited { .. }) => (Outcome::RateLimited, None, None),
-            Err(AuthError::Busy | AuthError::Store(_)) => return,
+            Err(AuthError::Busy | AuthError::Store(_) | AuthError::Unavailable) => return,
         };
         let user_id = user_id.or_else(|| {
             self.store
@@ -590,7 +615,7 @@ fn outcome_of(result: &Result<Verified, AuthError>) -> Option<Outcome> {
         Err(AuthError::Rejected(r)) => r.outcome(),
         Err(AuthError::Locked { .. }) => Outcome::Locked,
         Err(AuthError::RateLimited { .. }) => Outcome::RateLimited,
-        Err(AuthError::Busy | AuthError::Store(_)) => return None,
+        Err(AuthError::Busy | AuthError::Store(_) | AuthError::Unavailable) => return None,
     })
 }
 

@@ -12,6 +12,13 @@
 //!
 //! Each user holds at most `max_per_user` sessions: a new one past the bound ends the user's
 //! oldest, so one valid credential cannot fill the table for everyone else.
+//!
+//! On a shared store (several replicas on one database) the table is a cache: a session made
+//! by another replica is read from the store on its first use here, one ended elsewhere is
+//! dropped when the store reports it, and an idle timer that ran out here is checked against
+//! the store (another replica may have seen the session used) before the session is ended.
+//! While the store cannot vouch for this replica's caches ([`Store::fresh`]), every use checks
+//! the user in the database, so an unreachable database fails closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -22,7 +29,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 use crate::secret::{Domain, SecretError, Secrets, Tag};
-use crate::store::{SessionRecord, Store, StoreError, User, UserChange};
+use crate::store::{SessionChange, SessionRecord, Store, StoreError, User, UserChange};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -66,9 +73,12 @@ impl Session {
 }
 
 pub struct Sessions {
-    map: DashMap<Tag, Arc<Session>>,
+    map: Arc<DashMap<Tag, Arc<Session>>>,
     /// user id → the keys of the user's sessions, oldest first.
-    by_user: DashMap<String, VecDeque<Tag>>,
+    by_user: Arc<DashMap<String, VecDeque<Tag>>>,
+    /// Sessions being read from a shared store at once, at most (a flood of made-up ids must
+    /// not turn into a flood of database reads).
+    fetches: tokio::sync::Semaphore,
     /// user id → the user's current session epoch, for users with sessions (shared with the
     /// store's observer).
     epochs: Arc<DashMap<String, Arc<AtomicU64>>>,
@@ -83,6 +93,8 @@ pub struct Sessions {
 
 /// Session ids are ASCII and short; anything longer is not ours and is not hashed.
 const MAX_SESSION_ID_LEN: usize = 128;
+/// Concurrent reads of unknown sessions from a shared store.
+const MAX_FETCHES: usize = 8;
 
 /// How the session table is bounded and timed.
 #[derive(Debug, Clone, Copy)]
@@ -114,9 +126,38 @@ impl Sessions {
                 }
             }
         }));
+        let map: Arc<DashMap<Tag, Arc<Session>>> = Arc::default();
+        let by_user: Arc<DashMap<String, VecDeque<Tag>>> = Arc::default();
+        let (m, b, e) = (
+            Arc::downgrade(&map),
+            Arc::downgrade(&by_user),
+            Arc::downgrade(&epochs),
+        );
+        // Another replica's changes: forget here what it ended (the store already deleted it).
+        store.observe_sessions(Arc::new(move |change| {
+            let (Some(map), Some(by_user), Some(epochs)) = (m.upgrade(), b.upgrade(), e.upgrade())
+            else {
+                return;
+            };
+            match change {
+                SessionChange::Ended(key) => {
+                    if let Some((_, s)) = map.remove(key)
+                        && let Some(mut keys) = by_user.get_mut(&s.user_id)
+                    {
+                        keys.retain(|k| k != key);
+                    }
+                }
+                SessionChange::Unknown => {
+                    map.clear();
+                    by_user.clear();
+                    epochs.clear();
+                }
+            }
+        }));
         Self {
-            map: DashMap::new(),
-            by_user: DashMap::new(),
+            map,
+            by_user,
+            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
             epochs,
             store,
             secrets,
@@ -187,6 +228,11 @@ impl Sessions {
     /// Loads persisted sessions at start, checked like sessions in use: expired ones, ones
     /// whose user is gone or has moved on, and ones beyond the table's bounds are deleted.
     pub fn load(&self) -> Result<usize, SessionError> {
+        if self.store.shared() {
+            // Read on first use instead: a replica starts in the same time whatever the
+            // database holds.
+            return Ok(0);
+        }
         let now = crate::now_secs();
         let mut doomed = Vec::new();
         let mut users: HashMap<String, Option<Arc<User>>> = HashMap::new();
@@ -285,23 +331,106 @@ impl Sessions {
     /// The live session for `sid` used from `ip`, touching its idle timer; `None` when
     /// unknown, expired, ended by a change to its user, or used from outside the user's login
     /// ranges.
-    pub fn lookup(&self, sid: &str, ip: IpAddr) -> Option<Arc<Session>> {
+    /// Fails only when a shared store cannot answer (the caller then refuses the session as
+    /// unavailable rather than unknown).
+    pub fn lookup(&self, sid: &str, ip: IpAddr) -> Result<Option<Arc<Session>>, StoreError> {
         if sid.is_empty() || sid.len() > MAX_SESSION_ID_LEN {
-            return None;
+            return Ok(None);
         }
         let key = self.key(sid);
-        let s = self.map.get(&key).map(|r| r.value().clone())?;
+        let s = match self.map.get(&key).map(|r| r.value().clone()) {
+            Some(s) => s,
+            None => match self.fetch(sid, &key)? {
+                Some(s) => s,
+                None => return Ok(None),
+            },
+        };
         let now = crate::now_secs();
-        if self.expired(&s, now) || !s.current() {
+        if !s.current() || now > s.created_at.saturating_add(self.lifetime) {
             self.remove(&key);
-            return None;
+            return Ok(None);
+        }
+        if now > s.last_seen().saturating_add(self.idle) && !self.used_elsewhere(&key, &s, now)? {
+            self.remove(&key);
+            return Ok(None);
+        }
+        if !self.store.fresh() {
+            // This replica may have missed a change: the database decides, and an unreachable
+            // one refuses.
+            let user = self.store.user_by_id(&s.user_id)?;
+            if !user.is_some_and(|u| !u.disabled && u.session_epoch == s.epoch) {
+                return Ok(None);
+            }
         }
         // Salesforce's "enforce login IP ranges on every request".
         if !crate::store::ranges_allow(&s.ranges, ip) {
-            return None;
+            return Ok(None);
         }
         s.last_seen.fetch_max(now, Ordering::Relaxed);
-        Some(s)
+        Ok(Some(s))
+    }
+
+    /// On a shared store: whether another replica has seen the session used since this one
+    /// last did (its idle timer, written back by that replica's sweep, is later than ours).
+    fn used_elsewhere(&self, key: &Tag, s: &Session, now: u64) -> Result<bool, StoreError> {
+        if !self.store.shared() {
+            return Ok(false);
+        }
+        let Some(rec) = self.store.session(key)? else {
+            return Ok(false);
+        };
+        s.last_seen.fetch_max(rec.last_seen, Ordering::Relaxed);
+        s.persisted_seen.fetch_max(rec.last_seen, Ordering::Relaxed);
+        Ok(now <= s.last_seen().saturating_add(self.idle))
+    }
+
+    /// On a shared store: a session this replica does not hold, read from the store (made by
+    /// another replica, or forgotten after a resynchronisation).
+    fn fetch(&self, sid: &str, key: &Tag) -> Result<Option<Arc<Session>>, StoreError> {
+        // Ids are `{org id}!{secret}`: anything else is not one of ours and costs no read.
+        if !self.store.shared()
+            || !sid
+                .strip_prefix(self.org15.as_str())
+                .is_some_and(|rest| rest.starts_with('!'))
+        {
+            return Ok(None);
+        }
+        let Ok(_permit) = self.fetches.try_acquire() else {
+            return Ok(None);
+        };
+        let Some(rec) = self.store.session(key)? else {
+            return Ok(None);
+        };
+        let Some(user) = self
+            .store
+            .user_by_id(&rec.user_id)?
+            .filter(|u| u.session_epoch == rec.epoch && !u.disabled)
+        else {
+            self.store.delete_session(key)?;
+            return Ok(None);
+        };
+        let s = Arc::new(Session {
+            live: self.epoch_cell(&user.id, user.session_epoch)?,
+            ranges: user.login_ranges.clone().into(),
+            user_id: rec.user_id,
+            username: rec.username,
+            epoch: rec.epoch,
+            created_at: rec.created_at,
+            last_seen: AtomicU64::new(rec.last_seen),
+            persisted_seen: AtomicU64::new(rec.last_seen),
+        });
+        if self.map.len() >= self.max {
+            self.sweep();
+            if self.map.len() >= self.max {
+                return Ok(None);
+            }
+        }
+        if self.map.insert(*key, s.clone()).is_none() {
+            for old in self.index(&s.user_id, *key) {
+                self.remove(&old);
+            }
+        }
+        Ok(Some(s))
     }
 
     fn remove(&self, key: &Tag) -> bool {
@@ -346,7 +475,14 @@ impl Sessions {
     /// restart resumes them where they were. Run periodically, off the async workers (it
     /// writes to the store).
     pub fn sweep(&self) -> usize {
-        self.sweep_moved_by(30)
+        // Replicas share idle timers through the store: a tenth of the idle time keeps another
+        // replica's view of a session in use within that much of the truth.
+        let threshold = if self.store.shared() {
+            (self.idle / 10).clamp(1, 30)
+        } else {
+            30
+        };
+        self.sweep_moved_by(threshold)
     }
 
     /// [`Self::sweep`] at shutdown: every idle timer that moved at all is written back.
@@ -358,9 +494,18 @@ impl Sessions {
         let now = crate::now_secs();
         let mut doomed = Vec::new();
         let mut touched = Vec::new();
+        let mut forgotten = Vec::new();
         for entry in self.map.iter() {
             let s = entry.value();
-            if self.expired(s, now) || !s.current() {
+            if self.store.shared()
+                && s.current()
+                && now <= s.created_at.saturating_add(self.lifetime)
+                && now > s.last_seen().saturating_add(self.idle)
+            {
+                // Idle here, perhaps not on another replica: forget it here only (its next
+                // use here reads it again).
+                forgotten.push(*entry.key());
+            } else if self.expired(s, now) || !s.current() {
                 doomed.push(*entry.key());
             } else if s.last_seen() > s.persisted_seen.load(Ordering::Relaxed) + threshold {
                 touched.push(*entry.key());
@@ -368,6 +513,13 @@ impl Sessions {
         }
         for key in &doomed {
             self.remove(key);
+        }
+        for key in &forgotten {
+            if let Some((_, s)) = self.map.remove(key)
+                && let Some(mut keys) = self.by_user.get_mut(&s.user_id)
+            {
+                keys.retain(|k| k != key);
+            }
         }
         for key in touched {
             // The entry is held while its record is written: a revocation waits for the write

@@ -391,8 +391,21 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::CheckConfig => {
             let path = cli.config.ok_or("check-config needs --config FILE")?;
-            Config::load(&path)?;
-            println!("{}: ok", path.display());
+            let cfg = Config::load(&path)?;
+            // A database is checked for real: reachable, and its schema brought up to date.
+            if let tokengate::config::Backend::Postgres(pg) = &cfg.store.backend {
+                let pg = pg.clone();
+                let version = tokio::task::spawn_blocking(move || {
+                    tokengate::store::postgres::PgStore::connect(&pg)?.schema_version()
+                })
+                .await??;
+                println!(
+                    "{}: ok (PostgreSQL schema version {version})",
+                    path.display()
+                );
+            } else {
+                println!("{}: ok", path.display());
+            }
             Ok(())
         }
         Command::User(cmd) => {

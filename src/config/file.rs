@@ -173,6 +173,18 @@ impl Default for Upstream {
 pub struct Store {
     pub path: String,
     pub cache_capacity_mib: u64,
+    /// "sled" (embedded, the default) or "postgres" (shared by several replicas).
+    pub backend: String,
+    /// `postgres://user[:password]@host:port/db?sslmode=verify-full`; or `url_env`.
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    /// CA file for `sslmode=verify-full` (default: the system's roots).
+    pub ca: Option<String>,
+    pub pool_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
 }
 
 impl Default for Store {
@@ -180,6 +192,13 @@ impl Default for Store {
         Self {
             path: "tokengate-data".into(),
             cache_capacity_mib: 32,
+            backend: "sled".into(),
+            url: None,
+            url_env: None,
+            ca: None,
+            pool_size: 16,
+            timeout: Duration::from_secs(2),
+            max_staleness: Duration::from_secs(5),
         }
     }
 }

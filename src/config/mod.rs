@@ -214,9 +214,45 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// The data directory: the database, the generated certificate and the admin socket.
+    /// The data directory: the database (sled), the generated certificate and the admin
+    /// socket.
     pub path: PathBuf,
     pub cache_capacity_bytes: u64,
+    pub backend: Backend,
+}
+
+/// Where the records live.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The embedded sled database in the data directory (one process).
+    Sled,
+    /// A PostgreSQL database shared by any number of replicas.
+    Postgres(Box<PostgresConfig>),
+}
+
+/// `[store] backend = "postgres"`.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// Connection parameters (its `Debug` redacts the password).
+    pub connect: tokio_postgres::Config,
+    pub tls: PgTls,
+    pub ca: Option<PathBuf>,
+    pub pool_size: usize,
+    /// Bounds every database call.
+    pub timeout: Duration,
+    /// How long a replica trusts its caches without hearing the change channel.
+    pub max_staleness: Duration,
+}
+
+/// The URL's `sslmode`, as libpq reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgTls {
+    /// `disable`: plain TCP (a loopback or private network).
+    Disable,
+    /// `require`: encrypted, the server's certificate not checked.
+    Require,
+    /// `verify-full`: encrypted, the certificate checked against the CA and the host name.
+    VerifyFull,
 }
 
 #[derive(Debug, Clone)]

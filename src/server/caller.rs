@@ -151,7 +151,7 @@ pub fn session_user(
             Ok(u)
         }
         Ok(_) => Err(Refusal::InvalidSession),
-        Err(e) => Err(Refusal::internal(&e)),
+        Err(e) => Err(Refusal::store(&e)),
     }
 }
 
@@ -163,11 +163,11 @@ pub async fn identify<'a>(
     login: impl FnOnce() -> Login<'a>,
 ) -> Result<Caller, Refusal> {
     match credential {
-        Credential::Session(sid) => app
-            .sessions
-            .lookup(&sid, peer.ip)
-            .map(Caller::Session)
-            .ok_or(Refusal::InvalidSession),
+        Credential::Session(sid) => match app.sessions.lookup(&sid, peer.ip) {
+            Ok(Some(s)) => Ok(Caller::Session(s)),
+            Ok(None) => Err(Refusal::InvalidSession),
+            Err(e) => Err(Refusal::store(&e)),
+        },
         Credential::Basic { username, secret } => {
             let login = login();
             let attempt = Attempt {

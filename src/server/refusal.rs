@@ -133,6 +133,16 @@ impl Refusal {
     }
 
     /// Logs `e` (it is ours to look at, not the caller's) and refuses with 500.
+    /// A store failure: an unreachable database is the server being unavailable (503, and
+    /// `SERVER_UNAVAILABLE` in SOAP, as when it is busy); anything else is internal.
+    pub fn store(e: &crate::store::StoreError) -> Self {
+        if let crate::store::StoreError::Unavailable(_) = e {
+            tracing::warn!(error = %e, "refused: the database is unavailable");
+            return Refusal::Busy;
+        }
+        Refusal::internal(e)
+    }
+
     pub fn internal(e: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
         Refusal::Internal
@@ -431,6 +441,7 @@ impl From<AuthError> for Refusal {
             } => Refusal::Locked { until },
             AuthError::RateLimited { retry_after } => Refusal::RateLimited { retry_after },
             AuthError::Busy => Refusal::Busy,
+            AuthError::Unavailable => Refusal::Busy,
             AuthError::Store(e) => Refusal::internal(&e),
         }
     }
@@ -472,7 +483,8 @@ impl From<TokenError> for Refusal {
                 message: format!("the new password must have {p}").into(),
             },
             TokenError::Period | TokenError::Supplied => Refusal::invalid(e.to_string()),
-            e @ (TokenError::Store(_) | TokenError::Secret(_)) => Refusal::internal(&e),
+            TokenError::Store(e) => Refusal::store(&e),
+            e @ TokenError::Secret(_) => Refusal::internal(&e),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! argon2id PHC string (passwords) and a keyed hash (tokens, session ids), never in a form a
 //! reader of the database could turn back into a credential.
 
+pub mod postgres;
 pub mod sled;
 
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub enum StoreError {
     UserExists(String),
     #[error("no user '{0}'")]
     NoSuchUser(String),
+    /// The database could not be reached or did not answer within `[store] timeout`.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A user account. `username` is canonical (lower case): usernames are case-insensitive, as
@@ -250,6 +254,20 @@ impl std::fmt::Debug for User {
     }
 }
 
+/// A change to the persisted sessions made elsewhere (another replica), as observers hear of
+/// it.
+#[derive(Debug, Clone, Copy)]
+pub enum SessionChange<'a> {
+    /// The session was ended (logout, revocation, eviction).
+    Ended(&'a Tag),
+    /// Changes may have been missed: forget every session held in memory (they are read from
+    /// the store again on their next use).
+    Unknown,
+}
+
+/// Called for every [`SessionChange`].
+pub type SessionObserver = Arc<dyn Fn(SessionChange<'_>) + Send + Sync>;
+
 /// A session as persisted, keyed by the keyed hash of its id (the id itself is never stored).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -291,7 +309,30 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a user and the user's sessions; false when there was no such user.
     fn delete_user(&self, id: &str) -> Result<bool, StoreError>;
 
+    /// Registers `observer` for sessions changed by other processes (a shared store only).
+    fn observe_sessions(&self, _observer: SessionObserver) {}
+
+    /// Whether other processes write the same records (several replicas on one database):
+    /// sessions are then read when first used rather than all at start.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Whether this process's caches can be trusted: false while a shared store has not
+    /// heard other replicas' changes for longer than it may (reads then go to the database).
+    fn fresh(&self) -> bool {
+        true
+    }
+
+    /// Whether this process runs the jobs that must run once for the whole store (scheduled
+    /// rotation, compliance retries, history retention).
+    fn leader(&self) -> bool {
+        true
+    }
+
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError>;
+    /// The persisted session under `key`.
+    fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError>;
     fn delete_session(&self, key: &Tag) -> Result<(), StoreError>;
     fn delete_user_sessions(&self, user_id: &str) -> Result<usize, StoreError>;
     /// Calls `visit` with every persisted session, one record at a time.

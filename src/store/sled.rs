@@ -396,6 +396,14 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError> {
+        self.sessions
+            .get(key)
+            .map_err(io)?
+            .map(|v| decode("session", &v))
+            .transpose()
+    }
+
     fn delete_session(&self, key: &Tag) -> Result<(), StoreError> {
         let _gate = self.write_gate();
         self.sessions.remove(key).map_err(io)?;

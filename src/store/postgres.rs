@@ -1,0 +1,1268 @@
+//! The PostgreSQL implementation of [`Store`]: one database shared by any number of tokengate
+//! replicas.
+//!
+//! Records are kept as the same JSON documents sled stores (so a backup has one format on
+//! both backends), beside the columns queries need: the username, the user id, the next
+//! rotation, a history row's time and outcome. The schema is versioned and applied at start
+//! under an advisory lock, so replicas starting together migrate once ([`MIGRATIONS`]).
+//!
+//! **Consistency.** A user record is updated by compare-and-swap on a version column, so
+//! concurrent changes from several replicas (failed-login counts, the lock itself) never lose
+//! one another. Every committed change that must end access — to a user (disable, password,
+//! token, lock, login ranges) or to a session (logout, eviction) — sends a notification in the
+//! same statement (`pg_notify`, delivered on commit). Each replica listens on a dedicated
+//! connection and applies what it hears to its caches and to the session table through the
+//! store's observers, so the authenticated-call path stays a memory lookup.
+//!
+//! **Failure.** Every call is bounded by `[store] timeout` and answers
+//! [`StoreError::Unavailable`] past it. A replica that has not heard the channel for
+//! `max_staleness` stops trusting its caches ([`Store::fresh`]): reads go to the database,
+//! which fails closed while it is unreachable. When the listener connects again, every cache is
+//! dropped (notifications may have been missed) and the replica is current again.
+//!
+//! **Singleton work.** The listener's connection also holds a session-level advisory lock when
+//! it can: the replica holding it is the leader ([`Store::leader`]) and runs the scheduled jobs
+//! that must run once (rotation, compliance retries, history retention). The lock goes with
+//! the connection, so another replica takes over within a second or two when the leader dies.
+//!
+//! The trait is synchronous (sled's is); calls run on a small runtime of the store's own and
+//! the caller waits for the answer, bounded by the timeout, as it would for a disk read.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres::types::ToSql;
+
+use super::{
+    ExportSink, HistoryFilter, HistoryRow, SessionChange, SessionObserver, SessionRecord, Store,
+    StoreError, User, UserChange, UserObserver,
+};
+use crate::config::{PgTls, PostgresConfig};
+use crate::secret::Tag;
+
+/// The schema, one step per version; a step is never edited once released, only added to.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE tg_users (
+        id text PRIMARY KEY,
+        username text NOT NULL UNIQUE,
+        version bigint NOT NULL,
+        next_rotation_at bigint,
+        data bytea NOT NULL
+    );
+    CREATE INDEX tg_users_rotation ON tg_users (next_rotation_at)
+        WHERE next_rotation_at IS NOT NULL;
+    CREATE TABLE tg_sessions (
+        key bytea PRIMARY KEY,
+        user_id text NOT NULL,
+        data bytea NOT NULL
+    );
+    CREATE INDEX tg_sessions_user ON tg_sessions (user_id);
+    CREATE TABLE tg_settings (key text PRIMARY KEY, value bytea NOT NULL);
+    CREATE TABLE tg_meta (key text PRIMARY KEY, value bytea NOT NULL);
+    CREATE TABLE tg_outbox (id bigint PRIMARY KEY, message bytea NOT NULL);
+    CREATE TABLE tg_history (
+        seq bigserial PRIMARY KEY,
+        at_ms bigint NOT NULL,
+        username text NOT NULL,
+        user_id text,
+        outcome text NOT NULL,
+        data bytea NOT NULL
+    );
+    CREATE INDEX tg_history_time ON tg_history (at_ms, seq);
+    CREATE SEQUENCE tg_ids;",
+)];
+
+/// The notification channel every replica listens on.
+const CHANNEL: &str = "tokengate";
+/// Advisory lock keys (any 64-bit numbers of our own).
+const MIGRATION_LOCK: i64 = 0x746f_6b65_6e67_0001;
+const LEADER_LOCK: i64 = 0x746f_6b65_6e67_0002;
+/// Decoded users kept in memory at most (the cache empties when full).
+const USER_CACHE: usize = 20_000;
+/// Rows read per round trip when visiting every user or session.
+const PAGE: i64 = 1_000;
+/// How often the listener checks its connection (and tries for leadership).
+const TICK: Duration = Duration::from_millis(500);
+/// Notifications waiting to be applied, at most; past it the replica resynchronises.
+const BACKLOG: usize = 4_096;
+
+pub struct PgStore {
+    inner: Arc<Inner>,
+    /// The store's own runtime: the pool's connections and the listener live on it.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+struct Inner {
+    pool: Pool,
+    handle: tokio::runtime::Handle,
+    timeout: Duration,
+    max_staleness_ms: u64,
+    /// This process's id in notifications, so it skips its own.
+    me: String,
+    /// canonical username → record, and user id → canonical username.
+    users: DashMap<String, Arc<User>>,
+    names: DashMap<String, String>,
+    /// Counts user writes (see the sled store: a reader that raced a write drops its entry).
+    user_writes: AtomicU64,
+    observers: std::sync::RwLock<Vec<UserObserver>>,
+    session_observers: std::sync::RwLock<Vec<SessionObserver>>,
+    /// When the listener last knew its connection good (ms since the epoch); 0: never.
+    heard_ms: AtomicU64,
+    leader: AtomicBool,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        unavailable(e)
+    } else {
+        StoreError::Io(e.to_string())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialise")
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Tag> {
+    let bytes: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()?;
+    Tag::try_from(bytes.as_slice()).ok()
+}
+
+/// How connections are made: plain or rustls (verify-full, or `require` without checking the
+/// certificate, as libpq's `sslmode=require`).
+#[derive(Clone)]
+enum Connector {
+    Plain,
+    Tls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Connector {
+    fn new(cfg: &PostgresConfig) -> Result<Self, StoreError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        let tls = match cfg.tls {
+            PgTls::Disable => return Ok(Connector::Plain),
+            PgTls::VerifyFull => {
+                let roots = crate::tls::client_roots(cfg.ca.as_deref())
+                    .map_err(|e| StoreError::Io(format!("store.ca: {e}")))?;
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            PgTls::Require => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth(),
+        };
+        Ok(Connector::Tls(
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+        ))
+    }
+
+    fn pool(&self, cfg: &PostgresConfig) -> Result<Pool, StoreError> {
+        let mc = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match self {
+            Connector::Plain => {
+                Manager::from_config(cfg.connect.clone(), tokio_postgres::NoTls, mc)
+            }
+            Connector::Tls(t) => Manager::from_config(cfg.connect.clone(), t.clone(), mc),
+        };
+        Pool::builder(manager)
+            .max_size(cfg.pool_size)
+            .wait_timeout(Some(cfg.timeout))
+            .create_timeout(Some(cfg.timeout))
+            .recycle_timeout(Some(cfg.timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Io(e.to_string()))
+    }
+
+    /// A connection of its own (not pooled): the listener's, the migration's. Messages the
+    /// server sends on it (notifications) go to `messages`.
+    async fn connect(
+        &self,
+        cfg: &tokio_postgres::Config,
+        messages: Option<tokio::sync::mpsc::Sender<String>>,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        match self {
+            Connector::Plain => {
+                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(drive(conn, messages));
+                Ok(client)
+            }
+            Connector::Tls(t) => {
+                let (client, conn) = cfg.connect(t.clone()).await?;
+                tokio::spawn(drive(conn, messages));
+                Ok(client)
+            }
+        }
+    }
+}
+
+/// Polls a dedicated connection, passing notification payloads on. A full backlog drops the
+/// connection: the listener then resynchronises from scratch.
+async fn drive<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    messages: Option<tokio::sync::mpsc::Sender<String>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+        match message {
+            Ok(AsyncMessage::Notification(n)) => {
+                if let Some(tx) = &messages
+                    && tx.try_send(n.payload().to_owned()).is_err()
+                {
+                    tracing::warn!("store notifications backed up: resynchronising");
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// `sslmode=require`: the channel is encrypted but the certificate is not checked (libpq's
+/// meaning); the handshake's signatures still are.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl PgStore {
+    /// Connects, applies the schema, and starts listening for other replicas' changes. Fails
+    /// when the database cannot be reached within the timeout.
+    pub fn connect(cfg: &PostgresConfig) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tokengate-store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        let connector = Connector::new(cfg)?;
+        let pool = {
+            let _entered = runtime.enter();
+            connector.pool(cfg)?
+        };
+        let mut me = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut me)
+            .map_err(|_| StoreError::Io("no randomness".into()))?;
+        let inner = Arc::new(Inner {
+            pool,
+            handle: runtime.handle().clone(),
+            timeout: cfg.timeout,
+            max_staleness_ms: u64::try_from(cfg.max_staleness.as_millis()).unwrap_or(u64::MAX),
+            me: hex(&me),
+            users: DashMap::new(),
+            names: DashMap::new(),
+            user_writes: AtomicU64::new(0),
+            observers: std::sync::RwLock::new(Vec::new()),
+            session_observers: std::sync::RwLock::new(Vec::new()),
+            heard_ms: AtomicU64::new(0),
+            leader: AtomicBool::new(false),
+        });
+        let store = Self {
+            inner: inner.clone(),
+            runtime: Some(runtime),
+        };
+        // Migrate on a connection of its own: the advisory lock goes with it, whatever happens.
+        let (connect, c) = (cfg.connect.clone(), connector.clone());
+        let timeout = cfg.timeout;
+        store.block(async move {
+            let client = tokio::time::timeout(timeout, c.connect(&connect, None))
+                .await
+                .map_err(|_| unavailable("the database did not answer in time"))?
+                .map_err(db)?;
+            migrate(&client).await
+        })?;
+        // Listen before serving: a change committed from now on reaches this replica.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        inner.handle.spawn(listen(
+            inner.clone(),
+            connector,
+            cfg.connect.clone(),
+            ready_tx,
+        ));
+        ready_rx
+            .recv_timeout(cfg.timeout * 2)
+            .map_err(|_| unavailable("could not listen for changes in time"))?;
+        Ok(store)
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> Result<i32, StoreError> {
+        self.query(|c| async move {
+            let row = c
+                .query_one("SELECT max(version) FROM tg_schema", &[])
+                .await
+                .map_err(db)?;
+            Ok(row.get::<_, Option<i32>>(0).unwrap_or(0))
+        })
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it, at most the timeout.
+    fn block<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let timeout = self.inner.timeout;
+        self.inner.handle.spawn(async move {
+            let r = tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or_else(|_| Err(unavailable("the database did not answer in time")));
+            let _ = tx.send(r);
+        });
+        let wait = move || {
+            rx.recv_timeout(timeout + Duration::from_millis(250))
+                .unwrap_or_else(|_| Err(unavailable("the database did not answer in time")))
+        };
+        // On a server's worker thread, tell tokio the thread is busy so other tasks move on.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+
+    /// [`Self::block`] with a pooled connection.
+    fn query<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send,
+    {
+        let pool = self.inner.pool.clone();
+        self.block(async move {
+            let client = pool.get().await.map_err(unavailable)?;
+            f(client).await
+        })
+    }
+
+    fn load_by(&self, column: &'static str, value: &str) -> Result<Option<User>, StoreError> {
+        let value = value.to_owned();
+        let bytes = self.query(move |c| async move {
+            let sql = format!("SELECT data FROM tg_users WHERE {column} = $1");
+            let row = c.query_opt(&sql, &[&value]).await.map_err(db)?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })?;
+        bytes.map(|b| User::decode(&b)).transpose()
+    }
+
+    fn user_from_db(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<Arc<User>>, StoreError> {
+        let writes_before = self.inner.user_writes.load(Ordering::SeqCst);
+        let Some(user) = self.load_by(column, value)? else {
+            return Ok(None);
+        };
+        if !self.inner.fresh() {
+            return Ok(Some(Arc::new(user)));
+        }
+        Ok(Some(self.inner.cache_read(Arc::new(user), writes_before)))
+    }
+
+    fn notify_payload(&self, kind: char, what: &str) -> String {
+        format!("{kind}:{}:{what}", self.inner.me)
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; a store may be dropped on a server's async thread.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn migrate(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    client
+        .query_one("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db)?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS tg_schema (version integer PRIMARY KEY, applied_at bigint NOT NULL)",
+        )
+        .await
+        .map_err(db)?;
+    let current: i32 = client
+        .query_one("SELECT coalesce(max(version), 0) FROM tg_schema", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    if let Some((newest, _)) = MIGRATIONS.last()
+        && current > *newest
+    {
+        return Err(StoreError::Corrupt(format!(
+            "the database schema is version {current}, newer than this tokengate knows ({newest}): upgrade tokengate"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        client.batch_execute("BEGIN").await.map_err(db)?;
+        let applied = async {
+            client.batch_execute(sql).await?;
+            client
+                .execute(
+                    "INSERT INTO tg_schema (version, applied_at) VALUES ($1, $2)",
+                    &[version, &to_i64(crate::now_secs())],
+                )
+                .await?;
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        if let Err(e) = applied {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(db(e));
+        }
+        tracing::info!(version, "database schema migrated");
+    }
+    client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// The listener: hears other replicas' changes, keeps the liveness clock, holds leadership
+/// when it can, and reconnects by itself.
+async fn listen(
+    inner: Arc<Inner>,
+    connector: Connector,
+    cfg: tokio_postgres::Config,
+    ready: std::sync::mpsc::SyncSender<()>,
+) {
+    let mut ready = Some(ready);
+    loop {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(BACKLOG);
+        let client =
+            match tokio::time::timeout(inner.timeout, connector.connect(&cfg, Some(tx))).await {
+                Ok(Ok(c)) => c,
+                _ => {
+                    tokio::time::sleep(TICK).await;
+                    continue;
+                }
+            };
+        if client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        // Whatever happened while nobody listened is unknown: start from the database.
+        inner.resync();
+        inner
+            .heard_ms
+            .store(crate::history::now_ms(), Ordering::Release);
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                payload = rx.recv() => match payload {
+                    Some(p) => inner.apply(&p).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let leader = inner.leader.load(Ordering::Acquire);
+                    let check = async {
+                        if leader {
+                            client.query_one("SELECT true", &[]).await
+                        } else {
+                            client
+                                .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                                .await
+                        }
+                    };
+                    match tokio::time::timeout(inner.timeout, check).await {
+                        Ok(Ok(row)) => {
+                            inner.heard_ms.store(crate::history::now_ms(), Ordering::Release);
+                            if !leader && row.get::<_, bool>(0) {
+                                tracing::info!("this replica now runs the scheduled jobs");
+                                inner.leader.store(true, Ordering::Release);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        inner.leader.store(false, Ordering::Release);
+        tracing::warn!("lost the database's change channel: reconnecting");
+    }
+}
+
+impl Inner {
+    fn fresh(&self) -> bool {
+        let heard = self.heard_ms.load(Ordering::Acquire);
+        heard != 0 && crate::history::now_ms().saturating_sub(heard) <= self.max_staleness_ms
+    }
+
+    /// Drops every cache: users are read again, and the session table forgets what it holds
+    /// (sessions are fetched again on their next use).
+    fn resync(&self) {
+        self.user_writes.fetch_add(1, Ordering::SeqCst);
+        self.users.clear();
+        self.names.clear();
+        for o in self
+            .session_observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            o(SessionChange::Unknown);
+        }
+    }
+
+    /// Applies another replica's notification.
+    async fn apply(&self, payload: &str) {
+        let mut parts = payload.splitn(3, ':');
+        let (Some(kind), Some(from), Some(what)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        if from == self.me {
+            return;
+        }
+        match kind {
+            "u" => {
+                let id = what.to_owned();
+                let row = match self.pool.get().await {
+                    Ok(c) => c
+                        .query_opt("SELECT data FROM tg_users WHERE id = $1", &[&id])
+                        .await
+                        .map(|r| r.map(|r| r.get::<_, Vec<u8>>(0))),
+                    Err(_) => {
+                        // Cannot read it now: forget it, so the next use reads it.
+                        self.forget(&id);
+                        return;
+                    }
+                };
+                match row {
+                    Ok(Some(bytes)) => match User::decode(&bytes) {
+                        Ok(u) => self.cache_written(Arc::new(u)),
+                        Err(_) => self.forget(&id),
+                    },
+                    Ok(None) => {
+                        self.forget(&id);
+                        self.notify(UserChange::Deleted { id: &id });
+                    }
+                    Err(_) => self.forget(&id),
+                }
+            }
+            "s" => {
+                if let Some(key) = unhex(what) {
+                    for o in self
+                        .session_observers
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                    {
+                        o(SessionChange::Ended(&key));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.user_writes.fetch_add(1, Ordering::SeqCst);
+        if let Some((_, name)) = self.names.remove(id) {
+            self.users.remove(&name);
+        }
+    }
+
+    fn cache_written(&self, user: Arc<User>) {
+        self.user_writes.fetch_add(1, Ordering::SeqCst);
+        if self.users.len() >= USER_CACHE {
+            self.users.clear();
+            self.names.clear();
+        }
+        self.names.insert(user.id.clone(), user.username.clone());
+        self.users.insert(user.username.clone(), user.clone());
+        self.notify(UserChange::Written(&user));
+    }
+
+    fn cache_read(&self, user: Arc<User>, writes_before: u64) -> Arc<User> {
+        if self.users.len() >= USER_CACHE {
+            self.users.clear();
+            self.names.clear();
+        }
+        self.names.insert(user.id.clone(), user.username.clone());
+        let cached = self
+            .users
+            .entry(user.username.clone())
+            .or_insert(user)
+            .value()
+            .clone();
+        if self.user_writes.load(Ordering::SeqCst) != writes_before {
+            self.users
+                .remove_if(&cached.username, |_, c| Arc::ptr_eq(c, &cached));
+        }
+        cached
+    }
+
+    fn notify(&self, change: UserChange<'_>) {
+        for o in self
+            .observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            o(change);
+        }
+    }
+}
+
+/// The collections of a backup, in its order (the same as sled's).
+const EXPORTED: [&str; 6] = ["users", "sessions", "meta", "settings", "outbox", "history"];
+
+impl Store for PgStore {
+    fn observe_users(&self, observer: UserObserver) {
+        self.inner
+            .observers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observer);
+    }
+
+    fn observe_sessions(&self, observer: SessionObserver) {
+        self.inner
+            .session_observers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observer);
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn fresh(&self) -> bool {
+        self.inner.fresh()
+    }
+
+    fn leader(&self) -> bool {
+        self.inner.leader.load(Ordering::Acquire)
+    }
+
+    fn user_by_name(&self, canonical_username: &str) -> Result<Option<Arc<User>>, StoreError> {
+        if self.fresh()
+            && let Some(u) = self.inner.users.get(canonical_username)
+        {
+            return Ok(Some(u.value().clone()));
+        }
+        self.user_from_db("username", canonical_username)
+    }
+
+    fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError> {
+        if self.fresh()
+            && let Some(name) = self.inner.names.get(id).map(|n| n.value().clone())
+            && let Some(u) = self.inner.users.get(&name)
+        {
+            return Ok(Some(u.value().clone()));
+        }
+        self.user_from_db("id", id)
+    }
+
+    fn next_user_number(&self) -> Result<u64, StoreError> {
+        Ok(self.next_id()? + 1)
+    }
+
+    fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let (id, name, rotation, data) = (
+            user.id.clone(),
+            user.username.clone(),
+            user.next_rotation_at.map(to_i64),
+            encode(user),
+        );
+        let inserted = self.query(move |c| async move {
+            c.execute(
+                "INSERT INTO tg_users (id, username, version, next_rotation_at, data)
+                 VALUES ($1, $2, 1, $3, $4) ON CONFLICT DO NOTHING",
+                &[&id, &name, &rotation, &data],
+            )
+            .await
+            .map_err(db)
+        })?;
+        if inserted == 0 {
+            return Err(StoreError::UserExists(user.username.clone()));
+        }
+        self.inner.cache_written(Arc::new(user.clone()));
+        Ok(())
+    }
+
+    fn update_user(&self, id: &str, change: &mut dyn FnMut(&mut User)) -> Result<User, StoreError> {
+        loop {
+            let key = id.to_owned();
+            let row = self.query(move |c| async move {
+                let row = c
+                    .query_opt("SELECT version, data FROM tg_users WHERE id = $1", &[&key])
+                    .await
+                    .map_err(db)?;
+                Ok(row.map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1))))
+            })?;
+            let (version, bytes) = row.ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
+            let mut user = User::decode(&bytes)?;
+            change(&mut user);
+            let (key, data, rotation) = (
+                id.to_owned(),
+                encode(&user),
+                user.next_rotation_at.map(to_i64),
+            );
+            let payload = self.notify_payload('u', id);
+            // Compare-and-swap on the version; the notification commits with the write.
+            let swapped = self.query(move |c| async move {
+                let rows = c
+                    .query(
+                        "WITH w AS (UPDATE tg_users SET data = $3, version = version + 1,
+                             next_rotation_at = $4 WHERE id = $1 AND version = $2 RETURNING 1)
+                         SELECT pg_notify($5, $6) FROM w",
+                        &[&key, &version, &data, &rotation, &CHANNEL, &payload],
+                    )
+                    .await
+                    .map_err(db)?;
+                Ok(!rows.is_empty())
+            })?;
+            if swapped {
+                self.inner.cache_written(Arc::new(user.clone()));
+                return Ok(user);
+            }
+            // Another writer (perhaps another replica) got there first: re-read, re-apply.
+        }
+    }
+
+    fn due_rotations(&self, now: u64) -> Result<Vec<String>, StoreError> {
+        let now = to_i64(now);
+        self.query(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT id FROM tg_users WHERE next_rotation_at <= $1 ORDER BY next_rotation_at",
+                    &[&now],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn for_each_user(&self, visit: &mut dyn FnMut(User)) -> Result<(), StoreError> {
+        let mut after = String::new();
+        loop {
+            let from = after.clone();
+            let page = self.query(move |c| async move {
+                let rows = c
+                    .query(
+                        "SELECT username, data FROM tg_users WHERE username > $1
+                         ORDER BY username LIMIT $2",
+                        &[&from, &PAGE],
+                    )
+                    .await
+                    .map_err(db)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+                    .collect::<Vec<_>>())
+            })?;
+            let last = page.len() < PAGE as usize;
+            for (name, bytes) in page {
+                visit(User::decode(&bytes)?);
+                after = name;
+            }
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
+        let (key, payload) = (id.to_owned(), self.notify_payload('u', id));
+        let deleted = self.query(move |c| async move {
+            let rows = c
+                .query(
+                    "WITH d AS (DELETE FROM tg_users WHERE id = $1 RETURNING 1)
+                     SELECT pg_notify($2, $3) FROM d",
+                    &[&key, &CHANNEL, &payload],
+                )
+                .await
+                .map_err(db)?;
+            Ok(!rows.is_empty())
+        })?;
+        if !deleted {
+            return Ok(false);
+        }
+        self.inner.forget(id);
+        self.inner.notify(UserChange::Deleted { id });
+        self.delete_user_sessions(id)?;
+        Ok(true)
+    }
+
+    fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError> {
+        let (key, user, data) = (key.to_vec(), session.user_id.clone(), encode(session));
+        self.query(move |c| async move {
+            c.execute(
+                "INSERT INTO tg_sessions (key, user_id, data) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET data = excluded.data",
+                &[&key, &user, &data],
+            )
+            .await
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError> {
+        let key = key.to_vec();
+        let bytes = self.query(move |c| async move {
+            let row = c
+                .query_opt("SELECT data FROM tg_sessions WHERE key = $1", &[&key])
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })?;
+        bytes.map(|b| decode("session", &b)).transpose()
+    }
+
+    fn delete_session(&self, key: &Tag) -> Result<(), StoreError> {
+        let payload = self.notify_payload('s', &hex(key));
+        let key = key.to_vec();
+        self.query(move |c| async move {
+            c.query(
+                "WITH d AS (DELETE FROM tg_sessions WHERE key = $1 RETURNING 1)
+                 SELECT pg_notify($2, $3) FROM d",
+                &[&key, &CHANNEL, &payload],
+            )
+            .await
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn delete_user_sessions(&self, user_id: &str) -> Result<usize, StoreError> {
+        let (user, prefix) = (user_id.to_owned(), format!("s:{}:", self.inner.me));
+        self.query(move |c| async move {
+            let rows = c
+                .query(
+                    "WITH d AS (DELETE FROM tg_sessions WHERE user_id = $1 RETURNING key)
+                     SELECT pg_notify($2, $3 || encode(key, 'hex')) FROM d",
+                    &[&user, &CHANNEL, &prefix],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows.len())
+        })
+    }
+
+    fn for_each_session(
+        &self,
+        visit: &mut dyn FnMut(Tag, SessionRecord),
+    ) -> Result<(), StoreError> {
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let from = after.clone();
+            let page = self.query(move |c| async move {
+                let rows = c
+                    .query(
+                        "SELECT key, data FROM tg_sessions WHERE key > $1 ORDER BY key LIMIT $2",
+                        &[&from, &PAGE],
+                    )
+                    .await
+                    .map_err(db)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                    .collect::<Vec<_>>())
+            })?;
+            let last = page.len() < PAGE as usize;
+            for (k, v) in page {
+                if let Ok(key) = Tag::try_from(k.as_slice()) {
+                    visit(key, decode("session", &v)?);
+                }
+                after = k;
+            }
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_owned();
+        self.query(move |c| async move {
+            let row = c
+                .query_opt("SELECT value FROM tg_settings WHERE key = $1", &[&key])
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.query(move |c| async move {
+            c.execute(
+                "INSERT INTO tg_settings (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &value],
+            )
+            .await
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn outbox_put(&self, id: u64, message: &[u8]) -> Result<(), StoreError> {
+        let (id, message) = (to_i64(id), message.to_vec());
+        self.query(move |c| async move {
+            c.execute(
+                "INSERT INTO tg_outbox (id, message) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET message = excluded.message",
+                &[&id, &message],
+            )
+            .await
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn outbox_delete(&self, id: u64) -> Result<(), StoreError> {
+        let id = to_i64(id);
+        self.query(move |c| async move {
+            c.execute("DELETE FROM tg_outbox WHERE id = $1", &[&id])
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.query(move |c| async move {
+            let rows = c
+                .query("SELECT id, message FROM tg_outbox ORDER BY id", &[])
+                .await
+                .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
+                .collect())
+        })
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.query(move |c| async move {
+            let row = c
+                .query_one("SELECT nextval('tg_ids')", &[])
+                .await
+                .map_err(db)?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn history_append(&self, rows: &[HistoryRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let at: Vec<i64> = rows.iter().map(|r| to_i64(r.at_ms)).collect();
+        let names: Vec<String> = rows.iter().map(|r| r.username.clone()).collect();
+        let ids: Vec<Option<String>> = rows.iter().map(|r| r.user_id.clone()).collect();
+        let outcomes: Vec<String> = rows.iter().map(|r| r.outcome.clone()).collect();
+        let data: Vec<Vec<u8>> = rows.iter().map(encode).collect();
+        self.query(move |c| async move {
+            c.execute(
+                "INSERT INTO tg_history (at_ms, username, user_id, outcome, data)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[])",
+                &[&at, &names, &ids, &outcomes, &data],
+            )
+            .await
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn history_query(&self, filter: &HistoryFilter) -> Result<Vec<HistoryRow>, StoreError> {
+        let since = to_i64(filter.since_ms.unwrap_or(0));
+        let outcome = filter.outcome.clone();
+        let user = filter.user.clone();
+        let limit = to_i64(filter.limit as u64);
+        let rows = self.query(move |c| async move {
+            let params: [&(dyn ToSql + Sync); 4] = [&since, &outcome, &user, &limit];
+            let rows = c
+                .query(
+                    "SELECT data FROM tg_history WHERE at_ms >= $1
+                       AND ($2::text IS NULL OR outcome = $2)
+                       AND ($3::text IS NULL OR lower(username) = $3 OR user_id = $3)
+                     ORDER BY at_ms DESC, seq DESC LIMIT $4",
+                    &params,
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .collect::<Vec<_>>())
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for bytes in rows {
+            let row: HistoryRow = decode("history row", &bytes)?;
+            // The database's lower() and Rust's may differ outside ASCII: the filter decides.
+            if filter.matches(&row) {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    fn history_prune(&self, older_than_ms: u64, max_rows: usize) -> Result<usize, StoreError> {
+        let (cutoff, max) = (to_i64(older_than_ms), to_i64(max_rows as u64));
+        self.query(move |c| async move {
+            let old = c
+                .execute("DELETE FROM tg_history WHERE at_ms < $1", &[&cutoff])
+                .await
+                .map_err(db)?;
+            let excess = c
+                .execute(
+                    "DELETE FROM tg_history WHERE seq IN (
+                       SELECT seq FROM tg_history ORDER BY at_ms, seq
+                       LIMIT greatest((SELECT count(*) FROM tg_history) - $1, 0))",
+                    &[&max],
+                )
+                .await
+                .map_err(db)?;
+            Ok((old + excess) as usize)
+        })
+    }
+
+    fn export(&self, out: &mut ExportSink<'_>) -> Result<u64, StoreError> {
+        // One snapshot of every table (REPEATABLE READ), read in one transaction.
+        let records = self.query(move |mut c| async move {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(db)?;
+            let mut records: Vec<(&'static str, Vec<u8>, Vec<u8>)> = Vec::new();
+            for r in tx
+                .query("SELECT username, data FROM tg_users ORDER BY username", &[])
+                .await
+                .map_err(db)?
+            {
+                records.push(("users", r.get::<_, String>(0).into_bytes(), r.get(1)));
+            }
+            for r in tx
+                .query("SELECT key, data FROM tg_sessions ORDER BY key", &[])
+                .await
+                .map_err(db)?
+            {
+                records.push(("sessions", r.get(0), r.get(1)));
+            }
+            for (tree, sql) in [
+                ("meta", "SELECT key, value FROM tg_meta ORDER BY key"),
+                (
+                    "settings",
+                    "SELECT key, value FROM tg_settings ORDER BY key",
+                ),
+            ] {
+                for r in tx.query(sql, &[]).await.map_err(db)? {
+                    records.push((tree, r.get::<_, String>(0).into_bytes(), r.get(1)));
+                }
+            }
+            for r in tx
+                .query("SELECT id, message FROM tg_outbox ORDER BY id", &[])
+                .await
+                .map_err(db)?
+            {
+                records.push((
+                    "outbox",
+                    (r.get::<_, i64>(0) as u64).to_be_bytes().to_vec(),
+                    r.get(1),
+                ));
+            }
+            for r in tx
+                .query(
+                    "SELECT at_ms, seq, data FROM tg_history ORDER BY at_ms, seq",
+                    &[],
+                )
+                .await
+                .map_err(db)?
+            {
+                let mut key = (r.get::<_, i64>(0) as u64).to_be_bytes().to_vec();
+                key.extend_from_slice(&(r.get::<_, i64>(1) as u64).to_be_bytes());
+                records.push(("history", key, r.get(2)));
+            }
+            tx.commit().await.map_err(db)?;
+            Ok(records)
+        })?;
+        debug_assert!(records.iter().all(|(t, _, _)| EXPORTED.contains(t)));
+        let mut n = 0;
+        for (tree, k, v) in records {
+            out(tree, &k, &v).map_err(|e| StoreError::Io(e.to_string()))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn import(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        match tree {
+            "users" => {
+                let user = User::decode(value)?;
+                self.create_user(&user)
+            }
+            // Derived from the user records here.
+            "user_ids" => Ok(()),
+            "sessions" => {
+                let key = Tag::try_from(key).map_err(|_| {
+                    StoreError::Corrupt("a session key has the wrong length".into())
+                })?;
+                self.put_session(&key, &decode("session", value)?)
+            }
+            "settings" => self.put_setting(&String::from_utf8_lossy(key), value),
+            "outbox" => {
+                let id = <[u8; 8]>::try_from(key).map_err(|_| {
+                    StoreError::Corrupt("an outbox key has the wrong length".into())
+                })?;
+                self.outbox_put(u64::from_be_bytes(id), value)
+            }
+            "history" => self.history_append(&[decode("history row", value)?]),
+            "meta" => {
+                let (key, value) = (String::from_utf8_lossy(key).into_owned(), value.to_vec());
+                self.query(move |c| async move {
+                    c.execute(
+                        "INSERT INTO tg_meta (key, value) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        &[&key, &value],
+                    )
+                    .await
+                    .map_err(db)?;
+                    Ok(())
+                })
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "unknown collection '{}'",
+                other.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        self.query(move |c| async move {
+            let row = c
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM tg_users)
+                        AND NOT EXISTS (SELECT 1 FROM tg_sessions)
+                        AND NOT EXISTS (SELECT 1 FROM tg_settings)
+                        AND NOT EXISTS (SELECT 1 FROM tg_history)
+                        AND NOT EXISTS (SELECT 1 FROM tg_outbox)",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError> {
+        let fresh = generate().to_vec();
+        // Inserted only if absent, so replicas starting together agree on one key.
+        let key = self.query(move |c| async move {
+            c.execute(
+                "INSERT INTO tg_meta (key, value) VALUES ('server_key', $1) ON CONFLICT DO NOTHING",
+                &[&fresh],
+            )
+            .await
+            .map_err(db)?;
+            let row = c
+                .query_one("SELECT value FROM tg_meta WHERE key = 'server_key'", &[])
+                .await
+                .map_err(db)?;
+            Ok(row.get::<_, Vec<u8>>(0))
+        })?;
+        <[u8; 32]>::try_from(key.as_slice())
+            .map_err(|_| StoreError::Corrupt("server key has the wrong length".into()))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every acknowledged write is a committed transaction.
+        Ok(())
+    }
+}

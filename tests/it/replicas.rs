@@ -1,0 +1,373 @@
+//! The PostgreSQL backend: the `Store` contract on both backends, and several replicas on one
+//! database behaving as one tokengate (sessions, changes that end access, lockout, history,
+//! backup and restore between backends). Every test gets a fresh database in the private
+//! cluster the support code starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokengate::config::{Backend, PgTls, PostgresConfig};
+use tokengate::store::postgres::PgStore;
+use tokengate::store::sled::SledStore;
+use tokengate::store::{HistoryFilter, HistoryRow, SessionRecord, Store, StoreError, User};
+
+use crate::support::*;
+
+/// The backend of a fresh database in the test cluster.
+fn postgres() -> Backend {
+    let url = crate::support::postgres::cluster().database();
+    Backend::Postgres(Box::new(PostgresConfig {
+        connect: url.parse().expect("a PostgreSQL URL"),
+        tls: PgTls::Disable,
+        ca: None,
+        pool_size: 8,
+        timeout: Duration::from_secs(2),
+        max_staleness: Duration::from_secs(5),
+    }))
+}
+
+fn open_pg(backend: &Backend) -> PgStore {
+    let Backend::Postgres(cfg) = backend else {
+        unreachable!("a postgres backend")
+    };
+    PgStore::connect(cfg).expect("connects and migrates")
+}
+
+fn user(n: u32) -> User {
+    let mut u = User::new(
+        format!("005{n:012}AAA"),
+        format!("user{n}@example.com"),
+        format!("user{n}@example.com"),
+        "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into(),
+        [n as u8; 32],
+        24,
+        1_700_000_000,
+    );
+    u.rotate_every_secs = Some(60);
+    u
+}
+
+fn row(at_ms: u64, username: &str, outcome: &str) -> HistoryRow {
+    HistoryRow {
+        at_ms,
+        username: username.into(),
+        user_id: None,
+        source_ip: "192.0.2.1".into(),
+        dialect: "soap".into(),
+        api_version: None,
+        client: None,
+        tls: None,
+        outcome: outcome.into(),
+        reason: None,
+    }
+}
+
+/// Every method of the `Store` trait, with the answers both backends must give.
+fn conformance(store: Arc<dyn Store>) {
+    assert!(store.is_empty().unwrap());
+    let key = store.server_key(&mut || [7; 32]).unwrap();
+    assert_eq!(store.server_key(&mut || [9; 32]).unwrap(), key, "one key");
+
+    let mut a = user(1);
+    a.next_rotation_at = Some(100);
+    store.create_user(&a).unwrap();
+    store.create_user(&user(2)).unwrap();
+    assert!(matches!(
+        store.create_user(&a),
+        Err(StoreError::UserExists(_))
+    ));
+    assert_eq!(
+        store.user_by_name("user1@example.com").unwrap().unwrap().id,
+        a.id
+    );
+    assert_eq!(
+        store.user_by_id(&a.id).unwrap().unwrap().username,
+        a.username
+    );
+    assert!(store.user_by_name("nobody@example.com").unwrap().is_none());
+    assert_eq!(store.due_rotations(99).unwrap(), Vec::<String>::new());
+    assert_eq!(store.due_rotations(100).unwrap(), vec![a.id.clone()]);
+
+    // Concurrent read-modify-write updates never lose one another.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..25 {
+                    store
+                        .update_user(&a.id, &mut |u| u.lockout.failures += 1)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let a_now = store.user_by_id(&a.id).unwrap().unwrap();
+    assert_eq!(a_now.lockout.failures, 100);
+    store
+        .update_user(&a.id, &mut |u| u.next_rotation_at = Some(500))
+        .unwrap();
+    assert!(store.due_rotations(100).unwrap().is_empty());
+    assert!(matches!(
+        store.update_user("005nosuchuserAAA", &mut |_| {}),
+        Err(StoreError::NoSuchUser(_))
+    ));
+    let mut names = Vec::new();
+    store.for_each_user(&mut |u| names.push(u.username)).unwrap();
+    assert_eq!(names, ["user1@example.com", "user2@example.com"]);
+
+    let rec = |user_id: &str| SessionRecord {
+        user_id: user_id.into(),
+        username: "x".into(),
+        epoch: 1,
+        created_at: 10,
+        last_seen: 20,
+    };
+    store.put_session(&[1; 32], &rec(&a.id)).unwrap();
+    store.put_session(&[2; 32], &rec(&a.id)).unwrap();
+    store.put_session(&[3; 32], &rec("005other")).unwrap();
+    let mut later = rec(&a.id);
+    later.last_seen = 30;
+    store.put_session(&[1; 32], &later).unwrap();
+    assert_eq!(store.session(&[1; 32]).unwrap().unwrap().last_seen, 30);
+    store.delete_session(&[2; 32]).unwrap();
+    assert!(store.session(&[2; 32]).unwrap().is_none());
+    let mut seen = 0;
+    store.for_each_session(&mut |_, _| seen += 1).unwrap();
+    assert_eq!(seen, 2);
+    assert_eq!(store.delete_user_sessions(&a.id).unwrap(), 1);
+
+    store.put_setting("compliance_bcc", b"{}").unwrap();
+    store.put_setting("compliance_bcc", b"{\"a\":1}").unwrap();
+    assert_eq!(
+        store.setting("compliance_bcc").unwrap().as_deref(),
+        Some(&b"{\"a\":1}"[..])
+    );
+    assert!(store.setting("absent").unwrap().is_none());
+
+    let (i, j) = (store.next_id().unwrap(), store.next_id().unwrap());
+    assert_ne!(i, j);
+    store.outbox_put(i, b"one").unwrap();
+    store.outbox_put(j, b"two").unwrap();
+    store.outbox_delete(i).unwrap();
+    assert_eq!(store.outbox().unwrap(), vec![(j, b"two".to_vec())]);
+
+    store
+        .history_append(&[
+            row(1_000, "User1@example.com", "success"),
+            row(2_000, "user2@example.com", "failure"),
+            row(3_000, "user1@example.com", "failure"),
+        ])
+        .unwrap();
+    let q = |user: Option<&str>, outcome: Option<&str>, since: Option<u64>| {
+        store
+            .history_query(&HistoryFilter {
+                user: user.map(str::to_owned),
+                since_ms: since,
+                outcome: outcome.map(str::to_owned),
+                limit: 10,
+            })
+            .unwrap()
+            .iter()
+            .map(|r| r.at_ms)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(q(None, None, None), [3_000, 2_000, 1_000]);
+    assert_eq!(q(Some("user1@example.com"), None, None), [3_000, 1_000]);
+    assert_eq!(q(None, Some("failure"), Some(2_500)), [3_000]);
+    assert_eq!(store.history_prune(1_500, 10).unwrap(), 1);
+    assert_eq!(store.history_prune(0, 1).unwrap(), 1);
+    assert_eq!(q(None, None, None), [3_000]);
+
+    assert!(store.delete_user(&user(2).id).unwrap());
+    assert!(!store.delete_user(&user(2).id).unwrap());
+    assert!(store.user_by_name("user2@example.com").unwrap().is_none());
+    assert!(!store.is_empty().unwrap());
+}
+
+/// Copies every record of `from` into `to` (what backup then restore does).
+fn copy(from: &dyn Store, to: &dyn Store) -> u64 {
+    let mut records = Vec::new();
+    from.export(&mut |t, k, v| {
+        records.push((t.to_owned(), k.to_vec(), v.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    for (t, k, v) in &records {
+        to.import(t, k, v).unwrap();
+    }
+    records.len() as u64
+}
+
+#[test]
+fn the_store_contract_holds_on_sled_and_on_postgres_and_records_move_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sled: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("db"), 8 << 20).unwrap());
+    conformance(sled.clone());
+    let pg: Arc<dyn Store> = Arc::new(open_pg(&postgres()));
+    conformance(pg.clone());
+
+    // sled → PostgreSQL → sled: the same records come back.
+    let target: Arc<dyn Store> = Arc::new(open_pg(&postgres()));
+    let n = copy(sled.as_ref(), target.as_ref());
+    assert!(n > 0);
+    let dir2 = tempfile::tempdir().unwrap();
+    let back: Arc<dyn Store> =
+        Arc::new(SledStore::open(&dir2.path().join("db"), 8 << 20).unwrap());
+    copy(target.as_ref(), back.as_ref());
+    let u = back.user_by_name("user1@example.com").unwrap().unwrap();
+    assert_eq!(u.lockout.failures, 100);
+    assert_eq!(
+        back.server_key(&mut || [0; 32]).unwrap(),
+        sled.server_key(&mut || [0; 32]).unwrap()
+    );
+    assert_eq!(back.outbox().unwrap(), sled.outbox().unwrap());
+}
+
+#[test]
+fn replicas_starting_together_migrate_the_schema_once() {
+    let backend = postgres();
+    let stores: Vec<PgStore> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3).map(|_| s.spawn(|| open_pg(&backend))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for s in &stores {
+        assert_eq!(
+            s.schema_version().unwrap(),
+            tokengate::store::postgres::MIGRATIONS.last().unwrap().0
+        );
+    }
+}
+
+/// Two replicas on one database, each with its own data directory (certificate, socket).
+async fn replicas(upstream: &str) -> (TestServer, TestServer) {
+    let backend = tokio::task::block_in_place(postgres);
+    let b = backend.clone();
+    let a = TestServer::start_with(upstream, move |cfg| cfg.store.backend = b).await;
+    let b = TestServer::start_with(upstream, move |cfg| cfg.store.backend = backend).await;
+    (a, b)
+}
+
+async fn data_status(ts: &TestServer, sid: &str) -> StatusCode {
+    ts.client()
+        .get_with_session("/services/data/v59.0/sobjects", sid)
+        .await
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_made_on_one_replica_works_on_another_until_it_is_ended_anywhere() {
+    let up = Upstream::start().await;
+    let (a, b) = replicas(&up.url()).await;
+    let token = a.add_user("ann@example.com").await;
+    let secret = format!("{PASSWORD}{token}");
+
+    // Made on A, used on B (read from the database once).
+    let sid = a.soap_login("ann@example.com", &secret).await;
+    assert_eq!(data_status(&b, &sid).await, StatusCode::OK);
+    assert_eq!(data_status(&a, &sid).await, StatusCode::OK);
+
+    // A logout on B ends it on A within a second.
+    let r = b
+        .client()
+        .post(
+            "/services/oauth2/revoke",
+            "application/x-www-form-urlencoded",
+            format!("token={sid}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    eventually("the logout reaches replica A", Duration::from_secs(1), async || {
+        data_status(&a, &sid).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+
+    // A disable on A ends B's sessions within a second; enabling does not revive them.
+    let sid = b.soap_login("ann@example.com", &secret).await;
+    assert_eq!(data_status(&a, &sid).await, StatusCode::OK);
+    cli(&a, &["user", "disable", "ann@example.com"], None);
+    eventually("the disable reaches replica B", Duration::from_secs(1), async || {
+        data_status(&b, &sid).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    cli(&a, &["user", "enable", "ann@example.com"], None);
+    assert_eq!(data_status(&b, &sid).await, StatusCode::UNAUTHORIZED);
+
+    // A login-range change on B ends A's sessions; logins from outside fail on A at once.
+    let sid = a.soap_login("ann@example.com", &secret).await;
+    assert_eq!(data_status(&b, &sid).await, StatusCode::OK);
+    b.app()
+        .users
+        .set_login_ranges("ann@example.com", vec!["10.0.0.0/8".parse().unwrap()])
+        .unwrap();
+    eventually("the range change reaches replica A", Duration::from_secs(1), async || {
+        data_status(&a, &sid).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    let outside = a
+        .client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("ann@example.com", &secret),
+        )
+        .await;
+    assert_eq!(outside.status, StatusCode::INTERNAL_SERVER_ERROR);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_on_every_replica_count_toward_one_lockout_and_history_is_shared() {
+    let up = Upstream::start().await;
+    let (a, b) = replicas(&up.url()).await;
+    let token = a.add_user("bob@example.com").await;
+    let threshold = a.cfg.lockout.max_failures;
+    // Alternate replicas: each sees half the failures (each a different wrong password), the
+    // database all of them.
+    for i in 0..threshold {
+        let ts = if i % 2 == 0 { &a } else { &b };
+        let r = ts
+            .client()
+            .post(
+                "/services/Soap/u/59.0",
+                "text/xml",
+                soap_login_body("bob@example.com", &format!("wrong{i}{token}")),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    // Basic with the right credentials is told of the lock, on either replica (the last
+    // failure's replica at once, the other as soon as it hears of it).
+    let right = format!("{PASSWORD}{token}");
+    for ts in [&b, &a] {
+        eventually("the lock holds on every replica", Duration::from_secs(1), async || {
+            ts.client()
+                .get(
+                    "/services/data/v59.0/sobjects",
+                    &[("authorization", &basic("bob@example.com", &right))],
+                )
+                .await
+                .status
+                == StatusCode::LOCKED
+        })
+        .await;
+    }
+    // The history on A lists the attempts made on B.
+    a.history_written().await;
+    b.history_written().await;
+    let rows = a
+        .app()
+        .store
+        .history_query(&HistoryFilter {
+            user: Some("bob@example.com".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let count = |o: &str| rows.iter().filter(|r| r.outcome == o).count() as u32;
+    assert_eq!(count("bad_credentials"), threshold, "{rows:?}");
+    assert!(count("locked") >= 2, "{rows:?}");
+    assert_eq!(count("success"), 0, "{rows:?}");
+    a.stop().await;
+    b.stop().await;
+}
