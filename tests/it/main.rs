@@ -20,5 +20,6 @@ mod loadtest;
 mod login;
 mod mail;
 mod ops;
+mod postgres_cluster;
 mod sessions;
 mod tokens;
