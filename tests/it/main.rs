@@ -21,5 +21,6 @@ mod login;
 mod mail;
 mod ops;
 mod postgres_cluster;
+mod replicas;
 mod sessions;
 mod tokens;

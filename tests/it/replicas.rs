@@ -14,9 +14,12 @@ use tokengate::store::{HistoryFilter, HistoryRow, SessionRecord, Store, StoreErr
 
 use crate::support::*;
 
-/// The backend of a fresh database in the test cluster.
+/// The backend of a fresh database in the shared test cluster.
 fn postgres() -> Backend {
-    let url = crate::support::postgres::cluster().database();
+    backend(crate::support::postgres::cluster().database())
+}
+
+fn backend(url: String) -> Backend {
     Backend::Postgres(Box::new(PostgresConfig {
         connect: url.parse().expect("a PostgreSQL URL"),
         tls: PgTls::Disable,
@@ -112,7 +115,9 @@ fn conformance(store: Arc<dyn Store>) {
         Err(StoreError::NoSuchUser(_))
     ));
     let mut names = Vec::new();
-    store.for_each_user(&mut |u| names.push(u.username)).unwrap();
+    store
+        .for_each_user(&mut |u| names.push(u.username))
+        .unwrap();
     assert_eq!(names, ["user1@example.com", "user2@example.com"]);
 
     let rec = |user_id: &str| SessionRecord {
@@ -211,8 +216,7 @@ fn the_store_contract_holds_on_sled_and_on_postgres_and_records_move_between_the
     let n = copy(sled.as_ref(), target.as_ref());
     assert!(n > 0);
     let dir2 = tempfile::tempdir().unwrap();
-    let back: Arc<dyn Store> =
-        Arc::new(SledStore::open(&dir2.path().join("db"), 8 << 20).unwrap());
+    let back: Arc<dyn Store> = Arc::new(SledStore::open(&dir2.path().join("db"), 8 << 20).unwrap());
     copy(target.as_ref(), back.as_ref());
     let u = back.user_by_name("user1@example.com").unwrap().unwrap();
     assert_eq!(u.lockout.failures, 100);
@@ -276,18 +280,22 @@ async fn a_session_made_on_one_replica_works_on_another_until_it_is_ended_anywhe
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    eventually("the logout reaches replica A", Duration::from_secs(1), async || {
-        data_status(&a, &sid).await == StatusCode::UNAUTHORIZED
-    })
+    eventually(
+        "the logout reaches replica A",
+        Duration::from_secs(1),
+        async || data_status(&a, &sid).await == StatusCode::UNAUTHORIZED,
+    )
     .await;
 
     // A disable on A ends B's sessions within a second; enabling does not revive them.
     let sid = b.soap_login("ann@example.com", &secret).await;
     assert_eq!(data_status(&a, &sid).await, StatusCode::OK);
     cli(&a, &["user", "disable", "ann@example.com"], None);
-    eventually("the disable reaches replica B", Duration::from_secs(1), async || {
-        data_status(&b, &sid).await == StatusCode::UNAUTHORIZED
-    })
+    eventually(
+        "the disable reaches replica B",
+        Duration::from_secs(1),
+        async || data_status(&b, &sid).await == StatusCode::UNAUTHORIZED,
+    )
     .await;
     cli(&a, &["user", "enable", "ann@example.com"], None);
     assert_eq!(data_status(&b, &sid).await, StatusCode::UNAUTHORIZED);
@@ -299,9 +307,11 @@ async fn a_session_made_on_one_replica_works_on_another_until_it_is_ended_anywhe
         .users
         .set_login_ranges("ann@example.com", vec!["10.0.0.0/8".parse().unwrap()])
         .unwrap();
-    eventually("the range change reaches replica A", Duration::from_secs(1), async || {
-        data_status(&a, &sid).await == StatusCode::UNAUTHORIZED
-    })
+    eventually(
+        "the range change reaches replica A",
+        Duration::from_secs(1),
+        async || data_status(&a, &sid).await == StatusCode::UNAUTHORIZED,
+    )
     .await;
     let outside = a
         .client()
@@ -340,16 +350,20 @@ async fn failures_on_every_replica_count_toward_one_lockout_and_history_is_share
     // failure's replica at once, the other as soon as it hears of it).
     let right = format!("{PASSWORD}{token}");
     for ts in [&b, &a] {
-        eventually("the lock holds on every replica", Duration::from_secs(1), async || {
-            ts.client()
-                .get(
-                    "/services/data/v59.0/sobjects",
-                    &[("authorization", &basic("bob@example.com", &right))],
-                )
-                .await
-                .status
-                == StatusCode::LOCKED
-        })
+        eventually(
+            "the lock holds on every replica",
+            Duration::from_secs(1),
+            async || {
+                ts.client()
+                    .get(
+                        "/services/data/v59.0/sobjects",
+                        &[("authorization", &basic("bob@example.com", &right))],
+                    )
+                    .await
+                    .status
+                    == StatusCode::LOCKED
+            },
+        )
         .await;
     }
     // The history on A lists the attempts made on B.
@@ -370,4 +384,63 @@ async fn failures_on_every_replica_count_toward_one_lockout_and_history_is_share
     assert_eq!(count("success"), 0, "{rows:?}");
     a.stop().await;
     b.stop().await;
+}
+
+async fn soap(ts: &TestServer, username: &str, secret: &str) -> Reply {
+    ts.client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body(username, secret),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and_all_heals() {
+    // A cluster of this test's own: stopping it must not disturb the others.
+    let pg = tokio::task::block_in_place(crate::support::postgres::Cluster::private);
+    let mut backend = backend(tokio::task::block_in_place(|| pg.database()));
+    if let Backend::Postgres(c) = &mut backend {
+        c.timeout = Duration::from_millis(800);
+        c.max_staleness = Duration::from_secs(2);
+    }
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), move |cfg| cfg.store.backend = backend).await;
+    let token = ts.add_user("cy@example.com").await;
+    let secret = format!("{PASSWORD}{token}");
+    let sid = ts.soap_login("cy@example.com", &secret).await;
+    assert_eq!(data_status(&ts, &sid).await, StatusCode::OK);
+
+    tokio::task::block_in_place(|| pg.stop());
+    // A login needs the database (its limits, its history, the session it would issue): it is
+    // answered as unavailable within the timeout, and issues nothing.
+    let started = std::time::Instant::now();
+    let r = soap(&ts, "cy@example.com", &secret).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    assert!(r.text().contains("SERVER_UNAVAILABLE"), "{}", r.text());
+    assert!(!r.text().contains("sessionId"), "{}", r.text());
+    // Past max_staleness the cached session is no longer trusted: refused as unavailable.
+    eventually(
+        "the session fails closed",
+        Duration::from_secs(6),
+        async || data_status(&ts, &sid).await == StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+
+    tokio::task::block_in_place(|| pg.start());
+    // Back: the replica reconnects by itself; the session and new logins work again.
+    eventually(
+        "the session works again",
+        Duration::from_secs(15),
+        async || data_status(&ts, &sid).await == StatusCode::OK,
+    )
+    .await;
+    let sid = ts.soap_login("cy@example.com", &secret).await;
+    assert_eq!(data_status(&ts, &sid).await, StatusCode::OK);
+    ts.stop().await;
 }

@@ -1,9 +1,9 @@
 //! A real, private PostgreSQL for the tests of the PostgreSQL store: one cluster per test
 //! process, made by `initdb` in a temporary directory on first use ([`cluster`]), listening on
 //! 127.0.0.1 only, on a free port, with trust authentication for the `postgres` user. Each test
-//! takes a fresh, empty database of its own ([`Cluster::database`]); outage tests stop the
-//! server and start it again ([`Cluster::stop`], [`Cluster::start`]) — the cluster is shared by
-//! every test of the process, so a test that stops it must not run beside others that use it.
+//! takes a fresh, empty database of its own ([`Cluster::database`]). Outage tests stop a server
+//! and start it again ([`Cluster::stop`], [`Cluster::start`]) on a cluster of their own
+//! ([`Cluster::private`]): the shared one is never stopped, as tests run side by side.
 //!
 //! The programs (`initdb`, `pg_ctl`, `postgres`, `psql`) are found on PATH, else in the newest
 //! `/usr/lib/postgresql/*/bin/`; when there are none, the tests fail and say to install Debian's
@@ -166,6 +166,11 @@ impl Cluster {
 
     /// Makes the cluster: the programs, a temporary directory under its watchdog, `initdb`,
     /// and the server started on a free port.
+    /// A cluster of the caller's own (for an outage test), stopped and removed when dropped.
+    pub fn private() -> Self {
+        Self::boot()
+    }
+
     fn boot() -> Self {
         let bin = bin_dir();
         let mut id = Command::new("id");
