@@ -444,3 +444,73 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
     assert_eq!(data_status(&ts, &sid).await, StatusCode::OK);
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_due_while_three_replicas_run_is_emailed_once_and_another_leader_takes_over() {
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let up = Upstream::start().await;
+    let backend = tokio::task::block_in_place(postgres);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let (b, sink) = (backend.clone(), &sink);
+        replicas.push(
+            TestServer::start_with(&up.url(), move |cfg| {
+                cfg.store.backend = b;
+                mail_to(cfg, sink, "Acme");
+                cfg.tokens.rotation_check_interval = Duration::from_millis(200);
+            })
+            .await,
+        );
+    }
+    replicas[0].add_user("dee@example.com").await;
+    let user = replicas[0]
+        .app()
+        .store
+        .user_by_name("dee@example.com")
+        .unwrap()
+        .unwrap();
+    let (id, rcpt) = (user.id.clone(), user.email.clone());
+    let rcpt = rcpt.as_str();
+    // Through any replica (the test keeps no store of its own: a store held here would keep
+    // a stopped leader's connection, and its leadership, alive).
+    let due = |r: &TestServer| {
+        r.app()
+            .store
+            .update_user(&id, &mut |u| {
+                u.rotate_every_secs = Some(86_400);
+                u.next_rotation_at = Some(tokengate::now_secs() - 1);
+            })
+            .unwrap();
+    };
+    let before = sink.to(rcpt).len();
+    due(&replicas[0]);
+    sink.wait_for(rcpt, before + 1, Duration::from_secs(5))
+        .await;
+    // Every replica checked the schedule several times meanwhile; only the leader rotated.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        sink.to(rcpt).len(),
+        before + 1,
+        "one email for one rotation"
+    );
+
+    // The leader goes away: another replica takes the scheduled work over.
+    let leader = replicas
+        .iter()
+        .position(|r| r.app().store.leader())
+        .expect("one replica leads");
+    assert_eq!(
+        replicas.iter().filter(|r| r.app().store.leader()).count(),
+        1,
+        "exactly one leader"
+    );
+    replicas.remove(leader).stop().await;
+    due(&replicas[0]);
+    sink.wait_for(rcpt, before + 2, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(sink.to(rcpt).len(), before + 2);
+    for r in replicas {
+        r.stop().await;
+    }
+}
