@@ -514,3 +514,88 @@ async fn a_rotation_due_while_three_replicas_run_is_emailed_once_and_another_lea
         r.stop().await;
     }
 }
+
+/// A replica's configuration file in `dir` (its own data directory), on the database at `url`.
+fn replica_config(dir: &std::path::Path, upstream: &str, url: &str) -> std::path::PathBuf {
+    let path = dir.join("tokengate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n[store]\npath = \"data\"\nbackend = \"postgres\"\nurl = \"{url}\"\n[limits]\nfailure_delay = \"0s\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_replica_processes_share_sessions_and_hear_the_cli_and_survive_each_other() {
+    use crate::support::process::{self, Serve};
+    let up = Upstream::start().await;
+    let url = tokio::task::block_in_place(|| crate::support::postgres::cluster().database());
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cfgs: Vec<_> = dirs
+        .iter()
+        .map(|d| replica_config(d.path(), &up.url(), &url))
+        .collect();
+    // The CLI works on the database directly while no replica runs...
+    let token = tokio::task::block_in_place(|| {
+        let out = process::run(&cfgs[2], &["check-config"], None, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("PostgreSQL schema version 1"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        process::add_user(&cfgs[2], "eve@example.com", PASSWORD, false)
+    });
+    let mut a = Serve::start(&cfgs[0], &[], &[]);
+    let b = Serve::start(&cfgs[1], &[], &[]);
+    let client = |dir: &tempfile::TempDir, server: &Serve| {
+        HttpsClient::new(&dir.path().join("data/tls/cert.pem"), server.addr, false)
+    };
+    let (ca, cb) = (client(&dirs[0], &a), client(&dirs[1], &b));
+    let login = ca
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("eve@example.com", &format!("{PASSWORD}{token}")),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+    let sid = extract(&login.text(), "sessionId").unwrap();
+    let call = async |c: &HttpsClient| {
+        c.get_with_session("/services/data/v59.0/sobjects", &sid)
+            .await
+            .status
+    };
+    assert_eq!(call(&cb).await, StatusCode::OK, "made on A, used on B");
+
+    // A killed outright: B goes on serving the session.
+    a.child.kill().unwrap();
+    a.wait(Duration::from_secs(10));
+    assert_eq!(call(&cb).await, StatusCode::OK);
+
+    // ...and while replicas run: a disable from the CLI (no replica's socket in its data
+    // directory) reaches B through the database within a second.
+    tokio::task::block_in_place(|| {
+        let out = process::run(&cfgs[2], &["user", "disable", "eve@example.com"], None, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    eventually(
+        "the CLI's disable reaches replica B",
+        Duration::from_secs(1),
+        async || call(&cb).await == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let log = b.stop();
+    assert!(!log.contains(&sid), "no session id in the log");
+}
