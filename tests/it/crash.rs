@@ -32,6 +32,7 @@ listen = "127.0.0.1:0"
 url = "{upstream}"
 [store]
 path = "data"
+{store}
 # This test tries every token ever emailed after each crash; lockout would count those.
 [lockout]
 max_failures = 0
@@ -45,7 +46,8 @@ security = "none"
 timeout = "20s"
 from = "tokengate <noreply@tokengate.test>"
 "#,
-            port = smtp.port()
+            port = smtp.port(),
+            store = store_backend_toml(),
         ),
     )
     .unwrap();

@@ -295,9 +295,42 @@ pub fn mail_to(cfg: &mut Config, sink: &smtp::SmtpSink, brand: &str) {
     cfg.mail.compliance_retry_interval = Duration::from_millis(300);
 }
 
+/// Whether this run keeps test servers' records on PostgreSQL (`TOKENGATE_TEST_STORE=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("TOKENGATE_TEST_STORE").as_deref() == Ok("postgres")
+}
+
+/// The `[store]` lines that put a configuration file on a fresh database when the run is on
+/// PostgreSQL (nothing otherwise): for tests that run the real binary.
+pub fn store_backend_toml() -> String {
+    if on_postgres() {
+        format!(
+            "backend = \"postgres\"\nurl = \"{}\"\n",
+            postgres::cluster().database()
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// The configuration every test starts from: loopback, ephemeral port, the given upstream.
+/// With `TOKENGATE_TEST_STORE=postgres`, every test server keeps its records in a fresh
+/// database of the test cluster instead of sled (the whole suite then runs on PostgreSQL).
 pub fn test_config(dir: &Path, upstream: &str) -> Config {
     let mut cfg = Config::defaults();
+    if on_postgres() {
+        // Blocks briefly (psql), on whatever runtime the test has.
+        let url = postgres::cluster().database();
+        cfg.store.backend =
+            tokengate::config::Backend::Postgres(Box::new(tokengate::config::PostgresConfig {
+                connect: url.parse().expect("a PostgreSQL URL"),
+                tls: tokengate::config::PgTls::Disable,
+                ca: None,
+                pool_size: 8,
+                timeout: Duration::from_secs(2),
+                max_staleness: Duration::from_secs(5),
+            }));
+    }
     cfg.server.listen = "127.0.0.1:0".parse().unwrap();
     cfg.store.path = dir.to_owned();
     cfg.store.cache_capacity_bytes = 8 << 20;
