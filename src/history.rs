@@ -1,6 +1,8 @@
 //! The login history: every attempt is recorded off the request path through a bounded queue
 //! (a full queue drops the row and counts it; a login never waits for the history), written in
-//! batches, and pruned by age and count.
+//! batches, and pruned by age and count. A batch the store refuses (a database that is down) is
+//! tried again until it is written; meanwhile the queue fills, and what does not fit is counted
+//! as dropped. Shutdown waits for the queue at most a bounded time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +23,9 @@ pub struct History {
 
 const BATCH: usize = 512;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Backoff between attempts to write a refused batch.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl History {
     /// Starts the writer; the task ends when the `History` is dropped.
@@ -41,11 +46,19 @@ impl History {
                         if n == 0 {
                             return;
                         }
-                        let rows = std::mem::take(&mut buf);
-                        let s = store.clone();
-                        let written = tokio::task::spawn_blocking(move || s.history_append(&rows)).await;
-                        if !matches!(written, Ok(Ok(()))) {
-                            tracing::error!("could not write login history rows");
+                        let rows = Arc::new(std::mem::take(&mut buf));
+                        let mut retry = RETRY_FIRST;
+                        loop {
+                            let (s, batch) = (store.clone(), rows.clone());
+                            let written =
+                                tokio::task::spawn_blocking(move || s.history_append(&batch)).await;
+                            match written {
+                                Ok(Ok(())) => break,
+                                Ok(Err(e)) => tracing::error!(error = %e, rows = n, "could not write login history rows; retrying"),
+                                Err(_) => tracing::error!(rows = n, "the login history writer failed; retrying"),
+                            }
+                            tokio::time::sleep(retry).await;
+                            retry = (retry * 2).min(RETRY_MAX);
                         }
                         written_back.fetch_sub(n, Ordering::AcqRel);
                     }

@@ -442,6 +442,20 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
     .await;
     let sid = ts.soap_login("cy@example.com", &secret).await;
     assert_eq!(data_status(&ts, &sid).await, StatusCode::OK);
+    // What the history writer could not write during the outage was kept and written since.
+    ts.history_written().await;
+    let rows = ts
+        .app()
+        .store
+        .history_query(&HistoryFilter {
+            user: Some("cy@example.com".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+    assert!(outcomes.len() >= 3, "{outcomes:?}");
+    assert_eq!(ts.app().history.dropped(), 0);
     ts.stop().await;
 }
 
