@@ -11,6 +11,9 @@
 #                                      # (PROFILE_ARGS: its options, default "-F 999 -g")
 #   PIN=1 bash benches/ab.sh ...       # servers on the last CPU, nginx and the load tool on the
 #                                      # others: steadier CPU per request, lower requests/s
+#   OLD_STORE=postgres / NEW_STORE=postgres bash benches/ab.sh BIN BIN ...
+#                                      # that side's records on a private PostgreSQL (one build
+#                                      # on both sides compares the backends)
 #
 # Build the old one from a worktree, for instance:
 #   git worktree add /tmp/old COMMIT && cargo build --release --manifest-path /tmp/old/Cargo.toml
@@ -43,8 +46,18 @@ fi
 "${OTHER_CPUS[@]}" nginx -c "$WORK/upstream.conf" -p "$WORK" -g 'daemon off;' &
 PIDS+=($!)
 declare -A PORT=([old]=18456 [new]=18457) PID=() BIN_OF=([old]="$OLD" [new]="$NEW")
+declare -A STORE_OF=([old]="${OLD_STORE:-sled}" [new]="${NEW_STORE:-sled}")
+if [ "${STORE_OF[old]}" = postgres ] || [ "${STORE_OF[new]}" = postgres ]; then bench_postgres 15432; fi
 for side in old new; do
   bin=${BIN_OF[$side]}
+  TG_STORE_EXTRA=
+  if [ "${STORE_OF[$side]}" = postgres ]; then
+    # Each side its own database, so the two never see each other's records.
+    TG_STORE_EXTRA="backend = \"postgres\"
+url = \"${PG_URL/tokengate?/tokengate_$side?}\""
+    psql "${PG_URL%%\?*}" -qc "CREATE DATABASE tokengate_$side" >/dev/null
+  fi
+  export TG_STORE_EXTRA
   tg_config "${PORT[$side]}" "$WORK/$side" 100000 250ms "$UPSTREAM" "$WORK" "$bin" > "$WORK/$side.toml"
   tg_admin "$bin" "$WORK/$side.toml" > "$WORK/$side.admin-token"
   "${SERVER_CPUS[@]}" "$bin" --config "$WORK/$side.toml" serve 2>"$WORK/$side.log" &

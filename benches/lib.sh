@@ -11,7 +11,31 @@ bench_workdir() {
 bench_cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "${PG_STOP:-}" ]; then $PG_STOP >/dev/null 2>&1 || true; fi
   rm -rf "$WORK"
+}
+
+# bench_postgres PORT: a private PostgreSQL in $WORK/pg on 127.0.0.1:PORT with a database
+# `tokengate` (default settings: fsync on); sets PG_URL, and bench_cleanup stops it. Debian's
+# `postgresql` is installed when missing; initdb refuses root, so as root it runs as `postgres`.
+bench_postgres() {
+  local port=$1 dir=$WORK/pg bin as=
+  if ! command -v initdb >/dev/null && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    install_debian postgresql
+  fi
+  bin=$(dirname "$(readlink -f "$(command -v initdb || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    chmod o+x "$WORK"
+    chown postgres "$dir"
+    as="runuser -u postgres --"
+  fi
+  $as "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
+  $as "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+  PG_STOP="$as $bin/pg_ctl -D $dir/data -m fast -w stop"
+  $as "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -qc "CREATE DATABASE tokengate" >/dev/null
+  PG_URL="postgres://postgres@127.0.0.1:$port/tokengate?sslmode=disable"
 }
 
 # bench_out DIR: creates DIR and prints its absolute path.
@@ -68,6 +92,7 @@ key = "$6/key.pem"
 url = "http://$5"
 [store]
 path = "$2"
+${TG_STORE_EXTRA:-}
 [auth]
 credential_cache_size = $3
 [limits]
