@@ -694,7 +694,9 @@ impl Inner {
 }
 
 /// The collections of a backup, in its order (the same as sled's).
-const EXPORTED: [&str; 6] = ["users", "sessions", "meta", "settings", "outbox", "history"];
+const EXPORTED: [&str; 7] = [
+    "users", "user_ids", "sessions", "meta", "settings", "outbox", "history",
+];
 
 impl Store for PgStore {
     fn observe_users(&self, observer: UserObserver) {
@@ -1122,12 +1124,22 @@ impl Store for PgStore {
                 .await
                 .map_err(db)?;
             let mut records: Vec<(&'static str, Vec<u8>, Vec<u8>)> = Vec::new();
-            for r in tx
-                .query("SELECT username, data FROM tg_users ORDER BY username", &[])
+            let users = tx
+                .query(
+                    "SELECT username, id, data FROM tg_users ORDER BY username",
+                    &[],
+                )
                 .await
-                .map_err(db)?
-            {
-                records.push(("users", r.get::<_, String>(0).into_bytes(), r.get(1)));
+                .map_err(db)?;
+            for r in &users {
+                records.push(("users", r.get::<_, String>(0).into_bytes(), r.get(2)));
+            }
+            // The id index, as sled keeps and exports it: a backup restores into either.
+            let mut ids: Vec<(String, String)> =
+                users.iter().map(|r| (r.get(1), r.get(0))).collect();
+            ids.sort();
+            for (id, name) in ids {
+                records.push(("user_ids", id.into_bytes(), name.into_bytes()));
             }
             for r in tx
                 .query("SELECT key, data FROM tg_sessions ORDER BY key", &[])

@@ -221,6 +221,23 @@ fn the_store_contract_holds_on_sled_and_on_postgres_and_records_move_between_the
     let u = back.user_by_name("user1@example.com").unwrap().unwrap();
     assert_eq!(u.lockout.failures, 100);
     assert_eq!(
+        back.user_by_id(&u.id).unwrap().unwrap().username,
+        u.username
+    );
+    // Both backends write the same collections, in the same order.
+    let trees = |s: &dyn Store| {
+        let mut t: Vec<String> = Vec::new();
+        s.export(&mut |tree, _, _| {
+            if t.last().map(String::as_str) != Some(tree) {
+                t.push(tree.to_owned());
+            }
+            Ok(())
+        })
+        .unwrap();
+        t
+    };
+    assert_eq!(trees(target.as_ref()), trees(sled.as_ref()));
+    assert_eq!(
         back.server_key(&mut || [0; 32]).unwrap(),
         sled.server_key(&mut || [0; 32]).unwrap()
     );
