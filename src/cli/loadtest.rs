@@ -5,12 +5,23 @@ use std::io::IsTerminal as _;
 
 use super::{CliError, LoadtestCommand, TargetArgs};
 
-/// The target named on the command line, warning loudly when its certificate goes unchecked.
-async fn load_target(t: &TargetArgs) -> Result<tokengate::loadtest::Target, CliError> {
+/// The targets named on the command line (one or more replicas), warning loudly when their
+/// certificates go unchecked.
+async fn load_targets(t: &TargetArgs) -> Result<Vec<tokengate::loadtest::Target>, CliError> {
     if t.insecure {
         eprintln!("tokengate: WARNING: --insecure: the target's certificate is NOT verified");
     }
-    Ok(tokengate::loadtest::Target::new(&t.target, t.ca.as_deref(), t.insecure).await?)
+    let mut out = Vec::with_capacity(t.target.len());
+    for url in &t.target {
+        out.push(tokengate::loadtest::Target::new(url, t.ca.as_deref(), t.insecure).await?);
+    }
+    Ok(out)
+}
+
+/// The target that `setup` and `cleanup` talk to: the first (replicas share their users).
+async fn load_target(t: &TargetArgs) -> Result<tokengate::loadtest::Target, CliError> {
+    let mut all = load_targets(t).await?;
+    Ok(all.swap_remove(0))
 }
 
 /// The admin's password+token for `setup`/`cleanup`: the environment, else a hidden prompt.
@@ -64,7 +75,7 @@ pub(super) async fn loadtest(cmd: LoadtestCommand) -> Result<(), CliError> {
             chart,
             quiet,
         } => {
-            let t = load_target(&target).await?;
+            let t = load_targets(&target).await?;
             let duration = humantime::parse_duration(&duration)
                 .map_err(|_| format!("--duration: '{duration}' is not a duration such as 30s"))?;
             if duration > std::time::Duration::from_secs(3600) {

@@ -115,9 +115,10 @@ enum Command {
 
 #[derive(Args)]
 struct TargetArgs {
-    /// The tokengate to test, e.g. https://127.0.0.1:8443
-    #[arg(long)]
-    target: String,
+    /// The tokengate to test, e.g. https://127.0.0.1:8443. `run` takes it several times
+    /// (replicas on one database) and spreads its connections over them.
+    #[arg(long, required = true)]
+    target: Vec<String>,
     /// PEM file of the CA (or self-signed certificate) to trust for the target.
     #[arg(long, conflicts_with = "insecure")]
     ca: Option<PathBuf>,

@@ -58,9 +58,19 @@ enum Job {
     Plain,
 }
 
-/// Runs a scenario to its end and returns one summary per traffic kind (two for `mixed`).
-pub async fn run(t: &Target, opts: RunOptions) -> Result<Vec<(String, Summary)>, LoadError> {
-    if t.tls.is_none() && opts.scenario != Scenario::Plain {
+/// Runs a scenario to its end and returns one summary per traffic kind (two for `mixed`). With
+/// several targets (replicas on one database), connection `i` goes to target `i mod n`.
+pub async fn run(
+    targets: &[Target],
+    opts: RunOptions,
+) -> Result<Vec<(String, Summary)>, LoadError> {
+    if targets.is_empty() {
+        return Err(LoadError::Invalid("no --target".into()));
+    }
+    if targets.len() > 64 {
+        return Err(LoadError::Invalid("at most 64 targets".into()));
+    }
+    if targets.iter().any(|t| t.tls.is_none()) && opts.scenario != Scenario::Plain {
         return Err(LoadError::PlainHttp(
             format!("--scenario {:?}", opts.scenario).to_lowercase(),
         ));
@@ -111,7 +121,7 @@ pub async fn run(t: &Target, opts: RunOptions) -> Result<Vec<(String, Summary)>,
     let started = Instant::now();
     let seconds = opts.duration.as_secs().max(1) as usize + 1;
     let ctx = Arc::new(RunContext {
-        target: t.clone(),
+        targets: targets.to_vec(),
         users: opts.users,
         path: opts.path,
         oauth: opts.oauth_client,
@@ -192,7 +202,8 @@ pub async fn run(t: &Target, opts: RunOptions) -> Result<Vec<(String, Summary)>,
 
 /// What every worker of a run shares.
 struct RunContext {
-    target: Target,
+    /// Where the connections go, spread round-robin.
+    targets: Vec<Target>,
     users: Vec<LoadUser>,
     /// The proxied call of the basic, session and plain jobs.
     path: String,
@@ -221,12 +232,17 @@ struct Worker {
 }
 
 impl Worker {
+    /// This connection's target.
+    fn target(&self) -> &Target {
+        &self.ctx.targets[self.index % self.ctx.targets.len()]
+    }
+
     /// Warms up, waits for every other connection, then sends this job's requests until the
     /// run's duration is over, recording each answer's latency and status (or the error) in
     /// `rec`.
     async fn run(self, rec: &mut Recorder) {
         let ctx = &*self.ctx;
-        let (t, users) = (&ctx.target, ctx.users.as_slice());
+        let (t, users) = (self.target(), ctx.users.as_slice());
         let (mut conn, mut session) = self.warm_up(rec).await;
         let mut n = self.index;
         ctx.barrier.wait().await;
@@ -299,7 +315,7 @@ impl Worker {
     /// The unmeasured work before the clock starts; the connection (and session) it leaves open.
     async fn warm_up(&self, rec: &mut Recorder) -> (Option<Conn>, Option<String>) {
         let ctx = &*self.ctx;
-        let (t, users) = (&ctx.target, ctx.users.as_slice());
+        let (t, users) = (self.target(), ctx.users.as_slice());
         let mut conn: Option<Conn> = None;
         let mut session: Option<String> = None;
         // Session workers log in before the clock starts, so the run measures the proxied calls
@@ -370,7 +386,7 @@ impl Worker {
         n: usize,
     ) -> Request<Full<Bytes>> {
         let ctx = &*self.ctx;
-        let (t, path) = (&ctx.target, ctx.path.as_str());
+        let (t, path) = (self.target(), ctx.path.as_str());
         match self.job {
             Job::LoginSoap => {
                 let u = user.expect("checked");

@@ -630,3 +630,107 @@ async fn real_replica_processes_share_sessions_and_hear_the_cli_and_survive_each
     let log = b.stop();
     assert!(!log.contains(&sid), "no session id in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tool_spreads_its_connections_over_several_replicas() {
+    let up = Upstream::start().await;
+    let backend = tokio::task::block_in_place(postgres);
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let b = backend.clone();
+        replicas.push(
+            TestServer::start_with(&up.url(), move |cfg| {
+                cfg.store.backend = b;
+                cfg.allow_synthetic_users = true;
+            })
+            .await,
+        );
+    }
+    let token = replicas[0]
+        .add_user_with("ops@example.com", PASSWORD, true)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    // One file that trusts both replicas' self-signed certificates.
+    let ca = dir.path().join("ca.pem");
+    let pems: Vec<String> = replicas
+        .iter()
+        .map(|r| std::fs::read_to_string(&r.ca).unwrap())
+        .collect();
+    std::fs::write(&ca, pems.concat()).unwrap();
+    let users = dir.path().join("users.json");
+    let targets: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("https://127.0.0.1:{}", r.addr.port()))
+        .collect();
+    let json = dir.path().join("run.json");
+    let run = |args: Vec<&str>| {
+        tokio::task::block_in_place(|| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+                .arg("loadtest")
+                .args(&args)
+                .env("TOKENGATE_ADMIN_SECRET", format!("{PASSWORD}{token}"))
+                .output()
+                .unwrap()
+        })
+    };
+    let (ca_s, users_s) = (ca.to_str().unwrap(), users.to_str().unwrap());
+    let setup = run(vec![
+        "setup",
+        "--target",
+        &targets[0],
+        "--ca",
+        ca_s,
+        "--users-file",
+        users_s,
+        "--admin",
+        "ops@example.com",
+        "--users",
+        "4",
+    ]);
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let out = run(vec![
+        "run",
+        "--target",
+        &targets[0],
+        "--target",
+        &targets[1],
+        "--ca",
+        ca_s,
+        "--users-file",
+        users_s,
+        "--scenario",
+        "session",
+        "--connections",
+        "4",
+        "--duration",
+        "1s",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(
+        report["session"]["requests"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    // Users made through replica A log in on both; both forwarded calls.
+    for r in &replicas {
+        let m = r.metrics();
+        assert!(
+            metric(&m, "tokengate_upstream_requests_total{status=\"2xx\"}") > 0,
+            "every replica carried traffic"
+        );
+    }
+    for r in replicas {
+        r.stop().await;
+    }
+}
