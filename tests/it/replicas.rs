@@ -734,3 +734,68 @@ async fn the_load_tool_spreads_its_connections_over_several_replicas() {
         r.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_sign_in_on_one_replica_works_on_another_until_signed_out_on_either() {
+    const CONSOLE: &str = "/tokengate/console";
+    let up = Upstream::start().await;
+    let (a, b) = replicas(&up.url()).await;
+    a.add_user("fay@example.com").await;
+    let form = |fields: &[(&str, &str)]| serde_urlencoded::to_string(fields).unwrap();
+    let signed_in = a
+        .client()
+        .post(
+            &format!("{CONSOLE}/signin"),
+            "application/x-www-form-urlencoded",
+            form(&[("username", "fay@example.com"), ("password", PASSWORD)]),
+        )
+        .await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.text()
+    );
+    let cookie = signed_in
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let settings = async |ts: &TestServer| {
+        ts.client()
+            .get(&format!("{CONSOLE}/settings"), &[("cookie", &cookie)])
+            .await
+    };
+    let csrf = |html: &str| {
+        let at = html.find(r#"name="csrf" value=""#).expect("a form") + 19;
+        html[at..].split('"').next().unwrap().to_owned()
+    };
+    // Signed in on A, served by B, with the same CSRF token on both.
+    let on_b = settings(&b).await;
+    assert_eq!(on_b.status, StatusCode::OK, "{}", on_b.text());
+    let on_a = settings(&a).await;
+    assert_eq!(on_a.status, StatusCode::OK);
+    assert_eq!(csrf(&on_a.text()), csrf(&on_b.text()));
+
+    // Signed out on B: A sends the browser to sign in again within a second.
+    let c = b.client();
+    let out = c
+        .call(
+            c.request(http::Method::POST, &format!("{CONSOLE}/signout"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", &cookie),
+            form(&[("csrf", &csrf(&on_b.text()))]),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    eventually(
+        "the sign-out reaches replica A",
+        Duration::from_secs(1),
+        async || settings(&a).await.status == StatusCode::SEE_OTHER,
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

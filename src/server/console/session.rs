@@ -1,7 +1,14 @@
 //! Console sessions: a random id in a `__Host-` cookie, kept as its keyed hash; a CSRF token
-//! per session that every form must return; idle and absolute timeouts (`[console]`), whole
-//! seconds, never shorter than configured. A console session ends with the user's API sessions
-//! (its session epoch) and is renewed after the user's own password change or token reset.
+//! per session that every form must return (derived from the id by a keyed hash, so nothing
+//! secret is stored for it); idle and absolute timeouts (`[console]`), whole seconds, never
+//! shorter than configured. A console session ends with the user's API sessions (its session
+//! epoch) and is renewed after the user's own password change or token reset.
+//!
+//! On a shared store (several replicas on one database) console sessions are kept in the store
+//! beside API sessions (under keys of their own), so a load balancer may send an admin's
+//! requests to any replica: a replica reads a sign-in made elsewhere on its first use, writes
+//! the idle timer back at most once per tenth of the idle time, and forgets a sign-out made
+//! elsewhere when the store reports it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,17 +22,21 @@ use super::page::Page;
 use super::{COOKIE, ConsoleError, MAX_SESSIONS};
 use crate::secret::{Domain, Secrets, Tag, constant_time_eq};
 use crate::server::{App, ReqBody};
-use crate::store::User;
+use crate::store::{SessionChange, SessionRecord, Store, User};
 use crate::wire::Body;
 
 pub(super) struct ConsoleSession {
+    key: Tag,
     pub(super) user_id: String,
+    username: String,
     /// The user's session epoch at sign-in: a console session ends with the user's API
     /// sessions (disable, password change, token reset, lock, login-range change).
     pub(super) epoch: u64,
     pub(super) csrf: String,
     pub(super) created: u64,
     pub(super) last_seen: AtomicU64,
+    /// The idle timer as last written to a shared store.
+    persisted_seen: AtomicU64,
 }
 
 impl ConsoleSession {
@@ -33,6 +44,16 @@ impl ConsoleSession {
     fn live(&self, now: u64, limits: &Limits) -> bool {
         now <= self.created + limits.lifetime
             && now <= self.last_seen.load(Ordering::Relaxed) + limits.idle
+    }
+
+    fn record(&self) -> SessionRecord {
+        SessionRecord {
+            user_id: self.user_id.clone(),
+            username: self.username.clone(),
+            epoch: self.epoch,
+            created_at: self.created,
+            last_seen: self.last_seen.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -44,9 +65,10 @@ pub(super) struct Limits {
 
 pub struct Console {
     pub(super) env: Environment<'static>,
-    pub(super) sessions: DashMap<Tag, Arc<ConsoleSession>>,
+    pub(super) sessions: Arc<DashMap<Tag, Arc<ConsoleSession>>>,
     pub(super) secrets: Arc<Secrets>,
     pub(super) limits: Limits,
+    store: Arc<dyn Store>,
 }
 
 impl ConsoleSession {
@@ -59,17 +81,33 @@ impl ConsoleSession {
 impl Console {
     pub fn new(
         secrets: Arc<Secrets>,
+        store: Arc<dyn Store>,
         cfg: crate::config::ConsoleConfig,
     ) -> Result<Self, ConsoleError> {
         let env = super::page::templates()?;
+        let sessions: Arc<DashMap<Tag, Arc<ConsoleSession>>> = Arc::default();
+        let weak = Arc::downgrade(&sessions);
+        // A sign-out on another replica (the store reports what it deleted).
+        store.observe_sessions(Arc::new(move |change| {
+            let Some(sessions) = weak.upgrade() else {
+                return;
+            };
+            match change {
+                SessionChange::Ended(key) => {
+                    sessions.remove(key);
+                }
+                SessionChange::Unknown => sessions.clear(),
+            }
+        }));
         Ok(Self {
             env,
-            sessions: DashMap::new(),
+            sessions,
             secrets,
             limits: Limits {
                 idle: cfg.session_idle_timeout.as_secs().max(1),
                 lifetime: cfg.session_lifetime.as_secs().max(1),
             },
+            store,
         })
     }
 
@@ -77,6 +115,16 @@ impl Console {
         // Console sessions use the session domain with a prefix, apart from API sessions.
         self.secrets
             .tag(Domain::Session, &[b"console", sid.as_bytes()])
+    }
+
+    /// The session's CSRF token: a keyed hash of its id, so a replica that reads the session
+    /// from the store derives the same one and the store holds nothing to forge it from.
+    fn csrf(&self, sid: &str) -> String {
+        self.secrets
+            .tag(Domain::Session, &[b"console-csrf", sid.as_bytes()])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     pub(super) fn create(&self, user: &User) -> Option<(String, Arc<ConsoleSession>)> {
@@ -88,21 +136,49 @@ impl Console {
             }
         }
         let sid = self.secrets.generate_session_secret().ok()?;
-        let csrf = self.secrets.generate_session_secret().ok()?;
+        let key = self.key(&sid);
         let session = Arc::new(ConsoleSession {
+            key,
             user_id: user.id.clone(),
+            username: user.username.clone(),
             epoch: user.session_epoch,
-            csrf,
+            csrf: self.csrf(&sid),
             created: now,
             last_seen: AtomicU64::new(now),
+            persisted_seen: AtomicU64::new(now),
         });
-        self.sessions.insert(self.key(&sid), session.clone());
+        if self.store.shared()
+            && let Err(e) = self.store.put_session(&key, &session.record())
+        {
+            tracing::warn!(error = %e, "could not store a console session");
+            return None;
+        }
+        self.sessions.insert(key, session.clone());
         Some((sid, session))
     }
 
     /// Ends the console session whose CSRF token is `csrf` (sign-out, renewal).
     pub(super) fn end(&self, csrf: &str) {
-        self.sessions.retain(|_, s| s.csrf != csrf);
+        let mut ended = Vec::new();
+        self.sessions.retain(|k, s| {
+            let keep = s.csrf != csrf;
+            if !keep {
+                ended.push(*k);
+            }
+            keep
+        });
+        self.forget_in_store(&ended);
+    }
+
+    fn forget_in_store(&self, keys: &[Tag]) {
+        if !self.store.shared() {
+            return;
+        }
+        for key in keys {
+            if let Err(e) = self.store.delete_session(key) {
+                tracing::warn!(error = %e, "could not delete a console session from the store");
+            }
+        }
     }
 
     pub(super) fn lookup(&self, sid: &str) -> Option<Arc<ConsoleSession>> {
@@ -110,19 +186,71 @@ impl Console {
             return None;
         }
         let key = self.key(sid);
-        let s = self.sessions.get(&key).map(|r| r.value().clone())?;
+        let s = match self.sessions.get(&key).map(|r| r.value().clone()) {
+            Some(s) => s,
+            None => self.fetch(sid, key)?,
+        };
         let now = crate::now_secs();
-        if !s.live(now, &self.limits) {
+        if !s.live(now, &self.limits) && !self.used_elsewhere(&s, now) {
             self.sessions.remove(&key);
+            self.forget_in_store(&[key]);
             return None;
         }
         s.last_seen.store(now, Ordering::Relaxed);
+        // Another replica judges idleness by the stored timer: keep it within a tenth.
+        if self.store.shared()
+            && now.saturating_sub(s.persisted_seen.load(Ordering::Relaxed))
+                >= (self.limits.idle / 10).max(1)
+            && self.store.put_session(&key, &s.record()).is_ok()
+        {
+            s.persisted_seen.store(now, Ordering::Relaxed);
+        }
         Some(s)
+    }
+
+    /// A sign-in made on another replica, read from the shared store.
+    fn fetch(&self, sid: &str, key: Tag) -> Option<Arc<ConsoleSession>> {
+        if !self.store.shared() || self.sessions.len() >= MAX_SESSIONS {
+            return None;
+        }
+        let rec = self.store.session(&key).ok()??;
+        let s = Arc::new(ConsoleSession {
+            key,
+            user_id: rec.user_id,
+            username: rec.username,
+            epoch: rec.epoch,
+            csrf: self.csrf(sid),
+            created: rec.created_at,
+            last_seen: AtomicU64::new(rec.last_seen),
+            persisted_seen: AtomicU64::new(rec.last_seen),
+        });
+        self.sessions.insert(key, s.clone());
+        Some(s)
+    }
+
+    /// Whether another replica has seen the session used since this one last did.
+    fn used_elsewhere(&self, s: &ConsoleSession, now: u64) -> bool {
+        if !self.store.shared() || now > s.created + self.limits.lifetime {
+            return false;
+        }
+        let Ok(Some(rec)) = self.store.session(&s.key) else {
+            return false;
+        };
+        s.last_seen.fetch_max(rec.last_seen, Ordering::Relaxed);
+        s.live(now, &self.limits)
     }
 
     /// Ends every console session of a user (after a credential change or a disable).
     pub fn end_user(&self, user_id: &str) {
-        self.sessions.retain(|_, s| s.user_id != user_id);
+        let mut ended = Vec::new();
+        self.sessions.retain(|k, s| {
+            let keep = s.user_id != user_id;
+            if !keep {
+                ended.push(*k);
+            }
+            keep
+        });
+        self.forget_in_store(&ended);
     }
 }
 
