@@ -196,6 +196,8 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
 pub struct LoginLimits {
     per_ip: KeyedLimiter<IpAddr>,
     per_user: KeyedLimiter<String>,
+    /// `login_per_user` per `login_per_user_period`, for the count shared by replicas.
+    per_user_quota: (u64, Duration),
     argon2: DefaultDirectRateLimiter,
     clock: DefaultClock,
     failure_delay: Duration,
@@ -222,6 +224,10 @@ impl LoginLimits {
                 cfg.login_per_user,
                 cfg.login_per_user_period,
                 cfg.max_keys,
+            ),
+            per_user_quota: (
+                u64::from(cfg.login_per_user.get()),
+                cfg.login_per_user_period,
             ),
             argon2: RateLimiter::direct(Quota::per_second(per_second)),
             clock: DefaultClock::default(),
@@ -262,6 +268,20 @@ impl LoginLimits {
     pub fn check(&self, ip: IpAddr, canonical_user: &str) -> Result<(), Duration> {
         self.per_ip.check(&ip_key(ip))?;
         self.per_user.check(&canonical_user.to_owned())
+    }
+
+    /// `login_per_user` logins per `login_per_user_period`, as a count kept in a shared store
+    /// for all replicas (fixed windows of one period): `count` is the user's logins in the
+    /// window starting at `window`, this one included. The per-replica limiter applies too.
+    pub fn per_user_window(&self, now: u64) -> (u64, u64) {
+        let period = self.per_user_quota.1.as_secs().max(1);
+        (now - now % period, period)
+    }
+
+    /// Whether `count` logins in the current window exceed the limit; how long until it ends.
+    pub fn over_shared_limit(&self, count: u64, now: u64) -> Option<Duration> {
+        let (window, period) = self.per_user_window(now);
+        (count > self.per_user_quota.0).then(|| Duration::from_secs(window + period - now))
     }
 
     /// Per client address only (self-service requests that failed verification).

@@ -364,10 +364,11 @@ impl Authenticator {
                     // A login that opens a session counts against the limits like any other,
                     // or one valid credential could open sessions without end. A Basic call
                     // is an authenticated call, not a login.
-                    if a.dialect != Dialect::Basic
-                        && let Err(retry_after) = self.limits().check(a.ip, &canonical)
-                    {
-                        return Err(AuthError::RateLimited { retry_after });
+                    if a.dialect != Dialect::Basic {
+                        if let Err(retry_after) = self.limits().check(a.ip, &canonical) {
+                            return Err(AuthError::RateLimited { retry_after });
+                        }
+                        self.shared_user_limit(&user.id, now)?;
                     }
                     let v = Verified {
                         user,
@@ -388,6 +389,20 @@ impl Authenticator {
             .map(|v| (v, false))
     }
 
+    /// Several replicas on one database: the user's logins are also counted in the database,
+    /// so attempts spread over the replicas meet one `login_per_user` limit.
+    fn shared_user_limit(&self, user_id: &str, now: u64) -> Result<(), AuthError> {
+        let limits = self.limits();
+        let (window, _) = limits.per_user_window(now);
+        match self.store.count_login(user_id, window)? {
+            Some(count) => match limits.over_shared_limit(count, now) {
+                Some(retry_after) => Err(AuthError::RateLimited { retry_after }),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
     /// The uncached verification (steps 3–6).
     async fn verify(
         &self,
@@ -403,6 +418,9 @@ impl Authenticator {
         };
         if substitute.is_none() && !user.allows(a.ip) {
             return Err(AuthError::Rejected(Reason::OutsideLoginRange));
+        }
+        if substitute.is_none() {
+            self.shared_user_limit(&user.id, now)?;
         }
         let secret = a.secret;
 

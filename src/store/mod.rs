@@ -330,6 +330,13 @@ pub trait Store: Send + Sync + 'static {
         true
     }
 
+    /// Counts one login of `user_id` in the window starting at `window` (Unix seconds) and
+    /// returns the window's count so far, for a per-user limit shared by every process on the
+    /// store; `None` when the store is not shared (the process's own limiter is the limit).
+    fn count_login(&self, _user_id: &str, _window: u64) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError>;
     /// The persisted session under `key`.
     fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError>;

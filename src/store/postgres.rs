@@ -46,9 +46,10 @@ use crate::config::{PgTls, PostgresConfig};
 use crate::secret::Tag;
 
 /// The schema, one step per version; a step is never edited once released, only added to.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE tg_users (
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE tg_users (
         id text PRIMARY KEY,
         username text NOT NULL UNIQUE,
         version bigint NOT NULL,
@@ -76,7 +77,17 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
     );
     CREATE INDEX tg_history_time ON tg_history (at_ms, seq);
     CREATE SEQUENCE tg_ids;",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE tg_login_counts (
+        user_id text NOT NULL,
+        window_start bigint NOT NULL,
+        count bigint NOT NULL,
+        PRIMARY KEY (user_id, window_start)
+    );",
+    ),
+];
 
 /// The notification channel every replica listens on.
 const CHANNEL: &str = "tokengate";
@@ -878,6 +889,22 @@ impl Store for PgStore {
         Ok(true)
     }
 
+    fn count_login(&self, user_id: &str, window: u64) -> Result<Option<u64>, StoreError> {
+        let (user, window) = (user_id.to_owned(), to_i64(window));
+        self.query(move |c| async move {
+            let row = c
+                .query_one(
+                    "INSERT INTO tg_login_counts (user_id, window_start, count) VALUES ($1, $2, 1)
+                     ON CONFLICT (user_id, window_start)
+                     DO UPDATE SET count = tg_login_counts.count + 1 RETURNING count",
+                    &[&user, &window],
+                )
+                .await
+                .map_err(db)?;
+            Ok(Some(row.get::<_, i64>(0) as u64))
+        })
+    }
+
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError> {
         let (key, user, data) = (key.to_vec(), session.user_id.clone(), encode(session));
         self.query(move |c| async move {
@@ -1095,7 +1122,16 @@ impl Store for PgStore {
 
     fn history_prune(&self, older_than_ms: u64, max_rows: usize) -> Result<usize, StoreError> {
         let (cutoff, max) = (to_i64(older_than_ms), to_i64(max_rows as u64));
+        // Login counts of windows long over go with the history's retention pass (a day is
+        // longer than any sensible limit period).
+        let stale = to_i64(crate::now_secs().saturating_sub(86_400));
         self.query(move |c| async move {
+            c.execute(
+                "DELETE FROM tg_login_counts WHERE window_start < $1",
+                &[&stale],
+            )
+            .await
+            .map_err(db)?;
             let old = c
                 .execute("DELETE FROM tg_history WHERE at_ms < $1", &[&cutoff])
                 .await
