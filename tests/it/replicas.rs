@@ -442,9 +442,11 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
     assert!(r.text().contains("SERVER_UNAVAILABLE"), "{}", r.text());
     assert!(!r.text().contains("sessionId"), "{}", r.text());
     // A history row recorded now cannot be written yet; the writer keeps it.
-    ts.app()
-        .history
-        .record(row(tokengate::history::now_ms(), "during-outage", "success"));
+    ts.app().history.record(row(
+        tokengate::history::now_ms(),
+        "during-outage",
+        "success",
+    ));
     // Past max_staleness the cached session is no longer trusted: refused as unavailable.
     eventually(
         "the session fails closed",
@@ -474,7 +476,11 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(rows.len(), 1, "the row recorded during the outage was written");
+    assert_eq!(
+        rows.len(),
+        1,
+        "the row recorded during the outage was written"
+    );
     assert_eq!(ts.app().history.dropped(), 0);
     ts.stop().await;
 }
@@ -851,4 +857,54 @@ async fn logins_spread_over_replicas_meet_one_per_user_limit() {
     for r in replicas {
         r.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_moves_from_sled_to_postgres_by_backup_and_restore() {
+    use crate::support::process::{self, Serve};
+    let up = Upstream::start().await;
+    let (sled_dir, pg_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sled_cfg = sled_dir.path().join("tokengate.toml");
+    std::fs::write(
+        &sled_cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[store]\npath = \"data\"\n[limits]\nfailure_delay = \"0s\"\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let url = tokio::task::block_in_place(|| crate::support::postgres::cluster().database());
+    let pg_cfg = replica_config(pg_dir.path(), &up.url(), &url);
+    let backup = sled_dir.path().join("backup.tgb");
+    let backup_s = backup.to_str().unwrap();
+    let token = tokio::task::block_in_place(|| {
+        let token = process::add_user(&sled_cfg, "hal@example.com", PASSWORD, false);
+        for (cfg, args, ok) in [
+            (&sled_cfg, ["backup", backup_s], true),
+            (&pg_cfg, ["restore", backup_s], true),
+            // Into a database that is no longer empty: refused, nothing written.
+            (&pg_cfg, ["restore", backup_s], false),
+        ] {
+            let out = process::run(cfg, &args, None, &[]);
+            assert_eq!(
+                out.status.success(),
+                ok,
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        token
+    });
+    // The user and the installation's key came along: the same password+token logs in.
+    let server = Serve::start(&pg_cfg, &[], &[]);
+    let client = HttpsClient::new(&pg_dir.path().join("data/tls/cert.pem"), server.addr, false);
+    let r = client
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("hal@example.com", &format!("{PASSWORD}{token}")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    server.stop();
 }
