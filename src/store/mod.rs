@@ -5,6 +5,7 @@
 //! argon2id PHC string (passwords) and a keyed hash (tokens, session ids), never in a form a
 //! reader of the database could turn back into a credential.
 
+mod cache;
 pub mod postgres;
 pub mod sled;
 

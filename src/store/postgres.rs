@@ -33,11 +33,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::AsyncMessage;
 use tokio_postgres::types::ToSql;
 
+use super::cache::UserCache;
 use super::{
     ExportSink, HistoryFilter, HistoryRow, SessionChange, SessionObserver, SessionRecord, Store,
     StoreError, User, UserChange, UserObserver,
@@ -94,8 +94,6 @@ const CHANNEL: &str = "tokengate";
 /// Advisory lock keys (any 64-bit numbers of our own).
 const MIGRATION_LOCK: i64 = 0x746f_6b65_6e67_0001;
 const LEADER_LOCK: i64 = 0x746f_6b65_6e67_0002;
-/// Decoded users kept in memory at most (the cache empties when full).
-const USER_CACHE: usize = 20_000;
 /// Rows read per round trip when visiting every user or session.
 const PAGE: i64 = 1_000;
 /// How often the listener checks its connection (and tries for leadership).
@@ -116,12 +114,8 @@ struct Inner {
     max_staleness_ms: u64,
     /// This process's id in notifications, so it skips its own.
     me: String,
-    /// canonical username → record, and user id → canonical username.
-    users: DashMap<String, Arc<User>>,
-    names: DashMap<String, String>,
-    /// Counts user writes (see the sled store: a reader that raced a write drops its entry).
-    user_writes: AtomicU64,
-    observers: std::sync::RwLock<Vec<UserObserver>>,
+    /// Decoded user records, and the observers of user changes.
+    cache: UserCache,
     session_observers: std::sync::RwLock<Vec<SessionObserver>>,
     /// When the listener last knew its connection good (ms since the epoch); 0: never.
     heard_ms: AtomicU64,
@@ -187,7 +181,9 @@ impl Connector {
             }
             PgTls::Require => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(crate::tls::AnyCertificate::new(
+                    provider,
+                )))
                 .with_no_client_auth(),
         };
         Ok(Connector::Tls(
@@ -262,56 +258,6 @@ async fn drive<S, T>(
     }
 }
 
-/// `sslmode=require`: the channel is encrypted but the certificate is not checked (libpq's
-/// meaning); the handshake's signatures still are.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls_pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 impl PgStore {
     /// Connects, applies the schema, and starts listening for other replicas' changes. Fails
     /// when the database cannot be reached within the timeout.
@@ -336,10 +282,7 @@ impl PgStore {
             timeout: cfg.timeout,
             max_staleness_ms: u64::try_from(cfg.max_staleness.as_millis()).unwrap_or(u64::MAX),
             me: hex(&me),
-            users: DashMap::new(),
-            names: DashMap::new(),
-            user_writes: AtomicU64::new(0),
-            observers: std::sync::RwLock::new(Vec::new()),
+            cache: UserCache::default(),
             session_observers: std::sync::RwLock::new(Vec::new()),
             heard_ms: AtomicU64::new(0),
             leader: AtomicBool::new(false),
@@ -438,14 +381,14 @@ impl PgStore {
         column: &'static str,
         value: &str,
     ) -> Result<Option<Arc<User>>, StoreError> {
-        let writes_before = self.inner.user_writes.load(Ordering::SeqCst);
+        let writes_before = self.inner.cache.writes();
         let Some(user) = self.load_by(column, value)? else {
             return Ok(None);
         };
         if !self.inner.fresh() {
             return Ok(Some(Arc::new(user)));
         }
-        Ok(Some(self.inner.cache_read(Arc::new(user), writes_before)))
+        Ok(Some(self.inner.cache.read(Arc::new(user), writes_before)))
     }
 
     fn notify_payload(&self, kind: char, what: &str) -> String {
@@ -590,9 +533,7 @@ impl Inner {
     /// Drops every cache: users are read again, and the session table forgets what it holds
     /// (sessions are fetched again on their next use).
     fn resync(&self) {
-        self.user_writes.fetch_add(1, Ordering::SeqCst);
-        self.users.clear();
-        self.names.clear();
+        self.cache.clear();
         for o in self
             .session_observers
             .read()
@@ -623,20 +564,20 @@ impl Inner {
                         .map(|r| r.map(|r| r.get::<_, Vec<u8>>(0))),
                     Err(_) => {
                         // Cannot read it now: forget it, so the next use reads it.
-                        self.forget(&id);
+                        self.cache.forget(&id, None);
                         return;
                     }
                 };
                 match row {
                     Ok(Some(bytes)) => match User::decode(&bytes) {
-                        Ok(u) => self.cache_written(Arc::new(u)),
-                        Err(_) => self.forget(&id),
+                        Ok(u) => self.cache.written(Arc::new(u)),
+                        Err(_) => self.cache.forget(&id, None),
                     },
                     Ok(None) => {
-                        self.forget(&id);
-                        self.notify(UserChange::Deleted { id: &id });
+                        self.cache.forget(&id, None);
+                        self.cache.notify(UserChange::Deleted { id: &id });
                     }
-                    Err(_) => self.forget(&id),
+                    Err(_) => self.cache.forget(&id, None),
                 }
             }
             "s" => {
@@ -654,54 +595,6 @@ impl Inner {
             _ => {}
         }
     }
-
-    fn forget(&self, id: &str) {
-        self.user_writes.fetch_add(1, Ordering::SeqCst);
-        if let Some((_, name)) = self.names.remove(id) {
-            self.users.remove(&name);
-        }
-    }
-
-    fn cache_written(&self, user: Arc<User>) {
-        self.user_writes.fetch_add(1, Ordering::SeqCst);
-        if self.users.len() >= USER_CACHE {
-            self.users.clear();
-            self.names.clear();
-        }
-        self.names.insert(user.id.clone(), user.username.clone());
-        self.users.insert(user.username.clone(), user.clone());
-        self.notify(UserChange::Written(&user));
-    }
-
-    fn cache_read(&self, user: Arc<User>, writes_before: u64) -> Arc<User> {
-        if self.users.len() >= USER_CACHE {
-            self.users.clear();
-            self.names.clear();
-        }
-        self.names.insert(user.id.clone(), user.username.clone());
-        let cached = self
-            .users
-            .entry(user.username.clone())
-            .or_insert(user)
-            .value()
-            .clone();
-        if self.user_writes.load(Ordering::SeqCst) != writes_before {
-            self.users
-                .remove_if(&cached.username, |_, c| Arc::ptr_eq(c, &cached));
-        }
-        cached
-    }
-
-    fn notify(&self, change: UserChange<'_>) {
-        for o in self
-            .observers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            o(change);
-        }
-    }
 }
 
 /// The collections of a backup, in its order (the same as sled's).
@@ -711,11 +604,7 @@ const EXPORTED: [&str; 7] = [
 
 impl Store for PgStore {
     fn observe_users(&self, observer: UserObserver) {
-        self.inner
-            .observers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(observer);
+        self.inner.cache.observe(observer);
     }
 
     fn observe_sessions(&self, observer: SessionObserver) {
@@ -740,19 +629,18 @@ impl Store for PgStore {
 
     fn user_by_name(&self, canonical_username: &str) -> Result<Option<Arc<User>>, StoreError> {
         if self.fresh()
-            && let Some(u) = self.inner.users.get(canonical_username)
+            && let Some(u) = self.inner.cache.by_name(canonical_username)
         {
-            return Ok(Some(u.value().clone()));
+            return Ok(Some(u));
         }
         self.user_from_db("username", canonical_username)
     }
 
     fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError> {
         if self.fresh()
-            && let Some(name) = self.inner.names.get(id).map(|n| n.value().clone())
-            && let Some(u) = self.inner.users.get(&name)
+            && let Some(u) = self.inner.cache.by_id(id)
         {
-            return Ok(Some(u.value().clone()));
+            return Ok(Some(u));
         }
         self.user_from_db("id", id)
     }
@@ -780,7 +668,7 @@ impl Store for PgStore {
         if inserted == 0 {
             return Err(StoreError::UserExists(user.username.clone()));
         }
-        self.inner.cache_written(Arc::new(user.clone()));
+        self.inner.cache.written(Arc::new(user.clone()));
         Ok(())
     }
 
@@ -817,7 +705,7 @@ impl Store for PgStore {
                 Ok(!rows.is_empty())
             })?;
             if swapped {
-                self.inner.cache_written(Arc::new(user.clone()));
+                self.inner.cache.written(Arc::new(user.clone()));
                 return Ok(user);
             }
             // Another writer (perhaps another replica) got there first: re-read, re-apply.
@@ -883,8 +771,8 @@ impl Store for PgStore {
         if !deleted {
             return Ok(false);
         }
-        self.inner.forget(id);
-        self.inner.notify(UserChange::Deleted { id });
+        self.inner.cache.forget(id, None);
+        self.inner.cache.notify(UserChange::Deleted { id });
         self.delete_user_sessions(id)?;
         Ok(true)
     }

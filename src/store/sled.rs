@@ -13,6 +13,7 @@ use std::sync::Arc;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use super::cache::UserCache;
 use super::{
     ExportSink, HistoryFilter, HistoryRow, SessionRecord, Store, StoreError, User, UserChange,
     UserObserver,
@@ -38,22 +39,13 @@ pub struct SledStore {
     /// Writers hold it shared; a backup holds it exclusively, so its snapshot is consistent
     /// across trees.
     gate: std::sync::RwLock<()>,
-    /// Decoded user records by canonical name, so the hot paths (a cached Basic credential,
-    /// every login) do not decode JSON. Write-through: this process is the store's only writer
-    /// (sled's directory lock), writers always overwrite, readers only fill absent entries.
-    user_cache: dashmap::DashMap<String, Arc<User>>,
+    /// Decoded user records (write-through: this process is the store's only writer, by
+    /// sled's directory lock), and the observers of user changes.
+    cache: UserCache,
     /// Every canonical username, so a login for a name that does not exist is answered from
     /// memory, as fast as one that does (no timing difference to enumerate users by).
     names: dashmap::DashSet<String>,
-    /// Counts user writes (and deletes). A reader that filled the cache while a write happened
-    /// takes its entry out again: its record may be older than the write's, and a cache that
-    /// was cleared (full) or a delete would otherwise let the old record back in.
-    user_writes: std::sync::atomic::AtomicU64,
-    observers: std::sync::RwLock<Vec<UserObserver>>,
 }
-
-/// Decoded users kept in memory at most (the cache empties when full).
-const USER_CACHE: usize = 20_000;
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
@@ -105,10 +97,8 @@ impl SledStore {
             history: db.open_tree("history").map_err(io)?,
             rotations: db.open_tree("rotations").map_err(io)?,
             gate: std::sync::RwLock::new(()),
-            user_cache: dashmap::DashMap::new(),
+            cache: UserCache::default(),
             names: dashmap::DashSet::new(),
-            user_writes: std::sync::atomic::AtomicU64::new(0),
-            observers: std::sync::RwLock::new(Vec::new()),
             db,
         };
         // The id index holds every username and is small: reading it does not pull every
@@ -149,49 +139,6 @@ fn rotation_key(user: &User) -> Option<Vec<u8>> {
 }
 
 impl SledStore {
-    /// A writer's record: replaces the cached one. Called after the write is committed.
-    fn cache_written(&self, user: Arc<User>) {
-        use std::sync::atomic::Ordering;
-        self.user_writes.fetch_add(1, Ordering::SeqCst);
-        if self.user_cache.len() >= USER_CACHE {
-            self.user_cache.clear();
-        }
-        self.user_cache.insert(user.username.clone(), user.clone());
-        self.notify(UserChange::Written(&user));
-    }
-
-    /// A reader's record, read after `writes_before` was taken: fills a missing entry only
-    /// (a present one is at least as new), and is taken out again if a write happened
-    /// meanwhile, since it may predate that write.
-    fn cache_read(&self, user: Arc<User>, writes_before: u64) -> Arc<User> {
-        use std::sync::atomic::Ordering;
-        if self.user_cache.len() >= USER_CACHE {
-            self.user_cache.clear();
-        }
-        let cached = self
-            .user_cache
-            .entry(user.username.clone())
-            .or_insert(user)
-            .value()
-            .clone();
-        if self.user_writes.load(Ordering::SeqCst) != writes_before {
-            self.user_cache
-                .remove_if(&cached.username, |_, c| Arc::ptr_eq(c, &cached));
-        }
-        cached
-    }
-
-    fn notify(&self, change: UserChange<'_>) {
-        for o in self
-            .observers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            o(change);
-        }
-    }
-
     fn write_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.gate.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -216,25 +163,22 @@ const TREES: [&str; 7] = [
 
 impl Store for SledStore {
     fn observe_users(&self, observer: UserObserver) {
-        self.observers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(observer);
+        self.cache.observe(observer);
     }
 
     fn user_by_name(&self, canonical_username: &str) -> Result<Option<Arc<User>>, StoreError> {
-        if let Some(u) = self.user_cache.get(canonical_username) {
-            return Ok(Some(u.value().clone()));
+        if let Some(u) = self.cache.by_name(canonical_username) {
+            return Ok(Some(u));
         }
         if !self.names.contains(canonical_username) {
             return Ok(None);
         }
-        let writes_before = self.user_writes.load(std::sync::atomic::Ordering::SeqCst);
+        let writes_before = self.cache.writes();
         let Some(bytes) = self.users.get(canonical_username).map_err(io)? else {
             return Ok(None);
         };
         let user = User::decode(&bytes)?;
-        Ok(Some(self.cache_read(Arc::new(user), writes_before)))
+        Ok(Some(self.cache.read(Arc::new(user), writes_before)))
     }
 
     fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError> {
@@ -269,7 +213,7 @@ impl Store for SledStore {
                 TransactionError::Storage(e) => io(e),
             })?;
         self.names.insert(user.username.clone());
-        self.cache_written(Arc::new(user.clone()));
+        self.cache.written(Arc::new(user.clone()));
         Ok(())
     }
 
@@ -324,7 +268,7 @@ impl Store for SledStore {
                     )?
             };
             if swapped {
-                self.cache_written(Arc::new(user.clone()));
+                self.cache.written(Arc::new(user.clone()));
                 return Ok(user);
             }
             // Raced with another writer: re-read and re-apply.
@@ -380,10 +324,8 @@ impl Store for SledStore {
         // cache from a record read before the delete sees one of the first two and takes it
         // out, or filled it before the third and is taken out by it.
         self.names.remove(canonical);
-        self.user_writes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.user_cache.remove(canonical);
-        self.notify(UserChange::Deleted { id });
+        self.cache.forget(id, Some(canonical));
+        self.cache.notify(UserChange::Deleted { id });
         // The read gate is not re-entrant under a waiting backup: release it first.
         drop(gate);
         self.delete_user_sessions(id)?;
@@ -549,7 +491,7 @@ impl Store for SledStore {
             if let Some(k) = rotation_key(&user) {
                 self.rotations.insert(k, &[]).map_err(io)?;
             }
-            self.cache_written(Arc::new(user));
+            self.cache.written(Arc::new(user));
         }
         Ok(())
     }
