@@ -48,7 +48,10 @@ fi
 PIDS+=($!)
 declare -A PORT=([old]=18456 [new]=18457) PID=() BIN_OF=([old]="$OLD" [new]="$NEW")
 declare -A STORE_OF=([old]="${OLD_STORE:-sled}" [new]="${NEW_STORE:-sled}")
-if [ "${STORE_OF[old]}" = postgres ] || [ "${STORE_OF[new]}" = postgres ]; then bench_postgres 15432; fi
+if [ "${STORE_OF[old]}" = postgres ] || [ "${STORE_OF[new]}" = postgres ]; then
+  # With PIN, the database shares the load tool's CPUs, as if on a machine of its own.
+  PG_CPUS="${OTHER_CPUS[*]}" bench_postgres 15432
+fi
 for side in old new; do
   bin=${BIN_OF[$side]}
   TG_STORE_EXTRA=

@@ -31,7 +31,8 @@ bench_postgres() {
     as="runuser -u postgres --"
   fi
   $as "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
-  $as "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+  # PG_CPUS (a taskset command, optional) keeps the database off the CPU under test.
+  ${PG_CPUS:-} $as "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
   PG_STOP="$as $bin/pg_ctl -D $dir/data -m fast -w stop"
   $as "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -qc "CREATE DATABASE tokengate" >/dev/null

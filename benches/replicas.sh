@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The PostgreSQL backend's figures that are not per-request CPU (for that: benches/ab.sh with
-# NEW_STORE=postgres): how fast a change that ends access reaches another replica, and how a
-# replica starts on a database holding many users and sessions.
+# NEW_STORE=postgres): how fast a change that ends access reaches another replica, session
+# traffic on one replica and on two driven together, and how a replica starts on a database
+# holding many users and sessions.
 #
-#   bash benches/replicas.sh            # ROUNDS=100 changes, USERS=1000000 users and sessions
+#   bash benches/replicas.sh            # ROUNDS=100 changes, USERS=1000000 users and sessions,
+#                                       # DURATION=10s CONNECTIONS=32 of session traffic
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-100}
@@ -15,6 +17,39 @@ cargo build --release --quiet --bin tokengate --example replica_latency
 
 echo "== change → other replica ($ROUNDS changes)"
 target/release/examples/replica_latency "$PG_URL" "$ROUNDS"
+
+echo "== session traffic: one replica, then two on one database (loopback, 2 cores shared)"
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+command -v nginx >/dev/null || install_debian nginx
+bench_cert "$WORK"
+UPSTREAM=127.0.0.1:18080
+upstream_conf "$WORK" "$UPSTREAM" > "$WORK/upstream.conf"
+nginx -c "$WORK/upstream.conf" -p "$WORK" -g 'daemon off;' &
+PIDS+=($!)
+psql "${PG_URL%%\?*}" -qc "CREATE DATABASE traffic" >/dev/null
+export TG_STORE_EXTRA="backend = \"postgres\"
+url = \"${PG_URL/tokengate?/traffic?}\""
+for i in 1 2; do
+  tg_config "1846$i" "$WORK/r$i" 100000 250ms "$UPSTREAM" "$WORK" target/release/tokengate > "$WORK/r$i.toml"
+done
+unset TG_STORE_EXTRA
+token=$(tg_admin target/release/tokengate "$WORK/r1.toml")
+for i in 1 2; do
+  target/release/tokengate --config "$WORK/r$i.toml" serve 2>"$WORK/r$i.log" &
+  PIDS+=($!)
+done
+wait_port 18080; wait_port 18461; wait_port 18462
+tg_users target/release/tokengate 18461 "$WORK" "$token" "$WORK/users.json"
+traffic() { # traffic TARGET...: session requests/s
+  local args=() t
+  for t in "$@"; do args+=(--target "$t"); done
+  target/release/tokengate loadtest run "${args[@]}" --scenario session --users-file "$WORK/users.json" \
+    --ca "$WORK/cert.pem" --duration "$DURATION" --connections "$CONNECTIONS" --quiet --json "$WORK/t.json" >/dev/null
+  python3 -c "import json; d = json.load(open('$WORK/t.json')); print(f\"{sum(v['rps'] for v in d.values()):,.0f}\")"
+}
+echo "one replica: $(traffic https://127.0.0.1:18461) requests/s"
+echo "two replicas: $(traffic https://127.0.0.1:18461 https://127.0.0.1:18462) requests/s"
 
 echo "== start-up with $USERS users and $USERS sessions in the database"
 BIN=target/release/tokengate
