@@ -908,3 +908,38 @@ async fn a_single_node_moves_from_sled_to_postgres_by_backup_and_restore() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     server.stop();
 }
+
+#[test]
+fn connections_to_the_database_are_encrypted_and_verified_as_sslmode_says() {
+    let pg = crate::support::postgres::Cluster::private();
+    let key =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    pg.require_tls(&key.cert.pem(), &key.signing_key.serialize_pem());
+    let url = pg.database();
+    let base = url.split('?').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("right.pem"), key.cert.pem()).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.path().join("wrong.pem"), other.cert.pem()).unwrap();
+    // Through the configuration file, as an operator writes it.
+    let connect = |mode: &str, ca: Option<&str>| {
+        let text = format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{base}?sslmode={mode}\"\ntimeout = \"2s\"\n{}",
+            ca.map(|c| format!("ca = \"{c}\"\n")).unwrap_or_default()
+        );
+        let cfg = tokengate::config::Config::from_toml(&text, &dir.path().join("t.toml"))
+            .expect("a valid configuration");
+        let Backend::Postgres(pg) = &cfg.store.backend else {
+            unreachable!("postgres")
+        };
+        PgStore::connect(pg).map(|s| s.schema_version().unwrap())
+    };
+    // The server takes no plain connections; `require` encrypts without checking the
+    // certificate; `verify-full` checks it against the CA file, and refuses a stranger's.
+    assert!(connect("disable", None).is_err());
+    assert!(connect("require", None).is_ok());
+    assert!(connect("verify-full", Some("right.pem")).is_ok());
+    assert!(connect("verify-full", Some("wrong.pem")).is_err());
+    // Without a CA file, the system's roots: a self-signed certificate is refused.
+    assert!(connect("verify-full", None).is_err());
+}

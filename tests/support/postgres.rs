@@ -69,6 +69,8 @@ pub struct Cluster {
     server: Mutex<()>,
     /// The number in the next database's name.
     next_database: AtomicU32,
+    /// Whether the server takes TCP connections only with TLS ([`Cluster::require_tls`]).
+    tls: std::sync::atomic::AtomicBool,
     /// The watchdog; its standard input closes with the test process (or when the cluster
     /// fails to boot and is dropped), and it cleans up.
     _watchdog: Child,
@@ -166,6 +168,49 @@ impl Cluster {
 
     /// Makes the cluster: the programs, a temporary directory under its watchdog, `initdb`,
     /// and the server started on a free port.
+    /// Serves TLS with the given certificate and key (PEM), and refuses TCP connections without
+    /// it (every `host` line of `pg_hba.conf` becomes `hostssl`); restarts the server.
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), cert_pem).expect("server.crt");
+        std::fs::write(data.join("server.key"), key_pem).expect("server.key");
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("server.key is private");
+        if self.as_postgres {
+            let mut chown = Command::new("chown");
+            chown
+                .arg("postgres:")
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"));
+            output(chown);
+        }
+        let hba = data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        let rules: String = rules
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&hba, rules).expect("pg_hba.conf written");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| {
+                f.write_all(
+                    b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+                )
+            })
+            .expect("TLS settings appended to postgresql.conf");
+        self.tls.store(true, Ordering::Relaxed);
+        self.stop();
+        self.start();
+    }
+
     /// A cluster of the caller's own (for an outage test), stopped and removed when dropped.
     pub fn private() -> Self {
         Self::boot()
@@ -218,6 +263,7 @@ impl Cluster {
             as_postgres,
             server: Mutex::new(()),
             next_database: AtomicU32::new(0),
+            tls: std::sync::atomic::AtomicBool::new(false),
             _watchdog: watchdog,
         };
         cluster.init();
@@ -344,8 +390,13 @@ impl Cluster {
     }
 
     fn url(&self, database: &str) -> String {
+        let mode = if self.tls.load(Ordering::Relaxed) {
+            "require"
+        } else {
+            "disable"
+        };
         format!(
-            "postgres://postgres@127.0.0.1:{}/{database}?sslmode=disable",
+            "postgres://postgres@127.0.0.1:{}/{database}?sslmode={mode}",
             self.port
         )
     }
