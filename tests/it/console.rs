@@ -174,6 +174,8 @@ async fn sign_in_settings_reset_and_password_change_pages_work() {
     let b = Browser::sign_in(&ts, "web@example.com", PASSWORD)
         .await
         .unwrap();
+    // The history is written off the request path: wait for the sign-in's row.
+    ts.history_written().await;
     let page = b.get("/settings").await;
     assert_eq!(page.status, StatusCode::OK);
     let html = page.text();
