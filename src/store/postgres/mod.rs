@@ -27,67 +27,35 @@
 //!
 //! The trait is synchronous (sled's is); calls run on a small runtime of the store's own and
 //! the caller waits for the answer, bounded by the timeout, as it would for a disk read.
+//!
+//! Here: the store and its `Store` methods. `schema`: the migrations. `connect`: TLS, the pool
+//! and dedicated connections. `listen`: the change channel, liveness and leadership. This file
+//! is longer than most because it holds the whole trait implementation, one query per method,
+//! which reads best beside the trait and the sled implementation.
+
+mod connect;
+mod listen;
+mod schema;
+
+pub use schema::MIGRATIONS;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::AsyncMessage;
+use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
+
+use connect::Connector;
 
 use super::cache::UserCache;
 use super::{
-    ExportSink, HistoryFilter, HistoryRow, SessionChange, SessionObserver, SessionRecord, Store,
-    StoreError, User, UserChange, UserObserver,
+    ExportSink, HistoryFilter, HistoryRow, SessionObserver, SessionRecord, Store, StoreError, User,
+    UserChange, UserObserver,
 };
-use crate::config::{PgTls, PostgresConfig};
+use crate::config::PostgresConfig;
 use crate::secret::Tag;
-
-/// The schema, one step per version; a step is never edited once released, only added to.
-pub const MIGRATIONS: &[(i32, &str)] = &[
-    (
-        1,
-        "CREATE TABLE tg_users (
-        id text PRIMARY KEY,
-        username text NOT NULL UNIQUE,
-        version bigint NOT NULL,
-        next_rotation_at bigint,
-        data bytea NOT NULL
-    );
-    CREATE INDEX tg_users_rotation ON tg_users (next_rotation_at)
-        WHERE next_rotation_at IS NOT NULL;
-    CREATE TABLE tg_sessions (
-        key bytea PRIMARY KEY,
-        user_id text NOT NULL,
-        data bytea NOT NULL
-    );
-    CREATE INDEX tg_sessions_user ON tg_sessions (user_id);
-    CREATE TABLE tg_settings (key text PRIMARY KEY, value bytea NOT NULL);
-    CREATE TABLE tg_meta (key text PRIMARY KEY, value bytea NOT NULL);
-    CREATE TABLE tg_outbox (id bigint PRIMARY KEY, message bytea NOT NULL);
-    CREATE TABLE tg_history (
-        seq bigserial PRIMARY KEY,
-        at_ms bigint NOT NULL,
-        username text NOT NULL,
-        user_id text,
-        outcome text NOT NULL,
-        data bytea NOT NULL
-    );
-    CREATE INDEX tg_history_time ON tg_history (at_ms, seq);
-    CREATE SEQUENCE tg_ids;",
-    ),
-    (
-        2,
-        "CREATE TABLE tg_login_counts (
-        user_id text NOT NULL,
-        window_start bigint NOT NULL,
-        count bigint NOT NULL,
-        PRIMARY KEY (user_id, window_start)
-    );",
-    ),
-];
 
 /// The notification channel every replica listens on.
 const CHANNEL: &str = "tokengate";
@@ -158,106 +126,6 @@ fn unhex(s: &str) -> Option<Tag> {
     Tag::try_from(bytes.as_slice()).ok()
 }
 
-/// How connections are made: plain or rustls (verify-full, or `require` without checking the
-/// certificate, as libpq's `sslmode=require`).
-#[derive(Clone)]
-enum Connector {
-    Plain,
-    Tls(tokio_postgres_rustls::MakeRustlsConnect),
-}
-
-impl Connector {
-    fn new(cfg: &PostgresConfig) -> Result<Self, StoreError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        let tls = match cfg.tls {
-            PgTls::Disable => return Ok(Connector::Plain),
-            PgTls::VerifyFull => {
-                let roots = crate::tls::client_roots(cfg.ca.as_deref())
-                    .map_err(|e| StoreError::Io(format!("store.ca: {e}")))?;
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-            PgTls::Require => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(crate::tls::AnyCertificate::new(
-                    provider,
-                )))
-                .with_no_client_auth(),
-        };
-        Ok(Connector::Tls(
-            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-        ))
-    }
-
-    fn pool(&self, cfg: &PostgresConfig) -> Result<Pool, StoreError> {
-        let mc = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = match self {
-            Connector::Plain => {
-                Manager::from_config(cfg.connect.clone(), tokio_postgres::NoTls, mc)
-            }
-            Connector::Tls(t) => Manager::from_config(cfg.connect.clone(), t.clone(), mc),
-        };
-        Pool::builder(manager)
-            .max_size(cfg.pool_size)
-            .wait_timeout(Some(cfg.timeout))
-            .create_timeout(Some(cfg.timeout))
-            .recycle_timeout(Some(cfg.timeout))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Io(e.to_string()))
-    }
-
-    /// A connection of its own (not pooled): the listener's, the migration's. Messages the
-    /// server sends on it (notifications) go to `messages`.
-    async fn connect(
-        &self,
-        cfg: &tokio_postgres::Config,
-        messages: Option<tokio::sync::mpsc::Sender<String>>,
-    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        match self {
-            Connector::Plain => {
-                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(drive(conn, messages));
-                Ok(client)
-            }
-            Connector::Tls(t) => {
-                let (client, conn) = cfg.connect(t.clone()).await?;
-                tokio::spawn(drive(conn, messages));
-                Ok(client)
-            }
-        }
-    }
-}
-
-/// Polls a dedicated connection, passing notification payloads on. A full backlog drops the
-/// connection: the listener then resynchronises from scratch.
-async fn drive<S, T>(
-    mut conn: tokio_postgres::Connection<S, T>,
-    messages: Option<tokio::sync::mpsc::Sender<String>>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    while let Some(message) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-        match message {
-            Ok(AsyncMessage::Notification(n)) => {
-                if let Some(tx) = &messages
-                    && tx.try_send(n.payload().to_owned()).is_err()
-                {
-                    tracing::warn!("store notifications backed up: resynchronising");
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
-    }
-}
-
 impl PgStore {
     /// Connects, applies the schema, and starts listening for other replicas' changes. Fails
     /// when the database cannot be reached within the timeout.
@@ -299,11 +167,11 @@ impl PgStore {
                 .await
                 .map_err(|_| unavailable("the database did not answer in time"))?
                 .map_err(db)?;
-            migrate(&client).await
+            schema::migrate(&client).await
         })?;
         // Listen before serving: a change committed from now on reaches this replica.
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        inner.handle.spawn(listen(
+        inner.handle.spawn(listen::listen(
             inner.clone(),
             connector,
             cfg.connect.clone(),
@@ -401,198 +269,6 @@ impl Drop for PgStore {
         // Dropping a runtime blocks; a store may be dropped on a server's async thread.
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
-        }
-    }
-}
-
-async fn migrate(client: &tokio_postgres::Client) -> Result<(), StoreError> {
-    client
-        .query_one("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(db)?;
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS tg_schema (version integer PRIMARY KEY, applied_at bigint NOT NULL)",
-        )
-        .await
-        .map_err(db)?;
-    let current: i32 = client
-        .query_one("SELECT coalesce(max(version), 0) FROM tg_schema", &[])
-        .await
-        .map_err(db)?
-        .get(0);
-    if let Some((newest, _)) = MIGRATIONS.last()
-        && current > *newest
-    {
-        return Err(StoreError::Corrupt(format!(
-            "the database schema is version {current}, newer than this tokengate knows ({newest}): upgrade tokengate"
-        )));
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        client.batch_execute("BEGIN").await.map_err(db)?;
-        let applied = async {
-            client.batch_execute(sql).await?;
-            client
-                .execute(
-                    "INSERT INTO tg_schema (version, applied_at) VALUES ($1, $2)",
-                    &[version, &to_i64(crate::now_secs())],
-                )
-                .await?;
-            client.batch_execute("COMMIT").await
-        }
-        .await;
-        if let Err(e) = applied {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(db(e));
-        }
-        tracing::info!(version, "database schema migrated");
-    }
-    client
-        .query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(db)?;
-    Ok(())
-}
-
-/// The listener: hears other replicas' changes, keeps the liveness clock, holds leadership
-/// when it can, and reconnects by itself.
-async fn listen(
-    inner: Arc<Inner>,
-    connector: Connector,
-    cfg: tokio_postgres::Config,
-    ready: std::sync::mpsc::SyncSender<()>,
-) {
-    let mut ready = Some(ready);
-    loop {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(BACKLOG);
-        let client =
-            match tokio::time::timeout(inner.timeout, connector.connect(&cfg, Some(tx))).await {
-                Ok(Ok(c)) => c,
-                _ => {
-                    tokio::time::sleep(TICK).await;
-                    continue;
-                }
-            };
-        if client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        // Whatever happened while nobody listened is unknown: start from the database.
-        inner.resync();
-        inner
-            .heard_ms
-            .store(crate::history::now_ms(), Ordering::Release);
-        if let Some(r) = ready.take() {
-            let _ = r.send(());
-        }
-        let mut tick = tokio::time::interval(TICK);
-        loop {
-            tokio::select! {
-                payload = rx.recv() => match payload {
-                    Some(p) => inner.apply(&p).await,
-                    None => break,
-                },
-                _ = tick.tick() => {
-                    let leader = inner.leader.load(Ordering::Acquire);
-                    let check = async {
-                        if leader {
-                            client.query_one("SELECT true", &[]).await
-                        } else {
-                            client
-                                .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
-                                .await
-                        }
-                    };
-                    match tokio::time::timeout(inner.timeout, check).await {
-                        Ok(Ok(row)) => {
-                            inner.heard_ms.store(crate::history::now_ms(), Ordering::Release);
-                            if !leader && row.get::<_, bool>(0) {
-                                tracing::info!("this replica now runs the scheduled jobs");
-                                inner.leader.store(true, Ordering::Release);
-                            }
-                        }
-                        _ => break,
-                    }
-                }
-            }
-        }
-        inner.leader.store(false, Ordering::Release);
-        tracing::warn!("lost the database's change channel: reconnecting");
-    }
-}
-
-impl Inner {
-    fn fresh(&self) -> bool {
-        let heard = self.heard_ms.load(Ordering::Acquire);
-        heard != 0 && crate::history::now_ms().saturating_sub(heard) <= self.max_staleness_ms
-    }
-
-    /// Drops every cache: users are read again, and the session table forgets what it holds
-    /// (sessions are fetched again on their next use).
-    fn resync(&self) {
-        self.cache.clear();
-        for o in self
-            .session_observers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            o(SessionChange::Unknown);
-        }
-    }
-
-    /// Applies another replica's notification.
-    async fn apply(&self, payload: &str) {
-        let mut parts = payload.splitn(3, ':');
-        let (Some(kind), Some(from), Some(what)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return;
-        };
-        if from == self.me {
-            return;
-        }
-        match kind {
-            "u" => {
-                let id = what.to_owned();
-                let row = match self.pool.get().await {
-                    Ok(c) => c
-                        .query_opt("SELECT data FROM tg_users WHERE id = $1", &[&id])
-                        .await
-                        .map(|r| r.map(|r| r.get::<_, Vec<u8>>(0))),
-                    Err(_) => {
-                        // Cannot read it now: forget it, so the next use reads it.
-                        self.cache.forget(&id, None);
-                        return;
-                    }
-                };
-                match row {
-                    Ok(Some(bytes)) => match User::decode(&bytes) {
-                        Ok(u) => self.cache.written(Arc::new(u)),
-                        Err(_) => self.cache.forget(&id, None),
-                    },
-                    Ok(None) => {
-                        self.cache.forget(&id, None);
-                        self.cache.notify(UserChange::Deleted { id: &id });
-                    }
-                    Err(_) => self.cache.forget(&id, None),
-                }
-            }
-            "s" => {
-                if let Some(key) = unhex(what) {
-                    for o in self
-                        .session_observers
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .iter()
-                    {
-                        o(SessionChange::Ended(&key));
-                    }
-                }
-            }
-            _ => {}
         }
     }
 }

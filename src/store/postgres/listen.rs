@@ -1,0 +1,154 @@
+//! The listener: one dedicated connection per replica that hears other replicas' changes
+//! (`LISTEN`), keeps the liveness clock `max_staleness` is judged by, holds leadership (a
+//! session-level advisory lock) when it can, and reconnects by itself, dropping every cache
+//! when it does.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::connect::Connector;
+use super::{BACKLOG, CHANNEL, Inner, LEADER_LOCK, TICK, unhex};
+use crate::store::{SessionChange, User, UserChange};
+
+/// The listener: hears other replicas' changes, keeps the liveness clock, holds leadership
+/// when it can, and reconnects by itself.
+pub(super) async fn listen(
+    inner: Arc<Inner>,
+    connector: Connector,
+    cfg: tokio_postgres::Config,
+    ready: std::sync::mpsc::SyncSender<()>,
+) {
+    let mut ready = Some(ready);
+    loop {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(BACKLOG);
+        let client =
+            match tokio::time::timeout(inner.timeout, connector.connect(&cfg, Some(tx))).await {
+                Ok(Ok(c)) => c,
+                _ => {
+                    tokio::time::sleep(TICK).await;
+                    continue;
+                }
+            };
+        if client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        // Whatever happened while nobody listened is unknown: start from the database.
+        inner.resync();
+        inner
+            .heard_ms
+            .store(crate::history::now_ms(), Ordering::Release);
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                payload = rx.recv() => match payload {
+                    Some(p) => inner.apply(&p).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let leader = inner.leader.load(Ordering::Acquire);
+                    let check = async {
+                        if leader {
+                            client.query_one("SELECT true", &[]).await
+                        } else {
+                            client
+                                .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                                .await
+                        }
+                    };
+                    match tokio::time::timeout(inner.timeout, check).await {
+                        Ok(Ok(row)) => {
+                            inner.heard_ms.store(crate::history::now_ms(), Ordering::Release);
+                            if !leader && row.get::<_, bool>(0) {
+                                tracing::info!("this replica now runs the scheduled jobs");
+                                inner.leader.store(true, Ordering::Release);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        inner.leader.store(false, Ordering::Release);
+        tracing::warn!("lost the database's change channel: reconnecting");
+    }
+}
+
+impl Inner {
+    pub(super) fn fresh(&self) -> bool {
+        let heard = self.heard_ms.load(Ordering::Acquire);
+        heard != 0 && crate::history::now_ms().saturating_sub(heard) <= self.max_staleness_ms
+    }
+
+    /// Drops every cache: users are read again, and the session table forgets what it holds
+    /// (sessions are fetched again on their next use).
+    fn resync(&self) {
+        self.cache.clear();
+        for o in self
+            .session_observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            o(SessionChange::Unknown);
+        }
+    }
+
+    /// Applies another replica's notification.
+    async fn apply(&self, payload: &str) {
+        let mut parts = payload.splitn(3, ':');
+        let (Some(kind), Some(from), Some(what)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        if from == self.me {
+            return;
+        }
+        match kind {
+            "u" => {
+                let id = what.to_owned();
+                let row = match self.pool.get().await {
+                    Ok(c) => c
+                        .query_opt("SELECT data FROM tg_users WHERE id = $1", &[&id])
+                        .await
+                        .map(|r| r.map(|r| r.get::<_, Vec<u8>>(0))),
+                    Err(_) => {
+                        // Cannot read it now: forget it, so the next use reads it.
+                        self.cache.forget(&id, None);
+                        return;
+                    }
+                };
+                match row {
+                    Ok(Some(bytes)) => match User::decode(&bytes) {
+                        Ok(u) => self.cache.written(Arc::new(u)),
+                        Err(_) => self.cache.forget(&id, None),
+                    },
+                    Ok(None) => {
+                        self.cache.forget(&id, None);
+                        self.cache.notify(UserChange::Deleted { id: &id });
+                    }
+                    Err(_) => self.cache.forget(&id, None),
+                }
+            }
+            "s" => {
+                if let Some(key) = unhex(what) {
+                    for o in self
+                        .session_observers
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                    {
+                        o(SessionChange::Ended(&key));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
