@@ -363,10 +363,36 @@ impl Server {
             a.upstream.sweep_idle();
             std::future::ready(())
         });
+        // Sessions (API and console) whose every holder is gone are deleted from a shared
+        // store by the leader, once they are past the longer of the two timeouts.
+        let (idle, lifetime) = (
+            app.cfg
+                .auth
+                .session_idle_timeout
+                .max(app.cfg.console.session_idle_timeout),
+            app.cfg
+                .auth
+                .session_lifetime
+                .max(app.cfg.console.session_lifetime),
+        );
+        let shared = app.store.clone();
         let sweeper = every(SESSION_SWEEP_EVERY, false, move || {
-            let s = sessions.clone();
+            let (s, shared) = (sessions.clone(), shared.clone());
             async move {
-                let _ = tokio::task::spawn_blocking(move || s.sweep()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    s.sweep();
+                    if shared.shared() && shared.leader() {
+                        let now = crate::now_secs();
+                        let pruned = shared.prune_sessions(
+                            now.saturating_sub(idle.as_secs()),
+                            now.saturating_sub(lifetime.as_secs()),
+                        );
+                        if let Err(e) = pruned {
+                            tracing::warn!(error = %e, "could not prune expired sessions");
+                        }
+                    }
+                })
+                .await;
             }
         });
 

@@ -338,6 +338,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Deletes the persisted sessions idle since before `idle_before` or created before
+    /// `created_before` (Unix seconds): on a shared store, sessions nobody holds any more.
+    /// Returns how many went.
+    fn prune_sessions(&self, _idle_before: u64, _created_before: u64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError>;
     /// The persisted session under `key`.
     fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError>;

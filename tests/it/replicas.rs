@@ -943,3 +943,22 @@ fn connections_to_the_database_are_encrypted_and_verified_as_sslmode_says() {
     // Without a CA file, the system's roots: a self-signed certificate is refused.
     assert!(connect("verify-full", None).is_err());
 }
+
+#[test]
+fn sessions_nobody_holds_are_pruned_from_the_database_past_their_timeouts() {
+    let store = open_pg(&postgres());
+    let rec = |created_at: u64, last_seen: u64| SessionRecord {
+        user_id: "005x".into(),
+        username: "x".into(),
+        epoch: 1,
+        created_at,
+        last_seen,
+    };
+    store.put_session(&[1; 32], &rec(1_000, 1_000)).unwrap(); // idle too long
+    store.put_session(&[2; 32], &rec(100, 5_000)).unwrap(); // too old
+    store.put_session(&[3; 32], &rec(1_000, 5_000)).unwrap(); // live
+    assert_eq!(store.prune_sessions(2_000, 500).unwrap(), 2);
+    assert!(store.session(&[1; 32]).unwrap().is_none());
+    assert!(store.session(&[2; 32]).unwrap().is_none());
+    assert!(store.session(&[3; 32]).unwrap().is_some());
+}

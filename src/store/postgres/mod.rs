@@ -469,6 +469,22 @@ impl Store for PgStore {
         })
     }
 
+    fn prune_sessions(&self, idle_before: u64, created_before: u64) -> Result<usize, StoreError> {
+        let (idle, created) = (to_i64(idle_before), to_i64(created_before));
+        self.query(move |c| async move {
+            let n = c
+                .execute(
+                    "DELETE FROM tg_sessions WHERE
+                       (convert_from(data, 'UTF8')::jsonb->>'last_seen')::bigint < $1
+                       OR (convert_from(data, 'UTF8')::jsonb->>'created_at')::bigint < $2",
+                    &[&idle, &created],
+                )
+                .await
+                .map_err(db)?;
+            Ok(n as usize)
+        })
+    }
+
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError> {
         let (key, user, data) = (key.to_vec(), session.user_id.clone(), encode(session));
         self.query(move |c| async move {
