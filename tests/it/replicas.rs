@@ -261,11 +261,30 @@ fn replicas_starting_together_migrate_the_schema_once() {
 
 /// Two replicas on one database, each with its own data directory (certificate, socket).
 async fn replicas(upstream: &str) -> (TestServer, TestServer) {
+    let mut r = replicas_with(2, upstream, |_| {}).await;
+    let b = r.pop().unwrap();
+    (r.pop().unwrap(), b)
+}
+
+/// `n` replicas on one fresh database, each configured further by `tweak`.
+async fn replicas_with(
+    n: usize,
+    upstream: &str,
+    tweak: impl Fn(&mut tokengate::config::Config),
+) -> Vec<TestServer> {
     let backend = tokio::task::block_in_place(postgres);
-    let b = backend.clone();
-    let a = TestServer::start_with(upstream, move |cfg| cfg.store.backend = b).await;
-    let b = TestServer::start_with(upstream, move |cfg| cfg.store.backend = backend).await;
-    (a, b)
+    let mut replicas = Vec::with_capacity(n);
+    for _ in 0..n {
+        let b = backend.clone();
+        replicas.push(
+            TestServer::start_with(upstream, |cfg| {
+                cfg.store.backend = b;
+                tweak(cfg);
+            })
+            .await,
+        );
+    }
+    replicas
 }
 
 async fn data_status(ts: &TestServer, sid: &str) -> StatusCode {
@@ -489,19 +508,11 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
 async fn a_rotation_due_while_three_replicas_run_is_emailed_once_and_another_leader_takes_over() {
     let sink = crate::support::smtp::SmtpSink::start().await;
     let up = Upstream::start().await;
-    let backend = tokio::task::block_in_place(postgres);
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        let (b, sink) = (backend.clone(), &sink);
-        replicas.push(
-            TestServer::start_with(&up.url(), move |cfg| {
-                cfg.store.backend = b;
-                mail_to(cfg, sink, "Acme");
-                cfg.tokens.rotation_check_interval = Duration::from_millis(200);
-            })
-            .await,
-        );
-    }
+    let mut replicas = replicas_with(3, &up.url(), |cfg| {
+        mail_to(cfg, &sink, "Acme");
+        cfg.tokens.rotation_check_interval = Duration::from_millis(200);
+    })
+    .await;
     replicas[0].add_user("dee@example.com").await;
     let user = replicas[0]
         .app()
@@ -645,18 +656,7 @@ async fn real_replica_processes_share_sessions_and_hear_the_cli_and_survive_each
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_tool_spreads_its_connections_over_several_replicas() {
     let up = Upstream::start().await;
-    let backend = tokio::task::block_in_place(postgres);
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let b = backend.clone();
-        replicas.push(
-            TestServer::start_with(&up.url(), move |cfg| {
-                cfg.store.backend = b;
-                cfg.allow_synthetic_users = true;
-            })
-            .await,
-        );
-    }
+    let replicas = replicas_with(2, &up.url(), |cfg| cfg.allow_synthetic_users = true).await;
     let token = replicas[0]
         .add_user_with("ops@example.com", PASSWORD, true)
         .await;
@@ -814,20 +814,12 @@ async fn a_console_sign_in_on_one_replica_works_on_another_until_signed_out_on_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_spread_over_replicas_meet_one_per_user_limit() {
     let up = Upstream::start().await;
-    let backend = tokio::task::block_in_place(postgres);
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let b = backend.clone();
-        replicas.push(
-            TestServer::start_with(&up.url(), move |cfg| {
-                cfg.store.backend = b;
-                // Four logins a day per user; each replica alone would allow four.
-                cfg.limits.login_per_user = std::num::NonZeroU32::new(4).unwrap();
-                cfg.limits.login_per_user_period = Duration::from_secs(86_400);
-            })
-            .await,
-        );
-    }
+    let replicas = replicas_with(2, &up.url(), |cfg| {
+        // Four logins a day per user; each replica alone would allow four.
+        cfg.limits.login_per_user = std::num::NonZeroU32::new(4).unwrap();
+        cfg.limits.login_per_user_period = Duration::from_secs(86_400);
+    })
+    .await;
     let token = replicas[0].add_user("gus@example.com").await;
     let secret = format!("{PASSWORD}{token}");
     let mut statuses = Vec::new();
