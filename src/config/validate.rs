@@ -258,12 +258,7 @@ fn backend(s: &file::Store, base: &Path) -> Result<Backend, ConfigError> {
         "postgres" => {
             let url = match (&s.url, &s.url_env) {
                 (Some(u), None) => u.clone(),
-                (None, Some(var)) => std::env::var(var).map_err(|_| {
-                    invalid(
-                        "store.url_env",
-                        format!("environment variable {var} is not set"),
-                    )
-                })?,
+                (None, Some(var)) => from_env("store.url_env", var)?,
                 _ => {
                     return Err(invalid(
                         "store.url",
@@ -438,12 +433,7 @@ pub(super) fn oauth(o: &file::OAuth) -> Result<Vec<OAuthClient>, ConfigError> {
         }
         let secret = match (&c.client_secret, &c.client_secret_env) {
             (Some(s), None) => s.clone(),
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
-                invalid(
-                    &format!("{key}.client_secret_env"),
-                    format!("environment variable {var} is not set"),
-                )
-            })?,
+            (None, Some(var)) => from_env(&format!("{key}.client_secret_env"), var)?,
             _ => {
                 return Err(invalid(
                     &format!("{key}.client_secret"),
@@ -566,6 +556,11 @@ pub(super) fn log(l: &file::Log) -> Result<String, ConfigError> {
     tracing_subscriber::EnvFilter::try_new(&l.level)
         .map_err(|e| invalid("log.level", format!("'{}': {e}", l.level)))?;
     Ok(l.level.clone())
+}
+
+/// The value of the environment variable `var` that the `*_env` key `key` names.
+fn from_env(key: &str, var: &str) -> Result<String, ConfigError> {
+    std::env::var(var).map_err(|_| invalid(key, format!("environment variable {var} is not set")))
 }
 
 fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{existing_file, invalid, nonzero, resolve};
+use super::{existing_file, from_env, invalid, nonzero, resolve};
 use crate::config::{ConfigError, MailConfig, MailTransport, SmtpSecurity, file};
 
 pub(in crate::config) fn mail(m: &file::Mail, base: &Path) -> Result<MailConfig, ConfigError> {
@@ -35,12 +35,7 @@ pub(in crate::config) fn mail(m: &file::Mail, base: &Path) -> Result<MailConfig,
             }
             let password = match (&m.password, &m.password_env) {
                 (Some(p), None) => Some(p.clone()),
-                (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
-                    invalid(
-                        "mail.password_env",
-                        format!("environment variable {var} is not set"),
-                    )
-                })?),
+                (None, Some(var)) => Some(from_env("mail.password_env", var)?),
                 (None, None) => None,
                 (Some(_), Some(_)) => {
                     return Err(invalid(
