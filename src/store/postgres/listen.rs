@@ -90,13 +90,17 @@ impl Inner {
     /// (sessions are fetched again on their next use).
     fn resync(&self) {
         self.cache.clear();
+        self.tell_sessions(SessionChange::Unknown);
+    }
+
+    fn tell_sessions(&self, change: SessionChange<'_>) {
         for o in self
             .session_observers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            o(SessionChange::Unknown);
+            o(change);
         }
     }
 
@@ -111,44 +115,33 @@ impl Inner {
             return;
         }
         match kind {
-            "u" => {
-                let id = what.to_owned();
-                let row = match self.pool.get().await {
-                    Ok(c) => c
-                        .query_opt("SELECT data FROM tg_users WHERE id = $1", &[&id])
-                        .await
-                        .map(|r| r.map(|r| r.get::<_, Vec<u8>>(0))),
-                    Err(_) => {
-                        // Cannot read it now: forget it, so the next use reads it.
-                        self.cache.forget(&id, None);
-                        return;
-                    }
-                };
-                match row {
-                    Ok(Some(bytes)) => match User::decode(&bytes) {
-                        Ok(u) => self.cache.written(Arc::new(u)),
-                        Err(_) => self.cache.forget(&id, None),
-                    },
-                    Ok(None) => {
-                        self.cache.forget(&id, None);
-                        self.cache.notify(UserChange::Deleted { id: &id });
-                    }
-                    Err(_) => self.cache.forget(&id, None),
+            "u" => match self.read_user(what).await {
+                Ok(Some(u)) => self.cache.written(Arc::new(u)),
+                Ok(None) => {
+                    self.cache.forget(what, None);
+                    self.cache.notify(UserChange::Deleted { id: what });
                 }
-            }
+                // A change this replica cannot read now may end sessions it holds: start
+                // again from the database, as after a lost connection.
+                Err(()) => self.resync(),
+            },
             "s" => {
                 if let Some(key) = unhex(what) {
-                    for o in self
-                        .session_observers
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .iter()
-                    {
-                        o(SessionChange::Ended(&key));
-                    }
+                    self.tell_sessions(SessionChange::Ended(&key));
                 }
             }
             _ => {}
         }
+    }
+
+    /// The user record as stored now; `Err` when it cannot be read.
+    async fn read_user(&self, id: &str) -> Result<Option<User>, ()> {
+        let client = self.pool.get().await.map_err(|_| ())?;
+        let row = client
+            .query_opt("SELECT data FROM tg_users WHERE id = $1", &[&id])
+            .await
+            .map_err(|_| ())?;
+        row.map(|r| User::decode(&r.get::<_, Vec<u8>>(0)).map_err(|_| ()))
+            .transpose()
     }
 }
