@@ -34,7 +34,7 @@ impl History {
         cfg: &HistoryConfig,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<HistoryRow>(cfg.queue);
-        let (max_age, max_rows) = (cfg.max_age, cfg.max_rows);
+        let (max_age, max_rows, audit_age) = (cfg.max_age, cfg.max_rows, cfg.audit_max_age);
         let unwritten = Arc::new(AtomicUsize::new(0));
         let written_back = unwritten.clone();
         let task = tokio::spawn(async move {
@@ -68,6 +68,13 @@ impl History {
                         match tokio::task::spawn_blocking(move || s.history_prune(cutoff, max_rows)).await {
                             Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "pruned login history"),
                             Ok(Err(e)) => tracing::error!(error = %e, "could not prune login history"),
+                            _ => {}
+                        }
+                        let cutoff = (crate::now_secs().saturating_sub(audit_age.as_secs())) * 1000;
+                        let s = store.clone();
+                        match tokio::task::spawn_blocking(move || s.audit_prune(cutoff)).await {
+                            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "pruned the audit trail"),
+                            Ok(Err(e)) => tracing::error!(error = %e, "could not prune the audit trail"),
                             _ => {}
                         }
                     }
@@ -168,8 +175,35 @@ pub const CSV_HEADER: &str =
 
 /// RFC 4180 CSV, one row per attempt, with a header line.
 pub fn to_csv(rows: &[HistoryRow], with_reason: bool) -> String {
-    // Cells starting with a formula character (OWASP's list: = + - @ tab CR) are prefixed so
-    // spreadsheets do not run them; the `csv` crate quotes what RFC 4180 needs quoted.
+    let header: Vec<&str> = CSV_HEADER.split(',').collect();
+    let o = |v: &Option<String>| v.clone().unwrap_or_default();
+    csv_table(
+        &header,
+        rows.iter().map(|r| {
+            vec![
+                format_ms(r.at_ms),
+                r.username.clone(),
+                o(&r.user_id),
+                r.source_ip.clone(),
+                r.dialect.clone(),
+                o(&r.api_version),
+                o(&r.client),
+                o(&r.tls),
+                r.outcome.clone(),
+                if with_reason {
+                    o(&r.reason)
+                } else {
+                    String::new()
+                },
+            ]
+        }),
+    )
+}
+
+/// RFC 4180 CSV (CRLF line ends) with a header line: the login history's and the audit
+/// trail's exports. Cells starting with a formula character (OWASP's list: = + - @ tab CR) are
+/// prefixed so spreadsheets do not run them; the `csv` crate quotes what RFC 4180 needs quoted.
+pub fn csv_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
     fn defuse(s: &str) -> std::borrow::Cow<'_, str> {
         if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
             format!("'{s}").into()
@@ -180,31 +214,10 @@ pub fn to_csv(rows: &[HistoryRow], with_reason: bool) -> String {
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
         .from_writer(Vec::new());
-    let header: Vec<&str> = CSV_HEADER.split(',').collect();
-    let empty = String::new();
-    let mut write = |cells: &[&str]| {
-        // Writing to memory fails only on a bug in the writer.
-        let _ = w.write_record(cells.iter().map(|c| defuse(c).into_owned()));
-    };
-    write(&header);
-    for r in rows {
-        let at = format_ms(r.at_ms);
-        write(&[
-            &at,
-            &r.username,
-            r.user_id.as_ref().unwrap_or(&empty),
-            &r.source_ip,
-            &r.dialect,
-            r.api_version.as_ref().unwrap_or(&empty),
-            r.client.as_ref().unwrap_or(&empty),
-            r.tls.as_ref().unwrap_or(&empty),
-            &r.outcome,
-            if with_reason {
-                r.reason.as_ref().unwrap_or(&empty)
-            } else {
-                &empty
-            },
-        ]);
+    // Writing to memory fails only on a bug in the writer.
+    let _ = w.write_record(header.iter().map(|c| defuse(c).into_owned()));
+    for row in rows {
+        let _ = w.write_record(row.iter().map(|c| defuse(c).into_owned()));
     }
     let bytes = w.into_inner().unwrap_or_default();
     String::from_utf8(bytes).unwrap_or_default()

@@ -201,85 +201,6 @@ password. Change your password and reset your token.</p>\
     (subject, text, html)
 }
 
-/// An account that a failed login just locked, for the email that tells its owner.
-#[derive(Debug)]
-pub struct LockNotice {
-    pub user: User,
-    /// When it locked (Unix seconds).
-    pub at: u64,
-    /// The address the failed login that locked it came from.
-    pub ip: std::net::IpAddr,
-    /// Locked until (Unix seconds); `u64::MAX`: until an administrator unlocks it.
-    pub until: u64,
-}
-
-/// Lock notices waiting to be sent at most; beyond, a notice is dropped with an error log.
-pub const LOCK_NOTICE_QUEUE: usize = 1000;
-
-/// Sends queued lock notices one at a time until the queue's senders are gone.
-pub async fn send_lock_notices(
-    mailer: Arc<Mailer>,
-    mut queue: tokio::sync::mpsc::Receiver<LockNotice>,
-) {
-    while let Some(n) = queue.recv().await {
-        match mailer.send_lock_notice(&n).await {
-            Ok(()) => tracing::info!(user = %n.user.username, "lock notice emailed"),
-            Err(MailError::NotConfigured) => {}
-            Err(e) => {
-                tracing::warn!(user = %n.user.username, error = %e, "lock notice could not be emailed")
-            }
-        }
-    }
-}
-
-fn render_lock(brand: &str, n: &LockNotice) -> (String, String, String) {
-    let name = if n.user.full_name.is_empty() {
-        &n.user.username
-    } else {
-        &n.user.full_name
-    };
-    let until = if n.until == u64::MAX {
-        "until an administrator unlocks it".to_owned()
-    } else {
-        format!("until {} (UTC)", rfc3339(n.until))
-    };
-    let subject = format!("Your {brand} account was locked");
-    let text = format!(
-        "Hello {name},\n\n\
-Your {brand} account {username} was locked at {when} (UTC) after too many failed logins; \
-the last one came from the address {ip}. It stays locked {until}.\n\n\
-While it is locked, nobody can log in with it, and sessions that were open have ended.\n\n\
-If the failed logins were yours (an integration with an old password or security token, \
-perhaps), correct them and log in again once the lock ends. If they were not yours, \
-someone may be guessing your password: tell your administrator, and change your password \
-once you can log in.\n\n\
--- {brand}\n",
-        username = n.user.username,
-        when = rfc3339(n.at),
-        ip = n.ip,
-    );
-    let e = |s: &str| quick_xml::escape::escape(s).into_owned();
-    let html = format!(
-        "<!DOCTYPE html><html><body style=\"font-family:sans-serif\">\
-<p>Hello {name},</p>\
-<p>Your {brand} account <strong>{username}</strong> was locked at {when} (UTC) after too many \
-failed logins; the last one came from the address {ip}. It stays locked {until}.</p>\
-<p>While it is locked, nobody can log in with it, and sessions that were open have ended.</p>\
-<p>If the failed logins were yours (an integration with an old password or security token, \
-perhaps), correct them and log in again once the lock ends. If they were not yours, someone \
-may be guessing your password: tell your administrator, and change your password once you \
-can log in.</p>\
-<p>-- {brand}</p></body></html>",
-        name = e(name),
-        brand = e(brand),
-        username = e(&n.user.username),
-        when = rfc3339(n.at),
-        ip = n.ip,
-        until = e(&until),
-    );
-    (subject, text, html)
-}
-
 enum Transport {
     None,
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
@@ -477,8 +398,35 @@ impl Mailer {
             return Ok(());
         }
         let brand = self.active().cfg.brand.clone();
-        self.send_to_user(&n.user, &|_| render_lock(&brand, n), false)
+        self.send_to_user(&n.user, &|_| notice::render_lock(&brand, n), false)
             .await
+    }
+
+    /// Tells a user their email address changed: first at the old address, then at the new
+    /// one (so the owner of the old mailbox hears of it even if the new one is an attacker's).
+    /// Both go out whatever happens to the other; the first failure is returned.
+    pub async fn send_email_change(&self, n: &EmailChange) -> Result<(), MailError> {
+        if n.user.loadtest {
+            return Ok(());
+        }
+        let brand = self.active().cfg.brand.clone();
+        let mut at_old = n.user.clone();
+        at_old.email = n.old.clone();
+        let old = self
+            .send_to_user(
+                &at_old,
+                &|_| notice::render_email_change(&brand, n, true),
+                false,
+            )
+            .await;
+        let new = self
+            .send_to_user(
+                &n.user,
+                &|_| notice::render_email_change(&brand, n, false),
+                false,
+            )
+            .await;
+        old.and(new)
     }
 
     /// Sends one message to `user`, then its compliance copy when the setting is on.
@@ -636,6 +584,9 @@ impl Mailer {
         self.active().cfg.compliance_retry_interval
     }
 }
+
+mod notice;
+pub use notice::{EmailChange, LOCK_NOTICE_QUEUE, LockNotice, send_lock_notices};
 
 #[cfg(test)]
 mod tests;

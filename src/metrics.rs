@@ -53,6 +53,8 @@ pub struct Metrics {
     upstream: Vec<Counter>,
     upstream_duration: Histogram,
     tls_handshake_failures: Counter,
+    /// Records appended to the audit trail by this process (`audit::Audit` holds a clone).
+    pub audit_records: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +168,11 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
         );
+        let audit_records = counter(
+            &mut r,
+            "audit_records",
+            "Records this process appended to the audit trail",
+        );
         Self {
             registry: r,
             logins,
@@ -180,6 +187,7 @@ impl Metrics {
             upstream,
             upstream_duration,
             tls_handshake_failures,
+            audit_records,
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::{Admin, Users};
+use crate::audit::Audit;
 use crate::auth::session::Sessions;
 use crate::config::Backend;
 use crate::config::Config;
@@ -97,22 +98,27 @@ impl DataDir {
             a.password_policy.clone(),
             cfg.allow_synthetic_users,
         ));
+        let audit = Arc::new(Audit::new(store.clone(), metrics.audit_records.clone()));
         let mailer = Arc::new(Mailer::new(&cfg.mail, store.clone(), metrics)?);
-        let tokens = Arc::new(Tokens::new(
-            store.clone(),
-            secrets.clone(),
-            mailer.clone(),
-            sessions,
-            cfg.tokens.clone(),
-            a.token_length,
-            a.password_policy.clone(),
-        ));
+        let tokens = Arc::new(
+            Tokens::new(
+                store.clone(),
+                secrets.clone(),
+                mailer.clone(),
+                sessions,
+                cfg.tokens.clone(),
+                a.token_length,
+                a.password_policy.clone(),
+            )
+            .audited(audit.clone()),
+        );
         Ok(Services {
             store,
             secrets,
             users,
             tokens,
             mailer,
+            audit,
         })
     }
 }
@@ -124,6 +130,7 @@ pub struct Services {
     pub users: Arc<Users>,
     pub tokens: Arc<Tokens>,
     pub mailer: Arc<Mailer>,
+    pub audit: Arc<Audit>,
 }
 
 impl Services {
@@ -133,6 +140,7 @@ impl Services {
             users: self.users.clone(),
             tokens: self.tokens.clone(),
             store: self.store.clone(),
+            audit: self.audit.clone(),
         }
     }
 }

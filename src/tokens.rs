@@ -85,6 +85,8 @@ pub struct Tokens {
     token_length: usize,
     policy: PasswordPolicy,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Where scheduled rotations are recorded (actor `system`).
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl Tokens {
@@ -108,7 +110,14 @@ impl Tokens {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            audit: None,
         }
+    }
+
+    /// Records scheduled rotations in `audit`.
+    pub fn audited(mut self, audit: Arc<crate::audit::Audit>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     pub fn mailer(&self) -> &Arc<Mailer> {
@@ -363,7 +372,22 @@ impl Tokens {
         let mut done = 0;
         for u in due {
             match self.rotate(&u.id, TokenReason::Scheduled).await {
-                Ok(_) => done += 1,
+                Ok(r) => {
+                    done += 1;
+                    if let Some(audit) = &self.audit {
+                        let at = |t: u64| Some(t.to_string());
+                        audit.record(crate::audit::Entry {
+                            actor: crate::audit::Actor::system(),
+                            action: "user.token_rotation",
+                            target: u.username.clone(),
+                            changes: vec![crate::audit::Change {
+                                field: "token_reset_at".into(),
+                                before: at(u.token_reset_at),
+                                after: at(r.user.token_reset_at),
+                            }],
+                        });
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(user = %u.username, error = %e, "scheduled rotation failed; will retry")
                 }

@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{self, Actor, Audit, Entry};
 use crate::auth::session::Sessions;
 use crate::config::PasswordPolicy;
 use crate::domain::canonical_username;
-use crate::mail::{MailError, TokenMail, TokenReason};
+use crate::mail::{ComplianceBcc, EmailChange, MailError, TokenMail, TokenReason};
 use crate::secret::{SecretError, Secrets};
 use crate::store::{Store, StoreError, User};
 use crate::tokens::{TokenError, Tokens};
@@ -50,6 +51,9 @@ pub enum AdminError {
     Range(String),
     #[error("{0}")]
     Synthetic(&'static str),
+    /// A request that cannot be carried out as asked (nothing to change, ...).
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 /// What admins see of a user: never a hash, never a token.
@@ -70,6 +74,9 @@ pub struct UserView {
     pub locked_until: Option<u64>,
     pub login_ranges: Vec<String>,
     pub loadtest: bool,
+    /// Logs in through the APIs only, never to the console.
+    #[serde(default)]
+    pub api_only: bool,
 }
 
 impl From<&User> for UserView {
@@ -92,6 +99,7 @@ impl From<&User> for UserView {
                 .filter(|_| u.lockout.is_locked(crate::now_secs())),
             login_ranges: u.login_ranges.iter().map(ToString::to_string).collect(),
             loadtest: u.loadtest,
+            api_only: u.api_only,
         }
     }
 }
@@ -110,6 +118,28 @@ pub struct NewUser {
     /// travels in an HTTP response.
     #[serde(default)]
     pub token: Option<String>,
+    /// An integration's account: APIs only, no console.
+    #[serde(default)]
+    pub api_only: bool,
+}
+
+/// Profile fields an admin may change (`tokengate user set`, `PATCH
+/// /tokengate/v1/admin/users/{username}`, the console's user page); `None`: unchanged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserChanges {
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub full_name: Option<String>,
+    #[serde(default)]
+    pub api_only: Option<bool>,
+}
+
+impl UserChanges {
+    pub fn is_empty(&self) -> bool {
+        self.email.is_none() && self.full_name.is_none() && self.api_only.is_none()
+    }
 }
 
 fn validate_username(name: &str) -> Result<String, AdminError> {
@@ -132,6 +162,16 @@ fn validate_username(name: &str) -> Result<String, AdminError> {
         ));
     }
     Ok(c)
+}
+
+/// A display name: at most 120 characters, no control characters; trimmed.
+fn validate_full_name(name: &str) -> Result<String, AdminError> {
+    if name.chars().count() > 120 || name.chars().any(char::is_control) {
+        return Err(AdminError::FullName(
+            "at most 120 characters, no control characters",
+        ));
+    }
+    Ok(name.trim().to_owned())
 }
 
 /// An email address as lettre (RFC 5321/5322) accepts it.
@@ -177,6 +217,12 @@ impl Users {
         }
     }
 
+    /// `[loadtest] allow_synthetic_users` in force.
+    pub fn allow_synthetic(&self) -> bool {
+        self.allow_synthetic
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Applies a reloaded `[loadtest] allow_synthetic_users`.
     pub fn set_allow_synthetic(&self, allow: bool) {
         self.allow_synthetic
@@ -206,11 +252,7 @@ impl Users {
     pub fn add(&self, new: NewUser) -> Result<(UserView, String), AdminError> {
         let username = validate_username(&new.username)?;
         let email = validate_email(&new.email)?;
-        if new.full_name.chars().count() > 120 || new.full_name.chars().any(char::is_control) {
-            return Err(AdminError::FullName(
-                "at most 120 characters, no control characters",
-            ));
-        }
+        let full_name = validate_full_name(&new.full_name)?;
         self.policy
             .check(&new.password)
             .map_err(AdminError::Password)?;
@@ -247,9 +289,10 @@ impl Users {
             token.len(),
             now,
         );
-        user.full_name = new.full_name.trim().to_owned();
+        user.full_name = full_name;
         user.admin = new.admin;
         user.loadtest = new.loadtest;
+        user.api_only = new.api_only;
         self.store.create_user(&user)?;
         self.store.flush()?;
         Ok(((&user).into(), token))
@@ -304,6 +347,42 @@ impl Users {
         let user = self.store.update_user(&user.id, &mut |u| u.admin = admin)?;
         self.store.flush()?;
         Ok((&user).into())
+    }
+
+    /// Changes profile fields. Returns the new view and, when the email address changed, the
+    /// record and the old address (the caller tells both addresses). A new address ends
+    /// cached verifications (a token reset after it must not race a cached one); becoming
+    /// API only ends the user's console sessions on their next use.
+    pub fn update(
+        &self,
+        username: &str,
+        changes: &UserChanges,
+    ) -> Result<(UserView, Option<(User, String)>), AdminError> {
+        let email = changes.email.as_deref().map(validate_email).transpose()?;
+        let full_name = changes
+            .full_name
+            .as_deref()
+            .map(validate_full_name)
+            .transpose()?;
+        let user = self.find(username)?;
+        let old_email = user.email.clone();
+        let user = self.store.update_user(&user.id, &mut |u| {
+            if let Some(e) = &email
+                && *e != u.email
+            {
+                u.email = e.clone();
+                u.epoch += 1;
+            }
+            if let Some(n) = &full_name {
+                u.full_name = n.clone();
+            }
+            if let Some(a) = changes.api_only {
+                u.api_only = a;
+            }
+        })?;
+        self.store.flush()?;
+        let moved = (user.email != old_email).then(|| (user.clone(), old_email));
+        Ok(((&user).into(), moved))
     }
 
     /// Clears a lockout (and the failure count).
@@ -362,12 +441,14 @@ impl Users {
     }
 }
 
-/// Every admin operation behind one async entry point: the admin socket and the CLI's direct
-/// mode call this, the HTTP admin API calls the same `Users` and `Tokens` methods.
+/// Every admin operation behind one async entry point, [`Admin::perform`]: the admin socket,
+/// the CLI's direct mode, the HTTP admin API and the console all call it, so every change is
+/// made — and recorded in the audit trail — in one place.
 pub struct Admin {
     pub users: Arc<Users>,
     pub tokens: Arc<Tokens>,
     pub store: Arc<dyn Store>,
+    pub audit: Arc<Audit>,
 }
 
 /// A synchronous user operation, run on the blocking pool (it may hash a password).
@@ -381,7 +462,160 @@ pub(crate) fn user_answer(user: UserView) -> Answer {
     }
 }
 
+/// What an audited request changes, to compare before and after.
+enum Subject {
+    User(String),
+    Compliance,
+    File(String),
+}
+
+impl Subject {
+    fn name(&self) -> String {
+        match self {
+            Self::User(u) => u.clone(),
+            Self::Compliance => "compliance_bcc".into(),
+            Self::File(p) => p.clone(),
+        }
+    }
+}
+
+impl Request {
+    /// The audit action and subject of a request that changes something; `None` for reads.
+    fn audited(&self) -> Option<(&'static str, Subject)> {
+        let user = |u: &str| Subject::User(canonical_username(u));
+        Some(match self {
+            Self::UserAdd(n) => ("user.create", user(&n.username)),
+            Self::UserDelete { username } => ("user.delete", user(username)),
+            Self::UserSetDisabled { username, disabled } => (
+                if *disabled {
+                    "user.disable"
+                } else {
+                    "user.enable"
+                },
+                user(username),
+            ),
+            Self::UserUnlock { username } => ("user.unlock", user(username)),
+            Self::UserSetAdmin { username, admin } => (
+                if *admin {
+                    "user.admin.grant"
+                } else {
+                    "user.admin.revoke"
+                },
+                user(username),
+            ),
+            Self::UserSet { username, .. } => ("user.update", user(username)),
+            Self::UserPasswd { username, .. } => ("user.password", user(username)),
+            Self::UserSetRotation { username, .. } => ("user.rotation", user(username)),
+            Self::UserSetLoginRanges { username, .. } => ("user.login_ranges", user(username)),
+            Self::TokenReset { username } => ("user.token_reset", user(username)),
+            Self::ComplianceSet { .. } => ("compliance_bcc.set", Subject::Compliance),
+            Self::Backup { path } => ("backup", Subject::File(path.clone())),
+            Self::UserList
+            | Self::UserShow { .. }
+            | Self::History { .. }
+            | Self::ComplianceGet
+            | Self::Audit { .. }
+            | Self::AuditVerify => return None,
+        })
+    }
+}
+
 impl Admin {
+    /// Runs one admin request for `actor`; a change that succeeds is recorded in the audit
+    /// trail with what it changed (the subject's fields before and after; never a secret).
+    pub async fn perform(&self, actor: &Actor, req: Request) -> Result<Answer, AdminError> {
+        let audited = req.audited();
+        let before = match &audited {
+            Some((_, s)) => self.snapshot(s)?,
+            None => None,
+        };
+        let answer = self.run(actor, req).await?;
+        if let Some((action, subject)) = audited {
+            let after = match &subject {
+                Subject::File(p) => Some(serde_json::json!({ "path": p })),
+                s => self.snapshot(s).unwrap_or(None),
+            };
+            let mut changes = audit::diff(before.as_ref(), after.as_ref());
+            // Secrets are never compared, but that they changed is what the record is for
+            // (the timestamps that say so have a resolution of a second).
+            match (&answer, action) {
+                (Answer::Rotated { masked_email, .. }, _) => changes.push(audit::Change {
+                    field: "token".into(),
+                    before: None,
+                    after: Some(format!("emailed to {masked_email}")),
+                }),
+                (_, "user.password") => changes.push(audit::Change {
+                    field: "password".into(),
+                    before: None,
+                    after: Some("changed".into()),
+                }),
+                _ => {}
+            }
+            self.audit.record(Entry {
+                actor: actor.clone(),
+                action,
+                target: subject.name(),
+                changes,
+            });
+        }
+        Ok(answer)
+    }
+
+    /// [`Self::perform`], with the error as an answer (the admin socket's protocol).
+    pub async fn execute(&self, actor: &Actor, req: Request) -> Answer {
+        self.perform(actor, req)
+            .await
+            .unwrap_or_else(|e| Answer::Error {
+                message: e.to_string(),
+            })
+    }
+
+    /// The subject as the audit trail compares it.
+    fn snapshot(&self, subject: &Subject) -> Result<Option<serde_json::Value>, AdminError> {
+        Ok(match subject {
+            Subject::User(name) => self.store.user_by_name(name)?.map(|u| {
+                let mut v = serde_json::to_value(UserView::from(u.as_ref())).expect("serialises");
+                // Derived from the time of asking, not a change anyone made.
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("locked_until");
+                    o.insert(
+                        "locked".into(),
+                        u.lockout.is_locked(crate::now_secs()).into(),
+                    );
+                }
+                v
+            }),
+            Subject::Compliance => Some(
+                serde_json::to_value(ComplianceBcc::load(self.store.as_ref())?)
+                    .expect("serialises"),
+            ),
+            Subject::File(_) => None,
+        })
+    }
+
+    /// Tells the old and then the new address that a user's email address changed; a note
+    /// for the admin when either could not be sent.
+    async fn tell_email_change(&self, actor: &Actor, user: User, old: String) -> Option<String> {
+        if !self.tokens.mailer().is_configured() {
+            return Some("mail is not configured: neither address was told of the change".into());
+        }
+        let notice = EmailChange {
+            user,
+            old,
+            by: actor.name.clone(),
+            at: crate::now_secs(),
+        };
+        match self.tokens.mailer().send_email_change(&notice).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(user = %notice.user.username, error = %e, "email change notice not sent");
+                Some(format!(
+                    "the change notice could not be emailed to both addresses ({e})"
+                ))
+            }
+        }
+    }
+
     /// Creates a user and, when mail is configured, emails the token (reason: account created).
     pub async fn add_user(
         &self,
@@ -413,6 +647,20 @@ impl Admin {
         }
         Ok((view, token, note))
     }
+}
+
+/// The name of local account `uid` (the CLI's actor in the audit trail), or `uid:N` when it
+/// has none.
+pub fn local_account(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => format!("uid:{uid}"),
+    }
+}
+
+/// The CLI's actor when it opens the store itself: the account running it.
+pub fn this_account() -> Actor {
+    Actor::cli(&local_account(nix::unistd::getuid().as_raw()))
 }
 
 /// "192.0.2.0/24,2001:db8::/32" (bare addresses are single hosts), or "none".

@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{Admin, AdminError, BlockingOp, NewUser, UserView, parse_ranges, user_answer};
+use super::{
+    Admin, AdminError, BlockingOp, NewUser, UserChanges, UserView, local_account, parse_ranges,
+    user_answer,
+};
+use crate::audit::Actor;
 #[allow(unused_imports)]
 use crate::mail::{ComplianceBcc, MailError, TokenMail, TokenReason};
 #[allow(unused_imports)]
@@ -68,6 +72,19 @@ pub enum Request {
         disable: bool,
         redact: Option<bool>,
     },
+    UserSetAdmin {
+        username: String,
+        admin: bool,
+    },
+    /// Email address, full name, API only.
+    UserSet {
+        username: String,
+        changes: UserChanges,
+    },
+    Audit {
+        filter: crate::audit::Filter,
+    },
+    AuditVerify,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -97,19 +114,24 @@ pub enum Answer {
     Done {
         message: String,
     },
+    Audit {
+        records: Vec<crate::audit::Record>,
+    },
+    Verified {
+        verified: crate::audit::Verified,
+    },
+    /// `audit verify` found the chain broken at record `seq`.
+    AuditBroken {
+        seq: u64,
+        reason: String,
+    },
     Error {
         message: String,
     },
 }
 
 impl Admin {
-    pub async fn execute(&self, req: Request) -> Answer {
-        self.run(req).await.unwrap_or_else(|e| Answer::Error {
-            message: e.to_string(),
-        })
-    }
-
-    async fn run(&self, req: Request) -> Result<Answer, AdminError> {
+    pub(super) async fn run(&self, actor: &Actor, req: Request) -> Result<Answer, AdminError> {
         let users = self.users.clone();
         let blocking = |f: BlockingOp| async move {
             tokio::task::spawn_blocking(move || f(&users))
@@ -189,6 +211,55 @@ impl Admin {
                     Ok(Answer::Users { users: Vec::new() })
                 }))
                 .await
+            }
+            Request::UserSetAdmin { username, admin } => {
+                blocking(Box::new(move |u| {
+                    Ok(user_answer(u.set_admin(&username, admin)?))
+                }))
+                .await
+            }
+            Request::UserSet { username, changes } => {
+                if changes.is_empty() {
+                    return Err(AdminError::Invalid(
+                        "nothing to change: give an email address, a full name or api-only",
+                    ));
+                }
+                let (user, moved) = {
+                    let users = self.users.clone();
+                    tokio::task::spawn_blocking(move || users.update(&username, &changes))
+                        .await
+                        .map_err(|_| AdminError::Remote("the user could not be changed".into()))??
+                };
+                let note = match moved {
+                    Some((record, old)) => self.tell_email_change(actor, record, old).await,
+                    None => None,
+                };
+                Ok(Answer::User {
+                    user,
+                    token: None,
+                    note,
+                })
+            }
+            Request::Audit { filter } => {
+                let audit = self.audit.clone();
+                let records = tokio::task::spawn_blocking(move || audit.query(&filter))
+                    .await
+                    .map_err(|_| AdminError::Remote("the audit query failed".into()))??;
+                Ok(Answer::Audit { records })
+            }
+            Request::AuditVerify => {
+                let store = self.store.clone();
+                let verified =
+                    tokio::task::spawn_blocking(move || crate::audit::verify(store.as_ref()))
+                        .await
+                        .map_err(|_| AdminError::Remote("the audit check failed".into()))?;
+                match verified {
+                    Ok(verified) => Ok(Answer::Verified { verified }),
+                    Err(crate::audit::AuditError::Broken { seq, reason }) => {
+                        Ok(Answer::AuditBroken { seq, reason })
+                    }
+                    Err(crate::audit::AuditError::Store(e)) => Err(e.into()),
+                }
             }
             Request::UserUnlock { username } => {
                 blocking(Box::new(move |u| Ok(user_answer(u.unlock(&username)?)))).await
@@ -281,12 +352,18 @@ pub fn serve_socket(
 }
 
 async fn handle(stream: UnixStream, admin: Arc<Admin>) {
+    // The audit trail names the local account on the other end, as the kernel reports it
+    // (SO_PEERCRED), not as the client claims.
+    let actor = match stream.peer_cred() {
+        Ok(c) => Actor::cli(&local_account(c.uid())),
+        Err(_) => Actor::cli("unknown"),
+    };
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r).take(MAX_REQUEST_BYTES as u64);
     let answer = match reader.read_line(&mut line).await {
         Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(req) => admin.execute(req).await,
+            Ok(req) => admin.execute(&actor, req).await,
             Err(e) => Answer::Error {
                 message: format!("bad admin request: {e}"),
             },

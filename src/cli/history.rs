@@ -7,7 +7,7 @@ use tokengate::admin::{Answer, Request};
 
 use super::output::{print_answer, print_history};
 use super::users::admin_call;
-use super::{CliError, HistoryArgs, load_config};
+use super::{AuditArgs, AuditCommand, CliError, Format, HistoryArgs, load_config};
 
 /// Prints the login history the filters select, newest first.
 pub(super) async fn history(config: Option<&Path>, args: HistoryArgs) -> Result<(), CliError> {
@@ -23,4 +23,75 @@ pub(super) async fn history(config: Option<&Path>, args: HistoryArgs) -> Result<
         Answer::History { rows } => print_history(&rows, args.format),
         other => print_answer(other, false, false),
     }
+}
+
+/// `tokengate audit`: prints the records the filters select, newest first; `audit verify`
+/// checks the chain and fails when it is broken.
+pub(super) async fn audit(config: Option<&Path>, args: AuditArgs) -> Result<(), CliError> {
+    let cfg = load_config(config)?;
+    if let Some(AuditCommand::Verify) = args.verify {
+        return match admin_call(&cfg, Request::AuditVerify).await? {
+            Answer::Verified { verified } => {
+                match (verified.first_seq, verified.last_seq) {
+                    (Some(a), Some(b)) => println!(
+                        "audit trail intact: {} records ({a} to {b}{})",
+                        verified.records,
+                        if verified.anchored {
+                            "; older records removed by retention"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => println!("audit trail intact: no records"),
+                }
+                Ok(())
+            }
+            Answer::AuditBroken { seq, reason } => Err(CliError::from(format!(
+                "the audit trail is broken at record {seq}: {reason}"
+            ))),
+            other => print_answer(other, false, false),
+        };
+    }
+    let since_ms = match args.since.as_deref() {
+        None => None,
+        Some(s) => Some(tokengate::history::parse_since(s).ok_or(
+            "--since must be an RFC 3339 time (2026-01-31T00:00:00Z) or a duration (24h, 7d)",
+        )?),
+    };
+    let filter = tokengate::audit::Filter {
+        since_ms,
+        actor: args.actor,
+        target: args
+            .target
+            .as_deref()
+            .map(tokengate::domain::canonical_username),
+        limit: args.limit.clamp(1, 1_000_000),
+    };
+    let records = match admin_call(&cfg, Request::Audit { filter }).await? {
+        Answer::Audit { records } => records,
+        other => return print_answer(other, false, false),
+    };
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+        Format::Csv => print!("{}", tokengate::audit::to_csv(&records)),
+        Format::Table => {
+            println!(
+                "{:<6} {:<24} {:<20} {:<8} {:<20} {:<24} CHANGES",
+                "SEQ", "TIME", "ACTOR", "CHANNEL", "ACTION", "TARGET"
+            );
+            for r in &records {
+                println!(
+                    "{:<6} {:<24} {:<20} {:<8} {:<20} {:<24} {}",
+                    r.seq,
+                    tokengate::history::format_ms(r.at_ms),
+                    r.actor,
+                    r.channel.as_str(),
+                    r.action,
+                    r.target,
+                    r.describe_changes()
+                );
+            }
+        }
+    }
+    Ok(())
 }

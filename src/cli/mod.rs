@@ -102,6 +102,9 @@ enum Command {
     Settings(SettingsCommand),
     /// Show the login history, newest first.
     History(HistoryArgs),
+    /// Show the audit trail of administrative changes, newest first; `audit verify` checks
+    /// its hash chain.
+    Audit(AuditArgs),
     /// Load-test a running tokengate (only ever the target you name).
     #[command(subcommand)]
     Loadtest(LoadtestCommand),
@@ -202,6 +205,33 @@ struct HistoryArgs {
     format: Format,
 }
 
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AuditArgs {
+    #[command(subcommand)]
+    verify: Option<AuditCommand>,
+    /// Only records since this time (RFC 3339) or this long ago ("24h", "7d").
+    #[arg(long)]
+    since: Option<String>,
+    /// Only changes by this actor (an admin's username, "cli:root", "system").
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only changes to this target (a username, "compliance_bcc", ...).
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every record's hash and link; name the first record where the chain breaks
+    /// (exit status 1).
+    Verify,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Format {
     Table,
@@ -252,6 +282,9 @@ enum UserCommand {
         full_name: String,
         #[arg(long)]
         admin: bool,
+        /// An integration's account: logs in through the APIs only, never to the console.
+        #[arg(long)]
+        api_only: bool,
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
@@ -259,6 +292,17 @@ enum UserCommand {
         #[arg(long)]
         show_token: bool,
     },
+    /// Delete a user and end the user's sessions (asks first on a terminal).
+    Delete {
+        username: String,
+        /// Do not ask (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Make a user an administrator.
+    GrantAdmin { username: String },
+    /// Take the administrator role from a user.
+    RevokeAdmin { username: String },
     /// List users.
     List {
         #[arg(long)]
@@ -275,9 +319,18 @@ enum UserCommand {
     /// Enable a disabled user.
     Enable { username: String },
     /// Change a user's settings.
-    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["rotate_every", "login_ranges"])))]
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["rotate_every", "login_ranges", "email", "full_name", "api_only"])))]
     Set {
         username: String,
+        /// A new email address: the old and the new address are both told.
+        #[arg(long)]
+        email: Option<String>,
+        /// A new full name.
+        #[arg(long)]
+        full_name: Option<String>,
+        /// API only (no console sign-in): true or false.
+        #[arg(long)]
+        api_only: Option<bool>,
         /// Rotate the token on a schedule ("24h", "7d") or "off".
         #[arg(long)]
         rotate_every: Option<String>,
@@ -351,6 +404,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve => serve::serve(cli.config.as_deref(), cli.log_format).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::History(args) => history::history(cli.config.as_deref(), args).await,
+        Command::Audit(args) => history::audit(cli.config.as_deref(), args).await,
         Command::Loadtest(cmd) => loadtest::loadtest(cmd).await,
         Command::Backup { file } => {
             let cfg = load_config(cli.config.as_deref())?;
@@ -383,6 +437,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
             let store = tokengate::services::DataDir::open(&cfg)?.store;
             let n = tokengate::backup::restore(store.as_ref(), &file)?;
+            // Recorded in the restored trail, after its own records.
+            tokengate::audit::Audit::new(store.clone(), Default::default()).record(
+                tokengate::audit::Entry {
+                    actor: admin::this_account(),
+                    action: "restore",
+                    target: file.display().to_string(),
+                    changes: vec![tokengate::audit::Change {
+                        field: "records".into(),
+                        before: None,
+                        after: Some(n.to_string()),
+                    }],
+                },
+            );
+            store.flush()?;
             println!(
                 "restored {n} records from {} into {}",
                 file.display(),

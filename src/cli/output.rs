@@ -23,6 +23,7 @@ fn print_user(u: &UserView, json: bool) {
     println!("full name:         {}", u.full_name);
     println!("admin:             {}", u.admin);
     println!("disabled:          {}", u.disabled);
+    println!("API only:          {}", u.api_only);
     if u.loadtest {
         println!("synthetic:         yes (a load-test user: its token was never emailed)");
     }
@@ -85,6 +86,17 @@ pub(super) fn print_history(
 pub(super) fn print_answer(answer: Answer, json: bool, show_token: bool) -> Result<(), CliError> {
     match answer {
         Answer::Error { message } => Err(message.into()),
+        Answer::Audit { records } => {
+            println!("{}", serde_json::to_string_pretty(&records)?);
+            Ok(())
+        }
+        Answer::Verified { verified } => {
+            println!("audit trail intact: {} records", verified.records);
+            Ok(())
+        }
+        Answer::AuditBroken { seq, reason } => {
+            Err(format!("the audit trail is broken at record {seq}: {reason}").into())
+        }
         Answer::History { rows } => print_history(&rows, Format::Table),
         Answer::Done { message } => {
             println!("{message}");

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead as _, IsTerminal as _};
 
-use tokengate::admin::{self, Answer, NewUser, Request};
+use tokengate::admin::{self, Answer, NewUser, Request, UserChanges};
 use tokengate::config::Config;
 use tokengate::services::ServicesError;
 
@@ -33,6 +33,17 @@ fn read_password(from_stdin: bool) -> Result<String, CliError> {
     Ok(pw)
 }
 
+/// Asks a yes/no question on the terminal; no terminal: no.
+fn confirm(question: &str) -> Result<bool, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err("standard input is not a terminal: pass --yes to confirm".into());
+    }
+    eprint!("{question} [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
 /// Runs an admin request through the running server's socket, or directly on the store when
 /// no server runs on this data directory.
 pub(super) async fn admin_call(cfg: &Config, req: Request) -> Result<Answer, CliError> {
@@ -45,7 +56,7 @@ pub(super) async fn admin_call(cfg: &Config, req: Request) -> Result<Answer, Cli
         ),
         other => other.to_string(),
     })?;
-    let answer = admin.execute(req).await;
+    let answer = admin.execute(&admin::this_account(), req).await;
     admin.store.flush()?;
     Ok(answer)
 }
@@ -58,6 +69,7 @@ pub(super) async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), C
             email,
             full_name,
             admin,
+            api_only,
             password_stdin,
             show_token,
         } => {
@@ -69,6 +81,7 @@ pub(super) async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), C
                     full_name,
                     admin,
                     password,
+                    api_only,
                     ..Default::default()
                 }),
                 false,
@@ -93,13 +106,65 @@ pub(super) async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), C
             false,
             false,
         ),
+        UserCommand::Delete { username, yes } => {
+            if !yes && !confirm(&format!("Delete user {username} and end its sessions?"))? {
+                return Err("not deleted".into());
+            }
+            match admin_call(
+                cfg,
+                Request::UserDelete {
+                    username: username.clone(),
+                },
+            )
+            .await?
+            {
+                Answer::Users { .. } => {
+                    println!("deleted {username}");
+                    return Ok(());
+                }
+                other => return print_answer(other, false, false),
+            }
+        }
+        UserCommand::GrantAdmin { username } => (
+            Request::UserSetAdmin {
+                username,
+                admin: true,
+            },
+            false,
+            false,
+        ),
+        UserCommand::RevokeAdmin { username } => (
+            Request::UserSetAdmin {
+                username,
+                admin: false,
+            },
+            false,
+            false,
+        ),
         UserCommand::Set {
             username,
+            email,
+            full_name,
+            api_only,
             rotate_every,
             login_ranges,
         } => {
             let mut last = None;
-            if let Some(every) = rotate_every {
+            let changes = UserChanges {
+                email,
+                full_name,
+                api_only,
+            };
+            if !changes.is_empty() {
+                let req = Request::UserSet {
+                    username: username.clone(),
+                    changes,
+                };
+                last = Some(admin_call(cfg, req).await?);
+            }
+            if let Some(every) = rotate_every
+                && !matches!(last, Some(Answer::Error { .. }))
+            {
                 let req = Request::UserSetRotation {
                     username: username.clone(),
                     every,

@@ -411,6 +411,9 @@ pub struct History {
     pub max_rows: usize,
     /// Bound of the queue between logins and the history writer.
     pub queue: usize,
+    /// How long audit trail records are kept.
+    #[serde(with = "humantime_serde")]
+    pub audit_max_age: Duration,
 }
 
 impl Default for History {
@@ -419,6 +422,7 @@ impl Default for History {
             max_age: Duration::from_secs(90 * 86_400),
             max_rows: 1_000_000,
             queue: 10_000,
+            audit_max_age: Duration::from_secs(365 * 86_400),
         }
     }
 }

@@ -97,6 +97,8 @@ pub struct HistoryConfig {
     pub max_age: Duration,
     pub max_rows: usize,
     pub queue: usize,
+    /// Audit trail retention (pruned on the same pass as the login history).
+    pub audit_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]

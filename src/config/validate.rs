@@ -548,6 +548,7 @@ pub(super) fn history(h: &file::History) -> Result<HistoryConfig, ConfigError> {
         max_age: nonzero("history.max_age", h.max_age)?,
         max_rows: bounded("history.max_rows", h.max_rows, 1, 1_000_000_000)?,
         queue: bounded("history.queue", h.queue, 1, 10_000_000)?,
+        audit_max_age: nonzero("history.audit_max_age", h.audit_max_age)?,
     })
 }
 

@@ -13,10 +13,11 @@ use super::caller::{self, Caller, Credential, Login, Proof};
 use super::handlers::header_str;
 use super::refusal::{Dialect as As, Refusal};
 use super::{App, Client, ReqBody, read};
-use crate::admin::{NewUser, UserView};
+use crate::admin::{Answer as AdminAnswer, NewUser, Request as AdminRequest, UserChanges};
+use crate::audit::{Actor, Channel};
 use crate::auth::Attempt;
 use crate::domain::Dialect;
-use crate::mail::{ComplianceBcc, MailError, TokenReason};
+use crate::mail::TokenReason;
 use crate::wire::{Body, JSON, respond};
 
 /// What an API handler ends in: an answer, or a refusal rendered in the API's dialect.
@@ -53,6 +54,9 @@ pub(crate) fn parse_bodies(data: &[u8]) -> Vec<String> {
     one::<NewUserBody>(data, &mut out);
     one::<RangesBody>(data, &mut out);
     one::<ComplianceBody>(data, &mut out);
+    one::<UserChanges>(data, &mut out);
+    one::<AdminBody>(data, &mut out);
+    one::<RotationBody>(data, &mut out);
     out
 }
 
@@ -231,6 +235,8 @@ struct NewUserBody {
     loadtest: bool,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    api_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -277,26 +283,25 @@ fn yes() -> bool {
     true
 }
 
-/// The admin API: for callers who are admins.
+/// The admin API: for callers who are admins. Every change goes through
+/// [`crate::admin::Admin::perform`], which records it in the audit trail.
 async fn admin(app: Arc<App>, req: Request<ReqBody>, peer: Client, path: &[&str]) -> Answer {
     let who = caller(&app, &req, peer).await?;
-    if !who.user(&app)?.admin {
+    let me = who.user(&app)?;
+    if !me.admin {
         return Err(Refusal::Forbidden {
             code: "forbidden",
             message: "this endpoint is for administrators".into(),
         });
     }
+    let actor = Actor::admin(&me.username, peer.ip, Channel::Api);
     let method = req.method().clone();
-    let user_answer = |status, u: UserView| json(status, &serde_json::json!({ "user": u }));
-    match (path, method) {
-        (["users"], Method::GET) => {
-            let users = app.users.clone();
-            let list = blocking(move || users.list()).await?;
-            Ok(json(StatusCode::OK, &serde_json::json!({ "users": list })))
-        }
+    let name = |n: &str| n.to_owned();
+    let op = match (path, method) {
+        (["users"], Method::GET) => AdminRequest::UserList,
         (["users"], Method::POST) => {
             let b: NewUserBody = read::json(&app, req).await?;
-            let new = NewUser {
+            AdminRequest::UserAdd(NewUser {
                 username: b.username,
                 email: b.email,
                 full_name: b.full_name,
@@ -304,84 +309,195 @@ async fn admin(app: Arc<App>, req: Request<ReqBody>, peer: Client, path: &[&str]
                 password: b.password,
                 loadtest: b.loadtest,
                 token: b.token,
-            };
-            // The token is never returned over HTTP: it is emailed (when mail is configured).
-            let (user, _token, note) = app.admin.add_user(new).await?;
-            Ok(json(
-                StatusCode::CREATED,
-                &serde_json::json!({ "user": user, "note": note }),
-            ))
+                api_only: b.api_only,
+            })
         }
-        (["users"], _) => Err(method_not_allowed("GET, POST")),
-        (["users", name], Method::DELETE) => {
-            let (users, name) = (app.users.clone(), name.to_string());
-            blocking(move || users.delete(&name)).await?;
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({ "status": "deleted" }),
-            ))
+        (["users"], _) => return Err(method_not_allowed("GET, POST")),
+        (["users", n], Method::GET) => AdminRequest::UserShow { username: name(n) },
+        (["users", n], Method::DELETE) => AdminRequest::UserDelete { username: name(n) },
+        (["users", n], Method::PATCH) => {
+            let changes: UserChanges = read::json(&app, req).await?;
+            AdminRequest::UserSet {
+                username: name(n),
+                changes,
+            }
         }
-        (["users", name], Method::GET) => Ok(user_answer(StatusCode::OK, app.users.show(name)?)),
-        (["users", name, "token", "reset"], Method::POST) => {
-            let user = app.tokens.find(name)?;
-            let r = app
-                .tokens
-                .rotate(&user.id, TokenReason::AdminRotation)
-                .await?;
-            Ok(json(
-                StatusCode::ACCEPTED,
-                &serde_json::json!({
-                    "status": "accepted",
-                    "message": format!("A new security token was emailed to {}.", r.masked_email),
-                    "sent_to": r.masked_email,
-                    "user": UserView::from(&r.user),
-                }),
-            ))
+        (["users", _], _) => return Err(method_not_allowed("GET, PATCH, DELETE")),
+        (["users", n, "token", "reset"], Method::POST) => {
+            AdminRequest::TokenReset { username: name(n) }
         }
-        (["users", _, "token", "reset"], _) => Err(method_not_allowed("POST")),
-        (["users", name, "unlock"], Method::POST) => {
-            Ok(user_answer(StatusCode::OK, app.users.unlock(name)?))
+        (["users", n, "unlock"], Method::POST) => AdminRequest::UserUnlock { username: name(n) },
+        (["users", n, "disable"], Method::POST) => AdminRequest::UserSetDisabled {
+            username: name(n),
+            disabled: true,
+        },
+        (["users", n, "enable"], Method::POST) => AdminRequest::UserSetDisabled {
+            username: name(n),
+            disabled: false,
+        },
+        (["users", n, "admin"], Method::PUT) => {
+            let b: AdminBody = read::json(&app, req).await?;
+            AdminRequest::UserSetAdmin {
+                username: name(n),
+                admin: b.admin,
+            }
         }
-        (["users", name, "login-ranges"], Method::PUT) => {
+        (["users", n, "rotation"], Method::PUT) => {
+            let b: RotationBody = read::json(&app, req).await?;
+            AdminRequest::UserSetRotation {
+                username: name(n),
+                every: b.every,
+            }
+        }
+        (["users", n, "login-ranges"], Method::PUT) => {
             let b: RangesBody = read::json(&app, req).await?;
-            let ranges = crate::admin::parse_ranges(&b.ranges.join(","))?;
-            Ok(user_answer(
-                StatusCode::OK,
-                app.users.set_login_ranges(name, ranges)?,
-            ))
+            AdminRequest::UserSetLoginRanges {
+                username: name(n),
+                ranges: if b.ranges.is_empty() {
+                    "none".into()
+                } else {
+                    b.ranges.join(",")
+                },
+            }
         }
-        (["history"], Method::GET) => history(&app, &req).await,
-        (["settings", "compliance-bcc"], Method::GET) => {
-            let s = ComplianceBcc::load(app.store.as_ref()).map_err(|e| Refusal::internal(&e))?;
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::to_value(s).expect("serialisable"),
-            ))
+        (["users", _, "token", "reset"] | ["users", _, "unlock" | "disable" | "enable"], _) => {
+            return Err(method_not_allowed("POST"));
         }
+        (["users", _, "admin" | "rotation" | "login-ranges"], _) => {
+            return Err(method_not_allowed("PUT"));
+        }
+        (["history"], Method::GET) => return history(&app, &req).await,
+        (["audit"], Method::GET) => return audit_trail(&app, &req).await,
+        (["audit", "verify"], Method::GET) => AdminRequest::AuditVerify,
+        (["audit"] | ["audit", "verify"], _) => return Err(method_not_allowed("GET")),
+        (["settings", "compliance-bcc"], Method::GET) => AdminRequest::ComplianceGet,
         (["settings", "compliance-bcc"], Method::PUT) => {
             let b: ComplianceBody = read::json(&app, req).await?;
-            if b.enabled && b.address.as_deref().is_none_or(str::is_empty) {
+            let address = b
+                .address
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty());
+            if b.enabled && address.is_none() {
                 return Err(Refusal::invalid(
                     "an address is required to enable the copy",
                 ));
             }
-            let setting = ComplianceBcc {
-                enabled: b.enabled,
-                address: b.address.map(|a| a.trim().to_owned()),
-                redact_secrets: b.redact_secrets,
-            };
-            match setting.save(app.store.as_ref()) {
-                Ok(()) => Ok(json(
-                    StatusCode::OK,
-                    &serde_json::to_value(setting).expect("serialisable"),
-                )),
-                Err(MailError::Address(_)) => {
-                    Err(Refusal::invalid("the address is not a valid email address"))
-                }
-                Err(e) => Err(Refusal::internal(&e)),
+            AdminRequest::ComplianceSet {
+                address,
+                disable: !b.enabled,
+                redact: Some(b.redact_secrets),
             }
         }
-        (["settings", "compliance-bcc"], _) => Err(method_not_allowed("GET, PUT")),
-        _ => Err(Refusal::NotFound("no such admin endpoint")),
+        (["settings", "compliance-bcc"], _) => return Err(method_not_allowed("GET, PUT")),
+        _ => return Err(Refusal::NotFound("no such admin endpoint")),
+    };
+    let created = matches!(op, AdminRequest::UserAdd(_));
+    let rotation = matches!(op, AdminRequest::TokenReset { .. });
+    let deleted = matches!(op, AdminRequest::UserDelete { .. });
+    let answer = app.admin.perform(&actor, op).await?;
+    Ok(match answer {
+        // The token is never returned over HTTP: it is emailed (when mail is configured).
+        AdminAnswer::User { user, note, .. } if created => json(
+            StatusCode::CREATED,
+            &serde_json::json!({ "user": user, "note": note }),
+        ),
+        AdminAnswer::User { user, note, .. } => json(
+            StatusCode::OK,
+            &serde_json::json!({ "user": user, "note": note }),
+        ),
+        AdminAnswer::Users { .. } if deleted => {
+            json(StatusCode::OK, &serde_json::json!({ "status": "deleted" }))
+        }
+        AdminAnswer::Users { users } => {
+            json(StatusCode::OK, &serde_json::json!({ "users": users }))
+        }
+        AdminAnswer::Rotated { user, masked_email } if rotation => json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({
+                "status": "accepted",
+                "message": format!("A new security token was emailed to {masked_email}."),
+                "sent_to": masked_email,
+                "user": user,
+            }),
+        ),
+        AdminAnswer::Compliance { setting } => json(
+            StatusCode::OK,
+            &serde_json::to_value(setting).expect("serialisable"),
+        ),
+        AdminAnswer::Verified { verified } => json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "intact", "verified": verified }),
+        ),
+        AdminAnswer::AuditBroken { seq, reason } => json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({
+                "error": "audit_trail_broken",
+                "message": format!("the audit trail is broken at record {seq}: {reason}"),
+                "seq": seq,
+            }),
+        ),
+        AdminAnswer::Error { message } => return Err(Refusal::invalid(message)),
+        _ => return Err(Refusal::internal(&"unexpected admin answer")),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminBody {
+    admin: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotationBody {
+    /// A duration such as "24h", or "off".
+    every: String,
+}
+
+/// `GET /tokengate/v1/admin/audit?since=&actor=&target=&limit=&format=json|csv`.
+async fn audit_trail(app: &App, req: &Request<ReqBody>) -> Answer {
+    let pairs: Vec<(String, String)> = match req.uri().query() {
+        Some(q) => serde_urlencoded::from_str(q)
+            .map_err(|_| Refusal::invalid("unreadable query string"))?,
+        None => Vec::new(),
+    };
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let limit = match get("limit").map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n)) if (1..=100_000).contains(&n) => n,
+        Some(_) => return Err(Refusal::invalid("limit must be 1 to 100000")),
+    };
+    let since_ms = match get("since") {
+        None => None,
+        Some(s) => Some(crate::history::parse_since(s).ok_or_else(|| {
+            Refusal::invalid("since must be an RFC 3339 time or a duration such as 24h")
+        })?),
+    };
+    let filter = crate::audit::Filter {
+        since_ms,
+        actor: get("actor").map(str::to_owned),
+        target: get("target").map(crate::domain::canonical_username),
+        limit,
+    };
+    let format = get("format");
+    if !matches!(format, None | Some("json" | "csv")) {
+        return Err(Refusal::invalid("format must be json or csv"));
     }
+    let audit = app.admin.audit.clone();
+    let records = blocking(move || Ok(audit.query(&filter)?)).await?;
+    Ok(match format {
+        Some("csv") => {
+            let mut r = respond(
+                StatusCode::OK,
+                "text/csv; charset=utf-8",
+                crate::audit::to_csv(&records),
+            );
+            r.headers_mut().insert(
+                http::header::CONTENT_DISPOSITION,
+                http::HeaderValue::from_static("attachment; filename=\"audit-trail.csv\""),
+            );
+            r
+        }
+        _ => json(StatusCode::OK, &serde_json::json!({ "records": records })),
+    })
 }

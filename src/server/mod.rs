@@ -145,6 +145,7 @@ impl App {
                 tracing::warn!(key = what, "this setting changes only with a restart");
             }
         }
+        let before = self.reloadable();
         self.tokens.mailer().reload(&new.mail)?;
         self.auth.reload(new);
         self.users.set_allow_synthetic(new.allow_synthetic_users);
@@ -152,7 +153,29 @@ impl App {
             tls: acceptor,
             oauth_clients: new.oauth_clients.clone(),
         });
+        self.admin.audit.record(crate::audit::Entry {
+            actor: crate::audit::Actor::system(),
+            action: "config.reload",
+            target: "configuration".into(),
+            changes: crate::audit::diff(Some(&before), Some(&self.reloadable())),
+        });
         Ok(())
+    }
+
+    /// The reloadable settings an audit record compares (never a secret: client ids, not
+    /// their secrets).
+    fn reloadable(&self) -> serde_json::Value {
+        let live = self.live();
+        let ids: Vec<&str> = live
+            .oauth_clients
+            .iter()
+            .map(|c| c.client_id.as_str())
+            .collect();
+        serde_json::json!({
+            "loadtest.allow_synthetic_users": self.users.allow_synthetic(),
+            "oauth.clients": ids.join(","),
+            "mail.configured": self.tokens.mailer().is_configured(),
+        })
     }
 
     /// Values for the metrics that their owners hold.

@@ -508,6 +508,7 @@ impl From<AdminError> for Refusal {
             | AdminError::FullName(_)
             | AdminError::Period(_)
             | AdminError::Range(_)
+            | AdminError::Invalid(_)
             | AdminError::Mail(MailError::Address(_))) => Refusal::invalid(e.to_string()),
             e => Refusal::internal(&e),
         }

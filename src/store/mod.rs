@@ -88,6 +88,10 @@ pub struct User {
     /// A synthetic user made by `tokengate loadtest setup`: its token emails go nowhere.
     #[serde(default)]
     pub loadtest: bool,
+    /// An "API only" user (an integration's account): logs in through the APIs, never to the
+    /// console.
+    #[serde(default)]
+    pub api_only: bool,
 }
 
 /// Failed-login accounting (docs/salesforce-protocol.md §5).
@@ -194,6 +198,7 @@ impl User {
             lockout: LockoutState::default(),
             login_ranges: Vec::new(),
             loadtest: false,
+            api_only: false,
         }
     }
 }
@@ -369,6 +374,24 @@ pub trait Store: Send + Sync + 'static {
     /// Removes rows older than `older_than_ms` and the oldest beyond `max_rows`; returns how
     /// many were removed.
     fn history_prune(&self, older_than_ms: u64, max_rows: usize) -> Result<usize, StoreError>;
+
+    /// Appends `entry` to the audit trail as the next record of its hash chain (one writer at
+    /// a time, across every process on the store) and returns the record, durably written.
+    fn audit_append(&self, entry: &crate::audit::Entry)
+    -> Result<crate::audit::Record, StoreError>;
+    /// Matching audit records, newest first, at most `filter.limit`.
+    fn audit_query(
+        &self,
+        filter: &crate::audit::Filter,
+    ) -> Result<Vec<crate::audit::Record>, StoreError>;
+    /// Calls `visit` with every audit record in chain order until it returns false.
+    fn audit_scan(
+        &self,
+        visit: &mut dyn FnMut(crate::audit::Record) -> bool,
+    ) -> Result<(), StoreError>;
+    /// Removes the audit records older than `older_than_ms`, first saving the last removed
+    /// record's sequence number and hash as the chain's anchor; returns how many went.
+    fn audit_prune(&self, older_than_ms: u64) -> Result<usize, StoreError>;
 
     /// Calls `out` with every record of every collection (tree name, key, value), as one
     /// consistent snapshot: writes wait until it is done. Returns the number of records.

@@ -18,6 +18,7 @@ use super::{
     ExportSink, HistoryFilter, HistoryRow, SessionRecord, Store, StoreError, User, UserChange,
     UserObserver,
 };
+use crate::audit;
 use crate::secret::Tag;
 
 pub struct SledStore {
@@ -32,6 +33,10 @@ pub struct SledStore {
     outbox: sled::Tree,
     /// (time ms, sequence) big-endian → history row: iterates in time order.
     history: sled::Tree,
+    /// Sequence number big-endian → audit record (`audit`), in chain order.
+    audit: sled::Tree,
+    /// Held while an audit record is chained and written: one writer at a time.
+    audit_append: std::sync::Mutex<()>,
     /// (next rotation, Unix seconds big-endian) ‖ user id → empty: the scheduled rotations in
     /// time order, so finding the due ones reads a few keys instead of every user record.
     /// Written in the same transaction as the user record; derived, so not exported.
@@ -95,6 +100,8 @@ impl SledStore {
             settings: db.open_tree("settings").map_err(io)?,
             outbox: db.open_tree("outbox").map_err(io)?,
             history: db.open_tree("history").map_err(io)?,
+            audit: db.open_tree("audit").map_err(io)?,
+            audit_append: std::sync::Mutex::new(()),
             rotations: db.open_tree("rotations").map_err(io)?,
             gate: std::sync::RwLock::new(()),
             cache: UserCache::default(),
@@ -152,13 +159,14 @@ impl SledStore {
             "settings" => &self.settings,
             "outbox" => &self.outbox,
             "history" => &self.history,
+            "audit" => &self.audit,
             _ => return None,
         })
     }
 }
 
-const TREES: [&str; 7] = [
-    "users", "user_ids", "sessions", "meta", "settings", "outbox", "history",
+const TREES: [&str; 8] = [
+    "users", "user_ids", "sessions", "meta", "settings", "outbox", "history", "audit",
 ];
 
 impl Store for SledStore {
@@ -463,6 +471,22 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    fn audit_append(&self, entry: &audit::Entry) -> Result<audit::Record, StoreError> {
+        self.audit_write(entry)
+    }
+
+    fn audit_query(&self, filter: &audit::Filter) -> Result<Vec<audit::Record>, StoreError> {
+        self.audit_read(filter)
+    }
+
+    fn audit_scan(&self, visit: &mut dyn FnMut(audit::Record) -> bool) -> Result<(), StoreError> {
+        self.audit_walk(visit)
+    }
+
+    fn audit_prune(&self, older_than_ms: u64) -> Result<usize, StoreError> {
+        self.audit_remove_before(older_than_ms)
+    }
+
     fn export(&self, out: &mut ExportSink<'_>) -> Result<u64, StoreError> {
         let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
@@ -497,9 +521,11 @@ impl Store for SledStore {
     }
 
     fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(["users", "sessions", "settings", "history", "outbox"]
-            .iter()
-            .all(|n| self.tree(n).expect("known tree").is_empty()))
+        Ok([
+            "users", "sessions", "settings", "history", "outbox", "audit",
+        ]
+        .iter()
+        .all(|n| self.tree(n).expect("known tree").is_empty()))
     }
 
     fn server_key(&self, generate: &mut dyn FnMut() -> [u8; 32]) -> Result<[u8; 32], StoreError> {
@@ -528,6 +554,8 @@ impl Store for SledStore {
         Ok(())
     }
 }
+
+mod audit_trail;
 
 #[cfg(test)]
 mod tests;

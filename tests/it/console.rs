@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 const BASE: &str = "/tokengate/console";
 
 /// A browser-like client: keeps the console cookie and the page's CSRF token.
-struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     ts: &'a TestServer,
     /// The console cookie, replaced when the server renews the session (after the user's own
     /// password change or token reset), as a browser replaces it.
@@ -21,7 +21,11 @@ struct Browser<'a> {
 }
 
 impl<'a> Browser<'a> {
-    async fn sign_in(ts: &'a TestServer, user: &str, password: &str) -> Result<Browser<'a>, Reply> {
+    pub(crate) async fn sign_in(
+        ts: &'a TestServer,
+        user: &str,
+        password: &str,
+    ) -> Result<Browser<'a>, Reply> {
         let r = post_form(
             ts,
             None,
@@ -43,7 +47,7 @@ impl<'a> Browser<'a> {
         })
     }
 
-    async fn get(&self, path: &str) -> Reply {
+    pub(crate) async fn get(&self, path: &str) -> Reply {
         self.ts
             .client()
             .get(&format!("{BASE}{path}"), &[("cookie", &self.cookie())])
@@ -51,7 +55,7 @@ impl<'a> Browser<'a> {
     }
 
     /// Loads `page` for its CSRF token, then posts the form.
-    async fn submit(&self, page: &str, action: &str, fields: &[(&str, &str)]) -> Reply {
+    pub(crate) async fn submit(&self, page: &str, action: &str, fields: &[(&str, &str)]) -> Reply {
         let html = self.get(page).await.text();
         let csrf = csrf_of(&html);
         let mut all = vec![("csrf", csrf.as_str())];
@@ -96,7 +100,7 @@ async fn post_form(
 }
 
 /// The cells of each row in the body of the page's first table, tags stripped.
-fn table_rows(html: &str) -> Vec<Vec<String>> {
+pub(crate) fn table_rows(html: &str) -> Vec<Vec<String>> {
     let Some(start) = html.find("<tbody>") else {
         return Vec::new();
     };
@@ -498,7 +502,7 @@ async fn setup_pages_manage_users_compliance_and_history() {
             &[("every", "soonish")],
         )
         .await;
-    assert!(r.text().contains("is not a duration"));
+    assert!(r.text().contains("invalid rotation period &#x27;soonish&#x27;"), "{}", r.text());
 
     let r = b
         .submit(

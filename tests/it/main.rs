@@ -6,6 +6,7 @@
 mod support;
 
 mod abuse;
+mod audit;
 mod bad_input;
 mod cancellation;
 mod cli;

@@ -111,7 +111,8 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
         let s = app.console.lookup(&sid)?;
         let u =
             crate::server::caller::session_user(&app, &s.user_id, s.epoch, Some(peer.ip)).ok()?;
-        Some((s, u))
+        // An API-only user has no console, whatever session it still holds.
+        (!u.api_only).then_some((s, u))
     }) else {
         let expired = cookie_value(&req).is_some();
         return redirect(
@@ -164,6 +165,12 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
                 "setup/compliance" => setup::compliance_page(&page, None, None),
                 "setup/history" => setup::history_page(&page, &q).await,
                 "setup/history.csv" => setup::history_csv(&app, &q).await,
+                "setup/audit" => setup::audit_page(&page, &q),
+                "setup/audit.csv" => setup::audit_csv(&app, &q),
+                s if s.starts_with("setup/users/") => {
+                    let name = crate::wire::decode_component(&s["setup/users/".len()..]);
+                    setup::user_page(&page, &name, None, None)
+                }
                 _ => page.message(
                     StatusCode::NOT_FOUND,
                     "Not found",

@@ -54,6 +54,14 @@ pub(super) fn templates() -> Result<Environment<'static>, ConsoleError> {
             "message.html",
             include_str!("../../../templates/console/message.html"),
         ),
+        (
+            "user.html",
+            include_str!("../../../templates/console/user.html"),
+        ),
+        (
+            "audit.html",
+            include_str!("../../../templates/console/audit.html"),
+        ),
     ] {
         env.add_template(name, src)?;
     }

@@ -134,7 +134,7 @@ pub(super) async fn post(
             }
         }
         // Only admins get this far (`handle`).
-        s if s.starts_with("setup/") => setup_post(app, page, me, s, &f).await,
+        s if s.starts_with("setup/") => setup_post(app, page, me, s, &f, peer).await,
         _ => page.message(
             StatusCode::NOT_FOUND,
             "Not found",

@@ -12,11 +12,12 @@ use super::page::{Page, form_status, harden, page_after};
 use super::session::{renew, with_cookie};
 use super::settings::token_failure;
 use super::{BASE, PAGE_SIZE};
-use crate::admin::NewUser;
+use crate::admin::{AdminError, Answer, NewUser, Request, UserChanges};
+use crate::audit::{Actor, Channel};
 use crate::domain::Outcome;
 use crate::history::format_ms;
-use crate::mail::{ComplianceBcc, TokenReason};
-use crate::server::App;
+use crate::mail::ComplianceBcc;
+use crate::server::{App, Client};
 use crate::store::{HistoryFilter, User};
 use crate::wire::Body;
 
@@ -26,20 +27,23 @@ pub(super) async fn setup_post(
     me: &User,
     path: &str,
     f: &HashMap<String, String>,
+    peer: Client,
 ) -> Response<Body> {
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
     let none = HashMap::new();
+    let actor = Actor::admin(&me.username, peer.ip, Channel::Console);
     if path == "setup/users" {
         let new = NewUser {
             username: get("username").into(),
             email: get("email").into(),
             full_name: get("full_name").into(),
             admin: get("admin") == "on",
+            api_only: get("api_only") == "on",
             password: get("password").into(),
             ..Default::default()
         };
-        return match app.admin.add_user(new).await {
-            Ok((u, _token, note)) => {
+        return match app.admin.perform(&actor, Request::UserAdd(new)).await {
+            Ok(Answer::User { user: u, note, .. }) => {
                 let mut msg = format!(
                     "User {} was created; the security token was emailed.",
                     u.username
@@ -49,24 +53,27 @@ pub(super) async fn setup_post(
                 }
                 users_page(page, &none, Some(msg), None)
             }
+            Ok(_) => users_page(page, &none, None, Some("Unexpected answer.".into())),
             Err(e) => users_page(page, &none, None, Some(e.to_string())),
         };
     }
     if path == "setup/compliance" {
-        let setting = ComplianceBcc {
-            enabled: get("enabled") == "on",
-            address: Some(get("address").trim().to_owned()).filter(|a| !a.is_empty()),
-            redact_secrets: get("redact_secrets") == "on",
-        };
-        if setting.enabled && setting.address.is_none() {
+        let address = Some(get("address").trim().to_owned()).filter(|a| !a.is_empty());
+        let enabled = get("enabled") == "on";
+        if enabled && address.is_none() {
             return compliance_page(
                 page,
                 None,
                 Some("An address is required to enable the copy.".into()),
             );
         }
-        return match setting.save(app.store.as_ref()) {
-            Ok(()) => compliance_page(page, Some("Saved.".into()), None),
+        let req = Request::ComplianceSet {
+            address,
+            disable: !enabled,
+            redact: Some(get("redact_secrets") == "on"),
+        };
+        return match app.admin.perform(&actor, req).await {
+            Ok(_) => compliance_page(page, Some("Saved.".into()), None),
             Err(e) => compliance_page(page, None, Some(e.to_string())),
         };
     }
@@ -81,89 +88,259 @@ pub(super) async fn setup_post(
             BASE,
         );
     };
-    let name = crate::wire::decode_component(name);
-    let users = app.users.clone();
-    let result: Result<String, String> = match action {
-        "disable" | "enable" => users
-            .set_disabled(&name, action == "disable")
-            .map(|u| {
-                if u.disabled {
-                    app.console.end_user(&u.id);
-                }
-                format!(
+    let username = crate::wire::decode_component(name);
+    let user = |s: &str| s.to_owned();
+    let req = match action {
+        "disable" | "enable" => Request::UserSetDisabled {
+            username: user(&username),
+            disabled: action == "disable",
+        },
+        "unlock" => Request::UserUnlock {
+            username: user(&username),
+        },
+        "grant-admin" | "revoke-admin" => Request::UserSetAdmin {
+            username: user(&username),
+            admin: action == "grant-admin",
+        },
+        "reset-token" => Request::TokenReset {
+            username: user(&username),
+        },
+        "rotation" => Request::UserSetRotation {
+            username: user(&username),
+            every: match get("every").trim() {
+                "" => "off".into(),
+                s => s.into(),
+            },
+        },
+        "profile" => Request::UserSet {
+            username: user(&username),
+            changes: UserChanges {
+                email: Some(get("email").to_owned()),
+                full_name: Some(get("full_name").to_owned()),
+                api_only: Some(get("api_only") == "on"),
+            },
+        },
+        "login-ranges" => Request::UserSetLoginRanges {
+            username: user(&username),
+            ranges: match get("ranges").trim() {
+                "" => "none".into(),
+                s => s.replace(['\n', '\r', ' '], ","),
+            },
+        },
+        "delete" => {
+            // Deleting cannot be undone: the form asks for the username again.
+            if crate::domain::canonical_username(get("confirm"))
+                != crate::domain::canonical_username(&username)
+            {
+                return user_page(
+                    page,
+                    &username,
+                    None,
+                    Some("Type the username to confirm the deletion.".into()),
+                );
+            }
+            Request::UserDelete {
+                username: user(&username),
+            }
+        }
+        _ => {
+            return users_page(page, &none, None, Some("There is no such action.".into()));
+        }
+    };
+    // Changes made on a user's own page go back to it; the table's buttons to the table.
+    let back_to_user =
+        matches!(action, "profile" | "login-ranges" | "rotation") && get("from") == "user";
+    let answer = app.admin.perform(&actor, req).await;
+    let result: Result<String, String> = match answer {
+        Ok(Answer::Users { .. }) => Ok(format!("{username} was deleted.")),
+        Ok(Answer::Rotated {
+            user: u,
+            masked_email,
+        }) => {
+            let msg = format!(
+                "A new security token for {} was emailed to {masked_email}.",
+                u.username
+            );
+            // An admin who reset their own token stays signed in.
+            if u.id == me.id
+                && let Ok(Some(fresh)) = app.store.user_by_id(&u.id)
+            {
+                let renewed = renew(app, page, me, &fresh);
+                let next = page_after(app, page, &fresh, &renewed);
+                return with_cookie(
+                    &app.console,
+                    users_page(&next, &none, Some(msg), None),
+                    renewed,
+                );
+            }
+            Ok(msg)
+        }
+        Ok(Answer::User { user: u, note, .. }) => {
+            if u.disabled || u.api_only {
+                app.console.end_user(&u.id);
+            }
+            let msg = match action {
+                "disable" | "enable" => format!(
                     "{} is now {}.",
                     u.username,
                     if u.disabled { "disabled" } else { "enabled" }
-                )
-            })
-            .map_err(|e| e.to_string()),
-        "unlock" => users
-            .unlock(&name)
-            .map(|u| format!("{} was unlocked.", u.username))
-            .map_err(|e| e.to_string()),
-        "grant-admin" | "revoke-admin" => users
-            .set_admin(&name, action == "grant-admin")
-            .map(|u| {
-                format!(
+                ),
+                "unlock" => format!("{} was unlocked.", u.username),
+                "grant-admin" | "revoke-admin" => format!(
                     "{} is {} an administrator.",
                     u.username,
                     if u.admin { "now" } else { "no longer" }
-                )
-            })
-            .map_err(|e| e.to_string()),
-        "reset-token" => match app.tokens.find(&name) {
-            Ok(u) => match app.tokens.rotate(&u.id, TokenReason::AdminRotation).await {
-                Ok(r) => {
-                    let msg = format!(
-                        "A new security token for {} was emailed to {}.",
-                        r.user.username, r.masked_email
-                    );
-                    // An admin who reset their own token stays signed in.
-                    if r.user.id == me.id {
-                        let renewed = renew(app, page, me, &r.user);
-                        let next = page_after(app, page, &r.user, &renewed);
-                        return with_cookie(
-                            &app.console,
-                            users_page(&next, &none, Some(msg), None),
-                            renewed,
-                        );
-                    }
-                    Ok(msg)
-                }
-                Err(e) => Err(token_failure(e).1),
-            },
-            Err(e) => Err(e.to_string()),
-        },
-        "rotation" => {
-            let every = get("every").trim();
-            let period = match every {
-                "off" | "" => Ok(None),
-                s => humantime::parse_duration(s)
-                    .map(Some)
-                    .map_err(|_| format!("'{s}' is not a duration such as 24h, or off")),
+                ),
+                "rotation" => match u.rotate_every_secs {
+                    Some(d) => format!(
+                        "{}'s token now rotates every {}.",
+                        u.username,
+                        humantime::format_duration(Duration::from_secs(d))
+                    ),
+                    None => format!("Scheduled rotation is off for {}.", u.username),
+                },
+                "login-ranges" => format!("{}'s login ranges were saved.", u.username),
+                _ => format!("{} was saved.", u.username),
             };
-            match period {
-                Ok(p) => app
-                    .tokens
-                    .set_rotation(&name, p)
-                    .map(|u| match p {
-                        Some(d) => format!(
-                            "{}'s token now rotates every {}.",
-                            u.username,
-                            humantime::format_duration(d)
-                        ),
-                        None => format!("Scheduled rotation is off for {}.", u.username),
-                    })
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            }
+            Ok(match note {
+                Some(n) => format!("{msg} Note: {n}."),
+                None => msg,
+            })
         }
-        _ => Err("There is no such action.".into()),
+        Ok(_) => Err("Unexpected answer.".into()),
+        Err(AdminError::Token(e)) => Err(token_failure(e).1),
+        Err(e) => Err(e.to_string()),
     };
+    if back_to_user || (result.is_err() && matches!(action, "profile" | "login-ranges" | "delete"))
+    {
+        let (notice, error) = match result {
+            Ok(m) => (Some(m), None),
+            Err(e) => (None, Some(e)),
+        };
+        return user_page(page, &username, notice, error);
+    }
     match result {
         Ok(msg) => users_page(page, &none, Some(msg), None),
         Err(e) => users_page(page, &none, None, Some(e)),
     }
+}
+
+/// `setup/users/{username}`: one user's details and every change an admin can make to it.
+pub(super) fn user_page(
+    page: &Page<'_>,
+    username: &str,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Response<Body> {
+    let u = match page.app.users.show(username) {
+        Ok(u) => u,
+        Err(_) => {
+            return page.message(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is no such user.",
+                &format!("{BASE}/setup/users"),
+            );
+        }
+    };
+    let when = |t: u64| format_ms(t.saturating_mul(1000));
+    page.render(
+        form_status(&error),
+        "user.html",
+        &format!("Setup: User {}", u.username),
+        "users",
+        context! {
+            path => crate::wire::encode_component(&u.username),
+            ranges => u.login_ranges.join("\n"),
+            rotation => u.rotate_every_secs.map(|s| humantime::format_duration(Duration::from_secs(s)).to_string()).unwrap_or_default(),
+            created => when(u.created_at),
+            password_changed => when(u.password_changed_at),
+            token_reset => when(u.token_reset_at),
+            locked => u.locked_until.is_some(),
+            u, notice, error,
+        },
+    )
+}
+
+/// `setup/audit`: the audit trail, newest first, filtered by actor, target and time.
+pub(super) fn audit_page(page: &Page<'_>, q: &HashMap<String, String>) -> Response<Body> {
+    let get = |k: &str| q.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let mut error = None;
+    let since_ms = get("since").and_then(|s| {
+        let t = crate::history::parse_since(s);
+        if t.is_none() {
+            error = Some(
+                "Since must be a time (2026-01-31T00:00:00Z) or a duration (24h, 7d).".to_owned(),
+            );
+        }
+        t
+    });
+    let filter = crate::audit::Filter {
+        since_ms,
+        actor: get("actor").map(str::to_owned),
+        target: get("target").map(crate::domain::canonical_username),
+        limit: 200,
+    };
+    let records = page.app.admin.audit.query(&filter).unwrap_or_else(|e| {
+        error = Some(format!("The audit trail could not be read: {e}"));
+        Vec::new()
+    });
+    let rows: Vec<_> = records
+        .iter()
+        .map(|r| {
+            context! {
+                seq => r.seq, at => format_ms(r.at_ms), actor => &r.actor,
+                address => &r.address, channel => r.channel.as_str(), action => &r.action,
+                target => &r.target, changes => r.describe_changes(),
+            }
+        })
+        .collect();
+    let csv_query = serde_urlencoded::to_string(
+        [
+            ("since", get("since")),
+            ("actor", get("actor")),
+            ("target", get("target")),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| (*k, v)))
+        .collect::<Vec<_>>(),
+    )
+    .unwrap_or_default();
+    page.render(
+        form_status(&error),
+        "audit.html",
+        "Setup: Audit Trail",
+        "audit",
+        context! {
+            rows,
+            since => get("since").unwrap_or_default(),
+            actor => get("actor").unwrap_or_default(),
+            target => get("target").unwrap_or_default(),
+            csv_query, error,
+        },
+    )
+}
+
+/// `setup/audit.csv`: the filtered trail as CSV.
+pub(super) fn audit_csv(app: &App, q: &HashMap<String, String>) -> Response<Body> {
+    let get = |k: &str| q.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let filter = crate::audit::Filter {
+        since_ms: get("since").and_then(crate::history::parse_since),
+        actor: get("actor").map(str::to_owned),
+        target: get("target").map(crate::domain::canonical_username),
+        limit: 100_000,
+    };
+    let records = app.admin.audit.query(&filter).unwrap_or_default();
+    let mut r = crate::wire::respond(
+        StatusCode::OK,
+        "text/csv; charset=utf-8",
+        crate::audit::to_csv(&records),
+    );
+    r.headers_mut().insert(
+        http::header::CONTENT_DISPOSITION,
+        http::HeaderValue::from_static("attachment; filename=\"audit-trail.csv\""),
+    );
+    r
 }
 
 #[derive(Serialize)]
@@ -182,6 +359,7 @@ pub(super) struct UserRow {
     pub(super) locked: bool,
     pub(super) admin: bool,
     pub(super) rotation: String,
+    pub(super) api_only: bool,
     pub(super) actions: Vec<Action>,
 }
 
@@ -264,6 +442,7 @@ pub(super) fn users_page(
                 disabled: u.disabled,
                 locked: u.locked_until.is_some(),
                 admin: u.admin,
+                api_only: u.api_only,
                 rotation: u
                     .rotate_every_secs
                     .map(|s| {

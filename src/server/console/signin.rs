@@ -69,6 +69,10 @@ pub(super) async fn signin(
         )
     };
     match app.auth.login(&attempt).await {
+        Ok(v) if v.user.api_only => fail(
+            StatusCode::FORBIDDEN,
+            "This user is API only: it logs in through the APIs, not to the console.".into(),
+        ),
         Ok(v) => match app.console.create(&v.user) {
             Some((sid, _)) => redirect(
                 &format!("{BASE}/settings"),

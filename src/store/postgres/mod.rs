@@ -33,6 +33,7 @@
 //! is longer than most because it holds the whole trait implementation, one query per method,
 //! which reads best beside the trait and the sled implementation.
 
+mod audit_trail;
 mod connect;
 mod listen;
 mod schema;
@@ -274,8 +275,8 @@ impl Drop for PgStore {
 }
 
 /// The collections of a backup, in its order (the same as sled's).
-const EXPORTED: [&str; 7] = [
-    "users", "user_ids", "sessions", "meta", "settings", "outbox", "history",
+const EXPORTED: [&str; 8] = [
+    "users", "user_ids", "sessions", "meta", "settings", "outbox", "history", "audit",
 ];
 
 impl Store for PgStore {
@@ -729,6 +730,31 @@ impl Store for PgStore {
         })
     }
 
+    fn audit_append(
+        &self,
+        entry: &crate::audit::Entry,
+    ) -> Result<crate::audit::Record, StoreError> {
+        self.audit_write(entry)
+    }
+
+    fn audit_query(
+        &self,
+        filter: &crate::audit::Filter,
+    ) -> Result<Vec<crate::audit::Record>, StoreError> {
+        self.audit_read(filter)
+    }
+
+    fn audit_scan(
+        &self,
+        visit: &mut dyn FnMut(crate::audit::Record) -> bool,
+    ) -> Result<(), StoreError> {
+        self.audit_walk(visit)
+    }
+
+    fn audit_prune(&self, older_than_ms: u64) -> Result<usize, StoreError> {
+        self.audit_remove_before(older_than_ms)
+    }
+
     fn export(&self, out: &mut ExportSink<'_>) -> Result<u64, StoreError> {
         // One snapshot of every table (REPEATABLE READ), read in one transaction.
         let records = self.query(move |mut c| async move {
@@ -798,6 +824,14 @@ impl Store for PgStore {
                 key.extend_from_slice(&(r.get::<_, i64>(1) as u64).to_be_bytes());
                 records.push(("history", key, r.get(2)));
             }
+            for r in tx
+                .query("SELECT seq, data FROM tg_audit ORDER BY seq", &[])
+                .await
+                .map_err(db)?
+            {
+                let key = (r.get::<_, i64>(0) as u64).to_be_bytes().to_vec();
+                records.push(("audit", key, r.get(1)));
+            }
             tx.commit().await.map_err(db)?;
             Ok(records)
         })?;
@@ -832,6 +866,7 @@ impl Store for PgStore {
                 self.outbox_put(u64::from_be_bytes(id), value)
             }
             "history" => self.history_append(&[decode("history row", value)?]),
+            "audit" => self.audit_import(&crate::audit::Record::decode(value)?),
             "meta" => {
                 let (key, value) = (String::from_utf8_lossy(key).into_owned(), value.to_vec());
                 self.query(move |c| async move {
@@ -860,6 +895,7 @@ impl Store for PgStore {
                         AND NOT EXISTS (SELECT 1 FROM tg_sessions)
                         AND NOT EXISTS (SELECT 1 FROM tg_settings)
                         AND NOT EXISTS (SELECT 1 FROM tg_history)
+                        AND NOT EXISTS (SELECT 1 FROM tg_audit)
                         AND NOT EXISTS (SELECT 1 FROM tg_outbox)",
                     &[],
                 )

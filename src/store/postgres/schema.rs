@@ -46,6 +46,20 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         PRIMARY KEY (user_id, window_start)
     );",
     ),
+    (
+        3,
+        // The audit trail: the record (JSON, with its chain hashes) and the columns its
+        // filters read. `seq` is assigned by the writer under an advisory lock, not by a
+        // sequence: a chain needs no gaps, and a rolled-back insert would leave one.
+        "CREATE TABLE tg_audit (
+        seq bigint PRIMARY KEY,
+        at_ms bigint NOT NULL,
+        actor text NOT NULL,
+        target text NOT NULL,
+        data bytea NOT NULL
+    );
+    CREATE INDEX tg_audit_time ON tg_audit (at_ms);",
+    ),
 ];
 
 pub(super) async fn migrate(client: &tokio_postgres::Client) -> Result<(), StoreError> {
