@@ -727,6 +727,62 @@ async fn history_page_opens_with_charts_of_logins_per_hour_and_per_client() {
     assert_eq!(csv.lines().count(), 1 + 5, "{csv}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_charts_count_the_newest_100000_logins_and_say_when_the_range_holds_more() {
+    let (_up, _sink, ts) = env().await;
+    ts.add_user_with("boss@example.com", PASSWORD, true).await;
+    let b = Browser::sign_in(&ts, "boss@example.com", PASSWORD)
+        .await
+        .unwrap();
+    // 100,010 failed logins over the last 20 hours, one client each of a few.
+    let now = tokengate::history::now_ms();
+    let rows: Vec<tokengate::store::HistoryRow> = (0..100_010u64)
+        .map(|i| tokengate::store::HistoryRow {
+            at_ms: now - 20 * 3_600_000 + i * 700,
+            username: "bulk@example.com".into(),
+            user_id: None,
+            source_ip: "192.0.2.1".into(),
+            dialect: "soap".into(),
+            api_version: None,
+            client: Some(format!("client-{}", i % 3)),
+            tls: None,
+            outcome: "bad_credentials".into(),
+            reason: None,
+        })
+        .collect();
+    let store = ts.app().store.clone();
+    tokio::task::spawn_blocking(move || {
+        for batch in rows.chunks(5_000) {
+            store.history_append(batch).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    let started = std::time::Instant::now();
+    let r = b.get("/setup/history?user=bulk%40example.com").await;
+    eprintln!("history page over 100,010 rows: {:?}", started.elapsed());
+    assert_eq!(r.status, StatusCode::OK);
+    let html = r.text();
+    assert!(
+        html.contains("The charts count the newest 100,000 logins of this range, back to "),
+        "{html}"
+    );
+    let periods = svg_titled(&html, "tg-periods-title");
+    assert!(periods.contains("Only the newest logins of the range are counted."));
+    assert_eq!(
+        drawn_per_outcome(periods),
+        [("bad_credentials".to_owned(), 100_000)].into()
+    );
+    // A range that holds fewer says nothing of the kind.
+    let html = b
+        .get("/setup/history?user=bulk%40example.com&since=1h")
+        .await
+        .text();
+    assert!(!html.contains("The charts count the newest"));
+    assert!(!svg_titled(&html, "tg-periods-title").contains("Only the newest"));
+}
+
 /// Installs Debian's chromium when it is missing (the machine's package manager, as root).
 fn chromium() -> PathBuf {
     let path = PathBuf::from("/usr/bin/chromium");
