@@ -711,6 +711,7 @@ async fn history_page_opens_with_charts_of_logins_per_hour_and_per_client() {
         .await
         .text();
     assert!(svg_titled(&html, "tg-periods-title").contains(">No logins in this range</text>"));
+    assert!(html.contains(r#"<td colspan="7">No logins in this range.</td>"#));
     let r = b.get("/setup/history?range=forever").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(

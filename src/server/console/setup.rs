@@ -405,6 +405,7 @@ pub(super) async fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -
         "history",
         context! {
             rows => found, show_reason => true, outcomes, ranges, page => pg,
+            empty => "No logins in this range.",
             f_user => q.get("user").cloned().unwrap_or_default(),
             f_outcome => q.get("outcome").cloned().unwrap_or_default(),
             f_since => q.get("since").cloned().unwrap_or_default(),
