@@ -24,6 +24,7 @@ pub mod secret;
 pub mod server;
 pub mod services;
 pub mod store;
+pub mod svg;
 pub mod tls;
 pub mod tokens;
 pub mod wire;

@@ -1,9 +1,8 @@
 //! The SVG chart of a load run (`loadtest run --chart`): throughput and the p50/p99 latency
 //! over time, one panel each, one colour per traffic kind.
 
-use std::fmt::Write as _;
-
 use super::report::Summary;
+use crate::svg::Svg;
 
 /// Throughput and latency percentiles over time, one panel each, as a self-contained SVG.
 pub fn svg_chart(title: &str, runs: &[(String, Summary)]) -> String {
@@ -31,12 +30,8 @@ pub fn svg_chart(title: &str, runs: &[(String, Summary)]) -> String {
         .max(1) as f64
         / 1000.0;
     let x = |t: f64| PAD + t / (secs - 1.0) * (W - 2.0 * PAD);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\
-<rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"{PAD}\" y=\"24\" font-size=\"16\">{}</text>",
-        2.0 * H + 60.0,
-        quick_xml::escape::escape(title)
-    );
+    let mut svg = Svg::new(W, 2.0 * H + 60.0, &[]);
+    svg.text(&[("x", &PAD), ("y", &24), ("font-size", &16)], title);
     for (panel, (label, max)) in [
         ("requests/s", max_rps),
         ("latency ms (p50 solid, p99 dashed)", max_lat),
@@ -46,19 +41,34 @@ pub fn svg_chart(title: &str, runs: &[(String, Summary)]) -> String {
     {
         let top = 40.0 + panel as f64 * (H + 10.0);
         let y = |v: f64| top + H - 30.0 - v / max * (H - 50.0);
-        let _ = write!(
-            svg,
-            "<line x1=\"{PAD}\" y1=\"{b}\" x2=\"{}\" y2=\"{b}\" stroke=\"#888\"/><line x1=\"{PAD}\" y1=\"{}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"#888\"/>\
-<text x=\"{PAD}\" y=\"{}\">{label}</text><text x=\"4\" y=\"{}\">{max:.1}</text><text x=\"4\" y=\"{b}\">0</text>\
-<text x=\"{}\" y=\"{}\">{:.0} s</text>",
-            W - PAD,
-            top + 10.0,
-            top + 8.0,
-            y(max) + 4.0,
-            W - PAD - 20.0,
-            top + H - 12.0,
-            secs - 1.0,
-            b = top + H - 30.0,
+        let b = top + H - 30.0;
+        let axis = "#888";
+        svg.element(
+            "line",
+            &[
+                ("x1", &PAD),
+                ("y1", &b),
+                ("x2", &(W - PAD)),
+                ("y2", &b),
+                ("stroke", &axis),
+            ],
+        )
+        .element(
+            "line",
+            &[
+                ("x1", &PAD),
+                ("y1", &(top + 10.0)),
+                ("x2", &PAD),
+                ("y2", &b),
+                ("stroke", &axis),
+            ],
+        )
+        .text(&[("x", &PAD), ("y", &(top + 8.0))], label)
+        .text(&[("x", &4), ("y", &(y(max) + 4.0))], &format!("{max:.1}"))
+        .text(&[("x", &4), ("y", &b)], "0")
+        .text(
+            &[("x", &(W - PAD - 20.0)), ("y", &(top + H - 12.0))],
+            &format!("{:.0} s", secs - 1.0),
         );
         for (i, (name, s)) in runs.iter().enumerate() {
             let color = colors[i % colors.len()];
@@ -86,30 +96,37 @@ pub fn svg_chart(title: &str, runs: &[(String, Summary)]) -> String {
                     .iter()
                     .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
                     .collect();
-                let dash = if k == 1 {
-                    " stroke-dasharray=\"5,4\""
+                let pts = pts.join(" ");
+                let line: [(&str, &dyn std::fmt::Display); 3] =
+                    [("fill", &"none"), ("stroke", &color), ("stroke-width", &2)];
+                if k == 1 {
+                    svg.element(
+                        "polyline",
+                        &[
+                            line[0],
+                            line[1],
+                            line[2],
+                            ("stroke-dasharray", &"5,4"),
+                            ("points", &pts),
+                        ],
+                    );
                 } else {
-                    ""
-                };
-                let _ = write!(
-                    svg,
-                    "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>",
-                    pts.join(" ")
-                );
+                    svg.element("polyline", &[line[0], line[1], line[2], ("points", &pts)]);
+                }
             }
             if panel == 0 {
-                let _ = write!(
-                    svg,
-                    "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>",
-                    W - PAD - 160.0,
-                    top + 20.0 + 16.0 * i as f64,
-                    quick_xml::escape::escape(name)
+                svg.text(
+                    &[
+                        ("x", &(W - PAD - 160.0)),
+                        ("y", &(top + 20.0 + 16.0 * i as f64)),
+                        ("fill", &color),
+                    ],
+                    name,
                 );
             }
         }
     }
-    svg.push_str("</svg>\n");
-    svg
+    svg.finish()
 }
 
 #[cfg(test)]

@@ -556,6 +556,238 @@ async fn setup_pages_manage_users_compliance_and_history() {
     assert!(r.text().starts_with(tokengate::history::CSV_HEADER));
 }
 
+/// A SOAP login sent by an integration that names itself in its User-Agent.
+async fn soap_login_as(ts: &TestServer, client: &str, user: &str, secret: &str) -> StatusCode {
+    let c = ts.client();
+    let b = c
+        .request(Method::POST, "/services/Soap/u/59.0")
+        .header("content-type", "text/xml")
+        .header("user-agent", client);
+    c.call(b, soap_login_body(user, secret)).await.status
+}
+
+/// The `<svg>` of the page whose accessible title element has this id.
+fn svg_titled<'h>(html: &'h str, title_id: &str) -> &'h str {
+    let at = html
+        .find(&format!("<title id=\"{title_id}\">"))
+        .unwrap_or_else(|| panic!("no chart titled {title_id}: {html}"));
+    let start = html[..at].rfind("<svg").expect("the chart's <svg>");
+    let end = at + html[at..].find("</svg>").expect("the chart's </svg>");
+    &html[start..end]
+}
+
+/// The logins of each outcome the per-period chart draws, summed over its bars (a test that
+/// runs across the hour sees two bars).
+fn drawn_per_outcome(svg: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut sums = std::collections::BTreeMap::new();
+    for title in svg.split("<title>").skip(1) {
+        let title = &title[..title.find("</title>").unwrap()];
+        if let Some((_, count)) = title.split_once(" UTC: ") {
+            let (n, outcome) = count.split_once(' ').unwrap();
+            *sums.entry(outcome.to_owned()).or_default() += n.parse::<u64>().unwrap();
+        }
+    }
+    sums
+}
+
+#[tokio::test]
+async fn history_page_opens_with_charts_of_logins_per_hour_and_per_client() {
+    let (_up, sink, ts) = env().await;
+    ts.add_user_with("boss@example.com", PASSWORD, true).await;
+    let first = ts.add_user("sync@example.com").await;
+    let (loader, nightly) = ("DataLoader/64", "Nightly <script>alert(1)</script>");
+    // Both integrations log in with the token...
+    for client in [loader, nightly] {
+        let status = soap_login_as(
+            &ts,
+            client,
+            "sync@example.com",
+            &format!("{PASSWORD}{first}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{client}");
+    }
+    // ...an admin resets it...
+    let b = Browser::sign_in(&ts, "boss@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let r = b
+        .submit(
+            "/setup/users",
+            "/setup/users/sync%40example.com/reset-token",
+            &[],
+        )
+        .await;
+    assert!(
+        r.text()
+            .contains("A new security token for sync@example.com"),
+        "{}",
+        r.text()
+    );
+    let second = sink.to(&inbox("sync@example.com"))[0].token();
+    // ...DataLoader is given the new one, the nightly job is not.
+    let status = soap_login_as(
+        &ts,
+        loader,
+        "sync@example.com",
+        &format!("{PASSWORD}{second}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for _ in 0..2 {
+        let status = soap_login_as(
+            &ts,
+            nightly,
+            "sync@example.com",
+            &format!("{PASSWORD}{first}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    ts.history_written().await;
+
+    let r = b.get("/setup/history?user=sync%40example.com").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let html = r.text();
+    // The page opens with the charts, before the table.
+    let periods = svg_titled(&html, "tg-periods-title");
+    assert!(html.find("<svg").unwrap() < html.find("<table").unwrap());
+    assert!(
+        periods.contains("<title id=\"tg-periods-title\">Logins per hour by outcome, "),
+        "{periods}"
+    );
+    assert!(periods.contains(r#"role="img""#));
+    assert!(periods.contains(">Hour (UTC)</text>"));
+    assert_eq!(
+        drawn_per_outcome(periods),
+        [("bad_credentials".to_owned(), 2), ("success".to_owned(), 3)].into(),
+        "{periods}"
+    );
+    // Per client: the failing one first, with the failures since the reset; the name from the
+    // User-Agent is text.
+    let clients = svg_titled(&html, "tg-clients-title");
+    let nightly_shown = "Nightly &lt;script&gt;alert(1)&lt;/script&gt;";
+    for drawn in [
+        format!("<title>{nightly_shown}: 1 success</title>"),
+        format!("<title>{nightly_shown}: 2 failures</title>"),
+        format!(">{nightly_shown}</text>"),
+        ">1 ok, 2 failed; failing since ".to_owned(),
+        "<title>DataLoader/64: 2 successes</title>".to_owned(),
+        ">DataLoader/64</text>".to_owned(),
+        ">2 ok, 0 failed</text>".to_owned(),
+    ] {
+        assert!(clients.contains(&drawn), "{drawn} in {clients}");
+    }
+    assert!(clients.find(nightly_shown).unwrap() < clients.find("DataLoader/64").unwrap());
+    assert!(
+        !clients.contains("DataLoader/64: 0 failures"),
+        "no empty bars"
+    );
+    assert!(
+        !html.contains("<script>alert(1)"),
+        "the User-Agent became markup"
+    );
+
+    // The range selector: longer ranges, longer periods; a bad range is the page's error.
+    for (range, title) in [
+        ("24h", "Logins per hour by outcome"),
+        ("7d", "Logins per 3 hours by outcome"),
+        ("30d", "Logins per 12 hours by outcome"),
+    ] {
+        let html = b.get(&format!("/setup/history?range={range}")).await.text();
+        assert!(
+            html.contains(&format!(r#"<option value="{range}" selected>"#)),
+            "{range}"
+        );
+        let periods = svg_titled(&html, "tg-periods-title");
+        assert!(periods.contains(title), "{range}: {periods}");
+        // The admin's own console sign-in is in every range.
+        assert!(
+            drawn_per_outcome(periods)["success"] >= 4,
+            "{range}: {periods}"
+        );
+    }
+    // `since` wins over the range; one in the future is an empty chart, not an error.
+    let html = b.get("/setup/history?range=30d&since=1h").await.text();
+    assert!(svg_titled(&html, "tg-periods-title").contains("Logins per hour by outcome"));
+    let html = b
+        .get("/setup/history?since=2999-01-01T00:00:00Z")
+        .await
+        .text();
+    assert!(svg_titled(&html, "tg-periods-title").contains(">No logins in this range</text>"));
+    assert!(html.contains(r#"<td colspan="7">No logins in this range.</td>"#));
+    let r = b.get("/setup/history?range=forever").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.text()
+            .contains("range: &#x27;forever&#x27; is not one of 24h, 7d, 30d"),
+        "{}",
+        r.text()
+    );
+    // The CSV covers the page's range.
+    let csv = b
+        .get("/setup/history.csv?user=sync%40example.com&range=7d")
+        .await
+        .text();
+    assert_eq!(csv.lines().count(), 1 + 5, "{csv}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_charts_count_the_newest_100000_logins_and_say_when_the_range_holds_more() {
+    let (_up, _sink, ts) = env().await;
+    ts.add_user_with("boss@example.com", PASSWORD, true).await;
+    let b = Browser::sign_in(&ts, "boss@example.com", PASSWORD)
+        .await
+        .unwrap();
+    // 100,010 failed logins over the last 20 hours, one client each of a few.
+    let now = tokengate::history::now_ms();
+    let rows: Vec<tokengate::store::HistoryRow> = (0..100_010u64)
+        .map(|i| tokengate::store::HistoryRow {
+            at_ms: now - 20 * 3_600_000 + i * 700,
+            username: "bulk@example.com".into(),
+            user_id: None,
+            source_ip: "192.0.2.1".into(),
+            dialect: "soap".into(),
+            api_version: None,
+            client: Some(format!("client-{}", i % 3)),
+            tls: None,
+            outcome: "bad_credentials".into(),
+            reason: None,
+        })
+        .collect();
+    let store = ts.app().store.clone();
+    tokio::task::spawn_blocking(move || {
+        for batch in rows.chunks(5_000) {
+            store.history_append(batch).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    let started = std::time::Instant::now();
+    let r = b.get("/setup/history?user=bulk%40example.com").await;
+    eprintln!("history page over 100,010 rows: {:?}", started.elapsed());
+    assert_eq!(r.status, StatusCode::OK);
+    let html = r.text();
+    assert!(
+        html.contains("The charts count the newest 100,000 logins of this range, back to "),
+        "{html}"
+    );
+    let periods = svg_titled(&html, "tg-periods-title");
+    assert!(periods.contains("Only the newest logins of the range are counted."));
+    assert_eq!(
+        drawn_per_outcome(periods),
+        [("bad_credentials".to_owned(), 100_000)].into()
+    );
+    // A range that holds fewer says nothing of the kind.
+    let html = b
+        .get("/setup/history?user=bulk%40example.com&since=1h")
+        .await
+        .text();
+    assert!(!html.contains("The charts count the newest"));
+    assert!(!svg_titled(&html, "tg-periods-title").contains("Only the newest"));
+}
+
 /// Installs Debian's chromium when it is missing (the machine's package manager, as root).
 fn chromium() -> PathBuf {
     let path = PathBuf::from("/usr/bin/chromium");
@@ -709,6 +941,18 @@ async fn in_chromium_a_user_resets_the_token_and_an_admin_enables_compliance_bcc
             .contains("was emailed to u***@example.com")
     );
     assert!(step(&steps, "history")["rows"].as_u64().unwrap() >= 1);
+    // The charts, with JavaScript off: one of each, at the page's width, with bars and the
+    // legend (the failed SOAP login above is a bad_credentials bar).
+    let chart = step(&steps, "chart");
+    assert_eq!(
+        (chart["hour"].as_u64(), chart["client"].as_u64()),
+        (Some(1), Some(1)),
+        "{chart}"
+    );
+    assert!(chart["width"].as_f64().unwrap() > 500.0, "{chart}");
+    assert!(chart["height"].as_f64().unwrap() > 100.0, "{chart}");
+    assert_eq!(chart["legend"], 1, "{chart}");
+    assert!(chart["bars"].as_u64().unwrap() >= 2, "{chart}");
     // The next token email also reached the compliance address, redacted.
     let mails = sink.to(&inbox("ursula@example.com"));
     assert_eq!(mails.len(), 2);
@@ -728,6 +972,8 @@ async fn in_chromium_a_user_resets_the_token_and_an_admin_enables_compliance_bcc
         "compliance",
         "users",
         "history",
+        "history-chart",
+        "history-charts",
     ] {
         assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
     }

@@ -103,6 +103,25 @@ try {
     await shot(page, 'history');
     // Escaping: a full name with markup is shown as text.
     out('escaped', { html: (await page.content()).includes('<script>alert') });
+
+    // The history opens with its charts, drawn by the server: they show with JavaScript off.
+    const plain = await browser.newContext({ viewport: { width: 1100, height: 800 }, javaScriptEnabled: false });
+    const noScript = await signIn(plain, env('TG_ADMIN'), env('TG_ADMIN_PASSWORD'));
+    await noScript.getByRole('link', { name: 'Setup: Login History' }).click();
+    const perHour = noScript.getByRole('img', { name: /^Logins per hour by outcome, / });
+    const perClient = noScript.getByRole('img', { name: /^Logins per client by result/ });
+    const box = (await perHour.count()) === 1 ? await perHour.boundingBox() : null;
+    out('chart', {
+      hour: await perHour.count(),
+      client: await perClient.count(),
+      width: box ? box.width : 0,
+      height: box ? box.height : 0,
+      legend: await perHour.getByText('bad_credentials', { exact: true }).count(),
+      bars: await perHour.locator('rect > title').count(),
+    });
+    await perHour.screenshot({ path: `${shots}/history-chart.png` });
+    await shot(noScript, 'history-charts');
+    await plain.close();
   }
   await browser.close();
 } catch (e) {

@@ -10,8 +10,10 @@
 //!
 //! Here: the routing of every console request. `session`: console sessions, their cookie and
 //! CSRF token. `page`: the page frame, templates and security headers. `signin`, `settings`
-//! (the user's own account) and `setup` (the admins' pages) handle their pages and forms.
+//! (the user's own account) and `setup` (the admins' pages) handle their pages and forms;
+//! `chart` draws the login history's charts that open Setup → Login History.
 
+mod chart;
 mod page;
 mod session;
 mod settings;

@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 use minijinja::context;
 use serde::Serialize;
 
+use super::chart;
 use super::page::{Page, form_status, harden, page_after};
 use super::session::{renew, with_cookie};
 use super::settings::token_failure;
@@ -486,16 +487,51 @@ pub(super) fn compliance_page(
     )
 }
 
-pub(super) fn history_filter(q: &HashMap<String, String>) -> Result<HistoryFilter, String> {
+/// The ranges Setup → Login History offers (`range=`), the first the default: the table, the
+/// charts and the CSV cover the range unless `since=` names another start.
+const RANGES: [(&str, &str, u64); 3] = [
+    ("24h", "Last 24 hours", 24),
+    ("7d", "Last 7 days", 7 * 24),
+    ("30d", "Last 30 days", 30 * 24),
+];
+/// The charts count at most this many rows of the range, the newest (as the CSV holds).
+const CHART_ROWS: usize = 100_000;
+
+/// The `range=` parameter: one of [`RANGES`], the first when absent.
+fn history_range(
+    q: &HashMap<String, String>,
+) -> Result<&'static (&'static str, &'static str, u64), String> {
+    match q.get("range").map(|r| r.trim()).filter(|r| !r.is_empty()) {
+        None => Ok(&RANGES[0]),
+        Some(r) => RANGES.iter().find(|(v, _, _)| *v == r).ok_or_else(|| {
+            let known: Vec<&str> = RANGES.iter().map(|(v, _, _)| *v).collect();
+            format!("range: '{r}' is not one of {}", known.join(", "))
+        }),
+    }
+}
+
+/// The page's filter: user, outcome, and the start of the range (`since=`, else `range=`
+/// back from `now_ms`).
+pub(super) fn history_filter(
+    q: &HashMap<String, String>,
+    now_ms: u64,
+) -> Result<HistoryFilter, String> {
     let get = |k: &str| q.get(k).map(String::as_str);
-    crate::history::filter(get("user"), get("since"), get("outcome"), 50)
+    let (_, _, hours) = history_range(q)?;
+    let mut filter = crate::history::filter(get("user"), get("since"), get("outcome"), 50)?;
+    filter
+        .since_ms
+        .get_or_insert(now_ms.saturating_sub(hours * 3_600_000));
+    Ok(filter)
 }
 
 pub(super) async fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -> Response<Body> {
-    let (filter, error) = match history_filter(q) {
+    let now = crate::history::now_ms();
+    let (filter, error) = match history_filter(q, now) {
         Ok(f) => (f, None),
         Err(e) => (
             HistoryFilter {
+                since_ms: Some(now.saturating_sub(RANGES[0].2 * 3_600_000)),
                 limit: 50,
                 ..Default::default()
             },
@@ -519,15 +555,24 @@ pub(super) async fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -
     .await;
     let more = found.len() > 50;
     found.truncate(50);
+    let charts = history_charts(page.app, &filter, now).await;
+    let param =
+        |k: &str| crate::wire::encode_component(q.get(k).map(String::as_str).unwrap_or_default());
     let params = |p: usize| {
         format!(
-            "user={}&outcome={}&since={}&page={p}",
-            crate::wire::encode_component(q.get("user").map(String::as_str).unwrap_or_default()),
-            crate::wire::encode_component(q.get("outcome").map(String::as_str).unwrap_or_default()),
-            crate::wire::encode_component(q.get("since").map(String::as_str).unwrap_or_default()),
+            "user={}&outcome={}&range={}&since={}&page={p}",
+            param("user"),
+            param("outcome"),
+            param("range"),
+            param("since"),
         )
     };
     let outcomes: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+    let ranges: Vec<_> = RANGES
+        .iter()
+        .map(|(value, label, _)| context! { value, label })
+        .collect();
+    let f_range = history_range(q).map_or(RANGES[0].0, |r| r.0);
     page.render(
         if error.is_some() {
             StatusCode::BAD_REQUEST
@@ -538,20 +583,78 @@ pub(super) async fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -
         "Setup: Login History",
         "history",
         context! {
-            rows => found, show_reason => true, outcomes, page => pg,
+            rows => found, show_reason => true, outcomes, ranges, page => pg,
+            empty => "No logins in this range.",
             f_user => q.get("user").cloned().unwrap_or_default(),
             f_outcome => q.get("outcome").cloned().unwrap_or_default(),
             f_since => q.get("since").cloned().unwrap_or_default(),
+            f_range,
             prev => (pg > 1).then(|| format!("{BASE}/setup/history?{}", params(pg - 1))),
             next => more.then(|| format!("{BASE}/setup/history?{}", params(pg + 1))),
             csv => format!("{BASE}/setup/history.csv?{}", params(1)),
+            charts,
             error,
         },
     )
 }
 
+/// The charts of the page's range, drawn from the same query as the table but with up to
+/// [`CHART_ROWS`] rows; the note says when the range holds more than were counted, or that the
+/// history could not be read.
+async fn history_charts(app: &App, filter: &HistoryFilter, now_ms: u64) -> minijinja::Value {
+    let start_ms = filter.since_ms.unwrap_or(0);
+    let wanted = HistoryFilter {
+        limit: CHART_ROWS + 1,
+        ..filter.clone()
+    };
+    let store = app.store.clone();
+    let mut found = match tokio::task::spawn_blocking(move || store.history_query(&wanted)).await {
+        Ok(Ok(rows)) => rows,
+        failed => {
+            match failed {
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot read the login history"),
+                _ => tracing::error!("the login-history query task failed"),
+            }
+            return context! {
+                note => "The charts cannot be drawn: the login history could not be read.",
+            };
+        }
+    };
+    let partial = found.len() > CHART_ROWS;
+    found.truncate(CHART_ROWS);
+    // Rows written while the query ran are inside the range too.
+    let end_ms = crate::history::now_ms().max(now_ms) + 1;
+    let tally = chart::Tally::count(&found, chart::Range { start_ms, end_ms }, partial);
+    let note = partial.then(|| {
+        format!(
+            "The charts count the newest {} logins of this range, back to {}; older logins \
+             in the range are not counted (the table lists them all).",
+            thousands(CHART_ROWS),
+            found.last().map(|r| format_ms(r.at_ms)).unwrap_or_default()
+        )
+    });
+    context! {
+        periods => minijinja::Value::from_safe_string(tally.periods_svg()),
+        clients => minijinja::Value::from_safe_string(tally.clients_svg()),
+        note,
+    }
+}
+
+/// 100000 as "100,000".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 pub(super) async fn history_csv(app: &App, q: &HashMap<String, String>) -> Response<Body> {
-    let Ok(mut filter) = history_filter(q) else {
+    let Ok(mut filter) = history_filter(q, crate::history::now_ms()) else {
         return harden(crate::wire::respond(
             StatusCode::BAD_REQUEST,
             "text/plain; charset=utf-8",
