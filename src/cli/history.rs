@@ -1,17 +1,16 @@
 //! `tokengate history`: turns the command-line filters into a history query and prints the
 //! answer.
 
-use std::path::Path;
-
 use tokengate::admin::{Answer, Request};
 
+use super::locate::ConfigSource;
 use super::output::{print_answer, print_history};
 use super::users::admin_call;
-use super::{CliError, HistoryArgs, load_config};
+use super::{CliError, HistoryArgs, admin_config};
 
 /// Prints the login history the filters select, newest first.
-pub(super) async fn history(config: Option<&Path>, args: HistoryArgs) -> Result<(), CliError> {
-    let cfg = load_config(config)?;
+pub(super) async fn history(source: &ConfigSource, args: HistoryArgs) -> Result<(), CliError> {
+    let cfg = admin_config(source)?;
     let filter = tokengate::history::filter(
         args.user.as_deref(),
         args.since.as_deref(),

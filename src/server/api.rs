@@ -304,8 +304,10 @@ async fn admin(app: Arc<App>, req: Request<ReqBody>, peer: Client, path: &[&str]
                 password: b.password,
                 loadtest: b.loadtest,
                 token: b.token,
+                show_token: false,
             };
-            // The token is never returned over HTTP: it is emailed (when mail is configured).
+            // The token is never returned over HTTP: it is emailed, and without a mail
+            // transport the user is not created (503 `mail_not_configured`).
             let (user, _token, note) = app.admin.add_user(new).await?;
             Ok(json(
                 StatusCode::CREATED,
