@@ -25,7 +25,9 @@ use crate::store::{Store, StoreError, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
-    #[error("email delivery is not configured ([mail] transport = \"none\")")]
+    #[error(
+        "email delivery is not configured ([mail] transport = \"none\"); configure [mail] in the configuration file so tokens can be emailed"
+    )]
     NotConfigured,
     #[error("invalid email address: {0}")]
     Address(String),

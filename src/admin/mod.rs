@@ -54,6 +54,13 @@ pub enum AdminError {
     /// A request that cannot be carried out as asked (nothing to change, ...).
     #[error("{0}")]
     Invalid(&'static str),
+    /// A user whose token nobody would ever see: no mail transport, and the caller does not
+    /// show it. The words are the CLI's (the admin socket's only client); the admin API and
+    /// the console say it in their own.
+    #[error(
+        "no mail transport is configured ([mail] transport = \"none\"), so nobody would ever see the new user's security token; nothing was created. Configure [mail] in the configuration file to email it, or pass --show-token to print it once"
+    )]
+    Undeliverable,
 }
 
 /// What admins see of a user: never a hash, never a token.
@@ -121,6 +128,18 @@ pub struct NewUser {
     /// An integration's account: APIs only, no console.
     #[serde(default)]
     pub api_only: bool,
+    /// The caller shows the new token to the admin once (the CLI's `--show-token`), so it
+    /// needs no mail to be delivered.
+    #[serde(default)]
+    pub show_token: bool,
+}
+
+impl NewUser {
+    /// Whether the new user's token reaches someone without mail: shown to the admin, or
+    /// chosen by the caller (a load-test user).
+    pub fn token_reaches_caller(&self) -> bool {
+        self.show_token || self.token.is_some()
+    }
 }
 
 /// Profile fields an admin may change (`tokengate user set`, `PATCH
@@ -616,11 +635,18 @@ impl Admin {
         }
     }
 
-    /// Creates a user and, when mail is configured, emails the token (reason: account created).
+    /// Creates a user and emails the token (reason: account created), unless the caller shows
+    /// it or chose it; refused when neither mail nor the caller can deliver it.
     pub async fn add_user(
         &self,
         new: NewUser,
     ) -> Result<(UserView, String, Option<String>), AdminError> {
+        // Refused before anything is written: a user nobody can log in as, since nobody has
+        // the token, is worse than no user. A transport that is configured but fails is
+        // different: the user exists and a reset once mail works delivers a token.
+        if !new.token_reaches_caller() && !self.tokens.mailer().is_configured() {
+            return Err(AdminError::Undeliverable);
+        }
         let users = self.users.clone();
         let (view, token) = tokio::task::spawn_blocking(move || users.add(new))
             .await

@@ -1,17 +1,16 @@
 //! `tokengate history`: turns the command-line filters into a history query and prints the
 //! answer.
 
-use std::path::Path;
-
 use tokengate::admin::{Answer, Request};
 
+use super::locate::ConfigSource;
 use super::output::{print_answer, print_history};
 use super::users::admin_call;
-use super::{AuditArgs, AuditCommand, CliError, Format, HistoryArgs, load_config};
+use super::{AuditArgs, AuditCommand, CliError, Format, HistoryArgs, admin_config};
 
 /// Prints the login history the filters select, newest first.
-pub(super) async fn history(config: Option<&Path>, args: HistoryArgs) -> Result<(), CliError> {
-    let cfg = load_config(config)?;
+pub(super) async fn history(source: &ConfigSource, args: HistoryArgs) -> Result<(), CliError> {
+    let cfg = admin_config(source)?;
     let filter = tokengate::history::filter(
         args.user.as_deref(),
         args.since.as_deref(),
@@ -27,8 +26,8 @@ pub(super) async fn history(config: Option<&Path>, args: HistoryArgs) -> Result<
 
 /// `tokengate audit`: prints the records the filters select, newest first; `audit verify`
 /// checks the chain and fails when it is broken.
-pub(super) async fn audit(config: Option<&Path>, args: AuditArgs) -> Result<(), CliError> {
-    let cfg = load_config(config)?;
+pub(super) async fn audit(source: &ConfigSource, args: AuditArgs) -> Result<(), CliError> {
+    let cfg = admin_config(source)?;
     if let Some(AuditCommand::Verify) = args.verify {
         return match admin_call(&cfg, Request::AuditVerify).await? {
             Answer::Verified { verified } => {

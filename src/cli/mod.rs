@@ -5,11 +5,12 @@
 mod demo;
 mod history;
 mod loadtest;
+mod locate;
 mod output;
 mod serve;
 mod users;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -18,6 +19,7 @@ use tokengate::admin::{self, Answer, Request};
 use tokengate::config::Config;
 use tokengate::server;
 
+use locate::ConfigSource;
 use output::print_answer;
 use users::admin_call;
 
@@ -75,8 +77,9 @@ impl From<&str> for CliError {
     about = "A TLS reverse proxy with Salesforce-style password+token logins"
 )]
 struct Cli {
-    /// Configuration file (TOML). Without it, the built-in defaults are used.
-    #[arg(long, global = true, env = "TOKENGATE_CONFIG")]
+    /// Configuration file (TOML). Without it: the file TOKENGATE_CONFIG names, else
+    /// /etc/tokengate/tokengate.toml when it exists, else the built-in defaults.
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -371,12 +374,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The configuration file, or the built-in defaults when none is given.
-fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
-    Ok(match path {
-        Some(p) => Config::load(p)?,
-        None => Config::defaults(),
-    })
+/// The configuration an admin command runs with, after saying on standard error where it
+/// came from (the store it names is reported once the command knows how it reaches it).
+fn admin_config(source: &ConfigSource) -> Result<Config, CliError> {
+    let cfg = source.load()?;
+    eprintln!("tokengate: {}", source.describe());
+    Ok(cfg)
 }
 
 /// Logs to standard error; `RUST_LOG` overrides the configured level.
@@ -400,14 +403,19 @@ enum LogFormat {
 
 /// Runs one command. The small ones are carried out here; the others have modules of their own.
 async fn run(cli: Cli) -> Result<(), CliError> {
+    let source = ConfigSource::discover(
+        cli.config,
+        std::env::var_os(locate::CONFIG_ENV),
+        std::path::Path::new(locate::SYSTEM_CONFIG),
+    );
     match cli.command {
-        Command::Serve => serve::serve(cli.config.as_deref(), cli.log_format).await,
+        Command::Serve => serve::serve(&source, cli.log_format).await,
         Command::Demo(args) => demo::demo(args).await,
-        Command::History(args) => history::history(cli.config.as_deref(), args).await,
-        Command::Audit(args) => history::audit(cli.config.as_deref(), args).await,
+        Command::History(args) => history::history(&source, args).await,
+        Command::Audit(args) => history::audit(&source, args).await,
         Command::Loadtest(cmd) => loadtest::loadtest(cmd).await,
         Command::Backup { file } => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let cfg = admin_config(&source)?;
             let file = std::path::absolute(&file)?;
             match admin_call(
                 &cfg,
@@ -426,16 +434,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Restore { file } => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let cfg = admin_config(&source)?;
             if admin::call_socket(&cfg.store.path, &Request::UserList)
                 .await?
                 .is_some()
             {
-                return Err(
-                    "a tokengate server is running on this data directory; stop it first".into(),
-                );
+                return Err(format!(
+                    "a tokengate server is running on the {}; stop it first",
+                    locate::describe_store(&cfg)
+                )
+                .into());
             }
+            let created = !locate::store_exists(&cfg);
             let store = tokengate::services::DataDir::open(&cfg)?.store;
+            locate::report_store(&cfg, locate::Route::Direct { created });
             let n = tokengate::backup::restore(store.as_ref(), &file)?;
             // Recorded in the restored trail, after its own records.
             tokengate::audit::Audit::new(store.clone(), Default::default()).record(
@@ -459,8 +471,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::CheckConfig => {
-            let path = cli.config.ok_or("check-config needs --config FILE")?;
-            let cfg = Config::load(&path)?;
+            let path = source.path().ok_or_else(|| {
+                format!(
+                    "check-config needs a configuration file: --config FILE, {} or {}",
+                    locate::CONFIG_ENV,
+                    locate::SYSTEM_CONFIG
+                )
+            })?;
+            let cfg = Config::load(path)?;
             // A database is checked for real: reachable, and its schema brought up to date.
             if let tokengate::config::Backend::Postgres(pg) = &cfg.store.backend {
                 let pg = pg.clone();
@@ -478,11 +496,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::User(cmd) => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let cfg = admin_config(&source)?;
             users::user_command(&cfg, cmd).await
         }
         Command::Token(TokenCommand::Reset { username }) => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let cfg = admin_config(&source)?;
             print_answer(
                 admin_call(&cfg, Request::TokenReset { username }).await?,
                 false,
@@ -494,7 +512,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             disable,
             redact,
         }) => {
-            let cfg = load_config(cli.config.as_deref())?;
+            let cfg = admin_config(&source)?;
             let req = if enable.is_none() && !disable && redact.is_none() {
                 Request::ComplianceGet
             } else {

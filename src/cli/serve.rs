@@ -6,12 +6,15 @@ use std::path::Path;
 use tokengate::config::Config;
 use tokengate::server::Server;
 
-use super::{CliError, LogFormat, init_logging, load_config};
+use super::locate::ConfigSource;
+use super::{CliError, LogFormat, init_logging};
 
 /// Runs the proxy until it is told to stop, then lets in-flight requests finish.
-pub(super) async fn serve(config: Option<&Path>, log_format: LogFormat) -> Result<(), CliError> {
-    let cfg = load_config(config)?;
+pub(super) async fn serve(source: &ConfigSource, log_format: LogFormat) -> Result<(), CliError> {
+    let cfg = source.load()?;
     init_logging(&cfg.log_level, log_format);
+    tracing::info!(store = %super::locate::describe_store(&cfg), "{}", source.describe());
+    let config = source.path();
     let server = Server::start(cfg).await?;
     if server.cert.generated {
         eprintln!(

@@ -4,10 +4,11 @@
 
 use std::io::{BufRead as _, IsTerminal as _};
 
-use tokengate::admin::{self, Answer, NewUser, Request, UserChanges};
-use tokengate::config::Config;
+use tokengate::admin::{self, AdminError, Answer, NewUser, Request, UserChanges};
+use tokengate::config::{Config, MailTransport};
 use tokengate::services::ServicesError;
 
+use super::locate::{self, Route};
 use super::output::print_answer;
 use super::{CliError, UserCommand};
 
@@ -48,14 +49,25 @@ fn confirm(question: &str) -> Result<bool, CliError> {
 /// no server runs on this data directory.
 pub(super) async fn admin_call(cfg: &Config, req: Request) -> Result<Answer, CliError> {
     if let Some(answer) = admin::call_socket(&cfg.store.path, &req).await? {
+        locate::report_store(cfg, Route::Socket);
         return Ok(answer);
     }
+    // The server's own check, made before the store is opened, so a refused `user add`
+    // leaves nothing behind, not even a new empty store.
+    if let Request::UserAdd(new) = &req
+        && !new.token_reaches_caller()
+        && matches!(cfg.mail.transport, MailTransport::None)
+    {
+        return Err(AdminError::Undeliverable.to_string().into());
+    }
+    let created = !locate::store_exists(cfg);
     let admin = tokengate::services::offline_admin(cfg).map_err(|e| match e {
         ServicesError::Store(tokengate::store::StoreError::Locked { path }) => format!(
             "the data directory {path} is locked by a running tokengate whose admin socket does not answer"
         ),
         other => other.to_string(),
     })?;
+    locate::report_store(cfg, Route::Direct { created });
     let answer = admin.execute(&admin::this_account(), req).await;
     admin.store.flush()?;
     Ok(answer)
@@ -82,6 +94,8 @@ pub(super) async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), C
                     admin,
                     password,
                     api_only,
+                    // Printed here: the token needs no mail to reach the admin.
+                    show_token,
                     ..Default::default()
                 }),
                 false,

@@ -5,8 +5,8 @@
 //! Connection header field before a message is forwarded and, for each connection-option in
 //! this field, remove any header or trailer field(s) from the message with the same name as
 //! the connection-option, and then remove the Connection header field itself"; the fixed
-//! names below are §7.6.1's plus the historic `Keep-Alive` and `Proxy-Connection`), and so do
-//! the client's credentials and any identity or forwarding header it made up
+//! names below are RFC 9110 §7.6.1's plus the historic `Keep-Alive` and `Proxy-Connection`),
+//! and so do the client's credentials and any identity or forwarding header it made up
 //! ([`is_protected`]), and tokengate's own cookies; tokengate then sets the identity headers
 //! (`X-Tokengate-User`, `X-Tokengate-User-Id`), `X-Forwarded-For|Proto|Host` and `Host`. A
 //! SOAP call's `SessionHeader` is cut out of its envelope ([`cut_session_header`]).

@@ -310,6 +310,9 @@ async fn admin(app: Arc<App>, req: Request<ReqBody>, peer: Client, path: &[&str]
                 loadtest: b.loadtest,
                 token: b.token,
                 api_only: b.api_only,
+                // The token is never returned over HTTP: it is emailed, and without a mail
+                // transport the user is not created (503 `mail_not_configured`).
+                show_token: false,
             })
         }
         (["users"], _) => return Err(method_not_allowed("GET, POST")),

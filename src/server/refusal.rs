@@ -498,6 +498,10 @@ impl From<AdminError> for Refusal {
                 message: "a user with that username exists",
             },
             AdminError::Token(t) => t.into(),
+            AdminError::Undeliverable => Refusal::Unavailable {
+                code: "mail_not_configured",
+                message: "email delivery is not configured, so the new user's security token could not be delivered; no user was created",
+            },
             AdminError::Synthetic(m) => Refusal::Forbidden {
                 code: "synthetic_users_refused",
                 message: m.into(),

@@ -124,6 +124,7 @@ async fn admin_commands_work_with_and_without_a_running_server() {
             "--email",
             "a@example.com",
             "--password-stdin",
+            "--show-token",
         ],
         Some("Passw0rd\n"),
     );
@@ -142,25 +143,8 @@ async fn admin_commands_work_with_and_without_a_running_server() {
     let sid = extract(&xml, "sessionId").unwrap();
     assert!(sid.starts_with("00D5e000000AbCd!"));
 
-    // Without --show-token the token is never printed.
-    let o = tokengate(
-        &config,
-        &[
-            "user",
-            "add",
-            "carol@example.com",
-            "--email",
-            "c@example.com",
-            "--password-stdin",
-        ],
-        Some("Passw0rd\n"),
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).lines().all(|l| l.len() != 24 || l.contains(' ')),
-        "{}",
-        stdout(&o)
-    );
+    let carol = add_user(&config, "carol@example.com");
+    assert_ne!(carol, bob);
 
     let o = tokengate(&config, &["user", "list"], None);
     assert!(o.status.success());
@@ -305,16 +289,254 @@ fn configuration_errors_stop_the_start_with_one_clear_line() {
 }
 
 #[test]
-fn the_example_config_is_valid() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.toml");
-    let o = Command::new(BIN)
-        .arg("--config")
-        .arg(&example)
-        .arg("check-config")
-        .env("TOKENGATE_DEMO_CLIENT_SECRET", "an example secret")
-        .output()
-        .unwrap();
+fn the_shipped_config_passes_check_config_as_shipped_from_the_repository_root() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // No environment: every secret it could name is unset, as on a fresh installation.
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(root)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["--config", "config/tokengate.toml", "check-config"]);
+    let (o, killed) = process::run_bounded(cmd, None, process::COMMAND_TIMEOUT);
+    assert!(!killed);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "config/tokengate.toml: ok");
+    // Its paths are where the systemd unit and the package put things, whatever directory it
+    // is checked from, not next to the file in the repository.
+    let cfg = tokengate::config::Config::load(&root.join("config/tokengate.toml")).unwrap();
+    assert_eq!(cfg.store.path, Path::new("/var/lib/tokengate"));
+    let unit = std::fs::read_to_string(root.join("config/tokengate.service")).unwrap();
+    assert!(unit.contains("StateDirectory=tokengate\n"), "{unit}");
+    assert!(
+        unit.contains("ExecStart=tokengate --config /etc/tokengate/tokengate.toml serve"),
+        "{unit}"
+    );
+}
+
+/// Runs the binary with exactly these arguments (no `--config` added), in `cwd`, with
+/// `TOKENGATE_CONFIG` set to `env_config` or removed.
+fn tokengate_in(
+    cwd: &Path,
+    env_config: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("TOKENGATE_CONFIG")
+        .env("TG_TEST_CLIENT_SECRET", CLIENT_SECRET);
+    if let Some(p) = env_config {
+        cmd.env("TOKENGATE_CONFIG", p);
+    }
+    let (o, killed) = process::run_bounded(cmd, stdin, process::COMMAND_TIMEOUT);
+    assert!(!killed, "tokengate {args:?}");
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_say_which_config_and_store_they_used_and_when_they_made_one() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "path = \"data\"\n",
+        &format!("path = \"data\"\n{}", store_backend_toml()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let data = dir.path().join("data");
+    let add = |cwd: &Path, env: Option<&Path>, extra: &[&str], name: &str| {
+        let mut args = extra.to_vec();
+        args.extend([
+            "user",
+            "add",
+            name,
+            "--email",
+            "who@example.com",
+            "--password-stdin",
+            "--show-token",
+        ]);
+        tokengate_in(cwd, env, &args, Some(&format!("{PASSWORD}\n")))
+    };
+    let store = if on_postgres() {
+        "store: PostgreSQL database ".to_owned()
+    } else {
+        format!("store: sled store in {}", data.display())
+    };
+
+    // TOKENGATE_CONFIG names the file; the first command on a store that did not exist says
+    // it made one.
+    let o = add(dir.path(), Some(&config), &[], "first@example.com");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "tokengate: config {} (from TOKENGATE_CONFIG)",
+            config.display()
+        )),
+        "{err}"
+    );
+    if on_postgres() {
+        // A database is never made by tokengate; it is named without a password.
+        assert!(
+            err.contains("store: PostgreSQL database ") && err.contains("@127.0.0.1:"),
+            "{err}"
+        );
+        assert!(err.contains("opened directly"), "{err}");
+    } else {
+        assert!(
+            err.contains(&format!(
+                "store: created a new sled store in {}",
+                data.display()
+            )),
+            "{err}"
+        );
+    }
+    // The second says it opened the existing one; --config wins over the variable.
+    let elsewhere = dir.path().join("nothing-here.toml");
+    let o = add(
+        dir.path(),
+        Some(&elsewhere),
+        &["--config", config.to_str().unwrap()],
+        "second@example.com",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "tokengate: config {} (--config)",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&store) && err.contains("opened directly") && !err.contains("created"),
+        "{err}"
+    );
+    assert_eq!(err.matches("store:").count(), 1, "said once: {err}");
+
+    // With the server running: through its admin socket, which is named.
+    let server = serve(&config);
+    let o = tokengate_in(dir.path(), Some(&config), &["user", "list"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&store)
+            && err.contains(&format!(
+                "through the running server's admin socket {}",
+                data.join("admin.sock").display()
+            )),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("second@example.com"));
+    // `user set` makes two admin calls and says so once.
+    let o = tokengate_in(
+        dir.path(),
+        Some(&config),
+        &[
+            "user",
+            "set",
+            "first@example.com",
+            "--rotate-every",
+            "off",
+            "--login-ranges",
+            "none",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("store:").count(), 1, "{}", stderr(&o));
+    server.stop();
+
+    // Nothing names a file: the built-in defaults, and their store in the current directory,
+    // which the command says it made (unless this machine has a system-wide configuration,
+    // which would then be used instead).
+    if !Path::new("/etc/tokengate/tokengate.toml").exists() {
+        let cwd = tempfile::tempdir().unwrap();
+        let o = add(cwd.path(), None, &[], "third@example.com");
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("tokengate: config: the built-in defaults (no --config, no TOKENGATE_CONFIG, no /etc/tokengate/tokengate.toml)"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "store: created a new sled store in {}",
+                cwd.path().join("tokengate-data").display()
+            )),
+            "{err}"
+        );
+        // check-config has nothing to check and says where it looked.
+        let o = tokengate_in(cwd.path(), None, &["check-config"], None);
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o).contains("TOKENGATE_CONFIG or /etc/tokengate/tokengate.toml"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_mail_user_add_needs_show_token_and_token_reset_is_refused() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url());
+    let add_unshown = |name: &str| {
+        tokengate(
+            &config,
+            &[
+                "user",
+                "add",
+                name,
+                "--email",
+                "n@example.com",
+                "--password-stdin",
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+    };
+    let refused = |o: &Output| {
+        assert!(!o.status.success(), "{}", stdout(o));
+        let err = stderr(o);
+        assert!(
+            err.contains("no mail transport is configured")
+                && err.contains("Configure [mail]")
+                && err.contains("--show-token")
+                && err.contains("nothing was created"),
+            "{err}"
+        );
+    };
+    // No server: refused before the store is even opened, so not even an empty one is left.
+    refused(&add_unshown("nobody@example.com"));
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+
+    let token = add_user(&config, "shown@example.com");
+    let o = tokengate(&config, &["token", "reset", "shown@example.com"], None);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the current token stays valid")
+            && stderr(&o).contains("configure [mail]"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Server running: its own check, the same words, through the admin socket.
+    let server = serve(&config);
+    refused(&add_unshown("nobody@example.com"));
+    let o = tokengate(&config, &["token", "reset", "shown@example.com"], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("configure [mail]"), "{}", stderr(&o));
+    let o = tokengate(&config, &["user", "list"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("nobody@example.com"), "{}", stdout(&o));
+    let c = client(dir.path(), server.addr);
+    let (status, _) = soap_status(&c, "shown@example.com", &format!("{PASSWORD}{token}")).await;
+    assert_eq!(status, StatusCode::OK, "the token shown once still works");
+    server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,6 +557,26 @@ async fn token_reset_and_compliance_settings_work_from_the_cli_with_and_without_
         sink.to(inbox)[0].token(),
         first,
         "the new user's token was emailed"
+    );
+    // Without --show-token the token is emailed and never printed.
+    let o = tokengate(
+        &config,
+        &[
+            "user",
+            "add",
+            "quiet@example.com",
+            "--email",
+            "quiet@example.com",
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mailed = sink.to("quiet@example.com")[0].token();
+    assert!(
+        !stdout(&o).contains(&mailed) && !stderr(&o).contains(&mailed),
+        "{}",
+        stdout(&o)
     );
 
     // No server: the CLI sends the mail itself.

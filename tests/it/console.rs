@@ -502,7 +502,12 @@ async fn setup_pages_manage_users_compliance_and_history() {
             &[("every", "soonish")],
         )
         .await;
-    assert!(r.text().contains("invalid rotation period &#x27;soonish&#x27;"), "{}", r.text());
+    assert!(
+        r.text()
+            .contains("invalid rotation period &#x27;soonish&#x27;"),
+        "{}",
+        r.text()
+    );
 
     let r = b
         .submit(
@@ -1272,4 +1277,63 @@ async fn console_sessions_end_after_their_idle_time_and_their_lifetime() {
         r.header("set-cookie")
     );
     assert!(!cookie.is_empty());
+}
+
+#[tokio::test]
+async fn without_mail_creating_a_user_is_refused_in_the_console_and_the_admin_api() {
+    // No [mail]: a user made here would have a token nobody ever sees.
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let admin = ts.add_user_with("root@example.com", PASSWORD, true).await;
+    let b = Browser::sign_in(&ts, "root@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let r = b
+        .submit(
+            "/setup/users",
+            "/setup/users",
+            &[
+                ("username", "lost@example.com"),
+                ("email", "lost@example.com"),
+                ("password", "Newbie1pass"),
+            ],
+        )
+        .await;
+    let html = r.text();
+    assert!(
+        html.contains("Email delivery is not configured")
+            && html.contains("no user was created")
+            && html.contains("--show-token"),
+        "{html}"
+    );
+    assert!(ts.app().users.show("lost@example.com").is_err());
+
+    let r = ts
+        .client()
+        .call(
+            ts.client()
+                .request(Method::POST, "/tokengate/v1/admin/users")
+                .header("content-type", "application/json")
+                .header(
+                    "authorization",
+                    basic("root@example.com", &format!("{PASSWORD}{admin}")),
+                ),
+            serde_json::json!({
+                "username": "lost@example.com",
+                "email": "lost@example.com",
+                "password": PASSWORD,
+            })
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.json()["error"], "mail_not_configured");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no user was created")
+    );
+    assert!(ts.app().users.show("lost@example.com").is_err());
+    ts.stop().await;
 }

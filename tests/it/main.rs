@@ -23,5 +23,6 @@ mod mail;
 mod ops;
 mod postgres_cluster;
 mod replicas;
+mod repository;
 mod sessions;
 mod tokens;

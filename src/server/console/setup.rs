@@ -54,6 +54,12 @@ pub(super) async fn setup_post(
                 }
                 users_page(page, &none, Some(msg), None)
             }
+            Err(crate::admin::AdminError::Undeliverable) => users_page(
+                page,
+                &none,
+                None,
+                Some("Email delivery is not configured, so the new user's security token could not be delivered; no user was created. Configure [mail] on the server, or create the user with tokengate user add --show-token.".into()),
+            ),
             Ok(_) => users_page(page, &none, None, Some("Unexpected answer.".into())),
             Err(e) => users_page(page, &none, None, Some(e.to_string())),
         };
