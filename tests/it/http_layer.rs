@@ -203,8 +203,10 @@ async fn a_small_gzipped_namespace_flood_is_refused_at_once_and_health_keeps_ans
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
     assert!(r.text().contains("too many attributes"), "{}", r.text());
     assert!(took < Duration::from_secs(1), "refused in {took:?}");
+    // Generous for a loaded two-core machine: the executor blocked for the parse would hold
+    // health for as long as the whole refusal takes.
     assert!(
-        slowest < Duration::from_millis(100),
+        slowest < Duration::from_millis(500),
         "health took {slowest:?}"
     );
 }
