@@ -97,6 +97,16 @@ pub(super) async fn setup_post(
                 )
             })
             .map_err(|e| e.to_string()),
+        "reset-mfa" => users
+            .reset_mfa(&name)
+            .map(|u| {
+                app.console.end_user(&u.id);
+                format!(
+                    "{}'s two-factor authentication was reset: they set it up again at their next sign-in.",
+                    u.username
+                )
+            })
+            .map_err(|e| e.to_string()),
         "unlock" => users
             .unlock(&name)
             .map(|u| format!("{} was unlocked.", u.username))
@@ -254,6 +264,12 @@ pub(super) fn users_page(
                 actions.push(Action {
                     action: "unlock",
                     label: "Unlock",
+                });
+            }
+            if u.mfa_enrolled {
+                actions.push(Action {
+                    action: "reset-mfa",
+                    label: "Reset 2FA",
                 });
             }
             UserRow {
