@@ -70,6 +70,9 @@ pub struct UserView {
     pub locked_until: Option<u64>,
     pub login_ranges: Vec<String>,
     pub loadtest: bool,
+    /// Whether the user has confirmed a console second factor (`mfa`).
+    #[serde(default)]
+    pub mfa_enrolled: bool,
 }
 
 impl From<&User> for UserView {
@@ -92,6 +95,7 @@ impl From<&User> for UserView {
                 .filter(|_| u.lockout.is_locked(crate::now_secs())),
             login_ranges: u.login_ranges.iter().map(ToString::to_string).collect(),
             loadtest: u.loadtest,
+            mfa_enrolled: u.mfa.enrolled(),
         }
     }
 }
@@ -312,6 +316,20 @@ impl Users {
         let user = self
             .store
             .update_user(&user.id, &mut |u| u.lockout = Default::default())?;
+        self.store.flush()?;
+        Ok((&user).into())
+    }
+
+    /// Resets the user's console second factor: secret, pending enrolment and recovery codes
+    /// go, and the user enrols afresh at the next console sign-in. Ends the user's sessions
+    /// (console and API): whoever holds the old factor may be the reason for the reset.
+    pub fn reset_mfa(&self, username: &str) -> Result<UserView, AdminError> {
+        let user = self.find(username)?;
+        let user = self.store.update_user(&user.id, &mut |u| {
+            u.mfa = Default::default();
+            u.end_access();
+        })?;
+        self.end_sessions(&user.id)?;
         self.store.flush()?;
         Ok((&user).into())
     }

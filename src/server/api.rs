@@ -56,6 +56,13 @@ pub(crate) fn parse_bodies(data: &[u8]) -> Vec<String> {
     out
 }
 
+/// Whether `path` is the admin API's (with the console on its own listener, only that
+/// listener serves it).
+pub fn is_admin(path: &str) -> bool {
+    path.strip_prefix("/tokengate/v1/admin")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Who is calling an API endpoint: a session, or Basic `username:password+token`.
 async fn caller(app: &App, req: &Request<ReqBody>, peer: Client) -> Result<Caller, Refusal> {
     let credential = Credential::from_headers(req.headers());
@@ -342,6 +349,12 @@ async fn admin(app: Arc<App>, req: Request<ReqBody>, peer: Client, path: &[&str]
         (["users", name, "unlock"], Method::POST) => {
             Ok(user_answer(StatusCode::OK, app.users.unlock(name)?))
         }
+        (["users", name, "mfa", "reset"], Method::POST) => {
+            let (users, name) = (app.users.clone(), name.to_string());
+            let user = blocking(move || users.reset_mfa(&name)).await?;
+            Ok(user_answer(StatusCode::OK, user))
+        }
+        (["users", _, "mfa", "reset"], _) => Err(method_not_allowed("POST")),
         (["users", name, "login-ranges"], Method::PUT) => {
             let b: RangesBody = read::json(&app, req).await?;
             let ranges = crate::admin::parse_ranges(&b.ranges.join(","))?;
