@@ -566,7 +566,7 @@ async fn the_policy_names_who_owes_a_second_factor() {
             // The settings page offers re-enrolment only where a factor is owed.
             if !owes {
                 let html = b.get("/settings").await.text();
-                assert_eq!(html.contains("Two-factor authentication"), false);
+                assert!(!html.contains("Two-factor authentication"));
             }
         }
         ts.stop().await;
