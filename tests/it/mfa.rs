@@ -574,6 +574,23 @@ async fn the_policy_names_who_owes_a_second_factor() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_user_made_admin_while_signed_in_must_sign_in_again_with_a_second_factor() {
+    let (_up, ts) = server_with(Policy::Admins, |_| {}).await;
+    ts.add_user("fay@example.com").await;
+    let mut b = Browser::new(&ts);
+    assert_eq!(
+        b.password("fay@example.com").await,
+        format!("{BASE}/settings")
+    );
+    assert!(b.signed_in().await);
+    ts.app().users.set_admin("fay@example.com", true).unwrap();
+    let r = b.get("/setup/users").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(r.header("location").unwrap().ends_with("/signin?expired=1"));
+    assert_eq!(b.password("fay@example.com").await, format!("{BASE}/mfa"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_half_finished_sign_in_expires_and_is_bound_to_its_browser() {
     let (_up, ts) = server_with(Policy::All, |_| {}).await;
     ts.add_user("dan@example.com").await;

@@ -148,6 +148,12 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
             expired.then(clear_cookie),
         );
     };
+    // A session opened before the user owed a second factor (made admin since, under
+    // `mfa = "admins"`): every sign-in that owes one ends enrolled, so this one did not.
+    if mfa::owed(&app, &user) && !user.mfa.enrolled() {
+        app.console.end(&session.csrf);
+        return redirect(&format!("{BASE}/signin?expired=1"), Some(clear_cookie()));
+    }
     let page = Page {
         app: &app,
         me: Some(&user),
