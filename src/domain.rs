@@ -90,6 +90,10 @@ pub enum Reason {
     WrongPassword,
     Malformed,
     OutsideLoginRange,
+    /// The console's second factor: a code that is not the user's.
+    WrongCode,
+    /// The console's second factor: a right code whose time step was already used.
+    ReplayedCode,
 }
 
 impl Reason {
@@ -101,6 +105,8 @@ impl Reason {
             Reason::WrongPassword => "wrong password",
             Reason::Malformed => "malformed credentials",
             Reason::OutsideLoginRange => "outside login range",
+            Reason::WrongCode => "wrong verification code",
+            Reason::ReplayedCode => "replayed verification code",
         }
     }
 

@@ -19,6 +19,7 @@ pub mod limit;
 pub mod loadtest;
 pub mod mail;
 pub mod metrics;
+pub mod mfa;
 pub mod proxy;
 pub mod secret;
 pub mod server;

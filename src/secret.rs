@@ -2,15 +2,17 @@
 //! keyed hashes (HMAC-SHA256 under the server key) and constant-time comparison.
 //!
 //! Nothing here knows about HTTP or storage. Every keyed hash carries a domain label so a
-//! token tag can never be confused with a session key or a cache key.
+//! token tag can never be confused with a session key or a cache key. A secret that must be
+//! read back (a TOTP secret) is sealed with AES-256-GCM under a key derived from the server
+//! key, bound to its owner, so the store holds nothing a reader could use.
 
 use std::sync::Mutex;
 
 use argon2::password_hash::PasswordHash;
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine as _;
-use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{aead, hmac};
 
 /// Security tokens use these 62 characters (docs/salesforce-protocol.md §5: "case-sensitive alphanumeric").
 const TOKEN_ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -21,6 +23,8 @@ pub enum SecretError {
     Random,
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error("a sealed secret could not be opened (another installation's, or altered)")]
+    Sealed,
 }
 
 /// The largest argon2 parameters tokengate configures or verifies with: a stored hash (from a
@@ -74,6 +78,10 @@ pub enum Domain {
     Token,
     Session,
     CredentialCache,
+    /// Console recovery codes (second factor).
+    Recovery,
+    /// The key that seals secrets stored for reading back (`Secrets::seal`).
+    Seal,
 }
 
 impl Domain {
@@ -82,6 +90,8 @@ impl Domain {
             Domain::Token => b"tokengate token v1\0",
             Domain::Session => b"tokengate session v1\0",
             Domain::CredentialCache => b"tokengate cache v1\0",
+            Domain::Recovery => b"tokengate recovery v1\0",
+            Domain::Seal => b"tokengate seal v1\0",
         }
     }
 }
@@ -167,6 +177,49 @@ impl Secrets {
     pub fn token_matches(&self, token: &str, stored: &Tag) -> bool {
         let computed = self.token_tag(token);
         constant_time_eq(&computed, stored)
+    }
+
+    /// The AES-256-GCM key that seals secrets: derived from the server key, so a backup
+    /// (which carries the server key) restores secrets that still open.
+    fn seal_key(&self) -> aead::LessSafeKey {
+        let key = self.tag(Domain::Seal, &[b"aes-256-gcm"]);
+        aead::LessSafeKey::new(
+            aead::UnboundKey::new(&aead::AES_256_GCM, &key).expect("a 32-byte AES-256 key"),
+        )
+    }
+
+    /// Seals `plain` for `owner` (the owner's id is authenticated with it, so a sealed value
+    /// copied onto another record does not open there): a random 96-bit nonce, then the
+    /// ciphertext and its tag.
+    pub fn seal(&self, owner: &str, plain: &[u8]) -> Result<Vec<u8>, SecretError> {
+        let nonce: [u8; aead::NONCE_LEN] = self.random_bytes()?;
+        let mut out = plain.to_vec();
+        self.seal_key()
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(owner.as_bytes()),
+                &mut out,
+            )
+            .map_err(|_| SecretError::Sealed)?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&out);
+        Ok(sealed)
+    }
+
+    /// Opens what [`Secrets::seal`] sealed for `owner`.
+    pub fn open(&self, owner: &str, sealed: &[u8]) -> Result<Vec<u8>, SecretError> {
+        if sealed.len() < aead::NONCE_LEN + aead::AES_256_GCM.tag_len() {
+            return Err(SecretError::Sealed);
+        }
+        let (nonce, body) = sealed.split_at(aead::NONCE_LEN);
+        let nonce =
+            aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| SecretError::Sealed)?;
+        let mut buf = body.to_vec();
+        let plain = self
+            .seal_key()
+            .open_in_place(nonce, aead::Aad::from(owner.as_bytes()), &mut buf)
+            .map_err(|_| SecretError::Sealed)?;
+        Ok(plain.to_vec())
     }
 
     /// Runs argon2 with a working buffer of `blocks` blocks from the reuse pool.
@@ -347,6 +400,31 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(s.verify_password(&other, "Passw0rd"));
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_for_their_owner_and_key() {
+        let s = secrets();
+        let sealed = s
+            .seal("005000000000001AAA", b"twenty bytes secret!")
+            .unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"twenty"));
+        assert_eq!(
+            s.open("005000000000001AAA", &sealed).unwrap(),
+            b"twenty bytes secret!"
+        );
+        assert!(s.open("005000000000002AAA", &sealed).is_err());
+        let other = Secrets::new(&[8u8; 32], Params::new(1024, 1, 1, None).unwrap());
+        assert!(other.open("005000000000001AAA", &sealed).is_err());
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(s.open("005000000000001AAA", &altered).is_err());
+        assert!(s.open("005000000000001AAA", &sealed[..10]).is_err());
+        assert_ne!(
+            sealed,
+            s.seal("005000000000001AAA", b"twenty bytes secret!")
+                .unwrap()
+        );
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub struct UserView {
     /// Logs in through the APIs only, never to the console.
     #[serde(default)]
     pub api_only: bool,
+    /// Whether the user has confirmed a console second factor (`mfa`).
+    #[serde(default)]
+    pub mfa_enrolled: bool,
 }
 
 impl From<&User> for UserView {
@@ -107,6 +110,7 @@ impl From<&User> for UserView {
             login_ranges: u.login_ranges.iter().map(ToString::to_string).collect(),
             loadtest: u.loadtest,
             api_only: u.api_only,
+            mfa_enrolled: u.mfa.enrolled(),
         }
     }
 }
@@ -414,6 +418,20 @@ impl Users {
         Ok((&user).into())
     }
 
+    /// Resets the user's console second factor: secret, pending enrolment and recovery codes
+    /// go, and the user enrols afresh at the next console sign-in. Ends the user's sessions
+    /// (console and API): whoever holds the old factor may be the reason for the reset.
+    pub fn reset_mfa(&self, username: &str) -> Result<UserView, AdminError> {
+        let user = self.find(username)?;
+        let user = self.store.update_user(&user.id, &mut |u| {
+            u.mfa = Default::default();
+            u.end_access();
+        })?;
+        self.end_sessions(&user.id)?;
+        self.store.flush()?;
+        Ok((&user).into())
+    }
+
     /// Sets the networks the user may log in from (empty: anywhere). Cached verifications die.
     pub fn set_login_ranges(
         &self,
@@ -514,6 +532,7 @@ impl Request {
                 user(username),
             ),
             Self::UserUnlock { username } => ("user.unlock", user(username)),
+            Self::UserMfaReset { username } => ("user.mfa_reset", user(username)),
             Self::UserSetAdmin { username, admin } => (
                 if *admin {
                     "user.admin.grant"

@@ -50,6 +50,10 @@ pub enum Request {
     UserUnlock {
         username: String,
     },
+    /// The user enrols a new console second factor at the next sign-in.
+    UserMfaReset {
+        username: String,
+    },
     UserDelete {
         username: String,
     },
@@ -263,6 +267,9 @@ impl Admin {
             }
             Request::UserUnlock { username } => {
                 blocking(Box::new(move |u| Ok(user_answer(u.unlock(&username)?)))).await
+            }
+            Request::UserMfaReset { username } => {
+                blocking(Box::new(move |u| Ok(user_answer(u.reset_mfa(&username)?)))).await
             }
             Request::UserSetLoginRanges { username, ranges } => {
                 let ranges = parse_ranges(&ranges)?;

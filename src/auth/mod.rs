@@ -186,6 +186,9 @@ pub struct Authenticator {
     trusted_networks: RwLock<Arc<Vec<ipnet::IpNet>>>,
     limits: RwLock<Arc<LoginLimits>>,
     lockout: Lockout,
+    /// `[console] mfa`: a console password accepted for a user who owes a second factor does
+    /// not clear counted failures (the code does), or wrong codes could never add up to a lock.
+    console_mfa: crate::mfa::Policy,
     cache: CredentialCache<Result<Verified, AuthError>>,
     history: Arc<History>,
     /// Where lock notices go to be emailed (bounded; none in the CLI and benchmarks).
@@ -238,6 +241,7 @@ impl Authenticator {
             trusted_networks: RwLock::new(Arc::new(a.trusted_networks.clone())),
             limits: RwLock::new(Arc::new(LoginLimits::new(&cfg.limits, metrics.clone()))),
             lockout: Lockout::new(&cfg.lockout),
+            console_mfa: cfg.console.mfa,
             cache: CredentialCache::new(a.credential_cache_ttl, a.credential_cache_size),
             history,
             lock_notices,
@@ -488,7 +492,11 @@ impl Authenticator {
                 proven: !password_only,
             });
         }
-        let user = if user.lockout.failures > 0 || user.lockout.locked_until.is_some() {
+        let second_factor_owed =
+            a.dialect == Dialect::Console && self.console_mfa.applies_to(&user);
+        let user = if (user.lockout.failures > 0 || user.lockout.locked_until.is_some())
+            && !second_factor_owed
+        {
             self.lockout.forget(&user.id);
             // The record as stored now decides: another writer (another replica on a shared
             // store) may have locked the account since `user` was read.
@@ -532,6 +540,60 @@ impl Authenticator {
             now,
         );
         Ok(Verified { user, superseded })
+    }
+
+    /// Admits a console second-factor attempt (`mfa`) under the same per-address and per-user
+    /// limits as a login, before the code is looked at.
+    pub fn second_factor_admit(&self, a: &Attempt<'_>) -> Result<(), AuthError> {
+        self.limits()
+            .check(a.ip, &canonical_cow(a.username))
+            .map_err(|retry_after| AuthError::RateLimited { retry_after })
+    }
+
+    /// Counts the outcome of a console second-factor attempt, whose code the console checked
+    /// against `user`'s record (`a.secret` is the code as typed). A wrong or replayed code is
+    /// a failed login: it counts toward lockout (the same wrong code once), goes to the login
+    /// history and is answered after the failure delay from `started`. A right one clears the
+    /// failures that the password step left counted, unless the account locked meanwhile.
+    pub async fn second_factor(
+        &self,
+        a: &Attempt<'_>,
+        user: &User,
+        verdict: Result<(), Reason>,
+        started: std::time::Instant,
+    ) -> Result<(), AuthError> {
+        let now = crate::now_secs();
+        let result = match verdict {
+            Err(reason) => self.fail(user, a, a.secret, reason, now).map(|_| ()),
+            Ok(()) if user.lockout.failures > 0 || user.lockout.locked_until.is_some() => {
+                self.lockout.forget(&user.id);
+                let fresh = self.store.update_user(&user.id, &mut |u| {
+                    if !u.lockout.is_locked(now) {
+                        u.lockout = Default::default();
+                    }
+                })?;
+                match fresh
+                    .lockout
+                    .locked_until
+                    .filter(|_| fresh.lockout.is_locked(now))
+                {
+                    Some(until) => Err(AuthError::Locked {
+                        until,
+                        proven: false,
+                    }),
+                    None => Ok(()),
+                }
+            }
+            Ok(()) => Ok(()),
+        };
+        if let Err(e) = &result {
+            let failed: Result<Verified, AuthError> = Err(e.clone());
+            self.record(a, &failed);
+            if matches!(e, AuthError::Rejected(_) | AuthError::Locked { .. }) {
+                self.limits().delay_failure(started).await;
+            }
+        }
+        result
     }
 
     /// Counts a failed login toward lockout (the same wrong secret once) and rejects it; a

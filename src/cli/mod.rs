@@ -343,6 +343,9 @@ enum UserCommand {
     },
     /// Clear a lockout.
     Unlock { username: String },
+    /// Reset the user's console second factor (TOTP and recovery codes): the user enrols
+    /// again at the next console sign-in. Ends the user's sessions.
+    MfaReset { username: String },
     /// Set a user's password (a new token is emailed when mail is configured).
     Passwd {
         username: String,

@@ -49,6 +49,14 @@ fn print_user(u: &UserView, json: bool) {
         u.login_ranges.join(", ")
     };
     println!("login ranges:      {ranges}");
+    println!(
+        "console 2FA:       {}",
+        if u.mfa_enrolled {
+            "enrolled"
+        } else {
+            "not enrolled"
+        }
+    );
 }
 
 /// Login history rows in the format `--format` chose.

@@ -194,6 +194,7 @@ pub(super) async fn user_command(cfg: &Config, cmd: UserCommand) -> Result<(), C
             return print_answer(last.expect("clap requires one change"), false, false);
         }
         UserCommand::Unlock { username } => (Request::UserUnlock { username }, false, false),
+        UserCommand::MfaReset { username } => (Request::UserMfaReset { username }, false, false),
         UserCommand::Passwd {
             username,
             password_stdin,

@@ -37,6 +37,10 @@ pub struct Console {
     /// ... and this long after sign-in, however active.
     #[serde(with = "humantime_serde")]
     pub session_lifetime: Duration,
+    /// Who must present a second factor (TOTP) to sign in: "admins", "all" or "off".
+    pub mfa: String,
+    /// The console's and the admin API's own TLS listener; absent: the public one serves them.
+    pub listen: Option<String>,
 }
 
 impl Default for Console {
@@ -44,6 +48,8 @@ impl Default for Console {
         Self {
             session_idle_timeout: Duration::from_secs(30 * 60),
             session_lifetime: Duration::from_secs(8 * 3600),
+            mfa: "admins".into(),
+            listen: None,
         }
     }
 }

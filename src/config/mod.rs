@@ -62,11 +62,15 @@ pub struct Config {
     pub console: ConsoleConfig,
 }
 
-/// `[console]`: how long a console sign-in lasts.
+/// `[console]`: how long a console sign-in lasts, who needs a second factor, and where the
+/// console listens.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsoleConfig {
     pub session_idle_timeout: Duration,
     pub session_lifetime: Duration,
+    pub mfa: crate::mfa::Policy,
+    /// The console's and the admin API's own listener (same certificate), if set.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

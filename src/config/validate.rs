@@ -513,6 +513,27 @@ pub(super) fn console(c: &file::Console) -> Result<ConsoleConfig, ConfigError> {
     let console = ConsoleConfig {
         session_idle_timeout: nonzero("console.session_idle_timeout", c.session_idle_timeout)?,
         session_lifetime: nonzero("console.session_lifetime", c.session_lifetime)?,
+        mfa: crate::mfa::Policy::parse(&c.mfa).ok_or_else(|| {
+            invalid(
+                "console.mfa",
+                format!(
+                    "'{}' is not one of \"admins\", \"all\" or \"off\"",
+                    c.mfa.chars().take(40).collect::<String>()
+                ),
+            )
+        })?,
+        listen: match &c.listen {
+            None => None,
+            Some(l) => Some(l.parse().map_err(|_| {
+                invalid(
+                    "console.listen",
+                    format!(
+                        "'{}' is not an address such as 127.0.0.1:9443",
+                        l.chars().take(80).collect::<String>()
+                    ),
+                )
+            })?),
+        },
     };
     if console.session_lifetime < console.session_idle_timeout {
         return Err(invalid(

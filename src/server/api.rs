@@ -60,6 +60,13 @@ pub(crate) fn parse_bodies(data: &[u8]) -> Vec<String> {
     out
 }
 
+/// Whether `path` is the admin API's (with the console on its own listener, only that
+/// listener serves it).
+pub fn is_admin(path: &str) -> bool {
+    path.strip_prefix("/tokengate/v1/admin")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Who is calling an API endpoint: a session, or Basic `username:password+token`.
 async fn caller(app: &App, req: &Request<ReqBody>, peer: Client) -> Result<Caller, Refusal> {
     let credential = Credential::from_headers(req.headers());
@@ -352,6 +359,9 @@ async fn admin(app: Arc<App>, req: Request<ReqBody>, peer: Client, path: &[&str]
                 every: b.every,
             }
         }
+        (["users", n, "mfa", "reset"], Method::POST) => {
+            AdminRequest::UserMfaReset { username: name(n) }
+        }
         (["users", n, "login-ranges"], Method::PUT) => {
             let b: RangesBody = read::json(&app, req).await?;
             AdminRequest::UserSetLoginRanges {
@@ -363,7 +373,10 @@ async fn admin(app: Arc<App>, req: Request<ReqBody>, peer: Client, path: &[&str]
                 },
             }
         }
-        (["users", _, "token", "reset"] | ["users", _, "unlock" | "disable" | "enable"], _) => {
+        (
+            ["users", _, "token" | "mfa", "reset"] | ["users", _, "unlock" | "disable" | "enable"],
+            _,
+        ) => {
             return Err(method_not_allowed("POST"));
         }
         (["users", _, "admin" | "rotation" | "login-ranges"], _) => {

@@ -34,6 +34,16 @@ use super::routes;
 pub struct Conn {
     pub peer: SocketAddr,
     pub tls: Option<&'static str>,
+    /// The listener that accepted it.
+    pub listener: Listener,
+}
+
+/// tokengate's TLS listeners: the public one, and the console's own when `[console] listen`
+/// is set (the web console and the admin API, and nothing else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Console,
 }
 
 /// The request's client address and TLS version, as the handlers use them.
@@ -138,7 +148,12 @@ fn builders(app: &App) -> Builders {
 
 /// Accepts connections until `stop` changes, then lets open ones finish (bounded by
 /// `drain_timeout`).
-pub async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+    side: Listener,
+) {
     let max = app.cfg.server.max_connections;
     let connections = Arc::new(Semaphore::new(max));
     let per_address = Arc::new(PerAddress {
@@ -172,7 +187,7 @@ pub async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stop: watch::
         tokio::spawn(async move {
             let _permit = permit;
             let _slot = slot;
-            serve(app, builders, tcp, peer, stop).await;
+            serve(app, builders, tcp, peer, stop, side).await;
         });
     }
     drop(listener);
@@ -192,6 +207,7 @@ async fn serve(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    listener: Listener,
 ) {
     // The certificate in force at accept time (a reload swaps it for new connections).
     let acceptor = app.live().tls.clone();
@@ -212,6 +228,7 @@ async fn serve(
     let session = tls.get_ref().1;
     let conn = Conn {
         peer,
+        listener,
         tls: session.protocol_version().map(|v| match v {
             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",

@@ -1,6 +1,6 @@
-//! The running server: opens the store, builds the TLS listener, accepts connections (HTTP/1.1
-//! and HTTP/2 by ALPN), routes requests (`routes`), serves the admin socket, sweeps sessions,
-//! and shuts down gracefully. It wires the other modules together and owns none of their rules.
+//! The running server: opens the store, builds the TLS listener (and the console's own, when
+//! `[console] listen` is set), accepts connections (HTTP/1.1 and HTTP/2 by ALPN), routes
+//! requests (`routes`), serves the admin socket, sweeps sessions, and shuts down gracefully. It wires the other modules together and owns none of their rules.
 
 pub(crate) mod api;
 pub mod body;
@@ -14,7 +14,7 @@ pub mod routes;
 pub mod target;
 
 pub use body::{Budget, ReqBody};
-pub use conn::{Client, Conn};
+pub use conn::{Client, Conn, Listener};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -192,10 +192,22 @@ impl App {
     }
 }
 
-/// The host names clients may address: the configured ones, and the public origin's when
-/// `public_url` is unset (the listen address, or localhost).
+/// The host names clients may address: the configured ones, the public origin's when
+/// `public_url` is unset (the listen address, or localhost), and the console listener's
+/// address when it is a specific one.
 fn hosts_of(cfg: &Config, origin: &str) -> Vec<String> {
     let mut hosts = cfg.server.allowed_hosts.clone();
+    if let Some(ip) = cfg
+        .console
+        .listen
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+    {
+        let ip = ip.to_string();
+        if !hosts.contains(&ip) {
+            hosts.push(ip);
+        }
+    }
     if let Some(host) = origin.parse::<http::Uri>().ok().and_then(|u| {
         u.host()
             .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
@@ -259,11 +271,14 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The Prometheus listener's address, when on.
     pub metrics_addr: Option<SocketAddr>,
+    /// The console's own listener's address (`[console] listen`), when set.
+    pub console_addr: Option<SocketAddr>,
     pub origin: String,
     pub cert: CertPaths,
     pub app: Arc<App>,
     stop: watch::Sender<bool>,
     accept_task: tokio::task::JoinHandle<()>,
+    console_task: Option<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
     history_task: tokio::task::JoinHandle<()>,
 }
@@ -326,6 +341,20 @@ impl Server {
             addr: cfg.server.listen,
             source,
         })?;
+        // The console's own listener: bound before anything runs, so a taken address fails
+        // the start like the public one.
+        let console_listener = match cfg.console.listen {
+            Some(at) => {
+                let l = TcpListener::bind(at)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr: at, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| ServerError::Bind { addr: at, source })?;
+                Some((l, bound))
+            }
+            None => None,
+        };
         let origin = cfg.public_origin(addr);
         let admin_task = admin::serve_socket(&cfg.store.path, admin.clone())?;
         let console = console::Console::new(secrets.clone(), store.clone(), cfg.console)?;
@@ -420,7 +449,21 @@ impl Server {
         });
 
         let (stop, stop_rx) = watch::channel(false);
-        let accept_task = tokio::spawn(conn::accept_loop(listener, app.clone(), stop_rx));
+        let accept_task = tokio::spawn(conn::accept_loop(
+            listener,
+            app.clone(),
+            stop_rx.clone(),
+            Listener::Public,
+        ));
+        let console_addr = console_listener.as_ref().map(|(_, a)| *a);
+        let console_task = console_listener.map(|(l, _)| {
+            tokio::spawn(conn::accept_loop(
+                l,
+                app.clone(),
+                stop_rx,
+                Listener::Console,
+            ))
+        });
         let mut background = vec![
             sweeper,
             notices,
@@ -437,14 +480,19 @@ impl Server {
             metrics_addr = Some(bound);
         }
         tracing::info!(%addr, %origin, restored_sessions = restored, "tokengate is listening");
+        if let Some(at) = console_addr {
+            tracing::info!(addr = %at, "the console and the admin API are on their own listener");
+        }
         Ok(Self {
             addr,
             metrics_addr,
+            console_addr,
             origin,
             cert,
             app,
             stop,
             accept_task,
+            console_task,
             background,
             history_task,
         })
@@ -455,6 +503,9 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
+        if let Some(t) = self.console_task {
+            let _ = t.await;
+        }
         for t in self.background {
             t.abort();
             let _ = t.await;

@@ -2,9 +2,11 @@
 //!
 //! 1. The target is checked (`target`): no `CONNECT`, one of tokengate's hosts, no dot
 //!    segments; the path to route on has repeated slashes collapsed.
-//! 2. A state-changing request under `/tokengate/` sent by a page of another site is refused.
-//! 3. The request goes to its handler (`handlers`, `api`, `console`), or is forwarded.
-//! 4. On the way out: a body the handler left unread is drained or the connection is marked
+//! 2. With `[console] listen` set, the console and the admin API are served on the console's
+//!    listener only, and that listener serves nothing else (404 in the path's dialect).
+//! 3. A state-changing request under `/tokengate/` sent by a page of another site is refused.
+//! 4. The request goes to its handler (`handlers`, `api`, `console`), or is forwarded.
+//! 5. On the way out: a body the handler left unread is drained or the connection is marked
 //!    for closing (`body`), and tokengate's Strict-Transport-Security is set.
 
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use hyper::body::{Body as _, Incoming};
 
 use super::App;
 use super::body::{self, ReqBody};
-use super::conn::{Client, Conn, client_ip};
+use super::conn::{Client, Conn, Listener, client_ip};
 use super::handlers::{forward, health, identity, oauth, soap};
 use super::refusal::{self, Refusal};
 use super::target::{self, TargetError};
@@ -69,7 +71,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
     // and unboxed it would be as large as the largest branch (SOAP, the console), not the
     // forwarded call that most requests are.
     let path = req.uri().path();
-    let resp = if path.starts_with("/tokengate/") && cross_site(&app, &req) {
+    let apart = conn.listener == Listener::Console || app.cfg.console.listen.is_some();
+    let resp = if apart && let Some(r) = elsewhere(&app, conn.listener, path) {
+        r
+    } else if path.starts_with("/tokengate/") && cross_site(&app, &req) {
         Box::pin(refuse_cross_site(app, req)).await
     } else if path.starts_with("/services/Soap/") {
         Box::pin(soap::soap_call(app, req, peer, host)).await
@@ -98,6 +103,25 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
         None => resp,
     };
     with_hsts(resp, hsts)
+}
+
+/// With the console on its own listener: the 404 for a path the listener that received it
+/// does not serve, in the path's dialect (the console's page for its own prefix).
+fn elsewhere(app: &App, listener: Listener, path: &str) -> Option<Response<Body>> {
+    let console = super::console::owns(path);
+    let admin = super::api::is_admin(path);
+    let served = match listener {
+        Listener::Console => console || admin,
+        Listener::Public => !console && !admin,
+    };
+    if served {
+        return None;
+    }
+    if console {
+        return Some(super::console::not_found(app));
+    }
+    let dialect = refusal::Dialect::of_path(path);
+    Some(Refusal::NotFound("no such tokengate endpoint").render(dialect))
 }
 
 /// Drains what the handler left of a request body, or marks the connection for closing.

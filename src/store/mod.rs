@@ -92,6 +92,37 @@ pub struct User {
     /// console.
     #[serde(default)]
     pub api_only: bool,
+    /// The console's second factor (`mfa`).
+    #[serde(default)]
+    pub mfa: MfaRecord,
+}
+
+/// A user's console second factor. Secrets are sealed (`Secrets::seal`), recovery codes kept
+/// as keyed hashes: the store holds nothing that opens the console.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MfaRecord {
+    /// The confirmed TOTP secret: the user is enrolled once it is set.
+    #[serde(default)]
+    pub secret: Option<Vec<u8>>,
+    /// A secret shown for enrolment and not yet confirmed by a code: never accepted.
+    #[serde(default)]
+    pub pending: Option<Vec<u8>>,
+    /// Keyed hashes of the recovery codes not used yet.
+    #[serde(default)]
+    pub recovery: Vec<Tag>,
+    /// The last TOTP time step accepted: a code of that step or an earlier one is refused
+    /// (RFC 6238 §5.2: a verifier must not accept the same code twice).
+    #[serde(default)]
+    pub last_step: u64,
+    /// When the current secret was confirmed (Unix seconds; 0: not enrolled).
+    #[serde(default)]
+    pub enrolled_at: u64,
+}
+
+impl MfaRecord {
+    pub fn enrolled(&self) -> bool {
+        self.secret.is_some()
+    }
 }
 
 /// Failed-login accounting (docs/salesforce-protocol.md §5).
@@ -199,6 +230,7 @@ impl User {
             login_ranges: Vec::new(),
             loadtest: false,
             api_only: false,
+            mfa: MfaRecord::default(),
         }
     }
 }

@@ -130,6 +130,7 @@ async fn every_admin_change_through_the_api_console_and_cli_is_in_the_audit_trai
     // The CLI, through the running server's admin socket: enable, revoke admin.
     cli(&ts, &["user", "enable", "int@example.com"], None);
     cli(&ts, &["user", "revoke-admin", "int@example.com"], None);
+    cli(&ts, &["user", "mfa-reset", "int@example.com"], None);
 
     let all = records(&api(&ts, &auth, Method::GET, "audit?limit=1000", None).await);
     let actions: Vec<&str> = all
@@ -153,6 +154,7 @@ async fn every_admin_change_through_the_api_console_and_cli_is_in_the_audit_trai
             "user.disable",
             "user.enable",
             "user.admin.revoke",
+            "user.mfa_reset",
         ]
     );
     let by_action = |a: &str, channel: &str| {
@@ -253,7 +255,7 @@ async fn every_admin_change_through_the_api_console_and_cli_is_in_the_audit_trai
     let v = api(&ts, &auth, Method::GET, "audit/verify", None).await;
     assert_eq!(v.status, StatusCode::OK, "{}", v.text());
     assert_eq!(v.json()["verified"]["records"], all.len());
-    assert!(cli(&ts, &["audit", "verify"], None).contains("audit trail intact: 13 records"));
+    assert!(cli(&ts, &["audit", "verify"], None).contains("audit trail intact: 14 records"));
 
     // The console's Setup → Audit Trail shows them, filtered.
     let page = browser.get("/setup/audit?actor=cli%3A").await;
@@ -261,9 +263,10 @@ async fn every_admin_change_through_the_api_console_and_cli_is_in_the_audit_trai
     assert!(table_rows(&page.text())[0][0].contains("No records match"));
     let page = browser.get("/setup/audit?target=int%40example.com").await;
     let rows = table_rows(&page.text());
-    assert_eq!(rows.len(), 12);
-    assert_eq!(rows[0][5], "user.admin.revoke");
-    assert!(rows[0][7].contains("admin: true → false"), "{:?}", rows[0]);
+    assert_eq!(rows.len(), 13);
+    assert_eq!(rows[0][5], "user.mfa_reset");
+    assert_eq!(rows[1][5], "user.admin.revoke");
+    assert!(rows[1][7].contains("admin: true → false"), "{:?}", rows[1]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -985,6 +985,72 @@ async fn in_chromium_a_user_resets_the_token_and_an_admin_enables_compliance_bcc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_an_admin_enrols_a_second_factor_signs_in_with_a_code_and_a_replay_is_refused()
+{
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.console.mfa = tokengate::mfa::Policy::Admins;
+    })
+    .await;
+    ts.add_user_with("mfa.admin@example.com", "Admin1pass", true)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let shots = std::env::var_os("TG_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&shots).unwrap();
+    let steps = tokio::task::block_in_place(|| {
+        run_browser(
+            &ts,
+            "mfa",
+            &shots,
+            &[
+                ("TG_ADMIN", "mfa.admin@example.com"),
+                ("TG_ADMIN_PASSWORD", "Admin1pass"),
+            ],
+        )
+    });
+    let enrolled = step(&steps, "enrolled");
+    assert_eq!(enrolled["heading"], "Two-factor authentication is on");
+    assert_eq!(enrolled["qr"], 1, "the QR code is drawn inline, no script");
+    assert_eq!(enrolled["codes"], 10);
+    assert_eq!(enrolled["key"].as_str().unwrap().len(), 32);
+    assert_eq!(step(&steps, "signed-in")["heading"], "My Settings");
+    let replayed = step(&steps, "replayed");
+    assert!(
+        replayed["alert"]
+            .as_str()
+            .unwrap()
+            .contains("The code is not right"),
+        "{replayed}"
+    );
+    assert!(
+        replayed["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/tokengate/console/mfa")
+    );
+    let still = step(&steps, "still-half-signed-in");
+    assert!(
+        still["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/tokengate/console/mfa"),
+        "{still}"
+    );
+    assert!(
+        ts.app()
+            .users
+            .show("mfa.admin@example.com")
+            .unwrap()
+            .mfa_enrolled
+    );
+    for name in ["mfa-enrol", "mfa-recovery", "mfa-code"] {
+        assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_chromium_markup_in_a_username_is_shown_as_text_on_setup_pages() {
     let (_up, _sink, ts) = env().await;
     let admin = ts

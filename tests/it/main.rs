@@ -20,6 +20,7 @@ mod jsforce;
 mod loadtest;
 mod login;
 mod mail;
+mod mfa;
 mod ops;
 mod postgres_cluster;
 mod replicas;

@@ -602,6 +602,108 @@ fn assert_no_secret(what: &str, log: &str, secrets: &[&str]) {
     }
 }
 
+/// A console form post with the cookie it carries; answers the reply and the cookie it set.
+async fn console_post(
+    c: &HttpsClient,
+    cookie: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (Reply, String) {
+    let b = c
+        .request(Method::POST, &format!("/tokengate/console{path}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", cookie);
+    let r = c
+        .call(b, serde_urlencoded::to_string(fields).unwrap())
+        .await;
+    let set = r
+        .header("set-cookie")
+        .and_then(|v| v.split(';').next())
+        .map_or_else(|| cookie.to_owned(), str::to_owned);
+    (r, set)
+}
+
+/// The text after `marker` up to the next `<`.
+fn after<'h>(html: &'h str, marker: &str) -> &'h str {
+    let at = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in {html}"))
+        + marker.len();
+    html[at..].split('<').next().unwrap()
+}
+
+/// An admin's console sign-in with the second factor (on by default for admins): the first
+/// call enrols and keeps the key and the recovery codes, later calls sign in with a wrong
+/// code, then a recovery code. Answers the secrets a log must not hold.
+async fn console_second_factor(
+    c: &HttpsClient,
+    user: &str,
+    password: &str,
+    enrolled: &mut Option<(String, Vec<String>)>,
+) -> Vec<String> {
+    let (r, cookie) = console_post(
+        c,
+        "",
+        "/signin",
+        &[("username", user), ("password", password)],
+    )
+    .await;
+    assert_eq!(r.header("location"), Some("/tokengate/console/mfa"));
+    let page = c
+        .get("/tokengate/console/mfa", &[("cookie", &cookie)])
+        .await
+        .text();
+    let csrf = after(&page, r#"name="csrf" value=""#)
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    match enrolled {
+        None => {
+            let key: String = after(&page, r#"id="totp-secret">"#)
+                .split_whitespace()
+                .collect();
+            let code = totp_rs::Builder::new()
+                .with_secret(totp_rs::Secret::try_from_base32(&key).unwrap())
+                .build()
+                .unwrap()
+                .generate(tokengate::now_secs())
+                .to_string();
+            let (r, _) = console_post(
+                c,
+                &cookie,
+                "/mfa/enrol",
+                &[("csrf", &csrf), ("code", &code)],
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let codes: Vec<String> = r
+                .text()
+                .split("<li><code>")
+                .skip(1)
+                .map(|c| c.split('<').next().unwrap().to_owned())
+                .collect();
+            assert_eq!(codes.len(), 10);
+            *enrolled = Some((key, codes));
+        }
+        Some((_, codes)) => {
+            let (r, _) =
+                console_post(c, &cookie, "/mfa", &[("csrf", &csrf), ("code", "000000")]).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST);
+            let code = codes.pop().unwrap();
+            let (r, _) =
+                console_post(c, &cookie, "/mfa", &[("csrf", &csrf), ("code", &code)]).await;
+            assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+            codes.push(code);
+        }
+    }
+    let (key, codes) = enrolled.as_ref().unwrap();
+    let mut secrets = vec![key.clone()];
+    secrets.extend(codes.iter().cloned());
+    secrets.extend(codes.iter().map(|c| c.replace('-', "")));
+    secrets
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
     let up = Upstream::start().await;
@@ -644,6 +746,7 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
         .chain([password])
         .collect();
     assert_no_secret("CLI", &cli_log, &cli_secrets);
+    let mut enrolled = None;
 
     for (format, envs) in [
         ("text", vec![("RUST_LOG", "debug")]),
@@ -674,6 +777,9 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
             soap_login_body("logged@example.com", &format!("Wrong1{secret}")),
         )
         .await;
+        // An admin's console sign-in with its second factor: TOTP key, recovery codes.
+        let second_factor =
+            console_second_factor(&c, "logadmin@example.com", password, &mut enrolled).await;
         // The console's sign-in, right and wrong.
         for pw in [password, "Wrong2Passw0rd"] {
             let b = c
@@ -714,19 +820,17 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
         let log = server.stop();
         assert!(log.len() > 500, "the run logged: {log}");
         assert!(log.contains("token email failed"), "the failure is logged");
-        assert_no_secret(
-            format,
-            &log,
-            &[
-                password,
-                token.as_str(),
-                admin_token.as_str(),
-                sid.as_str(),
-                access.as_str(),
-                emailed.as_str(),
-                CLIENT_SECRET,
-            ],
-        );
+        let mut secrets = vec![
+            password,
+            token.as_str(),
+            admin_token.as_str(),
+            sid.as_str(),
+            access.as_str(),
+            emailed.as_str(),
+            CLIENT_SECRET,
+        ];
+        secrets.extend(second_factor.iter().map(String::as_str));
+        assert_no_secret(format, &log, &secrets);
         if format == "json" {
             for line in log.lines().filter(|l| l.starts_with('{')) {
                 serde_json::from_str::<serde_json::Value>(line)

@@ -2,9 +2,10 @@
 // browser download: executablePath is the system chromium). The certificate is trusted by its
 // SPKI hash only (--ignore-certificate-errors-spki-list), so TLS verification stays meaningful.
 //
-// Env: TG_URL, TG_SPKI, TG_PHASE (user | admin | escape), TG_USER, TG_PASSWORD, TG_ADMIN,
+// Env: TG_URL, TG_SPKI, TG_PHASE (user | admin | escape | mfa), TG_USER, TG_PASSWORD, TG_ADMIN,
 // TG_ADMIN_PASSWORD, TG_COMPLIANCE, TG_SHOTS (directory for screenshots), TG_MARKUP (escape: the
 // text that must show as text; it would add an element with id "pwned" if it were markup).
+import { createHmac } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
 const env = (k) => { const v = process.env[k]; if (!v) throw new Error(`missing ${k}`); return v; };
@@ -20,6 +21,29 @@ const browser = await chromium.launch({
     `--ignore-certificate-errors-spki-list=${env('TG_SPKI')}`,
   ],
 });
+// RFC 6238 TOTP as an authenticator app computes it (HMAC-SHA-1, 6 digits, 30 s steps), from
+// the RFC 4648 base32 key the enrolment page shows.
+function base32(text) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = 0, value = 0;
+  const out = [];
+  for (const c of text.replace(/[\s=]/g, '').toUpperCase()) {
+    const i = alphabet.indexOf(c);
+    if (i < 0) throw new Error(`not base32: ${c}`);
+    value = ((value << 5) | i) & 0xffff;
+    bits += 5;
+    if (bits >= 8) { out.push((value >>> (bits - 8)) & 0xff); bits -= 8; }
+  }
+  return Buffer.from(out);
+}
+function totp(key, seconds = Date.now() / 1000) {
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(seconds / 30)));
+  const h = createHmac('sha1', base32(key)).update(counter).digest();
+  const offset = h[h.length - 1] & 0x0f; // RFC 4226 §5.4, dynamic truncation
+  return String((h.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, '0');
+}
+
 const shot = async (page, name) => page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
 
 async function signIn(context, user, password) {
@@ -61,6 +85,52 @@ try {
     const links = await settings.getByRole('link', { name: /Setup/ }).count();
     const resp = await settings.goto(`${url}/tokengate/console/setup/users`);
     out('setup-forbidden', { status: resp.status(), links, text: await settings.locator('main').innerText() });
+  } else if (process.env.TG_PHASE === 'mfa') {
+    // The script's own TOTP against RFC 6238 Appendix B (SHA-1, T = 59: 94287082, last six).
+    if (totp('GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ', 59) !== '287082') throw new Error('TOTP self-check failed');
+    const user = env('TG_ADMIN');
+    const signInTo = async (page) => {
+      await page.goto(`${url}/tokengate/console/settings`);
+      await page.getByLabel('Username').fill(user);
+      await page.getByLabel('Password').fill(env('TG_ADMIN_PASSWORD'));
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.waitForURL('**/tokengate/console/mfa');
+    };
+    // First sign-in: enrolment, with the key read off the page and a code computed here.
+    const page = await context.newPage();
+    await signInTo(page);
+    const key = (await page.locator('#totp-secret').innerText()).replace(/\s/g, '');
+    const qr = await page.locator('figure.qr svg').count();
+    await shot(page, 'mfa-enrol');
+    await page.getByLabel('Code from the app').fill(totp(key));
+    await page.getByRole('button', { name: 'Confirm' }).click();
+    const codes = await page.getByRole('list', { name: 'Recovery codes' }).locator('li').allInnerTexts();
+    out('enrolled', { heading: await page.getByRole('heading', { level: 1 }).innerText(), qr, codes: codes.length, key });
+    await shot(page, 'mfa-recovery');
+    await page.getByRole('link', { name: 'Continue' }).click();
+    await page.waitForURL('**/tokengate/console/settings');
+    await page.getByRole('button', { name: `Sign out ${user}` }).click();
+    await page.waitForURL('**/tokengate/console/signin');
+
+    // Next sign-in: the code page. The enrolment used this step's code, so the next step's
+    // (within the one step of drift allowed) signs in.
+    await signInTo(page);
+    const code = totp(key, Date.now() / 1000 + 30);
+    await page.getByLabel('Verification code').fill(code);
+    await shot(page, 'mfa-code');
+    await page.getByRole('button', { name: 'Verify' }).click();
+    await page.waitForURL('**/tokengate/console/settings');
+    out('signed-in', { heading: await page.getByRole('heading', { level: 1 }).innerText() });
+    await page.getByRole('button', { name: `Sign out ${user}` }).click();
+    await page.waitForURL('**/tokengate/console/signin');
+
+    // The same code again: refused, and the browser stays on the code page.
+    await signInTo(page);
+    await page.getByLabel('Verification code').fill(code);
+    await page.getByRole('button', { name: 'Verify' }).click();
+    out('replayed', { alert: await page.getByRole('alert').innerText(), url: page.url() });
+    const settings = await page.goto(`${url}/tokengate/console/settings`);
+    out('still-half-signed-in', { url: page.url(), status: settings.status() });
   } else if (process.env.TG_PHASE === 'escape') {
     // Attacker-chosen text (a username) on the admin's pages: shown as text, never as markup.
     const page = await signIn(context, env('TG_ADMIN'), env('TG_ADMIN_PASSWORD'));

@@ -9,11 +9,13 @@
 //! `Users`/`Tokens`/`Admin` code as the admin API and the CLI.
 //!
 //! Here: the routing of every console request. `session`: console sessions, their cookie and
-//! CSRF token. `page`: the page frame, templates and security headers. `signin`, `settings`
-//! (the user's own account) and `setup` (the admins' pages) handle their pages and forms;
-//! `chart` draws the login history's charts that open Setup → Login History.
+//! CSRF token, and half-finished sign-ins. `page`: the page frame, templates and security
+//! headers. `signin`, `mfa` (the second factor), `settings` (the user's own account) and
+//! `setup` (the admins' pages) handle their pages and forms; `chart` draws the login
+//! history's charts that open Setup → Login History.
 
 mod chart;
+mod mfa;
 mod page;
 mod session;
 mod settings;
@@ -60,6 +62,21 @@ pub fn forbidden(app: &App, message: &str) -> Response<Body> {
         csrf: String::new(),
     }
     .message(StatusCode::FORBIDDEN, "Forbidden", message, BASE)
+}
+
+/// The console's 404 page, for requests refused before the console saw them.
+pub fn not_found(app: &App) -> Response<Body> {
+    Page {
+        app,
+        me: None,
+        csrf: String::new(),
+    }
+    .message(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no such page.",
+        BASE,
+    )
 }
 
 /// A posted form's fields (the first of each name), or `None` when it cannot be read.
@@ -109,19 +126,37 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
     }
     // Everything else needs a console session whose user has not moved on since sign-in and
     // is used from inside the user's login ranges (the same rule as API sessions).
-    let Some((session, user)) = cookie_value(&req).and_then(|sid| {
-        let s = app.console.lookup(&sid)?;
+    let sid = cookie_value(&req);
+    let Some((session, user)) = sid.as_deref().and_then(|sid| {
+        let s = app.console.lookup(sid)?;
         let u =
             crate::server::caller::session_user(&app, &s.user_id, s.epoch, Some(peer.ip)).ok()?;
         // An API-only user has no console, whatever session it still holds.
         (!u.api_only).then_some((s, u))
     }) else {
-        let expired = cookie_value(&req).is_some();
+        // Half signed in (password accepted, second factor owed): only the second factor's
+        // pages and sign-out, under the same rule.
+        if let Some(p) = sid
+            .as_deref()
+            .and_then(|sid| app.console.lookup_pending(sid))
+        {
+            match crate::server::caller::session_user(&app, &p.user_id, p.epoch, Some(peer.ip)) {
+                Ok(u) => return mfa::half_signed_in(&app, req, peer, p, u, &rest).await,
+                Err(_) => app.console.end_pending(&p),
+            }
+        }
+        let expired = sid.is_some();
         return redirect(
             &format!("{BASE}/signin{}", if expired { "?expired=1" } else { "" }),
             expired.then(clear_cookie),
         );
     };
+    // A session opened before the user owed a second factor (made admin since, under
+    // `mfa = "admins"`): every sign-in that owes one ends enrolled, so this one did not.
+    if mfa::owed(&app, &user) && !user.mfa.enrolled() {
+        app.console.end(&session.csrf);
+        return redirect(&format!("{BASE}/signin?expired=1"), Some(clear_cookie()));
+    }
     let page = Page {
         app: &app,
         me: Some(&user),

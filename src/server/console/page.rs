@@ -62,6 +62,22 @@ pub(super) fn templates() -> Result<Environment<'static>, ConsoleError> {
             "audit.html",
             include_str!("../../../templates/console/audit.html"),
         ),
+        (
+            "mfa_code.html",
+            include_str!("../../../templates/console/mfa_code.html"),
+        ),
+        (
+            "mfa_cancel.html",
+            include_str!("../../../templates/console/mfa_cancel.html"),
+        ),
+        (
+            "mfa_enrol.html",
+            include_str!("../../../templates/console/mfa_enrol.html"),
+        ),
+        (
+            "mfa_recovery.html",
+            include_str!("../../../templates/console/mfa_recovery.html"),
+        ),
     ] {
         env.add_template(name, src)?;
     }

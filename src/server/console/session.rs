@@ -4,6 +4,11 @@
 //! shorter than configured. A console session ends with the user's API sessions (its session
 //! epoch) and is renewed after the user's own password change or token reset.
 //!
+//! A user who owes a second factor (`[console] mfa`) is only half signed in after the password:
+//! a [`PendingSignIn`] under the same cookie, for at most [`PENDING_SECS`], that opens nothing
+//! but the code (or enrolment) page and sign-out. Its key and CSRF token are derived under
+//! labels of their own, so a pending id can never be read as a console session's.
+//!
 //! On a shared store (several replicas on one database) console sessions are kept in the store
 //! beside API sessions (under keys of their own), so a load balancer may send an admin's
 //! requests to any replica: a replica reads a sign-in made elsewhere on its first use, writes
@@ -20,6 +25,7 @@ use minijinja::Environment;
 
 use super::page::Page;
 use super::{COOKIE, ConsoleError, MAX_SESSIONS};
+use crate::mfa::Policy;
 use crate::secret::{Domain, Secrets, Tag, constant_time_eq};
 use crate::server::{App, ReqBody};
 use crate::store::{SessionChange, SessionRecord, Store, User};
@@ -63,11 +69,41 @@ pub(super) struct Limits {
     pub(super) lifetime: u64,
 }
 
+/// How long the half-signed-in state between password and code lasts.
+pub(super) const PENDING_SECS: u64 = 5 * 60;
+/// Half-signed-in browsers held at once, at most.
+pub(super) const MAX_PENDING: usize = 10_000;
+
+/// A browser whose password was accepted and that owes the second factor.
+pub(super) struct PendingSignIn {
+    key: Tag,
+    pub(super) user_id: String,
+    username: String,
+    /// The user's session epoch at the password: a lock, disable or reset ends it.
+    pub(super) epoch: u64,
+    pub(super) csrf: String,
+    created: u64,
+}
+
+impl PendingSignIn {
+    fn live(&self, now: u64) -> bool {
+        now <= self.created + PENDING_SECS
+    }
+
+    /// Whether a form's CSRF token is this sign-in's (compared in constant time).
+    pub(super) fn csrf_matches(&self, sent: &str) -> bool {
+        constant_time_eq(sent.as_bytes(), self.csrf.as_bytes())
+    }
+}
+
 pub struct Console {
     pub(super) env: Environment<'static>,
     pub(super) sessions: Arc<DashMap<Tag, Arc<ConsoleSession>>>,
+    pub(super) pending: Arc<DashMap<Tag, Arc<PendingSignIn>>>,
     pub(super) secrets: Arc<Secrets>,
     pub(super) limits: Limits,
+    /// `[console] mfa`.
+    pub(super) mfa: Policy,
     store: Arc<dyn Store>,
 }
 
@@ -86,22 +122,29 @@ impl Console {
     ) -> Result<Self, ConsoleError> {
         let env = super::page::templates()?;
         let sessions: Arc<DashMap<Tag, Arc<ConsoleSession>>> = Arc::default();
-        let weak = Arc::downgrade(&sessions);
+        let pending: Arc<DashMap<Tag, Arc<PendingSignIn>>> = Arc::default();
+        let (weak, weak_pending) = (Arc::downgrade(&sessions), Arc::downgrade(&pending));
         // A sign-out on another replica (the store reports what it deleted).
         store.observe_sessions(Arc::new(move |change| {
-            let Some(sessions) = weak.upgrade() else {
+            let (Some(sessions), Some(pending)) = (weak.upgrade(), weak_pending.upgrade()) else {
                 return;
             };
             match change {
                 SessionChange::Ended(key) => {
                     sessions.remove(key);
+                    pending.remove(key);
                 }
-                SessionChange::Unknown => sessions.clear(),
+                SessionChange::Unknown => {
+                    sessions.clear();
+                    pending.clear();
+                }
             }
         }));
         Ok(Self {
             env,
             sessions,
+            pending,
+            mfa: cfg.mfa,
             secrets,
             limits: Limits {
                 idle: cfg.session_idle_timeout.as_secs().max(1),
@@ -125,6 +168,97 @@ impl Console {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    fn pending_key(&self, sid: &str) -> Tag {
+        self.secrets
+            .tag(Domain::Session, &[b"console-pending", sid.as_bytes()])
+    }
+
+    fn pending_csrf(&self, sid: &str) -> String {
+        self.secrets
+            .tag(Domain::Session, &[b"console-pending-csrf", sid.as_bytes()])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Half signs `user` in: the password was accepted, the second factor is owed.
+    pub(super) fn create_pending(&self, user: &User) -> Option<(String, Arc<PendingSignIn>)> {
+        let now = crate::now_secs();
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.retain(|_, p| p.live(now));
+            if self.pending.len() >= MAX_PENDING {
+                return None;
+            }
+        }
+        let sid = self.secrets.generate_session_secret().ok()?;
+        let key = self.pending_key(&sid);
+        let p = Arc::new(PendingSignIn {
+            key,
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+            epoch: user.session_epoch,
+            csrf: self.pending_csrf(&sid),
+            created: now,
+        });
+        if self.store.shared() {
+            let rec = SessionRecord {
+                user_id: p.user_id.clone(),
+                username: p.username.clone(),
+                epoch: p.epoch,
+                created_at: now,
+                last_seen: now,
+            };
+            if let Err(e) = self.store.put_session(&key, &rec) {
+                tracing::warn!(error = %e, "could not store a half-finished console sign-in");
+                return None;
+            }
+        }
+        self.pending.insert(key, p.clone());
+        Some((sid, p))
+    }
+
+    /// The half-finished sign-in behind a cookie, while it lasts (read from a shared store
+    /// when it was made on another replica).
+    pub(super) fn lookup_pending(&self, sid: &str) -> Option<Arc<PendingSignIn>> {
+        if sid.len() > 128 {
+            return None;
+        }
+        let key = self.pending_key(sid);
+        let p = match self.pending.get(&key).map(|r| r.value().clone()) {
+            Some(p) => p,
+            None if self.store.shared() && self.pending.len() < MAX_PENDING => {
+                let rec = self.store.session(&key).ok()??;
+                let p = Arc::new(PendingSignIn {
+                    key,
+                    user_id: rec.user_id,
+                    username: rec.username,
+                    epoch: rec.epoch,
+                    csrf: self.pending_csrf(sid),
+                    created: rec.created_at,
+                });
+                self.pending.insert(key, p.clone());
+                p
+            }
+            None => return None,
+        };
+        if !p.live(crate::now_secs()) {
+            self.end_pending(&p);
+            return None;
+        }
+        Some(p)
+    }
+
+    /// Ends a half-finished sign-in (completed, signed out or expired).
+    pub(super) fn end_pending(&self, p: &PendingSignIn) {
+        self.pending.remove(&p.key);
+        self.forget_in_store(&[p.key]);
+    }
+
+    /// The cookie of a half-finished sign-in: it lasts as long as the sign-in may.
+    pub(super) fn pending_cookie(&self, sid: &str) -> String {
+        console_cookie(sid, cookie::time::Duration::seconds(PENDING_SECS as i64))
     }
 
     pub(super) fn create(&self, user: &User) -> Option<(String, Arc<ConsoleSession>)> {
@@ -240,11 +374,19 @@ impl Console {
         s.live(now, &self.limits)
     }
 
-    /// Ends every console session of a user (after a credential change or a disable).
+    /// Ends every console session of a user (after a credential change or a disable), and
+    /// any half-finished sign-in.
     pub fn end_user(&self, user_id: &str) {
         let mut ended = Vec::new();
         self.sessions.retain(|k, s| {
             let keep = s.user_id != user_id;
+            if !keep {
+                ended.push(*k);
+            }
+            keep
+        });
+        self.pending.retain(|k, p| {
+            let keep = p.user_id != user_id;
             if !keep {
                 ended.push(*k);
             }

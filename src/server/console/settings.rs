@@ -42,6 +42,11 @@ pub(super) async fn settings(
             policy => page.app.tokens.policy().describe(),
             rows => rows(page.app, &filter, 0, false).await,
             show_reason => false,
+            mfa => super::mfa::owed(page.app, user).then(|| context! {
+                enrolled => user.mfa.enrolled(),
+                since => format_ms(user.mfa.enrolled_at * 1000),
+                recovery_left => user.mfa.recovery.len(),
+            }),
             notice, error,
         },
     )
@@ -132,6 +137,17 @@ pub(super) async fn post(
                 }
                 Err(e) => settings(page, me, None, Some(token_failure(e).1)).await,
             }
+        }
+        "settings/mfa" if super::mfa::owed(app, me) => {
+            match super::mfa::start_again(app, page, me, get("code"), get("current_password"), peer)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => settings(page, me, None, Some(e)).await,
+            }
+        }
+        "settings/mfa/confirm" if super::mfa::owed(app, me) => {
+            super::mfa::confirm_again(app, page, me, get("code"), peer)
         }
         // Only admins get this far (`handle`).
         s if s.starts_with("setup/") => setup_post(app, page, me, s, &f, peer).await,

@@ -105,6 +105,9 @@ pub(super) async fn setup_post(
         "unlock" => Request::UserUnlock {
             username: user(&username),
         },
+        "reset-mfa" => Request::UserMfaReset {
+            username: user(&username),
+        },
         "grant-admin" | "revoke-admin" => Request::UserSetAdmin {
             username: user(&username),
             admin: action == "grant-admin",
@@ -192,6 +195,13 @@ pub(super) async fn setup_post(
                     u.username,
                     if u.disabled { "disabled" } else { "enabled" }
                 ),
+                "reset-mfa" => {
+                    app.console.end_user(&u.id);
+                    format!(
+                        "{}'s two-factor authentication was reset: they set it up again at their next sign-in.",
+                        u.username
+                    )
+                }
                 "unlock" => format!("{} was unlocked.", u.username),
                 "grant-admin" | "revoke-admin" => format!(
                     "{} is {} an administrator.",
@@ -439,6 +449,12 @@ pub(super) fn users_page(
                 actions.push(Action {
                     action: "unlock",
                     label: "Unlock",
+                });
+            }
+            if u.mfa_enrolled {
+                actions.push(Action {
+                    action: "reset-mfa",
+                    label: "Reset 2FA",
                 });
             }
             UserRow {

@@ -1,4 +1,5 @@
-//! Sign-in: the password alone, verified like any login (dialect `console`).
+//! Sign-in: the password, verified like any login (dialect `console`); then, for a user who
+//! owes a second factor (`[console] mfa`), the code page (`mfa`).
 
 use http::{Method, Request, Response, StatusCode};
 use minijinja::context;
@@ -73,6 +74,7 @@ pub(super) async fn signin(
             StatusCode::FORBIDDEN,
             "This user is API only: it logs in through the APIs, not to the console.".into(),
         ),
+        Ok(v) if super::mfa::owed(app, &v.user) => super::mfa::begin(app, &v.user),
         Ok(v) => match app.console.create(&v.user) {
             Some((sid, _)) => redirect(
                 &format!("{BASE}/settings"),
