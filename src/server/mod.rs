@@ -152,6 +152,9 @@ impl App {
             tls: acceptor,
             oauth_clients: new.oauth_clients.clone(),
         });
+        if let Some(end) = tls::not_after(&cert.cert) {
+            self.metrics.certificate_expires(end);
+        }
         Ok(())
     }
 
@@ -275,6 +278,9 @@ impl Server {
         let restored = sessions.load()?;
         let (history, history_task) = History::start(store.clone(), &cfg.history);
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        if let Some(end) = tls::not_after(&cert.cert) {
+            metrics.certificate_expires(end);
+        }
         let services = data.services(&cfg, Some(sessions.clone()), metrics.clone())?;
         let (mailer, users, tokens) = (
             services.mailer.clone(),
