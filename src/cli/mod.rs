@@ -326,17 +326,36 @@ fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
     })
 }
 
-/// Logs to standard error; `RUST_LOG` overrides the configured level.
-fn init_logging(level: &str, format: LogFormat) {
+/// Log lines waiting for the writer thread, at most; beyond, new lines are dropped rather
+/// than slowing requests down (a reader of standard error that stalls for that long).
+const LOG_QUEUE_LINES: usize = 65_536;
+
+/// Logs to standard error; `RUST_LOG` overrides the configured level. Lines are written by a
+/// thread of their own through a buffer that it flushes whenever it has caught up: a server
+/// writes a line per request (the access log), and a write system call per line would cost
+/// every request a few microseconds of its CPU. Keep the guard until exit: dropping it writes
+/// out what is queued.
+fn init_logging(level: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("tokengate-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    // Colours only for a person at a terminal, never into a file or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

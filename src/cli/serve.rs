@@ -11,7 +11,7 @@ use super::{CliError, LogFormat, init_logging, load_config};
 /// Runs the proxy until it is told to stop, then lets in-flight requests finish.
 pub(super) async fn serve(config: Option<&Path>, log_format: LogFormat) -> Result<(), CliError> {
     let cfg = load_config(config)?;
-    init_logging(&cfg.log_level, log_format);
+    let _log = init_logging(&cfg.log_level, log_format);
     let server = Server::start(cfg).await?;
     if server.cert.generated {
         eprintln!(

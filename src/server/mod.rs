@@ -2,6 +2,7 @@
 //! and HTTP/2 by ALPN), routes requests (`routes`), serves the admin socket, sweeps sessions,
 //! and shuts down gracefully. It wires the other modules together and owns none of their rules.
 
+pub mod access;
 pub(crate) mod api;
 pub mod body;
 pub mod caller;
@@ -110,6 +111,8 @@ pub struct App {
     pub hosts: Vec<String>,
     /// `https://host[:port]`: the start of `serverUrl`, `instance_url` and identity URLs.
     pub origin: String,
+    /// Where request ids come from (`access`).
+    pub request_ids: access::RequestIds,
     /// What a SIGHUP reload replaces.
     live: std::sync::RwLock<Arc<Live>>,
 }
@@ -338,6 +341,7 @@ impl Server {
             bodies,
             hosts,
             origin: origin.clone(),
+            request_ids: access::RequestIds::new().map_err(|_| ServerError::Random)?,
             live: std::sync::RwLock::new(Arc::new(Live {
                 tls: acceptor,
                 oauth_clients: cfg_oauth,

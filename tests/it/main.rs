@@ -6,6 +6,7 @@
 mod support;
 
 mod abuse;
+mod access;
 mod bad_input;
 mod cancellation;
 mod cli;
