@@ -247,7 +247,9 @@ async fn serve(
                 );
                 access::Line::start(&req, client, &request_id)
             });
-            let span = tracing::info_span!(
+            // At the error level so it is recorded whenever any line about the request is
+            // (a span below the configured level would leave `warn` lines without the id).
+            let span = tracing::error_span!(
                 "request",
                 request_id = request_id.to_str().unwrap_or_default()
             );
