@@ -5,6 +5,7 @@
 mod demo;
 mod history;
 mod loadtest;
+mod log;
 mod output;
 mod serve;
 mod users;
@@ -326,26 +327,12 @@ fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
     })
 }
 
-/// Log lines waiting for the writer thread, at most; beyond, new lines are dropped rather
-/// than slowing requests down (a reader of standard error that stalls for that long).
-const LOG_QUEUE_LINES: usize = 65_536;
-
-/// Logs to standard error; `RUST_LOG` overrides the configured level. Lines are written by a
-/// thread of their own through a buffer that it flushes whenever it has caught up: a server
-/// writes a line per request (the access log), and a write system call per line would cost
-/// every request a few microseconds of its CPU. Keep the guard until exit: dropping it writes
-/// out what is queued.
-fn init_logging(level: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to standard error through a buffer (`log`); `RUST_LOG` overrides the configured
+/// level. Keep the answer until exit: dropping it writes out what is buffered.
+fn init_logging(level: &str, format: LogFormat) -> log::Flusher {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .lossy(true)
-        .thread_name("tokengate-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, flusher) = log::buffered_stderr();
     // Colours only for a person at a terminal, never into a file or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -355,7 +342,7 @@ fn init_logging(level: &str, format: LogFormat) -> tracing_appender::non_blockin
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    guard
+    flusher
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

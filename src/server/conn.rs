@@ -25,7 +25,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-
 use tracing::Instrument as _;
 
 use super::App;
@@ -228,7 +227,7 @@ async fn serve(
     let activity = Arc::new(Activity::default());
     let service = {
         let (app, activity) = (app.clone(), activity.clone());
-        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let app = app.clone();
             let in_flight = InFlight::begin(&activity);
             // The request id, set on the request before any handler sees it (the upstream
@@ -236,7 +235,6 @@ async fn serve(
             // in the access line (`access`).
             let trusted = is_trusted(&app.cfg.server.trusted_proxies, conn.peer.ip());
             let request_id = app.request_ids.choose(trusted, req.headers());
-            let mut req = req;
             req.headers_mut()
                 .insert(access::X_REQUEST_ID, request_id.clone());
             let line = access::wanted(app.cfg.log_access).then(|| {
