@@ -280,6 +280,12 @@ impl Active {
 }
 
 impl Mailer {
+    /// The server's metrics, which mail counts into (and token rotations, whose success is a
+    /// mail accepted).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
     pub fn new(
         cfg: &MailConfig,
         store: Arc<dyn Store>,

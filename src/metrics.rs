@@ -2,8 +2,10 @@
 //! (`prometheus-client`). One [`Metrics`] per server: a registry of its own, so two servers in
 //! one process (the tests) never count into each other. Labelled counters on the request path
 //! are resolved once, at start, so recording is one relaxed add; gauges are read from their
-//! owners at scrape time ([`Gauges`]). No label ever carries a username, password, token or
-//! session id: labels are fixed, small sets (dialect, outcome, kind, status class).
+//! owners at scrape time ([`Gauges`]), and so are the standard `process_*` metrics (CPU
+//! seconds, resident memory, open and allowed file descriptors: read from `/proc/self` on
+//! Linux, absent elsewhere). No label ever carries a username, password, token or session id:
+//! labels are fixed, small sets (dialect, outcome, kind, status class, rotation reason).
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::{Dialect, Outcome};
+use crate::mail::TokenReason;
 
 /// The exposition's media type (OpenMetrics 1.0, which Prometheus negotiates and reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -26,6 +29,24 @@ const BUCKETS: [f64; 12] = [
 ];
 const UPSTREAM_LABELS: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
 const MAIL_KINDS: [&str; 2] = ["user", "compliance"];
+const ROTATION_REASONS: [TokenReason; 5] = [
+    TokenReason::Scheduled,
+    TokenReason::AdminRotation,
+    TokenReason::Requested,
+    TokenReason::PasswordChange,
+    TokenReason::AccountCreated,
+];
+
+/// The `reason` label of a token rotation.
+fn rotation_label(r: TokenReason) -> &'static str {
+    match r {
+        TokenReason::Scheduled => "scheduled",
+        TokenReason::AdminRotation => "admin",
+        TokenReason::Requested => "self_service",
+        TokenReason::PasswordChange => "password_change",
+        TokenReason::AccountCreated => "account_created",
+    }
+}
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
@@ -55,6 +76,9 @@ pub struct Metrics {
     tls_handshake_failures: Counter,
     /// Records appended to the audit trail by this process (`audit::Audit` holds a clone).
     pub audit_records: Counter,
+    /// In the order of `ROTATION_REASONS`.
+    token_rotations: Vec<Counter>,
+    certificate_expiry: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,6 +192,35 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
         );
+        let rotations = Family::<Labels<1>, Counter>::default();
+        r.register(
+            "token_rotations",
+            "Security tokens rotated (the new token emailed and in force), by reason",
+            rotations.clone(),
+        );
+        let token_rotations = ROTATION_REASONS
+            .iter()
+            .map(|reason| {
+                rotations
+                    .get_or_create(&[("reason", rotation_label(*reason))])
+                    .clone()
+            })
+            .collect();
+        let certificate_expiry = Gauge::default();
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the served TLS certificate expires (its notAfter, Unix time)",
+            certificate_expiry.clone(),
+        );
+        let build_info = Family::<Labels<1>, Gauge>::default();
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        r.register(
+            "build_info",
+            "Always 1; the running tokengate's version is its label",
+            build_info,
+        );
         let audit_records = counter(
             &mut r,
             "audit_records",
@@ -175,6 +228,8 @@ impl Metrics {
         );
         Self {
             registry: r,
+            token_rotations,
+            certificate_expiry,
             logins,
             login_duration,
             argon2_verifications,
@@ -246,14 +301,138 @@ impl Metrics {
         self.tls_handshake_failures.inc();
     }
 
+    /// A rotation committed: the new token was accepted by the mail server and is in force.
+    pub fn token_rotated(&self, reason: TokenReason) {
+        let i = ROTATION_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.token_rotations[i].inc();
+    }
+
+    /// The served certificate's notAfter (Unix seconds), at start and at each reload.
+    pub fn certificate_expires(&self, not_after: u64) {
+        self.certificate_expiry
+            .set(i64::try_from(not_after).unwrap_or(i64::MAX));
+    }
+
     /// The whole exposition: the counters and histograms, then the gauges read just now.
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(8 * 1024);
         // Writing to a String cannot fail; an encoding error would be a bug in a label.
         let _ = encode_registry(&mut out, &self.registry);
         let _ = encode_registry(&mut out, &g.registry());
+        let _ = encode_registry(&mut out, &process_registry());
         let _ = encode_eof(&mut out);
         out
+    }
+}
+
+/// The standard process metrics (the names Prometheus's own clients use, without tokengate's
+/// prefix, so the usual dashboards work), read now. A value that cannot be read is left out.
+fn process_registry() -> Registry {
+    let mut r = Registry::default();
+    let Some(p) = process::read() else {
+        return r;
+    };
+    let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    cpu.inc_by(p.cpu_seconds);
+    r.register_with_unit(
+        "process_cpu",
+        "User and system CPU time spent",
+        Unit::Seconds,
+        cpu,
+    );
+    let gauge = |r: &mut Registry, name: &str, help: &str, v: Option<u64>, unit: Option<Unit>| {
+        let Some(v) = v else { return };
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        match unit {
+            Some(u) => r.register_with_unit(name, help, u, g),
+            None => r.register(name, help, g),
+        }
+    };
+    gauge(
+        &mut r,
+        "process_resident_memory",
+        "Resident memory size",
+        p.resident_bytes,
+        Some(Unit::Bytes),
+    );
+    gauge(
+        &mut r,
+        "process_open_fds",
+        "Open file descriptors",
+        p.open_fds,
+        None,
+    );
+    gauge(
+        &mut r,
+        "process_max_fds",
+        "The limit of open file descriptors",
+        p.max_fds,
+        None,
+    );
+    r
+}
+
+/// This process's resource use, from `/proc/self` (proc(5)).
+mod process {
+    pub struct Process {
+        pub cpu_seconds: f64,
+        pub resident_bytes: Option<u64>,
+        pub open_fds: Option<u64>,
+        pub max_fds: Option<u64>,
+    }
+
+    #[cfg(target_os = "linux")]
+    pub fn read() -> Option<Process> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let statm = std::fs::read_to_string("/proc/self/statm").ok();
+        let limits = std::fs::read_to_string("/proc/self/limits").ok();
+        Some(Process {
+            cpu_seconds: cpu_ticks(&stat)? as f64 / ticks,
+            resident_bytes: statm
+                .as_deref()
+                .and_then(resident_pages)
+                .map(|pages| pages.saturating_mul(rustix::param::page_size() as u64)),
+            // The directory's own descriptor, open while it is read, is not counted.
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|d| (d.count() as u64).saturating_sub(1)),
+            max_fds: limits.as_deref().and_then(max_open_files),
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn read() -> Option<Process> {
+        None
+    }
+
+    /// utime + stime: fields 14 and 15 of `/proc/self/stat`, counted after the command name
+    /// (field 2, in parentheses, which may itself hold spaces and parentheses).
+    pub fn cpu_ticks(stat: &str) -> Option<u64> {
+        let (_, rest) = stat.rsplit_once(')')?;
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        Some(utime + stime)
+    }
+
+    /// The second field of `/proc/self/statm`: resident pages.
+    pub fn resident_pages(statm: &str) -> Option<u64> {
+        statm.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The soft limit on the "Max open files" line of `/proc/self/limits`.
+    pub fn max_open_files(limits: &str) -> Option<u64> {
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line["Max open files".len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 }
 
@@ -321,6 +500,8 @@ mod tests {
         m.upstream(Some(204), false, Duration::from_micros(300));
         m.upstream(None, true, Duration::from_millis(3));
         m.login(Dialect::Reset, Outcome::BadCredentials, Duration::ZERO);
+        m.token_rotated(TokenReason::Requested);
+        m.certificate_expires(1_767_225_600);
         let text = m.render(&Gauges {
             argon2_queue_depth: 0,
             active_sessions: 3,
@@ -344,6 +525,14 @@ mod tests {
             "tokengate_tls_handshake_failures_total 0",
             "tokengate_argon2_verifications_total 0",
             "tokengate_history_dropped_total 0",
+            "tokengate_token_rotations_total{reason=\"scheduled\"} 0",
+            "tokengate_token_rotations_total{reason=\"self_service\"} 1",
+            "tokengate_tls_certificate_expiry_timestamp_seconds 1767225600",
+            concat!(
+                "tokengate_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -351,6 +540,29 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn proc_files_are_read_field_by_field() {
+        // A command name with spaces and a parenthesis must not shift the fields.
+        let stat = "4711 (tokio ) x) S 1 4711 4711 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 1";
+        assert_eq!(process::cpu_ticks(stat), Some(325));
+        assert_eq!(process::cpu_ticks("garbage"), None);
+        assert_eq!(
+            process::resident_pages("5000 1200 300 1 0 900 0\n"),
+            Some(1200)
+        );
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax cpu time              unlimited            unlimited            seconds\nMax open files            1024                 524288               files\n";
+        assert_eq!(process::max_open_files(limits), Some(1024));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_is_measured() {
+        let p = process::read().expect("/proc/self is readable");
+        assert!(p.resident_bytes.unwrap() > 1024 * 1024);
+        assert!(p.open_fds.unwrap() >= 3, "stdin, stdout, stderr");
+        assert!(p.max_fds.unwrap() >= p.open_fds.unwrap());
     }
 
     #[test]

@@ -254,3 +254,105 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A client-side verifier for a certificate file given by the operator (the load tool's
+/// `--ca`): a server certificate that is byte for byte one of the file's is accepted as
+/// pinned; any other must chain to one of them as usual (webpki). Pinning is what makes a
+/// self-signed server certificate usable: one made the common way (`openssl req -x509`) is
+/// marked `CA:TRUE`, and webpki refuses a CA certificate as an end entity
+/// (`CaUsedAsEndEntity`, RFC 5280 §4.2.1.9) where curl, Python and Node accept it. The
+/// handshake's signatures are checked with the provider's algorithms either way, so the
+/// server holds the key of the certificate it shows.
+#[derive(Debug)]
+pub struct PinnedOrChained {
+    pinned: Vec<CertificateDer<'static>>,
+    chained: Arc<rustls::client::WebPkiServerVerifier>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PinnedOrChained {
+    /// The certificates of a PEM file: pinned, and trust anchors for the others. The error
+    /// says what is wrong with the file.
+    pub fn from_pem_file(
+        path: &Path,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, String> {
+        let pinned: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| e.to_string())?
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        if pinned.is_empty() {
+            return Err("no CERTIFICATE section found".into());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in &pinned {
+            roots.add(cert.clone()).map_err(|e| e.to_string())?;
+        }
+        let chained = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            pinned,
+            chained,
+            provider,
+        })
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrChained {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        self.chained
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

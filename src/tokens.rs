@@ -303,6 +303,7 @@ impl Tokens {
         }
         self.store.flush()?;
         self.after_commit(&user, ends_sessions)?;
+        self.mailer.metrics().token_rotated(reason);
         tracing::info!(user = %user.username, reason = ?reason, "security token rotated and emailed");
         Ok(Rotated {
             masked_email: mask_email(&user.email),

@@ -17,7 +17,7 @@ const DEMO_CLIENT_ID: &str = "tokengate-demo";
 /// token), prints how to log in, and runs until Ctrl-C.
 pub(super) async fn demo(args: DemoArgs) -> Result<(), CliError> {
     let mut cfg = Config::defaults();
-    init_logging("info", LogFormat::Text);
+    let _log = init_logging("info", LogFormat::Text);
     let upstream = tokengate::demo::start_echo_upstream().await?;
     cfg.upstream.url = format!("http://{upstream}").parse()?;
     cfg.store.path = std::env::current_dir()?.join(&args.data_dir);

@@ -6,6 +6,7 @@ mod demo;
 mod history;
 mod loadtest;
 mod locate;
+mod log;
 mod output;
 mod serve;
 mod users;
@@ -385,17 +386,22 @@ fn admin_config(source: &ConfigSource) -> Result<Config, CliError> {
     Ok(cfg)
 }
 
-/// Logs to standard error; `RUST_LOG` overrides the configured level.
-fn init_logging(level: &str, format: LogFormat) {
+/// Logs to standard error through a buffer (`log`); `RUST_LOG` overrides the configured
+/// level. Keep the answer until exit: dropping it writes out what is buffered.
+fn init_logging(level: &str, format: LogFormat) -> log::Flusher {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let (writer, flusher) = log::buffered_stderr();
+    // Colours only for a person at a terminal, never into a file or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    flusher
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -12,7 +12,7 @@ use super::{CliError, LogFormat, init_logging};
 /// Runs the proxy until it is told to stop, then lets in-flight requests finish.
 pub(super) async fn serve(source: &ConfigSource, log_format: LogFormat) -> Result<(), CliError> {
     let cfg = source.load()?;
-    init_logging(&cfg.log_level, log_format);
+    let _log = init_logging(&cfg.log_level, log_format);
     tracing::info!(store = %super::locate::describe_store(&cfg), "{}", source.describe());
     let config = source.path();
     let server = Server::start(cfg).await?;

@@ -437,12 +437,15 @@ impl Default for History {
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub level: String,
+    /// One line per request on the `tokengate::access` target.
+    pub access: bool,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            access: true,
         }
     }
 }

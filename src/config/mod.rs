@@ -57,6 +57,8 @@ pub struct Config {
     /// The Prometheus listener, if on (always a loopback address).
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
+    /// `[log] access`: one access-log line per request (`server::access`).
+    pub log_access: bool,
     /// `[loadtest] allow_synthetic_users`: the admin API may create load-test users.
     pub allow_synthetic_users: bool,
     pub console: ConsoleConfig,
@@ -374,6 +376,7 @@ impl Config {
             metrics_listen: validate::metrics(&f.metrics)?,
             history: validate::history(&f.history)?,
             log_level: validate::log(&f.log)?,
+            log_access: f.log.access,
             allow_synthetic_users: f.loadtest.allow_synthetic_users,
         })
     }

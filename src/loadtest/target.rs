@@ -1,5 +1,6 @@
 //! The target of a load run and how to talk to it: its address, how its certificate is trusted
-//! (a CA file, the system roots, or `--insecure`'s no verification at all), one keep-alive
+//! (a `--ca` file, whose certificates are pinned or trusted as CAs, the system roots, or
+//! `--insecure`'s no verification at all), one keep-alive
 //! HTTP/1.1 connection (`Conn`) with its timeouts, and the requests every scenario builds
 //! (Basic credentials, the SOAP login and the session it yields).
 
@@ -72,10 +73,22 @@ impl Target {
                     provider,
                 )))
                 .with_no_client_auth()
+        } else if let Some(ca) = ca {
+            // The file's certificates pinned (a self-signed server certificate), or CAs.
+            let verifier =
+                crate::tls::PinnedOrChained::from_pem_file(ca, provider).map_err(|reason| {
+                    LoadError::Ca {
+                        path: ca.display().to_string(),
+                        reason,
+                    }
+                })?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
         } else {
-            let roots = crate::tls::client_roots(ca).map_err(|reason| LoadError::Ca {
-                // Only a given file can fail.
-                path: ca.map(|p| p.display().to_string()).unwrap_or_default(),
+            let roots = crate::tls::client_roots(None).map_err(|reason| LoadError::Ca {
+                path: String::new(),
                 reason,
             })?;
             builder.with_root_certificates(roots).with_no_client_auth()

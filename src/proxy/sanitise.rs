@@ -8,7 +8,8 @@
 //! names below are RFC 9110 §7.6.1's plus the historic `Keep-Alive` and `Proxy-Connection`),
 //! and so do the client's credentials and any identity or forwarding header it made up
 //! ([`is_protected`]), and tokengate's own cookies; tokengate then sets the identity headers
-//! (`X-Tokengate-User`, `X-Tokengate-User-Id`), `X-Forwarded-For|Proto|Host` and `Host`. A
+//! (`X-Tokengate-User`, `X-Tokengate-User-Id`), `X-Forwarded-For|Proto|Host` and `Host`, and
+//! keeps the request's `X-Request-Id`, which is tokengate's own (`server::access`). A
 //! SOAP call's `SessionHeader` is cut out of its envelope ([`cut_session_header`]).
 //!
 //! In: an answer that cannot be relayed safely is refused ([`inbound`]); hop-by-hop headers
@@ -211,6 +212,9 @@ pub struct Outbound<'a> {
 
 /// Makes a client's request headers fit to leave for the upstream (module docs).
 pub fn outbound(h: &mut HeaderMap, o: Outbound<'_>) {
+    // The request id on the request is tokengate's (`server::access` replaced the client's):
+    // kept even if the client's `Connection` header names it.
+    let request_id = h.remove(crate::server::access::X_REQUEST_ID);
     strip_hop_by_hop(h);
     strip_client_credentials(h);
     clean_cookies(h, o.from_http2);
@@ -224,6 +228,9 @@ pub fn outbound(h: &mut HeaderMap, o: Outbound<'_>) {
         h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if let Some(id) = request_id {
+        h.insert(crate::server::access::X_REQUEST_ID, id);
+    }
     match o.host {
         Some(host) => {
             h.insert(X_FORWARDED_HOST, host.clone());

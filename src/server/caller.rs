@@ -148,6 +148,7 @@ pub fn session_user(
         Ok(Some(u))
             if !u.disabled && u.session_epoch == epoch && ip.is_none_or(|ip| u.allows(ip)) =>
         {
+            super::access::note_user(&u);
             Ok(u)
         }
         Ok(_) => Err(Refusal::InvalidSession),
@@ -164,7 +165,10 @@ pub async fn identify<'a>(
 ) -> Result<Caller, Refusal> {
     match credential {
         Credential::Session(sid) => match app.sessions.lookup(&sid, peer.ip) {
-            Ok(Some(s)) => Ok(Caller::Session(s)),
+            Ok(Some(s)) => {
+                super::access::note_session(&s);
+                Ok(Caller::Session(s))
+            }
             Ok(None) => Err(Refusal::InvalidSession),
             Err(e) => Err(Refusal::store(&e)),
         },
@@ -191,7 +195,10 @@ pub async fn identify<'a>(
                 );
             }
             result
-                .map(|v| Caller::Password(v.user))
+                .map(|v| {
+                    super::access::note_user(&v.user);
+                    Caller::Password(v.user)
+                })
                 .map_err(Refusal::from)
         }
         Credential::Malformed => Err(Refusal::MalformedAuthorization),

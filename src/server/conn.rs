@@ -25,9 +25,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument as _;
 
 use super::App;
-use super::routes;
+use super::{access, routes};
 
 /// What the server knows of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -243,11 +244,34 @@ async fn serve(
     let activity = Arc::new(Activity::default());
     let service = {
         let (app, activity) = (app.clone(), activity.clone());
-        service_fn(move |req| {
+        service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let app = app.clone();
             let in_flight = InFlight::begin(&activity);
+            // The request id, set on the request before any handler sees it (the upstream
+            // gets it), on the request's span (every log line about it), on the response and
+            // in the access line (`access`).
+            let trusted = is_trusted(&app.cfg.server.trusted_proxies, conn.peer.ip());
+            let request_id = app.request_ids.choose(trusted, req.headers());
+            req.headers_mut()
+                .insert(access::X_REQUEST_ID, request_id.clone());
+            let line = access::wanted(app.cfg.log_access).then(|| {
+                let client = client_ip(
+                    &app.cfg.server.trusted_proxies,
+                    conn.peer.ip(),
+                    req.headers(),
+                );
+                access::Line::start(&req, client, &request_id)
+            });
+            // At the error level so it is recorded whenever any line about the request is
+            // (a span below the configured level would leave `warn` lines without the id).
+            let span = tracing::error_span!(
+                "request",
+                request_id = request_id.to_str().unwrap_or_default()
+            );
             async move {
-                let r = routes::handle(app, req, conn).await;
+                let r = access::scope(routes::handle(app, req, conn), request_id, line)
+                    .instrument(span)
+                    .await;
                 drop(in_flight);
                 Ok::<_, Infallible>(r)
             }
@@ -321,7 +345,7 @@ pub fn client_ip(
     peer: IpAddr,
     headers: &http::HeaderMap,
 ) -> IpAddr {
-    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|n| n.contains(ip));
+    let trusted = |ip: &IpAddr| is_trusted(trusted_proxies, *ip);
     if !trusted(&peer) {
         return peer;
     }
@@ -340,6 +364,11 @@ pub fn client_ip(
         }
     }
     client
+}
+
+/// Whether `ip` is one of the trusted proxies (`[server] trusted_proxies`).
+pub fn is_trusted(trusted_proxies: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    trusted_proxies.iter().any(|n| n.contains(&ip))
 }
 
 /// One `X-Forwarded-For` entry: an address, or an address with a port as some load balancers

@@ -2,6 +2,7 @@
 //! `[console] listen` is set), accepts connections (HTTP/1.1 and HTTP/2 by ALPN), routes
 //! requests (`routes`), serves the admin socket, sweeps sessions, and shuts down gracefully. It wires the other modules together and owns none of their rules.
 
+pub mod access;
 pub(crate) mod api;
 pub mod body;
 pub mod caller;
@@ -110,6 +111,8 @@ pub struct App {
     pub hosts: Vec<String>,
     /// `https://host[:port]`: the start of `serverUrl`, `instance_url` and identity URLs.
     pub origin: String,
+    /// Where request ids come from (`access`).
+    pub request_ids: access::RequestIds,
     /// What a SIGHUP reload replaces.
     live: std::sync::RwLock<Arc<Live>>,
 }
@@ -153,6 +156,9 @@ impl App {
             tls: acceptor,
             oauth_clients: new.oauth_clients.clone(),
         });
+        if let Some(end) = tls::not_after(&cert.cert) {
+            self.metrics.certificate_expires(end);
+        }
         self.admin.audit.record(crate::audit::Entry {
             actor: crate::audit::Actor::system(),
             action: "config.reload",
@@ -313,6 +319,9 @@ impl Server {
         let restored = sessions.load()?;
         let (history, history_task) = History::start(store.clone(), &cfg.history);
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        if let Some(end) = tls::not_after(&cert.cert) {
+            metrics.certificate_expires(end);
+        }
         let services = data.services(&cfg, Some(sessions.clone()), metrics.clone())?;
         let (mailer, users, tokens) = (
             services.mailer.clone(),
@@ -384,6 +393,7 @@ impl Server {
             bodies,
             hosts,
             origin: origin.clone(),
+            request_ids: access::RequestIds::new().map_err(|_| ServerError::Random)?,
             live: std::sync::RwLock::new(Arc::new(Live {
                 tls: acceptor,
                 oauth_clients: cfg_oauth,

@@ -87,7 +87,7 @@ pub enum Refusal {
         message: &'static str,
     },
     MethodNotAllowed {
-        allow: &'static str,
+        allow: Cow<'static, str>,
     },
     /// Something broke on our side; logged where it happened, never described to the caller.
     Internal,
@@ -265,9 +265,10 @@ impl Refusal {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Refusal::MethodNotAllowed { allow } = self {
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        if let Refusal::MethodNotAllowed { allow } = self
+            && let Ok(allow) = HeaderValue::from_str(allow)
+        {
+            r.headers_mut().insert(header::ALLOW, allow);
         }
         r
     }

@@ -178,7 +178,7 @@ fn set_path(req: &mut Request<ReqBody>, path: &str) {
 fn refuse_target(e: TargetError, path: &str) -> Response<Body> {
     let refusal = match e {
         TargetError::Connect => Refusal::MethodNotAllowed {
-            allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+            allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".into(),
         },
         TargetError::Misdirected => Refusal::Misdirected(e.to_string().into()),
         _ => Refusal::BadRequest(e.to_string().into()),

@@ -309,3 +309,119 @@ async fn plain_http_targets_measure_an_upstream_directly_but_never_carry_credent
             .all(|r| !r.headers.contains_key("authorization") && r.body.is_empty())
     );
 }
+
+/// A self-signed certificate made the way operators make one: the openssl binary, P-256,
+/// which marks it `CA:TRUE`.
+fn openssl_self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-days",
+            "30",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_pins_an_openssl_self_signed_certificate_and_still_refuses_another() {
+    use http_body_util::Full;
+    use tokengate::loadtest::{Conn, Target};
+
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = openssl_self_signed(dir.path(), "served");
+    let (stranger, _) = openssl_self_signed(dir.path(), "stranger");
+    let text = String::from_utf8(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(text.contains("CA:TRUE"), "the case this pins down: {text}");
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.tls.cert = Some(cert.clone());
+        c.tls.key = Some(key.clone());
+    })
+    .await;
+    let health = || {
+        http::Request::get("/tokengate/health")
+            .header("host", format!("127.0.0.1:{}", ts.addr.port()))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let url = format!("https://127.0.0.1:{}", ts.addr.port());
+
+    let target = Target::new(&url, Some(&cert), false).await.unwrap();
+    let mut conn = Conn::open(&target)
+        .await
+        .unwrap_or_else(|e| panic!("the pinned certificate is refused: {e}"));
+    let (status, _) = conn.send(health()).await.unwrap();
+    assert_eq!(status, http::StatusCode::OK);
+
+    // Another self-signed certificate is no trust anchor for this one.
+    let target = Target::new(&url, Some(&stranger), false).await.unwrap();
+    let refused = Conn::open(&target)
+        .await
+        .err()
+        .expect("a stranger's file is refused");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+
+    // The load tool itself, end to end, with the server's certificate file.
+    let report = dir.path().join("run.json");
+    ok(&loadtest(
+        &[
+            "run",
+            "--target",
+            &url,
+            "--ca",
+            cert.to_str().unwrap(),
+            "--scenario",
+            "plain",
+            "--duration",
+            "1s",
+            "--connections",
+            "1",
+            "--quiet",
+            "--json",
+            report.to_str().unwrap(),
+        ],
+        "",
+    ));
+    let report = read_json(&report);
+    let plain = &report["plain"];
+    assert!(plain["requests"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        plain["errors"]
+            .as_object()
+            .is_none_or(|e| e.keys().all(|k| !k.contains("certificate"))),
+        "{report}"
+    );
+}

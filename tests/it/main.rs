@@ -6,6 +6,7 @@
 mod support;
 
 mod abuse;
+mod access;
 mod audit;
 mod bad_input;
 mod cancellation;

@@ -105,6 +105,11 @@ async fn metrics_reflect_logins_failures_sessions_emails_and_upstream_calls() {
         ("tokengate_upstream_requests_total{status=\"2xx\"}", 1),
         ("tokengate_upstream_duration_seconds_count", 1),
         ("tokengate_lockouts_total", 0),
+        ("tokengate_token_rotations_total{reason=\"admin\"}", 1),
+        (
+            "tokengate_token_rotations_total{reason=\"self_service\"}",
+            0,
+        ),
     ] {
         assert_eq!(delta(name), expected, "{name}");
     }
@@ -117,10 +122,123 @@ async fn metrics_reflect_logins_failures_sessions_emails_and_upstream_calls() {
         );
     }
     assert!(http_get(maddr, "/other").await.starts_with("HTTP/1.1 404"));
+
+    // The other rotations, each under its reason. A rotation that could not be mailed is not
+    // one: the token did not change.
+    let reset = ts
+        .client()
+        .request(Method::POST, "/tokengate/v1/token/reset")
+        .header("authorization", basic("metered@example.com", PASSWORD));
+    assert_eq!(
+        ts.client().call(reset, "").await.status,
+        StatusCode::ACCEPTED
+    );
+    let rotations = async |reason: &str| {
+        metric(
+            &http_get(maddr, "/metrics").await,
+            &format!("tokengate_token_rotations_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    eventually(
+        "the self-service rotation",
+        Duration::from_secs(10),
+        async || rotations("self_service").await == 1,
+    )
+    .await;
+    let token = sink
+        .to("metered.example.com@example.com")
+        .last()
+        .unwrap()
+        .token();
+    let change = ts
+        .client()
+        .request(Method::POST, "/tokengate/v1/password")
+        .header("content-type", "application/json")
+        .header(
+            "authorization",
+            basic("metered@example.com", &format!("{PASSWORD}{token}")),
+        );
+    let r = ts
+        .client()
+        .call(change, r#"{"new_password":"An0ther-Passw0rd"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(rotations("password_change").await, 1);
+    let app = ts.app();
+    app.tokens
+        .set_rotation("metered@example.com", Some(Duration::from_secs(1)))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(app.tokens.run_due().await, 1);
+    assert_eq!(rotations("scheduled").await, 1);
+    sink.set(crate::support::smtp::Behaviour {
+        refuse_data: true,
+        ..Default::default()
+    });
+    let b = ts
+        .client()
+        .request(
+            Method::POST,
+            "/tokengate/v1/admin/users/metered@example.com/token/reset",
+        )
+        .header(
+            "authorization",
+            basic("metrics-admin@example.com", &format!("{PASSWORD}{admin}")),
+        );
+    assert_eq!(
+        ts.client().call(b, "").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(rotations("admin").await, 1);
+
+    // What the process is and holds.
+    let text = http_get(maddr, "/metrics").await;
+    let version = format!(
+        "tokengate_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(metric(&text, &version), 1);
+    assert!(metric(&text, "process_resident_memory_bytes") > 1 << 20);
+    assert!(metric(&text, "process_open_fds") > 3);
+    assert!(metric(&text, "process_max_fds") >= metric(&text, "process_open_fds"));
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("process_cpu_seconds_total ")),
+        "{text}"
+    );
+    // The served certificate's end, and after a reload the new one's.
+    let served = tokengate::tls::not_after(&ts.ca).unwrap();
+    assert_eq!(
+        metric(&text, "tokengate_tls_certificate_expiry_timestamp_seconds"),
+        served
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap();
+    std::fs::write(
+        dir.path().join("c.pem"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+    let mut cfg = ts.cfg.clone();
+    cfg.tls.cert = Some(dir.path().join("c.pem"));
+    cfg.tls.key = Some(dir.path().join("k.pem"));
+    app.reload(&cfg).unwrap();
+    let text = http_get(maddr, "/metrics").await;
+    assert_eq!(
+        metric(&text, "tokengate_tls_certificate_expiry_timestamp_seconds"),
+        2_000_000_000
+    );
 }
 
 #[tokio::test]
-async fn health_is_live_and_readiness_checks_store_upstream_and_smtp() {
+async fn health_is_live_and_readiness_needs_store_and_upstream_with_smtp_only_degrading_it() {
     let up = Upstream::start().await;
     let sink = SmtpSink::start().await;
     let ts = TestServer::start_with(&up.url(), |c| mail_to(c, &sink, "tokengate")).await;
@@ -133,16 +251,17 @@ async fn health_is_live_and_readiness_checks_store_upstream_and_smtp() {
         r.json()["checks"],
         serde_json::json!({ "store": "ok", "upstream": "ok", "smtp": "ok" })
     );
+    assert_eq!(r.json()["status"], "ready");
+    assert_eq!(r.json()["mail"], "ok");
 
+    // Without its SMTP server the replica still serves logins and calls: it stays in the load
+    // balancer, and says its mail is degraded.
     sink.stop();
     let r = ts.client().get("/tokengate/ready", &[]).await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        r.json()["checks"]["smtp"]
-            .as_str()
-            .unwrap()
-            .starts_with("error")
-    );
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["status"], "ready");
+    assert_eq!(r.json()["mail"], "degraded");
+    assert_eq!(r.json()["checks"]["smtp"], "error");
 
     let (_held, dead) = refusing_address();
     let ts = TestServer::start(&format!("http://{dead}")).await;
@@ -156,6 +275,7 @@ async fn health_is_live_and_readiness_checks_store_upstream_and_smtp() {
             .starts_with("error")
     );
     assert_eq!(r.json()["checks"]["smtp"], "not configured");
+    assert_eq!(r.json()["mail"], "not configured");
     // Health stays live.
     assert_eq!(
         ts.client().get("/tokengate/health", &[]).await.status,

@@ -10,8 +10,11 @@ pub fn health() -> Response<Body> {
     respond(StatusCode::OK, JSON, r#"{"status":"ok"}"#)
 }
 
-/// Readiness: the store answers, the upstream accepts connections, and the SMTP server does
-/// when mail goes over SMTP. 200 when all are fine, 503 otherwise; JSON either way.
+/// Readiness: the store answers and the upstream accepts connections: 200 when both do, 503
+/// otherwise; JSON either way. The SMTP server (when mail goes over SMTP) is checked and
+/// reported, but an outage of it only makes the answer `"mail": "degraded"`: logins and
+/// forwarded calls do not need mail (token mails wait or fail on their own, and the
+/// Compliance copies queue for a retry), so a load balancer must keep the replica.
 pub async fn ready(app: &App) -> Response<Body> {
     const PROBE: std::time::Duration = std::time::Duration::from_secs(2);
     // The answer names the failing check and nothing more (anyone may ask); the reason goes
@@ -55,9 +58,14 @@ pub async fn ready(app: &App) -> Response<Body> {
         crate::config::MailTransport::File { .. } => "file",
         crate::config::MailTransport::None => "not configured",
     };
-    let ok = store == "ok" && upstream == "ok" && smtp != "error";
+    let ok = store == "ok" && upstream == "ok";
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "not ready" },
+        "mail": match smtp {
+            "error" => "degraded",
+            "not configured" => "not configured",
+            _ => "ok",
+        },
         "checks": { "store": store, "upstream": upstream, "smtp": smtp },
     });
     respond(
