@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
 /// How often the buffer is written out when it has not filled up.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// The buffer's size: once full, the next line writes it out first.
@@ -102,5 +106,44 @@ impl Drop for Flusher {
             let _ = t.join();
         }
         flush(&self.writer);
+    }
+}
+
+/// The log format with the id of the request being handled added to each line written while
+/// it is (`server::access::current_request_id`): `"request_id":"…"` first in a JSON line,
+/// ` request_id=…` at the end of a text line. Lines outside a request are written as they are.
+pub struct WithRequestId<F>(pub F);
+
+impl<S, N, F> FormatEvent<S, N> for WithRequestId<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        // The access line names its request itself (and is written when the response body
+        // ends, where no request is current).
+        let id = match event.metadata().target() {
+            tokengate::server::access::TARGET => None,
+            _ => tokengate::server::access::current_request_id(),
+        };
+        let Some(id) = id else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0
+            .format_event(ctx, format::Writer::new(&mut line), event)?;
+        if let Some(rest) = line.strip_prefix('{') {
+            let id = serde_json::to_string(&id).map_err(|_| std::fmt::Error)?;
+            write!(writer, "{{\"request_id\":{id},{rest}")
+        } else {
+            let body = line.strip_suffix('\n').unwrap_or(&line);
+            writeln!(writer, "{body} request_id={id}")
+        }
     }
 }

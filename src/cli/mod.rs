@@ -398,8 +398,12 @@ fn init_logging(level: &str, format: LogFormat) -> log::Flusher {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.map_event_format(log::WithRequestId).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .map_event_format(log::WithRequestId)
+            .try_init(),
     };
     flusher
 }

@@ -7,7 +7,8 @@
 //!   from a per-process random prefix and a counter (no random call per request). It replaces
 //!   whatever the client sent on the request, so the upstream sees tokengate's choice
 //!   (`proxy::sanitise` keeps it), it is set on every response, refusals included, and it is
-//!   a field of the request's tracing span, so every log line about the request carries it.
+//!   kept in the request's task-local context, so every log line written while the request
+//!   is handled carries it (the log formatter adds it).
 //! - **Access log.** One `INFO` event per request on the target [`TARGET`], emitted when the
 //!   response body has been sent (or dropped): method, path (never the query string, which
 //!   may hold an `oauth_token`), status, bytes in (the declared `Content-Length`) and out (the
@@ -117,19 +118,34 @@ impl Who {
     }
 }
 
+/// What the request's own future knows about it (see [`scope`]): its id, for every log line
+/// written while it is handled, and its authenticated user, for the access line.
+struct Current {
+    request_id: HeaderValue,
+    caller: RefCell<Option<Who>>,
+}
+
 tokio::task_local! {
-    /// The request's authenticated user, in the request's own future (see [`scope`]).
-    static CALLER: RefCell<Option<Who>>;
+    static CURRENT: Current;
 }
 
 /// Notes the session a request was authenticated by, for the access log.
 pub fn note_session(s: &Arc<Session>) {
-    let _ = CALLER.try_with(|c| *c.borrow_mut() = Some(Who::Session(s.clone())));
+    let _ = CURRENT.try_with(|c| *c.caller.borrow_mut() = Some(Who::Session(s.clone())));
 }
 
 /// Notes the user a request was authenticated as (a password, a console sign-in).
 pub fn note_user(u: &Arc<User>) {
-    let _ = CALLER.try_with(|c| *c.borrow_mut() = Some(Who::User(u.clone())));
+    let _ = CURRENT.try_with(|c| *c.caller.borrow_mut() = Some(Who::User(u.clone())));
+}
+
+/// The id of the request being handled on this task, if any: the log formatter adds it to
+/// every line. A task-local rather than a tracing span: a span per request, entered on every
+/// poll, cost a fifth of the session path's CPU; this costs a look-up per log line.
+pub fn current_request_id() -> Option<String> {
+    CURRENT
+        .try_with(|c| c.request_id.to_str().unwrap_or_default().to_owned())
+        .ok()
 }
 
 /// One request's access-log line, filled in as the request goes and written when its
@@ -218,13 +234,17 @@ pub async fn scope(
     request_id: HeaderValue,
     line: Option<Line>,
 ) -> Response<Logged> {
-    CALLER
-        .scope(RefCell::new(None), async move {
+    let current = Current {
+        request_id: request_id.clone(),
+        caller: RefCell::new(None),
+    };
+    CURRENT
+        .scope(current, async move {
             let mut resp = handling.await;
             resp.headers_mut().insert(X_REQUEST_ID, request_id);
             let line = line.map(|mut l| {
                 l.status = resp.status().as_u16();
-                l.user = CALLER.with(|c| c.borrow_mut().take());
+                l.user = CURRENT.with(|c| c.caller.borrow_mut().take());
                 l
             });
             resp.map(|inner| Logged { inner, line })

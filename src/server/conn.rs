@@ -25,7 +25,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tracing::Instrument as _;
 
 use super::App;
 use super::{access, routes};
@@ -248,8 +247,8 @@ async fn serve(
             let app = app.clone();
             let in_flight = InFlight::begin(&activity);
             // The request id, set on the request before any handler sees it (the upstream
-            // gets it), on the request's span (every log line about it), on the response and
-            // in the access line (`access`).
+            // gets it), in the request's task-local context (every log line about it), on the
+            // response and in the access line (`access`).
             let trusted = is_trusted(&app.cfg.server.trusted_proxies, conn.peer.ip());
             let request_id = app.request_ids.choose(trusted, req.headers());
             req.headers_mut()
@@ -262,16 +261,8 @@ async fn serve(
                 );
                 access::Line::start(&req, client, &request_id)
             });
-            // At the error level so it is recorded whenever any line about the request is
-            // (a span below the configured level would leave `warn` lines without the id).
-            let span = tracing::error_span!(
-                "request",
-                request_id = request_id.to_str().unwrap_or_default()
-            );
             async move {
-                let r = access::scope(routes::handle(app, req, conn), request_id, line)
-                    .instrument(span)
-                    .await;
+                let r = access::scope(routes::handle(app, req, conn), request_id, line).await;
                 drop(in_flight);
                 Ok::<_, Infallible>(r)
             }
