@@ -262,7 +262,10 @@ async fn serve(
                 access::Line::start(&req, client, &request_id)
             });
             async move {
-                let r = access::scope(routes::handle(app, req, conn), request_id, line).await;
+                // Boxed: the request's future (up to 4 KiB, `routes`) would otherwise be copied
+                // again by each wrapper that holds it on its way into hyper's slot.
+                let handling = Box::pin(routes::handle(app, req, conn));
+                let r = access::scope(handling, request_id, line).await;
                 drop(in_flight);
                 Ok::<_, Infallible>(r)
             }

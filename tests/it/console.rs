@@ -948,6 +948,24 @@ async fn in_chromium_a_user_resets_the_token_and_an_admin_enables_compliance_bcc
     assert!(step(&steps, "history")["rows"].as_u64().unwrap() >= 1);
     // The charts, with JavaScript off: one of each, at the page's width, with bars and the
     // legend (the failed SOAP login above is a bad_credentials bar).
+    // The user's page saves the profile, and the audit trail shows the change: by whom,
+    // through which door, what changed (newest first, before the console's token reset).
+    let saved = step(&steps, "profile-saved");
+    assert!(
+        saved["notice"].as_str().unwrap().contains("was saved"),
+        "{saved}"
+    );
+    let audit = step(&steps, "audit");
+    assert!(audit["rows"].as_u64().unwrap() >= 2, "{audit}");
+    assert_eq!(audit["actor"], "chief@example.com");
+    assert_eq!(audit["channel"], "console");
+    assert_eq!(audit["action"], "user.update");
+    let changes = audit["changes"].as_str().unwrap();
+    assert!(
+        changes.contains("api_only: false → true")
+            && changes.contains("→ Integration (Formstack)"),
+        "{changes}"
+    );
     let chart = step(&steps, "chart");
     assert_eq!(
         (chart["hour"].as_u64(), chart["client"].as_u64()),

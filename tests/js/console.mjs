@@ -192,6 +192,28 @@ try {
     await perHour.screenshot({ path: `${shots}/history-chart.png` });
     await shot(noScript, 'history-charts');
     await plain.close();
+
+    // A user's own page: the profile saved (the user becomes API only), then the change in
+    // Setup → Audit Trail, with who made it and what changed.
+    await page.getByRole('link', { name: 'Setup: Users' }).click();
+    await page.getByRole('link', { name: env('TG_USER'), exact: true }).click();
+    await page.getByLabel('Full name').fill('Integration (Formstack)');
+    await page.getByLabel('API only (no console sign-in)').check();
+    await page.getByRole('button', { name: 'Save profile' }).click();
+    out('profile-saved', { notice: await page.getByRole('status').innerText() });
+    await shot(page, 'user');
+    await page.getByRole('link', { name: 'Setup: Audit Trail' }).click();
+    await page.getByLabel('Target').fill(env('TG_USER'));
+    await page.getByRole('button', { name: 'Filter' }).click();
+    const first = page.locator('tbody tr').first().locator('td');
+    out('audit', {
+      rows: await page.locator('tbody tr').count(),
+      actor: await first.nth(2).innerText(),
+      channel: await first.nth(4).innerText(),
+      action: await first.nth(5).innerText(),
+      changes: await first.nth(7).innerText(),
+    });
+    await shot(page, 'audit');
   }
   await browser.close();
 } catch (e) {
