@@ -242,6 +242,32 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The filter a query string or form asks for (`since`, `actor`, `target`, `limit`; empty
+    /// values ignored), for the admin API and the console alike; the error names the field.
+    pub fn from_query<'a>(
+        get: impl Fn(&str) -> Option<&'a str>,
+        default_limit: usize,
+    ) -> Result<Self, &'static str> {
+        let get = |k: &str| get(k).map(str::trim).filter(|v| !v.is_empty());
+        let since_ms = match get("since") {
+            None => None,
+            Some(s) => Some(crate::history::parse_since(s).ok_or(
+                "since must be an RFC 3339 time (2026-01-31T00:00:00Z) or a duration (24h, 7d)",
+            )?),
+        };
+        let limit = match get("limit").map(str::parse::<usize>) {
+            None => default_limit,
+            Some(Ok(n)) if (1..=100_000).contains(&n) => n,
+            Some(_) => return Err("limit must be 1 to 100000"),
+        };
+        Ok(Self {
+            since_ms,
+            actor: get("actor").map(str::to_owned),
+            target: get("target").map(crate::domain::canonical_username),
+            limit,
+        })
+    }
+
     pub fn matches(&self, r: &Record) -> bool {
         self.since_ms.is_none_or(|s| r.at_ms >= s)
             && self.actor.as_deref().is_none_or(|a| r.actor == a)

@@ -952,23 +952,7 @@ async fn audit_trail(call: Call) -> Answer {
         None => Vec::new(),
     };
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let limit = match get("limit").map(str::parse::<usize>) {
-        None => 100,
-        Some(Ok(n)) if (1..=100_000).contains(&n) => n,
-        Some(_) => return Err(Refusal::invalid("limit must be 1 to 100000")),
-    };
-    let since_ms = match get("since") {
-        None => None,
-        Some(s) => Some(crate::history::parse_since(s).ok_or_else(|| {
-            Refusal::invalid("since must be an RFC 3339 time or a duration such as 24h")
-        })?),
-    };
-    let filter = crate::audit::Filter {
-        since_ms,
-        actor: get("actor").map(str::to_owned),
-        target: get("target").map(crate::domain::canonical_username),
-        limit,
-    };
+    let filter = crate::audit::Filter::from_query(get, 100).map_err(Refusal::invalid)?;
     let format = get("format");
     if !matches!(format, None | Some("json" | "csv")) {
         return Err(Refusal::invalid("format must be json or csv"));
@@ -976,18 +960,7 @@ async fn audit_trail(call: Call) -> Answer {
     let audit = app.admin.audit.clone();
     let records = blocking(move || Ok(audit.query(&filter)?)).await?;
     Ok(match format {
-        Some("csv") => {
-            let mut r = respond(
-                StatusCode::OK,
-                "text/csv; charset=utf-8",
-                crate::audit::to_csv(&records),
-            );
-            r.headers_mut().insert(
-                http::header::CONTENT_DISPOSITION,
-                http::HeaderValue::from_static("attachment; filename=\"audit-trail.csv\""),
-            );
-            r
-        }
+        Some("csv") => crate::wire::csv_download(crate::audit::to_csv(&records), "audit-trail.csv"),
         _ => json(StatusCode::OK, &serde_json::json!({ "records": records })),
     })
 }

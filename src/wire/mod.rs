@@ -53,15 +53,15 @@ pub fn respond(
 
 /// The login history as a CSV download (console and admin API alike).
 pub fn history_csv(rows: &[crate::store::HistoryRow]) -> Response<Body> {
-    let mut r = respond(
-        StatusCode::OK,
-        "text/csv; charset=utf-8",
-        crate::history::to_csv(rows, true),
-    );
-    r.headers_mut().insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"login-history.csv\""),
-    );
+    csv_download(crate::history::to_csv(rows, true), "login-history.csv")
+}
+
+/// CSV text as a download named `filename` (the login history, the audit trail).
+pub fn csv_download(csv: String, filename: &'static str) -> Response<Body> {
+    let mut r = respond(StatusCode::OK, "text/csv; charset=utf-8", csv);
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
     r
 }
 

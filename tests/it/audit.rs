@@ -266,6 +266,21 @@ async fn every_admin_change_through_the_api_console_and_cli_is_in_the_audit_trai
     assert_eq!(rows.len(), 13);
     assert_eq!(rows[0][5], "user.mfa_reset");
     assert_eq!(rows[1][5], "user.admin.revoke");
+    let csv = browser
+        .get("/setup/audit.csv?target=int%40example.com")
+        .await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert_eq!(
+        csv.header("x-frame-options"),
+        Some("DENY"),
+        "a console answer"
+    );
+    assert_eq!(csv.text().lines().count(), 14, "{}", csv.text());
+    let bad = api(&ts, &auth, Method::GET, "audit?since=yesterday-ish", None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.json()["message"].as_str().unwrap().contains("since"));
+    let page = browser.get("/setup/audit?since=yesterday-ish").await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
     assert!(rows[1][7].contains("admin: true → false"), "{:?}", rows[1]);
 }
 

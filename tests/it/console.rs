@@ -962,8 +962,7 @@ async fn in_chromium_a_user_resets_the_token_and_an_admin_enables_compliance_bcc
     assert_eq!(audit["action"], "user.update");
     let changes = audit["changes"].as_str().unwrap();
     assert!(
-        changes.contains("api_only: false → true")
-            && changes.contains("→ Integration (Formstack)"),
+        changes.contains("api_only: false → true") && changes.contains("→ Integration (Formstack)"),
         "{changes}"
     );
     let chart = step(&steps, "chart");

@@ -282,26 +282,16 @@ pub(super) fn user_page(
 /// `setup/audit`: the audit trail, newest first, filtered by actor, target and time.
 pub(super) fn audit_page(page: &Page<'_>, q: &HashMap<String, String>) -> Response<Body> {
     let get = |k: &str| q.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
-    let mut error = None;
-    let since_ms = get("since").and_then(|s| {
-        let t = crate::history::parse_since(s);
-        if t.is_none() {
-            error = Some(
-                "Since must be a time (2026-01-31T00:00:00Z) or a duration (24h, 7d).".to_owned(),
-            );
-        }
-        t
-    });
-    let filter = crate::audit::Filter {
-        since_ms,
-        actor: get("actor").map(str::to_owned),
-        target: get("target").map(crate::domain::canonical_username),
-        limit: 200,
+    let (records, error) = match crate::audit::Filter::from_query(get, 200) {
+        Ok(filter) => match page.app.admin.audit.query(&filter) {
+            Ok(r) => (r, None),
+            Err(e) => (
+                Vec::new(),
+                Some(format!("The audit trail could not be read: {e}")),
+            ),
+        },
+        Err(e) => (Vec::new(), Some(format!("{e}."))),
     };
-    let records = page.app.admin.audit.query(&filter).unwrap_or_else(|e| {
-        error = Some(format!("The audit trail could not be read: {e}"));
-        Vec::new()
-    });
     let rows: Vec<_> = records
         .iter()
         .map(|r| {
@@ -313,14 +303,10 @@ pub(super) fn audit_page(page: &Page<'_>, q: &HashMap<String, String>) -> Respon
         })
         .collect();
     let csv_query = serde_urlencoded::to_string(
-        [
-            ("since", get("since")),
-            ("actor", get("actor")),
-            ("target", get("target")),
-        ]
-        .iter()
-        .filter_map(|(k, v)| v.map(|v| (*k, v)))
-        .collect::<Vec<_>>(),
+        ["since", "actor", "target"]
+            .iter()
+            .filter_map(|k| get(k).map(|v| (*k, v)))
+            .collect::<Vec<_>>(),
     )
     .unwrap_or_default();
     page.render(
@@ -340,24 +326,15 @@ pub(super) fn audit_page(page: &Page<'_>, q: &HashMap<String, String>) -> Respon
 
 /// `setup/audit.csv`: the filtered trail as CSV.
 pub(super) fn audit_csv(app: &App, q: &HashMap<String, String>) -> Response<Body> {
-    let get = |k: &str| q.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
-    let filter = crate::audit::Filter {
-        since_ms: get("since").and_then(crate::history::parse_since),
-        actor: get("actor").map(str::to_owned),
-        target: get("target").map(crate::domain::canonical_username),
-        limit: 100_000,
-    };
-    let records = app.admin.audit.query(&filter).unwrap_or_default();
-    let mut r = crate::wire::respond(
-        StatusCode::OK,
-        "text/csv; charset=utf-8",
+    let get = |k: &str| q.get(k).map(String::as_str);
+    let records = crate::audit::Filter::from_query(get, 100_000)
+        .ok()
+        .and_then(|f| app.admin.audit.query(&f).ok())
+        .unwrap_or_default();
+    harden(crate::wire::csv_download(
         crate::audit::to_csv(&records),
-    );
-    r.headers_mut().insert(
-        http::header::CONTENT_DISPOSITION,
-        http::HeaderValue::from_static("attachment; filename=\"audit-trail.csv\""),
-    );
-    r
+        "audit-trail.csv",
+    ))
 }
 
 #[derive(Serialize)]
