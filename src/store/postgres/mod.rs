@@ -89,7 +89,14 @@ struct Inner {
     /// When the listener last knew its connection good (ms since the epoch); 0: never.
     heard_ms: AtomicU64,
     leader: AtomicBool,
+    /// Striped by user id: held from a user's compare-and-swap to its cache write, so this
+    /// process's writers of one user reach the cache in the order they committed (two
+    /// writers racing there could otherwise leave the older record cached).
+    user_writes: Vec<std::sync::Mutex<()>>,
 }
+
+/// Stripes of [`Inner::user_writes`].
+const USER_WRITE_STRIPES: usize = 64;
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -155,6 +162,9 @@ impl PgStore {
             session_observers: std::sync::RwLock::new(Vec::new()),
             heard_ms: AtomicU64::new(0),
             leader: AtomicBool::new(false),
+            user_writes: (0..USER_WRITE_STRIPES)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
         });
         let store = Self {
             inner: inner.clone(),
@@ -368,6 +378,12 @@ impl Store for PgStore {
                 user.next_rotation_at.map(to_i64),
             );
             let payload = self.notify_payload('u', id);
+            let stripe = id.bytes().fold(0usize, |h, b| {
+                h.wrapping_mul(31).wrapping_add(usize::from(b))
+            });
+            let _ordered = self.inner.user_writes[stripe % USER_WRITE_STRIPES]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             // Compare-and-swap on the version; the notification commits with the write.
             let swapped = self.query(move |c| async move {
                 let rows = c
