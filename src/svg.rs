@@ -101,6 +101,41 @@ impl Svg {
     }
 }
 
+/// Compares a drawn SVG with its golden file (`UPDATE_GOLDEN=1` writes it instead). The SVG
+/// is one long line: a difference is shown around its first byte rather than in full.
+#[cfg(test)]
+pub(crate) fn assert_golden(path: &str, drawn: &str, regenerate: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        let dir = std::path::Path::new(path).parent().expect("a directory");
+        std::fs::create_dir_all(dir).expect("create the testdata directory");
+        std::fs::write(path, drawn).expect("write the golden file");
+        return;
+    }
+    let want = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {path} ({e}); create it with {regenerate}"));
+    if drawn != want {
+        let at = drawn
+            .bytes()
+            .zip(want.bytes())
+            .position(|(a, b)| a != b)
+            .unwrap_or(drawn.len().min(want.len()));
+        let around = |s: &str| {
+            let b = s.as_bytes();
+            String::from_utf8_lossy(&b[at.saturating_sub(40).min(b.len())..(at + 60).min(b.len())])
+                .into_owned()
+        };
+        panic!(
+            "the chart no longer draws {path}: they first differ at byte {at} (lengths {} and \
+             {})\n  drawn:  …{}…\n  golden: …{}…\nIf the change is intended, regenerate the file \
+             with {regenerate} and review its diff.",
+            drawn.len(),
+            want.len(),
+            around(drawn),
+            around(&want),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Svg;

@@ -202,38 +202,6 @@ mod tests {
         ];
         let svg = svg_chart("tokengate loadtest: Mixed, 8 connections & \"more\"", &runs);
 
-        if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-            let dir = std::path::Path::new(GOLDEN).parent().expect("a directory");
-            std::fs::create_dir_all(dir).expect("create the testdata directory");
-            std::fs::write(GOLDEN, &svg).expect("write the golden file");
-            return;
-        }
-        let want = std::fs::read_to_string(GOLDEN)
-            .unwrap_or_else(|e| panic!("cannot read {GOLDEN} ({e}); create it with {REGENERATE}"));
-        if svg != want {
-            // The SVG is one long line: point at the first difference rather than print both.
-            let at = svg
-                .bytes()
-                .zip(want.bytes())
-                .position(|(a, b)| a != b)
-                .unwrap_or(svg.len().min(want.len()));
-            let around = |s: &str| {
-                let b = s.as_bytes();
-                String::from_utf8_lossy(
-                    &b[at.saturating_sub(40).min(b.len())..(at + 60).min(b.len())],
-                )
-                .into_owned()
-            };
-            panic!(
-                "svg_chart no longer draws {GOLDEN}: they first differ at byte {at} \
-                 (lengths {} and {})\n  drawn:  …{}…\n  golden: …{}…\n\
-                 If the change is intended, regenerate the file with {REGENERATE} and review \
-                 its diff.",
-                svg.len(),
-                want.len(),
-                around(&svg),
-                around(&want),
-            );
-        }
+        crate::svg::assert_golden(GOLDEN, &svg, REGENERATE);
     }
 }

@@ -930,37 +930,7 @@ mod tests {
     }
 
     fn golden(name: &str, drawn: &str) {
-        let path = format!("{DIR}/{name}");
-        if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-            std::fs::create_dir_all(DIR).expect("create the testdata directory");
-            std::fs::write(&path, drawn).expect("write the golden file");
-            return;
-        }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {path} ({e}); create it with {REGENERATE}"));
-        if drawn != want {
-            let at = drawn
-                .bytes()
-                .zip(want.bytes())
-                .position(|(a, b)| a != b)
-                .unwrap_or(drawn.len().min(want.len()));
-            let around = |s: &str| {
-                let b = s.as_bytes();
-                String::from_utf8_lossy(
-                    &b[at.saturating_sub(40).min(b.len())..(at + 60).min(b.len())],
-                )
-                .into_owned()
-            };
-            panic!(
-                "the chart no longer draws {path}: they first differ at byte {at} (lengths {} \
-                 and {})\n  drawn:  …{}…\n  golden: …{}…\nIf the change is intended, \
-                 regenerate the file with {REGENERATE} and review its diff.",
-                drawn.len(),
-                want.len(),
-                around(drawn),
-                around(&want),
-            );
-        }
+        crate::svg::assert_golden(&format!("{DIR}/{name}"), drawn, REGENERATE);
     }
 
     #[test]
