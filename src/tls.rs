@@ -267,7 +267,6 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 pub struct PinnedOrChained {
     pinned: Vec<CertificateDer<'static>>,
     chained: Arc<rustls::client::WebPkiServerVerifier>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl PinnedOrChained {
@@ -288,17 +287,11 @@ impl PinnedOrChained {
         for cert in &pinned {
             roots.add(cert.clone()).map_err(|e| e.to_string())?;
         }
-        let chained = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| e.to_string())?;
-        Ok(Self {
-            pinned,
-            chained,
-            provider,
-        })
+        let chained =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
+        Ok(Self { pinned, chained })
     }
 }
 
@@ -322,18 +315,15 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrChained {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
+    // The handshake's signatures are checked the same way for a pinned certificate and a
+    // chained one: by the webpki verifier, with the provider's algorithms.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.chained.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -342,17 +332,10 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrChained {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.chained.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.chained.supported_verify_schemes()
     }
 }
