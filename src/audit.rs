@@ -194,17 +194,22 @@ impl Record {
 
     /// "field: before → after; …" for tables and logs.
     pub fn describe_changes(&self) -> String {
-        let show = |v: &Option<String>| match v {
-            Some(s) if s.is_empty() => "\"\"".to_owned(),
-            Some(s) => s.clone(),
-            None => "-".to_owned(),
-        };
-        self.changes
-            .iter()
-            .map(|c| format!("{}: {} → {}", c.field, show(&c.before), show(&c.after)))
-            .collect::<Vec<_>>()
-            .join("; ")
+        describe(&self.changes)
     }
+}
+
+/// "field: before → after; …" (`-` where a field did not exist, `""` for an empty value).
+fn describe(changes: &[Change]) -> String {
+    let show = |v: &Option<String>| match v {
+        Some(s) if s.is_empty() => "\"\"".to_owned(),
+        Some(s) => s.clone(),
+        None => "-".to_owned(),
+    };
+    changes
+        .iter()
+        .map(|c| format!("{}: {} → {}", c.field, show(&c.before), show(&c.after)))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The last record pruned by retention: where the remaining chain starts.
@@ -352,15 +357,14 @@ impl Audit {
                 Some(r)
             }
             Err(e) => {
-                let r = Record::seal(&entry, 0, crate::history::now_ms(), "");
                 tracing::error!(
                     target: "tokengate::audit",
-                    actor = %r.actor,
-                    address = %r.address,
-                    channel = r.channel.as_str(),
-                    action = %r.action,
-                    target_name = %r.target,
-                    changes = %r.describe_changes(),
+                    actor = %entry.actor.name,
+                    address = %entry.actor.address,
+                    channel = entry.actor.channel.as_str(),
+                    action = entry.action,
+                    target_name = %entry.target,
+                    changes = %describe(&entry.changes),
                     error = %e,
                     "audit record could not be stored"
                 );
