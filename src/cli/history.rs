@@ -51,21 +51,18 @@ pub(super) async fn audit(source: &ConfigSource, args: AuditArgs) -> Result<(), 
             other => print_answer(other, false, false),
         };
     }
-    let since_ms = match args.since.as_deref() {
-        None => None,
-        Some(s) => Some(tokengate::history::parse_since(s).ok_or(
-            "--since must be an RFC 3339 time (2026-01-31T00:00:00Z) or a duration (24h, 7d)",
-        )?),
-    };
-    let filter = tokengate::audit::Filter {
-        since_ms,
-        actor: args.actor,
-        target: args
-            .target
-            .as_deref()
-            .map(tokengate::domain::canonical_username),
-        limit: args.limit.clamp(1, 1_000_000),
-    };
+    let mut filter = tokengate::audit::Filter::from_query(
+        |k| match k {
+            "since" => args.since.as_deref(),
+            "actor" => args.actor.as_deref(),
+            "target" => args.target.as_deref(),
+            _ => None,
+        },
+        100,
+    )
+    .map_err(|e| format!("--{e}"))?;
+    // The CLI may ask for more than a page of the API.
+    filter.limit = args.limit.clamp(1, 1_000_000);
     let records = match admin_call(&cfg, Request::Audit { filter }).await? {
         Answer::Audit { records } => records,
         other => return print_answer(other, false, false),
