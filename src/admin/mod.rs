@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{self, Actor, Audit, Entry};
+use crate::audit::{self, Actor, Audit, Channel, Entry};
 use crate::auth::session::Sessions;
 use crate::config::PasswordPolicy;
 use crate::domain::canonical_username;
@@ -34,7 +34,18 @@ pub enum AdminError {
     #[error("no user '{0}'")]
     NoSuchUser(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The change would leave no enabled administrator: disabling, demoting or deleting the
+    /// last one (checked by the store under one lock, so concurrent changes cannot both pass).
+    #[error(
+        "refused: this would leave no enabled administrator; make another user an administrator first"
+    )]
+    LastAdmin,
+    /// An administrator disabling, demoting or deleting their own account.
+    #[error(
+        "refused: administrators cannot disable, demote or delete their own account; ask another administrator"
+    )]
+    SelfDemotion,
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error("admin socket {path}: {reason}")]
@@ -61,6 +72,15 @@ pub enum AdminError {
         "no mail transport is configured ([mail] transport = \"none\"), so nobody would ever see the new user's security token; nothing was created. Configure [mail] in the configuration file to email it, or pass --show-token to print it once"
     )]
     Undeliverable,
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LastAdmin => Self::LastAdmin,
+            e => Self::Store(e),
+        }
+    }
 }
 
 /// What admins see of a user: never a hash, never a token.
@@ -517,6 +537,22 @@ impl Subject {
 }
 
 impl Request {
+    /// The user a request would disable, demote or delete, if it is one of those.
+    fn takes_away(&self) -> Option<&str> {
+        match self {
+            Self::UserSetDisabled {
+                username,
+                disabled: true,
+            }
+            | Self::UserSetAdmin {
+                username,
+                admin: false,
+            }
+            | Self::UserDelete { username } => Some(username),
+            _ => None,
+        }
+    }
+
     /// The audit action and subject of a request that changes something; `None` for reads.
     fn audited(&self) -> Option<(&'static str, Subject)> {
         let user = |u: &str| Subject::User(canonical_username(u));
@@ -562,6 +598,15 @@ impl Admin {
     /// Runs one admin request for `actor`; a change that succeeds is recorded in the audit
     /// trail with what it changed (the subject's fields before and after; never a secret).
     pub async fn perform(&self, actor: &Actor, req: Request) -> Result<Answer, AdminError> {
+        // An admin does not lock themselves out (the console and the admin API act as a
+        // user; the CLI acts as a local account, `cli:<account>`, which no user is named).
+        if matches!(actor.channel, Channel::Api | Channel::Console)
+            && req
+                .takes_away()
+                .is_some_and(|u| canonical_username(u) == canonical_username(&actor.name))
+        {
+            return Err(AdminError::SelfDemotion);
+        }
         let audited = req.audited();
         let before = match &audited {
             Some((_, s)) => self.snapshot(s)?,

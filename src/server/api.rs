@@ -706,6 +706,7 @@ async fn update_user(call: Call) -> Answer {
         (status = 401, description = "Not authenticated", body = inline(Problem)),
         (status = 403, description = "Not an administrator", body = inline(Problem)),
         (status = 404, description = "No such user", body = inline(Problem)),
+        (status = 409, description = "Refused, nothing changed: {\"error\": \"self_demotion\"} (an admin disabling, demoting or deleting their own account) or {\"error\": \"last_admin\"} (it would leave no enabled administrator)", body = inline(Problem)),
     )
 )]
 async fn delete_user(call: Call) -> Answer {
@@ -780,6 +781,7 @@ async fn unlock_user(call: Call) -> Answer {
         (status = 401, description = "Not authenticated", body = inline(Problem)),
         (status = 403, description = "Not an administrator", body = inline(Problem)),
         (status = 404, description = "No such user", body = inline(Problem)),
+        (status = 409, description = "Refused, nothing changed: {\"error\": \"self_demotion\"} (an admin disabling, demoting or deleting their own account) or {\"error\": \"last_admin\"} (it would leave no enabled administrator)", body = inline(Problem)),
     )
 )]
 async fn disable_user(call: Call) -> Answer {
@@ -830,6 +832,7 @@ struct AdminBody {
         (status = 401, description = "Not authenticated", body = inline(Problem)),
         (status = 403, description = "Not an administrator, or a synthetic load-test user", body = inline(Problem)),
         (status = 404, description = "No such user", body = inline(Problem)),
+        (status = 409, description = "Refused, nothing changed: {\"error\": \"self_demotion\"} (an admin disabling, demoting or deleting their own account) or {\"error\": \"last_admin\"} (it would leave no enabled administrator)", body = inline(Problem)),
     )
 )]
 async fn set_admin(call: Call) -> Answer {

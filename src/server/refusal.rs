@@ -499,6 +499,14 @@ impl From<AdminError> for Refusal {
                 message: "a user with that username exists",
             },
             AdminError::Token(t) => t.into(),
+            AdminError::LastAdmin => Refusal::Conflict {
+                code: "last_admin",
+                message: "this would leave no enabled administrator; make another user an administrator first",
+            },
+            AdminError::SelfDemotion => Refusal::Conflict {
+                code: "self_demotion",
+                message: "administrators cannot disable, demote or delete their own account; ask another administrator",
+            },
             AdminError::Undeliverable => Refusal::Unavailable {
                 code: "mail_not_configured",
                 message: "email delivery is not configured, so the new user's security token could not be delivered; no user was created",

@@ -30,6 +30,9 @@ pub enum StoreError {
     /// The database could not be reached or did not answer within `[store] timeout`.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The write would leave no enabled administrator (it was refused, nothing changed).
+    #[error("the change would leave no enabled administrator")]
+    LastAdmin,
 }
 
 /// A user account. `username` is canonical (lower case): usernames are case-insensitive, as
@@ -238,6 +241,11 @@ impl User {
 impl User {
     /// Ends cached verifications and sessions at once: every change of credentials or status
     /// that must end access calls this.
+    /// An administrator who can act: the admin flag, and not disabled (a lockout passes).
+    pub fn is_active_admin(&self) -> bool {
+        self.admin && !self.disabled
+    }
+
     pub fn end_access(&mut self) {
         self.epoch += 1;
         self.session_epoch += 1;
@@ -330,7 +338,11 @@ pub trait Store: Send + Sync + 'static {
     fn next_user_number(&self) -> Result<u64, StoreError>;
     /// Inserts a new user; fails with [`StoreError::UserExists`] if the username is taken.
     fn create_user(&self, user: &User) -> Result<(), StoreError>;
-    /// Applies `change` to the stored user atomically and returns the new record.
+    /// Applies `change` to the stored user atomically and returns the new record. A change that
+    /// takes an enabled administrator's admin flag or enables them away is refused with
+    /// [`StoreError::LastAdmin`] when no other enabled administrator exists; the count and the
+    /// write are made under one lock that every such change takes (for a shared store, across
+    /// replicas), so two admins demoting each other at once cannot both succeed.
     fn update_user(&self, id: &str, change: &mut dyn FnMut(&mut User)) -> Result<User, StoreError>;
     /// Calls `visit` with every user in username order, decoding one record at a time: a
     /// periodic scan of 100,000 users must not hold them all in memory at once.
@@ -345,6 +357,8 @@ pub trait Store: Send + Sync + 'static {
         Ok(out)
     }
     /// Removes a user and the user's sessions; false when there was no such user.
+    /// Deletes a user (and its sessions); under the same rule and lock as [`Self::update_user`]
+    /// when the user is an enabled administrator.
     fn delete_user(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Registers `observer` for sessions changed by other processes (a shared store only).

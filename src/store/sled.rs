@@ -37,6 +37,9 @@ pub struct SledStore {
     audit: sled::Tree,
     /// Held while an audit record is chained and written: one writer at a time.
     audit_append: std::sync::Mutex<()>,
+    /// Held by every write that takes an enabled administrator away (demotion, disable,
+    /// delete) from counting the others to writing, so the last one is never taken.
+    admins: std::sync::Mutex<()>,
     /// (next rotation, Unix seconds big-endian) ‖ user id → empty: the scheduled rotations in
     /// time order, so finding the due ones reads a few keys instead of every user record.
     /// Written in the same transaction as the user record; derived, so not exported.
@@ -102,6 +105,7 @@ impl SledStore {
             history: db.open_tree("history").map_err(io)?,
             audit: db.open_tree("audit").map_err(io)?,
             audit_append: std::sync::Mutex::new(()),
+            admins: std::sync::Mutex::new(()),
             rotations: db.open_tree("rotations").map_err(io)?,
             gate: std::sync::RwLock::new(()),
             cache: UserCache::default(),
@@ -117,6 +121,17 @@ impl SledStore {
         }
         store.build_rotation_index()?;
         Ok(store)
+    }
+
+    /// Whether an enabled administrator other than `id` exists (read under `admins`).
+    fn other_active_admin(&self, id: &str) -> Result<bool, StoreError> {
+        for item in self.users.iter().values() {
+            let user = User::decode(&item.map_err(io)?)?;
+            if user.id != id && user.is_active_admin() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Builds the rotation index once, for a store written before it existed.
@@ -232,6 +247,7 @@ impl Store for SledStore {
             .get(id)
             .map_err(io)?
             .ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
+        let mut admins = None;
         loop {
             let old = self
                 .users
@@ -240,7 +256,18 @@ impl Store for SledStore {
                 .ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
             let mut user = User::decode(&old)?;
             let was = rotation_key(&user);
+            let was_admin = user.is_active_admin();
             change(&mut user);
+            if was_admin && !user.is_active_admin() {
+                // Taking an admin away: under the lock, read again, then count the others.
+                if admins.is_none() {
+                    admins = Some(self.admins.lock().unwrap_or_else(|p| p.into_inner()));
+                    continue;
+                }
+                if !self.other_active_admin(id)? {
+                    return Err(StoreError::LastAdmin);
+                }
+            }
             // The username is the key: a change that renamed the user would orphan the index.
             debug_assert_eq!(user.username.as_bytes(), &name[..]);
             let new = encode(&user);
@@ -310,21 +337,29 @@ impl Store for SledStore {
         let Some(name) = self.user_ids.get(id).map_err(io)? else {
             return Ok(false);
         };
+        // Every write that takes an admin away holds the lock; a user made admin meanwhile
+        // is caught inside the transaction (the record is read there again).
+        let _admins = self.admins.lock().unwrap_or_else(|p| p.into_inner());
+        let others = match self.users.get(&name).map_err(io)? {
+            Some(b) if User::decode(&b)?.is_active_admin() => self.other_active_admin(id)?,
+            _ => true,
+        };
         (&self.users, &self.user_ids, &self.rotations)
             .transaction(|(users, ids, rotations)| {
-                if let Some(old) = users.remove(&name)?
-                    && let Some(key) = serde_json::from_slice::<User>(&old)
-                        .ok()
-                        .as_ref()
-                        .and_then(rotation_key)
-                {
-                    rotations.remove(key)?;
+                if let Some(old) = users.remove(&name)? {
+                    let user = serde_json::from_slice::<User>(&old).ok();
+                    if !others && user.as_ref().is_some_and(User::is_active_admin) {
+                        return Err(ConflictableTransactionError::Abort(StoreError::LastAdmin));
+                    }
+                    if let Some(key) = user.as_ref().and_then(rotation_key) {
+                        rotations.remove(key)?;
+                    }
                 }
                 ids.remove(id.as_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(|e| match e {
-                TransactionError::Abort(()) => StoreError::Io("delete aborted".into()),
+                TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => io(e),
             })?;
         let canonical = std::str::from_utf8(&name).unwrap_or_default();

@@ -118,6 +118,35 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records serialise")
 }
 
+/// The advisory lock key of writes that take an administrator away ("tgadmin" in ASCII).
+const ADMINS_LOCK: i64 = 0x0074_6761_646d_696e;
+
+/// Takes the admins' lock until the transaction ends: every replica's demotions, disables
+/// and deletes of an enabled admin run one at a time, each counting the others first.
+async fn lock_admins(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADMINS_LOCK])
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// Whether an enabled administrator other than `id` exists (read under the admins' lock).
+async fn other_active_admin(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &str,
+) -> Result<bool, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT 1 FROM tg_users WHERE id <> $1
+               AND convert_from(data, 'UTF8')::jsonb @> '{\"admin\": true, \"disabled\": false}'
+             LIMIT 1",
+            &[&id],
+        )
+        .await
+        .map_err(db)?;
+    Ok(row.is_some())
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -371,7 +400,10 @@ impl Store for PgStore {
             })?;
             let (version, bytes) = row.ok_or_else(|| StoreError::NoSuchUser(id.to_owned()))?;
             let mut user = User::decode(&bytes)?;
+            let was_admin = user.is_active_admin();
             change(&mut user);
+            // Taking an admin away: counted and written under the admins' lock.
+            let guarded = was_admin && !user.is_active_admin();
             let (key, data, rotation) = (
                 id.to_owned(),
                 encode(&user),
@@ -385,16 +417,23 @@ impl Store for PgStore {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             // Compare-and-swap on the version; the notification commits with the write.
-            let swapped = self.query(move |c| async move {
-                let rows = c
-                    .query(
-                        "WITH w AS (UPDATE tg_users SET data = $3, version = version + 1,
-                             next_rotation_at = $4 WHERE id = $1 AND version = $2 RETURNING 1)
-                         SELECT pg_notify($5, $6) FROM w",
-                        &[&key, &version, &data, &rotation, &CHANNEL, &payload],
-                    )
-                    .await
-                    .map_err(db)?;
+            const SWAP: &str = "WITH w AS (UPDATE tg_users SET data = $3, version = version + 1,
+                     next_rotation_at = $4 WHERE id = $1 AND version = $2 RETURNING 1)
+                 SELECT pg_notify($5, $6) FROM w";
+            let swapped = self.query(move |mut c| async move {
+                let params: [&(dyn ToSql + Sync); 6] =
+                    [&key, &version, &data, &rotation, &CHANNEL, &payload];
+                if !guarded {
+                    let rows = c.query(SWAP, &params).await.map_err(db)?;
+                    return Ok(!rows.is_empty());
+                }
+                let tx = c.transaction().await.map_err(db)?;
+                lock_admins(&tx).await?;
+                if !other_active_admin(&tx, &key).await? {
+                    return Err(StoreError::LastAdmin);
+                }
+                let rows = tx.query(SWAP, &params).await.map_err(db)?;
+                tx.commit().await.map_err(db)?;
                 Ok(!rows.is_empty())
             })?;
             if swapped {
@@ -450,8 +489,21 @@ impl Store for PgStore {
 
     fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
         let (key, payload) = (id.to_owned(), self.notify_payload('u', id));
-        let deleted = self.query(move |c| async move {
-            let rows = c
+        let deleted = self.query(move |mut c| async move {
+            let tx = c.transaction().await.map_err(db)?;
+            // The lock first, as every write that takes an admin away takes it.
+            lock_admins(&tx).await?;
+            let admin = tx
+                .query_opt("SELECT data FROM tg_users WHERE id = $1", &[&key])
+                .await
+                .map_err(db)?
+                .map(|r| User::decode(&r.get::<_, Vec<u8>>(0)))
+                .transpose()?
+                .is_some_and(|u| u.is_active_admin());
+            if admin && !other_active_admin(&tx, &key).await? {
+                return Err(StoreError::LastAdmin);
+            }
+            let rows = tx
                 .query(
                     "WITH d AS (DELETE FROM tg_users WHERE id = $1 RETURNING 1)
                      SELECT pg_notify($2, $3) FROM d",
@@ -459,6 +511,7 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(db)?;
+            tx.commit().await.map_err(db)?;
             Ok(!rows.is_empty())
         })?;
         if !deleted {
