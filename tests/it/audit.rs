@@ -121,9 +121,9 @@ async fn every_admin_change_through_the_api_console_and_cli_is_in_the_audit_trai
         .unwrap_or_else(|r| panic!("sign-in: {}", r.text()));
     let r = browser
         .submit(
-            "/setup/users",
+            "/setup/users/int%40example.com",
             "/setup/users/int%40example.com/disable",
-            &[],
+            &[("confirm", "yes")],
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -579,21 +579,21 @@ async fn the_console_edits_login_ranges_profiles_and_deletes_users() {
             .len(),
         1
     );
-    // Deleting needs the username typed again.
+    // Deleting asks first: anything but `confirm=yes` shows the confirmation page.
+    for confirm in [None, Some("wrong")] {
+        let fields: Vec<(&str, &str)> = confirm.map(|c| ("confirm", c)).into_iter().collect();
+        let r = browser
+            .submit(page, "/setup/users/old%40example.com/delete", &fields)
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.text().contains("cannot be undone"), "{}", r.text());
+        assert!(ts.app().users.show("old@example.com").is_ok());
+    }
     let r = browser
         .submit(
             page,
             "/setup/users/old%40example.com/delete",
-            &[("confirm", "wrong")],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(ts.app().users.show("old@example.com").is_ok());
-    let r = browser
-        .submit(
-            page,
-            "/setup/users/old%40example.com/delete",
-            &[("confirm", "OLD@example.com")],
+            &[("confirm", "yes")],
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());

@@ -54,8 +54,29 @@ impl<'a> Browser<'a> {
             .await
     }
 
-    /// Loads `page` for its CSRF token, then posts the form.
+    /// Loads `page` for its CSRF token, posts the form and, as a browser does, follows the
+    /// 303 See Other it answers to the page that shows the outcome.
     pub(crate) async fn submit(&self, page: &str, action: &str, fields: &[(&str, &str)]) -> Reply {
+        let r = self.submit_raw(page, action, fields).await;
+        match r.header("location") {
+            Some(to) if r.status == StatusCode::SEE_OTHER => {
+                let to = to.to_owned();
+                self.ts
+                    .client()
+                    .get(&to, &[("cookie", &self.cookie())])
+                    .await
+            }
+            _ => r,
+        }
+    }
+
+    /// Loads `page` for its CSRF token, then posts the form; the answer as it came.
+    pub(crate) async fn submit_raw(
+        &self,
+        page: &str,
+        action: &str,
+        fields: &[(&str, &str)],
+    ) -> Reply {
         let html = self.get(page).await.text();
         let csrf = csrf_of(&html);
         let mut all = vec![("csrf", csrf.as_str())];
@@ -71,18 +92,18 @@ impl<'a> Browser<'a> {
         r
     }
 
-    fn cookie(&self) -> String {
+    pub(crate) fn cookie(&self) -> String {
         self.cookie.lock().unwrap().clone()
     }
 }
 
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let at =
         html.find(r#"name="csrf" value=""#).expect("a CSRF field") + r#"name="csrf" value=""#.len();
     html[at..].split('"').next().unwrap().to_owned()
 }
 
-async fn post_form(
+pub(crate) async fn post_form(
     ts: &TestServer,
     cookie: Option<&str>,
     path: &str,
@@ -134,14 +155,14 @@ pub(crate) fn table_rows(html: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-async fn env() -> (Upstream, SmtpSink, TestServer) {
+pub(crate) async fn env() -> (Upstream, SmtpSink, TestServer) {
     let up = Upstream::start().await;
     let sink = SmtpSink::start().await;
     let ts = TestServer::start_with(&up.url(), |c| mail_to(c, &sink, "PatronManager")).await;
     (up, sink, ts)
 }
 
-fn inbox(user: &str) -> String {
+pub(crate) fn inbox(user: &str) -> String {
     format!("{}@example.com", user.replace('@', "."))
 }
 
@@ -259,7 +280,7 @@ async fn sign_in_settings_reset_and_password_change_pages_work() {
         .await;
 
     // Sign out ends the console session.
-    let r = b.submit("/settings", "/signout", &[]).await;
+    let r = b.submit_raw("/settings", "/signout", &[]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     let r = b.get("/settings").await;
     assert_eq!(
@@ -395,28 +416,31 @@ async fn setup_pages_manage_users_compliance_and_history() {
             .await
             .status
     };
+    // Each action from emp's page (confirmed where it asks), back to emp's page with what it
+    // did; then emp's row in the list: [select, username, full name, email, last login,
+    // token last reset, status, admin].
     let act = async |action: &str, check: &str| {
         let r = b
             .submit(
-                "/setup/users",
+                "/setup/users/emp%40example.com",
                 &format!("/setup/users/emp%40example.com/{action}"),
-                &[],
+                &[("confirm", "yes")],
             )
             .await;
         assert!(r.text().contains(check), "{action}: {}", r.text());
-        table_rows(&r.text())
+        table_rows(&b.get("/setup/users?q=emp").await.text())
             .into_iter()
-            .find(|row| row[0].starts_with("emp@example.com"))
+            .find(|row| row[1] == "emp@example.com")
             .expect("emp's row")
     };
     let row = act("disable", "emp@example.com is now disabled.").await;
-    assert_eq!(row[2], "disabled");
+    assert_eq!(row[6], "disabled");
     assert_eq!(
         emp_login(&emp_token).await,
         StatusCode::INTERNAL_SERVER_ERROR
     );
     let row = act("enable", "emp@example.com is now enabled.").await;
-    assert_eq!(row[2], "active");
+    assert_eq!(row[6], "active");
     assert_eq!(emp_login(&emp_token).await, StatusCode::OK);
     let emp_admin_call = async |token: &str| {
         ts.client()
@@ -432,14 +456,14 @@ async fn setup_pages_manage_users_compliance_and_history() {
     };
     assert_eq!(emp_admin_call(&emp_token).await, StatusCode::FORBIDDEN);
     let row = act("grant-admin", "emp@example.com is now an administrator.").await;
-    assert_eq!(row[3], "yes");
+    assert_eq!(row[7], "yes");
     assert_eq!(emp_admin_call(&emp_token).await, StatusCode::OK);
     let row = act(
         "revoke-admin",
         "emp@example.com is no longer an administrator.",
     )
     .await;
-    assert_eq!(row[3], "no");
+    assert_eq!(row[7], "no");
     assert_eq!(emp_admin_call(&emp_token).await, StatusCode::FORBIDDEN);
     act(
         "reset-token",
@@ -473,11 +497,11 @@ async fn setup_pages_manage_users_compliance_and_history() {
     assert!(
         table_rows(&html)
             .iter()
-            .any(|r| r[0].starts_with("emp@example.com") && r[2] == "locked"),
+            .any(|r| r[1] == "emp@example.com" && r[6] == "locked"),
         "{html}"
     );
     let row = act("unlock", "emp@example.com was unlocked.").await;
-    assert_eq!(row[2], "active");
+    assert_eq!(row[6], "active");
     assert_eq!(emp_login(&new_token).await, StatusCode::OK);
     let r = b
         .submit(
@@ -618,9 +642,9 @@ async fn history_page_opens_with_charts_of_logins_per_hour_and_per_client() {
         .unwrap();
     let r = b
         .submit(
-            "/setup/users",
+            "/setup/users/sync%40example.com",
             "/setup/users/sync%40example.com/reset-token",
-            &[],
+            &[("confirm", "yes")],
         )
         .await;
     assert!(
@@ -820,7 +844,7 @@ fn spki_hash(cert: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn run_browser(
+pub(crate) fn run_browser(
     ts: &TestServer,
     phase: &str,
     shots: &Path,
@@ -856,7 +880,7 @@ fn run_browser(
         .collect()
 }
 
-fn step<'v>(steps: &'v [serde_json::Value], name: &str) -> &'v serde_json::Value {
+pub(crate) fn step<'v>(steps: &'v [serde_json::Value], name: &str) -> &'v serde_json::Value {
     steps
         .iter()
         .find(|s| s["step"] == name)
@@ -897,6 +921,16 @@ async fn in_chromium_a_user_resets_the_token_and_an_admin_enables_compliance_bcc
             .unwrap()
             .contains("A new security token was emailed to u***@example.com.")
     );
+    // Reloaded after the reset: My Settings again (a GET), the notice gone, no second mail.
+    let reloaded = step(&steps, "reloaded");
+    assert!(
+        reloaded["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/tokengate/console/settings"),
+        "{reloaded}"
+    );
+    assert_eq!(reloaded["notices"], 0, "{reloaded}");
     let forbidden = step(&steps, "setup-forbidden");
     assert_eq!(forbidden["status"], 403);
     assert_eq!(forbidden["links"], 0);
@@ -992,7 +1026,6 @@ async fn in_chromium_a_user_resets_the_token_and_an_admin_enables_compliance_bcc
         "reset-confirm",
         "reset-done",
         "compliance",
-        "users",
         "history",
         "history-chart",
         "history-charts",
@@ -1190,6 +1223,24 @@ async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
         (format!("{target}/grant-admin"), vec![]),
         (format!("{target}/revoke-admin"), vec![]),
         (format!("{target}/rotation"), vec![("every", "1h")]),
+        (format!("{target}/reset-mfa"), vec![]),
+        (
+            format!("{target}/profile"),
+            vec![("email", "leak@example.org")],
+        ),
+        (
+            format!("{target}/login-ranges"),
+            vec![("ranges", "192.0.2.1")],
+        ),
+        (format!("{target}/delete"), vec![("confirm", "yes")]),
+        (
+            "/setup/users/bulk".into(),
+            vec![
+                ("action", "disable"),
+                ("user", "target@example.com"),
+                ("confirm", "yes"),
+            ],
+        ),
     ];
     // The table covers every form the pages offer (a new form must join it).
     let mut offered = Vec::new();
@@ -1197,6 +1248,8 @@ async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
         "/settings",
         "/settings/reset-token",
         "/setup/users?q=target",
+        "/setup/new-user",
+        target,
         "/setup/compliance",
         "/setup/history",
     ] {
@@ -1246,7 +1299,7 @@ async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
     assert!(sink.mails().is_empty(), "a forged form sent mail");
     // The session's own token works.
     let r = b
-        .submit("/setup/users?q=target", &format!("{target}/disable"), &[])
+        .submit(target, &format!("{target}/disable"), &[("confirm", "yes")])
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(ts.app().users.show("target@example.com").unwrap().disabled);

@@ -2,9 +2,10 @@
 // browser download: executablePath is the system chromium). The certificate is trusted by its
 // SPKI hash only (--ignore-certificate-errors-spki-list), so TLS verification stays meaningful.
 //
-// Env: TG_URL, TG_SPKI, TG_PHASE (user | admin | escape | mfa), TG_USER, TG_PASSWORD, TG_ADMIN,
-// TG_ADMIN_PASSWORD, TG_COMPLIANCE, TG_SHOTS (directory for screenshots), TG_MARKUP (escape: the
-// text that must show as text; it would add an element with id "pwned" if it were markup).
+// Env: TG_URL, TG_SPKI, TG_PHASE (user | admin | escape | mfa | flow), TG_USER, TG_PASSWORD,
+// TG_ADMIN, TG_ADMIN_PASSWORD, TG_COMPLIANCE, TG_SHOTS (directory for screenshots), TG_MARKUP
+// (escape: the text that must show as text; it would add an element with id "pwned" if it were
+// markup), TG_BULK (flow: the usernames to select for a bulk reset, comma-separated).
 import { createHmac } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
@@ -77,9 +78,13 @@ try {
     await settings.waitForURL('**/settings/reset-token');
     await shot(settings, 'reset-confirm');
     await settings.getByRole('button', { name: 'Yes, reset my security token' }).click();
+    await settings.waitForURL('**/tokengate/console/settings');
     const notice = await settings.getByRole('status').innerText();
     out('reset', { notice });
     await shot(settings, 'reset-done');
+    // Post/Redirect/Get: a reload repeats the page, not the reset (and the notice was shown once).
+    await settings.reload();
+    out('reloaded', { url: settings.url(), notices: await settings.getByRole('status').count() });
 
     // A non-admin cannot reach Setup, and sees no Setup links.
     const links = await settings.getByRole('link', { name: /Setup/ }).count();
@@ -148,6 +153,39 @@ try {
     await look('users');
     await page.getByRole('link', { name: 'Setup: Login History' }).click();
     await look('history');
+  } else if (process.env.TG_PHASE === 'flow') {
+    // Setup → Users: a destructive action asks first (Cancel leaves the user as they were),
+    // then a bulk reset of the selected users after one confirmation, back to the same list.
+    const page = await signIn(context, env('TG_ADMIN'), env('TG_ADMIN_PASSWORD'));
+    await page.getByRole('link', { name: 'Setup: Users' }).click();
+    await page.getByRole('link', { name: env('TG_USER'), exact: true }).click();
+    await page.getByRole('button', { name: 'Disable' }).click();
+    const asked = await page.locator('main').innerText();
+    await shot(page, 'confirm-disable');
+    await page.getByRole('link', { name: 'Cancel' }).click();
+    out('cancelled', { asked, url: page.url(), status: await page.locator('dd').first().innerText() });
+
+    await page.getByRole('link', { name: 'Setup: Users' }).click();
+    await page.getByLabel('View').selectOption('active');
+    await page.getByLabel('Search users').fill('bulk');
+    await page.getByRole('button', { name: 'Search' }).click();
+    await page.getByRole('link', { name: 'Username' }).click(); // sorted descending now
+    const listed = await page.locator('tbody tr td:nth-child(2)').allInnerTexts();
+    const bulk = env('TG_BULK').split(',');
+    for (const u of bulk) await page.getByLabel(`Select ${u}`, { exact: true }).check();
+    await page.getByRole('button', { name: 'Reset token' }).click();
+    const confirm = await page.locator('main').innerText();
+    await shot(page, 'confirm-bulk');
+    await page.getByRole('button', { name: `Reset token ${bulk.length} users` }).click();
+    await page.waitForURL('**/tokengate/console/setup/users?**');
+    out('bulk-reset', {
+      confirm, listed,
+      notice: await page.getByRole('status').innerText(),
+      url: page.url(),
+      search: await page.getByLabel('Search users').inputValue(),
+      view: await page.getByLabel('View').inputValue(),
+    });
+    await shot(page, 'users');
   } else {
     const page = await signIn(context, env('TG_ADMIN'), env('TG_ADMIN_PASSWORD'));
     await page.getByRole('link', { name: 'Setup: Compliance BCC Email' }).click();
@@ -160,10 +198,11 @@ try {
     await page.getByRole('link', { name: 'Setup: Users' }).click();
     await page.getByLabel('Search users').fill(env('TG_USER').split('@')[0]);
     await page.getByRole('button', { name: 'Search' }).click();
-    await page.getByRole('button', { name: `Reset token ${env('TG_USER')}` }).click();
+    await page.getByRole('link', { name: env('TG_USER'), exact: true }).click();
+    await page.getByRole('button', { name: 'Reset token' }).click();
+    await page.getByRole('button', { name: 'Reset token' }).click(); // the confirmation page's
     out('admin-reset', { notice: await page.getByRole('status').innerText() });
     await page.goto(`${url}/tokengate/console/setup/users`);
-    await shot(page, 'users');
 
     await page.getByRole('link', { name: 'Setup: Login History' }).click();
     await page.getByLabel('Outcome').selectOption('bad_credentials');

@@ -56,6 +56,7 @@ pub(super) async fn half_signed_in(
         app,
         me: None,
         csrf: pending.csrf.clone(),
+        session: None,
     };
     if req.method() != Method::POST {
         return match rest {
@@ -369,6 +370,7 @@ fn complete(
             app,
             me: None,
             csrf: String::new(),
+            session: None,
         }
         .message(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -387,6 +389,7 @@ fn complete(
                 app,
                 me: Some(user),
                 csrf: session.csrf.clone(),
+                session: Some(session.clone()),
             };
             with_cookie(
                 &app.console,
@@ -491,6 +494,7 @@ pub(super) fn begin(app: &App, user: &User) -> Response<Body> {
             app,
             me: None,
             csrf: String::new(),
+            session: None,
         }
         .message(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -8,10 +8,18 @@
 //! every form carries a CSRF token bound to the console session. Every action calls the same
 //! `Users`/`Tokens`/`Admin` code as the admin API and the CLI.
 //!
+//! Every form answers 303 See Other to a page (Post/Redirect/Get), its outcome carried across
+//! as the session's one-time flash, so a reload never repeats an action; a form that fails
+//! validation is shown again (400) with what was typed. The one answer to a POST that shows a
+//! secret, the recovery codes after a new authenticator is confirmed, stays a 200 page (a
+//! redirect would have to keep the codes to show them again): a reload re-sends the code for an
+//! enrolment already confirmed, which is refused, so no new codes are made.
+//!
 //! Here: the routing of every console request. `session`: console sessions, their cookie and
-//! CSRF token, and half-finished sign-ins. `page`: the page frame, templates and security
-//! headers. `signin`, `mfa` (the second factor), `settings` (the user's own account) and
-//! `setup` (the admins' pages) handle their pages and forms; `chart` draws the login
+//! CSRF token, flash and half-finished sign-ins. `page`: the page frame, templates and
+//! security headers. `signin`, `mfa` (the second factor), `settings` (the user's own account),
+//! `users` (Setup → Users: list, new user, each user's page, confirmations, bulk actions) and
+//! `setup` (the other admin pages) handle their pages and forms; `chart` draws the login
 //! history's charts that open Setup → Login History.
 
 mod chart;
@@ -21,6 +29,7 @@ mod session;
 mod settings;
 mod setup;
 mod signin;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +69,7 @@ pub fn forbidden(app: &App, message: &str) -> Response<Body> {
         app,
         me: None,
         csrf: String::new(),
+        session: None,
     }
     .message(StatusCode::FORBIDDEN, "Forbidden", message, BASE)
 }
@@ -70,6 +80,7 @@ pub fn not_found(app: &App) -> Response<Body> {
         app,
         me: None,
         csrf: String::new(),
+        session: None,
     }
     .message(
         StatusCode::NOT_FOUND,
@@ -79,17 +90,33 @@ pub fn not_found(app: &App) -> Response<Body> {
     )
 }
 
-/// A posted form's fields (the first of each name), or `None` when it cannot be read.
-pub(super) async fn form(app: &App, req: Request<ReqBody>) -> Option<HashMap<String, String>> {
+/// A posted form's fields, in the order sent (bounded by the body's size limit).
+pub(super) struct Form {
+    pairs: Vec<(String, String)>,
+}
+
+impl Form {
+    /// The first field named `name`.
+    pub(super) fn get(&self, name: &str) -> Option<&String> {
+        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// Every field named `name` (a group of checkboxes).
+    pub(super) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A posted form, or `None` when it cannot be read.
+pub(super) async fn form(app: &App, req: Request<ReqBody>) -> Option<Form> {
     let (_, bytes, _held) = crate::server::read::body_of(app, req, crate::server::read::Kind::Form)
         .await
         .ok()?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).ok()?;
-    let mut map = HashMap::new();
-    for (k, v) in pairs {
-        map.entry(k).or_insert(v);
-    }
-    Some(map)
+    Some(Form { pairs })
 }
 
 pub(super) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
@@ -99,6 +126,11 @@ pub(super) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
         .unwrap_or_default()
         .into_iter()
         .collect()
+}
+
+/// The Users list a page was opened from (its `list` parameter), to go back to.
+fn list_of(q: &HashMap<String, String>) -> users::ListState {
+    users::ListState::from_list(q.get("list").map(String::as_str))
 }
 
 pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
@@ -161,6 +193,7 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
         app: &app,
         me: Some(&user),
         csrf: session.csrf.clone(),
+        session: Some(session.clone()),
     };
     if rest.starts_with("setup/") && !user.admin {
         return page.message(
@@ -187,7 +220,7 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
     }
     match rest.as_str() {
         "" => redirect(&format!("{BASE}/settings"), None),
-        "settings" => settings::settings(&page, &user, None, None).await,
+        "settings" => settings::settings(&page, &user, None).await,
         "settings/reset-token" => page.render(
             StatusCode::OK,
             "confirm_reset.html",
@@ -198,7 +231,14 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
         s if s.starts_with("setup/") => {
             let q = query(&req);
             match s {
-                "setup/users" => setup::users_page(&page, &q, None, None),
+                "setup/users" => {
+                    let list = users::ListState::from_query(|k| q.get(k).cloned());
+                    users::users_page(&page, &list).await
+                }
+                "setup/new-user" => {
+                    let list = list_of(&q);
+                    users::new_user_page(&page, &list, None, None)
+                }
                 "setup/compliance" => setup::compliance_page(&page, None, None),
                 "setup/history" => setup::history_page(&page, &q).await,
                 "setup/history.csv" => setup::history_csv(&app, &q).await,
@@ -206,7 +246,7 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
                 "setup/audit.csv" => setup::audit_csv(&app, &q),
                 s if s.starts_with("setup/users/") => {
                     let name = crate::wire::decode_component(&s["setup/users/".len()..]);
-                    setup::user_page(&page, &name, None, None)
+                    users::user_page(&page, &name, &list_of(&q), None, None).await
                 }
                 _ => page.message(
                     StatusCode::NOT_FOUND,

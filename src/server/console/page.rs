@@ -9,7 +9,7 @@ use minijinja::{Environment, context};
 use serde::Serialize;
 
 use super::ConsoleError;
-use super::session::ConsoleSession;
+use super::session::{ConsoleSession, Flash, FlashKind};
 use crate::server::App;
 use crate::store::User;
 use crate::wire::{Body, full};
@@ -57,6 +57,14 @@ pub(super) fn templates() -> Result<Environment<'static>, ConsoleError> {
         (
             "user.html",
             include_str!("../../../templates/console/user.html"),
+        ),
+        (
+            "user_new.html",
+            include_str!("../../../templates/console/user_new.html"),
+        ),
+        (
+            "confirm_action.html",
+            include_str!("../../../templates/console/confirm_action.html"),
         ),
         (
             "audit.html",
@@ -130,6 +138,8 @@ pub(super) struct Page<'a> {
     pub(super) app: &'a App,
     pub(super) me: Option<&'a User>,
     pub(super) csrf: String,
+    /// The signed-in console session: where a form's outcome waits for the next page.
+    pub(super) session: Option<Arc<ConsoleSession>>,
 }
 
 impl Page<'_> {
@@ -147,6 +157,18 @@ impl Page<'_> {
             me => self.me.map(|u| Me { username: u.username.clone(), admin: u.admin }),
             csrf => &self.csrf,
             ..extra
+        };
+        // The outcome of the form that redirected here, shown once (it comes first, so it
+        // wins over the page's own message).
+        let ctx = match self.session.as_ref().and_then(|s| s.take_flash()) {
+            Some(f) => {
+                let (notice, error) = match f.kind {
+                    FlashKind::Success => (Some(f.text), None),
+                    FlashKind::Error => (None, Some(f.text)),
+                };
+                context! { notice, error, ..ctx }
+            }
+            None => ctx,
         };
         let html = match self
             .app
@@ -170,6 +192,15 @@ impl Page<'_> {
             "text/html; charset=utf-8",
             html,
         ))
+    }
+
+    /// Post/Redirect/Get: a form's outcome is kept for the next page and the browser is sent
+    /// there with 303 See Other, so a reload repeats the GET, never the form.
+    pub(super) fn done(&self, to: &str, flash: Flash) -> Response<Body> {
+        if let Some(s) = &self.session {
+            s.set_flash(flash);
+        }
+        redirect(to, None)
     }
 
     pub(super) fn message(
@@ -212,5 +243,8 @@ pub(super) fn page_after<'a>(
         csrf: renewed
             .as_ref()
             .map_or_else(|| page.csrf.clone(), |(_, s)| s.csrf.clone()),
+        session: renewed
+            .as_ref()
+            .map_or_else(|| page.session.clone(), |(_, s)| Some(s.clone())),
     }
 }

@@ -2,7 +2,10 @@
 //! per session that every form must return (derived from the id by a keyed hash, so nothing
 //! secret is stored for it); idle and absolute timeouts (`[console]`), whole seconds, never
 //! shorter than configured. A console session ends with the user's API sessions (its session
-//! epoch) and is renewed after the user's own password change or token reset.
+//! epoch) and is renewed after the user's own password change or token reset. A session holds
+//! at most one flash, the outcome of its last form, taken by the next page it is shown (in this
+//! replica's memory: with several replicas, a redirect answered by another one shows the page
+//! without the message; the action itself is done either way).
 //!
 //! A user who owes a second factor (`[console] mfa`) is only half signed in after the password:
 //! a [`PendingSignIn`] under the same cookie, for at most [`PENDING_SECS`], that opens nothing
@@ -15,8 +18,8 @@
 //! the idle timer back at most once per tenth of the idle time, and forgets a sign-out made
 //! elsewhere when the store reports it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use http::header::{self, HeaderValue};
@@ -43,6 +46,44 @@ pub(super) struct ConsoleSession {
     pub(super) last_seen: AtomicU64,
     /// The idle timer as last written to a shared store.
     persisted_seen: AtomicU64,
+    /// The outcome of the last form, shown once by the next page this session gets
+    /// (Post/Redirect/Get): at most one message, kept in this replica's memory only.
+    flash: Mutex<Option<Flash>>,
+}
+
+/// Whether a [`Flash`] reports a success or an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FlashKind {
+    Success,
+    Error,
+}
+
+/// A form's outcome carried across its redirect to the page that shows it.
+#[derive(Debug, Clone)]
+pub(super) struct Flash {
+    pub(super) kind: FlashKind,
+    pub(super) text: String,
+}
+
+/// A flash longer than this is cut (a bulk action's report names at most a page of users).
+const FLASH_CHARS: usize = 2_000;
+
+impl Flash {
+    pub(super) fn success(text: impl Into<String>) -> Self {
+        Self::new(FlashKind::Success, text.into())
+    }
+
+    pub(super) fn error(text: impl Into<String>) -> Self {
+        Self::new(FlashKind::Error, text.into())
+    }
+
+    fn new(kind: FlashKind, mut text: String) -> Self {
+        if let Some((at, _)) = text.char_indices().nth(FLASH_CHARS) {
+            text.truncate(at);
+            text.push('…');
+        }
+        Self { kind, text }
+    }
 }
 
 impl ConsoleSession {
@@ -111,6 +152,16 @@ impl ConsoleSession {
     /// Whether a form's CSRF token is this session's (compared in constant time).
     pub(super) fn csrf_matches(&self, sent: &str) -> bool {
         constant_time_eq(sent.as_bytes(), self.csrf.as_bytes())
+    }
+
+    /// Keeps `flash` for the next page (replacing one not shown yet).
+    pub(super) fn set_flash(&self, flash: Flash) {
+        *self.flash.lock().unwrap_or_else(|p| p.into_inner()) = Some(flash);
+    }
+
+    /// The flash kept for this page, taken: it shows once.
+    pub(super) fn take_flash(&self) -> Option<Flash> {
+        self.flash.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -280,6 +331,7 @@ impl Console {
             created: now,
             last_seen: AtomicU64::new(now),
             persisted_seen: AtomicU64::new(now),
+            flash: Mutex::default(),
         });
         if self.store.shared()
             && let Err(e) = self.store.put_session(&key, &session.record())
@@ -357,6 +409,7 @@ impl Console {
             created: rec.created_at,
             last_seen: AtomicU64::new(rec.last_seen),
             persisted_seen: AtomicU64::new(rec.last_seen),
+            flash: Mutex::default(),
         });
         self.sessions.insert(key, s.clone());
         Some(s)

@@ -1,15 +1,13 @@
 //! My Settings: the user's own account (token reset, password change, recent logins) and
 //! sign-out.
 
-use std::collections::HashMap;
-
 use http::{Response, StatusCode};
 use minijinja::context;
 
-use super::BASE;
 use super::page::{Page, form_status, page_after, redirect};
-use super::session::{clear_cookie, renew, with_cookie};
+use super::session::{Flash, clear_cookie, renew, with_cookie};
 use super::setup::{rows, setup_post};
+use super::{BASE, Form};
 use crate::auth::Attempt;
 use crate::domain::Dialect;
 use crate::history::format_ms;
@@ -19,10 +17,10 @@ use crate::server::{App, Client};
 use crate::store::{HistoryFilter, User};
 use crate::wire::Body;
 
+/// My Settings; `error` says why the form posted here was refused.
 pub(super) async fn settings(
     page: &Page<'_>,
     user: &User,
-    notice: Option<String>,
     error: Option<String>,
 ) -> Response<Body> {
     let filter = HistoryFilter {
@@ -47,7 +45,7 @@ pub(super) async fn settings(
                 since => format_ms(user.mfa.enrolled_at * 1000),
                 recovery_left => user.mfa.recovery.len(),
             }),
-            notice, error,
+            error,
         },
     )
 }
@@ -62,7 +60,7 @@ pub(super) async fn post(
     page: &Page<'_>,
     me: &User,
     rest: &str,
-    f: HashMap<String, String>,
+    f: Form,
     peer: Client,
 ) -> Response<Body> {
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
@@ -71,6 +69,7 @@ pub(super) async fn post(
             app.console.end(&page.csrf);
             redirect(&format!("{BASE}/signin"), Some(clear_cookie()))
         }
+        // Post/Redirect/Get: a reload shows My Settings again and sends no second token.
         "settings/reset-token" => match app.tokens.rotate(&me.id, TokenReason::Requested).await {
             Ok(r) => {
                 let renewed = renew(app, page, me, &r.user);
@@ -78,19 +77,14 @@ pub(super) async fn post(
                 let notice = format!("A new security token was emailed to {}.", r.masked_email);
                 with_cookie(
                     &app.console,
-                    settings(&next, &r.user, Some(notice), None).await,
+                    next.done(&format!("{BASE}/settings"), Flash::success(notice)),
                     renewed,
                 )
             }
-            Err(e) => {
-                let (status, msg) = token_failure(e);
-                page.message(
-                    status,
-                    "Reset My Security Token",
-                    &msg,
-                    &format!("{BASE}/settings"),
-                )
-            }
+            Err(e) => page.done(
+                &format!("{BASE}/settings"),
+                Flash::error(token_failure(e).1),
+            ),
         },
         "settings/password" => {
             // Verified like a login: a wrong one counts toward lockout and is in the history.
@@ -105,13 +99,7 @@ pub(super) async fn post(
                 password_only: true,
             };
             if !matches!(app.auth.login(&attempt).await, Ok(v) if v.user.id == me.id) {
-                return settings(
-                    page,
-                    me,
-                    None,
-                    Some("The current password is not right.".into()),
-                )
-                .await;
+                return settings(page, me, Some("The current password is not right.".into())).await;
             }
             match app
                 .tokens
@@ -131,11 +119,11 @@ pub(super) async fn post(
                     let next = page_after(app, page, &r.user, &renewed);
                     with_cookie(
                         &app.console,
-                        settings(&next, &r.user, Some(notice), None).await,
+                        next.done(&format!("{BASE}/settings"), Flash::success(notice)),
                         renewed,
                     )
                 }
-                Err(e) => settings(page, me, None, Some(token_failure(e).1)).await,
+                Err(e) => settings(page, me, Some(token_failure(e).1)).await,
             }
         }
         "settings/mfa" if super::mfa::owed(app, me) => {
@@ -143,7 +131,7 @@ pub(super) async fn post(
                 .await
             {
                 Ok(r) => r,
-                Err(e) => settings(page, me, None, Some(e)).await,
+                Err(e) => settings(page, me, Some(e)).await,
             }
         }
         "settings/mfa/confirm" if super::mfa::owed(app, me) => {

@@ -1,19 +1,17 @@
-//! Setup pages, for admins: users, Compliance BCC Email and the login history.
+//! Setup pages, for admins: Compliance BCC Email, the login history and the audit trail
+//! (Setup → Users is `users`).
 
 use std::collections::HashMap;
-
-use std::time::Duration;
 
 use http::{Response, StatusCode};
 use minijinja::context;
 use serde::Serialize;
 
 use super::chart;
-use super::page::{Page, form_status, harden, page_after};
-use super::session::{renew, with_cookie};
-use super::settings::token_failure;
-use super::{BASE, PAGE_SIZE};
-use crate::admin::{AdminError, Answer, NewUser, Request, UserChanges};
+use super::page::{Page, form_status, harden};
+use super::session::Flash;
+use super::{BASE, Form};
+use crate::admin::Request;
 use crate::audit::{Actor, Channel};
 use crate::domain::Outcome;
 use crate::history::format_ms;
@@ -22,261 +20,49 @@ use crate::server::{App, Client};
 use crate::store::{HistoryFilter, User};
 use crate::wire::Body;
 
+/// The Setup forms: Compliance BCC Email here, Setup → Users in `users`.
 pub(super) async fn setup_post(
     app: &App,
     page: &Page<'_>,
     me: &User,
     path: &str,
-    f: &HashMap<String, String>,
+    f: &Form,
     peer: Client,
 ) -> Response<Body> {
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
-    let none = HashMap::new();
-    let actor = Actor::admin(&me.username, peer.ip, Channel::Console);
-    if path == "setup/users" {
-        let new = NewUser {
-            username: get("username").into(),
-            email: get("email").into(),
-            full_name: get("full_name").into(),
-            admin: get("admin") == "on",
-            api_only: get("api_only") == "on",
-            password: get("password").into(),
-            ..Default::default()
-        };
-        return match app.admin.perform(&actor, Request::UserAdd(new)).await {
-            Ok(Answer::User { user: u, note, .. }) => {
-                let mut msg = format!(
-                    "User {} was created; the security token was emailed.",
-                    u.username
-                );
-                if let Some(n) = note {
-                    msg = format!("User {} was created, but {n}.", u.username);
-                }
-                users_page(page, &none, Some(msg), None)
-            }
-            Err(crate::admin::AdminError::Undeliverable) => users_page(
-                page,
-                &none,
-                None,
-                Some("Email delivery is not configured, so the new user's security token could not be delivered; no user was created. Configure [mail] on the server, or create the user with tokengate user add --show-token.".into()),
-            ),
-            Ok(_) => users_page(page, &none, None, Some("Unexpected answer.".into())),
-            Err(e) => users_page(page, &none, None, Some(e.to_string())),
-        };
+    if path == "setup/users" || path.starts_with("setup/users/") {
+        return super::users::post(app, page, me, path, f, peer).await;
     }
-    if path == "setup/compliance" {
-        let address = Some(get("address").trim().to_owned()).filter(|a| !a.is_empty());
-        let enabled = get("enabled") == "on";
-        if enabled && address.is_none() {
-            return compliance_page(
-                page,
-                None,
-                Some("An address is required to enable the copy.".into()),
-            );
-        }
-        let req = Request::ComplianceSet {
-            address,
-            disable: !enabled,
-            redact: Some(get("redact_secrets") == "on"),
-        };
-        return match app.admin.perform(&actor, req).await {
-            Ok(_) => compliance_page(page, Some("Saved.".into()), None),
-            Err(e) => compliance_page(page, None, Some(e.to_string())),
-        };
-    }
-    let Some((name, action)) = path
-        .strip_prefix("setup/users/")
-        .and_then(|r| r.rsplit_once('/'))
-    else {
+    if path != "setup/compliance" {
         return page.message(
             StatusCode::NOT_FOUND,
             "Not found",
             "There is no such form.",
             BASE,
         );
-    };
-    let username = crate::wire::decode_component(name);
-    let user = |s: &str| s.to_owned();
-    let req = match action {
-        "disable" | "enable" => Request::UserSetDisabled {
-            username: user(&username),
-            disabled: action == "disable",
-        },
-        "unlock" => Request::UserUnlock {
-            username: user(&username),
-        },
-        "reset-mfa" => Request::UserMfaReset {
-            username: user(&username),
-        },
-        "grant-admin" | "revoke-admin" => Request::UserSetAdmin {
-            username: user(&username),
-            admin: action == "grant-admin",
-        },
-        "reset-token" => Request::TokenReset {
-            username: user(&username),
-        },
-        "rotation" => Request::UserSetRotation {
-            username: user(&username),
-            every: match get("every").trim() {
-                "" => "off".into(),
-                s => s.into(),
-            },
-        },
-        "profile" => Request::UserSet {
-            username: user(&username),
-            changes: UserChanges {
-                email: Some(get("email").to_owned()),
-                full_name: Some(get("full_name").to_owned()),
-                api_only: Some(get("api_only") == "on"),
-            },
-        },
-        "login-ranges" => Request::UserSetLoginRanges {
-            username: user(&username),
-            ranges: match get("ranges").trim() {
-                "" => "none".into(),
-                s => s.replace(['\n', '\r', ' '], ","),
-            },
-        },
-        "delete" => {
-            // Deleting cannot be undone: the form asks for the username again.
-            if crate::domain::canonical_username(get("confirm"))
-                != crate::domain::canonical_username(&username)
-            {
-                return user_page(
-                    page,
-                    &username,
-                    None,
-                    Some("Type the username to confirm the deletion.".into()),
-                );
-            }
-            Request::UserDelete {
-                username: user(&username),
-            }
-        }
-        _ => {
-            return users_page(page, &none, None, Some("There is no such action.".into()));
-        }
-    };
-    // Changes made on a user's own page go back to it; the table's buttons to the table.
-    let back_to_user =
-        matches!(action, "profile" | "login-ranges" | "rotation") && get("from") == "user";
-    let answer = app.admin.perform(&actor, req).await;
-    let result: Result<String, String> = match answer {
-        Ok(Answer::Users { .. }) => Ok(format!("{username} was deleted.")),
-        Ok(Answer::Rotated {
-            user: u,
-            masked_email,
-        }) => {
-            let msg = format!(
-                "A new security token for {} was emailed to {masked_email}.",
-                u.username
-            );
-            // An admin who reset their own token stays signed in.
-            if u.id == me.id
-                && let Ok(Some(fresh)) = app.store.user_by_id(&u.id)
-            {
-                let renewed = renew(app, page, me, &fresh);
-                let next = page_after(app, page, &fresh, &renewed);
-                return with_cookie(
-                    &app.console,
-                    users_page(&next, &none, Some(msg), None),
-                    renewed,
-                );
-            }
-            Ok(msg)
-        }
-        Ok(Answer::User { user: u, note, .. }) => {
-            if u.disabled || u.api_only {
-                app.console.end_user(&u.id);
-            }
-            let msg = match action {
-                "disable" | "enable" => format!(
-                    "{} is now {}.",
-                    u.username,
-                    if u.disabled { "disabled" } else { "enabled" }
-                ),
-                "reset-mfa" => {
-                    app.console.end_user(&u.id);
-                    format!(
-                        "{}'s two-factor authentication was reset: they set it up again at their next sign-in.",
-                        u.username
-                    )
-                }
-                "unlock" => format!("{} was unlocked.", u.username),
-                "grant-admin" | "revoke-admin" => format!(
-                    "{} is {} an administrator.",
-                    u.username,
-                    if u.admin { "now" } else { "no longer" }
-                ),
-                "rotation" => match u.rotate_every_secs {
-                    Some(d) => format!(
-                        "{}'s token now rotates every {}.",
-                        u.username,
-                        humantime::format_duration(Duration::from_secs(d))
-                    ),
-                    None => format!("Scheduled rotation is off for {}.", u.username),
-                },
-                "login-ranges" => format!("{}'s login ranges were saved.", u.username),
-                _ => format!("{} was saved.", u.username),
-            };
-            Ok(match note {
-                Some(n) => format!("{msg} Note: {n}."),
-                None => msg,
-            })
-        }
-        Ok(_) => Err("Unexpected answer.".into()),
-        Err(AdminError::Token(e)) => Err(token_failure(e).1),
-        Err(e) => Err(e.to_string()),
-    };
-    if back_to_user || (result.is_err() && matches!(action, "profile" | "login-ranges" | "delete"))
-    {
-        let (notice, error) = match result {
-            Ok(m) => (Some(m), None),
-            Err(e) => (None, Some(e)),
-        };
-        return user_page(page, &username, notice, error);
     }
-    match result {
-        Ok(msg) => users_page(page, &none, Some(msg), None),
-        Err(e) => users_page(page, &none, None, Some(e)),
+    let actor = Actor::admin(&me.username, peer.ip, Channel::Console);
+    let address = Some(get("address").trim().to_owned()).filter(|a| !a.is_empty());
+    let enabled = get("enabled") == "on";
+    if enabled && address.is_none() {
+        return compliance_page(
+            page,
+            Some(f),
+            Some("An address is required to enable the copy.".into()),
+        );
     }
-}
-
-/// `setup/users/{username}`: one user's details and every change an admin can make to it.
-pub(super) fn user_page(
-    page: &Page<'_>,
-    username: &str,
-    notice: Option<String>,
-    error: Option<String>,
-) -> Response<Body> {
-    let u = match page.app.users.show(username) {
-        Ok(u) => u,
-        Err(_) => {
-            return page.message(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "There is no such user.",
-                &format!("{BASE}/setup/users"),
-            );
-        }
+    let req = Request::ComplianceSet {
+        address,
+        disable: !enabled,
+        redact: Some(get("redact_secrets") == "on"),
     };
-    let when = |t: u64| format_ms(t.saturating_mul(1000));
-    page.render(
-        form_status(&error),
-        "user.html",
-        &format!("Setup: User {}", u.username),
-        "users",
-        context! {
-            path => crate::wire::encode_component(&u.username),
-            ranges => u.login_ranges.join("\n"),
-            rotation => u.rotate_every_secs.map(|s| humantime::format_duration(Duration::from_secs(s)).to_string()).unwrap_or_default(),
-            created => when(u.created_at),
-            password_changed => when(u.password_changed_at),
-            token_reset => when(u.token_reset_at),
-            locked => u.locked_until.is_some(),
-            u, notice, error,
-        },
-    )
+    match app.admin.perform(&actor, req).await {
+        Ok(_) => page.done(
+            &format!("{BASE}/setup/compliance"),
+            Flash::success("Saved."),
+        ),
+        Err(e) => compliance_page(page, Some(f), Some(e.to_string())),
+    }
 }
 
 /// `setup/audit`: the audit trail, newest first, filtered by actor, target and time.
@@ -337,152 +123,24 @@ pub(super) fn audit_csv(app: &App, q: &HashMap<String, String>) -> Response<Body
     ))
 }
 
-#[derive(Serialize)]
-pub(super) struct Action {
-    pub(super) action: &'static str,
-    pub(super) label: &'static str,
-}
-
-#[derive(Serialize)]
-pub(super) struct UserRow {
-    pub(super) username: String,
-    pub(super) path: String,
-    pub(super) full_name: String,
-    pub(super) email: String,
-    pub(super) disabled: bool,
-    pub(super) locked: bool,
-    pub(super) admin: bool,
-    pub(super) rotation: String,
-    pub(super) api_only: bool,
-    pub(super) actions: Vec<Action>,
-}
-
-pub(super) fn users_page(
-    page: &Page<'_>,
-    q: &HashMap<String, String>,
-    notice: Option<String>,
-    error: Option<String>,
-) -> Response<Body> {
-    let needle = q
-        .get("q")
-        .map(|s| s.trim().to_lowercase())
-        .unwrap_or_default();
-    let all = page.app.users.list().unwrap_or_default();
-    let matching: Vec<_> = all
-        .into_iter()
-        .filter(|u| {
-            needle.is_empty()
-                || u.username.contains(&needle)
-                || u.email.to_lowercase().contains(&needle)
-                || u.full_name.to_lowercase().contains(&needle)
-        })
-        .collect();
-    let pages = matching.len().div_ceil(PAGE_SIZE).max(1);
-    let pg = q
-        .get("page")
-        .and_then(|p| p.parse::<usize>().ok())
-        .unwrap_or(1)
-        .clamp(1, pages);
-    let link = |p: usize| {
-        format!(
-            "{BASE}/setup/users?q={}&page={p}",
-            crate::wire::encode_component(&needle)
-        )
-    };
-    let users: Vec<UserRow> = matching
-        .iter()
-        .skip((pg - 1) * PAGE_SIZE)
-        .take(PAGE_SIZE)
-        .map(|u| {
-            let mut actions = vec![
-                if u.disabled {
-                    Action {
-                        action: "enable",
-                        label: "Enable",
-                    }
-                } else {
-                    Action {
-                        action: "disable",
-                        label: "Disable",
-                    }
-                },
-                Action {
-                    action: "reset-token",
-                    label: "Reset token",
-                },
-                if u.admin {
-                    Action {
-                        action: "revoke-admin",
-                        label: "Revoke admin",
-                    }
-                } else {
-                    Action {
-                        action: "grant-admin",
-                        label: "Grant admin",
-                    }
-                },
-            ];
-            if u.locked_until.is_some() {
-                actions.push(Action {
-                    action: "unlock",
-                    label: "Unlock",
-                });
-            }
-            if u.mfa_enrolled {
-                actions.push(Action {
-                    action: "reset-mfa",
-                    label: "Reset 2FA",
-                });
-            }
-            UserRow {
-                path: crate::wire::encode_component(&u.username),
-                username: u.username.clone(),
-                full_name: u.full_name.clone(),
-                email: u.email.clone(),
-                disabled: u.disabled,
-                locked: u.locked_until.is_some(),
-                admin: u.admin,
-                api_only: u.api_only,
-                rotation: u
-                    .rotate_every_secs
-                    .map(|s| {
-                        format!(
-                            "every {}",
-                            humantime::format_duration(Duration::from_secs(s))
-                        )
-                    })
-                    .unwrap_or_else(|| "off".into()),
-                actions,
-            }
-        })
-        .collect();
-    page.render(
-        form_status(&error),
-        "users.html",
-        "Setup: Users",
-        "users",
-        context! {
-            users, q => needle, page => pg, pages,
-            prev => (pg > 1).then(|| link(pg - 1)),
-            next => (pg < pages).then(|| link(pg + 1)),
-            policy => page.app.tokens.policy().describe(),
-            notice, error,
-        },
-    )
-}
-
+/// `setup/compliance`; `typed` is what a refused form held, shown again.
 pub(super) fn compliance_page(
     page: &Page<'_>,
-    notice: Option<String>,
+    typed: Option<&Form>,
     error: Option<String>,
 ) -> Response<Body> {
-    let setting = ComplianceBcc::load(page.app.store.as_ref()).unwrap_or_default();
+    let mut setting = ComplianceBcc::load(page.app.store.as_ref()).unwrap_or_default();
+    if let Some(f) = typed {
+        setting.enabled = f.get("enabled").map(String::as_str) == Some("on");
+        setting.address = f.get("address").map(|a| a.trim().to_owned());
+        setting.redact_secrets = f.get("redact_secrets").map(String::as_str) == Some("on");
+    }
     page.render(
         form_status(&error),
         "compliance.html",
         "Setup: Compliance BCC Email",
         "compliance",
-        context! { setting, notice, error },
+        context! { setting, error },
     )
 }
 

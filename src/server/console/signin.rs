@@ -22,6 +22,7 @@ pub(super) async fn signin(
         app,
         me: None,
         csrf: String::new(),
+        session: None,
     };
     if method != Method::POST {
         let expired = query(&req).contains_key("expired");
