@@ -213,7 +213,7 @@ async fn sign_in_settings_reset_and_password_change_pages_work() {
     let rows = table_rows(&html);
     assert!(
         rows.iter()
-            .any(|r| r[1] == "web@example.com" && r[3] == "console" && r[5] == "success"),
+            .any(|r| r[1] == "web@example.com" && r[4] == "console" && r[2] == "success"),
         "the console sign-in is in the user's own history: {rows:?}"
     );
     assert!(
@@ -566,7 +566,7 @@ async fn setup_pages_manage_users_compliance_and_history() {
     let rows = loop {
         let html = b.get("/setup/history?user=boss@example.com").await.text();
         let rows = table_rows(&html);
-        if rows.iter().any(|r| r.len() > 5 && r[5] == "success")
+        if rows.iter().any(|r| r.len() > 5 && r[2] == "success")
             || std::time::Instant::now() > deadline
         {
             break rows;
@@ -575,7 +575,7 @@ async fn setup_pages_manage_users_compliance_and_history() {
     };
     assert!(
         rows.iter()
-            .any(|r| r[1] == "boss@example.com" && r[3] == "console" && r[5] == "success"),
+            .any(|r| r[1] == "boss@example.com" && r[5] == "console" && r[2] == "success"),
         "{rows:?}"
     );
     let html = b.get("/setup/history?outcome=sideways").await.text();

@@ -341,13 +341,66 @@ pub(super) async fn history_csv(app: &App, q: &HashMap<String, String>) -> Respo
 
 #[derive(Serialize)]
 pub(super) struct Row {
-    pub(super) time: String,
+    /// When, readable ("29 Nov 2026, 17:05 UTC") and as RFC 3339.
+    pub(super) at: super::users::When,
     pub(super) username: String,
     pub(super) source_ip: String,
     pub(super) dialect: String,
     pub(super) client: Option<String>,
+    /// The client's short name ("jsforce 3.10", "Data Loader 59.0", "curl 8.5").
+    pub(super) client_short: Option<String>,
     pub(super) outcome: String,
     pub(super) reason: Option<String>,
+}
+
+/// Characters of a client named by no product token (an OAuth client_id) shown in a table.
+const CLIENT_CHARS: usize = 24;
+
+/// A login's client in a few words: the product and its version to the minor from a
+/// User-Agent (RFC 9110 §10.1.5: `product/version` tokens, the first naming the client), the
+/// browser and its major version for a browser's, Data Loader by its name; anything else cut
+/// to [`CLIENT_CHARS`].
+pub(super) fn short_client(full: &str) -> String {
+    let full = full.trim();
+    let version = |v: &str, parts: usize| {
+        v.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+            .next()
+            .unwrap_or_default()
+            .split('.')
+            .take(parts)
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let after = |token: &str| full.find(token).map(|i| &full[i + token.len()..]);
+    if full.starts_with("Mozilla/") {
+        // Order matters: Edge and Opera say Chrome too, Chrome says Safari too.
+        for (token, name) in [
+            ("Edg/", "Edge"),
+            ("OPR/", "Opera"),
+            ("Firefox/", "Firefox"),
+            ("Chrome/", "Chrome"),
+            ("Version/", "Safari"),
+        ] {
+            if let Some(v) = after(token) {
+                return format!("{name} {}", version(v, 1));
+            }
+        }
+        return "Browser".into();
+    }
+    let first = full.split_whitespace().next().unwrap_or_default();
+    let short = match first.split_once('/') {
+        Some((name, v)) if name.starts_with("DataLoader") => {
+            format!("Data Loader {}", version(v, 2))
+        }
+        Some((name, v)) if !name.is_empty() && !v.is_empty() => {
+            format!("{name} {}", version(v, 2))
+        }
+        _ => first.to_owned(),
+    };
+    match short.char_indices().nth(CLIENT_CHARS) {
+        Some((at, _)) => format!("{}…", &short[..at]),
+        None => short,
+    }
 }
 
 /// Login-history rows for a page. The query runs on the blocking pool: a late page of the
@@ -376,13 +429,52 @@ pub(super) async fn rows(
         .into_iter()
         .skip(skip)
         .map(|r| Row {
-            time: format_ms(r.at_ms),
+            at: super::users::when_ms(r.at_ms),
             username: r.username,
             source_ip: r.source_ip,
             dialect: r.dialect,
+            client_short: r.client.as_deref().map(short_client),
             client: r.client,
             outcome: r.outcome,
             reason: if with_reason { r.reason } else { None },
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_client;
+
+    #[test]
+    fn clients_get_short_names() {
+        for (full, short) in [
+            ("jsforce/3.10.16", "jsforce 3.10"),
+            ("curl/8.5.0", "curl 8.5"),
+            ("python-requests/2.31.0", "python-requests 2.31"),
+            ("DataLoaderBulkUI/59.0.0 (Windows)", "Data Loader 59.0"),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.71 Safari/537.36",
+                "Chrome 120",
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91",
+                "Edge 120",
+            ),
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
+                "Safari 17",
+            ),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+                "Firefox 121",
+            ),
+            ("MyIntegration", "MyIntegration"),
+            (
+                "3MVG9xOCXq4ID1uFCFhsNqXNRmGQ6BdaJyklO2XSeYMUDAaVNkX",
+                "3MVG9xOCXq4ID1uFCFhsNqXN…",
+            ),
+        ] {
+            assert_eq!(short_client(full), short, "{full}");
+        }
+    }
 }
