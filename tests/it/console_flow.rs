@@ -565,7 +565,11 @@ async fn in_chromium_an_admin_cancels_a_disable_and_resets_two_tokens_in_bulk() 
         assert_eq!(sink.to(&inbox(u)).len(), 1, "{u}");
     }
     assert!(sink.to(&inbox("bulk.1@example.com")).is_empty());
-    for name in ["confirm-disable", "confirm-bulk", "users"] {
+    let narrow = step(&steps, "narrow");
+    for page in ["list", "table", "user", "confirm"] {
+        assert!(narrow[page].as_u64().unwrap() <= 390, "{page}: {narrow}");
+    }
+    for name in ["confirm-disable", "confirm-bulk", "users", "users-narrow"] {
         assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
     }
 }

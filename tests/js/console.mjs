@@ -186,6 +186,18 @@ try {
       view: await page.getByLabel('View').inputValue(),
     });
     await shot(page, 'users');
+    // On a phone's width (390 px) nothing is wider than the screen: the list stacks, the user's
+    // page and a confirmation page fit.
+    await page.setViewportSize({ width: 390, height: 800 });
+    const widths = {};
+    widths.list = await page.evaluate(() => document.documentElement.scrollWidth);
+    widths.table = await page.evaluate(() => document.querySelector('table.users').scrollWidth);
+    await shot(page, 'users-narrow');
+    await page.getByRole('link', { name: env('TG_USER'), exact: true }).click();
+    widths.user = await page.evaluate(() => document.documentElement.scrollWidth);
+    await page.getByRole('button', { name: 'Disable' }).click();
+    widths.confirm = await page.evaluate(() => document.documentElement.scrollWidth);
+    out('narrow', widths);
   } else {
     const page = await signIn(context, env('TG_ADMIN'), env('TG_ADMIN_PASSWORD'));
     await page.getByRole('link', { name: 'Setup: Compliance BCC Email' }).click();
