@@ -667,8 +667,8 @@ fn said(action: &str, answer: &Answer, username: &str) -> Result<String, String>
     })
 }
 
-/// After a change to `user_id`: a disabled, API-only or second-factor-reset user's console
-/// sessions end now rather than at their next request.
+/// After an action: a disabled, API-only or second-factor-reset user's console sessions end
+/// now rather than at their next request.
 fn end_console(app: &App, action: &str, answer: &Answer) {
     if let Answer::User { user, .. } = answer
         && (user.disabled || user.api_only || action == "reset-mfa")
