@@ -795,3 +795,34 @@ async fn unlock_login_ranges_and_history_from_the_cli() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).lines().count(), 7);
 }
+
+#[tokio::test]
+async fn with_no_server_running_the_cli_still_cannot_take_the_last_enabled_admin_away() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url());
+    // The CLI opens the store itself: the rule is the store's, not the server's.
+    add_user(&config, "root@example.com");
+    let ok = |args: &[&str]| {
+        let o = tokengate(&config, args, None);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    };
+    ok(&["user", "grant-admin", "root@example.com"]);
+    for args in [
+        &["user", "disable", "root@example.com"][..],
+        &["user", "revoke-admin", "root@example.com"],
+        &["user", "delete", "root@example.com", "--yes"],
+    ] {
+        let o = tokengate(&config, args, None);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            stderr(&o).contains("would leave no enabled administrator"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    // With a second enabled admin, the first may go.
+    add_user(&config, "second@example.com");
+    ok(&["user", "grant-admin", "second@example.com"]);
+    ok(&["user", "revoke-admin", "root@example.com"]);
+}
