@@ -10,11 +10,12 @@
 //!
 //! Here: the routing of every console request. `session`: console sessions, their cookie and
 //! CSRF token, and half-finished sign-ins. `page`: the page frame, templates and security
-//! headers. `signin`, `mfa` (the second factor), `settings` (the user's own account) and
+//! headers; `form` a form's errors as the pages show them. `signin`, `mfa` (the second factor), `settings` (the user's own account) and
 //! `setup` (the admins' pages) handle their pages and forms; `chart` draws the login
 //! history's charts that open Setup → Login History.
 
 mod chart;
+mod form;
 mod mfa;
 mod page;
 mod session;

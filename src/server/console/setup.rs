@@ -9,6 +9,7 @@ use minijinja::context;
 use serde::Serialize;
 
 use super::chart;
+use super::form::FormErrors;
 use super::page::{Page, form_status, harden, page_after};
 use super::session::{renew, with_cookie};
 use super::settings::token_failure;
@@ -67,21 +68,24 @@ pub(super) async fn setup_post(
     if path == "setup/compliance" {
         let address = Some(get("address").trim().to_owned()).filter(|a| !a.is_empty());
         let enabled = get("enabled") == "on";
+        let redact = get("redact_secrets") == "on";
+        // What was typed, shown again when the form is refused.
+        let typed = crate::mail::ComplianceBcc {
+            enabled,
+            address: address.clone(),
+            redact_secrets: redact,
+        };
         if enabled && address.is_none() {
-            return compliance_page(
-                page,
-                None,
-                Some("An address is required to enable the copy.".into()),
-            );
+            return compliance_refused(page, typed, "An address is required to enable the copy.");
         }
         let req = Request::ComplianceSet {
             address,
             disable: !enabled,
-            redact: Some(get("redact_secrets") == "on"),
+            redact: Some(redact),
         };
         return match app.admin.perform(&actor, req).await {
             Ok(_) => compliance_page(page, Some("Saved.".into()), None),
-            Err(e) => compliance_page(page, None, Some(e.to_string())),
+            Err(e) => compliance_refused(page, typed, &e.to_string()),
         };
     }
     let Some((name, action)) = path
@@ -477,12 +481,31 @@ pub(super) fn compliance_page(
     error: Option<String>,
 ) -> Response<Body> {
     let setting = ComplianceBcc::load(page.app.store.as_ref()).unwrap_or_default();
+    compliance_form(page, &setting, notice, FormErrors::on("address", error))
+}
+
+/// The compliance form refused with `error` (about the address), showing what was typed.
+fn compliance_refused(page: &Page<'_>, typed: ComplianceBcc, error: &str) -> Response<Body> {
+    compliance_form(
+        page,
+        &typed,
+        None,
+        FormErrors::on("address", Some(error.to_owned())),
+    )
+}
+
+fn compliance_form(
+    page: &Page<'_>,
+    setting: &ComplianceBcc,
+    notice: Option<String>,
+    errors: FormErrors,
+) -> Response<Body> {
     page.render(
-        form_status(&error),
+        errors.status(),
         "compliance.html",
         "Setup: Compliance BCC Email",
         "compliance",
-        context! { setting, notice, error },
+        context! { setting, notice, form_errors => errors.context() },
     )
 }
 
