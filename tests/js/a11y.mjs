@@ -74,6 +74,7 @@ const PAGES = [
   { name: 'setup: login history', role: 'admin', path: '/setup/history' },
   { name: 'setup: login history with an error', role: 'admin', path: '/setup/history?since=yesterday-ish' },
   { name: 'setup: audit trail', role: 'admin', path: '/setup/audit' },
+  { name: 'setup: audit trail with an error', role: 'admin', path: '/setup/audit?since=yesterday-ish' },
 ];
 
 const browser = await chromium.launch({

@@ -45,6 +45,19 @@ impl FormErrors {
         e
     }
 
+    /// `message` from a parser whose errors start with the parameter they are about
+    /// (`since: ...`, `since must be ...`): tied to that parameter's field, given as
+    /// `(parameter, element id)` pairs; about the whole form when it names none of them.
+    pub(super) fn naming(message: Option<String>, fields: &[(&str, &str)]) -> Self {
+        let mut e = Self::none();
+        if let Some(m) = message {
+            let first = m.split([':', ' ']).next().unwrap_or_default();
+            let field = fields.iter().find(|(p, _)| *p == first).map(|(_, id)| *id);
+            e.add(field, m);
+        }
+        e
+    }
+
     /// Adds an error about `field` (an element id), or about the whole form with `None`.
     pub(super) fn add(&mut self, field: Option<&str>, message: impl Into<String>) {
         self.list.push(FormError {
@@ -134,6 +147,20 @@ mod tests {
             "{html}"
         );
         assert!(html.contains(r#"<input id="other">"#), "{html}");
+    }
+
+    #[test]
+    fn a_parser_error_goes_to_the_field_it_names_or_to_the_whole_form() {
+        let fields = [("since", "hs"), ("outcome", "ho")];
+        let e = FormErrors::naming(Some("since: 'x' is not a time".into()), &fields);
+        assert_eq!(e.list[0].field.as_deref(), Some("hs"));
+        let e = FormErrors::naming(Some("since must be a time".into()), &fields);
+        assert_eq!(e.list[0].field.as_deref(), Some("hs"));
+        let e = FormErrors::naming(Some("sinceX: no".into()), &fields);
+        assert_eq!(e.list[0].field, None);
+        let e = FormErrors::naming(Some("The store failed".into()), &fields);
+        assert_eq!(e.list[0].field, None);
+        assert!(FormErrors::naming(None, &fields).is_empty());
     }
 
     #[test]
