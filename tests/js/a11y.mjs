@@ -194,7 +194,10 @@ try {
     const e = document.activeElement;
     return {
       tag: e.tagName.toLowerCase(), text: (e.textContent || '').trim().slice(0, 60),
-      inMain: !!e.closest('main'), visible: e.getBoundingClientRect().height > 1 && e.getBoundingClientRect().width > 1,
+      inMain: !!e.closest('main'),
+      // On screen, not merely laid out (a skip link waits above the page until focused).
+      visible: ((r) => r.width > 1 && r.height > 1 && r.top >= 0 && r.left >= 0
+        && r.bottom <= window.innerHeight && r.right <= window.innerWidth)(e.getBoundingClientRect()),
     };
   });
   await kb.keyboard.press('Tab');
