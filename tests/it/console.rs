@@ -818,7 +818,7 @@ async fn history_charts_count_the_newest_100000_logins_and_say_when_the_range_ho
 }
 
 /// Installs Debian's chromium when it is missing (the machine's package manager, as root).
-fn chromium() -> PathBuf {
+pub(crate) fn chromium() -> PathBuf {
     let path = PathBuf::from("/usr/bin/chromium");
     if !path.exists() {
         let ok = Command::new("sh")
@@ -832,7 +832,7 @@ fn chromium() -> PathBuf {
 }
 
 /// The base64 SHA-256 of the certificate's public key, for Chromium's SPKI allow-list.
-fn spki_hash(cert: &Path) -> String {
+pub(crate) fn spki_hash(cert: &Path) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg("openssl x509 -in \"$1\" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64")

@@ -12,6 +12,7 @@ mod bad_input;
 mod cancellation;
 mod cli;
 mod console;
+mod console_a11y;
 mod console_flow;
 mod crash;
 mod forwarding;

@@ -6,8 +6,8 @@
 // TG_ADMIN, TG_ADMIN_PASSWORD, TG_COMPLIANCE, TG_SHOTS (directory for screenshots), TG_MARKUP
 // (escape: the text that must show as text; it would add an element with id "pwned" if it were
 // markup), TG_BULK (flow: the usernames to select for a bulk reset, comma-separated).
-import { createHmac } from 'node:crypto';
 import { chromium } from 'playwright-core';
+import { totp } from './totp.mjs';
 
 const env = (k) => { const v = process.env[k]; if (!v) throw new Error(`missing ${k}`); return v; };
 const url = env('TG_URL');
@@ -22,29 +22,6 @@ const browser = await chromium.launch({
     `--ignore-certificate-errors-spki-list=${env('TG_SPKI')}`,
   ],
 });
-// RFC 6238 TOTP as an authenticator app computes it (HMAC-SHA-1, 6 digits, 30 s steps), from
-// the RFC 4648 base32 key the enrolment page shows.
-function base32(text) {
-  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-  let bits = 0, value = 0;
-  const out = [];
-  for (const c of text.replace(/[\s=]/g, '').toUpperCase()) {
-    const i = alphabet.indexOf(c);
-    if (i < 0) throw new Error(`not base32: ${c}`);
-    value = ((value << 5) | i) & 0xffff;
-    bits += 5;
-    if (bits >= 8) { out.push((value >>> (bits - 8)) & 0xff); bits -= 8; }
-  }
-  return Buffer.from(out);
-}
-function totp(key, seconds = Date.now() / 1000) {
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(seconds / 30)));
-  const h = createHmac('sha1', base32(key)).update(counter).digest();
-  const offset = h[h.length - 1] & 0x0f; // RFC 4226 §5.4, dynamic truncation
-  return String((h.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, '0');
-}
-
 const shot = async (page, name) => page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
 
 async function signIn(context, user, password) {
@@ -74,8 +51,9 @@ try {
     const settings = await signIn(context, env('TG_USER'), env('TG_PASSWORD'));
     out('signed-in', { heading: await settings.getByRole('heading', { level: 1 }).innerText() });
     await shot(settings, 'settings');
-    await settings.getByRole('link', { name: 'Reset My Security Token' }).click();
-    await settings.waitForURL('**/settings/reset-token');
+    await settings.getByRole('button', { name: 'Reset My Security Token' }).click();
+    // A GET form (a button, not a link styled as one) asks for `reset-token?`.
+    await settings.waitForURL((u) => u.pathname.endsWith('/settings/reset-token'));
     await shot(settings, 'reset-confirm');
     await settings.getByRole('button', { name: 'Yes, reset my security token' }).click();
     await settings.waitForURL('**/tokengate/console/settings');

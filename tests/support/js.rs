@@ -1,5 +1,5 @@
-//! The Node.js dependencies the real-client tests share (`tests/js`: jsforce and
-//! playwright-core, locked by `package-lock.json`). `.ci/run` installs them before the tests;
+//! The Node.js dependencies the real-client tests share (`tests/js`: jsforce, playwright-core
+//! and axe-core, locked by `package-lock.json`). `.ci/run` installs them before the tests;
 //! a developer's first `cargo test` installs them here, once: an exclusive lock on a file next
 //! to them keeps two test binaries, or two tests of one, from running `npm ci` over each other.
 
@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The packages `package.json` pins, as installed.
-const PINNED: [(&str, &str); 2] = [("jsforce", "3.10.16"), ("playwright-core", "1.64.1")];
+const PINNED: [(&str, &str); 3] = [
+    ("axe-core", "4.14.1"),
+    ("jsforce", "3.10.16"),
+    ("playwright-core", "1.64.1"),
+];
 
 pub fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")

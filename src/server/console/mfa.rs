@@ -15,6 +15,7 @@ use std::time::Instant;
 use http::{Method, Request, Response, StatusCode};
 use minijinja::context;
 
+use super::form::FormErrors;
 use super::page::{Page, redirect};
 use super::session::{PendingSignIn, clear_cookie, with_cookie};
 use super::{BASE, form};
@@ -119,7 +120,10 @@ fn code_page(page: &Page<'_>, error: Option<String>) -> Response<Body> {
         "mfa_code.html",
         "Verify it's you",
         "",
-        context! { error, issuer => &page.app.cfg.server.org_name },
+        context! {
+            form_errors => FormErrors::on("code", error).context(),
+            issuer => &page.app.cfg.server.org_name,
+        },
     )
 }
 
@@ -159,7 +163,8 @@ pub(super) fn enrol_page(
         "Set up two-factor authentication",
         "settings",
         context! {
-            error, action, uri, issuer, account => &user.username, secret => grouped,
+            form_errors => FormErrors::on("code", error).context(),
+            action, uri, issuer, account => &user.username, secret => grouped,
             // Drawn by the qrcode crate from the URI: path data only, nothing from a client.
             qr => minijinja::Value::from_safe_string(svg),
         },

@@ -17,12 +17,14 @@
 //!
 //! Here: the routing of every console request. `session`: console sessions, their cookie and
 //! CSRF token, flash and half-finished sign-ins. `page`: the page frame, templates and
-//! security headers. `signin`, `mfa` (the second factor), `settings` (the user's own account),
-//! `users` (Setup → Users: list, new user, each user's page, confirmations, bulk actions) and
-//! `setup` (the other admin pages) handle their pages and forms; `chart` draws the login
+//! security headers; `form`: a form's errors as the pages show them. `signin`, `mfa` (the
+//! second factor), `settings` (the user's own account), `users` (Setup → Users: list, new user,
+//! each user's page, confirmations, bulk actions) and `setup` (the other admin pages) handle
+//! their pages and forms; `chart` draws the login
 //! history's charts that open Setup → Login History.
 
 mod chart;
+mod form;
 mod mfa;
 mod page;
 mod session;

@@ -23,6 +23,10 @@ pub(super) fn templates() -> Result<Environment<'static>, ConsoleError> {
             include_str!("../../../templates/console/base.html"),
         ),
         (
+            "form_errors.html",
+            include_str!("../../../templates/console/form_errors.html"),
+        ),
+        (
             "signin.html",
             include_str!("../../../templates/console/signin.html"),
         ),

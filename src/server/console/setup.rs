@@ -8,7 +8,8 @@ use minijinja::context;
 use serde::Serialize;
 
 use super::chart;
-use super::page::{Page, form_status, harden};
+use super::form::FormErrors;
+use super::page::{Page, harden};
 use super::session::Flash;
 use super::{BASE, Form};
 use crate::admin::Request;
@@ -95,8 +96,9 @@ pub(super) fn audit_page(page: &Page<'_>, q: &HashMap<String, String>) -> Respon
             .collect::<Vec<_>>(),
     )
     .unwrap_or_default();
+    let errors = FormErrors::naming(error, &[("since", "as"), ("actor", "aa"), ("target", "at")]);
     page.render(
-        form_status(&error),
+        errors.status(),
         "audit.html",
         "Setup: Audit Trail",
         "audit",
@@ -105,7 +107,7 @@ pub(super) fn audit_page(page: &Page<'_>, q: &HashMap<String, String>) -> Respon
             since => get("since").unwrap_or_default(),
             actor => get("actor").unwrap_or_default(),
             target => get("target").unwrap_or_default(),
-            csv_query, error,
+            csv_query, form_errors => errors.context(),
         },
     )
 }
@@ -135,12 +137,13 @@ pub(super) fn compliance_page(
         setting.address = f.get("address").map(|a| a.trim().to_owned());
         setting.redact_secrets = f.get("redact_secrets").map(String::as_str) == Some("on");
     }
+    let errors = FormErrors::on("address", error);
     page.render(
-        form_status(&error),
+        errors.status(),
         "compliance.html",
         "Setup: Compliance BCC Email",
         "compliance",
-        context! { setting, error },
+        context! { setting, form_errors => errors.context() },
     )
 }
 
@@ -230,12 +233,17 @@ pub(super) async fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -
         .map(|(value, label, _)| context! { value, label })
         .collect();
     let f_range = history_range(q).map_or(RANGES[0].0, |r| r.0);
+    let errors = FormErrors::naming(
+        error,
+        &[
+            ("range", "hr"),
+            ("user", "hu"),
+            ("outcome", "ho"),
+            ("since", "hs"),
+        ],
+    );
     page.render(
-        if error.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        },
+        errors.status(),
         "history.html",
         "Setup: Login History",
         "history",
@@ -250,7 +258,7 @@ pub(super) async fn history_page(page: &Page<'_>, q: &HashMap<String, String>) -
             next => more.then(|| format!("{BASE}/setup/history?{}", params(pg + 1))),
             csv => format!("{BASE}/setup/history.csv?{}", params(1)),
             charts,
-            error,
+            form_errors => errors.context(),
         },
     )
 }

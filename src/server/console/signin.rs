@@ -4,6 +4,7 @@
 use http::{Method, Request, Response, StatusCode};
 use minijinja::context;
 
+use super::form::FormErrors;
 use super::page::{Page, redirect};
 use super::{BASE, form, query};
 use crate::auth::Attempt;
@@ -61,19 +62,31 @@ pub(super) async fn signin(
         tls: peer.tls,
         password_only: true,
     };
-    let fail = |status: StatusCode, error: String| {
+    // The username typed is shown again; the password never is.
+    let fail = |status: StatusCode, errors: FormErrors| {
         page.render(
             status,
             "signin.html",
             "Sign in",
             "",
-            context! { error, username => username.clone() },
+            context! { form_errors => errors.context(), username => username.clone() },
         )
+    };
+    let whole = |message: &str| {
+        let mut e = FormErrors::none();
+        e.add(None, message);
+        e
     };
     match app.auth.login(&attempt).await {
         Ok(v) if v.user.api_only => fail(
             StatusCode::FORBIDDEN,
-            "This user is API only: it logs in through the APIs, not to the console.".into(),
+            FormErrors::on(
+                "username",
+                Some(
+                    "This user is API only: it logs in through the APIs, not to the console."
+                        .into(),
+                ),
+            ),
         ),
         Ok(v) if super::mfa::owed(app, &v.user) => super::mfa::begin(app, &v.user),
         Ok(v) => match app.console.create(&v.user) {
@@ -83,13 +96,18 @@ pub(super) async fn signin(
             ),
             None => fail(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "Too many console sessions; try again later.".into(),
+                whole("Too many console sessions; try again later."),
             ),
         },
         Err(e) => {
-            // A password alone never proves the token, so a lock is `BadCredentials` here.
+            // A password alone never proves the token, so a lock is `BadCredentials` here. The
+            // sentence names no field (it must not say which was wrong); it is tied to the
+            // password, the field to type again.
             let refusal = Refusal::from(e);
-            fail(refusal.status(), refusal.sentence().into_owned())
+            fail(
+                refusal.status(),
+                FormErrors::on("password", Some(refusal.sentence().into_owned())),
+            )
         }
     }
 }
