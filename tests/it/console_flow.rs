@@ -573,3 +573,74 @@ async fn in_chromium_an_admin_cancels_a_disable_and_resets_two_tokens_in_bulk() 
         assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
     }
 }
+
+#[tokio::test]
+async fn a_refused_new_user_or_profile_names_its_field_and_keeps_what_was_typed() {
+    let (_up, _sink, ts) = env().await;
+    ts.add_user_with("boss@example.com", PASSWORD, true).await;
+    ts.add_user("emp@example.com").await;
+    let b = Browser::sign_in(&ts, "boss@example.com", PASSWORD)
+        .await
+        .unwrap();
+    // (form, fields, the field's id, what the error says, a typed value shown again)
+    for (page, action, fields, id, says, kept) in [
+        (
+            "/setup/new-user",
+            "/setup/users",
+            vec![
+                ("username", "fresh@example.com"),
+                ("email", "not-an-email"),
+                ("full_name", "Fresh Person"),
+                ("password", "Fresh1pass"),
+            ],
+            "ne",
+            "invalid email address",
+            r#"value="Fresh Person""#,
+        ),
+        (
+            "/setup/new-user",
+            "/setup/users",
+            vec![
+                ("username", "emp@example.com"),
+                ("email", "emp2@example.com"),
+                ("password", "Fresh1pass"),
+            ],
+            "nu",
+            "already exists",
+            r#"value="emp2@example.com""#,
+        ),
+        (
+            "/setup/users/emp%40example.com",
+            "/setup/users/emp%40example.com/login-ranges",
+            vec![("ranges", "10.0.0.0/8\nbogus")],
+            "lr",
+            "invalid login range",
+            "10.0.0.0&#x2f;8\nbogus", // minijinja writes / as &#x2f;
+        ),
+    ] {
+        let r = b.submit_raw(page, action, &fields).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{action}");
+        let html = r.text();
+        assert!(
+            html.contains(&format!(r#"id="{id}""#))
+                && html.contains(&format!(r#"aria-describedby="{id}-error"#))
+                && html.contains(&format!(r#"<p id="{id}-error" class="field-error">"#)),
+            "{action}: {html}"
+        );
+        assert!(html.contains(says), "{action}: {html}");
+        assert!(html.contains(kept), "{action}: typed value kept: {html}");
+        assert!(
+            !html.contains("Fresh1pass"),
+            "a password is never typed back"
+        );
+    }
+    assert!(ts.app().users.show("fresh@example.com").is_err());
+    assert!(
+        ts.app()
+            .users
+            .show("emp@example.com")
+            .unwrap()
+            .login_ranges
+            .is_empty()
+    );
+}

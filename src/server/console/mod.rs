@@ -239,7 +239,7 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
                 }
                 "setup/new-user" => {
                     let list = list_of(&q);
-                    users::new_user_page(&page, &list, None, None)
+                    users::new_user_page(&page, &list, None, form::FormErrors::none())
                 }
                 "setup/compliance" => setup::compliance_page(&page, None, None),
                 "setup/history" => setup::history_page(&page, &q).await,
@@ -248,7 +248,8 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
                 "setup/audit.csv" => setup::audit_csv(&app, &q),
                 s if s.starts_with("setup/users/") => {
                     let name = crate::wire::decode_component(&s["setup/users/".len()..]);
-                    users::user_page(&page, &name, &list_of(&q), None, None).await
+                    users::user_page(&page, &name, &list_of(&q), None, form::FormErrors::none())
+                        .await
                 }
                 _ => page.message(
                     StatusCode::NOT_FOUND,

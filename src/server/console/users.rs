@@ -17,6 +17,7 @@ use http::{Response, StatusCode};
 use minijinja::context;
 use serde::Serialize;
 
+use super::form::FormErrors;
 use super::page::{Page, form_status, page_after};
 use super::session::{Flash, renew, with_cookie};
 use super::settings::token_failure;
@@ -371,11 +372,11 @@ pub(super) fn new_user_page(
     page: &Page<'_>,
     list: &ListState,
     typed: Option<&Form>,
-    error: Option<String>,
+    errors: FormErrors,
 ) -> Response<Body> {
     let field = |k: &str| typed.and_then(|f| f.get(k)).cloned().unwrap_or_default();
     page.render(
-        form_status(&error),
+        errors.status(),
         "user_new.html",
         "Setup: New User",
         "users",
@@ -385,7 +386,7 @@ pub(super) fn new_user_page(
             full_name => field("full_name"),
             admin => field("admin") == "on", api_only => field("api_only") == "on",
             list => list.query(), back => list.url(),
-            error,
+            form_errors => errors.context(),
         },
     )
 }
@@ -397,7 +398,7 @@ pub(super) async fn user_page(
     username: &str,
     list: &ListState,
     typed: Option<&Form>,
-    error: Option<String>,
+    errors: FormErrors,
 ) -> Response<Body> {
     let u = match page.app.users.show(username) {
         Ok(u) => u,
@@ -441,7 +442,7 @@ pub(super) async fn user_page(
     }
     actions.push(action("delete", "Delete"));
     page.render(
-        form_status(&error),
+        errors.status(),
         "user.html",
         &format!("Setup: User {}", u.username),
         "users",
@@ -458,7 +459,8 @@ pub(super) async fn user_page(
             status => status(&u),
             rows => logins, show_reason => true, empty => "No logins yet.", actions,
             list => list.query(), back => list.url(),
-            u, error,
+            form_errors => errors.context(),
+            u,
         },
     )
 }
@@ -612,6 +614,37 @@ fn is_validation(e: &AdminError) -> bool {
     )
 }
 
+/// The field of the New user page (`user_new.html`'s element ids) an error is about.
+fn new_user_field(e: &AdminError) -> Option<&'static str> {
+    match e {
+        AdminError::Username(_) | AdminError::Store(crate::store::StoreError::UserExists(_)) => {
+            Some("nu")
+        }
+        AdminError::Email(_) => Some("ne"),
+        AdminError::FullName(_) => Some("nn"),
+        AdminError::Password(_) => Some("np"),
+        _ => None,
+    }
+}
+
+/// The field of the user's page (`user.html`'s element ids) an error is about.
+fn user_page_field(e: &AdminError) -> Option<&'static str> {
+    match e {
+        AdminError::Email(_) => Some("pe"),
+        AdminError::FullName(_) => Some("pn"),
+        AdminError::Range(_) => Some("lr"),
+        AdminError::Period(_) => Some("re"),
+        _ => None,
+    }
+}
+
+/// A refused form's error, tied to `field` (or to the form as a whole).
+fn refused(field: Option<&str>, message: String) -> FormErrors {
+    let mut errors = FormErrors::none();
+    errors.add(field, message);
+    errors
+}
+
 /// An admin error in the console's words.
 fn say(e: AdminError) -> String {
     match e {
@@ -713,8 +746,16 @@ pub(super) async fn post(
                     Flash::success(msg),
                 )
             }
-            Ok(_) => new_user_page(page, &list, Some(f), Some("Unexpected answer.".into())),
-            Err(e) => new_user_page(page, &list, Some(f), Some(say(e))),
+            Ok(_) => new_user_page(
+                page,
+                &list,
+                Some(f),
+                refused(None, "Unexpected answer.".into()),
+            ),
+            Err(e) => {
+                let field = new_user_field(&e);
+                new_user_page(page, &list, Some(f), refused(field, say(e)))
+            }
         };
     }
     if path == "setup/users/bulk" {
@@ -752,7 +793,8 @@ pub(super) async fn post(
     let answer = match app.admin.perform(&actor, req).await {
         Ok(a) => a,
         Err(e) if is_validation(&e) => {
-            return user_page(page, &username, &list, Some(f), Some(say(e))).await;
+            let field = user_page_field(&e);
+            return user_page(page, &username, &list, Some(f), refused(field, say(e))).await;
         }
         Err(e) => return page.done(&user_url, Flash::error(say(e))),
     };
