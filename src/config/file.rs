@@ -157,6 +157,8 @@ pub struct Upstream {
     /// A response body from the upstream that sends nothing for this long is aborted.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
+    /// Paths forwarded without authentication: exact, or a prefix when ending in `*`.
+    pub public_paths: Vec<String>,
 }
 
 impl Default for Upstream {
@@ -170,6 +172,7 @@ impl Default for Upstream {
             pool_max_idle_per_host: 256,
             max_connections: 1024,
             body_idle_timeout: Duration::from_secs(60),
+            public_paths: Vec::new(),
         }
     }
 }

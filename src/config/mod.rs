@@ -218,6 +218,35 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     pub max_connections: usize,
     pub body_idle_timeout: Duration,
+    /// `public_paths`: forwarded without authentication or identity.
+    pub public_paths: PublicPaths,
+}
+
+/// `[upstream] public_paths`, validated: paths of the upstream anyone may call, forwarded
+/// without authentication and without identity headers. An entry is an exact path, or a
+/// prefix when written with a trailing `*`. They are matched against the path the router
+/// uses (`server::target`: no dot segments or encoded separators, slashes collapsed), so what
+/// matches here is what the upstream is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct PublicPaths {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl PublicPaths {
+    pub fn new(exact: Vec<String>, prefixes: Vec<String>) -> Self {
+        Self { exact, prefixes }
+    }
+
+    /// Whether nothing is public (the default): the forwarding path then asks nothing more.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Whether `path` (canonical, as routed) is public.
+    pub fn matches(&self, path: &str) -> bool {
+        self.exact.iter().any(|e| e == path) || self.prefixes.iter().any(|p| path.starts_with(p))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -218,7 +218,55 @@ pub(super) fn upstream(u: &file::Upstream, base: &Path) -> Result<UpstreamConfig
         )?,
         max_connections: bounded("upstream.max_connections", u.max_connections, 1, 1_000_000)?,
         body_idle_timeout: nonzero("upstream.body_idle_timeout", u.body_idle_timeout)?,
+        public_paths: public_paths(&u.public_paths)?,
     })
+}
+
+/// `upstream.public_paths`: each entry a canonical path (as `server::target` leaves a path the
+/// router matches: starting with `/`, no dot segments, no `%`, no repeated slashes), with `*`
+/// only as its last character; none may reach tokengate's own `/tokengate/` paths.
+fn public_paths(list: &[String]) -> Result<super::PublicPaths, ConfigError> {
+    const KEY: &str = "upstream.public_paths";
+    let (mut exact, mut prefixes) = (Vec::new(), Vec::new());
+    for entry in list {
+        let (path, prefix) = match entry.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (entry.as_str(), false),
+        };
+        let canonical = path.starts_with('/')
+            && !path.contains(['*', '%', '?', '#', '\\'])
+            && !path.contains("//")
+            && !path.bytes().any(|b| b.is_ascii_control() || b == b' ')
+            && !path.split('/').any(|seg| seg == "." || seg == "..");
+        if !canonical {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "'{entry}' must be a path such as /status or a prefix such as /status/*, \
+                     without dot segments, '%', repeated slashes, or '*' before the end"
+                ),
+            ));
+        }
+        // A path under /tokengate/ (or a prefix that covers it) would hand tokengate's own
+        // endpoints to anyone, were they ever forwarded.
+        let ours = if prefix {
+            "/tokengate/".starts_with(path) || path.starts_with("/tokengate/")
+        } else {
+            path == "/tokengate" || path.starts_with("/tokengate/")
+        };
+        if ours {
+            return Err(invalid(
+                KEY,
+                format!("'{entry}' reaches tokengate's own paths under /tokengate/"),
+            ));
+        }
+        if prefix {
+            prefixes.push(path.to_owned());
+        } else {
+            exact.push(path.to_owned());
+        }
+    }
+    Ok(super::PublicPaths::new(exact, prefixes))
 }
 
 pub(super) fn store(s: &file::Store, base: &Path) -> Result<StoreConfig, ConfigError> {

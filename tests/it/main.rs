@@ -24,6 +24,7 @@ mod mail;
 mod mfa;
 mod ops;
 mod postgres_cluster;
+mod public_paths;
 mod replicas;
 mod repository;
 mod sessions;
