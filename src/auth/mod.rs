@@ -16,6 +16,7 @@
 //!    (`limit::LoginLimits::delay_failure`).
 
 pub mod cache;
+pub mod refresh;
 pub mod session;
 
 use std::net::IpAddr;
@@ -642,6 +643,15 @@ impl Authenticator {
         if tx.try_send(notice).is_err() {
             tracing::error!("the lock-notice queue is full; a lock notice was not sent");
         }
+    }
+
+    /// Records in the login history (and the metrics) a login decided outside the password
+    /// pipeline: a refresh token redeemed or refused, client credentials, a client's policy.
+    pub fn record_decided(&self, a: &Attempt<'_>, result: &Result<Verified, AuthError>) {
+        if let Some(outcome) = outcome_of(result) {
+            self.metrics.login(a.dialect, outcome, Duration::ZERO);
+        }
+        self.record(a, result);
     }
 
     fn record(&self, a: &Attempt<'_>, result: &Result<Verified, AuthError>) {

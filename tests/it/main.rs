@@ -22,6 +22,7 @@ mod loadtest;
 mod login;
 mod mail;
 mod mfa;
+mod oauth_flows;
 mod ops;
 mod postgres_cluster;
 mod public_paths;
