@@ -1095,3 +1095,61 @@ fn a_version_3_database_migrates_to_version_4_and_keeps_its_records() {
     store.refresh_insert(&[3; 32], &family, 100).unwrap();
     assert_eq!(store.refresh_family(&[3; 32]).unwrap(), Some(family));
 }
+
+/// A refresh token request to `ts` through the test client, with `refresh_tokens` on.
+async fn refresh_on(ts: &TestServer, refresh_token: &str) -> Reply {
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", CLIENT_ID),
+        ("client_secret", CLIENT_SECRET),
+    ])
+    .unwrap();
+    ts.client()
+        .post(
+            "/services/oauth2/token",
+            "application/x-www-form-urlencoded",
+            form,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_racing_with_one_refresh_token_revoke_its_family() {
+    let up = Upstream::start().await;
+    let mut r = replicas_with(2, &up.url(), |cfg| {
+        cfg.oauth_clients[0].refresh_tokens = true;
+    })
+    .await;
+    let (b, a) = (r.pop().unwrap(), r.pop().unwrap());
+    let token = a.add_user("race@example.com").await;
+    let login = a
+        .client()
+        .oauth_login("race@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+    let first = login.json()["refresh_token"].as_str().unwrap().to_owned();
+    // Rotated on A, the next token works on B: one family in the database.
+    let on_a = refresh_on(&a, &first).await;
+    assert_eq!(on_a.status, StatusCode::OK, "{}", on_a.text());
+    let second = on_a.json()["refresh_token"].as_str().unwrap().to_owned();
+
+    // The same token on both replicas at once: at most one wins, the other is a reuse.
+    let (x, y) = tokio::join!(refresh_on(&a, &second), refresh_on(&b, &second));
+    let won: Vec<&Reply> = [&x, &y]
+        .into_iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .collect();
+    assert!(won.len() <= 1, "both replicas rotated one token");
+    let refused = [&x, &y]
+        .into_iter()
+        .find(|r| r.status != StatusCode::OK)
+        .expect("one was refused");
+    assert_eq!(refused.json()["error"], "invalid_grant", "{}", refused.text());
+    // The family is gone: the winner's new token is refused on either replica.
+    if let Some(w) = won.first() {
+        let third = w.json()["refresh_token"].as_str().unwrap().to_owned();
+        assert_eq!(refresh_on(&a, &third).await.status, StatusCode::BAD_REQUEST);
+        assert_eq!(refresh_on(&b, &third).await.status, StatusCode::BAD_REQUEST);
+    }
+}
