@@ -98,6 +98,9 @@ pub struct Attempt<'a> {
     /// The password alone, with no token (the console's sign-in, the self-service reset, a
     /// password change's current password).
     pub password_only: bool,
+    /// The user's login ranges do not apply (an OAuth client with `ip_relaxation = "relax"`,
+    /// Salesforce's "Relax IP restrictions"); the token is still required.
+    pub relax_ranges: bool,
 }
 
 /// Admission control for argon2: at most `permits` verifications run at once on the blocking
@@ -364,7 +367,7 @@ impl Authenticator {
                         && !user.disabled
                         && !user.lockout.is_locked(now)
                         && (!hit.password_only || trusted)
-                        && user.allows(a.ip) =>
+                        && (a.relax_ranges || user.allows(a.ip)) =>
                 {
                     // A login that opens a session counts against the limits like any other,
                     // or one valid credential could open sessions without end. A Basic call
@@ -421,7 +424,7 @@ impl Authenticator {
             Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
             None => (self.dummy_user(), Some(Reason::UnknownUser)),
         };
-        if substitute.is_none() && !user.allows(a.ip) {
+        if substitute.is_none() && !a.relax_ranges && !user.allows(a.ip) {
             return Err(AuthError::Rejected(Reason::OutsideLoginRange));
         }
         if substitute.is_none() {

@@ -437,8 +437,10 @@ impl Server {
         // store by the leader, once they are past the longer of the two timeouts.
         let (idle, lifetime) = (
             app.cfg
-                .auth
-                .session_idle_timeout
+                .oauth_clients
+                .iter()
+                .filter_map(|c| c.session_idle_timeout)
+                .fold(app.cfg.auth.session_idle_timeout, Duration::max)
                 .max(app.cfg.console.session_idle_timeout),
             app.cfg
                 .auth

@@ -314,6 +314,28 @@ pub struct SessionRecord {
     pub epoch: u64,
     pub created_at: u64,
     pub last_seen: u64,
+    /// The session's own policy (its OAuth client's), kept with it so a restart or another
+    /// replica applies the same; records written before it have the defaults.
+    #[serde(default, skip_serializing_if = "SessionPolicy::is_default")]
+    pub policy: SessionPolicy,
+}
+
+/// What a session's OAuth client decided for it (`[[oauth.clients]]`): its own idle timeout,
+/// and whether the user's login ranges apply to its use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPolicy {
+    /// Idle timeout in seconds; `None`: `[auth] session_idle_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<u64>,
+    /// The user's login ranges are not enforced (`ip_relaxation = "relax"`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relax_ranges: bool,
+}
+
+impl SessionPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A refresh token family (RFC 6749 §6): the chain of refresh tokens one login started, each

@@ -733,3 +733,116 @@ fn oauth_client_settings_are_validated() {
     .to_string();
     assert!(e.contains("oauth.max_refresh_families_per_user"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaxing_client_logs_in_from_outside_the_login_ranges_but_still_needs_the_token() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |cfg| {
+        let mut c = OAuthClient::new("relaxed", "relaxed-secret");
+        c.relax_ip = true;
+        c.refresh_tokens = true;
+        cfg.oauth_clients.push(c);
+        refreshing(cfg);
+    })
+    .await;
+    let t = ts.add_user("ranged@example.com").await;
+    let secret = format!("{PASSWORD}{t}");
+    // A login with a refresh token from the enforcing client while the ranges still allow it.
+    let enforced = password_grant(
+        &ts,
+        REFRESHING,
+        REFRESHING_SECRET,
+        "ranged@example.com",
+        &secret,
+    )
+    .await;
+    let enforced_refresh = enforced.json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ts.app()
+        .users
+        .set_login_ranges("ranged@example.com", vec!["10.0.0.0/8".parse().unwrap()])
+        .unwrap();
+    // The tests connect from 127.0.0.1: outside the ranges.
+    let r = ts.client().oauth_login("ranged@example.com", &secret).await;
+    assert_eq!(r.json()["error"], "invalid_grant", "{}", r.text());
+    let r = password_grant(
+        &ts,
+        "relaxed",
+        "relaxed-secret",
+        "ranged@example.com",
+        &secret,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let sid = r.json()["access_token"].as_str().unwrap().to_owned();
+    let refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    assert!(
+        calls_work(&ts, &sid).await,
+        "its session is not held to the ranges either"
+    );
+    // The token is still required: the password alone fails, as does a wrong token.
+    for wrong in [
+        PASSWORD.to_owned(),
+        format!("{PASSWORD}{}", "x".repeat(t.len())),
+    ] {
+        let r = password_grant(
+            &ts,
+            "relaxed",
+            "relaxed-secret",
+            "ranged@example.com",
+            &wrong,
+        )
+        .await;
+        assert_eq!(r.json()["error"], "invalid_grant", "{}", r.text());
+    }
+    let r = token(
+        &ts,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", "relaxed"),
+            ("client_secret", "relaxed-secret"),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // The enforcing client's family was ended by the range change (the user's epoch moved).
+    assert_expired(&refresh_grant(&ts, &enforced_refresh).await);
+
+    // The policy is kept with the session: after a restart it is still relaxed.
+    let ts = ts.restart().await;
+    assert!(
+        calls_work(&ts, &sid).await,
+        "the relaxed session outlived the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_sessions_end_after_its_own_idle_timeout() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |cfg| {
+        let mut c = OAuthClient::new("brief", "brief-secret");
+        c.session_idle_timeout = Some(Duration::from_secs(1));
+        cfg.oauth_clients.push(c);
+    })
+    .await;
+    let t = ts.add_user("idle2@example.com").await;
+    let secret = format!("{PASSWORD}{t}");
+    let brief = password_grant(&ts, "brief", "brief-secret", "idle2@example.com", &secret).await;
+    let brief = brief.json()["access_token"].as_str().unwrap().to_owned();
+    let usual = ts.client().oauth_login("idle2@example.com", &secret).await;
+    let usual = usual.json()["access_token"].as_str().unwrap().to_owned();
+    assert!(calls_work(&ts, &brief).await);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert!(
+        !calls_work(&ts, &brief).await,
+        "idle past its client's timeout"
+    );
+    assert!(
+        calls_work(&ts, &usual).await,
+        "[auth]'s idle timeout is two hours"
+    );
+}

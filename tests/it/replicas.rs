@@ -126,6 +126,7 @@ fn conformance(store: Arc<dyn Store>) {
         epoch: 1,
         created_at: 10,
         last_seen: 20,
+        policy: Default::default(),
     };
     store.put_session(&[1; 32], &rec(&a.id)).unwrap();
     store.put_session(&[2; 32], &rec(&a.id)).unwrap();
@@ -945,6 +946,7 @@ fn sessions_nobody_holds_are_pruned_from_the_database_past_their_timeouts() {
         epoch: 1,
         created_at,
         last_seen,
+        policy: Default::default(),
     };
     store.put_session(&[1; 32], &rec(1_000, 1_000)).unwrap(); // idle too long
     store.put_session(&[2; 32], &rec(100, 5_000)).unwrap(); // too old
@@ -1145,7 +1147,12 @@ async fn two_replicas_racing_with_one_refresh_token_revoke_its_family() {
         .into_iter()
         .find(|r| r.status != StatusCode::OK)
         .expect("one was refused");
-    assert_eq!(refused.json()["error"], "invalid_grant", "{}", refused.text());
+    assert_eq!(
+        refused.json()["error"],
+        "invalid_grant",
+        "{}",
+        refused.text()
+    );
     // The family is gone: the winner's new token is refused on either replica.
     if let Some(w) = won.first() {
         let third = w.json()["refresh_token"].as_str().unwrap().to_owned();

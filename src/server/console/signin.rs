@@ -59,6 +59,7 @@ pub(super) async fn signin(
         client: client.as_deref(),
         tls: peer.tls,
         password_only: true,
+        relax_ranges: false,
     };
     let fail = |status: StatusCode, error: String| {
         page.render(

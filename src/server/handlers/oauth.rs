@@ -127,6 +127,7 @@ fn attempt<'a>(username: &'a str, client: &'a OAuthClient, peer: Client) -> Atte
         client: Some(&client.client_id),
         tls: peer.tls,
         password_only: false,
+        relax_ranges: client.relax_ip,
     }
 }
 
@@ -263,7 +264,11 @@ fn answer(
     client: &OAuthClient,
     refresh: Option<&str>,
 ) -> Result<Response<Body>, Refusal> {
-    let sid = app.sessions.create(user).map_err(|e| {
+    let policy = crate::store::SessionPolicy {
+        idle_secs: client.session_idle_timeout.map(|d| d.as_secs()),
+        relax_ranges: client.relax_ip,
+    };
+    let sid = app.sessions.create_with(user, policy).map_err(|e| {
         tracing::error!(error = %e, "could not create a session");
         Refusal::Busy
     })?;

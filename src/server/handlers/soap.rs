@@ -181,6 +181,7 @@ pub async fn soap_call(
                 client,
                 tls: peer.tls,
                 password_only: false,
+                relax_ranges: false,
             };
             let result = app.auth.login(&attempt).await;
             log_login("soap", username, &result, client);
