@@ -1,4 +1,4 @@
-//! The OAuth 2.0 resource-owner password grant as Salesforce serves it (docs/salesforce-protocol.md §2,
+//! The OAuth 2.0 token endpoint as Salesforce serves it (docs/salesforce-protocol.md §2,
 //! RFC 6749 §4.3), token revocation (RFC 7009 as Salesforce shapes it) and the identity and
 //! userinfo documents.
 
@@ -210,7 +210,7 @@ impl Identity<'_> {
         })
     }
 
-    /// The identity URL document (`GET /id/{org}/{user}`, docs/salesforce-protocol.md §2.5).
+    /// The identity URL document (`GET /id/{org}/{user}`, docs/salesforce-protocol.md §2.7).
     pub fn id_document(&self) -> serde_json::Value {
         let (first, last) = self.names();
         serde_json::json!({

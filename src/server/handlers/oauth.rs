@@ -296,10 +296,11 @@ pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// `POST /services/oauth2/revoke` with `token` in the body or the query (docs/salesforce-protocol.md
-/// §2.4): a session id ends that session, a refresh token its whole family. RFC 7009 §2.2: the
-/// answer is 200 whether or not the token was known ("invalid tokens do not cause an error
-/// response"), so revocation tells a caller nothing about a token.
+/// `POST /services/oauth2/revoke` with `token` in the body or the query
+/// (docs/salesforce-protocol.md §2.4): a session id ends that session, a refresh token its
+/// whole family. RFC 7009 §2.2: the answer is 200 whether or not the token was known
+/// ("invalid tokens do not cause an error response"), so revocation tells a caller nothing
+/// about a token.
 pub async fn oauth_revoke(app: Arc<App>, req: Request<ReqBody>) -> Response<Body> {
     let from_query = query_param(req.uri(), "token");
     let token = match from_query {
