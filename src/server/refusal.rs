@@ -107,7 +107,7 @@ pub enum TokenRefusal {
     InvalidClient {
         basic: bool,
     },
-    /// An `Authorization` header that is not readable client credentials.
+    /// An `Authorization: Basic` header that is not readable client credentials.
     MalformedClientAuth,
     /// More than one client authentication method (RFC 6749 §2.3).
     SeveralClientMethods,
@@ -224,7 +224,10 @@ impl Refusal {
             Refusal::Conflict { .. } => StatusCode::CONFLICT,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Refusal::Token(TokenRefusal::InvalidClient { basic: true }) => StatusCode::UNAUTHORIZED,
+            // RFC 6749 §5.2: a client that tried HTTP Basic and failed gets 401.
+            Refusal::Token(
+                TokenRefusal::InvalidClient { basic: true } | TokenRefusal::MalformedClientAuth,
+            ) => StatusCode::UNAUTHORIZED,
             Refusal::Token(_) => StatusCode::BAD_REQUEST,
         }
     }

@@ -379,8 +379,12 @@ async fn clients_may_authenticate_with_http_basic_but_not_two_ways_at_once() {
         Some(r#"Basic realm="tokengate""#)
     );
     let r = token(&ts, &fields, &[("authorization", "Basic !!!")]).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
     assert_eq!(r.json()["error"], "invalid_client");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Basic realm="tokengate""#)
+    );
     let r = token(
         &ts,
         &fields,
