@@ -38,6 +38,7 @@ fn attempt<'a>(username: &'a str, secret: &'a str, dialect: Dialect, ip: IpAddr)
         client: Some("bench"),
         tls: Some("TLSv1.3"),
         password_only: false,
+        relax_ranges: false,
     }
 }
 

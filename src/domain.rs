@@ -94,6 +94,12 @@ pub enum Reason {
     WrongCode,
     /// The console's second factor: a right code whose time step was already used.
     ReplayedCode,
+    /// An OAuth refresh token used a second time: its family was revoked.
+    RefreshTokenReused,
+    /// An OAuth login by a user the client's `permitted_users` does not list.
+    NotPermittedForClient,
+    /// The client_credentials grant's `run_as` user is unknown, disabled, or not API-only.
+    RunAsRefused,
 }
 
 impl Reason {
@@ -107,6 +113,9 @@ impl Reason {
             Reason::OutsideLoginRange => "outside login range",
             Reason::WrongCode => "wrong verification code",
             Reason::ReplayedCode => "replayed verification code",
+            Reason::RefreshTokenReused => "refresh token reused; its family was revoked",
+            Reason::NotPermittedForClient => "not permitted for this OAuth client",
+            Reason::RunAsRefused => "client credentials user not usable",
         }
     }
 

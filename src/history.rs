@@ -70,6 +70,13 @@ impl History {
                             Ok(Err(e)) => tracing::error!(error = %e, "could not prune login history"),
                             _ => {}
                         }
+                        // Refresh token families that ended, on the same pass.
+                        let s = store.clone();
+                        match tokio::task::spawn_blocking(move || s.refresh_prune(crate::now_secs())).await {
+                            Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "pruned ended refresh token families"),
+                            Ok(Err(e)) => tracing::error!(error = %e, "could not prune refresh token families"),
+                            _ => {}
+                        }
                         let cutoff = (crate::now_secs().saturating_sub(audit_age.as_secs())) * 1000;
                         let s = store.clone();
                         match tokio::task::spawn_blocking(move || s.audit_prune(cutoff)).await {

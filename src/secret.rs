@@ -82,6 +82,10 @@ pub enum Domain {
     Recovery,
     /// The key that seals secrets stored for reading back (`Secrets::seal`).
     Seal,
+    /// A refresh token family's id (`auth::refresh`).
+    RefreshFamily,
+    /// A refresh token (`auth::refresh`).
+    RefreshToken,
 }
 
 impl Domain {
@@ -92,6 +96,8 @@ impl Domain {
             Domain::CredentialCache => b"tokengate cache v1\0",
             Domain::Recovery => b"tokengate recovery v1\0",
             Domain::Seal => b"tokengate seal v1\0",
+            Domain::RefreshFamily => b"tokengate refresh family v1\0",
+            Domain::RefreshToken => b"tokengate refresh token v1\0",
         }
     }
 }

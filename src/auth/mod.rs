@@ -16,6 +16,7 @@
 //!    (`limit::LoginLimits::delay_failure`).
 
 pub mod cache;
+pub mod refresh;
 pub mod session;
 
 use std::net::IpAddr;
@@ -97,6 +98,9 @@ pub struct Attempt<'a> {
     /// The password alone, with no token (the console's sign-in, the self-service reset, a
     /// password change's current password).
     pub password_only: bool,
+    /// The user's login ranges do not apply (an OAuth client with `ip_relaxation = "relax"`,
+    /// Salesforce's "Relax IP restrictions"); the token is still required.
+    pub relax_ranges: bool,
 }
 
 /// Admission control for argon2: at most `permits` verifications run at once on the blocking
@@ -363,7 +367,7 @@ impl Authenticator {
                         && !user.disabled
                         && !user.lockout.is_locked(now)
                         && (!hit.password_only || trusted)
-                        && user.allows(a.ip) =>
+                        && (a.relax_ranges || user.allows(a.ip)) =>
                 {
                     // A login that opens a session counts against the limits like any other,
                     // or one valid credential could open sessions without end. A Basic call
@@ -420,7 +424,7 @@ impl Authenticator {
             Some(_) => (self.dummy_user(), Some(Reason::Disabled)),
             None => (self.dummy_user(), Some(Reason::UnknownUser)),
         };
-        if substitute.is_none() && !user.allows(a.ip) {
+        if substitute.is_none() && !a.relax_ranges && !user.allows(a.ip) {
             return Err(AuthError::Rejected(Reason::OutsideLoginRange));
         }
         if substitute.is_none() {
@@ -642,6 +646,15 @@ impl Authenticator {
         if tx.try_send(notice).is_err() {
             tracing::error!("the lock-notice queue is full; a lock notice was not sent");
         }
+    }
+
+    /// Records in the login history (and the metrics) a login decided outside the password
+    /// pipeline: a refresh token redeemed or refused, client credentials, a client's policy.
+    pub fn record_decided(&self, a: &Attempt<'_>, result: &Result<Verified, AuthError>) {
+        if let Some(outcome) = outcome_of(result) {
+            self.metrics.login(a.dialect, outcome, Duration::ZERO);
+        }
+        self.record(a, result);
     }
 
     fn record(&self, a: &Attempt<'_>, result: &Result<Verified, AuthError>) {

@@ -10,6 +10,11 @@
 //! through its user observer, with no store access on the request path. A session is also
 //! refused when it is used from outside the user's login ranges.
 //!
+//! A session made by an OAuth client's login carries that client's policy
+//! (`store::SessionPolicy`, persisted with it): its own idle timeout, and no login ranges when
+//! the client relaxes them. Both are fields of the session, read on use as the defaults are:
+//! the lookup costs the same.
+//!
 //! Each user holds at most `max_per_user` sessions: a new one past the bound ends the user's
 //! oldest, so one valid credential cannot fill the table for everyone else.
 //!
@@ -29,7 +34,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 use crate::secret::{Domain, SecretError, Secrets, Tag};
-use crate::store::{SessionChange, SessionRecord, Store, StoreError, User, UserChange};
+use crate::store::{
+    SessionChange, SessionPolicy, SessionRecord, Store, StoreError, User, UserChange,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -55,8 +62,13 @@ pub struct Session {
     /// The user's current session epoch, shared by all the user's sessions.
     live: Arc<AtomicU64>,
     /// The user's login ranges at login. A change of ranges moves the epoch on, so while the
-    /// session lives they are the user's current ones.
+    /// session lives they are the user's current ones. None for a session of an OAuth client
+    /// that relaxes them.
     ranges: Arc<[ipnet::IpNet]>,
+    /// Seconds without use that end the session: `[auth]`'s, or its OAuth client's.
+    idle: u64,
+    /// Its OAuth client's policy, as persisted.
+    policy: SessionPolicy,
     last_seen: AtomicU64,
     persisted_seen: AtomicU64,
 }
@@ -194,7 +206,18 @@ impl Sessions {
     /// (and at most a second more), where `>=` could end it up to a second early.
     fn expired(&self, s: &Session, now: u64) -> bool {
         now > s.created_at.saturating_add(self.lifetime)
-            || now > s.last_seen().saturating_add(self.idle)
+            || now > s.last_seen().saturating_add(s.idle)
+    }
+
+    /// A session's idle timeout and login ranges under `policy`.
+    fn shaped(&self, policy: SessionPolicy, user: &User) -> (u64, Arc<[ipnet::IpNet]>) {
+        let idle = policy.idle_secs.map_or(self.idle, |i| i.max(1));
+        let ranges = if policy.relax_ranges {
+            Arc::from([])
+        } else {
+            user.login_ranges.clone().into()
+        };
+        (idle, ranges)
     }
 
     /// The cell holding `user_id`'s current session epoch. A new cell is filled from the
@@ -254,9 +277,12 @@ impl Sessions {
                 doomed.push(key);
                 continue;
             };
+            let (idle, ranges) = self.shaped(rec.policy, &user);
             let s = Session {
                 live: self.epoch_cell(&user.id, user.session_epoch)?,
-                ranges: user.login_ranges.clone().into(),
+                ranges,
+                idle,
+                policy: rec.policy,
                 user_id: rec.user_id,
                 username: rec.username,
                 epoch: rec.epoch,
@@ -291,6 +317,11 @@ impl Sessions {
     /// Starts a session for `user` (as a login verified it) and returns its id. The id itself
     /// is never stored. A user past the per-user bound loses the oldest session.
     pub fn create(&self, user: &User) -> Result<String, SessionError> {
+        self.create_with(user, SessionPolicy::default())
+    }
+
+    /// [`Self::create`] for a session under its OAuth client's `policy`.
+    pub fn create_with(&self, user: &User, policy: SessionPolicy) -> Result<String, SessionError> {
         if self.map.len() >= self.max {
             self.sweep();
             if self.map.len() >= self.max {
@@ -305,8 +336,10 @@ impl Sessions {
             epoch: user.session_epoch,
             created_at: now,
             last_seen: now,
+            policy,
         };
         let key = self.key(&sid);
+        let (idle, ranges) = self.shaped(policy, user);
         let live = self.epoch_cell(&user.id, user.session_epoch)?;
         self.store.put_session(&key, &rec)?;
         self.map.insert(
@@ -317,7 +350,9 @@ impl Sessions {
                 epoch: rec.epoch,
                 created_at: now,
                 live,
-                ranges: user.login_ranges.clone().into(),
+                ranges,
+                idle,
+                policy,
                 last_seen: AtomicU64::new(now),
                 persisted_seen: AtomicU64::new(now),
             }),
@@ -350,7 +385,7 @@ impl Sessions {
             self.remove(&key);
             return Ok(None);
         }
-        if now > s.last_seen().saturating_add(self.idle) && !self.used_elsewhere(&key, &s, now)? {
+        if now > s.last_seen().saturating_add(s.idle) && !self.used_elsewhere(&key, &s, now)? {
             self.remove(&key);
             return Ok(None);
         }
@@ -381,7 +416,7 @@ impl Sessions {
         };
         s.last_seen.fetch_max(rec.last_seen, Ordering::Relaxed);
         s.persisted_seen.fetch_max(rec.last_seen, Ordering::Relaxed);
-        Ok(now <= s.last_seen().saturating_add(self.idle))
+        Ok(now <= s.last_seen().saturating_add(s.idle))
     }
 
     /// On a shared store: a session this replica does not hold, read from the store (made by
@@ -409,9 +444,12 @@ impl Sessions {
             self.store.delete_session(key)?;
             return Ok(None);
         };
+        let (idle, ranges) = self.shaped(rec.policy, &user);
         let s = Arc::new(Session {
             live: self.epoch_cell(&user.id, user.session_epoch)?,
-            ranges: user.login_ranges.clone().into(),
+            ranges,
+            idle,
+            policy: rec.policy,
             user_id: rec.user_id,
             username: rec.username,
             epoch: rec.epoch,
@@ -500,7 +538,7 @@ impl Sessions {
             if self.store.shared()
                 && s.current()
                 && now <= s.created_at.saturating_add(self.lifetime)
-                && now > s.last_seen().saturating_add(self.idle)
+                && now > s.last_seen().saturating_add(s.idle)
             {
                 // Idle here, perhaps not on another replica: forget it here only (its next
                 // use here reads it again).
@@ -535,6 +573,7 @@ impl Sessions {
                 epoch: s.epoch,
                 created_at: s.created_at,
                 last_seen: seen,
+                policy: s.policy,
             };
             if self.store.put_session(&key, &rec).is_ok() {
                 s.persisted_seen.store(seen, Ordering::Relaxed);

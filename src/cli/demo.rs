@@ -33,10 +33,7 @@ pub(super) async fn demo(args: DemoArgs) -> Result<(), CliError> {
     };
     cfg.mail.brand = "tokengate demo".into();
     let client_secret = hex_secret()?;
-    cfg.oauth_clients = vec![OAuthClient {
-        client_id: DEMO_CLIENT_ID.into(),
-        client_secret: client_secret.clone(),
-    }];
+    cfg.oauth_clients = vec![OAuthClient::new(DEMO_CLIENT_ID, client_secret.clone())];
     let server = match Server::start(cfg.clone()).await {
         Ok(s) => s,
         Err(server::ServerError::Bind { .. }) => {

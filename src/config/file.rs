@@ -157,6 +157,8 @@ pub struct Upstream {
     /// A response body from the upstream that sends nothing for this long is aborted.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
+    /// Paths forwarded without authentication: exact, or a prefix when ending in `*`.
+    pub public_paths: Vec<String>,
 }
 
 impl Default for Upstream {
@@ -170,6 +172,7 @@ impl Default for Upstream {
             pool_max_idle_per_host: 256,
             max_connections: 1024,
             body_idle_timeout: Duration::from_secs(60),
+            public_paths: Vec::new(),
         }
     }
 }
@@ -262,10 +265,30 @@ impl Default for Auth {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OAuth {
     pub clients: Vec<OAuthClient>,
+    /// A refresh token family ends this long after its login, however used (clients may say
+    /// otherwise).
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_lifetime: Duration,
+    /// ... and this long after its last use.
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_idle: Duration,
+    /// Live refresh token families one user may hold; past it the oldest ends.
+    pub max_refresh_families_per_user: usize,
+}
+
+impl Default for OAuth {
+    fn default() -> Self {
+        Self {
+            clients: Vec::new(),
+            refresh_token_lifetime: Duration::from_secs(90 * 86_400),
+            refresh_token_idle: Duration::from_secs(30 * 86_400),
+            max_refresh_families_per_user: 100,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +298,26 @@ pub struct OAuthClient {
     pub client_secret: Option<String>,
     /// Name of an environment variable holding the secret, so it stays out of the file.
     pub client_secret_env: Option<String>,
+    /// Whether the password grant's answer carries a refresh token.
+    #[serde(default)]
+    pub refresh_tokens: bool,
+    /// This client's `[oauth] refresh_token_lifetime` / `refresh_token_idle`.
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_token_lifetime: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_token_idle: Option<Duration>,
+    /// The user the client_credentials grant acts as; absent: no client_credentials grant.
+    pub run_as: Option<String>,
+    /// `run_as` may name a user who is not API-only.
+    #[serde(default)]
+    pub allow_interactive_run_as: bool,
+    /// The only users who may log in through this client; absent: all.
+    pub permitted_users: Option<Vec<String>>,
+    /// "enforce" (the default) or "relax": this client's logins ignore the user's login ranges.
+    pub ip_relaxation: Option<String>,
+    /// The idle timeout of sessions from this client's logins; absent: `[auth]`'s.
+    #[serde(default, with = "humantime_serde")]
+    pub session_idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -49,6 +49,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub oauth_clients: Vec<OAuthClient>,
+    /// `[oauth] max_refresh_families_per_user`.
+    pub refresh_families_per_user: usize,
     pub tokens: TokensConfig,
     pub mail: MailConfig,
     pub limits: LimitsConfig,
@@ -218,6 +220,35 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     pub max_connections: usize,
     pub body_idle_timeout: Duration,
+    /// `public_paths`: forwarded without authentication or identity.
+    pub public_paths: PublicPaths,
+}
+
+/// `[upstream] public_paths`, validated: paths of the upstream anyone may call, forwarded
+/// without authentication and without identity headers. An entry is an exact path, or a
+/// prefix when written with a trailing `*`. They are matched against the path the router
+/// uses (`server::target`: no dot segments or encoded separators, slashes collapsed), so what
+/// matches here is what the upstream is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct PublicPaths {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl PublicPaths {
+    pub fn new(exact: Vec<String>, prefixes: Vec<String>) -> Self {
+        Self { exact, prefixes }
+    }
+
+    /// Whether nothing is public (the default): the forwarding path then asks nothing more.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Whether `path` (canonical, as routed) is public.
+    pub fn matches(&self, path: &str) -> bool {
+        self.exact.iter().any(|e| e == path) || self.prefixes.iter().any(|p| path.starts_with(p))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -318,10 +349,54 @@ impl PasswordPolicy {
     }
 }
 
+/// A registered OAuth client (`[[oauth.clients]]`) with its policy resolved: the global
+/// defaults filled in, usernames canonical.
 #[derive(Clone)]
 pub struct OAuthClient {
     pub client_id: String,
     pub client_secret: String,
+    /// The password grant's answer carries a refresh token (RFC 6749 §6).
+    pub refresh_tokens: bool,
+    /// A refresh token family ends this long after its login ...
+    pub refresh_token_lifetime: Duration,
+    /// ... and this long after its last use.
+    pub refresh_token_idle: Duration,
+    /// The canonical username the client_credentials grant acts as.
+    pub run_as: Option<String>,
+    pub allow_interactive_run_as: bool,
+    /// Canonical usernames; `None`: every user.
+    pub permitted_users: Option<Vec<String>>,
+    /// Logins through this client ignore the user's login ranges (Salesforce's "Relax IP
+    /// restrictions"); the token is still required outside trusted networks.
+    pub relax_ip: bool,
+    /// Idle timeout of this client's sessions; `None`: `[auth] session_idle_timeout`.
+    pub session_idle_timeout: Option<Duration>,
+}
+
+impl OAuthClient {
+    /// A client with the default policy: the password grant only, for every user.
+    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
+        let d = file::OAuth::default();
+        Self {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            refresh_tokens: false,
+            refresh_token_lifetime: d.refresh_token_lifetime,
+            refresh_token_idle: d.refresh_token_idle,
+            run_as: None,
+            allow_interactive_run_as: false,
+            permitted_users: None,
+            relax_ip: false,
+            session_idle_timeout: None,
+        }
+    }
+
+    /// Whether `canonical_username` may log in through this client.
+    pub fn permits(&self, canonical_username: &str) -> bool {
+        self.permitted_users
+            .as_ref()
+            .is_none_or(|users| users.iter().any(|u| u == canonical_username))
+    }
 }
 
 impl std::fmt::Debug for OAuthClient {
@@ -329,7 +404,11 @@ impl std::fmt::Debug for OAuthClient {
         f.debug_struct("OAuthClient")
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
-            .finish()
+            .field("refresh_tokens", &self.refresh_tokens)
+            .field("run_as", &self.run_as)
+            .field("permitted_users", &self.permitted_users)
+            .field("relax_ip", &self.relax_ip)
+            .finish_non_exhaustive()
     }
 }
 
@@ -368,6 +447,12 @@ impl Config {
             store: validate::store(&f.store, base)?,
             auth: validate::auth(&f.auth)?,
             oauth_clients: validate::oauth(&f.oauth)?,
+            refresh_families_per_user: validate::bounded(
+                "oauth.max_refresh_families_per_user",
+                f.oauth.max_refresh_families_per_user,
+                1,
+                10_000,
+            )?,
             tokens: validate::tokens(&f.tokens)?,
             mail: validate::mail(&f.mail, base)?,
             limits: validate::limits(&f.limits)?,

@@ -218,7 +218,55 @@ pub(super) fn upstream(u: &file::Upstream, base: &Path) -> Result<UpstreamConfig
         )?,
         max_connections: bounded("upstream.max_connections", u.max_connections, 1, 1_000_000)?,
         body_idle_timeout: nonzero("upstream.body_idle_timeout", u.body_idle_timeout)?,
+        public_paths: public_paths(&u.public_paths)?,
     })
+}
+
+/// `upstream.public_paths`: each entry a canonical path (as `server::target` leaves a path the
+/// router matches: starting with `/`, no dot segments, no `%`, no repeated slashes), with `*`
+/// only as its last character; none may reach tokengate's own `/tokengate/` paths.
+fn public_paths(list: &[String]) -> Result<super::PublicPaths, ConfigError> {
+    const KEY: &str = "upstream.public_paths";
+    let (mut exact, mut prefixes) = (Vec::new(), Vec::new());
+    for entry in list {
+        let (path, prefix) = match entry.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (entry.as_str(), false),
+        };
+        let canonical = path.starts_with('/')
+            && !path.contains(['*', '%', '?', '#', '\\'])
+            && !path.contains("//")
+            && !path.bytes().any(|b| b.is_ascii_control() || b == b' ')
+            && !path.split('/').any(|seg| seg == "." || seg == "..");
+        if !canonical {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "'{entry}' must be a path such as /status or a prefix such as /status/*, \
+                     without dot segments, '%', repeated slashes, or '*' before the end"
+                ),
+            ));
+        }
+        // A path under /tokengate/ (or a prefix that covers it) would hand tokengate's own
+        // endpoints to anyone, were they ever forwarded.
+        let ours = if prefix {
+            "/tokengate/".starts_with(path) || path.starts_with("/tokengate/")
+        } else {
+            path == "/tokengate" || path.starts_with("/tokengate/")
+        };
+        if ours {
+            return Err(invalid(
+                KEY,
+                format!("'{entry}' reaches tokengate's own paths under /tokengate/"),
+            ));
+        }
+        if prefix {
+            prefixes.push(path.to_owned());
+        } else {
+            exact.push(path.to_owned());
+        }
+    }
+    Ok(super::PublicPaths::new(exact, prefixes))
 }
 
 pub(super) fn store(s: &file::Store, base: &Path) -> Result<StoreConfig, ConfigError> {
@@ -447,9 +495,81 @@ pub(super) fn oauth(o: &file::OAuth) -> Result<Vec<OAuthClient>, ConfigError> {
                 "must be at least 8 characters",
             ));
         }
+        let lifetime = nonzero(
+            &format!("{key}.refresh_token_lifetime"),
+            c.refresh_token_lifetime.unwrap_or(o.refresh_token_lifetime),
+        )?;
+        let idle = nonzero(
+            &format!("{key}.refresh_token_idle"),
+            c.refresh_token_idle.unwrap_or(o.refresh_token_idle),
+        )?;
+        if idle > lifetime {
+            return Err(invalid(
+                &format!("{key}.refresh_token_idle"),
+                "must not be longer than refresh_token_lifetime",
+            ));
+        }
+        let username = |k: &str, u: &str| {
+            let u = crate::domain::canonical_username(u);
+            if u.is_empty() || u.len() > 256 {
+                Err(invalid(
+                    &format!("{key}.{k}"),
+                    "a username is 1 to 256 characters",
+                ))
+            } else {
+                Ok(u)
+            }
+        };
+        let run_as = c
+            .run_as
+            .as_deref()
+            .map(|u| username("run_as", u))
+            .transpose()?;
+        if c.allow_interactive_run_as && run_as.is_none() {
+            return Err(invalid(
+                &format!("{key}.allow_interactive_run_as"),
+                "needs run_as",
+            ));
+        }
+        let permitted_users = match &c.permitted_users {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return Err(invalid(
+                    &format!("{key}.permitted_users"),
+                    "lists nobody: leave it out to permit every user",
+                ));
+            }
+            Some(list) => Some(
+                list.iter()
+                    .map(|u| username("permitted_users", u))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let relax_ip = match c.ip_relaxation.as_deref() {
+            None | Some("enforce") => false,
+            Some("relax") => true,
+            Some(other) => {
+                return Err(invalid(
+                    &format!("{key}.ip_relaxation"),
+                    format!("'{other}' is not enforce or relax"),
+                ));
+            }
+        };
+        let session_idle_timeout = c
+            .session_idle_timeout
+            .map(|d| nonzero(&format!("{key}.session_idle_timeout"), d))
+            .transpose()?;
         clients.push(OAuthClient {
             client_id: c.client_id.clone(),
             client_secret: secret,
+            refresh_tokens: c.refresh_tokens,
+            refresh_token_lifetime: lifetime,
+            refresh_token_idle: idle,
+            run_as,
+            allow_interactive_run_as: c.allow_interactive_run_as,
+            permitted_users,
+            relax_ip,
+            session_idle_timeout,
         });
     }
     Ok(clients)
@@ -638,7 +758,7 @@ fn at_least_one(key: &str, v: u32) -> Result<NonZeroU32, ConfigError> {
     NonZeroU32::new(v).ok_or_else(|| invalid(key, "must be at least 1"))
 }
 
-fn bounded(key: &str, v: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+pub(super) fn bounded(key: &str, v: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
     if v < min || v > max {
         return Err(invalid(key, format!("{v} is outside {min}..={max}")));
     }

@@ -129,12 +129,13 @@ impl Upstream {
     /// Sends `req` upstream on behalf of `who` and streams the answer back. Failures become
     /// 502 (unreachable) or 504 (no answer in time) with a JSON body, never a hang.
     /// `host` is the request's validated host (`server::target`), kept so the upstream sees
-    /// the name the client used; `None` for an HTTP/1.0 request without one.
+    /// the name the client used; `None` for an HTTP/1.0 request without one. `who` is `None`
+    /// on a public path: the request goes without identity.
     pub async fn forward(
         &self,
         mut req: Request<Body>,
         peer: IpAddr,
-        who: Principal<'_>,
+        who: Option<Principal<'_>>,
         host: Option<HeaderValue>,
     ) -> Response<Body> {
         let from_http2 = req.version() == Version::HTTP_2;

@@ -113,24 +113,41 @@ pub fn strip_client_credentials(headers: &mut HeaderMap) {
 /// tokengate's own cookies: never sent upstream, never set by the upstream.
 pub const OWN_COOKIES: [&str; 1] = [crate::server::console::COOKIE];
 
+/// Cookies that carry a Salesforce session id (`sid`, as the Salesforce UI and Visualforce
+/// send it): a credential, never relayed on a public path, where nobody vouched for it.
+pub const SESSION_COOKIES: [&str; 1] = ["sid"];
+
 fn is_own_cookie(name: &str) -> bool {
     OWN_COOKIES
         .iter()
         .any(|c| c.eq_ignore_ascii_case(name.trim()))
 }
 
-/// Removes tokengate's own cookies from the `Cookie` header and, for a request that came over
-/// HTTP/2, joins its `cookie` fields into one with "; " (RFC 9113 §8.2.3): an HTTP/1.1
-/// upstream expects one `Cookie` line, and WSGI servers keep only one.
-pub fn clean_cookies(headers: &mut HeaderMap, from_http2: bool) {
+fn is_session_cookie(name: &str) -> bool {
+    is_own_cookie(name)
+        || SESSION_COOKIES
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(name.trim()))
+}
+
+/// Removes tokengate's own cookies from the `Cookie` header (and, with `anonymous`, the
+/// session cookies too) and, for a request that came over HTTP/2, joins its `cookie` fields
+/// into one with "; " (RFC 9113 §8.2.3): an HTTP/1.1 upstream expects one `Cookie` line, and
+/// WSGI servers keep only one.
+pub fn clean_cookies(headers: &mut HeaderMap, from_http2: bool, anonymous: bool) {
     let Some(first) = headers.get(header::COOKIE) else {
         return;
+    };
+    let doomed: fn(&str) -> bool = if anonymous {
+        is_session_cookie
+    } else {
+        is_own_cookie
     };
     let several = from_http2 && headers.get_all(header::COOKIE).iter().nth(1).is_some();
     let ours = |v: &HeaderValue| {
         v.to_str().map_or(true, |v| {
             v.split(';')
-                .any(|pair| is_own_cookie(pair.split('=').next().unwrap_or("")))
+                .any(|pair| doomed(pair.split('=').next().unwrap_or("")))
         })
     };
     if !several && !ours(first) {
@@ -142,7 +159,7 @@ pub fn clean_cookies(headers: &mut HeaderMap, from_http2: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && !is_own_cookie(pair.split('=').next().unwrap_or("")))
+        .filter(|pair| !pair.is_empty() && !doomed(pair.split('=').next().unwrap_or("")))
         .map(str::to_owned)
         .collect();
     headers.remove(header::COOKIE);
@@ -200,7 +217,9 @@ pub struct Principal<'a> {
 pub struct Outbound<'a> {
     /// The request came over HTTP/2 (its cookies may be split over several fields).
     pub from_http2: bool,
-    pub who: Principal<'a>,
+    /// Who the request acts for; `None` on a public path (`[upstream] public_paths`): no
+    /// identity headers, and no session cookie either.
+    pub who: Option<Principal<'a>>,
     /// The client's address, as `server::conn::client_ip` found it.
     pub peer: IpAddr,
     /// The request's validated host (`server::target`), so the upstream sees the name the
@@ -217,12 +236,14 @@ pub fn outbound(h: &mut HeaderMap, o: Outbound<'_>) {
     let request_id = h.remove(crate::server::access::X_REQUEST_ID);
     strip_hop_by_hop(h);
     strip_client_credentials(h);
-    clean_cookies(h, o.from_http2);
-    if let Ok(v) = HeaderValue::from_str(o.who.username) {
-        h.insert(X_TOKENGATE_USER, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(o.who.user_id) {
-        h.insert(X_TOKENGATE_USER_ID, v);
+    clean_cookies(h, o.from_http2, o.who.is_none());
+    if let Some(who) = o.who {
+        if let Ok(v) = HeaderValue::from_str(who.username) {
+            h.insert(X_TOKENGATE_USER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(who.user_id) {
+            h.insert(X_TOKENGATE_USER_ID, v);
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&o.peer.to_string()) {
         h.insert(X_FORWARDED_FOR, v);
@@ -298,17 +319,20 @@ mod tests {
             "cookie",
             HeaderValue::from_static("__Host-tg_console=secret; b=2"),
         );
-        clean_cookies(&mut h, true);
+        clean_cookies(&mut h, true, false);
         assert_eq!(h.get_all("cookie").iter().count(), 1);
         assert_eq!(h["cookie"], "a=1; b=2");
         let mut h = HeaderMap::new();
         h.insert("cookie", HeaderValue::from_static("__host-tg_console=x"));
-        clean_cookies(&mut h, false);
+        clean_cookies(&mut h, false, false);
         assert!(!h.contains_key("cookie"));
         let mut h = HeaderMap::new();
         h.insert("cookie", HeaderValue::from_static("sid=1; other=2"));
-        clean_cookies(&mut h, false);
+        clean_cookies(&mut h, false, false);
         assert_eq!(h["cookie"], "sid=1; other=2");
+        // A public path's request carries nobody's session: `sid` goes too.
+        clean_cookies(&mut h, false, true);
+        assert_eq!(h["cookie"], "other=2");
         let mut h = HeaderMap::new();
         h.append(
             "set-cookie",

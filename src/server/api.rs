@@ -419,6 +419,7 @@ async fn change_password(call: Call) -> Answer {
             client: client.as_deref(),
             tls: peer.tls,
             password_only: true,
+            relax_ranges: false,
         };
         match app.auth.login(&attempt).await.map_err(Refusal::from) {
             Ok(v) if v.user.id == user.id => {}

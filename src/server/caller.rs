@@ -183,6 +183,7 @@ pub async fn identify<'a>(
                 client: login.client,
                 tls: peer.tls,
                 password_only: login.password_only,
+                relax_ranges: false,
             };
             let result = app.auth.login(&attempt).await;
             // Successes are in the login history; failures are worth a log line too.

@@ -92,6 +92,8 @@ pub struct App {
     pub secrets: Arc<Secrets>,
     pub auth: Authenticator,
     pub sessions: Arc<Sessions>,
+    /// OAuth refresh token families.
+    pub refresh: crate::auth::refresh::RefreshTokens,
     pub upstream: Upstream,
     pub users: Arc<Users>,
     pub history: Arc<History>,
@@ -372,6 +374,11 @@ impl Server {
         let reset_per_ip = KeyedLimiter::new(cfg.tokens.reset_per_ip_per_hour, HOUR, 100_000);
 
         let cfg_oauth = cfg.oauth_clients.clone();
+        let refresh = crate::auth::refresh::RefreshTokens::new(
+            store.clone(),
+            secrets.clone(),
+            cfg.refresh_families_per_user,
+        );
         let hosts = hosts_of(&cfg, &origin);
         let bodies = Budget::new(cfg.server.max_buffered_body_bytes);
         let app = Arc::new(App {
@@ -380,6 +387,7 @@ impl Server {
             secrets,
             auth,
             sessions: sessions.clone(),
+            refresh,
             upstream,
             users,
             history,
@@ -429,8 +437,10 @@ impl Server {
         // store by the leader, once they are past the longer of the two timeouts.
         let (idle, lifetime) = (
             app.cfg
-                .auth
-                .session_idle_timeout
+                .oauth_clients
+                .iter()
+                .filter_map(|c| c.session_idle_timeout)
+                .fold(app.cfg.auth.session_idle_timeout, Duration::max)
                 .max(app.cfg.console.session_idle_timeout),
             app.cfg
                 .auth

@@ -91,6 +91,61 @@ pub enum Refusal {
     },
     /// Something broke on our side; logged where it happened, never described to the caller.
     Internal,
+    /// A refusal of the OAuth token endpoint's own (RFC 6749 §5.2).
+    Token(TokenRefusal),
+}
+
+/// The token endpoint's refusals, as Salesforce's token endpoint words them
+/// (docs/salesforce-protocol.md §2.3): all 400, but a client that authenticated with HTTP
+/// Basic and failed gets 401 with `WWW-Authenticate` (RFC 6749 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    UnsupportedGrantType,
+    /// No `client_id`, or one that is not registered.
+    InvalidClientId,
+    /// The client's secret is missing or wrong; `basic`: it was presented with HTTP Basic.
+    InvalidClient {
+        basic: bool,
+    },
+    /// An `Authorization: Basic` header that is not readable client credentials.
+    MalformedClientAuth,
+    /// More than one client authentication method (RFC 6749 §2.3).
+    SeveralClientMethods,
+    /// A refresh token that is unknown, already used, revoked or expired.
+    ExpiredRefreshToken,
+    /// The client is not allowed this grant type (RFC 6749 §5.2 `unauthorized_client`).
+    UnauthorizedClient,
+    /// client_credentials for a client without a `run_as` user (Salesforce's words).
+    NoClientCredentialsUser,
+}
+
+impl TokenRefusal {
+    /// `(error, error_description)`.
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            TokenRefusal::UnsupportedGrantType => {
+                ("unsupported_grant_type", "grant type not supported")
+            }
+            TokenRefusal::InvalidClientId => ("invalid_client_id", "client identifier invalid"),
+            TokenRefusal::InvalidClient { .. } => ("invalid_client", "invalid client credentials"),
+            TokenRefusal::MalformedClientAuth => (
+                "invalid_client",
+                "the Authorization header is not readable client credentials",
+            ),
+            TokenRefusal::SeveralClientMethods => (
+                "invalid_request",
+                "use one client authentication method: HTTP Basic or client_secret in the body",
+            ),
+            TokenRefusal::ExpiredRefreshToken => ("invalid_grant", "expired access/refresh token"),
+            TokenRefusal::UnauthorizedClient => (
+                "unauthorized_client",
+                "this client is not allowed this grant type",
+            ),
+            TokenRefusal::NoClientCredentialsUser => {
+                ("invalid_grant", "no client credentials user enabled")
+            }
+        }
+    }
 }
 
 /// How the caller speaks, which decides the shape of a refusal.
@@ -169,6 +224,11 @@ impl Refusal {
             Refusal::Conflict { .. } => StatusCode::CONFLICT,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            // RFC 6749 §5.2: a client that tried HTTP Basic and failed gets 401.
+            Refusal::Token(
+                TokenRefusal::InvalidClient { basic: true } | TokenRefusal::MalformedClientAuth,
+            ) => StatusCode::UNAUTHORIZED,
+            Refusal::Token(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -196,6 +256,7 @@ impl Refusal {
             }
             Refusal::MethodNotAllowed { allow } => format!("use {allow}").into(),
             Refusal::Internal => "internal error".into(),
+            Refusal::Token(t) => t.words().1.into(),
         }
     }
 
@@ -345,6 +406,17 @@ impl Refusal {
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
             Refusal::Invalid { code, message } => oauth::error(code, message),
+            Refusal::Token(t) => {
+                let (error, description) = t.words();
+                let mut r = with_status(oauth::error(error, description), self.status());
+                if self.status() == StatusCode::UNAUTHORIZED {
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(r#"Basic realm="tokengate""#),
+                    );
+                }
+                r
+            }
             Refusal::BodyTooLarge { .. } => with_status(
                 oauth::error("invalid_request", "request body too large"),
                 self.status(),
@@ -419,6 +491,7 @@ impl Refusal {
                 json_error(status, "method_not_allowed", &self.message())
             }
             Refusal::Internal => json_error(status, "internal", "internal error"),
+            Refusal::Token(t) => json_error(status, t.words().0, t.words().1),
             Refusal::BodyTooLarge { .. }
             | Refusal::BodyTimeout
             | Refusal::BadRequest(_)

@@ -322,6 +322,56 @@ pub struct SessionRecord {
     pub epoch: u64,
     pub created_at: u64,
     pub last_seen: u64,
+    /// The session's own policy (its OAuth client's), kept with it so a restart or another
+    /// replica applies the same; records written before it have the defaults.
+    #[serde(default, skip_serializing_if = "SessionPolicy::is_default")]
+    pub policy: SessionPolicy,
+}
+
+/// What a session's OAuth client decided for it (`[[oauth.clients]]`): its own idle timeout,
+/// and whether the user's login ranges apply to its use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPolicy {
+    /// Idle timeout in seconds; `None`: `[auth] session_idle_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<u64>,
+    /// The user's login ranges are not enforced (`ip_relaxation = "relax"`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relax_ranges: bool,
+}
+
+impl SessionPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A refresh token family (RFC 6749 §6): the chain of refresh tokens one login started, each
+/// use replacing the token with a new one (RFC 9700 §4.14.2). Stored under the keyed hash of
+/// the family's id; `current` is the keyed hash of the one token that may be used next. No
+/// token is stored. Families are not backed up (`backup`): they are credentials, and a
+/// restored family would make tokens rotated away since usable again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefreshFamily {
+    pub user_id: String,
+    pub username: String,
+    pub client_id: String,
+    /// The user's session epoch at the login: a disable, password change, token reset, lock
+    /// or login-range change moves it on and ends the family, as it ends sessions.
+    pub epoch: u64,
+    pub created_at: u64,
+    /// The family ends then however used (the client's lifetime, from the login).
+    pub expires_at: u64,
+    /// ... or then, unless used before (every rotation moves it on by the client's idle time).
+    pub idle_until: u64,
+    pub current: Tag,
+}
+
+impl RefreshFamily {
+    /// When the family ends if nobody uses it.
+    pub fn ends_at(&self) -> u64 {
+        self.expires_at.min(self.idle_until)
+    }
 }
 
 /// Receives exported records: (collection, key, value).
@@ -404,6 +454,29 @@ pub trait Store: Send + Sync + 'static {
     /// Calls `visit` with every persisted session, one record at a time.
     fn for_each_session(&self, visit: &mut dyn FnMut(Tag, SessionRecord))
     -> Result<(), StoreError>;
+
+    /// Stores a new refresh token family; past `max_per_user` live families of its user, the
+    /// oldest end.
+    fn refresh_insert(
+        &self,
+        key: &Tag,
+        family: &RefreshFamily,
+        max_per_user: usize,
+    ) -> Result<(), StoreError>;
+    fn refresh_family(&self, key: &Tag) -> Result<Option<RefreshFamily>, StoreError>;
+    /// Replaces the family with `next` if its current token is still `expected`; `false` when
+    /// it is not (used already, revoked, gone). Atomic: of rotations racing with the same
+    /// token, on any number of replicas, exactly one succeeds.
+    fn refresh_rotate(
+        &self,
+        key: &Tag,
+        expected: &Tag,
+        next: &RefreshFamily,
+    ) -> Result<bool, StoreError>;
+    /// Ends a family; returns whether it existed.
+    fn refresh_delete(&self, key: &Tag) -> Result<bool, StoreError>;
+    /// Deletes the families that ended before `now` (Unix seconds); returns how many.
+    fn refresh_prune(&self, now: u64) -> Result<usize, StoreError>;
 
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;

@@ -15,8 +15,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::cache::UserCache;
 use super::{
-    ExportSink, HistoryFilter, HistoryRow, SessionRecord, Store, StoreError, User, UserChange,
-    UserObserver,
+    ExportSink, HistoryFilter, HistoryRow, RefreshFamily, SessionRecord, Store, StoreError, User,
+    UserChange, UserObserver,
 };
 use crate::audit;
 use crate::secret::Tag;
@@ -44,6 +44,10 @@ pub struct SledStore {
     /// time order, so finding the due ones reads a few keys instead of every user record.
     /// Written in the same transaction as the user record; derived, so not exported.
     rotations: sled::Tree,
+    /// Refresh token families: family key → record (`RefreshFamily`). Not exported.
+    refresh: sled::Tree,
+    /// user id ‖ 0 ‖ family key → empty: each user's families, for the per-user bound.
+    refresh_users: sled::Tree,
     /// Writers hold it shared; a backup holds it exclusively, so its snapshot is consistent
     /// across trees.
     gate: std::sync::RwLock<()>,
@@ -107,6 +111,8 @@ impl SledStore {
             audit_append: std::sync::Mutex::new(()),
             admins: std::sync::Mutex::new(()),
             rotations: db.open_tree("rotations").map_err(io)?,
+            refresh: db.open_tree("refresh").map_err(io)?,
+            refresh_users: db.open_tree("refresh_users").map_err(io)?,
             gate: std::sync::RwLock::new(()),
             cache: UserCache::default(),
             names: dashmap::DashSet::new(),
@@ -421,6 +427,99 @@ impl Store for SledStore {
             visit(key, decode("session", &v)?);
         }
         Ok(())
+    }
+
+    fn refresh_insert(
+        &self,
+        key: &Tag,
+        family: &RefreshFamily,
+        max_per_user: usize,
+    ) -> Result<(), StoreError> {
+        let _gate = self.write_gate();
+        let index = |user: &str, key: &[u8]| [user.as_bytes(), &[0], key].concat();
+        self.refresh.insert(key, encode(family)).map_err(io)?;
+        self.refresh_users
+            .insert(index(&family.user_id, key), &[])
+            .map_err(io)?;
+        let prefix = [family.user_id.as_bytes(), &[0]].concat();
+        let mut held = Vec::new();
+        for item in self.refresh_users.scan_prefix(&prefix).keys() {
+            let k = item.map_err(io)?;
+            let fk = &k[prefix.len()..];
+            match self.refresh.get(fk).map_err(io)? {
+                Some(v) => held.push((decode::<RefreshFamily>("refresh", &v)?.created_at, k)),
+                None => {
+                    self.refresh_users.remove(&k).map_err(io)?;
+                }
+            }
+        }
+        if held.len() > max_per_user {
+            held.sort_by_key(|(created, _)| *created);
+            for (_, k) in &held[..held.len() - max_per_user] {
+                self.refresh.remove(&k[prefix.len()..]).map_err(io)?;
+                self.refresh_users.remove(k).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn refresh_family(&self, key: &Tag) -> Result<Option<RefreshFamily>, StoreError> {
+        self.refresh
+            .get(key)
+            .map_err(io)?
+            .map(|v| decode("refresh", &v))
+            .transpose()
+    }
+
+    fn refresh_rotate(
+        &self,
+        key: &Tag,
+        expected: &Tag,
+        next: &RefreshFamily,
+    ) -> Result<bool, StoreError> {
+        let _gate = self.write_gate();
+        let Some(old) = self.refresh.get(key).map_err(io)? else {
+            return Ok(false);
+        };
+        let held: RefreshFamily = decode("refresh", &old)?;
+        if held.current != *expected {
+            return Ok(false);
+        }
+        // Compare-and-swap on the bytes read: a rotation that won in between changed them.
+        Ok(self
+            .refresh
+            .compare_and_swap(key, Some(old), Some(encode(next)))
+            .map_err(io)?
+            .is_ok())
+    }
+
+    fn refresh_delete(&self, key: &Tag) -> Result<bool, StoreError> {
+        let _gate = self.write_gate();
+        let Some(old) = self.refresh.remove(key).map_err(io)? else {
+            return Ok(false);
+        };
+        if let Ok(f) = decode::<RefreshFamily>("refresh", &old) {
+            let k = [f.user_id.as_bytes(), &[0], key.as_slice()].concat();
+            self.refresh_users.remove(k).map_err(io)?;
+        }
+        Ok(true)
+    }
+
+    fn refresh_prune(&self, now: u64) -> Result<usize, StoreError> {
+        let mut ended = Vec::new();
+        for item in self.refresh.iter() {
+            let (k, v) = item.map_err(io)?;
+            if decode::<RefreshFamily>("refresh", &v).is_ok_and(|f| f.ends_at() < now) {
+                ended.push(k);
+            }
+        }
+        let mut n = 0;
+        for k in ended {
+            if let Ok(key) = <Tag>::try_from(k.as_ref()) {
+                n += usize::from(self.refresh_delete(&key)?);
+            }
+        }
+        Ok(n)
     }
 
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -1,4 +1,4 @@
-//! The OAuth 2.0 resource-owner password grant as Salesforce serves it (docs/salesforce-protocol.md §2,
+//! The OAuth 2.0 token endpoint as Salesforce serves it (docs/salesforce-protocol.md §2,
 //! RFC 6749 §4.3), token revocation (RFC 7009 as Salesforce shapes it) and the identity and
 //! userinfo documents.
 
@@ -59,6 +59,66 @@ impl Form {
     }
 }
 
+/// How a client authenticated to the token endpoint (RFC 6749 §2.3).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` (and `client_secret`) in the form body.
+    Form,
+    /// `client_secret_basic` (RFC 6749 §2.3.1): `Authorization: Basic`.
+    Basic { id: String, secret: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClientAuthError {
+    #[error("the Authorization header is not readable client credentials")]
+    Malformed,
+    /// RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in each
+    /// request."
+    #[error("the client authenticated more than one way")]
+    SeveralMethods,
+}
+
+/// The client authentication a token request carries: HTTP Basic (RFC 6749 §2.3.1: the
+/// client id and secret each `application/x-www-form-urlencoded` before being joined by a
+/// colon and base64-encoded), or the form's `client_id`/`client_secret`. A `client_secret`
+/// in the form next to Basic credentials is a second method; a `client_id` in the form may
+/// accompany them only if it names the same client.
+pub fn client_auth(headers: &http::HeaderMap, form: &Form) -> Result<ClientAuth, ClientAuthError> {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(ClientAuth::Form);
+    };
+    let value = value.to_str().map_err(|_| ClientAuthError::Malformed)?;
+    let (scheme, b64) = value.trim().split_once(' ').unwrap_or((value, ""));
+    // Only Basic authenticates a client here; a stale Bearer header some SDKs keep sending is
+    // not a second method (the token endpoint never read it).
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(ClientAuth::Form);
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| ClientAuthError::Malformed)?;
+    let text = std::str::from_utf8(&raw).map_err(|_| ClientAuthError::Malformed)?;
+    let (id, secret) = text.split_once(':').ok_or(ClientAuthError::Malformed)?;
+    let (id, secret) = (form_decode(id)?, form_decode(secret)?);
+    if id.is_empty() {
+        return Err(ClientAuthError::Malformed);
+    }
+    if form.get("client_secret").is_some() || form.get("client_id").is_some_and(|f| f != id) {
+        return Err(ClientAuthError::SeveralMethods);
+    }
+    Ok(ClientAuth::Basic { id, secret })
+}
+
+/// One `application/x-www-form-urlencoded` value: `+` is a space, then percent-decoding
+/// (WHATWG URL, "application/x-www-form-urlencoded parsing").
+fn form_decode(s: &str) -> Result<String, ClientAuthError> {
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| ClientAuthError::Malformed)
+}
+
 /// 400 `{"error": ..., "error_description": ...}`; Salesforce uses 400 for every token error,
 /// bad credentials included (docs/salesforce-protocol.md §2.3).
 pub fn error(error: &str, description: &str) -> Response<Body> {
@@ -80,15 +140,19 @@ pub fn signature(client_secret: &str, id_url: &str, issued_at: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(ctx.sign().as_ref())
 }
 
+/// The token endpoint's success (docs/salesforce-protocol.md §2.2), with a `refresh_token`
+/// when one was issued (RFC 6749 §5.1); `scope` then says `refresh_token` too, as Salesforce
+/// does.
 pub fn token_response(
     access_token: &str,
     instance_url: &str,
     id_url: &str,
     issued_at_ms: u128,
     client_secret: &str,
+    refresh_token: Option<&str>,
 ) -> Response<Body> {
     let issued_at = issued_at_ms.to_string();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "access_token": access_token,
         "instance_url": instance_url,
         "id": id_url,
@@ -97,6 +161,10 @@ pub fn token_response(
         "signature": signature(client_secret, id_url, &issued_at),
         "scope": "api",
     });
+    if let Some(r) = refresh_token {
+        body["refresh_token"] = r.into();
+        body["scope"] = "refresh_token api".into();
+    }
     respond(StatusCode::OK, JSON, body.to_string())
 }
 
@@ -142,7 +210,7 @@ impl Identity<'_> {
         })
     }
 
-    /// The identity URL document (`GET /id/{org}/{user}`, docs/salesforce-protocol.md §2.5).
+    /// The identity URL document (`GET /id/{org}/{user}`, docs/salesforce-protocol.md §2.7).
     pub fn id_document(&self) -> serde_json::Value {
         let (first, last) = self.names();
         serde_json::json!({
@@ -214,6 +282,55 @@ mod tests {
             signature("secret", "https://h/id/00D/005", "1719999999999"),
             expected
         );
+    }
+
+    #[test]
+    fn basic_client_credentials_are_form_decoded_and_one_method_only() {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let h = |v: String| {
+            let mut h = http::HeaderMap::new();
+            h.insert("authorization", v.parse().unwrap());
+            h
+        };
+        let empty = Form::default();
+        assert_eq!(
+            client_auth(&h(format!("Basic {}", b64("my%3Aapp:s%2Bcr+t%25"))), &empty),
+            Ok(ClientAuth::Basic {
+                id: "my:app".into(),
+                secret: "s+cr t%".into()
+            })
+        );
+        assert_eq!(
+            client_auth(&http::HeaderMap::new(), &empty),
+            Ok(ClientAuth::Form)
+        );
+        let both = Form::parse(b"client_secret=x").unwrap();
+        assert_eq!(
+            client_auth(&h(format!("Basic {}", b64("a:b"))), &both),
+            Err(ClientAuthError::SeveralMethods)
+        );
+        let same_id = Form::parse(b"client_id=a").unwrap();
+        assert!(client_auth(&h(format!("Basic {}", b64("a:b"))), &same_id).is_ok());
+        let other_id = Form::parse(b"client_id=z").unwrap();
+        assert_eq!(
+            client_auth(&h(format!("Basic {}", b64("a:b"))), &other_id),
+            Err(ClientAuthError::SeveralMethods)
+        );
+        assert_eq!(
+            client_auth(&h("Bearer x".into()), &empty),
+            Ok(ClientAuth::Form)
+        );
+        for bad in [
+            "Basic !!",
+            &format!("Basic {}", b64("nocolon")),
+            &format!("Basic {}", b64(":s")),
+        ] {
+            assert_eq!(
+                client_auth(&h(bad.to_owned()), &empty),
+                Err(ClientAuthError::Malformed),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

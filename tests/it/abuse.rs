@@ -601,6 +601,7 @@ async fn a_flood_of_random_usernames_keeps_the_limiters_under_their_key_cap() {
             client: None,
             tls: None,
             password_only: false,
+            relax_ranges: false,
         };
         assert!(auth.login(&attempt).await.is_err());
     }

@@ -121,6 +121,7 @@ proptest! {
                         client: None,
                         tls: None,
                         password_only: dialect == Dialect::Console,
+                        relax_ranges: false,
                     };
                     let _ = auth.login(&attempt).await;
                 });

@@ -1,6 +1,8 @@
 //! The real jsforce client (npm `jsforce` 3.10.16, pinned in `tests/js/package.json`) against the
 //! real server over TLS: SOAP `login()` and the OAuth 2.0 password grant, a REST query proxied to
-//! the upstream after each, `identity()`, both logouts, and a wrong password.
+//! the upstream after each, `identity()`, both logouts, refresh tokens (jsforce's
+//! `OAuth2.refreshToken()` and its automatic refresh of an ended session, with rotation and
+//! reuse detection), and a wrong password.
 //!
 //! The Node side lives in `tests/js/flow.mjs`; it prints one JSON line per step. The test installs
 //! the Node dependencies itself (`npm ci`) when they are missing and fails, never skips, when Node
@@ -63,7 +65,10 @@ async fn jsforce_logs_in_with_soap_and_oauth_and_queries_through_the_proxy() {
         .unwrap();
 
     let up = Upstream::start().await;
-    let ts = TestServer::start(&up.url()).await;
+    let ts = TestServer::start_with(&up.url(), |cfg| {
+        cfg.oauth_clients[0].refresh_tokens = true;
+    })
+    .await;
     let token = ts.add_user(USERNAME).await;
 
     let mut cmd = Command::new("node");
@@ -114,6 +119,11 @@ async fn jsforce_logs_in_with_soap_and_oauth_and_queries_through_the_proxy() {
         "oauth.identity",
         "oauth.logout",
         "oauth.token_dead_after_revoke",
+        "refresh.login",
+        "refresh.rotate",
+        "refresh.automatic",
+        "refresh.reuse_refused",
+        "refresh.family_revoked",
         "soap.wrong_password",
         "oauth.wrong_password",
         "done",
@@ -142,6 +152,8 @@ async fn jsforce_logs_in_with_soap_and_oauth_and_queries_through_the_proxy() {
     assert_eq!(steps["oauth.identity"]["user_id"], user_id.as_str());
     assert_eq!(steps["soap.query"]["totalSize"], 1);
     assert_eq!(steps["oauth.query"]["totalSize"], 1);
+    assert_eq!(steps["refresh.rotate"]["totalSize"], 1);
+    assert_eq!(steps["refresh.automatic"]["totalSize"], 1);
 
     // A wrong password surfaces as Salesforce's generic faults.
     assert_eq!(steps["soap.wrong_password"]["error"], INVALID_LOGIN);
@@ -151,7 +163,9 @@ async fn jsforce_logs_in_with_soap_and_oauth_and_queries_through_the_proxy() {
         "authentication failure"
     );
 
-    // The upstream saw both queries, as the canonical user and without the client's credentials.
+    // The upstream saw every query, as the canonical user and without the client's credentials:
+    // one per login flow, one with the refreshed token, one after jsforce's automatic refresh
+    // (the call with the ended session was refused, not forwarded).
     let queries: Vec<Recorded> = up
         .requests()
         .into_iter()
@@ -159,8 +173,8 @@ async fn jsforce_logs_in_with_soap_and_oauth_and_queries_through_the_proxy() {
         .collect();
     assert_eq!(
         queries.len(),
-        2,
-        "one query per login flow; the upstream saw {:?}",
+        4,
+        "one query per flow; the upstream saw {:?}",
         up.requests().iter().map(|r| &r.uri).collect::<Vec<_>>()
     );
     for q in &queries {

@@ -830,7 +830,7 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
     let sink = SmtpSink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mail = format!(
-        "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\ntimeout = \"2s\"\nfrom = \"t <t@tokengate.test>\"\n[[oauth.clients]]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
+        "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\ntimeout = \"2s\"\nfrom = \"t <t@tokengate.test>\"\n[[oauth.clients]]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nrefresh_tokens = true\n",
         sink.addr.port()
     );
     let cfg = config(dir.path(), &up.url(), &mail);
@@ -885,6 +885,37 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
         let sid = extract(&soap.text(), "sessionId").unwrap();
         let oauth = c.oauth_login("logged@example.com", &secret).await;
         let access = oauth.json()["access_token"].as_str().unwrap().to_owned();
+        // Refresh tokens: one redeemed, then reused (the warning that revokes the family must
+        // not carry it), and revoked.
+        let first = oauth.json()["refresh_token"].as_str().unwrap().to_owned();
+        let refresh = |t: String| {
+            let c = &c;
+            async move {
+                let form = serde_urlencoded::to_string([
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", t.as_str()),
+                    ("client_id", CLIENT_ID),
+                    ("client_secret", CLIENT_SECRET),
+                ])
+                .unwrap();
+                c.post(
+                    "/services/oauth2/token",
+                    "application/x-www-form-urlencoded",
+                    form,
+                )
+                .await
+            }
+        };
+        let second = refresh(first.clone()).await;
+        assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+        let second = second.json()["refresh_token"].as_str().unwrap().to_owned();
+        assert_eq!(refresh(first.clone()).await.status, StatusCode::BAD_REQUEST);
+        c.post(
+            "/services/oauth2/revoke",
+            "application/x-www-form-urlencoded",
+            format!("token={second}"),
+        )
+        .await;
         c.get_with_session("/services/data/v59.0/", &sid).await;
         c.get(
             "/services/data/v59.0/",
@@ -940,12 +971,18 @@ async fn logs_of_a_full_run_contain_no_password_token_or_session_id() {
         let log = server.stop();
         assert!(log.len() > 500, "the run logged: {log}");
         assert!(log.contains("token email failed"), "the failure is logged");
+        assert!(
+            log.contains("a refresh token was used twice"),
+            "the reuse is logged"
+        );
         let mut secrets = vec![
             password,
             token.as_str(),
             admin_token.as_str(),
             sid.as_str(),
             access.as_str(),
+            first.as_str(),
+            second.as_str(),
             emailed.as_str(),
             CLIENT_SECRET,
         ];

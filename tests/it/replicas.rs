@@ -126,6 +126,7 @@ fn conformance(store: Arc<dyn Store>) {
         epoch: 1,
         created_at: 10,
         last_seen: 20,
+        policy: Default::default(),
     };
     store.put_session(&[1; 32], &rec(&a.id)).unwrap();
     store.put_session(&[2; 32], &rec(&a.id)).unwrap();
@@ -945,6 +946,7 @@ fn sessions_nobody_holds_are_pruned_from_the_database_past_their_timeouts() {
         epoch: 1,
         created_at,
         last_seen,
+        policy: Default::default(),
     };
     store.put_session(&[1; 32], &rec(1_000, 1_000)).unwrap(); // idle too long
     store.put_session(&[2; 32], &rec(100, 5_000)).unwrap(); // too old
@@ -953,4 +955,208 @@ fn sessions_nobody_holds_are_pruned_from_the_database_past_their_timeouts() {
     assert!(store.session(&[1; 32]).unwrap().is_none());
     assert!(store.session(&[2; 32]).unwrap().is_none());
     assert!(store.session(&[3; 32]).unwrap().is_some());
+}
+
+/// The refresh token family methods of the `Store` trait, with the answers both backends must
+/// give: the per-user bound, rotation as a compare-and-swap with exactly one winner among
+/// racers, deletion and pruning.
+fn refresh_conformance(store: Arc<dyn Store>) {
+    use tokengate::store::RefreshFamily;
+    let family = |user: &str, created_at: u64, current: u8| RefreshFamily {
+        user_id: user.into(),
+        username: format!("{user}@example.com"),
+        client_id: "c".into(),
+        epoch: 1,
+        created_at,
+        expires_at: created_at + 1000,
+        idle_until: created_at + 100,
+        current: [current; 32],
+    };
+    let key = |n: u8| [n; 32];
+    // Five families for user a, bound 3: the two oldest end, whatever order they came in.
+    for (n, created) in [(1u8, 10u64), (2, 50), (3, 20), (4, 40), (5, 30)] {
+        store
+            .refresh_insert(&key(n), &family("a", created, n), 3)
+            .unwrap();
+    }
+    store
+        .refresh_insert(&key(9), &family("b", 5, 9), 3)
+        .unwrap();
+    let live = |n: u8| store.refresh_family(&key(n)).unwrap().is_some();
+    assert_eq!(
+        [1, 2, 3, 4, 5, 9].map(live),
+        [false, true, false, true, true, true],
+        "the oldest of a's families ended; b's is untouched"
+    );
+    assert_eq!(
+        store.refresh_family(&key(2)).unwrap().unwrap(),
+        family("a", 50, 2)
+    );
+
+    // Rotation: only from the current token.
+    let next = RefreshFamily {
+        current: [42; 32],
+        idle_until: 170,
+        ..family("a", 50, 2)
+    };
+    assert!(!store.refresh_rotate(&key(2), &[7; 32], &next).unwrap());
+    assert!(store.refresh_rotate(&key(2), &[2; 32], &next).unwrap());
+    assert!(
+        !store.refresh_rotate(&key(2), &[2; 32], &next).unwrap(),
+        "used"
+    );
+    assert_eq!(store.refresh_family(&key(2)).unwrap().unwrap(), next);
+    assert!(
+        !store.refresh_rotate(&key(77), &[2; 32], &next).unwrap(),
+        "gone"
+    );
+
+    // Racing rotations of one token: exactly one wins.
+    let wins = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for i in 0..8u8 {
+            let (store, wins) = (&store, &wins);
+            s.spawn(move || {
+                let mine = RefreshFamily {
+                    current: [100 + i; 32],
+                    ..family("a", 40, 4)
+                };
+                if store.refresh_rotate(&key(4), &[4; 32], &mine).unwrap() {
+                    wins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert_eq!(wins.into_inner(), 1);
+
+    assert!(store.refresh_delete(&key(5)).unwrap());
+    assert!(!store.refresh_delete(&key(5)).unwrap());
+    assert!(!live(5));
+    // Families end at the earlier of their lifetime and idle end: b's (5 + 100) and a's
+    // rotated one (170) have, at 171; a's family 4 (40 + 100) too.
+    assert_eq!(store.refresh_prune(104).unwrap(), 0);
+    assert_eq!(store.refresh_prune(171).unwrap(), 3);
+    assert!(!live(9) && !live(2) && !live(4));
+    // A family's index entry went with it: a new family for a is bounded by the live ones.
+    for n in 10..14u8 {
+        store
+            .refresh_insert(&key(n), &family("a", 200 + u64::from(n), n), 3)
+            .unwrap();
+    }
+    assert_eq!([10, 11, 12, 13].map(live), [false, true, true, true]);
+    // Families are credentials: a backup does not carry them.
+    store
+        .export(&mut |tree, _, _| {
+            assert!(!tree.contains("refresh"), "{tree} exported");
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn refresh_token_families_behave_alike_on_sled_and_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let sled: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("db"), 8 << 20).unwrap());
+    refresh_conformance(sled);
+    let pg: Arc<dyn Store> = Arc::new(open_pg(&postgres()));
+    refresh_conformance(pg);
+}
+
+#[test]
+fn a_version_3_database_migrates_to_version_4_and_keeps_its_records() {
+    let cluster = crate::support::postgres::cluster();
+    let url = cluster.database();
+    // The database as tokengate with schema version 3 left it, with a setting stored.
+    let mut sql = String::from(
+        "CREATE TABLE tg_schema (version integer PRIMARY KEY, applied_at bigint NOT NULL);\n",
+    );
+    for (version, step) in tokengate::store::postgres::MIGRATIONS
+        .iter()
+        .filter(|(v, _)| *v <= 3)
+    {
+        sql.push_str(step);
+        sql.push_str(&format!(
+            ";\nINSERT INTO tg_schema VALUES ({version}, 0);\n"
+        ));
+    }
+    sql.push_str("INSERT INTO tg_settings VALUES ('kept', 'yes'::bytea);\n");
+    cluster.psql(&url, &sql).expect("a version 3 schema");
+    let store = open_pg(&backend(url));
+    assert_eq!(store.schema_version().unwrap(), 4);
+    assert_eq!(store.setting("kept").unwrap().as_deref(), Some(&b"yes"[..]));
+    let family = tokengate::store::RefreshFamily {
+        user_id: "005000000000001AAA".into(),
+        username: "u@example.com".into(),
+        client_id: "c".into(),
+        epoch: 1,
+        created_at: 1,
+        expires_at: 10,
+        idle_until: 5,
+        current: [1; 32],
+    };
+    store.refresh_insert(&[3; 32], &family, 100).unwrap();
+    assert_eq!(store.refresh_family(&[3; 32]).unwrap(), Some(family));
+}
+
+/// A refresh token request to `ts` through the test client, with `refresh_tokens` on.
+async fn refresh_on(ts: &TestServer, refresh_token: &str) -> Reply {
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", CLIENT_ID),
+        ("client_secret", CLIENT_SECRET),
+    ])
+    .unwrap();
+    ts.client()
+        .post(
+            "/services/oauth2/token",
+            "application/x-www-form-urlencoded",
+            form,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_racing_with_one_refresh_token_revoke_its_family() {
+    let up = Upstream::start().await;
+    let mut r = replicas_with(2, &up.url(), |cfg| {
+        cfg.oauth_clients[0].refresh_tokens = true;
+    })
+    .await;
+    let (b, a) = (r.pop().unwrap(), r.pop().unwrap());
+    let token = a.add_user("race@example.com").await;
+    let login = a
+        .client()
+        .oauth_login("race@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+    let first = login.json()["refresh_token"].as_str().unwrap().to_owned();
+    // Rotated on A, the next token works on B: one family in the database.
+    let on_a = refresh_on(&a, &first).await;
+    assert_eq!(on_a.status, StatusCode::OK, "{}", on_a.text());
+    let second = on_a.json()["refresh_token"].as_str().unwrap().to_owned();
+
+    // The same token on both replicas at once: at most one wins, the other is a reuse.
+    let (x, y) = tokio::join!(refresh_on(&a, &second), refresh_on(&b, &second));
+    let won: Vec<&Reply> = [&x, &y]
+        .into_iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .collect();
+    assert!(won.len() <= 1, "both replicas rotated one token");
+    let refused = [&x, &y]
+        .into_iter()
+        .find(|r| r.status != StatusCode::OK)
+        .expect("one was refused");
+    assert_eq!(
+        refused.json()["error"],
+        "invalid_grant",
+        "{}",
+        refused.text()
+    );
+    // The family is gone: the winner's new token is refused on either replica.
+    if let Some(w) = won.first() {
+        let third = w.json()["refresh_token"].as_str().unwrap().to_owned();
+        assert_eq!(refresh_on(&a, &third).await.status, StatusCode::BAD_REQUEST);
+        assert_eq!(refresh_on(&b, &third).await.status, StatusCode::BAD_REQUEST);
+    }
 }

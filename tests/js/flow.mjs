@@ -157,6 +157,57 @@ function expectInvalidSession(e) {
   }
 }
 
+// ---- D) refresh tokens (the client has refresh_tokens = true) --------------------------------
+// jsforce's `login()` drops the password grant's refresh_token, so the token comes from
+// OAuth2.authenticate() itself. tokengate rotates refresh tokens: jsforce's automatic refresh
+// (on a 401 INVALID_SESSION_ID) does not keep the new one, so the application keeps it from the
+// `refresh` event, as a rotating server requires.
+{
+  const oauth2 = new jsforce.OAuth2({ loginUrl: URL_, clientId: CLIENT_ID, clientSecret: CLIENT_SECRET });
+  let first;
+  let second;
+  await step('refresh.login', async () => {
+    first = await oauth2.authenticate(USER, SECRET);
+    check(typeof first.refresh_token === 'string' && first.refresh_token.length > 0, 'a refresh_token');
+    check(first.scope === 'refresh_token api', `scope ${first.scope}`);
+    return {};
+  });
+  await step('refresh.rotate', async () => {
+    second = await oauth2.refreshToken(first.refresh_token);
+    check(typeof second.access_token === 'string' && second.access_token !== first.access_token, 'a new access token');
+    check(typeof second.refresh_token === 'string' && second.refresh_token !== first.refresh_token, 'a new refresh token');
+    check(second.instance_url === URL_, `instance_url ${second.instance_url}`);
+    return checkQuery(await staleConnection(second.instance_url, second.access_token).query(SOQL));
+  });
+  let conn;
+  await step('refresh.automatic', async () => {
+    conn = new jsforce.Connection({
+      oauth2: { loginUrl: URL_, clientId: CLIENT_ID, clientSecret: CLIENT_SECRET },
+      instanceUrl: second.instance_url,
+      accessToken: second.access_token,
+      refreshToken: second.refresh_token,
+      version: VERSION,
+    });
+    const refreshed = [];
+    conn.on('refresh', (accessToken, res) => {
+      refreshed.push(accessToken);
+      conn.refreshToken = res.refresh_token;
+    });
+    // The session ends; the next call gets 401 INVALID_SESSION_ID and jsforce refreshes.
+    await oauth2.revokeToken(second.access_token);
+    const res = checkQuery(await conn.query(SOQL));
+    check(refreshed.length === 1, `refreshed ${refreshed.length} times`);
+    check(conn.accessToken === refreshed[0] && conn.accessToken !== second.access_token, 'the new access token in use');
+    check(conn.refreshToken !== second.refresh_token, 'the rotated refresh token kept');
+    return res;
+  });
+  const expectExpired = (e) =>
+    check(e.name === 'invalid_grant' && e.message === 'expired access/refresh token', `${e.name}: ${e.message}`);
+  // A used refresh token again: refused, and its whole family ends with it.
+  await mustReject('refresh.reuse_refused', () => oauth2.refreshToken(first.refresh_token), expectExpired);
+  await mustReject('refresh.family_revoked', () => oauth2.refreshToken(conn.refreshToken), expectExpired);
+}
+
 // ---- C) wrong password ----------------------------------------------------------------------
 await mustReject(
   'soap.wrong_password',

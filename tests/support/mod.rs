@@ -343,10 +343,7 @@ pub fn test_config(dir: &Path, upstream: &str) -> Config {
     // The console's second factor is off for the tests that sign admins in with a password;
     // tests/it/mfa.rs turns it on (the shipped default, "admins", is pinned there too).
     cfg.console.mfa = tokengate::mfa::Policy::Off;
-    cfg.oauth_clients = vec![OAuthClient {
-        client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
-    }];
+    cfg.oauth_clients = vec![OAuthClient::new(CLIENT_ID, CLIENT_SECRET)];
     cfg
 }
 

@@ -263,6 +263,7 @@ fn code_attempt<'a>(
         client,
         tls: peer.tls,
         password_only: true,
+        relax_ranges: false,
     }
 }
 
@@ -442,6 +443,7 @@ pub(super) async fn start_again(
             client: None,
             tls: peer.tls,
             password_only: true,
+            relax_ranges: false,
         };
         if !matches!(app.auth.login(&attempt).await, Ok(v) if v.user.id == user.id) {
             return Err("The password is not right.".into());

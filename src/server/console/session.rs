@@ -100,6 +100,7 @@ impl ConsoleSession {
             epoch: self.epoch,
             created_at: self.created,
             last_seen: self.last_seen.load(Ordering::Relaxed),
+            policy: Default::default(),
         }
     }
 }
@@ -260,6 +261,7 @@ impl Console {
                 epoch: p.epoch,
                 created_at: now,
                 last_seen: now,
+                policy: Default::default(),
             };
             if let Err(e) = self.store.put_session(&key, &rec) {
                 tracing::warn!(error = %e, "could not store a half-finished console sign-in");

@@ -97,6 +97,7 @@ pub(super) async fn post(
                 client: None,
                 tls: peer.tls,
                 password_only: true,
+                relax_ranges: false,
             };
             if !matches!(app.auth.login(&attempt).await, Ok(v) if v.user.id == me.id) {
                 return settings(page, me, Some("The current password is not right.".into())).await;

@@ -61,6 +61,7 @@ pub(super) async fn signin(
         client: client.as_deref(),
         tls: peer.tls,
         password_only: true,
+        relax_ranges: false,
     };
     // The username typed is shown again; the password never is.
     let fail = |status: StatusCode, errors: FormErrors| {

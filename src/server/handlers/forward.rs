@@ -1,6 +1,7 @@
 //! Every path tokengate does not answer itself: authenticated by a session or HTTP Basic
 //! (`caller`), then forwarded (`proxy`). A refusal is the API's own (Bulk 1.0 under
-//! `/services/async/`, REST elsewhere).
+//! `/services/async/`, REST elsewhere). A public path (`[upstream] public_paths`) is
+//! forwarded without authentication, identity or credentials (`proxy::sanitise`).
 
 use std::sync::Arc;
 
@@ -23,6 +24,11 @@ pub async fn forward(
     host: Option<http::HeaderValue>,
 ) -> Response<Body> {
     let path = req.uri().path();
+    // The check costs one emptiness test when nothing is public (the default).
+    let public = &app.cfg.upstream.public_paths;
+    if !public.is_empty() && public.matches(path) {
+        return Box::pin(forward_public(app, req, peer, host)).await;
+    }
     let bulk_v1 = path.starts_with("/services/async/");
     let dialect = if bulk_v1 {
         refusal::Dialect::Bulk
@@ -60,7 +66,25 @@ pub async fn forward(
         .forward(
             req.map(|b| b.map_err(Into::into).boxed()),
             peer.ip,
-            principal,
+            Some(principal),
+            host,
+        )
+        .await
+}
+
+/// A public path: whatever credential the request carries is not looked at, and
+/// `proxy::sanitise` strips it (with tokengate's identity headers and the session cookies).
+async fn forward_public(
+    app: Arc<App>,
+    req: Request<ReqBody>,
+    peer: Client,
+    host: Option<http::HeaderValue>,
+) -> Response<Body> {
+    app.upstream
+        .forward(
+            req.map(|b| b.map_err(Into::into).boxed()),
+            peer.ip,
+            None,
             host,
         )
         .await

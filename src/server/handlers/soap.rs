@@ -181,6 +181,7 @@ pub async fn soap_call(
                 client,
                 tls: peer.tls,
                 password_only: false,
+                relax_ranges: false,
             };
             let result = app.auth.login(&attempt).await;
             log_login("soap", username, &result, client);
@@ -241,7 +242,7 @@ pub async fn soap_call(
                 username: who.username(),
                 user_id: who.user_id(),
             };
-            let answer = app.upstream.forward(req, peer.ip, who, host).await;
+            let answer = app.upstream.forward(req, peer.ip, Some(who), host).await;
             // The envelope's memory is counted until it has gone upstream.
             drop(held);
             answer

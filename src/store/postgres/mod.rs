@@ -52,8 +52,8 @@ use connect::Connector;
 
 use super::cache::UserCache;
 use super::{
-    ExportSink, HistoryFilter, HistoryRow, SessionObserver, SessionRecord, Store, StoreError, User,
-    UserChange, UserObserver,
+    ExportSink, HistoryFilter, HistoryRow, RefreshFamily, SessionObserver, SessionRecord, Store,
+    StoreError, User, UserChange, UserObserver,
 };
 use crate::config::PostgresConfig;
 use crate::secret::Tag;
@@ -549,6 +549,102 @@ impl Store for PgStore {
                        OR (convert_from(data, 'UTF8')::jsonb->>'created_at')::bigint < $2",
                     &[&idle, &created],
                 )
+                .await
+                .map_err(db)?;
+            Ok(n as usize)
+        })
+    }
+
+    fn refresh_insert(
+        &self,
+        key: &Tag,
+        family: &RefreshFamily,
+        max_per_user: usize,
+    ) -> Result<(), StoreError> {
+        let (key, user, current, data) = (
+            key.to_vec(),
+            family.user_id.clone(),
+            family.current.to_vec(),
+            encode(family),
+        );
+        let (created, ends) = (to_i64(family.created_at), to_i64(family.ends_at()));
+        // The statement's snapshot does not see the row it inserts: keeping the newest
+        // `max - 1` others keeps `max` with it.
+        let keep = to_i64(max_per_user.saturating_sub(1) as u64);
+        self.query(move |c| async move {
+            c.execute(
+                "WITH new AS (
+                   INSERT INTO tg_refresh (key, user_id, current, created_at, ends_at, data)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                 )
+                 DELETE FROM tg_refresh WHERE key IN (
+                   SELECT key FROM tg_refresh WHERE user_id = $2
+                   ORDER BY created_at DESC, key OFFSET $7
+                 )",
+                &[&key, &user, &current, &created, &ends, &data, &keep],
+            )
+            .await
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn refresh_family(&self, key: &Tag) -> Result<Option<RefreshFamily>, StoreError> {
+        let key = key.to_vec();
+        let bytes = self.query(move |c| async move {
+            let row = c
+                .query_opt("SELECT data FROM tg_refresh WHERE key = $1", &[&key])
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })?;
+        bytes.map(|b| decode("refresh", &b)).transpose()
+    }
+
+    fn refresh_rotate(
+        &self,
+        key: &Tag,
+        expected: &Tag,
+        next: &RefreshFamily,
+    ) -> Result<bool, StoreError> {
+        let (key, expected, current, data) = (
+            key.to_vec(),
+            expected.to_vec(),
+            next.current.to_vec(),
+            encode(next),
+        );
+        let ends = to_i64(next.ends_at());
+        // One conditional UPDATE: of replicas racing with the same token, the row lock lets
+        // one through and the others find `current` changed (0 rows).
+        self.query(move |c| async move {
+            let n = c
+                .execute(
+                    "UPDATE tg_refresh SET current = $3, ends_at = $4, data = $5
+                     WHERE key = $1 AND current = $2",
+                    &[&key, &expected, &current, &ends, &data],
+                )
+                .await
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn refresh_delete(&self, key: &Tag) -> Result<bool, StoreError> {
+        let key = key.to_vec();
+        self.query(move |c| async move {
+            let n = c
+                .execute("DELETE FROM tg_refresh WHERE key = $1", &[&key])
+                .await
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn refresh_prune(&self, now: u64) -> Result<usize, StoreError> {
+        let now = to_i64(now);
+        self.query(move |c| async move {
+            let n = c
+                .execute("DELETE FROM tg_refresh WHERE ends_at < $1", &[&now])
                 .await
                 .map_err(db)?;
             Ok(n as usize)

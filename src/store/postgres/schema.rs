@@ -60,6 +60,22 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     );
     CREATE INDEX tg_audit_time ON tg_audit (at_ms);",
     ),
+    (
+        4,
+        // Refresh token families (`store::RefreshFamily`): the keyed hash of the family id,
+        // the keyed hash of its current token (rotation is a conditional UPDATE on it), and
+        // the columns the per-user bound and the pruning read.
+        "CREATE TABLE tg_refresh (
+        key bytea PRIMARY KEY,
+        user_id text NOT NULL,
+        current bytea NOT NULL,
+        created_at bigint NOT NULL,
+        ends_at bigint NOT NULL,
+        data bytea NOT NULL
+    );
+    CREATE INDEX tg_refresh_user ON tg_refresh (user_id, created_at);
+    CREATE INDEX tg_refresh_ends ON tg_refresh (ends_at);",
+    ),
 ];
 
 pub(super) async fn migrate(client: &tokio_postgres::Client) -> Result<(), StoreError> {

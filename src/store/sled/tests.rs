@@ -105,6 +105,7 @@ fn sessions_are_deleted_per_user() {
         epoch: 0,
         created_at: 0,
         last_seen: 0,
+        policy: Default::default(),
     };
     s.put_session(&[1; 32], &rec("a")).unwrap();
     s.put_session(&[2; 32], &rec("a")).unwrap();
