@@ -164,6 +164,7 @@ async fn in_chromium_every_console_page_passes_axe_at_desktop_and_phone_width_wi
         let expect = match name {
             "sign-in with an error" => Some("#password"),
             "setup: compliance with an error" => Some("#address"),
+            "change password with an error" => Some("#current"),
             "setup: login history with an error" => Some("#hs"),
             "setup: audit trail with an error" => Some("#as"),
             n if n.starts_with("second factor:") => Some("#code"),
@@ -181,7 +182,7 @@ async fn in_chromium_every_console_page_passes_axe_at_desktop_and_phone_width_wi
                 if field == "#hs" || field == "#as" {
                     assert_eq!(f["value"], "yesterday-ish", "{name}: kept: {e}");
                 }
-                if field == "#password" || field == "#code" {
+                if ["#password", "#code", "#current"].contains(&field) {
                     assert_eq!(f["value"], "", "{name}: a secret typed back: {e}");
                 }
             }
@@ -320,4 +321,38 @@ async fn a_refused_form_ties_its_error_to_the_field_and_keeps_what_was_typed_but
     assert!(!html.contains("not an address"));
     assert!(!html.contains("aria-invalid"));
     assert!(!html.contains("<title>Error: "));
+
+    // Change Password: a wrong current password is that field's error, a new password the
+    // policy refuses is the new password's (still described by the policy hint); neither
+    // password is ever sent back.
+    let page = "/settings";
+    let action = "/settings/password";
+    let wrong = [
+        ("current_password", "Not-the-password-9"),
+        ("new_password", "Another-pass-8"),
+    ];
+    let r = b.submit(page, action, &wrong).await;
+    assert_eq!(r.status, http::StatusCode::BAD_REQUEST);
+    let html = r.text();
+    assert!(html.contains("<title>Error: My Settings"), "{html}");
+    assert!(html.contains(r##"<a href="#current">The current password is not right."##));
+    let current = input(&html, "current");
+    assert!(
+        current.contains(r#"aria-invalid="true" aria-describedby="current-error""#),
+        "{current}"
+    );
+    assert!(!input(&html, "new").contains("aria-invalid"));
+    let weak = [("current_password", ADMIN.1), ("new_password", "short")];
+    let r = b.submit(page, action, &weak).await;
+    assert_eq!(r.status, http::StatusCode::BAD_REQUEST);
+    let html = r.text();
+    let new = input(&html, "new");
+    assert!(
+        new.contains(r#"aria-invalid="true" aria-describedby="new-error policy""#),
+        "{new}"
+    );
+    assert!(!input(&html, "current").contains("aria-invalid"));
+    for secret in ["Not-the-password-9", "Another-pass-8", ADMIN.1, "short"] {
+        assert!(!html.contains(&format!("value=\"{secret}\"")));
+    }
 }

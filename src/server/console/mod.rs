@@ -222,7 +222,7 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
     }
     match rest.as_str() {
         "" => redirect(&format!("{BASE}/settings"), None),
-        "settings" => settings::settings(&page, &user, None).await,
+        "settings" => settings::settings(&page, &user, form::FormErrors::none()).await,
         "settings/reset-token" => page.render(
             StatusCode::OK,
             "confirm_reset.html",

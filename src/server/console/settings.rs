@@ -4,7 +4,8 @@
 use http::{Response, StatusCode};
 use minijinja::context;
 
-use super::page::{Page, form_status, page_after, redirect};
+use super::form::FormErrors;
+use super::page::{Page, page_after, redirect};
 use super::session::{Flash, clear_cookie, renew, with_cookie};
 use super::setup::{rows, setup_post};
 use super::{BASE, Form};
@@ -17,19 +18,15 @@ use crate::server::{App, Client};
 use crate::store::{HistoryFilter, User};
 use crate::wire::Body;
 
-/// My Settings; `error` says why the form posted here was refused.
-pub(super) async fn settings(
-    page: &Page<'_>,
-    user: &User,
-    error: Option<String>,
-) -> Response<Body> {
+/// My Settings; `errors` say why the form posted here was refused, tied to their fields.
+pub(super) async fn settings(page: &Page<'_>, user: &User, errors: FormErrors) -> Response<Body> {
     let filter = HistoryFilter {
         user: Some(user.id.clone()),
         limit: 10,
         ..Default::default()
     };
     page.render(
-        form_status(&error),
+        errors.status(),
         "settings.html",
         "My Settings",
         "settings",
@@ -45,7 +42,7 @@ pub(super) async fn settings(
                 since => format_ms(user.mfa.enrolled_at * 1000),
                 recovery_left => user.mfa.recovery.len(),
             }),
-            error,
+            form_errors => errors.context(),
         },
     )
 }
@@ -100,7 +97,8 @@ pub(super) async fn post(
                 relax_ranges: false,
             };
             if !matches!(app.auth.login(&attempt).await, Ok(v) if v.user.id == me.id) {
-                return settings(page, me, Some("The current password is not right.".into())).await;
+                let wrong = Some("The current password is not right.".to_owned());
+                return settings(page, me, FormErrors::on("current", wrong)).await;
             }
             match app
                 .tokens
@@ -124,7 +122,8 @@ pub(super) async fn post(
                         renewed,
                     )
                 }
-                Err(e) => settings(page, me, Some(token_failure(e).1)).await,
+                // The only refusal left is about the new password (the policy, or reuse).
+                Err(e) => settings(page, me, FormErrors::on("new", Some(token_failure(e).1))).await,
             }
         }
         "settings/mfa" if super::mfa::owed(app, me) => {
@@ -132,7 +131,18 @@ pub(super) async fn post(
                 .await
             {
                 Ok(r) => r,
-                Err(e) => settings(page, me, Some(e)).await,
+                Err(e) => {
+                    // Proven by a code when one was typed (and the user has a factor),
+                    // else by the password: the error belongs to the field that was used.
+                    let by_code =
+                        !get("code").trim().is_empty() || get("current_password").is_empty();
+                    let field = if me.mfa.enrolled() && by_code {
+                        "mfa-code"
+                    } else {
+                        "mfa-password"
+                    };
+                    settings(page, me, FormErrors::on(field, Some(e))).await
+                }
             }
         }
         "settings/mfa/confirm" if super::mfa::owed(app, me) => {
