@@ -253,6 +253,7 @@ mod tests {
             tls: None,
             outcome: "bad_credentials".into(),
             reason: Some("wrong token".into()),
+            token: None,
         };
         let csv = to_csv(std::slice::from_ref(&row), true);
         let line = csv.lines().nth(1).unwrap();

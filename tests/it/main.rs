@@ -22,6 +22,7 @@ mod loadtest;
 mod login;
 mod mail;
 mod mfa;
+mod named_tokens;
 mod ops;
 mod postgres_cluster;
 mod replicas;

@@ -63,6 +63,7 @@ fn row(at_ms: u64, username: &str, outcome: &str) -> HistoryRow {
         tls: None,
         outcome: outcome.into(),
         reason: None,
+        token: None,
     }
 }
 
@@ -126,6 +127,8 @@ fn conformance(store: Arc<dyn Store>) {
         epoch: 1,
         created_at: 10,
         last_seen: 20,
+        token_serial: 0,
+        token: None,
     };
     store.put_session(&[1; 32], &rec(&a.id)).unwrap();
     store.put_session(&[2; 32], &rec(&a.id)).unwrap();
@@ -945,6 +948,8 @@ fn sessions_nobody_holds_are_pruned_from_the_database_past_their_timeouts() {
         epoch: 1,
         created_at,
         last_seen,
+        token_serial: 0,
+        token: None,
     };
     store.put_session(&[1; 32], &rec(1_000, 1_000)).unwrap(); // idle too long
     store.put_session(&[2; 32], &rec(100, 5_000)).unwrap(); // too old

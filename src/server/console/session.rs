@@ -59,6 +59,8 @@ impl ConsoleSession {
             epoch: self.epoch,
             created_at: self.created,
             last_seen: self.last_seen.load(Ordering::Relaxed),
+            token_serial: 0,
+            token: None,
         }
     }
 }
@@ -209,6 +211,8 @@ impl Console {
                 epoch: p.epoch,
                 created_at: now,
                 last_seen: now,
+                token_serial: 0,
+                token: None,
             };
             if let Err(e) = self.store.put_session(&key, &rec) {
                 tracing::warn!(error = %e, "could not store a half-finished console sign-in");

@@ -114,6 +114,7 @@ pub(super) async fn setup_post(
         },
         "reset-token" => Request::TokenReset {
             username: user(&username),
+            name: None,
         },
         "rotation" => Request::UserSetRotation {
             username: user(&username),
@@ -166,6 +167,7 @@ pub(super) async fn setup_post(
         Ok(Answer::Rotated {
             user: u,
             masked_email,
+            ..
         }) => {
             let msg = format!(
                 "A new security token for {} was emailed to {masked_email}.",

@@ -79,8 +79,8 @@ pub async fn oauth_token(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> 
     };
     let result = app.auth.login(&attempt).await;
     log_login("oauth", username, &result, Some(client_id));
-    match result.map(|v| v.user) {
-        Ok(user) => match app.sessions.create(&user) {
+    match result.map(|v| (v.user, v.token)) {
+        Ok((user, token)) => match app.sessions.create_with(&user, &token) {
             Ok(sid) => {
                 let id_url = format!("{}/id/{}/{}", app.origin, app.cfg.server.org.id18, user.id);
                 let issued_at = std::time::SystemTime::now()

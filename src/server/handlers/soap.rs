@@ -184,8 +184,8 @@ pub async fn soap_call(
             };
             let result = app.auth.login(&attempt).await;
             log_login("soap", username, &result, client);
-            match result.map(|v| v.user) {
-                Ok(user) => match app.sessions.create(&user) {
+            match result.map(|v| (v.user, v.token)) {
+                Ok((user, token)) => match app.sessions.create_with(&user, &token) {
                     Ok(sid) => soap_response(
                         StatusCode::OK,
                         soap::login_response(
