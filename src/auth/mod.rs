@@ -687,8 +687,6 @@ impl Authenticator {
         let TokenUsed::Named { serial, .. } = token else {
             return user;
         };
-        let ip = a.ip.to_string();
-        let dialect = a.dialect.as_str();
         let due = user
             .named_tokens
             .iter()
@@ -696,12 +694,12 @@ impl Authenticator {
             .is_some_and(|t| {
                 t.last_used_at
                     .is_none_or(|at| now >= at.saturating_add(LAST_USED_EVERY_SECS))
-                    || t.last_client_ip.as_deref() != Some(ip.as_str())
-                    || t.last_dialect.as_deref() != Some(dialect)
             });
         if !due {
             return user;
         }
+        let ip = a.ip.to_string();
+        let dialect = a.dialect.as_str();
         let written = self.store.update_user(&user.id, &mut |u| {
             if let Some(t) = u.named_tokens.iter_mut().find(|t| t.serial == *serial) {
                 t.last_used_at = Some(now);
