@@ -171,7 +171,7 @@ pub fn filter(
 }
 
 pub const CSV_HEADER: &str =
-    "time,username,user_id,source_ip,dialect,api_version,client,tls,outcome,reason";
+    "time,username,user_id,source_ip,dialect,api_version,client,tls,outcome,reason,token";
 
 /// RFC 4180 CSV, one row per attempt, with a header line.
 pub fn to_csv(rows: &[HistoryRow], with_reason: bool) -> String {
@@ -195,6 +195,7 @@ pub fn to_csv(rows: &[HistoryRow], with_reason: bool) -> String {
                 } else {
                     String::new()
                 },
+                o(&r.token),
             ]
         }),
     )
@@ -267,13 +268,26 @@ mod tests {
             let csv = to_csv(&[r], true);
             assert!(csv.contains(&format!("'{lead}")), "{lead:?}: {csv}");
         }
-        assert!(line.ends_with("bad_credentials,wrong token"));
+        assert!(line.ends_with("bad_credentials,wrong token,"));
+        let named = HistoryRow {
+            outcome: "success".into(),
+            reason: None,
+            token: Some("dataloader".into()),
+            ..row.clone()
+        };
+        assert!(
+            to_csv(&[named], true)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("success,,dataloader")
+        );
         assert!(
             to_csv(&[row], false)
                 .lines()
                 .nth(1)
                 .unwrap()
-                .ends_with("bad_credentials,")
+                .ends_with("bad_credentials,,")
         );
     }
 }

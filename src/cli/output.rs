@@ -76,18 +76,19 @@ pub(super) fn print_history(
         Format::Csv => print!("{}", tokengate::history::to_csv(rows, true)),
         Format::Table => {
             println!(
-                "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} CLIENT",
-                "TIME", "USERNAME", "SOURCE IP", "DIALECT", "OUTCOME", "REASON"
+                "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} {:<16} CLIENT",
+                "TIME", "USERNAME", "SOURCE IP", "DIALECT", "OUTCOME", "REASON", "TOKEN"
             );
             for r in rows {
                 println!(
-                    "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} {}",
+                    "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} {:<16} {}",
                     format_ms(r.at_ms),
                     r.username,
                     r.source_ip,
                     r.dialect,
                     r.outcome,
                     r.reason.as_deref().unwrap_or("-"),
+                    r.token.as_deref().unwrap_or("-"),
                     r.client.as_deref().unwrap_or("-")
                 );
             }
