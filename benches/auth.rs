@@ -1,8 +1,10 @@
 //! The authentication path's unit costs: a cold login (token check + argon2id verify), a
 //! rejection at the token check (no argon2 spent), an unknown user, a cache-hit Basic request,
 //! a rejection while a flood of random usernames fills the limiters, and a session lookup (the
-//! hot path of every authenticated call). Run with `cargo bench --bench auth`; figures go in
-//! BENCHMARKS.md.
+//! hot path of every authenticated call); and the token check and a cold login for users who
+//! hold 1 and 20 named tokens (every candidate is checked, padded to `max_named_per_user`
+//! slots, so the two should cost the same). Run with `cargo bench --bench auth`; figures go
+//! in BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,6 +28,9 @@ struct Fixture {
     secret: String,
     wrong_token: String,
     sid: String,
+    /// (username, password+its last named token, password+a wrong token) for users with 1
+    /// and 20 named tokens.
+    named: Vec<(String, String, String)>,
 }
 
 fn attempt<'a>(username: &'a str, secret: &'a str, dialect: Dialect, ip: IpAddr) -> Attempt<'a> {
@@ -76,6 +81,50 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
             ..Default::default()
         })
         .unwrap();
+    // Users holding 1 and 20 named tokens, written as a committed `token add` leaves them
+    // (without the mail, which is not what is measured).
+    let mut named = Vec::new();
+    for n in [1usize, 20] {
+        let username = format!("named{n}@example.com");
+        let (view, _) = users
+            .add(NewUser {
+                username: username.clone(),
+                email: username.clone(),
+                password: "Passw0rd".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let tokens: Vec<String> = (0..n)
+            .map(|_| secrets.generate_token(cfg.auth.token_length).unwrap())
+            .collect();
+        store
+            .update_user(&view.id, &mut |u| {
+                for (i, t) in tokens.iter().enumerate() {
+                    let serial = u.next_named_serial();
+                    u.named_tokens.push(tokengate::store::NamedToken {
+                        name: format!("integration{i}"),
+                        serial,
+                        tag: Some(secrets.token_tag(t)),
+                        length: t.len(),
+                        created_at: 0,
+                        reset_at: 0,
+                        pending: None,
+                        unconfirmed: None,
+                        // Recent: the login does not write its use to the store.
+                        last_used_at: Some(u64::MAX / 2),
+                        last_client_ip: Some(LOCAL.to_string()),
+                        last_dialect: Some("soap".into()),
+                    });
+                }
+            })
+            .unwrap();
+        let last = tokens.last().unwrap();
+        named.push((
+            username,
+            format!("Passw0rd{last}"),
+            format!("Passw0rd{}", "Z".repeat(last.len())),
+        ));
+    }
     let (history, _task) = rt.block_on(async { History::start(store.clone(), &cfg.history) });
     let cached = Authenticator::new(
         store.clone(),
@@ -129,6 +178,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         secret,
         wrong_token: format!("Passw0rd{wrong}"),
         sid,
+        named,
     }
 }
 
@@ -178,6 +228,24 @@ fn bench(c: &mut Criterion) {
         flood(&n);
     }
     c.bench_function("rejection_under_flood", |b| b.iter(|| flood(&n)));
+
+    // Named tokens: the token check alone (a wrong token, no argon2), then a whole cold login
+    // with the user's last named token.
+    let mut g = c.benchmark_group("named_tokens");
+    for (user, _, wrong) in &f.named {
+        let n = user.trim_start_matches("named").split('@').next().unwrap();
+        g.bench_function(format!("token_mismatch_{n}_named"), |b| {
+            b.iter(|| login(&f.cold, user, wrong, Dialect::Soap).unwrap_err())
+        });
+    }
+    g.sample_size(20);
+    for (user, good, _) in &f.named {
+        let n = user.trim_start_matches("named").split('@').next().unwrap();
+        g.bench_function(format!("cold_login_{n}_named"), |b| {
+            b.iter(|| login(&f.cold, user, good, Dialect::Soap).unwrap())
+        });
+    }
+    g.finish();
 
     c.bench_function("session_lookup", |b| {
         b.iter(|| f.sessions.lookup(black_box(&f.sid), LOCAL).unwrap())

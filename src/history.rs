@@ -178,7 +178,7 @@ pub fn filter(
 }
 
 pub const CSV_HEADER: &str =
-    "time,username,user_id,source_ip,dialect,api_version,client,tls,outcome,reason";
+    "time,username,user_id,source_ip,dialect,api_version,client,tls,outcome,reason,token";
 
 /// RFC 4180 CSV, one row per attempt, with a header line.
 pub fn to_csv(rows: &[HistoryRow], with_reason: bool) -> String {
@@ -202,6 +202,7 @@ pub fn to_csv(rows: &[HistoryRow], with_reason: bool) -> String {
                 } else {
                     String::new()
                 },
+                o(&r.token),
             ]
         }),
     )
@@ -260,6 +261,7 @@ mod tests {
             tls: None,
             outcome: "bad_credentials".into(),
             reason: Some("wrong token".into()),
+            token: None,
         };
         let csv = to_csv(std::slice::from_ref(&row), true);
         let line = csv.lines().nth(1).unwrap();
@@ -273,13 +275,26 @@ mod tests {
             let csv = to_csv(&[r], true);
             assert!(csv.contains(&format!("'{lead}")), "{lead:?}: {csv}");
         }
-        assert!(line.ends_with("bad_credentials,wrong token"));
+        assert!(line.ends_with("bad_credentials,wrong token,"));
+        let named = HistoryRow {
+            outcome: "success".into(),
+            reason: None,
+            token: Some("dataloader".into()),
+            ..row.clone()
+        };
+        assert!(
+            to_csv(&[named], true)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("success,,dataloader")
+        );
         assert!(
             to_csv(&[row], false)
                 .lines()
                 .nth(1)
                 .unwrap()
-                .ends_with("bad_credentials,")
+                .ends_with("bad_credentials,,")
         );
     }
 }

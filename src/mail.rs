@@ -54,6 +54,8 @@ pub enum TokenReason {
     AdminRotation,
     PasswordChange,
     Scheduled,
+    /// A named token (one integration's) was added.
+    IntegrationAdded,
 }
 
 impl TokenReason {
@@ -64,6 +66,7 @@ impl TokenReason {
             TokenReason::AdminRotation => "an administrator reset your security token",
             TokenReason::PasswordChange => "your password was changed",
             TokenReason::Scheduled => "your account's token is rotated on a schedule",
+            TokenReason::IntegrationAdded => "a token was added for one of your integrations",
         }
     }
 }
@@ -121,6 +124,8 @@ pub struct TokenMail<'a> {
     pub at: u64,
     /// When the previous token stops working, if a grace window applies.
     pub previous_valid_until: Option<u64>,
+    /// The named token (one integration's) this message carries; `None`: the default token.
+    pub named: Option<&'a str>,
 }
 
 /// `a***@example.com`: enough for a user to recognise the address, not enough to harvest it.
@@ -154,14 +159,21 @@ fn render(brand: &str, m: &TokenMail<'_>, redacted: bool) -> (String, String, St
     } else {
         m.token.to_owned()
     };
-    let previous = match m.previous_valid_until {
-        Some(t) => format!(
+    let previous = match (m.named, m.previous_valid_until) {
+        (Some(n), _) => format!(
+            "It is your token for the integration \"{n}\": use it there only. Its previous value, \
+             if it had one, no longer works; your other tokens are unchanged."
+        ),
+        (None, Some(t)) => format!(
             "Your previous token keeps working until {} (UTC), then stops.",
             rfc3339(t)
         ),
-        None => "Your previous token no longer works.".to_owned(),
+        (None, None) => "Your previous token no longer works.".to_owned(),
     };
-    let subject = format!("Your new {brand} security token");
+    let subject = match m.named {
+        Some(n) => format!("Your new security token for {n}"),
+        None => format!("Your new {brand} security token"),
+    };
     let when = rfc3339(m.at);
     let text = format!(
         "Hello {name},\n\n\

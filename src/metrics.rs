@@ -29,12 +29,13 @@ const BUCKETS: [f64; 12] = [
 ];
 const UPSTREAM_LABELS: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
 const MAIL_KINDS: [&str; 2] = ["user", "compliance"];
-const ROTATION_REASONS: [TokenReason; 5] = [
+const ROTATION_REASONS: [TokenReason; 6] = [
     TokenReason::Scheduled,
     TokenReason::AdminRotation,
     TokenReason::Requested,
     TokenReason::PasswordChange,
     TokenReason::AccountCreated,
+    TokenReason::IntegrationAdded,
 ];
 
 /// The `reason` label of a token rotation.
@@ -45,6 +46,7 @@ fn rotation_label(r: TokenReason) -> &'static str {
         TokenReason::Requested => "self_service",
         TokenReason::PasswordChange => "password_change",
         TokenReason::AccountCreated => "account_created",
+        TokenReason::IntegrationAdded => "integration_added",
     }
 }
 
@@ -62,6 +64,8 @@ pub struct Metrics {
     registry: Registry,
     /// `[dialect][outcome]`, in the order of `Dialect::ALL` and `Outcome::ALL`.
     logins: Vec<Vec<Counter>>,
+    /// Successful logins by the kind of token they presented: default, named.
+    token_logins: [Counter; 2],
     login_duration: Histogram,
     argon2_verifications: Counter,
     argon2_rejections: Counter,
@@ -127,6 +131,14 @@ impl Metrics {
                     .collect()
             })
             .collect();
+        let kinds = Family::<Labels<1>, Counter>::default();
+        r.register(
+            "token_logins",
+            "Successful logins by the kind of security token presented (never by its name)",
+            kinds.clone(),
+        );
+        let token_logins =
+            ["default", "named"].map(|k| kinds.get_or_create(&[("kind", k)]).clone());
         let login_duration = histogram(&mut r, "login_duration", "Time to verify a login");
         let argon2_verifications = counter(
             &mut r,
@@ -231,6 +243,7 @@ impl Metrics {
             token_rotations,
             certificate_expiry,
             logins,
+            token_logins,
             login_duration,
             argon2_verifications,
             argon2_rejections,
@@ -251,6 +264,15 @@ impl Metrics {
         let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
         self.logins[d][o].inc();
         self.login_duration.observe(took.as_secs_f64());
+    }
+
+    /// A successful login with a token of `kind` ("default" or "named").
+    pub fn token_login(&self, kind: &str) {
+        match kind {
+            "default" => self.token_logins[0].inc(),
+            "named" => self.token_logins[1].inc(),
+            _ => 0,
+        };
     }
 
     pub fn email(&self, kind: MailKind, ok: bool) {
@@ -501,6 +523,7 @@ mod tests {
         m.upstream(None, true, Duration::from_millis(3));
         m.login(Dialect::Reset, Outcome::BadCredentials, Duration::ZERO);
         m.token_rotated(TokenReason::Requested);
+        m.token_login("named");
         m.certificate_expires(1_767_225_600);
         let text = m.render(&Gauges {
             argon2_queue_depth: 0,
@@ -519,6 +542,8 @@ mod tests {
             "tokengate_upstream_requests_total{status=\"timeout\"} 1",
             "tokengate_logins_total{dialect=\"reset\",outcome=\"bad_credentials\"} 1",
             "tokengate_logins_total{dialect=\"soap\",outcome=\"success\"} 0",
+            "tokengate_token_logins_total{kind=\"named\"} 1",
+            "tokengate_token_logins_total{kind=\"default\"} 0",
             "tokengate_active_sessions 3",
             "tokengate_limiter_keys{limiter=\"user\"} 2",
             "tokengate_emails_sent_total{kind=\"compliance\"} 0",

@@ -16,6 +16,8 @@
 //! An explicit failure of the send (the SMTP server refused, timed out, or is unreachable)
 //! clears the pending token and reports the failure: the old token stays the only one.
 
+pub mod named;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +41,18 @@ pub enum TokenError {
     Supplied,
     #[error("the rotation period must be between 1 second and 365 days")]
     Period,
+    #[error(
+        "invalid token name: use 1 to 32 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit; \"default\" is reserved"
+    )]
+    InvalidName,
+    #[error("the user already has a token named '{0}'")]
+    NamedExists(String),
+    #[error("the user has no token named '{0}'")]
+    NoSuchToken(String),
+    #[error(
+        "the user already holds {0} named tokens, the most allowed ([tokens] max_named_per_user)"
+    )]
+    TooManyNamed(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -198,8 +212,21 @@ impl Tokens {
                 user,
             });
         }
-        self.rotate_with(user_id, TokenReason::PasswordChange, Some(hash))
-            .await
+        let rotated = self
+            .rotate_with(user_id, TokenReason::PasswordChange, Some(hash))
+            .await?;
+        // As Salesforce does, a new password comes with new tokens: every named token too,
+        // one message each, unless `[tokens] keep_named_tokens_on_password_change`.
+        if !self.cfg.keep_named_tokens_on_password_change && !rotated.user.named_tokens.is_empty() {
+            self.reset_all_named(user_id).await;
+            if let Some(user) = self.store.user_by_id(user_id)? {
+                return Ok(Rotated {
+                    masked_email: rotated.masked_email,
+                    user: (*user).clone(),
+                });
+            }
+        }
+        Ok(rotated)
     }
 
     async fn rotate_with(
@@ -250,6 +277,7 @@ impl Tokens {
             reason,
             at: now,
             previous_valid_until,
+            named: None,
         };
         if let Err(e) = self.mailer.send_token(&mail).await {
             tracing::warn!(user = %user.username, reason = ?reason, error = %e, "token email failed; the current token stays valid");

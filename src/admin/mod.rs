@@ -72,6 +72,11 @@ pub enum AdminError {
         "no mail transport is configured ([mail] transport = \"none\"), so nobody would ever see the new user's security token; nothing was created. Configure [mail] in the configuration file to email it, or pass --show-token to print it once"
     )]
     Undeliverable,
+    /// A named token nobody would ever see: no mail transport.
+    #[error(
+        "no mail transport is configured ([mail] transport = \"none\"), so nobody would ever see the new token; nothing was added. Configure [mail] in the configuration file"
+    )]
+    UndeliverableToken,
 }
 
 impl From<StoreError> for AdminError {
@@ -107,6 +112,9 @@ pub struct UserView {
     /// Whether the user has confirmed a console second factor (`mfa`).
     #[serde(default)]
     pub mfa_enrolled: bool,
+    /// The names of the user's named tokens (one per integration), never a token.
+    #[serde(default)]
+    pub named_tokens: Vec<String>,
 }
 
 impl From<&User> for UserView {
@@ -131,6 +139,7 @@ impl From<&User> for UserView {
             loadtest: u.loadtest,
             api_only: u.api_only,
             mfa_enrolled: u.mfa.enrolled(),
+            named_tokens: u.named_tokens.iter().map(|t| t.name.clone()).collect(),
         }
     }
 }
@@ -581,11 +590,21 @@ impl Request {
             Self::UserPasswd { username, .. } => ("user.password", user(username)),
             Self::UserSetRotation { username, .. } => ("user.rotation", user(username)),
             Self::UserSetLoginRanges { username, .. } => ("user.login_ranges", user(username)),
-            Self::TokenReset { username } => ("user.token_reset", user(username)),
+            Self::TokenReset {
+                username,
+                name: None,
+            } => ("user.token_reset", user(username)),
+            Self::TokenReset {
+                username,
+                name: Some(_),
+            } => ("token.reset", user(username)),
+            Self::TokenAdd { username, .. } => ("token.add", user(username)),
+            Self::TokenRevoke { username, .. } => ("token.revoke", user(username)),
             Self::ComplianceSet { .. } => ("compliance_bcc.set", Subject::Compliance),
             Self::Backup { path } => ("backup", Subject::File(path.clone())),
             Self::UserList
             | Self::UserShow { .. }
+            | Self::TokenList { .. }
             | Self::History { .. }
             | Self::ComplianceGet
             | Self::Audit { .. }
@@ -622,8 +641,18 @@ impl Admin {
             // Secrets are never compared, but that they changed is what the record is for
             // (the timestamps that say so have a resolution of a second).
             match (&answer, action) {
-                (Answer::Rotated { masked_email, .. }, _) => changes.push(audit::Change {
-                    field: "token".into(),
+                (
+                    Answer::Rotated {
+                        masked_email,
+                        token,
+                        ..
+                    },
+                    _,
+                ) => changes.push(audit::Change {
+                    field: match token {
+                        Some(name) => format!("token {name}"),
+                        None => "token".into(),
+                    },
                     before: None,
                     after: Some(format!("emailed to {masked_email}")),
                 }),
@@ -727,6 +756,7 @@ impl Admin {
                 reason: TokenReason::AccountCreated,
                 at: crate::now_secs(),
                 previous_valid_until: None,
+                named: None,
             };
             if let Err(e) = self.tokens.mailer().send_token(&mail).await {
                 tracing::warn!(user = %user.username, error = %e, "could not email the new user's token");

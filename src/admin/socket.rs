@@ -43,8 +43,25 @@ pub enum Request {
         username: String,
         every: String,
     },
+    /// `name`: a named token; none: the default token.
     TokenReset {
         username: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// Adds a named token (one integration's) and emails it.
+    TokenAdd {
+        username: String,
+        name: String,
+    },
+    /// The user's tokens, the default one first (never a token).
+    TokenList {
+        username: String,
+    },
+    /// Removes a named token.
+    TokenRevoke {
+        username: String,
+        name: String,
     },
     ComplianceGet,
     UserUnlock {
@@ -104,10 +121,18 @@ pub enum Answer {
     Users {
         users: Vec<UserView>,
     },
-    /// A token was rotated and emailed (never shown).
+    /// A token was rotated and emailed (never shown). `token`: the named token's name; none:
+    /// the default token.
     Rotated {
         user: UserView,
         masked_email: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// A user's tokens (`token list`): names and uses, never a token.
+    Tokens {
+        username: String,
+        tokens: Vec<crate::tokens::named::NamedTokenView>,
     },
     Compliance {
         setting: ComplianceBcc,
@@ -186,16 +211,50 @@ impl Admin {
                 let user = self.tokens.set_rotation(&username, period)?;
                 Ok(user_answer((&user).into()))
             }
-            Request::TokenReset { username } => {
+            Request::TokenReset { username, name } => {
                 let user = self.tokens.find(&username)?;
-                let r = self
-                    .tokens
-                    .rotate(&user.id, TokenReason::AdminRotation)
-                    .await?;
+                let r = match &name {
+                    Some(n) => {
+                        self.tokens
+                            .reset_named(&user.id, n, TokenReason::AdminRotation)
+                            .await?
+                    }
+                    None => {
+                        self.tokens
+                            .rotate(&user.id, TokenReason::AdminRotation)
+                            .await?
+                    }
+                };
                 Ok(Answer::Rotated {
                     user: (&r.user).into(),
                     masked_email: r.masked_email,
+                    token: name,
                 })
+            }
+            Request::TokenAdd { username, name } => {
+                crate::tokens::named::validate_name(&name)?;
+                if !self.tokens.mailer().is_configured() {
+                    return Err(AdminError::UndeliverableToken);
+                }
+                let user = self.tokens.find(&username)?;
+                let r = self.tokens.add_named(&user.id, &name).await?;
+                Ok(Answer::Rotated {
+                    user: (&r.user).into(),
+                    masked_email: r.masked_email,
+                    token: Some(name),
+                })
+            }
+            Request::TokenList { username } => {
+                let user = self.tokens.find(&username)?;
+                Ok(Answer::Tokens {
+                    username: user.username.clone(),
+                    tokens: crate::tokens::named::list_with_default(&user),
+                })
+            }
+            Request::TokenRevoke { username, name } => {
+                let user = self.tokens.find(&username)?;
+                let user = self.tokens.revoke_named(&user.id, &name).await?;
+                Ok(user_answer((&user).into()))
             }
             Request::Backup { path } => {
                 let store = self.store.clone();

@@ -5,7 +5,9 @@
 //! secret. Value: the user, the user's credential epoch at verification time, and an expiry.
 //! Successes only, bounded size, TTL. A hit is only honoured while the stored user's epoch is
 //! unchanged, so a password change, token reset, disable, lock or login-range change kills every
-//! cached verification at once.
+//! cached verification at once. A verification with a named token also names the serial of
+//! that token's value, and is honoured only while the user still holds it: resetting or
+//! revoking one integration's token kills its entries and no other's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,10 @@ pub struct Entry {
     pub superseded: bool,
     /// When the entry dies; set before insertion to end it before the TTL (0: at the TTL).
     pub expires: u64,
+    /// Verified with a named token: its value's serial and its name. Honoured only while the
+    /// user still holds that serial, so a reset or revocation of that token (which does not
+    /// move the epoch) kills the entry and leaves the user's other tokens' entries alive.
+    pub named: Option<(u64, Arc<str>)>,
 }
 
 pub struct CredentialCache<V: Clone> {
@@ -168,6 +174,7 @@ mod tests {
             password_only: false,
             superseded: false,
             expires: 0,
+            named: None,
         }
     }
 

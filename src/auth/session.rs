@@ -15,6 +15,12 @@
 //! the client relaxes them. Both are fields of the session, read on use as the defaults are:
 //! the lookup costs the same.
 //!
+//! A session logged in with a named token (one integration's token) holds, instead of its
+//! user's cell, a cell of its own for that token's value: it follows the user's session epoch
+//! while the user still holds the value's serial and is set to "gone" when the token is reset
+//! or revoked. So one integration's reset ends that integration's sessions only, and the use
+//! of a session still costs one atomic load.
+//!
 //! Each user holds at most `max_per_user` sessions: a new one past the bound ends the user's
 //! oldest, so one valid credential cannot fill the table for everyone else.
 //!
@@ -59,7 +65,12 @@ pub struct Session {
     /// The user's session epoch at login.
     pub epoch: u64,
     pub created_at: u64,
-    /// The user's current session epoch, shared by all the user's sessions.
+    /// The serial of the named token's value the session was logged in with (0: none).
+    pub token_serial: u64,
+    /// That token's name, for the access log.
+    pub token: Option<Arc<str>>,
+    /// The user's current session epoch, shared by all the user's sessions (or, for a named
+    /// token's session, by that value's sessions: `GONE` once the value is reset or revoked).
     live: Arc<AtomicU64>,
     /// The user's login ranges at login. A change of ranges moves the epoch on, so while the
     /// session lives they are the user's current ones. None for a session of an OAuth client
@@ -94,6 +105,8 @@ pub struct Sessions {
     /// user id → the user's current session epoch, for users with sessions (shared with the
     /// store's observer).
     epochs: Arc<DashMap<String, Arc<AtomicU64>>>,
+    /// user id → (named token serial, that value's cell), for values with sessions.
+    token_epochs: Arc<TokenCells>,
     store: Arc<dyn Store>,
     secrets: Arc<Secrets>,
     idle: u64,
@@ -101,6 +114,19 @@ pub struct Sessions {
     max: usize,
     max_per_user: usize,
     org15: String,
+}
+
+/// user id → (named token serial, the cell of the sessions made with that value).
+type TokenCells = DashMap<String, Vec<(u64, Arc<AtomicU64>)>>;
+
+/// The session epoch a session made with the named token value `serial` (0: not a named
+/// token) must carry to live: the user's, while the user holds that value.
+fn token_epoch(user: &User, serial: u64) -> u64 {
+    if serial == 0 || user.named_tokens.iter().any(|t| t.serial == serial) {
+        user.session_epoch
+    } else {
+        GONE
+    }
 }
 
 /// Session ids are ASCII and short; anything longer is not ours and is not hashed.
@@ -120,9 +146,11 @@ pub struct Limits {
 impl Sessions {
     pub fn new(store: Arc<dyn Store>, secrets: Arc<Secrets>, limits: Limits, org15: &str) -> Self {
         let epochs: Arc<DashMap<String, Arc<AtomicU64>>> = Arc::default();
+        let token_epochs: Arc<TokenCells> = Arc::default();
         let cells = Arc::downgrade(&epochs);
+        let token_cells = Arc::downgrade(&token_epochs);
         store.observe_users(Arc::new(move |change| {
-            let Some(cells) = cells.upgrade() else {
+            let (Some(cells), Some(token_cells)) = (cells.upgrade(), token_cells.upgrade()) else {
                 return;
             };
             match change {
@@ -130,10 +158,20 @@ impl Sessions {
                     if let Some(c) = cells.get(&u.id) {
                         c.fetch_max(u.session_epoch, Ordering::AcqRel);
                     }
+                    if let Some(values) = token_cells.get(&u.id) {
+                        for (serial, c) in values.iter() {
+                            c.fetch_max(token_epoch(u, *serial), Ordering::AcqRel);
+                        }
+                    }
                 }
                 UserChange::Deleted { id } => {
                     if let Some(c) = cells.get(id) {
                         c.store(GONE, Ordering::Release);
+                    }
+                    if let Some(values) = token_cells.get(id) {
+                        for (_, c) in values.iter() {
+                            c.store(GONE, Ordering::Release);
+                        }
                     }
                 }
             }
@@ -171,6 +209,7 @@ impl Sessions {
             by_user,
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
             epochs,
+            token_epochs,
             store,
             secrets,
             idle: limits.idle.as_secs().max(1),
@@ -248,6 +287,39 @@ impl Sessions {
         Ok(cell)
     }
 
+    /// The cell a session made with the named token value `serial` of `user_id` holds: like
+    /// [`Self::epoch_cell`], filled from the store after it is published, so a reset or
+    /// revocation committed before is read here and one committed after reaches it through
+    /// the observer. `serial` 0 (not a named token): the user's cell.
+    fn session_cell(
+        &self,
+        user_id: &str,
+        serial: u64,
+        seen: u64,
+    ) -> Result<Arc<AtomicU64>, StoreError> {
+        if serial == 0 {
+            return self.epoch_cell(user_id, seen);
+        }
+        let (cell, fresh) = {
+            let mut values = self.token_epochs.entry(user_id.to_owned()).or_default();
+            match values.iter().find(|(s, _)| *s == serial) {
+                Some((_, c)) => (c.clone(), false),
+                None => {
+                    let c = Arc::new(AtomicU64::new(seen));
+                    values.push((serial, c.clone()));
+                    (c, true)
+                }
+            }
+        };
+        if fresh {
+            match self.store.user_by_id(user_id)? {
+                Some(u) => cell.fetch_max(token_epoch(&u, serial), Ordering::AcqRel),
+                None => cell.swap(GONE, Ordering::AcqRel),
+            };
+        }
+        Ok(cell)
+    }
+
     /// Loads persisted sessions at start, checked like sessions in use: expired ones, ones
     /// whose user is gone or has moved on, and ones beyond the table's bounds are deleted.
     pub fn load(&self) -> Result<usize, SessionError> {
@@ -273,13 +345,15 @@ impl Sessions {
                     u
                 }
             };
-            let Some(user) = user.filter(|u| u.session_epoch == rec.epoch && !u.disabled) else {
+            let Some(user) =
+                user.filter(|u| token_epoch(u, rec.token_serial) == rec.epoch && !u.disabled)
+            else {
                 doomed.push(key);
                 continue;
             };
             let (idle, ranges) = self.shaped(rec.policy, &user);
             let s = Session {
-                live: self.epoch_cell(&user.id, user.session_epoch)?,
+                live: self.session_cell(&user.id, rec.token_serial, user.session_epoch)?,
                 ranges,
                 idle,
                 policy: rec.policy,
@@ -287,6 +361,8 @@ impl Sessions {
                 username: rec.username,
                 epoch: rec.epoch,
                 created_at: rec.created_at,
+                token_serial: rec.token_serial,
+                token: rec.token.map(Into::into),
                 last_seen: AtomicU64::new(rec.last_seen),
                 persisted_seen: AtomicU64::new(rec.last_seen),
             };
@@ -317,11 +393,21 @@ impl Sessions {
     /// Starts a session for `user` (as a login verified it) and returns its id. The id itself
     /// is never stored. A user past the per-user bound loses the oldest session.
     pub fn create(&self, user: &User) -> Result<String, SessionError> {
-        self.create_with(user, SessionPolicy::default())
+        self.create_with(
+            user,
+            &crate::auth::TokenUsed::Default,
+            SessionPolicy::default(),
+        )
     }
 
-    /// [`Self::create`] for a session under its OAuth client's `policy`.
-    pub fn create_with(&self, user: &User, policy: SessionPolicy) -> Result<String, SessionError> {
+    /// [`Self::create`] for a login with `token` under its OAuth client's `policy`: a session
+    /// made with a named token ends when that token is reset or revoked.
+    pub fn create_with(
+        &self,
+        user: &User,
+        token: &crate::auth::TokenUsed,
+        policy: SessionPolicy,
+    ) -> Result<String, SessionError> {
         if self.map.len() >= self.max {
             self.sweep();
             if self.map.len() >= self.max {
@@ -330,6 +416,7 @@ impl Sessions {
         }
         let sid = format!("{}!{}", self.org15, self.secrets.generate_session_secret()?);
         let now = crate::now_secs();
+        let serial = token.serial();
         let rec = SessionRecord {
             user_id: user.id.clone(),
             username: user.username.clone(),
@@ -337,10 +424,12 @@ impl Sessions {
             created_at: now,
             last_seen: now,
             policy,
+            token_serial: serial,
+            token: token.name().map(str::to_owned),
         };
         let key = self.key(&sid);
         let (idle, ranges) = self.shaped(policy, user);
-        let live = self.epoch_cell(&user.id, user.session_epoch)?;
+        let live = self.session_cell(&user.id, serial, user.session_epoch)?;
         self.store.put_session(&key, &rec)?;
         self.map.insert(
             key,
@@ -349,6 +438,8 @@ impl Sessions {
                 username: rec.username,
                 epoch: rec.epoch,
                 created_at: now,
+                token_serial: serial,
+                token: rec.token.map(Into::into),
                 live,
                 ranges,
                 idle,
@@ -393,7 +484,7 @@ impl Sessions {
             // This replica may have missed a change: the database decides, and an unreachable
             // one refuses.
             let user = self.store.user_by_id(&s.user_id)?;
-            if !user.is_some_and(|u| !u.disabled && u.session_epoch == s.epoch) {
+            if !user.is_some_and(|u| !u.disabled && token_epoch(&u, s.token_serial) == s.epoch) {
                 return Ok(None);
             }
         }
@@ -439,14 +530,14 @@ impl Sessions {
         let Some(user) = self
             .store
             .user_by_id(&rec.user_id)?
-            .filter(|u| u.session_epoch == rec.epoch && !u.disabled)
+            .filter(|u| token_epoch(u, rec.token_serial) == rec.epoch && !u.disabled)
         else {
             self.store.delete_session(key)?;
             return Ok(None);
         };
         let (idle, ranges) = self.shaped(rec.policy, &user);
         let s = Arc::new(Session {
-            live: self.epoch_cell(&user.id, user.session_epoch)?,
+            live: self.session_cell(&user.id, rec.token_serial, user.session_epoch)?,
             ranges,
             idle,
             policy: rec.policy,
@@ -454,6 +545,8 @@ impl Sessions {
             username: rec.username,
             epoch: rec.epoch,
             created_at: rec.created_at,
+            token_serial: rec.token_serial,
+            token: rec.token.map(Into::into),
             last_seen: AtomicU64::new(rec.last_seen),
             persisted_seen: AtomicU64::new(rec.last_seen),
         });
@@ -574,6 +667,8 @@ impl Sessions {
                 created_at: s.created_at,
                 last_seen: seen,
                 policy: s.policy,
+                token_serial: s.token_serial,
+                token: s.token.as_deref().map(str::to_owned),
             };
             if self.store.put_session(&key, &rec).is_ok() {
                 s.persisted_seen.store(seen, Ordering::Relaxed);
@@ -582,6 +677,10 @@ impl Sessions {
         self.by_user.retain(|_, keys| !keys.is_empty());
         // Cells no session holds any more; a new session makes a fresh one from the store.
         self.epochs.retain(|_, c| Arc::strong_count(c) > 1);
+        self.token_epochs.retain(|_, values| {
+            values.retain(|(_, c)| Arc::strong_count(c) > 1);
+            !values.is_empty()
+        });
         doomed.len()
     }
 }

@@ -245,8 +245,35 @@ enum Format {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Issue a new token and email it to the user (the old one stops working).
-    Reset { username: String },
+    /// Issue a new token and email it to the user (the old one stops working): the default
+    /// token, or with --name one named token (the user's other tokens keep working).
+    Reset {
+        username: String,
+        /// The named token to reset ("default": the default token).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Add a named token (one integration's, e.g. "dataloader") and email it to the user.
+    Add {
+        username: String,
+        /// 1 to 32 of a-z, 0-9, '.', '_', '-', starting with a letter or digit; not "default".
+        #[arg(long)]
+        name: String,
+    },
+    /// List the user's tokens: name, created, last used, from where, in which dialect (never
+    /// a token).
+    List {
+        username: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a named token: it stops working, and so do the sessions made with it.
+    Revoke {
+        username: String,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -512,13 +539,25 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let cfg = admin_config(&source)?;
             users::user_command(&cfg, cmd).await
         }
-        Command::Token(TokenCommand::Reset { username }) => {
+        Command::Token(cmd) => {
             let cfg = admin_config(&source)?;
-            print_answer(
-                admin_call(&cfg, Request::TokenReset { username }).await?,
-                false,
-                false,
-            )
+            let (req, json) = match cmd {
+                TokenCommand::Reset { username, name } => (
+                    Request::TokenReset {
+                        username,
+                        name: name.filter(|n| n != tokengate::store::DEFAULT_TOKEN_NAME),
+                    },
+                    false,
+                ),
+                TokenCommand::Add { username, name } => {
+                    (Request::TokenAdd { username, name }, false)
+                }
+                TokenCommand::List { username, json } => (Request::TokenList { username }, json),
+                TokenCommand::Revoke { username, name } => {
+                    (Request::TokenRevoke { username, name }, false)
+                }
+            };
+            print_answer(admin_call(&cfg, req).await?, json, false)
         }
         Command::Settings(SettingsCommand::ComplianceBcc {
             enable,

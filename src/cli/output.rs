@@ -30,6 +30,12 @@ fn print_user(u: &UserView, json: bool) {
     println!("created:           {}", when(u.created_at));
     println!("password changed:  {}", when(u.password_changed_at));
     println!("token reset:       {}", when(u.token_reset_at));
+    let named = if u.named_tokens.is_empty() {
+        "none".to_owned()
+    } else {
+        u.named_tokens.join(", ")
+    };
+    println!("named tokens:      {named}");
     match (u.rotate_every_secs, u.next_rotation_at) {
         (Some(every), Some(next)) => println!(
             "token rotation:    every {}, next at {}",
@@ -70,18 +76,19 @@ pub(super) fn print_history(
         Format::Csv => print!("{}", tokengate::history::to_csv(rows, true)),
         Format::Table => {
             println!(
-                "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} CLIENT",
-                "TIME", "USERNAME", "SOURCE IP", "DIALECT", "OUTCOME", "REASON"
+                "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} {:<16} CLIENT",
+                "TIME", "USERNAME", "SOURCE IP", "DIALECT", "OUTCOME", "REASON", "TOKEN"
             );
             for r in rows {
                 println!(
-                    "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} {}",
+                    "{:<24} {:<32} {:<15} {:<7} {:<20} {:<16} {:<16} {}",
                     format_ms(r.at_ms),
                     r.username,
                     r.source_ip,
                     r.dialect,
                     r.outcome,
                     r.reason.as_deref().unwrap_or("-"),
+                    r.token.as_deref().unwrap_or("-"),
                     r.client.as_deref().unwrap_or("-")
                 );
             }
@@ -110,11 +117,53 @@ pub(super) fn print_answer(answer: Answer, json: bool, show_token: bool) -> Resu
             println!("{message}");
             Ok(())
         }
-        Answer::Rotated { user, masked_email } => {
+        Answer::Rotated {
+            user,
+            masked_email,
+            token,
+        } => {
+            match token {
+                Some(name) => println!(
+                    "A new security token named {name} for {} was emailed to {masked_email}.",
+                    user.username
+                ),
+                None => println!(
+                    "A new security token for {} was emailed to {masked_email}.",
+                    user.username
+                ),
+            }
+            Ok(())
+        }
+        Answer::Tokens { username, tokens } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(());
+            }
+            let when = |t: Option<u64>| {
+                t.map_or("-".to_owned(), |t| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+                    )
+                    .to_string()
+                })
+            };
+            println!("tokens of {username}:");
             println!(
-                "A new security token for {} was emailed to {masked_email}.",
-                user.username
+                "{:<32} {:<11} {:<20} {:<20} {:<20} {:<39} DIALECT",
+                "NAME", "STATE", "CREATED", "RESET", "LAST USED", "LAST CLIENT"
             );
+            for t in tokens {
+                println!(
+                    "{:<32} {:<11} {:<20} {:<20} {:<20} {:<39} {}",
+                    t.name,
+                    t.state,
+                    when(Some(t.created_at)),
+                    when(Some(t.reset_at)),
+                    when(t.last_used_at),
+                    t.last_client_ip.as_deref().unwrap_or("-"),
+                    t.last_dialect.as_deref().unwrap_or("-"),
+                );
+            }
             Ok(())
         }
         Answer::Compliance { setting } => {

@@ -60,6 +60,11 @@ pub(super) async fn admin_call(cfg: &Config, req: Request) -> Result<Answer, Cli
     {
         return Err(AdminError::Undeliverable.to_string().into());
     }
+    if let Request::TokenAdd { .. } = &req
+        && matches!(cfg.mail.transport, MailTransport::None)
+    {
+        return Err(AdminError::UndeliverableToken.to_string().into());
+    }
     let created = !locate::store_exists(cfg);
     let admin = tokengate::services::offline_admin(cfg).map_err(|e| match e {
         ServicesError::Store(tokengate::store::StoreError::Locked { path }) => format!(

@@ -331,6 +331,10 @@ pub struct Tokens {
     pub reset_per_ip_per_hour: u32,
     #[serde(with = "humantime_serde")]
     pub rotation_check_interval: Duration,
+    /// Named tokens (one per integration) a user may hold besides the default token.
+    pub max_named_per_user: usize,
+    /// Keep a user's named tokens across a password change (by default each is reset).
+    pub keep_named_tokens_on_password_change: bool,
 }
 
 impl Default for Tokens {
@@ -341,6 +345,8 @@ impl Default for Tokens {
             reset_per_user_per_hour: 5,
             reset_per_ip_per_hour: 30,
             rotation_check_interval: Duration::from_secs(30),
+            max_named_per_user: 20,
+            keep_named_tokens_on_password_change: false,
         }
     }
 }

@@ -117,6 +117,10 @@ pub struct TokensConfig {
     pub reset_per_user_per_hour: std::num::NonZeroU32,
     pub reset_per_ip_per_hour: std::num::NonZeroU32,
     pub rotation_check_interval: Duration,
+    /// Named tokens a user may hold besides the default one (0..=100; 0: none).
+    pub max_named_per_user: usize,
+    /// A password change keeps the named tokens (otherwise it resets and emails each).
+    pub keep_named_tokens_on_password_change: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

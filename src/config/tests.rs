@@ -68,6 +68,10 @@ fn bad_values_name_their_key() {
             "tokens.reset_per_user_per_hour",
         ),
         (
+            "[tokens]\nmax_named_per_user = 101",
+            "tokens.max_named_per_user",
+        ),
+        (
             "[auth]\ntrusted_networks = [\"10.0.0.0/33\"]",
             "auth.trusted_networks",
         ),

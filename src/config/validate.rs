@@ -591,6 +591,8 @@ pub(super) fn tokens(t: &file::Tokens) -> Result<TokensConfig, ConfigError> {
             "tokens.rotation_check_interval",
             t.rotation_check_interval,
         )?,
+        max_named_per_user: bounded("tokens.max_named_per_user", t.max_named_per_user, 0, 100)?,
+        keep_named_tokens_on_password_change: t.keep_named_tokens_on_password_change,
     })
 }
 

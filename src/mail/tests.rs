@@ -34,9 +34,21 @@ fn the_message_names_user_reason_token_and_what_to_do() {
         reason: TokenReason::AdminRotation,
         at: 0,
         previous_valid_until: None,
+        named: None,
     };
     let (subject, text, html) = render("PatronManager", &m, false);
     assert_eq!(subject, "Your new PatronManager security token");
+    let named = TokenMail {
+        user: m.user,
+        token: m.token,
+        reason: m.reason,
+        at: m.at,
+        previous_valid_until: None,
+        named: Some("dataloader"),
+    };
+    let (named_subject, named_text, _) = render("PatronManager", &named, false);
+    assert_eq!(named_subject, "Your new security token for dataloader");
+    assert!(named_text.contains("\"dataloader\": use it there only"));
     for part in [&text, &html] {
         assert!(part.contains("AbCdEfGhIjKlMnOpQrStUvWx"));
         assert!(part.contains("alice@example.com"));

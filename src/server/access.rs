@@ -12,8 +12,9 @@
 //! - **Access log.** One `INFO` event per request on the target [`TARGET`], emitted when the
 //!   response body has been sent (or dropped): method, path (never the query string, which
 //!   may hold an `oauth_token`), status, bytes in (the declared `Content-Length`) and out (the
-//!   response body as sent), duration, dialect, the authenticated user's id, the client
-//!   address and the request id. No header, query string or credential is ever part of it.
+//!   response body as sent), duration, dialect, the authenticated user's id, the token the
+//!   credential carried ("default" or a named token's name; none for a password alone or a
+//!   session made without one), the client address and the request id. No header, query string or credential is ever part of it.
 //!   The user id is noted by `server::caller` into a task-local slot ([`note_session`],
 //!   [`note_user`]) that lives in the request's future: no allocation, no lock.
 
@@ -106,14 +107,22 @@ pub fn sane(id: &[u8]) -> bool {
 /// Whose request it was, as `server::caller` established it.
 enum Who {
     Session(Arc<Session>),
-    User(Arc<User>),
+    /// The user, and the name of the token the password came with.
+    User(Arc<User>, Option<&'static str>, Option<Arc<str>>),
 }
 
 impl Who {
     fn id(&self) -> &str {
         match self {
             Who::Session(s) => &s.user_id,
-            Who::User(u) => &u.id,
+            Who::User(u, ..) => &u.id,
+        }
+    }
+
+    fn token(&self) -> Option<&str> {
+        match self {
+            Who::Session(s) => s.token.as_deref(),
+            Who::User(_, fixed, named) => fixed.or(named.as_deref()),
         }
     }
 }
@@ -136,7 +145,21 @@ pub fn note_session(s: &Arc<Session>) {
 
 /// Notes the user a request was authenticated as (a password, a console sign-in).
 pub fn note_user(u: &Arc<User>) {
-    let _ = CURRENT.try_with(|c| *c.caller.borrow_mut() = Some(Who::User(u.clone())));
+    let _ = CURRENT.try_with(|c| *c.caller.borrow_mut() = Some(Who::User(u.clone(), None, None)));
+}
+
+/// Notes the user a login verified and the token it presented.
+pub fn note_login(u: &Arc<User>, token: &crate::auth::TokenUsed) {
+    let who = match token {
+        crate::auth::TokenUsed::None => Who::User(u.clone(), None, None),
+        crate::auth::TokenUsed::Default => {
+            Who::User(u.clone(), Some(crate::store::DEFAULT_TOKEN_NAME), None)
+        }
+        crate::auth::TokenUsed::Named { name, .. } => {
+            Who::User(u.clone(), None, Some(name.clone()))
+        }
+    };
+    let _ = CURRENT.try_with(|c| *c.caller.borrow_mut() = Some(who));
 }
 
 /// The id of the request being handled on this task, if any: the log formatter adds it to
@@ -194,6 +217,7 @@ impl Line {
             duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             dialect = dialect(path),
             user_id = self.user.as_ref().map(Who::id),
+            token = self.user.as_ref().and_then(Who::token),
             client = %self.client,
             request_id = self.request_id.to_str().unwrap_or_default(),
             "request"

@@ -63,6 +63,7 @@ pub(crate) fn parse_bodies(data: &[u8]) -> Vec<String> {
     one::<UserPatchBody>(data, &mut out);
     one::<AdminBody>(data, &mut out);
     one::<RotationBody>(data, &mut out);
+    one::<TokenBody>(data, &mut out);
     out
 }
 
@@ -143,11 +144,19 @@ pub(crate) static ROUTES: &[Route] = &[
     route!(GET "/tokengate/v1/openapi.json", Public, openapi_json, __path_openapi_json),
     route!(POST "/tokengate/v1/token/reset", User, self_service_reset, __path_self_service_reset),
     route!(POST "/tokengate/v1/password", User, change_password, __path_change_password),
+    route!(GET "/tokengate/v1/tokens", User, my_tokens, __path_my_tokens),
+    route!(POST "/tokengate/v1/tokens", User, add_my_token, __path_add_my_token),
+    route!(POST "/tokengate/v1/tokens/{name}/reset", User, reset_my_token, __path_reset_my_token),
+    route!(DELETE "/tokengate/v1/tokens/{name}", User, revoke_my_token, __path_revoke_my_token),
     route!(GET "/tokengate/v1/admin/users", Admin, list_users, __path_list_users),
     route!(POST "/tokengate/v1/admin/users", Admin, add_user, __path_add_user),
     route!(GET "/tokengate/v1/admin/users/{username}", Admin, show_user, __path_show_user),
     route!(DELETE "/tokengate/v1/admin/users/{username}", Admin, delete_user, __path_delete_user),
     route!(POST "/tokengate/v1/admin/users/{username}/token/reset", Admin, reset_token, __path_reset_token),
+    route!(GET "/tokengate/v1/admin/users/{username}/tokens", Admin, list_tokens, __path_list_tokens),
+    route!(POST "/tokengate/v1/admin/users/{username}/tokens", Admin, add_token, __path_add_token),
+    route!(POST "/tokengate/v1/admin/users/{username}/tokens/{name}/reset", Admin, reset_named_token, __path_reset_named_token),
+    route!(DELETE "/tokengate/v1/admin/users/{username}/tokens/{name}", Admin, revoke_token, __path_revoke_token),
     route!(PATCH "/tokengate/v1/admin/users/{username}", Admin, update_user, __path_update_user),
     route!(POST "/tokengate/v1/admin/users/{username}/unlock", Admin, unlock_user, __path_unlock_user),
     route!(POST "/tokengate/v1/admin/users/{username}/disable", Admin, disable_user, __path_disable_user),
@@ -737,8 +746,18 @@ async fn delete_user(call: Call) -> Answer {
 async fn reset_token(call: Call) -> Answer {
     let (_, call) = call.split();
     let username = call.username.clone();
-    match perform(&call, AdminRequest::TokenReset { username }).await? {
-        AdminAnswer::Rotated { user, masked_email } => Ok(json(
+    match perform(
+        &call,
+        AdminRequest::TokenReset {
+            username,
+            name: None,
+        },
+    )
+    .await?
+    {
+        AdminAnswer::Rotated {
+            user, masked_email, ..
+        } => Ok(json(
             StatusCode::ACCEPTED,
             &serde_json::json!({
                 "status": "accepted",
@@ -1055,6 +1074,272 @@ async fn set_compliance_bcc(call: Call) -> Answer {
         )),
         _ => Err(Refusal::Internal),
     }
+}
+
+/// `POST …/tokens` `{"name": "dataloader"}`: the named token to add.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    /// `[a-z0-9][a-z0-9._-]{0,31}`, not "default".
+    name: String,
+}
+
+/// Runs a token operation through `Admin::perform` (so it is audited) and answers it: a list
+/// with 200, an added token with 201, a reset with 202, a revocation with 200.
+async fn token_op(app: &App, actor: &Actor, op: AdminRequest) -> Answer {
+    let revoked = match &op {
+        AdminRequest::TokenRevoke { name, .. } => Some(name.clone()),
+        _ => None,
+    };
+    let added = matches!(op, AdminRequest::TokenAdd { .. });
+    match app.admin.perform(actor, op).await? {
+        AdminAnswer::Tokens { username, tokens } => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "username": username, "tokens": tokens }),
+        )),
+        AdminAnswer::Rotated {
+            masked_email,
+            token,
+            user,
+        } => {
+            let name = token.as_deref().unwrap_or(crate::store::DEFAULT_TOKEN_NAME);
+            Ok(json(
+                if added {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::ACCEPTED
+                },
+                &serde_json::json!({
+                    "status": if added { "created" } else { "accepted" },
+                    "message": format!("A new security token for {name} was emailed to {masked_email}."),
+                    "name": name,
+                    "sent_to": masked_email,
+                    "username": user.username,
+                }),
+            ))
+        }
+        AdminAnswer::User { user, .. } if revoked.is_some() => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": "revoked",
+                "name": revoked,
+                "username": user.username,
+            }),
+        )),
+        AdminAnswer::Error { message } => Err(Refusal::invalid(message)),
+        _ => Err(Refusal::Internal),
+    }
+}
+
+/// A reset of the token `name`: "default" is the default token.
+fn reset_request(username: String, name: &str) -> AdminRequest {
+    AdminRequest::TokenReset {
+        username,
+        name: (name != crate::store::DEFAULT_TOKEN_NAME).then(|| name.to_owned()),
+    }
+}
+
+/// The admin calling an admin endpoint (set by `dispatch`).
+fn admin_actor(call: &Call) -> Result<Actor, Refusal> {
+    call.actor.clone().ok_or(Refusal::Internal)
+}
+
+#[utoipa::path(
+    get,
+    path = "/tokengate/v1/admin/users/{username}/tokens",
+    tag = "admin",
+    security(("basic" = []), ("session" = [])),
+    params(("username" = String, Path, description = "The user's username")),
+    responses(
+        (status = 200, description = "The user's tokens, the default one first: {\"username\", \"tokens\": [{name, state, created_at, reset_at, last_used_at, last_client_ip, last_dialect}]}; never a token", content_type = "application/json"),
+        (status = 401, description = "Not authenticated", body = inline(Problem)),
+        (status = 403, description = "Not an administrator", body = inline(Problem)),
+        (status = 404, description = "No such user", body = inline(Problem)),
+    )
+)]
+async fn list_tokens(call: Call) -> Answer {
+    let actor = admin_actor(&call)?;
+    let username = call.param(0).to_owned();
+    token_op(&call.app, &actor, AdminRequest::TokenList { username }).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/tokengate/v1/admin/users/{username}/tokens",
+    tag = "admin",
+    security(("basic" = []), ("session" = [])),
+    params(("username" = String, Path, description = "The user's username")),
+    request_body(content = inline(TokenBody), content_type = "application/json"),
+    responses(
+        (status = 201, description = "The named token was added and emailed to the user (never returned)", content_type = "application/json"),
+        (status = 401, description = "Not authenticated", body = inline(Problem)),
+        (status = 403, description = "Not an administrator", body = inline(Problem)),
+        (status = 404, description = "No such user", body = inline(Problem)),
+        (status = 409, description = "`token_exists`, or `too_many_tokens` ([tokens] max_named_per_user)", body = inline(Problem)),
+        (status = 422, description = "`invalid_token_name`", body = inline(Problem)),
+        (status = 503, description = "The token could not be emailed; nothing was added", body = inline(Problem)),
+    )
+)]
+async fn add_token(call: Call) -> Answer {
+    let actor = admin_actor(&call)?;
+    let (req, call) = call.split();
+    let b: TokenBody = read::json(&call.app, req).await?;
+    let op = AdminRequest::TokenAdd {
+        username: call.username,
+        name: b.name,
+    };
+    token_op(&call.app, &actor, op).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/tokengate/v1/admin/users/{username}/tokens/{name}/reset",
+    tag = "admin",
+    security(("basic" = []), ("session" = [])),
+    params(
+        ("username" = String, Path, description = "The user's username"),
+        ("name" = String, Path, description = "The token's name (\"default\": the default token)"),
+    ),
+    responses(
+        (status = 202, description = "A new value was emailed; the old one, and the sessions made with it, ended", content_type = "application/json"),
+        (status = 401, description = "Not authenticated", body = inline(Problem)),
+        (status = 403, description = "Not an administrator", body = inline(Problem)),
+        (status = 404, description = "No such user, or `no_such_token`", body = inline(Problem)),
+        (status = 503, description = "The token email could not be sent; the current value stays valid", body = inline(Problem)),
+    )
+)]
+async fn reset_named_token(call: Call) -> Answer {
+    let actor = admin_actor(&call)?;
+    let op = reset_request(call.param(0).to_owned(), call.param(1));
+    token_op(&call.app, &actor, op).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/tokengate/v1/admin/users/{username}/tokens/{name}",
+    tag = "admin",
+    security(("basic" = []), ("session" = [])),
+    params(
+        ("username" = String, Path, description = "The user's username"),
+        ("name" = String, Path, description = "The named token's name"),
+    ),
+    responses(
+        (status = 200, description = "Revoked: {\"status\": \"revoked\", \"name\"}; its sessions ended", content_type = "application/json"),
+        (status = 401, description = "Not authenticated", body = inline(Problem)),
+        (status = 403, description = "Not an administrator", body = inline(Problem)),
+        (status = 404, description = "No such user, or `no_such_token`", body = inline(Problem)),
+        (status = 422, description = "`invalid_token_name` (the default token cannot be revoked)", body = inline(Problem)),
+    )
+)]
+async fn revoke_token(call: Call) -> Answer {
+    let actor = admin_actor(&call)?;
+    let op = revoke_request(call.param(0).to_owned(), call.param(1))?;
+    token_op(&call.app, &actor, op).await
+}
+
+/// A revocation of the named token `name` (never the default token).
+fn revoke_request(username: String, name: &str) -> Result<AdminRequest, Refusal> {
+    crate::tokens::named::validate_name(name)?;
+    Ok(AdminRequest::TokenRevoke {
+        username,
+        name: name.to_owned(),
+    })
+}
+
+/// The caller of a self-service token endpoint (a session or Basic), as the user whose tokens
+/// it manages and as the audit trail's actor: only the caller's own tokens are reachable.
+async fn token_owner(call: &Call) -> Result<(Arc<crate::store::User>, Actor), Refusal> {
+    let user = caller(&call.app, &call.req, call.peer)
+        .await?
+        .user(&call.app)?;
+    let actor = Actor::admin(&user.username, call.peer.ip, Channel::Api);
+    Ok((user, actor))
+}
+
+/// `GET /tokengate/v1/tokens`: the caller's own tokens.
+#[utoipa::path(
+    get,
+    path = "/tokengate/v1/tokens",
+    tag = "self-service",
+    security(("session" = []), ("basic" = [])),
+    responses(
+        (status = 200, description = "The caller's tokens, the default one first (never a token)", content_type = "application/json"),
+        (status = 401, description = "Not authenticated", body = inline(Problem)),
+    )
+)]
+async fn my_tokens(call: Call) -> Answer {
+    let (user, actor) = token_owner(&call).await?;
+    let op = AdminRequest::TokenList {
+        username: user.username.clone(),
+    };
+    token_op(&call.app, &actor, op).await
+}
+
+/// `POST /tokengate/v1/tokens` `{"name": ...}`: adds a named token for the caller, emailed to
+/// the caller's address.
+#[utoipa::path(
+    post,
+    path = "/tokengate/v1/tokens",
+    tag = "self-service",
+    security(("session" = []), ("basic" = [])),
+    request_body(content = inline(TokenBody), content_type = "application/json"),
+    responses(
+        (status = 201, description = "Added and emailed (never returned)", content_type = "application/json"),
+        (status = 401, description = "Not authenticated", body = inline(Problem)),
+        (status = 409, description = "`token_exists` or `too_many_tokens`", body = inline(Problem)),
+        (status = 422, description = "`invalid_token_name`", body = inline(Problem)),
+        (status = 503, description = "The token could not be emailed; nothing was added", body = inline(Problem)),
+    )
+)]
+async fn add_my_token(call: Call) -> Answer {
+    let (user, actor) = token_owner(&call).await?;
+    let app = call.app.clone();
+    let b: TokenBody = read::json(&app, call.req).await?;
+    let op = AdminRequest::TokenAdd {
+        username: user.username.clone(),
+        name: b.name,
+    };
+    token_op(&app, &actor, op).await
+}
+
+/// `POST /tokengate/v1/tokens/{name}/reset`: a new value of one of the caller's tokens.
+#[utoipa::path(
+    post,
+    path = "/tokengate/v1/tokens/{name}/reset",
+    tag = "self-service",
+    security(("session" = []), ("basic" = [])),
+    params(("name" = String, Path, description = "The token's name (\"default\": the default token)")),
+    responses(
+        (status = 202, description = "A new value was emailed", content_type = "application/json"),
+        (status = 401, description = "Not authenticated", body = inline(Problem)),
+        (status = 404, description = "`no_such_token`", body = inline(Problem)),
+        (status = 503, description = "The token email could not be sent; the current value stays valid", body = inline(Problem)),
+    )
+)]
+async fn reset_my_token(call: Call) -> Answer {
+    let (user, actor) = token_owner(&call).await?;
+    let op = reset_request(user.username.clone(), call.param(0));
+    token_op(&call.app, &actor, op).await
+}
+
+/// `DELETE /tokengate/v1/tokens/{name}`: revokes one of the caller's named tokens.
+#[utoipa::path(
+    delete,
+    path = "/tokengate/v1/tokens/{name}",
+    tag = "self-service",
+    security(("session" = []), ("basic" = [])),
+    params(("name" = String, Path, description = "The named token's name")),
+    responses(
+        (status = 200, description = "Revoked; its sessions ended", content_type = "application/json"),
+        (status = 401, description = "Not authenticated", body = inline(Problem)),
+        (status = 404, description = "`no_such_token`", body = inline(Problem)),
+        (status = 422, description = "`invalid_token_name` (the default token cannot be revoked)", body = inline(Problem)),
+    )
+)]
+async fn revoke_my_token(call: Call) -> Answer {
+    let (user, actor) = token_owner(&call).await?;
+    let op = revoke_request(user.username.clone(), call.param(0))?;
+    token_op(&call.app, &actor, op).await
 }
 
 #[cfg(test)]

@@ -197,7 +197,7 @@ pub async fn identify<'a>(
             }
             result
                 .map(|v| {
-                    super::access::note_user(&v.user);
+                    super::access::note_login(&v.user, &v.token);
                     Caller::Password(v.user)
                 })
                 .map_err(Refusal::from)

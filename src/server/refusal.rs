@@ -77,6 +77,17 @@ pub enum Refusal {
         message: Cow<'static, str>,
     },
     NotFound(&'static str),
+    /// A named thing inside a found one is not there (a user's named token); `code` for the
+    /// JSON API.
+    Missing {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// Well-formed, but a value breaks a rule (RFC 9110 §15.5.21: 422); `code` for the API.
+    Unprocessable {
+        code: &'static str,
+        message: Cow<'static, str>,
+    },
     Conflict {
         code: &'static str,
         message: &'static str,
@@ -220,7 +231,8 @@ impl Refusal {
             Refusal::Invalid { .. } | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::NotFound(_) | Refusal::Missing { .. } => StatusCode::NOT_FOUND,
+            Refusal::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::Conflict { .. } => StatusCode::CONFLICT,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -249,8 +261,9 @@ impl Refusal {
             | Refusal::BadRequest(m)
             | Refusal::Misdirected(m)
             | Refusal::Invalid { message: m, .. }
+            | Refusal::Unprocessable { message: m, .. }
             | Refusal::Forbidden { message: m, .. } => m.clone(),
-            Refusal::NotFound(m) => Cow::Borrowed(m),
+            Refusal::NotFound(m) | Refusal::Missing { message: m, .. } => Cow::Borrowed(m),
             Refusal::Conflict { message, .. } | Refusal::Unavailable { message, .. } => {
                 Cow::Borrowed(message)
             }
@@ -481,8 +494,10 @@ impl Refusal {
             Refusal::Locked { until } => rest::locked(*until),
             Refusal::RateLimited { .. } => json_error(status, "rate_limited", &self.message()),
             Refusal::Busy | Refusal::Overloaded => json_error(status, "busy", &self.message()),
-            Refusal::Invalid { code, message } => json_error(status, code, message),
-            Refusal::Forbidden { code, message } => json_error(status, code, message),
+            Refusal::Invalid { code, message }
+            | Refusal::Unprocessable { code, message }
+            | Refusal::Forbidden { code, message } => json_error(status, code, message),
+            Refusal::Missing { code, message } => json_error(status, code, message),
             Refusal::Conflict { code, message } | Refusal::Unavailable { code, message } => {
                 json_error(status, code, message)
             }
@@ -557,6 +572,22 @@ impl From<TokenError> for Refusal {
                 message: format!("the new password must have {p}").into(),
             },
             TokenError::Period | TokenError::Supplied => Refusal::invalid(e.to_string()),
+            TokenError::InvalidName => Refusal::Unprocessable {
+                code: "invalid_token_name",
+                message: e.to_string().into(),
+            },
+            TokenError::NamedExists(_) => Refusal::Conflict {
+                code: "token_exists",
+                message: "the user already has a token with that name",
+            },
+            TokenError::TooManyNamed(_) => Refusal::Conflict {
+                code: "too_many_tokens",
+                message: "the user holds the most named tokens allowed ([tokens] max_named_per_user); revoke one first",
+            },
+            TokenError::NoSuchToken(_) => Refusal::Missing {
+                code: "no_such_token",
+                message: "the user has no token with that name",
+            },
             TokenError::Store(e) => Refusal::store(&e),
             e @ TokenError::Secret(_) => Refusal::internal(&e),
         }
@@ -583,6 +614,10 @@ impl From<AdminError> for Refusal {
             AdminError::Undeliverable => Refusal::Unavailable {
                 code: "mail_not_configured",
                 message: "email delivery is not configured, so the new user's security token could not be delivered; no user was created",
+            },
+            AdminError::UndeliverableToken => Refusal::Unavailable {
+                code: "mail_not_configured",
+                message: "email delivery is not configured, so the new token could not be delivered; nothing was added",
             },
             AdminError::Synthetic(m) => Refusal::Forbidden {
                 code: "synthetic_users_refused",

@@ -98,6 +98,64 @@ pub struct User {
     /// The console's second factor (`mfa`).
     #[serde(default)]
     pub mfa: MfaRecord,
+    /// Tokens held besides the default one, one per integration (`tokens::named`), in the
+    /// order they were added.
+    #[serde(default)]
+    pub named_tokens: Vec<NamedToken>,
+    /// The last serial given to a named token's value (serials are never reused, so a
+    /// session or cached verification made with a value that was reset or revoked never
+    /// matches a later one).
+    #[serde(default)]
+    pub named_token_serial: u64,
+}
+
+/// The name the default token goes by wherever tokens are named (history, access log, lists):
+/// reserved, no named token may take it.
+pub const DEFAULT_TOKEN_NAME: &str = "default";
+
+/// A named security token: one integration's token (Data Loader, a nightly sync), reset and
+/// revoked on its own. Stored, like the default token, only as a keyed hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NamedToken {
+    /// `[a-z0-9][a-z0-9._-]{0,31}`, unique per user, never "default".
+    pub name: String,
+    /// Given anew (from `User::named_token_serial`) at every commit of a new value: sessions
+    /// and cached verifications carry it and die when it changes or the token goes.
+    pub serial: u64,
+    /// HMAC-SHA256 of the current value under the server key; `None` while the first value's
+    /// email is on its way (`token add` not yet committed): only a value left pending by a
+    /// crashed process is then valid.
+    pub tag: Option<Tag>,
+    pub length: usize,
+    pub created_at: u64,
+    /// When the current value was committed (Unix seconds).
+    pub reset_at: u64,
+    /// A value whose email is on its way (as `User::pending_token`).
+    #[serde(default)]
+    pub pending: Option<TokenRecord>,
+    /// A value left pending by a crashed process (as `User::unconfirmed_token`).
+    #[serde(default)]
+    pub unconfirmed: Option<TokenRecord>,
+    /// The last verification with this token (Unix seconds; written at most once a minute).
+    #[serde(default)]
+    pub last_used_at: Option<u64>,
+    #[serde(default)]
+    pub last_client_ip: Option<String>,
+    #[serde(default)]
+    pub last_dialect: Option<String>,
+}
+
+impl User {
+    /// The named token called `name`.
+    pub fn named_token(&self, name: &str) -> Option<&NamedToken> {
+        self.named_tokens.iter().find(|t| t.name == name)
+    }
+
+    /// Gives out the next serial for a named token's new value.
+    pub fn next_named_serial(&mut self) -> u64 {
+        self.named_token_serial += 1;
+        self.named_token_serial
+    }
 }
 
 /// A user's console second factor. Secrets are sealed (`Secrets::seal`), recovery codes kept
@@ -161,6 +219,10 @@ pub struct HistoryRow {
     pub outcome: String,
     /// The internal reason (unknown user, wrong password, wrong token): for admins only.
     pub reason: Option<String>,
+    /// Which token a successful login used: "default" or a named token's name; none for a
+    /// password alone (a trusted network, the console) and for failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// Which history rows to return, newest first.
@@ -234,6 +296,8 @@ impl User {
             loadtest: false,
             api_only: false,
             mfa: MfaRecord::default(),
+            named_tokens: Vec::new(),
+            named_token_serial: 0,
         }
     }
 }
@@ -322,6 +386,13 @@ pub struct SessionRecord {
     pub epoch: u64,
     pub created_at: u64,
     pub last_seen: u64,
+    /// The serial of the named token the session was logged in with (0: the default token or
+    /// none): the session ends when that token is reset or revoked.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub token_serial: u64,
+    /// That token's name, for the access log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// The session's own policy (its OAuth client's), kept with it so a restart or another
     /// replica applies the same; records written before it have the defaults.
     #[serde(default, skip_serializing_if = "SessionPolicy::is_default")]
@@ -372,6 +443,10 @@ impl RefreshFamily {
     pub fn ends_at(&self) -> u64 {
         self.expires_at.min(self.idle_until)
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Receives exported records: (collection, key, value).

@@ -250,13 +250,19 @@ async fn the_access_log_has_one_line_per_request_with_its_id_and_no_secret() {
         .expect("the session's user")
         .to_owned();
     assert!(user_id.starts_with("005"), "{user_id}");
+    assert_eq!(
+        l["token"], "default",
+        "the token the session logged in with"
+    );
     let l = line(&basic_call);
     assert_eq!(
         l["user_id"],
         user_id.as_str(),
         "Basic callers are named too"
     );
+    assert_eq!(l["token"], "default");
     let l = line(&soap);
+    assert_eq!(l["token"], "default", "a login names its token");
     assert_eq!(
         (l["method"].as_str(), l["dialect"].as_str()),
         (Some("POST"), Some("soap"))
@@ -268,6 +274,7 @@ async fn the_access_log_has_one_line_per_request_with_its_id_and_no_secret() {
     let l = line(&refused);
     assert_eq!(l["status"], 401);
     assert!(l.get("user_id").is_none(), "{l}");
+    assert!(l.get("token").is_none(), "{l}");
 
     // The other lines about a request carry its id (the request's span).
     let soap_id = soap.header(ID).unwrap();

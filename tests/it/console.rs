@@ -782,6 +782,7 @@ async fn history_charts_count_the_newest_100000_logins_and_say_when_the_range_ho
             tls: None,
             outcome: "bad_credentials".into(),
             reason: None,
+            token: None,
         })
         .collect();
     let store = ts.app().store.clone();

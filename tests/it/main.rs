@@ -24,6 +24,7 @@ mod loadtest;
 mod login;
 mod mail;
 mod mfa;
+mod named_tokens;
 mod oauth_flows;
 mod ops;
 mod postgres_cluster;

@@ -63,6 +63,7 @@ fn row(at_ms: u64, username: &str, outcome: &str) -> HistoryRow {
         tls: None,
         outcome: outcome.into(),
         reason: None,
+        token: None,
     }
 }
 
@@ -127,6 +128,8 @@ fn conformance(store: Arc<dyn Store>) {
         created_at: 10,
         last_seen: 20,
         policy: Default::default(),
+        token_serial: 0,
+        token: None,
     };
     store.put_session(&[1; 32], &rec(&a.id)).unwrap();
     store.put_session(&[2; 32], &rec(&a.id)).unwrap();
@@ -947,6 +950,8 @@ fn sessions_nobody_holds_are_pruned_from_the_database_past_their_timeouts() {
         created_at,
         last_seen,
         policy: Default::default(),
+        token_serial: 0,
+        token: None,
     };
     store.put_session(&[1; 32], &rec(1_000, 1_000)).unwrap(); // idle too long
     store.put_session(&[2; 32], &rec(100, 5_000)).unwrap(); // too old
@@ -1159,4 +1164,66 @@ async fn two_replicas_racing_with_one_refresh_token_revoke_its_family() {
         assert_eq!(refresh_on(&a, &third).await.status, StatusCode::BAD_REQUEST);
         assert_eq!(refresh_on(&b, &third).await.status, StatusCode::BAD_REQUEST);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_token_revoked_on_one_replica_ends_its_sessions_and_cache_on_another() {
+    let up = Upstream::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let mut r = replicas_with(2, &up.url(), |c| mail_to(c, &sink, "PatronManager")).await;
+    let (b, a) = (r.pop().unwrap(), r.pop().unwrap());
+    let token = a.add_user("ann@example.com").await;
+    let user = a.app().tokens.find("ann@example.com").unwrap();
+    a.app()
+        .tokens
+        .add_named(&user.id, "dataloader")
+        .await
+        .unwrap();
+    let named = sink
+        .wait_for("ann.example.com@example.com", 1, Duration::from_secs(5))
+        .await[0]
+        .token();
+    let (default, named) = (format!("{PASSWORD}{token}"), format!("{PASSWORD}{named}"));
+
+    // The new token reaches B (its commit follows the mail) within a second.
+    eventually(
+        "the new named token reaches replica B",
+        Duration::from_secs(1),
+        async || soap(&b, "ann@example.com", &named).await.status == StatusCode::OK,
+    )
+    .await;
+    // Logged in on B with each token; the named one also cached for Basic on B.
+    let sid_named = b.soap_login("ann@example.com", &named).await;
+    let sid_default = b.soap_login("ann@example.com", &default).await;
+    let basic_on_b = async || {
+        b.client()
+            .get(
+                "/services/data/v59.0/sobjects",
+                &[("authorization", &basic("ann@example.com", &named))],
+            )
+            .await
+            .status
+    };
+    assert_eq!(basic_on_b().await, StatusCode::OK);
+
+    a.app()
+        .tokens
+        .revoke_named(&user.id, "dataloader")
+        .await
+        .unwrap();
+    eventually(
+        "the revocation reaches replica B's sessions",
+        Duration::from_secs(1),
+        async || data_status(&b, &sid_named).await == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    eventually(
+        "the revocation reaches replica B's credential cache",
+        Duration::from_secs(1),
+        async || basic_on_b().await == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(data_status(&b, &sid_default).await, StatusCode::OK);
+    a.stop().await;
+    b.stop().await;
 }

@@ -845,6 +845,7 @@ mod tests {
             tls: None,
             outcome: outcome.as_str().into(),
             reason: None,
+            token: None,
         }
     }
 

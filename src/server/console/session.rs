@@ -101,6 +101,8 @@ impl ConsoleSession {
             created_at: self.created,
             last_seen: self.last_seen.load(Ordering::Relaxed),
             policy: Default::default(),
+            token_serial: 0,
+            token: None,
         }
     }
 }
@@ -262,6 +264,8 @@ impl Console {
                 created_at: now,
                 last_seen: now,
                 policy: Default::default(),
+                token_serial: 0,
+                token: None,
             };
             if let Err(e) = self.store.put_session(&key, &rec) {
                 tracing::warn!(error = %e, "could not store a half-finished console sign-in");

@@ -572,7 +572,10 @@ fn request_for(action: &str, username: &str, f: &Form) -> Option<Request> {
             username,
             admin: action == "grant-admin",
         },
-        "reset-token" => Request::TokenReset { username },
+        "reset-token" => Request::TokenReset {
+            username,
+            name: None,
+        },
         "delete" => Request::UserDelete { username },
         "rotation" => Request::UserSetRotation {
             username,
@@ -658,7 +661,9 @@ fn say(e: AdminError) -> String {
 fn said(action: &str, answer: &Answer, username: &str) -> Result<String, String> {
     let u = match answer {
         Answer::Users { .. } => return Ok(format!("{username} was deleted.")),
-        Answer::Rotated { user, masked_email } => {
+        Answer::Rotated {
+            user, masked_email, ..
+        } => {
             return Ok(format!(
                 "A new security token for {} was emailed to {masked_email}.",
                 user.username
@@ -869,6 +874,7 @@ async fn bulk(
             },
             _ => Request::TokenReset {
                 username: username.clone(),
+                name: None,
             },
         };
         match app.admin.perform(actor, req).await {

@@ -43,6 +43,7 @@ fn identity_of<'a>(app: &'a App, user: &'a User) -> oauth_wire::Identity<'a> {
     }
 }
 
+/// Logs a login's outcome, and notes a verified one's user and token for the access line.
 pub(crate) fn log_login(
     dialect: &str,
     username: &str,
@@ -50,13 +51,17 @@ pub(crate) fn log_login(
     client: Option<&str>,
 ) {
     match result {
-        Ok(v) => tracing::info!(
+        Ok(v) => {
+            crate::server::access::note_login(&v.user, &v.token);
+            tracing::info!(
             dialect,
             user = %v.user.username,
             client,
             superseded_token = v.superseded,
+            token = v.token.name(),
             "login succeeded"
-        ),
+            )
+        }
         Err(AuthError::Rejected(r)) => tracing::info!(
             dialect,
             user = %username.chars().take(80).collect::<String>(),

@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use super::log_login;
 use crate::auth::refresh::RefreshError;
-use crate::auth::{Attempt, AuthError, Verified};
+use crate::auth::{Attempt, AuthError, TokenUsed, Verified};
 use crate::config::OAuthClient;
 use crate::domain::{Dialect, Reason, canonical_username};
 use crate::server::read;
@@ -157,13 +157,14 @@ async fn password(
     }
     let result = app.auth.login(&attempt).await;
     log_login("oauth", username, &result, Some(&client.client_id));
-    let user = result.map(|v| v.user).map_err(Refusal::from)?;
+    let verified = result.map_err(Refusal::from)?;
+    let user = verified.user;
     let refresh = if client.refresh_tokens {
         Some(app.refresh.issue(&user, client).map_err(refresh_failure)?)
     } else {
         None
     };
-    answer(app, &user, client, refresh.as_deref())
+    answer(app, &user, &verified.token, client, refresh.as_deref())
 }
 
 fn refresh(
@@ -183,11 +184,12 @@ fn refresh(
             let ok = Ok(Verified {
                 user: r.user.clone(),
                 superseded: false,
+                token: TokenUsed::None,
             });
             app.auth
                 .record_decided(&attempt(&r.user.username, client, peer), &ok);
             log_login("oauth", &r.user.username, &ok, Some(&client.client_id));
-            answer(app, &r.user, client, Some(&r.token))
+            answer(app, &r.user, &TokenUsed::None, client, Some(&r.token))
         }
         Err(RefreshError::Refused { username, reason }) => {
             let refused = Err(AuthError::Rejected(reason));
@@ -250,17 +252,20 @@ fn client_credentials(
     let ok = Ok(Verified {
         user: user.clone(),
         superseded: false,
+        token: TokenUsed::None,
     });
     app.auth.record_decided(&attempt(run_as, client, peer), &ok);
     log_login("oauth", run_as, &ok, Some(&client.client_id));
     // RFC 6749 §4.4.3: no refresh token for client credentials.
-    answer(app, &user, client, None)
+    answer(app, &user, &TokenUsed::None, client, None)
 }
 
-/// A session for `user` through `client`, and the token endpoint's answer.
+/// A session for `user` (logged in with `token`) through `client`, and the token endpoint's
+/// answer.
 fn answer(
     app: &App,
     user: &User,
+    token: &TokenUsed,
     client: &OAuthClient,
     refresh: Option<&str>,
 ) -> Result<Response<Body>, Refusal> {
@@ -268,7 +273,7 @@ fn answer(
         idle_secs: client.session_idle_timeout.map(|d| d.as_secs()),
         relax_ranges: client.relax_ip,
     };
-    let sid = app.sessions.create_with(user, policy).map_err(|e| {
+    let sid = app.sessions.create_with(user, token, policy).map_err(|e| {
         tracing::error!(error = %e, "could not create a session");
         Refusal::Busy
     })?;

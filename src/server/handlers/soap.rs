@@ -185,23 +185,25 @@ pub async fn soap_call(
             };
             let result = app.auth.login(&attempt).await;
             log_login("soap", username, &result, client);
-            match result.map(|v| v.user) {
-                Ok(user) => match app.sessions.create(&user) {
-                    Ok(sid) => soap_response(
-                        StatusCode::OK,
-                        soap::login_response(
-                            flavor,
-                            &app.origin,
-                            &sp.version,
-                            &sid,
-                            &user_info(&app, &user),
+            match result.map(|v| (v.user, v.token)) {
+                Ok((user, token)) => {
+                    match app.sessions.create_with(&user, &token, Default::default()) {
+                        Ok(sid) => soap_response(
+                            StatusCode::OK,
+                            soap::login_response(
+                                flavor,
+                                &app.origin,
+                                &sp.version,
+                                &sid,
+                                &user_info(&app, &user),
+                            ),
                         ),
-                    ),
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not create a session");
-                        Refusal::Busy.render(as_soap)
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not create a session");
+                            Refusal::Busy.render(as_soap)
+                        }
                     }
-                },
+                }
                 Err(e) => Refusal::from(e).render(as_soap),
             }
         }

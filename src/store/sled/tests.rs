@@ -106,6 +106,8 @@ fn sessions_are_deleted_per_user() {
         created_at: 0,
         last_seen: 0,
         policy: Default::default(),
+        token_serial: 0,
+        token: None,
     };
     s.put_session(&[1; 32], &rec("a")).unwrap();
     s.put_session(&[2; 32], &rec("a")).unwrap();
