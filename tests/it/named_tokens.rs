@@ -866,3 +866,94 @@ async fn a_backup_carries_named_tokens_to_the_restored_store() {
     assert_eq!(t.serial, user.named_token_serial);
     assert!(!std::fs::read_to_string(&file).unwrap().contains(&loader));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_console_a_user_adds_resets_and_revokes_their_integration_tokens_after_confirming() {
+    let e = env().await;
+    let user = "bob@example.com";
+    let default = e.ts.add_user(user).await;
+    let b = crate::console::Browser::sign_in(&e.ts, user, PASSWORD)
+        .await
+        .unwrap();
+    let secret = |t: &str| format!("{PASSWORD}{t}");
+
+    // Add: the token is emailed (never shown) and listed by name.
+    let before = e.sink.to(&email_of(user)).len();
+    let r = b
+        .submit_raw("/settings", "/settings/tokens", &[("name", "dataloader")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let loader = e.mailed(user, "dataloader", before).await;
+    let page = b.get("/settings").await.text();
+    assert!(
+        page.contains("The token dataloader was added and emailed to b***@example.com."),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<td data-label="Name">dataloader</td>"#),
+        "{page}"
+    );
+    assert!(!page.contains(&loader));
+    assert!(soap_ok(&e.ts, user, &secret(&loader)).await);
+
+    // A name the rules refuse: the field's error, the typed name kept, nothing added.
+    let r = b
+        .submit("/settings", "/settings/tokens", &[("name", "Data Loader")])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let html = r.text();
+    assert!(html.contains(r##"<a href="#token-name">"##), "{html}");
+    assert!(html.contains(r#"value="Data Loader""#), "{html}");
+    assert!(
+        html.contains(r#"aria-invalid="true" aria-describedby="token-name-error token-name-hint""#)
+    );
+    assert_eq!(e.sink.to(&email_of(user)).len(), before + 1);
+
+    // Reset and revoke first show a confirmation; without confirm=yes nothing changes.
+    let confirm = b.get("/settings/tokens/dataloader/reset").await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    assert!(
+        confirm
+            .text()
+            .contains("A new value of the token dataloader is emailed")
+    );
+    let r = b
+        .submit_raw("/settings", "/settings/tokens/dataloader/revoke", &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("Revoke the token dataloader"));
+    assert!(soap_ok(&e.ts, user, &secret(&loader)).await);
+
+    // Reset, confirmed: a new value is mailed, the old one is refused, the default still works.
+    let before = e.sink.to(&email_of(user)).len();
+    let r = b
+        .submit_raw(
+            "/settings",
+            "/settings/tokens/dataloader/reset",
+            &[("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let fresh = e.mailed(user, "dataloader", before).await;
+    assert!(!soap_ok(&e.ts, user, &secret(&loader)).await);
+    assert!(soap_ok(&e.ts, user, &secret(&fresh)).await);
+    assert!(soap_ok(&e.ts, user, &secret(&default)).await);
+
+    // Revoke, confirmed: the token no longer logs in and is no longer listed.
+    let r = b
+        .submit(
+            "/settings",
+            "/settings/tokens/dataloader/revoke",
+            &[("confirm", "yes")],
+        )
+        .await;
+    let page = r.text();
+    assert!(page.contains("The token dataloader was revoked"), "{page}");
+    assert!(!page.contains(r#"<td data-label="Name">dataloader"#));
+    assert!(!soap_ok(&e.ts, user, &secret(&fresh)).await);
+    assert!(soap_ok(&e.ts, user, &secret(&default)).await);
+
+    // Someone else's token name, or the default one, is not reachable from here.
+    let r = b.get("/settings/tokens/default/revoke").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}

@@ -49,6 +49,7 @@ const PAGES = [
   { name: 'sign-in, session expired', role: 'anon', path: '/signin?expired=1' },
   { name: 'my settings', role: 'user', path: '/settings' },
   { name: 'reset confirmation', role: 'user', path: '/settings/reset-token' },
+  { name: 'integration token revoke confirmation', role: 'user', path: '/settings/tokens/nightly-sync/revoke' },
   {
     name: 'change password with an error', role: 'user', path: '/settings', then: async (p) => {
       await p.getByLabel('Current password').fill('not-the-password-1');

@@ -31,6 +31,7 @@ mod session;
 mod settings;
 mod setup;
 mod signin;
+mod tokens;
 mod users;
 
 use std::collections::HashMap;
@@ -230,6 +231,9 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
             "settings",
             context! { masked_email => mask_email(&user.email) },
         ),
+        s if s.starts_with("settings/tokens/") => {
+            tokens::confirm_page(&page, &user, s).unwrap_or_else(|| not_found(&app))
+        }
         s if s.starts_with("setup/") => {
             let q = query(&req);
             match s {

@@ -39,6 +39,10 @@ pub(super) fn templates() -> Result<Environment<'static>, ConsoleError> {
             include_str!("../../../templates/console/confirm_reset.html"),
         ),
         (
+            "confirm_token.html",
+            include_str!("../../../templates/console/confirm_token.html"),
+        ),
+        (
             "history_table.html",
             include_str!("../../../templates/console/history_table.html"),
         ),

@@ -20,6 +20,16 @@ use crate::wire::Body;
 
 /// My Settings; `errors` say why the form posted here was refused, tied to their fields.
 pub(super) async fn settings(page: &Page<'_>, user: &User, errors: FormErrors) -> Response<Body> {
+    settings_typed(page, user, errors, "").await
+}
+
+/// [`settings`] with the integration token name the user typed into the refused Add form.
+pub(super) async fn settings_typed(
+    page: &Page<'_>,
+    user: &User,
+    errors: FormErrors,
+    token_name: &str,
+) -> Response<Body> {
     let filter = HistoryFilter {
         user: Some(user.id.clone()),
         limit: 10,
@@ -42,6 +52,9 @@ pub(super) async fn settings(page: &Page<'_>, user: &User, errors: FormErrors) -
                 since => format_ms(user.mfa.enrolled_at * 1000),
                 recovery_left => user.mfa.recovery.len(),
             }),
+            tokens => super::tokens::rows(user),
+            max_tokens => page.app.tokens.max_named(),
+            token_name,
             form_errors => errors.context(),
         },
     )
@@ -147,6 +160,17 @@ pub(super) async fn post(
         }
         "settings/mfa/confirm" if super::mfa::owed(app, me) => {
             super::mfa::confirm_again(app, page, me, get("code"), peer)
+        }
+        s if s.starts_with("settings/tokens") => {
+            match super::tokens::post(app, page, me, s, &f, peer).await {
+                Some(r) => r,
+                None => page.message(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "There is no such form.",
+                    BASE,
+                ),
+            }
         }
         // Only admins get this far (`handle`).
         s if s.starts_with("setup/") => setup_post(app, page, me, s, &f, peer).await,
