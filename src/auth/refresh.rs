@@ -12,9 +12,10 @@
 //! token included.
 //!
 //! A family ends when its user's credential epoch (`User::epoch`) moves on: a password change,
-//! any token reset or rotation (whichever named token, and whatever `[tokens]
-//! revoke_sessions_on_reset` says: a refresh token outlives sessions by months), disable,
-//! lock, login-range or email change. It also ends `refresh_token_lifetime` after the login
+//! a reset or rotation of the default token (whatever `[tokens] revoke_sessions_on_reset`
+//! says: a refresh token outlives sessions by months), disable, lock, login-range or email
+//! change. A family started with a named token also ends when that token's value is reset or
+//! revoked (which moves no epoch): it remembers the value's serial. It also ends `refresh_token_lifetime` after the login
 //! and `refresh_token_idle` after its last use (the client's settings when the family was
 //! made and last used), on revocation (RFC 7009), and when its user holds more than
 //! `[oauth] max_refresh_families_per_user` (the oldest goes).
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
+use crate::auth::TokenUsed;
 use crate::config::OAuthClient;
 use crate::domain::Reason;
 use crate::secret::{Domain, SecretError, Secrets, Tag};
@@ -56,6 +58,8 @@ pub struct RefreshTokens {
 pub struct Redeemed {
     pub token: String,
     pub user: Arc<User>,
+    /// The token the family's login presented: the session it opens ends with that token.
+    pub login_token: TokenUsed,
 }
 
 impl RefreshTokens {
@@ -93,7 +97,14 @@ impl RefreshTokens {
     }
 
     /// Starts a family for a login `user` just made through `client`; returns its first token.
-    pub fn issue(&self, user: &User, client: &OAuthClient) -> Result<String, RefreshError> {
+    /// Starts a family for `user`'s login through `client` with `token`, and returns its first
+    /// refresh token.
+    pub fn issue(
+        &self,
+        user: &User,
+        client: &OAuthClient,
+        login_token: &TokenUsed,
+    ) -> Result<String, RefreshError> {
         let id: [u8; 16] = self.secrets.random_bytes()?;
         let family_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
         let token = self.new_token(&family_id)?;
@@ -110,6 +121,7 @@ impl RefreshTokens {
                 .saturating_add(client.refresh_token_idle.as_secs())
                 .min(expires_at),
             current: self.token_hash(&token),
+            token_serial: login_token.serial(),
         };
         self.store
             .refresh_insert(&self.family_key(&family_id), &family, self.max_per_user)?;
@@ -148,7 +160,20 @@ impl RefreshTokens {
             .store
             .user_by_id(&family.user_id)?
             .filter(|u| u.epoch == family.epoch && !u.disabled && !u.lockout.is_locked(now));
-        let Some(user) = user else {
+        // The named token's value the login presented, while the user still holds it.
+        let login_token = user.as_ref().and_then(|u| match family.token_serial {
+            0 => Some(TokenUsed::Default),
+            serial => {
+                u.named_tokens
+                    .iter()
+                    .find(|t| t.serial == serial)
+                    .map(|t| TokenUsed::Named {
+                        name: t.name.as_str().into(),
+                        serial,
+                    })
+            }
+        });
+        let (Some(user), Some(login_token)) = (user, login_token) else {
             self.store.refresh_delete(&key)?;
             return Err(RefreshError::Invalid);
         };
@@ -182,6 +207,7 @@ impl RefreshTokens {
         Ok(Redeemed {
             token: next_token,
             user,
+            login_token,
         })
     }
 

@@ -436,6 +436,10 @@ pub struct RefreshFamily {
     /// ... or then, unless used before (every rotation moves it on by the client's idle time).
     pub idle_until: u64,
     pub current: Tag,
+    /// The serial of the named token's value the login presented (0: the default token): the
+    /// family ends when that value is reset or revoked, which moves no epoch.
+    #[serde(default)]
+    pub token_serial: u64,
 }
 
 impl RefreshFamily {

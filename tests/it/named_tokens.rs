@@ -957,3 +957,84 @@ async fn in_the_console_a_user_adds_resets_and_revokes_their_integration_tokens_
     let r = b.get("/settings/tokens/default/revoke").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+/// The token endpoint with a form, for the refresh tests.
+async fn token_endpoint(ts: &TestServer, fields: &[(&str, &str)]) -> Reply {
+    let c = ts.client();
+    let b = c
+        .request(Method::POST, "/services/oauth2/token")
+        .header("content-type", "application/x-www-form-urlencoded");
+    c.call(b, serde_urlencoded::to_string(fields).unwrap())
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_ends_with_the_named_token_its_login_used_and_outlives_the_others() {
+    let e = env_with(|c| {
+        let mut client = tokengate::config::OAuthClient::new("sync-client", "sync-secret");
+        client.refresh_tokens = true;
+        c.oauth_clients.push(client);
+    })
+    .await;
+    let user = "bob@example.com";
+    let default = e.ts.add_user(user).await;
+    let loader = e.add(user, "dataloader").await;
+    let login = |token: String| {
+        let ts = &e.ts;
+        async move {
+            let pw = format!("{PASSWORD}{token}");
+            let r = token_endpoint(
+                ts,
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", "sync-client"),
+                    ("client_secret", "sync-secret"),
+                    ("username", user),
+                    ("password", &pw),
+                ],
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            r.json()["refresh_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let refresh = |rt: String| {
+        let ts = &e.ts;
+        async move {
+            token_endpoint(
+                ts,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "sync-client"),
+                    ("client_secret", "sync-secret"),
+                    ("refresh_token", &rt),
+                ],
+            )
+            .await
+        }
+    };
+    let with_loader = login(loader.clone()).await;
+    let with_default = login(default.clone()).await;
+
+    // Redeemed, the family's session is the named token's: it ends with that token.
+    let r = refresh(with_loader).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let sid = r.json()["access_token"].as_str().unwrap().to_owned();
+    let with_loader = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(session_status(&e.ts, &sid).await, StatusCode::OK);
+
+    let before = e.sink.to(&email_of(user)).len();
+    assert_eq!(
+        e.reset(user, "dataloader").await.status,
+        StatusCode::ACCEPTED
+    );
+    e.mailed(user, "dataloader", before).await;
+    let r = refresh(with_loader).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid_grant");
+    assert_eq!(session_status(&e.ts, &sid).await, StatusCode::UNAUTHORIZED);
+
+    // The family the default token started is untouched by the named token's reset.
+    let r = refresh(with_default).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}

@@ -976,6 +976,7 @@ fn refresh_conformance(store: Arc<dyn Store>) {
         expires_at: created_at + 1000,
         idle_until: created_at + 100,
         current: [current; 32],
+        token_serial: 0,
     };
     let key = |n: u8| [n; 32];
     // Five families for user a, bound 3: the two oldest end, whatever order they came in.
@@ -1098,6 +1099,7 @@ fn a_version_3_database_migrates_to_version_4_and_keeps_its_records() {
         expires_at: 10,
         idle_until: 5,
         current: [1; 32],
+        token_serial: 7,
     };
     store.refresh_insert(&[3; 32], &family, 100).unwrap();
     assert_eq!(store.refresh_family(&[3; 32]).unwrap(), Some(family));

@@ -160,7 +160,11 @@ async fn password(
     let verified = result.map_err(Refusal::from)?;
     let user = verified.user;
     let refresh = if client.refresh_tokens {
-        Some(app.refresh.issue(&user, client).map_err(refresh_failure)?)
+        Some(
+            app.refresh
+                .issue(&user, client, &verified.token)
+                .map_err(refresh_failure)?,
+        )
     } else {
         None
     };
@@ -184,12 +188,12 @@ fn refresh(
             let ok = Ok(Verified {
                 user: r.user.clone(),
                 superseded: false,
-                token: TokenUsed::None,
+                token: r.login_token.clone(),
             });
             app.auth
                 .record_decided(&attempt(&r.user.username, client, peer), &ok);
             log_login("oauth", &r.user.username, &ok, Some(&client.client_id));
-            answer(app, &r.user, &TokenUsed::None, client, Some(&r.token))
+            answer(app, &r.user, &r.login_token, client, Some(&r.token))
         }
         Err(RefreshError::Refused { username, reason }) => {
             let refused = Err(AuthError::Rejected(reason));
