@@ -1198,6 +1198,11 @@ async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
     let forms: Vec<(String, Vec<(&str, &str)>)> = vec![
         ("/signout".into(), vec![]),
         ("/settings/reset-token".into(), vec![]),
+        ("/settings/tokens".into(), vec![("name", "forged")]),
+        (
+            "/settings/tokens/forged/revoke".into(),
+            vec![("confirm", "yes")],
+        ),
         (
             "/settings/password".into(),
             vec![

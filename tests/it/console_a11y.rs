@@ -90,7 +90,7 @@ fn run_sweep(ts: &TestServer) -> Vec<serde_json::Value> {
         // Screenshots of every page at both widths, when asked for.
         .env(
             "TG_SHOTS",
-            std::env::var_os("TG_SCREENSHOTS").unwrap_or_default(),
+            std::env::var_os("TG_A11Y_SCREENSHOTS").unwrap_or_default(),
         )
         .env_remove("HTTP_PROXY")
         .env_remove("HTTPS_PROXY")

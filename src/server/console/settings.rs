@@ -42,7 +42,7 @@ pub(super) async fn settings_typed(
         "settings",
         context! {
             user => crate::admin::UserView::from(user),
-            token_reset => format_ms(user.token_reset_at * 1000),
+            token_reset => super::users::when_ms(user.token_reset_at * 1000),
             masked_email => mask_email(&user.email),
             policy => page.app.tokens.policy().describe(),
             rows => rows(page.app, &filter, 0, false).await,
