@@ -565,6 +565,17 @@ async fn in_chromium_an_admin_cancels_a_disable_and_resets_two_tokens_in_bulk() 
         assert_eq!(sink.to(&inbox(u)).len(), 1, "{u}");
     }
     assert!(sink.to(&inbox("bulk.1@example.com")).is_empty());
+    // Clicking through Revoke admin on one's own page, confirmed, is refused with a message;
+    // the admin keeps Setup.
+    let own = step(&steps, "self-demotion");
+    assert!(
+        own["alert"]
+            .as_str()
+            .unwrap()
+            .contains("administrators cannot disable, demote or delete their own account"),
+        "{own}"
+    );
+    assert_eq!(own["setup"], 1, "{own}");
     let narrow = step(&steps, "narrow");
     for page in ["list", "table", "user", "confirm"] {
         assert!(narrow[page].as_u64().unwrap() <= 390, "{page}: {narrow}");

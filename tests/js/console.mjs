@@ -143,6 +143,15 @@ try {
     await page.getByRole('link', { name: 'Cancel' }).click();
     out('cancelled', { asked, url: page.url(), status: await page.locator('dd').first().innerText() });
 
+    // The admin's own page: Revoke admin, confirmed, is refused — they stay an admin.
+    await page.goto(`${url}/tokengate/console/setup/users/${encodeURIComponent(env('TG_ADMIN'))}`);
+    await page.getByRole('button', { name: 'Revoke admin' }).click();
+    await page.getByRole('button', { name: 'Revoke admin' }).click(); // the confirmation page's
+    out('self-demotion', {
+      alert: await page.locator('.flash, [role=alert], [role=status]').first().innerText(),
+      setup: await page.getByRole('link', { name: 'Setup: Users' }).count(),
+    });
+
     await page.getByRole('link', { name: 'Setup: Users' }).click();
     await page.getByLabel('View').selectOption('active');
     await page.getByLabel('Search users').fill('bulk');
