@@ -260,10 +260,17 @@ impl Metrics {
     }
 
     pub fn login(&self, dialect: Dialect, outcome: Outcome, took: Duration) {
+        self.login_decided(dialect, outcome);
+        self.login_duration.observe(took.as_secs_f64());
+    }
+
+    /// A login decided without the password pipeline (a refresh token, client credentials, a
+    /// client's policy): counted, but not in the login-latency histogram, which measures the
+    /// verification of a password and token.
+    pub fn login_decided(&self, dialect: Dialect, outcome: Outcome) {
         let d = Dialect::ALL.iter().position(|x| *x == dialect).unwrap_or(0);
         let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
         self.logins[d][o].inc();
-        self.login_duration.observe(took.as_secs_f64());
     }
 
     /// A successful login with a token of `kind` ("default" or "named").

@@ -826,7 +826,7 @@ impl Authenticator {
     /// pipeline: a refresh token redeemed or refused, client credentials, a client's policy.
     pub fn record_decided(&self, a: &Attempt<'_>, result: &Result<Verified, AuthError>) {
         if let Some(outcome) = outcome_of(result) {
-            self.metrics.login(a.dialect, outcome, Duration::ZERO);
+            self.metrics.login_decided(a.dialect, outcome);
         }
         self.record(a, result);
     }

@@ -178,6 +178,22 @@ async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_whole_family() {
         3,
         "{rows:?}"
     );
+    // All are counted as OAuth logins; only the two password grants were verifications, so
+    // only they are in the login-latency histogram (a refresh is no zero-second login).
+    let m = ts.metrics();
+    let oauth = |outcome: &str| {
+        metric(
+            &m,
+            &format!("tokengate_logins_total{{dialect=\"oauth\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(oauth("success"), 4, "{m}");
+    assert_eq!(oauth("bad_credentials"), 1, "{m}");
+    assert_eq!(
+        metric(&m, "tokengate_login_duration_seconds_count"),
+        2,
+        "{m}"
+    );
 
     // Unknown and malformed tokens get the same answer, and so does another client's token.
     for bad in ["", "x", &"A".repeat(200), &format!("{}.x", &first[..22])] {
