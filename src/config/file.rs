@@ -41,6 +41,9 @@ pub struct Console {
     pub mfa: String,
     /// The console's and the admin API's own TLS listener; absent: the public one serves them.
     pub listen: Option<String>,
+    /// The time zone the console shows times in: an IANA name ("Europe/London",
+    /// "America/New_York") or "UTC".
+    pub time_zone: String,
 }
 
 impl Default for Console {
@@ -50,6 +53,7 @@ impl Default for Console {
             session_lifetime: Duration::from_secs(8 * 3600),
             mfa: "admins".into(),
             listen: None,
+            time_zone: "UTC".into(),
         }
     }
 }

@@ -68,13 +68,16 @@ pub struct Config {
 
 /// `[console]`: how long a console sign-in lasts, who needs a second factor, and where the
 /// console listens.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConsoleConfig {
     pub session_idle_timeout: Duration,
     pub session_lifetime: Duration,
     pub mfa: crate::mfa::Policy,
     /// The console's and the admin API's own listener (same certificate), if set.
     pub listen: Option<SocketAddr>,
+    /// The zone the console's times are shown in (the server cannot know a browser's, and
+    /// the console runs no script to ask).
+    pub time_zone: jiff::tz::TimeZone,
 }
 
 #[derive(Debug, Clone)]

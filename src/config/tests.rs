@@ -52,6 +52,10 @@ fn bad_values_name_their_key() {
             "oauth.clients[0].client_secret",
         ),
         ("[log]\nlevel = \"info,,=[\"", "log.level"),
+        (
+            "[console]\ntime_zone = \"Mars/Olympus\"",
+            "console.time_zone",
+        ),
         ("[mail]\ntransport = \"pigeon\"", "mail.transport"),
         ("[mail]\ntransport = \"file\"", "mail.dir"),
         ("[mail]\nfrom = \"not an address\"", "mail.from"),

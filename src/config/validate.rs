@@ -656,6 +656,15 @@ pub(super) fn console(c: &file::Console) -> Result<ConsoleConfig, ConfigError> {
                 )
             })?),
         },
+        time_zone: jiff::tz::TimeZone::get(&c.time_zone).map_err(|_| {
+            invalid(
+                "console.time_zone",
+                format!(
+                    "'{}' is not a time zone: use an IANA name such as \"Europe/London\", or \"UTC\"",
+                    c.time_zone.chars().take(80).collect::<String>()
+                ),
+            )
+        })?,
     };
     if console.session_lifetime < console.session_idle_timeout {
         return Err(invalid(

@@ -368,7 +368,7 @@ impl Server {
         };
         let origin = cfg.public_origin(addr);
         let admin_task = admin::serve_socket(&cfg.store.path, admin.clone())?;
-        let console = console::Console::new(secrets.clone(), store.clone(), cfg.console)?;
+        let console = console::Console::new(secrets.clone(), store.clone(), cfg.console.clone())?;
         const HOUR: Duration = Duration::from_secs(3600);
         let reset_per_user = KeyedLimiter::new(cfg.tokens.reset_per_user_per_hour, HOUR, 100_000);
         let reset_per_ip = KeyedLimiter::new(cfg.tokens.reset_per_ip_per_hour, HOUR, 100_000);

@@ -1479,3 +1479,33 @@ async fn without_mail_creating_a_user_is_refused_in_the_console_and_the_admin_ap
     assert!(ts.app().users.show("lost@example.com").is_err());
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn the_console_shows_times_in_its_configured_zone_with_the_utc_value_on_hover() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.console.time_zone = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+    })
+    .await;
+    ts.add_user("tz@example.com").await;
+    let b = Browser::sign_in(&ts, "tz@example.com", PASSWORD)
+        .await
+        .unwrap();
+    ts.history_written().await;
+    let html = b.get("/settings").await.text();
+    // Tokyo is nine hours ahead of UTC all year: the sign-in's row, and the token's last
+    // reset, read in JST; the machine-readable value and the hover title stay UTC.
+    let at = html.find("<time datetime=\"").expect("a time") + "<time datetime=\"".len();
+    let iso = &html[at..at + 24];
+    assert!(iso.ends_with('Z'), "{iso}");
+    let utc: jiff::Timestamp = iso.parse().unwrap();
+    let tokyo = utc
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap())
+        .strftime("%-d %b %Y, %H:%M JST")
+        .to_string();
+    assert!(
+        html.contains(&format!(">{tokyo}</time>")),
+        "{tokyo}: {html}"
+    );
+    assert!(!html.contains(" UTC</time>"), "{html}");
+}

@@ -42,7 +42,10 @@ pub(super) async fn settings_typed(
         "settings",
         context! {
             user => crate::admin::UserView::from(user),
-            token_reset => super::users::when_ms(user.token_reset_at * 1000),
+            token_reset => super::users::when_ms(
+                user.token_reset_at * 1000,
+                &page.app.cfg.console.time_zone,
+            ),
             masked_email => mask_email(&user.email),
             policy => page.app.tokens.policy().describe(),
             rows => rows(page.app, &filter, 0, false).await,
@@ -52,7 +55,7 @@ pub(super) async fn settings_typed(
                 since => format_ms(user.mfa.enrolled_at * 1000),
                 recovery_left => user.mfa.recovery.len(),
             }),
-            tokens => super::tokens::rows(user),
+            tokens => super::tokens::rows(user, &page.app.cfg.console.time_zone),
             max_tokens => page.app.tokens.max_named(),
             token_name,
             form_errors => errors.context(),

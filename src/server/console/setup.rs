@@ -437,7 +437,7 @@ pub(super) async fn rows(
         .into_iter()
         .skip(skip)
         .map(|r| Row {
-            at: super::users::when_ms(r.at_ms),
+            at: super::users::when_ms(r.at_ms, &app.cfg.console.time_zone),
             username: r.username,
             source_ip: r.source_ip,
             dialect: r.dialect,

@@ -34,14 +34,14 @@ pub(super) struct Row {
 }
 
 /// The user's named tokens, in the order they were added.
-pub(super) fn rows(user: &User) -> Vec<Row> {
+pub(super) fn rows(user: &User, zone: &jiff::tz::TimeZone) -> Vec<Row> {
     crate::tokens::named::list(user)
         .into_iter()
         .map(|t| Row {
             name: t.name,
             state: t.state,
-            created: when_ms(t.created_at * 1000),
-            last_used: t.last_used_at.map(|s| when_ms(s * 1000)),
+            created: when_ms(t.created_at * 1000, zone),
+            last_used: t.last_used_at.map(|s| when_ms(s * 1000, zone)),
             last_client_ip: t.last_client_ip,
             last_dialect: t.last_dialect,
         })

@@ -234,26 +234,25 @@ async fn last_logins(app: &App, ids: Vec<String>) -> HashMap<String, u64> {
 /// The newest successful logins read to sort the whole list by last login.
 const LAST_LOGIN_ROWS: usize = 100_000;
 
-/// A time for people: "29 Nov 2026, 17:05 UTC" (the server cannot know the browser's zone),
-/// with the RFC 3339 value for `<time datetime>` and the hover title.
+/// A time for people in the console's zone (`[console] time_zone`; the server cannot know
+/// the browser's): "29 Nov 2026, 12:05 EST", with the RFC 3339 UTC value for
+/// `<time datetime>` and the hover title.
 #[derive(Serialize)]
 pub(super) struct When {
     pub(super) text: String,
     pub(super) iso: String,
 }
 
-pub(super) fn when_ms(ms: u64) -> When {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let month: String = t.month().to_string().chars().take(3).collect();
+pub(super) fn when_ms(ms: u64, zone: &jiff::tz::TimeZone) -> When {
+    let at = i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     When {
-        text: format!(
-            "{} {month} {}, {:02}:{:02} UTC",
-            t.day(),
-            t.year(),
-            t.hour(),
-            t.minute()
-        ),
+        text: at
+            .to_zoned(zone.clone())
+            .strftime("%-d %b %Y, %H:%M %Z")
+            .to_string(),
         iso: format_ms(ms),
     }
 }
@@ -312,6 +311,7 @@ pub(super) async fn users_page(page: &Page<'_>, list: &ListState) -> Response<Bo
         last = last_logins(page.app, shown.iter().map(|u| u.id.clone()).collect()).await;
     }
     let here = list.with(|s| s.page = pg);
+    let zone = &page.app.cfg.console.time_zone;
     let users: Vec<Row> = shown
         .iter()
         .map(|u| Row {
@@ -322,8 +322,8 @@ pub(super) async fn users_page(page: &Page<'_>, list: &ListState) -> Response<Bo
             status: status(u),
             admin: u.admin,
             api_only: u.api_only,
-            last_login: last.get(&u.id).map(|ms| when_ms(*ms)),
-            token_reset: when_ms(u.token_reset_at.saturating_mul(1000)),
+            last_login: last.get(&u.id).map(|ms| when_ms(*ms, zone)),
+            token_reset: when_ms(u.token_reset_at.saturating_mul(1000), zone),
         })
         .collect();
     let columns: Vec<Column> = SORTS
@@ -411,7 +411,7 @@ pub(super) async fn user_page(
             );
         }
     };
-    let when = |t: u64| when_ms(t.saturating_mul(1000));
+    let when = |t: u64| when_ms(t.saturating_mul(1000), &page.app.cfg.console.time_zone);
     let typed_or =
         |k: &str, stored: String| typed.and_then(|f| f.get(k)).cloned().unwrap_or(stored);
     let filter = HistoryFilter {
@@ -954,9 +954,23 @@ mod tests {
     }
 
     #[test]
-    fn times_read_as_people_write_them() {
-        let w = when_ms(1_795_971_900_000);
+    fn times_read_as_people_write_them_in_the_consoles_zone() {
+        let utc = jiff::tz::TimeZone::UTC;
+        let w = when_ms(1_795_971_900_000, &utc);
         assert_eq!(w.text, "29 Nov 2026, 17:05 UTC");
         assert_eq!(w.iso, "2026-11-29T17:05:00.000Z");
+        // The zone's own time and abbreviation (summer time included); the hover value stays
+        // UTC.
+        let ny = jiff::tz::TimeZone::get("America/New_York").unwrap();
+        let w = when_ms(1_795_971_900_000, &ny);
+        assert_eq!(w.text, "29 Nov 2026, 12:05 EST");
+        assert_eq!(w.iso, "2026-11-29T17:05:00.000Z");
+        let w = when_ms(1_783_000_000_000, &ny);
+        assert_eq!(w.text, "2 Jul 2026, 09:46 EDT");
+        let london = jiff::tz::TimeZone::get("Europe/London").unwrap();
+        assert_eq!(
+            when_ms(1_783_000_000_000, &london).text,
+            "2 Jul 2026, 14:46 BST"
+        );
     }
 }
