@@ -16,6 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use futures_core::Stream;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -49,6 +51,8 @@ pub enum AcmeError {
 /// The ACME-managed certificate of a running server.
 pub struct Acme {
     server_config: Arc<ServerConfig>,
+    /// Whether the latest order failed (cleared by the next certificate issued).
+    failing: Arc<AtomicBool>,
 }
 
 /// What the driving task reports to: the server's metrics and audit trail.
@@ -109,13 +113,21 @@ impl Acme {
                 "no ACME certificate in the cache yet: serving a self-signed placeholder until the CA issues the first one"
             ),
         }
-        let task = tokio::spawn(drive(state, cache, reporting));
+        let failing = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(drive(state, cache, reporting, failing.clone()));
         Ok((
             Self {
                 server_config: Arc::new(server_config),
+                failing,
             },
             task,
         ))
+    }
+
+    /// True while the latest order failed: the certificate in force (or the placeholder) is
+    /// still served, and the order is being retried (`/tokengate/ready` says "degraded").
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// The rustls configuration of both listeners while ACME is on.
@@ -149,7 +161,12 @@ impl Cached {
 /// Runs the ACME state machine for the server's life (aborted at shutdown). Its stream never
 /// ends: after a certificate is deployed it sleeps until the renewal is due; after a failed
 /// order it sleeps 1, 2, 4 … seconds (at most 2^16) and orders again.
-async fn drive(state: rustls_acme::AcmeState<std::io::Error>, cache: Cached, reporting: Reporting) {
+async fn drive(
+    state: rustls_acme::AcmeState<std::io::Error>,
+    cache: Cached,
+    reporting: Reporting,
+    failing: Arc<AtomicBool>,
+) {
     let mut state = Box::pin(state);
     loop {
         let event = std::future::poll_fn(|cx| state.as_mut().poll_next(cx)).await;
@@ -160,6 +177,7 @@ async fn drive(state: rustls_acme::AcmeState<std::io::Error>, cache: Cached, rep
             }
             Ok(EventOk::DeployedNewCert) => {
                 reporting.metrics.acme_order(true);
+                failing.store(false, Ordering::Relaxed);
                 tracing::info!("the ACME CA issued a new certificate; serving it");
             }
             Ok(EventOk::CertCacheStore) => {
@@ -190,6 +208,7 @@ async fn drive(state: rustls_acme::AcmeState<std::io::Error>, cache: Cached, rep
             }
             Err(rustls_acme::EventError::Order(e)) => {
                 reporting.metrics.acme_order(false);
+                failing.store(true, Ordering::Relaxed);
                 // The error is the CA's problem document or a transport error: no secret.
                 tracing::warn!(error = %e, "ordering an ACME certificate failed; the certificate in force stays served and the order is retried with backoff");
             }

@@ -130,6 +130,11 @@ pub struct Live {
 }
 
 impl App {
+    /// The ACME-managed certificate, with `[tls] acme`.
+    pub fn acme(&self) -> Option<&crate::acme::Acme> {
+        self.acme.as_ref()
+    }
+
     pub fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -145,3 +145,40 @@ async fn an_acme_certificate_is_ordered_by_tls_alpn_served_and_kept_across_a_res
     );
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn a_failing_acme_ca_leaves_the_placeholder_served_and_readiness_degraded() {
+    // A directory nobody listens on: every order fails at once.
+    let (hold, closed) = crate::support::refusing_address();
+    let upstream = Upstream::start().await;
+    let ts = TestServer::start_with(&upstream.url(), |cfg| {
+        cfg.tls.acme = Some(AcmeConfig {
+            domains: vec![DOMAIN.into()],
+            contact: None,
+            directory: format!("https://{closed}/dir"),
+            ca_roots: None,
+            cache: cfg.store.path.join("acme"),
+        });
+    })
+    .await;
+    // The placeholder is the generated self-signed pair, which the test client trusts: the
+    // listener stays up and answers while the CA is unreachable.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let r = ts.client().get("/tokengate/ready", &[]).await;
+        assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
+        if r.json()["acme"] == "degraded" || Instant::now() > deadline {
+            break r.json();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready["acme"], "degraded", "{ready}");
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let metrics = ts.metrics();
+    assert!(
+        !metrics.contains("tokengate_acme_orders_total{outcome=\"failed\"} 0"),
+        "{metrics}"
+    );
+    ts.stop().await;
+    drop(hold);
+}
