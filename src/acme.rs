@@ -219,6 +219,25 @@ async fn drive(
     }
 }
 
+/// The certificate chain in the cache for `cfg` (leaf first), if there is one: what a server
+/// with this configuration serves at start (`tokengate tls status`).
+pub async fn cached_chain(cfg: &AcmeConfig) -> Option<Vec<CertificateDer<'static>>> {
+    let pem = DirCache::new(cfg.cache.clone())
+        .load_cert(&cfg.domains, &cfg.directory)
+        .await
+        .ok()??;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|c| !c.is_empty())
+}
+
+/// When rustls-acme renews a certificate valid from `not_before` to `not_after` (Unix seconds):
+/// once two thirds of its lifetime have passed.
+pub fn renewal_due(not_before: u64, not_after: u64) -> u64 {
+    not_after - (not_after.saturating_sub(not_before)) / 3
+}
+
 /// Serves the ACME certificate, the TLS-ALPN-01 challenge certificate to the CA's validator,
 /// and the placeholder while there is no certificate yet.
 #[derive(Debug)]
