@@ -12,6 +12,11 @@
 //!
 //! A failed renewal never takes the listener down: the certificate in force is served until a
 //! new one replaces it.
+//!
+//! Known gap: rustls-acme's HTTP client sets no timeout on its requests, so a CA that accepts
+//! a connection and never answers stalls the state machine (nothing else waits on it). A
+//! watchdog that rebuilds the state when no event arrives by the renewal or backoff deadline
+//! plus the longest order is the planned fix.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
