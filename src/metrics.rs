@@ -83,6 +83,8 @@ pub struct Metrics {
     /// In the order of `ROTATION_REASONS`.
     token_rotations: Vec<Counter>,
     certificate_expiry: Gauge,
+    /// `[tls] acme` orders: issued, failed.
+    acme_orders: [Counter; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -224,6 +226,14 @@ impl Metrics {
             "When the served TLS certificate expires (its notAfter, Unix time)",
             certificate_expiry.clone(),
         );
+        let acme = Family::<Labels<1>, Counter>::default();
+        r.register(
+            "acme_orders",
+            "ACME certificate orders ([tls] acme), by outcome: issued or failed",
+            acme.clone(),
+        );
+        let acme_orders =
+            ["issued", "failed"].map(|outcome| acme.get_or_create(&[("outcome", outcome)]).clone());
         let build_info = Family::<Labels<1>, Gauge>::default();
         build_info
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
@@ -242,6 +252,7 @@ impl Metrics {
             registry: r,
             token_rotations,
             certificate_expiry,
+            acme_orders,
             logins,
             token_logins,
             login_duration,
@@ -343,6 +354,11 @@ impl Metrics {
     pub fn certificate_expires(&self, not_after: u64) {
         self.certificate_expiry
             .set(i64::try_from(not_after).unwrap_or(i64::MAX));
+    }
+
+    /// An ACME order ended: issued (a new certificate is served) or failed.
+    pub fn acme_order(&self, issued: bool) {
+        self.acme_orders[usize::from(!issued)].inc();
     }
 
     /// The whole exposition: the counters and histograms, then the gauges read just now.

@@ -107,6 +107,63 @@ pub fn not_after(pem: &Path) -> Option<u64> {
     u64::try_from(cert.validity().not_after.timestamp()).ok()
 }
 
+/// What `tokengate tls status` shows of a certificate.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    /// The subject alternative names (DNS names and IP addresses).
+    pub names: Vec<String>,
+    pub issuer: String,
+    /// Unix seconds.
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+impl CertInfo {
+    /// Reads a DER certificate; `None` if it does not parse.
+    pub fn of(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                        x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                            4 => Some(
+                                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).ok()?)
+                                    .to_string(),
+                            ),
+                            16 => Some(
+                                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).ok()?)
+                                    .to_string(),
+                            ),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+        Some(Self {
+            names,
+            issuer: cert.issuer().to_string(),
+            not_before: secs(cert.validity().not_before.timestamp()),
+            not_after: secs(cert.validity().not_after.timestamp()),
+        })
+    }
+
+    /// The first certificate of a PEM file.
+    pub fn of_pem_file(path: &Path) -> Option<Self> {
+        let der = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+        Self::of(&der)
+    }
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;

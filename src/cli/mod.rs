@@ -118,6 +118,16 @@ enum Command {
     Restore { file: PathBuf },
     /// Validate a configuration file and exit.
     CheckConfig,
+    /// The TLS certificate.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// The certificate a server with this configuration serves: where it comes from, its
+    /// names, issuer, expiry and next renewal (read from the files or the ACME cache).
+    Status,
 }
 
 #[derive(Args)]
@@ -442,6 +452,76 @@ enum LogFormat {
 }
 
 /// Runs one command. The small ones are carried out here; the others have modules of their own.
+/// `tokengate tls status`.
+async fn tls_status(cfg: &Config) -> Result<(), CliError> {
+    use tokengate::tls::CertInfo;
+    let time = |t: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+            .to_string()
+    };
+    let (source, info, renewal) = if let Some(acme) = &cfg.tls.acme {
+        let source = format!("ACME, {} (cache {})", acme.directory, acme.cache.display());
+        match tokengate::acme::cached_chain(acme).await {
+            Some(chain) => {
+                let info = CertInfo::of(&chain[0])
+                    .ok_or_else(|| "the cached certificate does not parse".to_owned())?;
+                let due = tokengate::acme::renewal_due(info.not_before, info.not_after);
+                let renewal = format!("{} (by tokengate, two thirds into its lifetime)", time(due));
+                (source, info, renewal)
+            }
+            None => {
+                println!("source: {source}");
+                println!(
+                    "certificate: none issued yet for {}; the self-signed placeholder is served until the CA issues one",
+                    acme.domains.join(", ")
+                );
+                return Ok(());
+            }
+        }
+    } else if let Some(cert) = &cfg.tls.cert {
+        let info = CertInfo::of_pem_file(cert)
+            .ok_or_else(|| format!("{}: no readable certificate", cert.display()))?;
+        (
+            format!("files, {}", cert.display()),
+            info,
+            "by you: replace the files and reload".to_owned(),
+        )
+    } else {
+        let cert = cfg.store.path.join("tls").join("cert.pem");
+        let Some(info) = CertInfo::of_pem_file(&cert) else {
+            println!(
+                "source: self-signed, {} (not generated yet: the server makes it at start)",
+                cert.display()
+            );
+            return Ok(());
+        };
+        let due = info.not_after.saturating_sub(30 * 86_400);
+        (
+            format!("self-signed, {}", cert.display()),
+            info,
+            format!(
+                "{} (made anew at a start within 30 days of its end)",
+                time(due)
+            ),
+        )
+    };
+    let now = tokengate::now_secs();
+    println!("source: {source}");
+    println!("names: {}", info.names.join(", "));
+    println!("issuer: {}", info.issuer);
+    println!(
+        "not after: {} ({})",
+        time(info.not_after),
+        if info.not_after > now {
+            format!("in {} days", (info.not_after - now) / 86_400)
+        } else {
+            "EXPIRED".to_owned()
+        }
+    );
+    println!("next renewal: {renewal}");
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), CliError> {
     let source = ConfigSource::discover(
         cli.config,
@@ -510,6 +590,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
+        Command::Tls(TlsCommand::Status) => tls_status(&admin_config(&source)?).await,
         Command::CheckConfig => {
             let path = source.path().ok_or_else(|| {
                 format!(

@@ -141,6 +141,23 @@ impl Default for Server {
 pub struct Tls {
     pub cert: Option<String>,
     pub key: Option<String>,
+    /// Certificates ordered and renewed over ACME instead of `cert`/`key`.
+    pub acme: Option<Acme>,
+}
+
+/// `[tls] acme = { ... }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    pub domains: Vec<String>,
+    /// A `mailto:` URI for the CA's notices; absent: the account has no contact.
+    pub contact: Option<String>,
+    /// The directory URL, or "production" / "staging" (Let's Encrypt); absent: production.
+    pub directory: Option<String>,
+    /// PEM file of the roots to trust the ACME server by; absent: the Mozilla roots.
+    pub ca_roots: Option<String>,
+    /// Where the account key and certificates are kept; absent: `<store.path>/acme`.
+    pub cache: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -215,7 +215,26 @@ pub struct ServerConfig {
 pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Set: the certificate comes from an ACME CA (`cert`/`key` are then unset).
+    pub acme: Option<AcmeConfig>,
 }
+
+/// The validated `[tls] acme` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// Lower-case DNS names, at least one, no wildcard (TLS-ALPN-01 cannot prove one,
+    /// RFC 8737 §3).
+    pub domains: Vec<String>,
+    pub contact: Option<String>,
+    /// The directory URL (https).
+    pub directory: String,
+    pub ca_roots: Option<PathBuf>,
+    pub cache: PathBuf,
+}
+
+/// Let's Encrypt's directories, for `directory = "production"` (the default) and `"staging"`.
+pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -447,11 +466,15 @@ impl Config {
     /// of the config file), so a config works whatever the current directory is.
     pub fn from_file(f: file::ConfigFile, base: &Path) -> Result<Self, ConfigError> {
         // Sections are checked in this order; the first problem is the one reported.
+        let server = validate::server(&f.server)?;
+        let tls = validate::tls(&f.tls, base)?;
+        let upstream = validate::upstream(&f.upstream, base)?;
+        let store = validate::store(&f.store, base)?;
         Ok(Self {
-            server: validate::server(&f.server)?,
-            tls: validate::tls(&f.tls, base)?,
-            upstream: validate::upstream(&f.upstream, base)?,
-            store: validate::store(&f.store, base)?,
+            tls: validate::acme_cache_default(tls, &store.path),
+            server,
+            upstream,
+            store,
             auth: validate::auth(&f.auth)?,
             oauth_clients: validate::oauth(&f.oauth)?,
             refresh_families_per_user: validate::bounded(

@@ -218,3 +218,90 @@ fn the_defaults_are_the_documented_duration_strings() {
     let c = Config::from_toml(written, Path::new("./tokengate.toml")).unwrap();
     assert_eq!(format!("{c:?}"), format!("{:?}", Config::defaults()));
 }
+
+#[test]
+fn acme_settings_are_validated_and_defaulted() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("tokengate.toml");
+    let parse_here = |text: &str| Config::from_toml(text, &base);
+    let c = parse_here(
+        "[store]\npath = \"data\"\n[tls]\nacme = { domains = [\"API.example.com\"], contact = \"mailto:ops@example.com\" }\n",
+    )
+    .unwrap();
+    let a = c.tls.acme.unwrap();
+    assert_eq!(a.domains, ["api.example.com"]);
+    assert_eq!(a.directory, LETS_ENCRYPT_PRODUCTION);
+    assert_eq!(a.cache, dir.path().join("data").join("acme"));
+    assert_eq!(a.ca_roots, None);
+    let c = parse_here(
+        "[tls]\nacme = { domains = [\"a.example.com\"], directory = \"staging\", cache = \"/var/acme\" }\n",
+    )
+    .unwrap();
+    let a = c.tls.acme.unwrap();
+    assert_eq!(a.directory, LETS_ENCRYPT_STAGING);
+    assert_eq!(a.cache, Path::new("/var/acme"));
+    assert_eq!(a.contact, None);
+
+    let not_pem = dir.path().join("roots.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    for (acme, key, says) in [
+        ("domains = []", "tls.acme.domains", "at least one"),
+        (
+            "domains = [\"*.example.com\"]",
+            "tls.acme.domains[0]",
+            "DNS-01",
+        ),
+        (
+            "domains = [\"a.example.com\", \"bad name\"]",
+            "tls.acme.domains[1]",
+            "not a DNS name",
+        ),
+        (
+            "domains = [\"10.0.0.1\"]",
+            "tls.acme.domains[0]",
+            "not a DNS name",
+        ),
+        (
+            "domains = [\"a.example.com\", \"A.example.com\"]",
+            "tls.acme.domains[1]",
+            "twice",
+        ),
+        (
+            "domains = [\"a.example.com\"], contact = \"ops@example.com\"",
+            "tls.acme.contact",
+            "mailto:",
+        ),
+        (
+            "domains = [\"a.example.com\"], directory = \"http://ca.example/dir\"",
+            "tls.acme.directory",
+            "https://",
+        ),
+        (
+            "domains = [\"a.example.com\"], ca_roots = \"/nonexistent.pem\"",
+            "tls.acme.ca_roots",
+            "does not exist",
+        ),
+        (
+            "domains = [\"a.example.com\"], ca_roots = \"roots.pem\"",
+            "tls.acme.ca_roots",
+            "no CERTIFICATE",
+        ),
+        (
+            "domains = [\"a.example.com\"], email = \"x\"",
+            "email",
+            "unknown field",
+        ),
+    ] {
+        let e = parse_here(&format!("[tls]\nacme = {{ {acme} }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains(says), "{acme}: {e}");
+    }
+    // Files and ACME at once: refused, whichever is meant.
+    let e = parse_here(
+        "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nacme = { domains = [\"a.example.com\"] }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("tls.acme") && e.contains("not both"), "{e}");
+}

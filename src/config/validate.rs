@@ -14,9 +14,9 @@ use std::time::Duration;
 use http::Uri;
 
 use super::{
-    AuthConfig, Backend, ConfigError, ConsoleConfig, HistoryConfig, LimitsConfig, LockoutConfig,
-    OAuthClient, OrgId, PasswordPolicy, PgTls, PostgresConfig, ServerConfig, StoreConfig,
-    TlsConfig, TokensConfig, UpstreamConfig, file,
+    AcmeConfig, AuthConfig, Backend, ConfigError, ConsoleConfig, HistoryConfig, LimitsConfig,
+    LockoutConfig, OAuthClient, OrgId, PasswordPolicy, PgTls, PostgresConfig, ServerConfig,
+    StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, file,
 };
 
 mod mail;
@@ -172,6 +172,18 @@ fn parse_public_url(u: &str) -> Result<String, ConfigError> {
 }
 
 pub(super) fn tls(t: &file::Tls, base: &Path) -> Result<TlsConfig, ConfigError> {
+    if let Some(a) = &t.acme {
+        if t.cert.is_some() || t.key.is_some() {
+            return Err(invalid(
+                "tls.acme",
+                "set either tls.acme or tls.cert and tls.key, not both",
+            ));
+        }
+        return Ok(TlsConfig {
+            acme: Some(acme(a, base)?),
+            ..TlsConfig::default()
+        });
+    }
     match (&t.cert, &t.key) {
         (None, None) => Ok(TlsConfig::default()),
         (Some(c), Some(k)) => {
@@ -179,11 +191,114 @@ pub(super) fn tls(t: &file::Tls, base: &Path) -> Result<TlsConfig, ConfigError> 
             Ok(TlsConfig {
                 cert: Some(existing_file("tls.cert", cert)?),
                 key: Some(existing_file("tls.key", key)?),
+                acme: None,
             })
         }
         (Some(_), None) => Err(invalid("tls.key", "tls.cert is set but tls.key is not")),
         (None, Some(_)) => Err(invalid("tls.cert", "tls.key is set but tls.cert is not")),
     }
+}
+
+fn acme(a: &file::Acme, base: &Path) -> Result<AcmeConfig, ConfigError> {
+    if a.domains.is_empty() {
+        return Err(invalid("tls.acme.domains", "list at least one DNS name"));
+    }
+    let mut domains = Vec::with_capacity(a.domains.len());
+    for (i, d) in a.domains.iter().enumerate() {
+        let key = format!("tls.acme.domains[{i}]");
+        let d = d.to_ascii_lowercase();
+        // TLS-ALPN-01 cannot validate a wildcard (RFC 8737 §3) and a CA issues no publicly
+        // trusted certificate for an IP address by it here.
+        if d.contains('*') {
+            return Err(invalid(
+                &key,
+                format!("'{d}': wildcards need the DNS-01 challenge, which tokengate does not do"),
+            ));
+        }
+        if d.parse::<std::net::IpAddr>().is_ok()
+            || rustls_pki_types::DnsName::try_from(d.as_str()).is_err()
+            || !d.contains('.') && d != "localhost"
+        {
+            return Err(invalid(&key, format!("'{d}' is not a DNS name")));
+        }
+        if domains.contains(&d) {
+            return Err(invalid(&key, format!("'{d}' is listed twice")));
+        }
+        domains.push(d);
+    }
+    let contact = match &a.contact {
+        None => None,
+        Some(c) => match c.strip_prefix("mailto:") {
+            Some(addr) if addr.contains('@') && !addr.contains(char::is_whitespace) => {
+                Some(c.clone())
+            }
+            _ => {
+                return Err(invalid(
+                    "tls.acme.contact",
+                    format!("'{c}' is not a mailto: URI such as mailto:ops@example.com"),
+                ));
+            }
+        },
+    };
+    let directory = match a.directory.as_deref() {
+        None | Some("production") => super::LETS_ENCRYPT_PRODUCTION.to_owned(),
+        Some("staging") => super::LETS_ENCRYPT_STAGING.to_owned(),
+        Some(u) => match u.parse::<Uri>() {
+            Ok(url) if url.scheme_str() == Some("https") && url.authority().is_some() => {
+                u.to_owned()
+            }
+            _ => {
+                return Err(invalid(
+                    "tls.acme.directory",
+                    format!("'{u}' is not an https:// URL, \"production\" or \"staging\""),
+                ));
+            }
+        },
+    };
+    let ca_roots = match &a.ca_roots {
+        None => None,
+        Some(p) => {
+            let p = existing_file("tls.acme.ca_roots", resolve(base, p))?;
+            match crate::tls::client_roots(Some(&p)) {
+                Ok(roots) if !roots.is_empty() => {}
+                Ok(_) => {
+                    return Err(invalid(
+                        "tls.acme.ca_roots",
+                        format!("{}: no CERTIFICATE section found", p.display()),
+                    ));
+                }
+                Err(e) => {
+                    return Err(invalid(
+                        "tls.acme.ca_roots",
+                        format!("{}: {e}", p.display()),
+                    ));
+                }
+            }
+            Some(p)
+        }
+    };
+    Ok(AcmeConfig {
+        domains,
+        contact,
+        directory,
+        ca_roots,
+        // Filled in by `acme_cache_default` once the store's path is known.
+        cache: a
+            .cache
+            .as_deref()
+            .map(|c| resolve(base, c))
+            .unwrap_or_default(),
+    })
+}
+
+/// The ACME cache defaults to `acme` in the data directory.
+pub(super) fn acme_cache_default(mut tls: TlsConfig, store: &Path) -> TlsConfig {
+    if let Some(a) = &mut tls.acme
+        && a.cache.as_os_str().is_empty()
+    {
+        a.cache = store.join("acme");
+    }
+    tls
 }
 
 pub(super) fn upstream(u: &file::Upstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {

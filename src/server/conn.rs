@@ -238,6 +238,9 @@ async fn serve(
     let builder = match session.alpn_protocol() {
         Some(b"h2") => &builders.http2,
         Some(b"http/1.1") => &builders.http1,
+        // A TLS-ALPN-01 validation (`[tls] acme`): the handshake was the whole exchange
+        // (RFC 8737 §3); close.
+        Some(crate::acme::ACME_TLS_ALPN) => return,
         _ => &builders.auto,
     };
     let activity = Arc::new(Activity::default());

@@ -58,6 +58,8 @@ pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
+    Acme(#[from] crate::acme::AcmeError),
+    #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
@@ -117,6 +119,8 @@ pub struct App {
     pub request_ids: access::RequestIds,
     /// What a SIGHUP reload replaces.
     live: std::sync::RwLock<Arc<Live>>,
+    /// `[tls] acme`: the managed certificate both listeners serve (a reload keeps it).
+    acme: Option<crate::acme::Acme>,
 }
 
 /// The reloadable part of the configuration in force.
@@ -126,6 +130,11 @@ pub struct Live {
 }
 
 impl App {
+    /// The ACME-managed certificate, with `[tls] acme`.
+    pub fn acme(&self) -> Option<&crate::acme::Acme> {
+        self.acme.as_ref()
+    }
+
     pub fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -138,13 +147,18 @@ impl App {
             new.tls.cert.as_deref().zip(new.tls.key.as_deref()),
             &new.store.path,
         )?;
-        let acceptor = TlsAcceptor::from(tls::server_config(&cert)?);
+        // The ACME state (its account, order and renewal timer) lives from start to stop.
+        let acceptor = match &self.acme {
+            Some(acme) => TlsAcceptor::from(acme.server_config()),
+            None => TlsAcceptor::from(tls::server_config(&cert)?),
+        };
         // Validate the mail settings before changing anything.
         Mailer::check(&new.mail)?;
         for (what, changed) in [
             ("server.listen", new.server.listen != self.cfg.server.listen),
             ("store.path", new.store.path != self.cfg.store.path),
             ("upstream.url", new.upstream.url != self.cfg.upstream.url),
+            ("tls.acme", new.tls.acme != self.cfg.tls.acme),
         ] {
             if changed {
                 tracing::warn!(key = what, "this setting changes only with a restart");
@@ -158,7 +172,9 @@ impl App {
             tls: acceptor,
             oauth_clients: new.oauth_clients.clone(),
         });
-        if let Some(end) = tls::not_after(&cert.cert) {
+        if self.acme.is_none()
+            && let Some(end) = tls::not_after(&cert.cert)
+        {
             self.metrics.certificate_expires(end);
         }
         self.admin.audit.record(crate::audit::Entry {
@@ -201,10 +217,16 @@ impl App {
 }
 
 /// The host names clients may address: the configured ones, the public origin's when
-/// `public_url` is unset (the listen address, or localhost), and the console listener's
-/// address when it is a specific one.
+/// `public_url` is unset (the listen address, or localhost), the console listener's
+/// address when it is a specific one, and the names of the ACME certificate.
 fn hosts_of(cfg: &Config, origin: &str) -> Vec<String> {
     let mut hosts = cfg.server.allowed_hosts.clone();
+    // The names of an ACME certificate are names clients address.
+    for d in cfg.tls.acme.iter().flat_map(|a| &a.domains) {
+        if !hosts.contains(d) {
+            hosts.push(d.clone());
+        }
+    }
     if let Some(ip) = cfg
         .console
         .listen
@@ -305,7 +327,6 @@ impl Server {
             cfg.tls.cert.as_deref().zip(cfg.tls.key.as_deref()),
             &cfg.store.path,
         )?;
-        let acceptor = TlsAcceptor::from(tls::server_config(&cert)?);
 
         let sessions = Arc::new(Sessions::new(
             store.clone(),
@@ -321,10 +342,29 @@ impl Server {
         let restored = sessions.load()?;
         let (history, history_task) = History::start(store.clone(), &cfg.history);
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        if let Some(end) = tls::not_after(&cert.cert) {
-            metrics.certificate_expires(end);
-        }
         let services = data.services(&cfg, Some(sessions.clone()), metrics.clone())?;
+        // With `[tls] acme` the generated pair above is only the placeholder served until the
+        // CA's first certificate.
+        let (acme, acme_task) = match &cfg.tls.acme {
+            Some(a) => {
+                let reporting = crate::acme::Reporting {
+                    metrics: metrics.clone(),
+                    audit: Some(services.audit.clone()),
+                };
+                let (acme, task) = crate::acme::Acme::start(a, &cfg.store.path, reporting).await?;
+                (Some(acme), Some(task))
+            }
+            None => (None, None),
+        };
+        let acceptor = match &acme {
+            Some(acme) => TlsAcceptor::from(acme.server_config()),
+            None => {
+                if let Some(end) = tls::not_after(&cert.cert) {
+                    metrics.certificate_expires(end);
+                }
+                TlsAcceptor::from(tls::server_config(&cert)?)
+            }
+        };
         let (mailer, users, tokens) = (
             services.mailer.clone(),
             services.users.clone(),
@@ -406,6 +446,7 @@ impl Server {
                 tls: acceptor,
                 oauth_clients: cfg_oauth,
             })),
+            acme,
         });
 
         use crate::services::every;
@@ -493,6 +534,7 @@ impl Server {
             housekeeping,
             pool_sweeper,
         ];
+        background.extend(acme_task);
         let mut metrics_addr = None;
         if let Some(addr) = app.cfg.metrics_listen {
             let (task, bound) = serve_metrics(addr, app.clone()).await?;

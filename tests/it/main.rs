@@ -7,6 +7,7 @@ mod support;
 
 mod abuse;
 mod access;
+mod acme;
 mod audit;
 mod bad_input;
 mod cancellation;

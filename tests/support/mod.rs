@@ -3,6 +3,7 @@
 //! server's own certificate.
 
 pub mod js;
+pub mod pebble;
 pub mod postgres;
 pub mod process;
 pub mod real_smtp;

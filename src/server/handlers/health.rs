@@ -14,7 +14,8 @@ pub fn health() -> Response<Body> {
 /// otherwise; JSON either way. The SMTP server (when mail goes over SMTP) is checked and
 /// reported, but an outage of it only makes the answer `"mail": "degraded"`: logins and
 /// forwarded calls do not need mail (token mails wait or fail on their own, and the
-/// Compliance copies queue for a retry), so a load balancer must keep the replica.
+/// Compliance copies queue for a retry), so a load balancer must keep the replica. Likewise
+/// with `[tls] acme`, `"acme": "degraded"` while the latest certificate order failed.
 pub async fn ready(app: &App) -> Response<Body> {
     const PROBE: std::time::Duration = std::time::Duration::from_secs(2);
     // The answer names the failing check and nothing more (anyone may ask); the reason goes
@@ -59,7 +60,7 @@ pub async fn ready(app: &App) -> Response<Body> {
         crate::config::MailTransport::None => "not configured",
     };
     let ok = store == "ok" && upstream == "ok";
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if ok { "ready" } else { "not ready" },
         "mail": match smtp {
             "error" => "degraded",
@@ -68,6 +69,11 @@ pub async fn ready(app: &App) -> Response<Body> {
         },
         "checks": { "store": store, "upstream": upstream, "smtp": smtp },
     });
+    // `[tls] acme`: a failing order leaves the certificate in force served, so the instance
+    // stays ready; "degraded" asks for attention before the certificate ends.
+    if let Some(acme) = app.acme() {
+        body["acme"] = if acme.failing() { "degraded" } else { "ok" }.into();
+    }
     respond(
         if ok {
             StatusCode::OK
