@@ -26,15 +26,8 @@ async fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Reply {
-    let mut b = ts
-        .client()
-        .request(method, &format!("/tokengate/v1/admin/{path}"))
-        .header("authorization", auth);
-    if body.is_some() {
-        b = b.header("content-type", "application/json");
-    }
-    let body = body.map(|v| v.to_string()).unwrap_or_default();
-    ts.client().call(b, body).await
+    let path = format!("admin/{path}");
+    ts.client().api(auth, method, &path, body).await
 }
 
 fn records(reply: &Reply) -> Vec<serde_json::Value> {

@@ -15,13 +15,11 @@ async fn post(b: &Browser<'_>, action: &str, fields: &[(&str, &str)]) -> Reply {
     b.submit_raw("/settings", action, fields).await
 }
 
+/// An admin API call; `body` is JSON, or empty for none.
 async fn api(ts: &TestServer, auth: &str, method: Method, path: &str, body: &str) -> Reply {
-    let b = ts
-        .client()
-        .request(method, &format!("/tokengate/v1/admin/{path}"))
-        .header("authorization", auth)
-        .header("content-type", "application/json");
-    ts.client().call(b, body.to_owned()).await
+    let body = (!body.is_empty()).then(|| serde_json::from_str(body).unwrap());
+    let path = format!("admin/{path}");
+    ts.client().api(auth, method, &path, body).await
 }
 
 /// A form: where it posts, its fields, and what the page it leads to says.

@@ -51,16 +51,7 @@ async fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Reply {
-    let mut b = ts
-        .client()
-        .request(method, &format!("/tokengate/v1/{path}"))
-        .header("authorization", auth);
-    if body.is_some() {
-        b = b.header("content-type", "application/json");
-    }
-    ts.client()
-        .call(b, body.map(|v| v.to_string()).unwrap_or_default())
-        .await
+    ts.client().api(auth, method, path, body).await
 }
 
 impl Env {

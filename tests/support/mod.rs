@@ -621,6 +621,25 @@ impl HttpsClient {
             .await
     }
 
+    /// A call to tokengate's JSON API, `/tokengate/v1/{path}`, with `authorization` and, when
+    /// given, a JSON body.
+    pub async fn api(
+        &self,
+        authorization: &str,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Reply {
+        let mut b = self
+            .request(method, &format!("/tokengate/v1/{path}"))
+            .header("authorization", authorization);
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        self.call(b, body.map(|v| v.to_string()).unwrap_or_default())
+            .await
+    }
+
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         let mut b = self.request(Method::GET, path);
         for (k, v) in headers {
