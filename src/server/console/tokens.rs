@@ -18,7 +18,7 @@ use crate::admin::{AdminError, Answer, Request};
 use crate::audit::{Actor, Channel};
 use crate::mail::mask_email;
 use crate::server::{App, Client};
-use crate::store::{DEFAULT_TOKEN_NAME, User};
+use crate::store::User;
 use crate::wire::Body;
 
 /// One row of the table: what the user may know of a token (never a value).
@@ -48,20 +48,14 @@ pub(super) fn rows(user: &User, zone: &jiff::tz::TimeZone) -> Vec<Row> {
         .collect()
 }
 
-/// `settings/tokens/{name}/{reset|revoke}`: the name and the action, when the path is one.
+/// `settings/tokens/{name}/{reset|revoke}`: the name and the action, when the path is one
+/// (a name the rules allow; "default" is reserved, so the default token is not reachable
+/// here — "Reset My Security Token" resets it).
 fn parse(path: &str) -> Option<(String, &str)> {
     let (name, action) = path.strip_prefix("settings/tokens/")?.rsplit_once('/')?;
     let name = crate::wire::decode_component(name);
-    (matches!(action, "reset" | "revoke")
-        && !name.is_empty()
-        && name != DEFAULT_TOKEN_NAME
-        && user_named(&name))
-    .then_some((name, action))
-}
-
-/// Names are checked again by `Admin::perform`; this only keeps odd paths off the page.
-fn user_named(name: &str) -> bool {
-    crate::tokens::named::validate_name(name).is_ok()
+    (matches!(action, "reset" | "revoke") && crate::tokens::named::validate_name(&name).is_ok())
+        .then_some((name, action))
 }
 
 /// GET of a reset or revoke: the confirmation page (the action needs a POST with
