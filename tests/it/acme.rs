@@ -1,6 +1,8 @@
 //! `[tls] acme`: a certificate ordered from a real ACME CA (Pebble, started by the test) with
 //! the TLS-ALPN-01 challenge answered by tokengate's own listener, served to clients that trust
-//! only that CA, and kept across a restart without a new order.
+//! only that CA, and kept across a restart without a new order; readiness before the first
+//! certificate; renewal of a short-lived certificate under traffic; a CA that is down or never
+//! answers during a renewal; bad directory URLs refused at start.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,14 +12,49 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokengate::config::AcmeConfig;
 
-use crate::support::pebble::{self, Pebble};
-use crate::support::{TestServer, Upstream};
+use crate::support::pebble::{self, Pebble, SilentCa};
+use crate::support::{TestServer, Upstream, metric};
 
 /// The certificate's name; Pebble's DNS answers 127.0.0.1 for every name.
 const DOMAIN: &str = "api.tokengate.test";
 
 /// How long the first order may take (account, order, validation, issuance).
 const ORDER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `[tls] acme` for `DOMAIN` in the test server's data directory.
+fn acme_config(
+    cfg: &tokengate::config::Config,
+    directory: String,
+    ca_roots: Option<std::path::PathBuf>,
+) -> AcmeConfig {
+    AcmeConfig {
+        domains: vec![DOMAIN.into()],
+        contact: Some("mailto:ops@tokengate.test".into()),
+        directory,
+        ca_roots,
+        order_timeout: tokengate::config::ACME_ORDER_TIMEOUT,
+        cache: cfg.store.path.join("acme"),
+    }
+}
+
+/// A test server on `listen` (the port Pebble validates) with its certificate from `pebble`.
+async fn server_on_pebble(pebble: &Pebble, listen: std::net::SocketAddr) -> (Upstream, TestServer) {
+    let upstream = Upstream::start().await;
+    let (directory, ca) = (pebble.directory(), pebble.https_ca());
+    let ts = TestServer::start_with(&upstream.url(), |cfg| {
+        cfg.server.listen = listen;
+        cfg.tls.acme = Some(acme_config(cfg, directory, Some(ca)));
+    })
+    .await;
+    (upstream, ts)
+}
+
+fn orders(ts: &TestServer, outcome: &str) -> u64 {
+    metric(
+        &ts.metrics(),
+        &format!("tokengate_acme_orders_total{{outcome=\"{outcome}\"}}"),
+    )
+}
 
 /// A TLS client for `DOMAIN` that trusts only `root_pem`.
 fn client_trusting(root_pem: &str) -> tokio_rustls::TlsConnector {
@@ -33,47 +70,70 @@ fn client_trusting(root_pem: &str) -> tokio_rustls::TlsConnector {
     .with_root_certificates(roots)
     .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Every connection a full handshake: a resumed session shows the certificate it began with.
+    cfg.resumption = rustls::client::Resumption::disabled();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
+/// One request on a new connection to `addr` as `DOMAIN`: the leaf certificate the server
+/// presented, the status and the body.
+async fn fetch(
+    connector: &tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<(Vec<u8>, http::StatusCode, bytes::Bytes), String> {
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(DOMAIN).unwrap();
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = http::Request::get(path).header("host", DOMAIN);
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let req = req.body(Empty::<bytes::Bytes>::new()).unwrap();
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((leaf, status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
 /// Connects to the server as `DOMAIN` until the handshake verifies (the placeholder does not)
-/// and `GET /tokengate/ready` answers; returns the served leaf certificate and the status.
+/// and `GET /tokengate/ready` answers; returns the served leaf certificate, the status and
+/// the readiness document.
 async fn served_certificate(
     connector: &tokio_rustls::TlsConnector,
     ts: &TestServer,
     pebble: &Pebble,
     within: Duration,
-) -> (Vec<u8>, http::StatusCode) {
+) -> (Vec<u8>, http::StatusCode, serde_json::Value) {
     let deadline = Instant::now() + within;
     let mut last = String::new();
     while Instant::now() < deadline {
-        let attempt = async {
-            let tcp = tokio::net::TcpStream::connect(ts.addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            let name = ServerName::try_from(DOMAIN).unwrap();
-            let tls = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| e.to_string())?;
-            let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let req = http::Request::get("/tokengate/ready")
-                .header("host", DOMAIN)
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap();
-            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let _ = resp.into_body().collect().await;
-            Ok::<_, String>((leaf, status))
-        };
-        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(r)) => return r,
-            Ok(Err(e)) => last = e,
-            Err(_) => last = "timed out".into(),
+        match fetch(connector, ts.addr, "/tokengate/ready", None).await {
+            Ok((leaf, status, body)) => {
+                return (leaf, status, serde_json::from_slice(&body).unwrap());
+            }
+            Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -97,23 +157,11 @@ async fn an_acme_certificate_is_ordered_by_tls_alpn_served_and_kept_across_a_res
     };
     let root = pebble.root().await;
     let connector = client_trusting(&root);
-    let upstream = Upstream::start().await;
-    let (directory, ca) = (pebble.directory(), pebble.https_ca());
-    let ts = TestServer::start_with(&upstream.url(), |cfg| {
-        cfg.server.listen = listen;
-        cfg.tls.acme = Some(AcmeConfig {
-            domains: vec![DOMAIN.into()],
-            contact: Some("mailto:ops@tokengate.test".into()),
-            directory,
-            ca_roots: Some(ca),
-            cache: cfg.store.path.join("acme"),
-        });
-    })
-    .await;
+    let (_upstream, ts) = server_on_pebble(&pebble, listen).await;
 
     // Until the CA has issued, the placeholder is served: a client trusting only the CA refuses
     // it; then the CA's certificate is served and a request goes through.
-    let (first, status) = served_certificate(&connector, &ts, &pebble, ORDER_TIMEOUT).await;
+    let (first, status, _) = served_certificate(&connector, &ts, &pebble, ORDER_TIMEOUT).await;
     assert_eq!(status, http::StatusCode::OK);
     assert!(issuer(&first).contains("Pebble"), "{}", issuer(&first));
     assert_eq!(pebble.orders(), 1, "{}", pebble.logs());
@@ -157,7 +205,7 @@ async fn an_acme_certificate_is_ordered_by_tls_alpn_served_and_kept_across_a_res
 
     // A restart serves the cached certificate without ordering again.
     let ts = ts.restart().await;
-    let (again, status) =
+    let (again, status, _) =
         served_certificate(&connector, &ts, &pebble, Duration::from_secs(20)).await;
     assert_eq!(status, http::StatusCode::OK);
     assert_eq!(
@@ -172,39 +220,87 @@ async fn an_acme_certificate_is_ordered_by_tls_alpn_served_and_kept_across_a_res
     ts.stop().await;
 }
 
-#[tokio::test]
-async fn a_failing_acme_ca_leaves_the_placeholder_served_and_readiness_degraded() {
-    // A directory nobody listens on: every order fails at once.
-    let (hold, closed) = crate::support::refusing_address();
-    let upstream = Upstream::start().await;
-    let ts = TestServer::start_with(&upstream.url(), |cfg| {
-        cfg.tls.acme = Some(AcmeConfig {
-            domains: vec![DOMAIN.into()],
-            contact: None,
-            directory: format!("https://{closed}/dir"),
-            ca_roots: None,
-            cache: cfg.store.path.join("acme"),
-        });
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_is_pending_with_503_until_the_first_certificate_then_ok() {
+    let listen = pebble::free_addr();
+    let Some(mut pebble) = Pebble::start(listen.port()) else {
+        return;
+    };
+    // The CA is down when tokengate starts: every order fails, the placeholder is served.
+    pebble.stop_ca();
+    let (_upstream, ts) = server_on_pebble(&pebble, listen).await;
+    // The placeholder is the generated self-signed pair, which the test client trusts: the
+    // listener answers, but a load balancer must not send it traffic.
+    crate::support::eventually("an order failed", Duration::from_secs(10), async || {
+        orders(&ts, "failed") >= 1
     })
     .await;
-    // The placeholder is the generated self-signed pair, which the test client trusts: the
-    // listener stays up and answers while the CA is unreachable.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ready = loop {
-        let r = ts.client().get("/tokengate/ready", &[]).await;
-        assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
-        if r.json()["acme"] == "degraded" || Instant::now() > deadline {
-            break r.json();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(ready["acme"], "degraded", "{ready}");
-    assert_eq!(ready["status"], "ready", "{ready}");
-    let metrics = ts.metrics();
-    assert!(
-        !metrics.contains("tokengate_acme_orders_total{outcome=\"failed\"} 0"),
-        "{metrics}"
+    let r = ts.client().get("/tokengate/ready", &[]).await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.text()
     );
+    assert_eq!(r.json()["acme"], "pending", "{}", r.text());
+    assert_eq!(r.json()["status"], "not ready", "{}", r.text());
+    assert_eq!(r.json()["checks"]["store"], "ok", "{}", r.text());
+
+    // The CA comes up: the next retry orders, and the replica is ready.
+    pebble.start_ca();
+    let connector = client_trusting(&pebble.root().await);
+    let (leaf, status, body) = served_certificate(&connector, &ts, &pebble, ORDER_TIMEOUT).await;
+    assert!(issuer(&leaf).contains("Pebble"), "{}", issuer(&leaf));
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(body["acme"], "ok", "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(orders(&ts, "issued"), 1);
     ts.stop().await;
-    drop(hold);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acme_ca_that_never_answers_times_out_each_order_and_the_server_keeps_serving() {
+    let silent = SilentCa::start().await;
+    let upstream = Upstream::start().await;
+    let directory = format!("https://{}/dir", silent.addr);
+    let ts = TestServer::start_with(&upstream.url(), |cfg| {
+        let mut acme = acme_config(cfg, directory, None);
+        acme.order_timeout = Duration::from_millis(700);
+        cfg.tls.acme = Some(acme);
+    })
+    .await;
+    // Each order stalls on the first request; the watchdog gives up on it after the timeout,
+    // counts a failure, closes the stalled connection and starts again.
+    crate::support::eventually(
+        "two orders timed out",
+        Duration::from_secs(15),
+        async || orders(&ts, "failed") >= 2,
+    )
+    .await;
+    assert!(silent.accepted() >= 2, "{} connections", silent.accepted());
+    crate::support::eventually(
+        "the stalled connections were closed",
+        Duration::from_secs(5),
+        async || silent.closed() >= 1,
+    )
+    .await;
+    assert_eq!(orders(&ts, "issued"), 0);
+    // The server answered throughout, with the placeholder, and says why it is not ready.
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        ts.client().get("/tokengate/ready", &[]),
+    )
+    .await
+    .expect("the server answers while the CA stalls");
+    assert_eq!(
+        r.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["acme"], "pending", "{}", r.text());
+    // Nothing waits on the stalled CA: shutdown is prompt.
+    tokio::time::timeout(Duration::from_secs(10), ts.stop())
+        .await
+        .expect("the server stops while the CA stalls");
 }
