@@ -13,7 +13,7 @@ use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokengate::config::AcmeConfig;
 
 use crate::support::pebble::{self, Pebble, SilentCa};
-use crate::support::{TestServer, Upstream, metric};
+use crate::support::{PASSWORD, TestServer, Upstream, basic, metric};
 
 /// The certificate's name; Pebble's DNS answers 127.0.0.1 for every name.
 const DOMAIN: &str = "api.tokengate.test";
@@ -141,6 +141,29 @@ async fn served_certificate(
         "no certificate from Pebble was served within {within:?} (last: {last})\n{}",
         pebble.logs()
     );
+}
+
+/// The serial number and start of a certificate.
+fn serial(der: &[u8]) -> (String, i64) {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    (
+        cert.raw_serial_as_string(),
+        cert.validity().not_before.timestamp(),
+    )
+}
+
+/// When the certificate ends and when (two thirds into its lifetime) it is renewed.
+fn end_and_renewal(der: &[u8]) -> (Instant, Instant) {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let (start, end) = (
+        cert.validity().not_before.timestamp() as u64,
+        cert.validity().not_after.timestamp() as u64,
+    );
+    let at = |t: u64| {
+        let now = tokengate::now_secs();
+        Instant::now() + Duration::from_secs(t.saturating_sub(now))
+    };
+    (at(end), at(tokengate::acme::renewal_due(start, end)))
 }
 
 fn issuer(der: &[u8]) -> String {
@@ -303,4 +326,129 @@ async fn an_acme_ca_that_never_answers_times_out_each_order_and_the_server_keeps
     tokio::time::timeout(Duration::from_secs(10), ts.stop())
         .await
         .expect("the server stops while the CA stalls");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_lived_certificate_is_renewed_while_requests_keep_flowing() {
+    // A 30 s certificate is renewed 20 s into its life.
+    let listen = pebble::free_addr();
+    let Some(pebble) = Pebble::start_with(listen.port(), Some(Duration::from_secs(30))) else {
+        return;
+    };
+    let connector = client_trusting(&pebble.root().await);
+    let (upstream, ts) = server_on_pebble(&pebble, listen).await;
+    let (first, _, _) = served_certificate(&connector, &ts, &pebble, ORDER_TIMEOUT).await;
+    let (end, renewal) = end_and_renewal(&first);
+    let auth = basic(
+        "flow@example.com",
+        &format!("{PASSWORD}{}", ts.add_user("flow@example.com").await),
+    );
+
+    // A client calls the API through the proxy, one new connection (so one handshake, which
+    // shows the certificate served) per call, across the renewal.
+    let mut certs = Vec::<Vec<u8>>::new();
+    let (mut calls, mut failed) = (0, Vec::new());
+    let deadline = end - Duration::from_secs(2);
+    assert!(renewal < deadline, "the renewal is due before the end");
+    while Instant::now() < deadline {
+        calls += 1;
+        match fetch(
+            &connector,
+            ts.addr,
+            "/services/data/v59.0/sobjects",
+            Some(&auth),
+        )
+        .await
+        {
+            Ok((leaf, http::StatusCode::OK, _)) => {
+                if certs.last() != Some(&leaf) {
+                    certs.push(leaf);
+                }
+            }
+            Ok((_, status, body)) => failed.push(format!("{status}: {body:?}")),
+            Err(e) => failed.push(e),
+        }
+        // Once the second certificate has been served for a while, the point is made.
+        if certs.len() >= 2 && calls % 20 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {calls} calls failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(
+        certs.len(),
+        2,
+        "the certificates served over {calls} calls\n{}",
+        pebble.logs()
+    );
+    let (before, after) = (serial(&certs[0]), serial(&certs[1]));
+    assert_ne!(before.0, after.0, "a new serial");
+    assert!(after.1 >= before.1, "a later start: {before:?} {after:?}");
+    assert!(upstream.arrived("/services/data/v59.0/sobjects") >= calls - failed.len());
+    assert_eq!(orders(&ts, "issued"), 2);
+    assert_eq!(orders(&ts, "failed"), 0);
+    assert_eq!(pebble.orders(), 2);
+    let audit = crate::support::cli(&ts, &["audit", "--format", "json", "--limit", "1000"], None);
+    assert_eq!(
+        audit.matches("tls.certificate_issued").count(),
+        2,
+        "{audit}"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_down_at_renewal_leaves_the_old_certificate_served_and_degraded_until_it_returns() {
+    // A 36 s certificate is due for renewal 24 s into its life.
+    let listen = pebble::free_addr();
+    let Some(mut pebble) = Pebble::start_with(listen.port(), Some(Duration::from_secs(36))) else {
+        return;
+    };
+    let connector = client_trusting(&pebble.root().await);
+    let (_upstream, ts) = server_on_pebble(&pebble, listen).await;
+    let (first, _, body) = served_certificate(&connector, &ts, &pebble, ORDER_TIMEOUT).await;
+    assert_eq!(body["acme"], "ok", "{body}");
+    let (end, renewal) = end_and_renewal(&first);
+
+    // The CA goes away (its process killed: its accounts and orders are lost with it).
+    pebble.stop_ca();
+    tokio::time::sleep_until(renewal.into()).await;
+    crate::support::eventually("the renewal failed", Duration::from_secs(5), async || {
+        orders(&ts, "failed") >= 1
+    })
+    .await;
+    let (leaf, status, body) = fetch(&connector, ts.addr, "/tokengate/ready", None)
+        .await
+        .expect("the old certificate still verifies");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(leaf, first, "the old certificate is still served");
+    assert_eq!(
+        status,
+        http::StatusCode::OK,
+        "still ready while it is valid: {body}"
+    );
+    assert_eq!(body["acme"], "degraded", "{body}");
+    assert_eq!(orders(&ts, "issued"), 1);
+
+    // The CA returns with a new root and no memory of the account: the next retry registers
+    // the account again (the cached key) and a renewal lands before the old one ends.
+    pebble.start_ca();
+    let connector = client_trusting(&pebble.root().await);
+    let (leaf, status, body) = served_certificate(
+        &connector,
+        &ts,
+        &pebble,
+        end.saturating_duration_since(Instant::now()),
+    )
+    .await;
+    assert_ne!(serial(&leaf).0, serial(&first).0);
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(body["acme"], "ok", "{body}");
+    assert_eq!(orders(&ts, "issued"), 2);
+    assert!(orders(&ts, "failed") >= 1);
+    ts.stop().await;
 }
