@@ -452,3 +452,112 @@ async fn a_ca_down_at_renewal_leaves_the_old_certificate_served_and_degraded_unt
     assert!(orders(&ts, "failed") >= 1);
     ts.stop().await;
 }
+
+/// A configuration file for the binary with `[tls] acme` at `directory`.
+fn acme_toml(dir: &std::path::Path, name: &str, acme: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n[store]\npath = \"{name}\"\n{}[tls]\nacme = {{ domains = [\"{DOMAIN}\"], {acme} }}\n",
+            crate::support::store_backend_toml()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_acme_directory_is_a_clear_error_from_check_config_and_at_start() {
+    use crate::support::process;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |toml: &std::path::Path, cmd: &str| {
+        let o = tokio::task::block_in_place(|| process::run(toml, &[cmd], None, &[]));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            err,
+        )
+    };
+
+    // Unparsable, not https, no host: the configuration is refused by both, in one line.
+    for (i, directory) in [
+        "not a url",
+        "http://ca.example/directory",
+        "https://",
+        "ldap://ca.example/",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let toml = acme_toml(
+            dir.path(),
+            &format!("bad{i}"),
+            &format!("directory = \"{directory}\""),
+        );
+        for cmd in ["check-config", "serve"] {
+            let (ok, _, err) = run(&toml, cmd);
+            assert!(!ok, "{cmd} with {directory}");
+            assert!(
+                err.contains("tls.acme.directory")
+                    && err.contains(&format!("'{directory}' is not an https:// URL")),
+                "{cmd} with {directory}: {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+    }
+
+    // Well formed but nobody answers there: check-config says so and fails; serve says so
+    // at start and serves anyway (a CA outage must not keep the listener down).
+    let (hold, closed) = crate::support::refusing_address();
+    let url = format!("https://{closed}/dir");
+    let toml = acme_toml(dir.path(), "unreachable", &format!("directory = \"{url}\""));
+    let (ok, _, err) = run(&toml, "check-config");
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "tls.acme.directory {url}: cannot connect to {closed}"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let serve = tokio::task::block_in_place(|| process::Serve::start(&toml, &[], &[]));
+    crate::support::eventually("the start-up error", Duration::from_secs(10), async || {
+        serve.log().contains(&format!(
+            "tls.acme.directory {url}: cannot connect to {closed}"
+        ))
+    })
+    .await;
+    let log = tokio::task::block_in_place(|| serve.stop());
+    assert!(log.contains("ERROR"), "{log}");
+    drop(hold);
+
+    // An https URL that answers but is not an ACME directory (Pebble's root certificate), and
+    // Pebble's directory itself, which passes.
+    let Some(pebble) = Pebble::start(pebble::free_addr().port()) else {
+        return;
+    };
+    let roots = format!("ca_roots = \"{}\"", pebble.https_ca().display());
+    let not_acme = pebble.directory().replace("/dir", "/nonce-plz");
+    let toml = acme_toml(
+        dir.path(),
+        "notacme",
+        &format!("directory = \"{not_acme}\", {roots}"),
+    );
+    let (ok, _, err) = run(&toml, "check-config");
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("tls.acme.directory {not_acme}: ")),
+        "{err}"
+    );
+    assert!(err.contains("not an ACME directory"), "{err}");
+    let good = acme_toml(
+        dir.path(),
+        "good",
+        &format!("directory = \"{}\", {roots}", pebble.directory()),
+    );
+    let (ok, out, err) = run(&good, "check-config");
+    assert!(ok, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+}
