@@ -1,8 +1,8 @@
 //! `[tls] acme`: a certificate ordered from a real ACME CA (Pebble, started by the test) with
 //! the TLS-ALPN-01 challenge answered by tokengate's own listener, served to clients that trust
 //! only that CA, and kept across a restart without a new order; readiness before the first
-//! certificate; renewal of a short-lived certificate under traffic; a CA that is down or never
-//! answers during a renewal; bad directory URLs refused at start.
+//! certificate; renewal of a short-lived certificate under traffic; a CA that is down, or that
+//! stalls, during a renewal (and the certificate's end while it does); bad directory URLs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokengate::config::AcmeConfig;
 
-use crate::support::pebble::{self, Pebble, SilentCa};
+use crate::support::pebble::{self, Pebble, SilentCa, StallingRelay};
 use crate::support::{PASSWORD, TestServer, Upstream, basic, metric};
 
 /// The certificate's name; Pebble's DNS answers 127.0.0.1 for every name.
@@ -560,4 +560,124 @@ async fn a_bad_acme_directory_is_a_clear_error_from_check_config_and_at_start() 
     let (ok, out, err) = run(&good, "check-config");
     assert!(ok, "{err}");
     assert!(out.contains(": ok"), "{out}");
+}
+
+/// A TLS client for `DOMAIN` that accepts any certificate, expired ones too (the handshake
+/// signature is still checked): to ask a server whose certificate has ended how it stands.
+fn client_accepting_anything() -> tokio_rustls::TlsConnector {
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_that_stalls_at_renewal_is_given_up_on_each_order_timeout_until_it_answers_again() {
+    // A 27 s certificate, due for renewal 18 s into its life; every ACME request goes through
+    // a relay that can make the CA accept connections and never answer. An order takes 2 to
+    // 3 s (rustls-acme waits a second before each poll): the timeout leaves room for one.
+    let listen = pebble::free_addr();
+    let Some(pebble) = Pebble::start_with(listen.port(), Some(Duration::from_secs(27))) else {
+        return;
+    };
+    let relay = StallingRelay::start(pebble.acme_addr()).await;
+    let connector = client_trusting(&pebble.root().await);
+    let upstream = Upstream::start().await;
+    let (directory, ca) = (format!("https://{}/dir", relay.addr), pebble.https_ca());
+    let ts = TestServer::start_with(&upstream.url(), |cfg| {
+        cfg.server.listen = listen;
+        let mut acme = acme_config(cfg, directory, Some(ca));
+        acme.order_timeout = Duration::from_secs(5);
+        cfg.tls.acme = Some(acme);
+    })
+    .await;
+    let (first, _, body) = served_certificate(&connector, &ts, &pebble, ORDER_TIMEOUT).await;
+    assert_eq!(body["acme"], "ok", "{body}");
+    let (end, renewal) = end_and_renewal(&first);
+
+    // The CA stalls: each renewal attempt is given up after the order timeout, counted, and
+    // the certificate in force is still served, valid, the replica ready.
+    relay.stall(true);
+    tokio::time::sleep_until(renewal.into()).await;
+    crate::support::eventually("a renewal given up", Duration::from_secs(7), async || {
+        orders(&ts, "failed") >= 1
+    })
+    .await;
+    let (leaf, status, body) = fetch(&connector, ts.addr, "/tokengate/ready", None)
+        .await
+        .expect("the certificate in force still verifies");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(leaf, first, "the certificate in force is still served");
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(body["acme"], "degraded", "{body}");
+
+    // Past its end, still served (nothing better exists) but the replica is no longer ready.
+    tokio::time::sleep_until((end + Duration::from_millis(1500)).into()).await;
+    let anything = client_accepting_anything();
+    let (leaf, status, body) = fetch(&anything, ts.addr, "/tokengate/ready", None)
+        .await
+        .expect("the server answers");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(leaf, first, "the ended certificate is what there is");
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["acme"], "expired", "{body}");
+
+    // The CA answers again: the next attempt orders, and all is well without a restart.
+    relay.stall(false);
+    let (leaf, status, body) =
+        served_certificate(&connector, &ts, &pebble, Duration::from_secs(20)).await;
+    assert_ne!(serial(&leaf).0, serial(&first).0);
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(body["acme"], "ok", "{body}");
+    assert_eq!(orders(&ts, "issued"), 2);
+    ts.stop().await;
 }

@@ -170,6 +170,11 @@ impl Pebble {
         format!("https://{}/dir", self.listen)
     }
 
+    /// The address of Pebble's ACME interface.
+    pub fn acme_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
     /// The PEM file tokengate's ACME client trusts Pebble's HTTPS interface by.
     pub fn https_ca(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
@@ -295,6 +300,55 @@ impl SilentCa {
 }
 
 impl Drop for SilentCa {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP relay in front of a CA that can be made to stall: while stalled, new connections are
+/// accepted and never answered (a CA hanging mid-renewal); otherwise they are relayed to the
+/// CA. Pebble names its resources after the `Host` it was asked by, so every request of an
+/// ACME client that was given the relay's directory URL goes through the relay.
+pub struct StallingRelay {
+    pub addr: SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingRelay {
+    pub async fn start(to: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stalled.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let stall = s.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if stall {
+                        let mut buf = [0u8; 4096];
+                        while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                    } else if let Ok(mut ca) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut ca).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            stalled,
+            task,
+        }
+    }
+
+    pub fn stall(&self, stalled: bool) {
+        self.stalled
+            .store(stalled, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for StallingRelay {
     fn drop(&mut self) {
         self.task.abort();
     }
