@@ -379,6 +379,9 @@ fn next_due(
         Ok(EventOk::DeployedCachedCert | EventOk::CertCacheStore) => validity
             .map(|(start, end)| Duration::from_secs(renewal_due(start, end).saturating_sub(now))),
         Err(rustls_acme::EventError::Order(_)) => Some(Duration::from_secs(1 << backoff.min(16))),
+        // The new certificate is served but could not be stored: the state machine sleeps until
+        // its renewal, which cannot be read back. A deadline here would order again and again.
+        Err(rustls_acme::EventError::CertCacheStore(_)) => None,
         // After a new certificate, its cache write comes next; after the account's, the order.
         _ => Some(Duration::ZERO),
     }
@@ -641,5 +644,9 @@ mod tests {
         let account: rustls_acme::Event<std::io::Error, std::io::Error> =
             Ok(EventOk::AccountCacheStore);
         assert_eq!(next_due(&account, None, 5, now), Some(Duration::ZERO));
+        let unstored: rustls_acme::Event<std::io::Error, std::io::Error> = Err(
+            rustls_acme::EventError::CertCacheStore(std::io::Error::other("disk full")),
+        );
+        assert_eq!(next_due(&unstored, None, 0, now), None);
     }
 }
