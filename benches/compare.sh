@@ -8,6 +8,7 @@
 #
 #   bash benches/compare.sh                      # 3 rounds of 15 s runs, 32 connections
 #   ROUNDS=5 DURATION=30s CONNECTIONS=64 bash benches/compare.sh
+#   BIN=/path/to/tokengate bash benches/compare.sh   # a given build instead of this tree's
 #
 # On a small shared machine one run of the same server varies by ±15 %, so the rows that are
 # compared with each other (nginx without auth, tokengate's session and Basic paths, and the
@@ -36,8 +37,10 @@ command -v caddy >/dev/null || need+=(caddy)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 install_debian "${need[@]}"
 
-cargo build --release --quiet
-BIN=$PWD/target/release/tokengate
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=$PWD/target/release/tokengate
+fi
 
 # One certificate for every TLS proxy.
 bench_cert "$WORK"

@@ -5,6 +5,7 @@
 #   bash benches/profile.sh                 # the session path
 #   bash benches/profile.sh basic           # any scenario of `tokengate loadtest run`
 #   DURATION=20 bash benches/profile.sh mixed      # seconds recorded (default 8)
+#   BIN=/path/to/tokengate bash benches/profile.sh  # a given build instead of this tree's
 #
 # Starts an upstream (nginx, as in compare.sh) and a release-built tokengate on loopback,
 # drives the scenario with the load tool (32 connections), and records tokengate alone with
@@ -32,8 +33,10 @@ TOOLS=$PWD/target/tools
 if [ ! -x "$TOOLS/bin/inferno-flamegraph" ]; then
   cargo install inferno --locked --quiet --root "$TOOLS"
 fi
-cargo build --release --quiet
-BIN=$PWD/target/release/tokengate
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=$PWD/target/release/tokengate
+fi
 
 UPSTREAM=127.0.0.1:18090
 PORT=18456

@@ -1,6 +1,6 @@
 //! The vocabulary every layer shares, and nothing else: how a client logged in ([`Dialect`]),
-//! what came of it ([`Outcome`]), why a login failed ([`Reason`]), and the stored form of a
-//! username. A leaf: it imports no other module of tokengate, so `auth`, `history`, `metrics`
+//! what came of it ([`Outcome`]), why a login failed ([`Reason`]), the stored form of a
+//! username, and the values of the identity headers the upstream gets ([`Identity`]). A leaf: it imports no other module of tokengate, so `auth`, `history`, `metrics`
 //! and `store` can all use it without importing each other.
 
 /// How the client logged in.
@@ -131,4 +131,39 @@ impl Reason {
 /// Usernames are case-insensitive, like Salesforce's; this is the stored form.
 pub fn canonical_username(name: &str) -> String {
     name.trim().to_lowercase()
+}
+
+/// Who a forwarded request acts for, as the upstream reads it: the values of
+/// `X-Tokengate-User` and `X-Tokengate-User-Id`. Made once per session (at login, or when a
+/// replica first sees the session) and cloned per request, which only counts a reference: the
+/// authenticated-call path builds no header value of its own.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `None` for a name that is not a valid header value (the header is then not sent).
+    pub username: Option<http::HeaderValue>,
+    pub user_id: Option<http::HeaderValue>,
+}
+
+impl Identity {
+    /// For a session: values whose clones share one copy.
+    pub fn new(username: &str, user_id: &str) -> Self {
+        Self {
+            username: shared_value(username),
+            user_id: shared_value(user_id),
+        }
+    }
+
+    /// For one request (HTTP Basic): plain values, never cloned.
+    pub fn once(username: &str, user_id: &str) -> Self {
+        Self {
+            username: http::HeaderValue::from_str(username).ok(),
+            user_id: http::HeaderValue::from_str(user_id).ok(),
+        }
+    }
+}
+
+/// A header value whose clones share one reference-counted copy of `text` (a value made from
+/// a `Vec` would allocate again at its first clone).
+pub fn shared_value(text: &str) -> Option<http::HeaderValue> {
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text.to_owned())).ok()
 }

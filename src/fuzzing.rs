@@ -234,7 +234,8 @@ pub fn credentials(data: &[u8]) {
         headers.insert(name, v);
     }
     match from_headers(&headers) {
-        Some(HeaderCredential::Basic(user, _)) => {
+        Some(HeaderCredential::Basic(basic)) => {
+            let user = basic.username();
             assert!(!user.is_empty() && !user.contains(':'), "{user:?}");
         }
         Some(HeaderCredential::Session(sid)) => {

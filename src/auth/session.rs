@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::domain::Identity;
 use crate::secret::{Domain, SecretError, Secrets, Tag};
 use crate::store::{
     SessionChange, SessionPolicy, SessionRecord, Store, StoreError, User, UserChange,
@@ -69,6 +70,8 @@ pub struct Session {
     pub token_serial: u64,
     /// That token's name, for the access log.
     pub token: Option<Arc<str>>,
+    /// The identity headers' values for the upstream, made once for the session.
+    pub identity: Identity,
     /// The user's current session epoch, shared by all the user's sessions (or, for a named
     /// token's session, by that value's sessions: `GONE` once the value is reset or revoked).
     live: Arc<AtomicU64>,
@@ -85,6 +88,30 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session as its stored record describes it, with the user's epoch cell and the shape
+    /// its policy gives it (`Sessions::shaped`).
+    fn from_record(
+        rec: SessionRecord,
+        live: Arc<AtomicU64>,
+        (idle, ranges): (u64, Arc<[ipnet::IpNet]>),
+    ) -> Self {
+        Session {
+            identity: Identity::new(&rec.username, &rec.user_id),
+            user_id: rec.user_id,
+            username: rec.username,
+            epoch: rec.epoch,
+            created_at: rec.created_at,
+            token_serial: rec.token_serial,
+            token: rec.token.map(Into::into),
+            live,
+            ranges,
+            idle,
+            policy: rec.policy,
+            last_seen: AtomicU64::new(rec.last_seen),
+            persisted_seen: AtomicU64::new(rec.last_seen),
+        }
+    }
+
     pub fn last_seen(&self) -> u64 {
         self.last_seen.load(Ordering::Relaxed)
     }
@@ -92,6 +119,26 @@ impl Session {
     /// Whether the user's state still allows this session (any client address).
     fn current(&self) -> bool {
         self.epoch == self.live.load(Ordering::Acquire)
+    }
+}
+
+/// The last session id a connection presented, and its key ([`Sessions::lookup_on`]): a
+/// client logs in once and sends the same id on every call of a keep-alive connection, so the
+/// keyed hash of the id is computed once per connection, not once per call. The id is the
+/// connection's own (it sent it); it is compared in constant time all the same.
+#[derive(Default)]
+pub struct LastSession(std::sync::Mutex<Option<(Box<[u8]>, Tag)>>);
+
+impl LastSession {
+    fn key(&self, sid: &str) -> Option<Tag> {
+        use subtle::ConstantTimeEq as _;
+        let slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (id, key) = slot.as_ref()?;
+        bool::from(id.as_ref().ct_eq(sid.as_bytes())).then_some(*key)
+    }
+
+    fn remember(&self, sid: &str, key: Tag) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((sid.as_bytes().into(), key));
     }
 }
 
@@ -351,21 +398,9 @@ impl Sessions {
                 doomed.push(key);
                 continue;
             };
-            let (idle, ranges) = self.shaped(rec.policy, &user);
-            let s = Session {
-                live: self.session_cell(&user.id, rec.token_serial, user.session_epoch)?,
-                ranges,
-                idle,
-                policy: rec.policy,
-                user_id: rec.user_id,
-                username: rec.username,
-                epoch: rec.epoch,
-                created_at: rec.created_at,
-                token_serial: rec.token_serial,
-                token: rec.token.map(Into::into),
-                last_seen: AtomicU64::new(rec.last_seen),
-                persisted_seen: AtomicU64::new(rec.last_seen),
-            };
+            let shape = self.shaped(rec.policy, &user);
+            let live = self.session_cell(&user.id, rec.token_serial, user.session_epoch)?;
+            let s = Session::from_record(rec, live, shape);
             if self.expired(&s, now) || self.map.len() >= self.max {
                 doomed.push(key);
             } else {
@@ -428,26 +463,11 @@ impl Sessions {
             token: token.name().map(str::to_owned),
         };
         let key = self.key(&sid);
-        let (idle, ranges) = self.shaped(policy, user);
+        let shape = self.shaped(policy, user);
         let live = self.session_cell(&user.id, serial, user.session_epoch)?;
         self.store.put_session(&key, &rec)?;
-        self.map.insert(
-            key,
-            Arc::new(Session {
-                user_id: rec.user_id,
-                username: rec.username,
-                epoch: rec.epoch,
-                created_at: now,
-                token_serial: serial,
-                token: rec.token.map(Into::into),
-                live,
-                ranges,
-                idle,
-                policy,
-                last_seen: AtomicU64::new(now),
-                persisted_seen: AtomicU64::new(now),
-            }),
-        );
+        self.map
+            .insert(key, Arc::new(Session::from_record(rec, live, shape)));
         for old in self.index(&user.id, key) {
             self.remove(&old);
         }
@@ -463,7 +483,40 @@ impl Sessions {
         if sid.is_empty() || sid.len() > MAX_SESSION_ID_LEN {
             return Ok(None);
         }
+        self.lookup_key(sid, &self.key(sid), ip)
+    }
+
+    /// [`Self::lookup`] on a connection that remembers the last session id it presented and
+    /// that id's key: the same id again skips the keyed hash. Only the hash is skipped; the
+    /// session is looked up and checked as on every other use.
+    pub fn lookup_on(
+        &self,
+        sid: &str,
+        ip: IpAddr,
+        last: &LastSession,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        if sid.is_empty() || sid.len() > MAX_SESSION_ID_LEN {
+            return Ok(None);
+        }
+        if let Some(key) = last.key(sid) {
+            return self.lookup_key(sid, &key, ip);
+        }
         let key = self.key(sid);
+        let found = self.lookup_key(sid, &key, ip)?;
+        // Only an id that named a live session is worth remembering.
+        if found.is_some() {
+            last.remember(sid, key);
+        }
+        Ok(found)
+    }
+
+    fn lookup_key(
+        &self,
+        sid: &str,
+        key: &Tag,
+        ip: IpAddr,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        let key = *key;
         let s = match self.map.get(&key).map(|r| r.value().clone()) {
             Some(s) => s,
             None => match self.fetch(sid, &key)? {
@@ -535,21 +588,9 @@ impl Sessions {
             self.store.delete_session(key)?;
             return Ok(None);
         };
-        let (idle, ranges) = self.shaped(rec.policy, &user);
-        let s = Arc::new(Session {
-            live: self.session_cell(&user.id, rec.token_serial, user.session_epoch)?,
-            ranges,
-            idle,
-            policy: rec.policy,
-            user_id: rec.user_id,
-            username: rec.username,
-            epoch: rec.epoch,
-            created_at: rec.created_at,
-            token_serial: rec.token_serial,
-            token: rec.token.map(Into::into),
-            last_seen: AtomicU64::new(rec.last_seen),
-            persisted_seen: AtomicU64::new(rec.last_seen),
-        });
+        let shape = self.shaped(rec.policy, &user);
+        let live = self.session_cell(&user.id, rec.token_serial, user.session_epoch)?;
+        let s = Arc::new(Session::from_record(rec, live, shape));
         if self.map.len() >= self.max {
             self.sweep();
             if self.map.len() >= self.max {

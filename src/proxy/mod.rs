@@ -5,9 +5,8 @@
 pub mod pool;
 pub mod sanitise;
 
-pub use sanitise::{Principal, X_TOKENGATE_USER, X_TOKENGATE_USER_ID};
+pub use sanitise::{X_TOKENGATE_USER, X_TOKENGATE_USER_ID, forwarded_for};
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use http_body_util::BodyExt;
 use rustls_pki_types::ServerName;
 
 use crate::config::UpstreamConfig;
+use crate::domain::Identity;
 use crate::wire::{Body, json_error};
 
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +114,11 @@ impl Upstream {
     }
 
     fn target(&self, original: &Uri) -> Uri {
-        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
-        let pq = if self.prefix.is_empty() {
-            PathAndQuery::try_from(pq)
-        } else {
-            PathAndQuery::from_maybe_shared(format!("{}{pq}", self.prefix))
+        let pq = match original.path_and_query() {
+            // The path passes through unchanged: the same bytes (a reference count, no copy).
+            Some(pq) if self.prefix.is_empty() => Ok(pq.clone()),
+            Some(pq) => PathAndQuery::from_maybe_shared(format!("{}{pq}", self.prefix)),
+            None => PathAndQuery::from_maybe_shared(format!("{}/", self.prefix)),
         };
         // Origin-form (RFC 9112 §3.2.1): the connection already goes to the upstream.
         let mut parts = http::uri::Parts::default();
@@ -134,8 +134,8 @@ impl Upstream {
     pub async fn forward(
         &self,
         mut req: Request<Body>,
-        peer: IpAddr,
-        who: Option<Principal<'_>>,
+        forwarded_for: HeaderValue,
+        who: Option<Identity>,
         host: Option<HeaderValue>,
     ) -> Response<Body> {
         let from_http2 = req.version() == Version::HTTP_2;
@@ -147,7 +147,7 @@ impl Upstream {
             sanitise::Outbound {
                 from_http2,
                 who,
-                peer,
+                forwarded_for,
                 host,
                 upstream: &self.authority,
             },

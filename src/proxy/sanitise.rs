@@ -22,6 +22,8 @@ use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 
+use crate::domain::Identity;
+
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -42,15 +44,39 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    // The names a `Connection` value lists are removed by `&str`, which parses them without
+    // making a `HeaderName` (that allocates for every name outside the standard set,
+    // "keep-alive" included). Most messages carry one `Connection` line: it is taken out whole
+    // (a reference count); several lines are copied first.
+    let mut lines = headers.get_all(header::CONNECTION).iter();
+    match (lines.next().is_some(), lines.next().is_some()) {
+        (false, _) => {}
+        (true, false) => {
+            if let Some(line) = headers.remove(header::CONNECTION) {
+                remove_listed(headers, &line);
+            }
+        }
+        (true, true) => {
+            let all: Vec<HeaderValue> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect();
+            for line in &all {
+                remove_listed(headers, line);
+            }
+        }
+    }
+    for n in HOP_BY_HOP.iter() {
         headers.remove(n);
+    }
+}
+
+/// Removes every header a `Connection` line names (RFC 9110 §7.6.1).
+fn remove_listed(headers: &mut HeaderMap, line: &HeaderValue) {
+    let Ok(line) = line.to_str() else { return };
+    for name in line.split(',') {
+        headers.remove(name.trim());
     }
 }
 
@@ -207,26 +233,33 @@ fn malformed_response(parts: &http::response::Parts) -> Option<&'static str> {
     None
 }
 
-/// Who the forwarded request acts for.
-pub struct Principal<'a> {
-    pub username: &'a str,
-    pub user_id: &'a str,
-}
-
 /// What the outbound headers are made from.
 pub struct Outbound<'a> {
     /// The request came over HTTP/2 (its cookies may be split over several fields).
     pub from_http2: bool,
     /// Who the request acts for; `None` on a public path (`[upstream] public_paths`): no
     /// identity headers, and no session cookie either.
-    pub who: Option<Principal<'a>>,
-    /// The client's address, as `server::conn::client_ip` found it.
-    pub peer: IpAddr,
+    pub who: Option<Identity>,
+    /// The client's address (`server::conn::client_ip`) as an `X-Forwarded-For` value
+    /// ([`forwarded_for`]; made once per connection on the forwarding path).
+    pub forwarded_for: HeaderValue,
     /// The request's validated host (`server::target`), so the upstream sees the name the
     /// client used; `None` for an HTTP/1.0 request without one.
     pub host: Option<HeaderValue>,
     /// The upstream's own authority, the `Host` when the client sent none.
     pub upstream: &'a Authority,
+}
+
+/// The `X-Forwarded-For` value tokengate sends for a client address: the address alone
+/// (tokengate is the edge; a chain it trusted has been resolved by `client_ip`).
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    // An IPv6 address is at most 45 characters.
+    let mut buf = [0u8; 48];
+    let mut rest = &mut buf[..];
+    let _ = std::io::Write::write_fmt(&mut rest, format_args!("{client}"));
+    let len = 48 - rest.len();
+    crate::domain::shared_value(std::str::from_utf8(&buf[..len]).unwrap_or_default())
+        .expect("an IP address is a valid header value")
 }
 
 /// Makes a client's request headers fit to leave for the upstream (module docs).
@@ -238,16 +271,14 @@ pub fn outbound(h: &mut HeaderMap, o: Outbound<'_>) {
     strip_client_credentials(h);
     clean_cookies(h, o.from_http2, o.who.is_none());
     if let Some(who) = o.who {
-        if let Ok(v) = HeaderValue::from_str(who.username) {
+        if let Some(v) = who.username {
             h.insert(X_TOKENGATE_USER, v);
         }
-        if let Ok(v) = HeaderValue::from_str(who.user_id) {
+        if let Some(v) = who.user_id {
             h.insert(X_TOKENGATE_USER_ID, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&o.peer.to_string()) {
-        h.insert(X_FORWARDED_FOR, v);
-    }
+    h.insert(X_FORWARDED_FOR, o.forwarded_for);
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(id) = request_id {
         h.insert(crate::server::access::X_REQUEST_ID, id);

@@ -81,18 +81,39 @@ impl RequestIds {
         self.generate()
     }
 
-    /// `PREFIX-COUNTER`, both hex: one relaxed add and a write into a stack buffer.
+    /// `PREFIX-COUNTER`, both hex: one relaxed add, a write into a buffer, and one
+    /// allocation that holds the buffer and its reference count (the id is cloned onto the
+    /// response and into the log context; a value copied out of a `Vec` would allocate again
+    /// at its first clone).
     fn generate(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; 16 + 1 + 16];
-        buf[..16].copy_from_slice(&self.prefix);
-        buf[16] = b'-';
-        let mut rest = &mut buf[17..];
+        let mut id = IdBuf {
+            buf: [0; ID_LEN],
+            len: 0,
+        };
+        id.buf[..16].copy_from_slice(&self.prefix);
+        id.buf[16] = b'-';
+        let mut rest = &mut id.buf[17..];
         let room = rest.len();
         // 16 hex digits always fit a u64.
         let _ = write!(rest, "{n:x}");
-        let len = 17 + room - rest.len();
-        HeaderValue::from_bytes(&buf[..len]).expect("hex digits and a dash are a valid value")
+        id.len = 17 + room - rest.len();
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+            .expect("hex digits and a dash are a valid value")
+    }
+}
+
+const ID_LEN: usize = 16 + 1 + 16;
+
+/// A generated request id, in place.
+struct IdBuf {
+    buf: [u8; ID_LEN],
+    len: usize,
+}
+
+impl AsRef<[u8]> for IdBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 

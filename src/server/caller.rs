@@ -24,8 +24,8 @@ use http::HeaderMap;
 use super::refusal::Refusal;
 use super::{App, Client};
 use crate::auth::Attempt;
-use crate::auth::session::Session;
-use crate::domain::Dialect;
+use crate::auth::session::{LastSession, Session};
+use crate::domain::{Dialect, Identity};
 use crate::store::User;
 use crate::wire::credentials::{self, HeaderCredential};
 
@@ -33,10 +33,7 @@ use crate::wire::credentials::{self, HeaderCredential};
 #[derive(Debug)]
 pub enum Credential<'a> {
     Session(Cow<'a, str>),
-    Basic {
-        username: Cow<'a, str>,
-        secret: Cow<'a, str>,
-    },
+    Basic(credentials::Basic),
     /// An `Authorization` header that is neither Basic nor a session.
     Malformed,
     None,
@@ -47,10 +44,7 @@ impl<'a> Credential<'a> {
     pub fn from_headers(headers: &'a HeaderMap) -> Self {
         match credentials::from_headers(headers) {
             Some(HeaderCredential::Session(sid)) => Credential::Session(Cow::Borrowed(sid)),
-            Some(HeaderCredential::Basic(username, secret)) => Credential::Basic {
-                username: Cow::Owned(username),
-                secret: Cow::Owned(secret),
-            },
+            Some(HeaderCredential::Basic(basic)) => Credential::Basic(basic),
             Some(HeaderCredential::Malformed) => Credential::Malformed,
             None => Credential::None,
         }
@@ -117,6 +111,15 @@ impl Caller {
         }
     }
 
+    /// Who a forwarded request acts for: a session's identity headers were made at login;
+    /// a Basic caller's are made for this request.
+    pub fn identity(&self) -> Identity {
+        match self {
+            Caller::Session(s) => s.identity.clone(),
+            Caller::Password(u) => Identity::once(&u.username, &u.id),
+        }
+    }
+
     pub fn username(&self) -> &str {
         match self {
             Caller::Session(s) => &s.username,
@@ -163,8 +166,23 @@ pub async fn identify<'a>(
     peer: Client,
     login: impl FnOnce() -> Login<'a>,
 ) -> Result<Caller, Refusal> {
+    identify_on(app, credential, peer, login, None).await
+}
+
+/// [`identify`] for a request on a connection that remembers its last session id
+/// ([`LastSession`]: the forwarding path, where a client sends the same id call after call).
+pub async fn identify_on<'a>(
+    app: &App,
+    credential: Credential<'_>,
+    peer: Client,
+    login: impl FnOnce() -> Login<'a>,
+    last: Option<&LastSession>,
+) -> Result<Caller, Refusal> {
     match credential {
-        Credential::Session(sid) => match app.sessions.lookup(&sid, peer.ip) {
+        Credential::Session(sid) => match match last {
+            Some(last) => app.sessions.lookup_on(&sid, peer.ip, last),
+            None => app.sessions.lookup(&sid, peer.ip),
+        } {
             Ok(Some(s)) => {
                 super::access::note_session(&s);
                 Ok(Caller::Session(s))
@@ -172,11 +190,12 @@ pub async fn identify<'a>(
             Ok(None) => Err(Refusal::InvalidSession),
             Err(e) => Err(Refusal::store(&e)),
         },
-        Credential::Basic { username, secret } => {
+        Credential::Basic(basic) => {
+            let (username, secret) = (basic.username(), basic.secret());
             let login = login();
             let attempt = Attempt {
-                username: &username,
-                secret: &secret,
+                username,
+                secret,
                 ip: peer.ip,
                 dialect: login.dialect,
                 api_version: login.api_version,
@@ -188,12 +207,7 @@ pub async fn identify<'a>(
             let result = app.auth.login(&attempt).await;
             // Successes are in the login history; failures are worth a log line too.
             if result.is_err() {
-                super::handlers::log_login(
-                    login.dialect.as_str(),
-                    &username,
-                    &result,
-                    login.client,
-                );
+                super::handlers::log_login(login.dialect.as_str(), username, &result, login.client);
             }
             result
                 .map(|v| {

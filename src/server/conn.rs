@@ -28,14 +28,61 @@ use tokio::sync::{Semaphore, watch};
 
 use super::App;
 use super::{access, routes};
+use crate::auth::session::LastSession;
 
 /// What the server knows of a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     pub tls: Option<&'static str>,
     /// The listener that accepted it.
     pub listener: Listener,
+    /// What is worked out once for the connection and used by each of its requests.
+    pub local: Arc<PerConnection>,
+}
+
+/// The per-connection part of the request path: what does not change from one request of a
+/// connection to the next is worked out once, at the handshake.
+pub struct PerConnection {
+    peer: IpAddr,
+    /// Whether the peer is one of `[server] trusted_proxies` (only then is its
+    /// `X-Forwarded-For` read).
+    pub peer_trusted: bool,
+    /// The peer's address as an `X-Forwarded-For` value: what the upstream is told for every
+    /// request whose client is the peer itself (all of them, unless the peer is a proxy).
+    peer_forwarded_for: http::HeaderValue,
+    /// The last session id presented on the connection, and its key.
+    pub last_session: LastSession,
+}
+
+impl PerConnection {
+    fn new(app: &App, peer: IpAddr) -> Self {
+        Self {
+            peer,
+            peer_trusted: is_trusted(&app.cfg.server.trusted_proxies, peer),
+            peer_forwarded_for: crate::proxy::forwarded_for(peer),
+            last_session: LastSession::default(),
+        }
+    }
+
+    /// The `X-Forwarded-For` value for a request whose client is `client`.
+    pub fn forwarded_for(&self, client: IpAddr) -> http::HeaderValue {
+        if client == self.peer {
+            self.peer_forwarded_for.clone()
+        } else {
+            crate::proxy::forwarded_for(client)
+        }
+    }
+
+    /// The client address of a request with these headers on this connection
+    /// ([`client_ip`]; the peer itself unless it is a trusted proxy).
+    pub fn client_ip(&self, app: &App, headers: &http::HeaderMap) -> IpAddr {
+        if self.peer_trusted {
+            client_ip(&app.cfg.server.trusted_proxies, self.peer, headers)
+        } else {
+            self.peer
+        }
+    }
 }
 
 /// tokengate's TLS listeners: the public one, and the console's own when `[console] listen`
@@ -229,6 +276,7 @@ async fn serve(
     let conn = Conn {
         peer,
         listener,
+        local: Arc::new(PerConnection::new(&app, peer.ip())),
         tls: session.protocol_version().map(|v| match v {
             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
@@ -252,18 +300,16 @@ async fn serve(
             // The request id, set on the request before any handler sees it (the upstream
             // gets it), in the request's task-local context (every log line about it), on the
             // response and in the access line (`access`).
-            let trusted = is_trusted(&app.cfg.server.trusted_proxies, conn.peer.ip());
-            let request_id = app.request_ids.choose(trusted, req.headers());
+            let request_id = app
+                .request_ids
+                .choose(conn.local.peer_trusted, req.headers());
             req.headers_mut()
                 .insert(access::X_REQUEST_ID, request_id.clone());
             let line = access::wanted(app.cfg.log_access).then(|| {
-                let client = client_ip(
-                    &app.cfg.server.trusted_proxies,
-                    conn.peer.ip(),
-                    req.headers(),
-                );
+                let client = conn.local.client_ip(&app, req.headers());
                 access::Line::start(&req, client, &request_id)
             });
+            let conn = conn.clone();
             async move {
                 // Boxed: the request's future (up to 4 KiB, `routes`) would otherwise be copied
                 // again by each wrapper that holds it on its way into hyper's slot.

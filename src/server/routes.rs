@@ -17,7 +17,7 @@ use hyper::body::{Body as _, Incoming};
 
 use super::App;
 use super::body::{self, ReqBody};
-use super::conn::{Client, Conn, Listener, client_ip};
+use super::conn::{Client, Conn, Listener};
 use super::handlers::{forward, health, identity, oauth, soap};
 use super::refusal::{self, Refusal};
 use super::target::{self, TargetError};
@@ -43,11 +43,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
     };
     let hsts = app.cfg.server.hsts.clone();
     let peer = Client {
-        ip: client_ip(
-            &app.cfg.server.trusted_proxies,
-            conn.peer.ip(),
-            req.headers(),
-        ),
+        ip: conn.local.client_ip(&app, req.headers()),
         tls: conn.tls,
     };
     let checked = target::check(
@@ -95,7 +91,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
             p if p == "/tokengate" || p.starts_with("/tokengate/") => {
                 Box::pin(super::api::handle(app, req, peer)).await
             }
-            _ => forward::forward(app, req, peer, host).await,
+            _ => forward::forward(app, req, peer, host, &conn.local).await,
         }
     };
     let resp = match leftover {

@@ -7,10 +7,38 @@ use http::HeaderMap;
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeaderCredential<'a> {
     /// `username`, `password‖token`.
-    Basic(String, String),
+    Basic(Basic),
     Session(&'a str),
     /// An `Authorization` header we cannot read (unknown scheme, bad base64, no colon).
     Malformed,
+}
+
+/// HTTP Basic credentials as decoded: `user-id ":" password` in one string (one allocation,
+/// the decoding's), split at the first colon (RFC 7617 §2: the user-id cannot contain one).
+#[derive(PartialEq, Eq)]
+pub struct Basic {
+    text: String,
+    colon: usize,
+}
+
+impl Basic {
+    pub fn username(&self) -> &str {
+        &self.text[..self.colon]
+    }
+
+    /// The password, with the security token appended.
+    pub fn secret(&self) -> &str {
+        &self.text[self.colon + 1..]
+    }
+}
+
+/// The secret never appears in a debug print.
+impl std::fmt::Debug for Basic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Basic")
+            .field("username", &self.username())
+            .finish_non_exhaustive()
+    }
 }
 
 pub const X_SFDC_SESSION: &str = "x-sfdc-session";
@@ -48,11 +76,11 @@ fn parse_basic(b64: &str) -> Option<HeaderCredential<'static>> {
     let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     let text = String::from_utf8(raw).ok()?;
     // RFC 7617 §2: the user-id cannot contain a colon; the password may.
-    let (user, secret) = text.split_once(':')?;
-    if user.is_empty() {
+    let colon = text.find(':')?;
+    if colon == 0 {
         return None;
     }
-    Some(HeaderCredential::Basic(user.to_owned(), secret.to_owned()))
+    Some(HeaderCredential::Basic(Basic { text, colon }))
 }
 
 #[cfg(test)]
@@ -87,7 +115,20 @@ mod tests {
         let b = base64::engine::general_purpose::STANDARD.encode("alice:pa:ss");
         assert_eq!(
             from_headers(&with("authorization", &format!("Basic {b}"))),
-            Some(HeaderCredential::Basic("alice".into(), "pa:ss".into()))
+            Some(HeaderCredential::Basic(Basic {
+                text: "alice:pa:ss".into(),
+                colon: 5
+            }))
+        );
+        let Some(HeaderCredential::Basic(b)) =
+            from_headers(&with("authorization", &format!("Basic {b}")))
+        else {
+            unreachable!()
+        };
+        assert_eq!((b.username(), b.secret()), ("alice", "pa:ss"));
+        assert!(
+            !format!("{b:?}").contains("pa:ss"),
+            "the secret is not printed"
         );
     }
 

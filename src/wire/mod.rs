@@ -30,8 +30,11 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// An empty body. `Empty` has no size, so boxing it allocates nothing.
 pub fn empty() -> Body {
-    full(Bytes::new())
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A locally generated response. Never cached: answers carry sessions or personal data.

@@ -136,3 +136,74 @@ async fn disabling_a_user_or_changing_the_password_ends_sessions_and_logins() {
     ts.soap_login("cut@example.com", &format!("NewPassw0rd{token}"))
         .await;
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_switching_session_ids_acts_for_each_ids_user_until_it_ends() {
+    // A connection remembers the last session id it presented (to skip hashing it again);
+    // what it remembers must never stand in for the session itself.
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let t1 = ts.add_user("first@example.com").await;
+    let t2 = ts.add_user("second@example.com").await;
+    let first = ts
+        .soap_login("first@example.com", &format!("{PASSWORD}{t1}"))
+        .await;
+    let second = ts
+        .soap_login("second@example.com", &format!("{PASSWORD}{t2}"))
+        .await;
+    // One client, calls one after another: one keep-alive connection.
+    let client = ts.client();
+    let path = "/services/data/v59.0/sobjects";
+    for (sid, user) in [
+        (&first, "first@example.com"),
+        (&first, "first@example.com"),
+        (&second, "second@example.com"),
+        (&first, "first@example.com"),
+    ] {
+        assert_eq!(
+            client.get_with_session(path, sid).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(up.last().headers["x-tokengate-user"], user);
+    }
+    // The first session ends on another connection; this one presented it last.
+    let revoked = ts
+        .client()
+        .post(
+            "/services/oauth2/revoke",
+            "application/x-www-form-urlencoded",
+            format!("token={first}"),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let seen = up.requests().len();
+    let refused = client.get_with_session(path, &first).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        refused.text().contains("INVALID_SESSION_ID"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        up.requests().len(),
+        seen,
+        "nothing forwarded for an ended session"
+    );
+    // A made-up id differing from the remembered one in its last character is no session.
+    let mut forged = second.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(
+        client.get_with_session(path, &second).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get_with_session(path, &forged).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        client.get_with_session(path, &second).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(up.last().headers["x-tokengate-user"], "second@example.com");
+}

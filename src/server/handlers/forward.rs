@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 
 use super::header_str;
 use crate::domain::Dialect;
-use crate::proxy::Principal;
-use crate::server::caller::{self, Caller, Credential, Login};
+use crate::server::caller::{self, Credential, Login};
+use crate::server::conn::PerConnection;
 use crate::server::refusal;
 use crate::server::{App, Client, ReqBody};
 use crate::wire::Body;
@@ -22,12 +23,13 @@ pub async fn forward(
     req: Request<ReqBody>,
     peer: Client,
     host: Option<http::HeaderValue>,
+    conn: &PerConnection,
 ) -> Response<Body> {
     let path = req.uri().path();
     // The check costs one emptiness test when nothing is public (the default).
     let public = &app.cfg.upstream.public_paths;
     if !public.is_empty() && public.matches(path) {
-        return Box::pin(forward_public(app, req, peer, host)).await;
+        return Box::pin(forward_public(app, req, conn.forwarded_for(peer.ip), host)).await;
     }
     let bulk_v1 = path.starts_with("/services/async/");
     let dialect = if bulk_v1 {
@@ -45,28 +47,23 @@ pub async fn forward(
         client: header_str(req.headers(), "user-agent"),
         password_only: false,
     };
-    let who =
-        match caller::identify(&app, Credential::from_headers(req.headers()), peer, login).await {
-            Ok(c) => c,
-            Err(r) => return r.render(dialect),
-        };
-    // One upstream call for both kinds of caller: two would each keep a copy of the
-    // forwarding future's state in this one, which hyper moves once per request.
-    let principal = match &who {
-        Caller::Session(s) => Principal {
-            username: &s.username,
-            user_id: &s.user_id,
-        },
-        Caller::Password(u) => Principal {
-            username: &u.username,
-            user_id: &u.id,
-        },
+    let who = match caller::identify_on(
+        &app,
+        Credential::from_headers(req.headers()),
+        peer,
+        login,
+        Some(&conn.last_session),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => return r.render(dialect),
     };
     app.upstream
         .forward(
-            req.map(|b| b.map_err(Into::into).boxed()),
-            peer.ip,
-            Some(principal),
+            req.map(upstream_body),
+            conn.forwarded_for(peer.ip),
+            Some(who.identity()),
             host,
         )
         .await
@@ -77,15 +74,20 @@ pub async fn forward(
 async fn forward_public(
     app: Arc<App>,
     req: Request<ReqBody>,
-    peer: Client,
+    forwarded_for: http::HeaderValue,
     host: Option<http::HeaderValue>,
 ) -> Response<Body> {
     app.upstream
-        .forward(
-            req.map(|b| b.map_err(Into::into).boxed()),
-            peer.ip,
-            None,
-            host,
-        )
+        .forward(req.map(upstream_body), forwarded_for, None, host)
         .await
+}
+
+/// The request's body as it goes upstream: streamed, or, when there is none (most calls),
+/// an empty body that costs no allocation.
+fn upstream_body(body: ReqBody) -> Body {
+    if body.is_end_stream() {
+        crate::wire::empty()
+    } else {
+        body.map_err(Into::into).boxed()
+    }
 }

@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use super::{header_str, log_login, user_info};
 use crate::auth::Attempt;
 use crate::domain::Dialect;
-use crate::proxy::{Principal, sanitise};
+use crate::proxy::{forwarded_for, sanitise};
 use crate::server::body::{self, BodyError};
 use crate::server::caller::{self, Credential, Login};
 use crate::server::refusal::{self, Refusal};
@@ -240,11 +240,10 @@ pub async fn soap_call(
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
             let req = Request::from_parts(parts, wire::full(forwarded));
-            let who = Principal {
-                username: who.username(),
-                user_id: who.user_id(),
-            };
-            let answer = app.upstream.forward(req, peer.ip, Some(who), host).await;
+            let answer = app
+                .upstream
+                .forward(req, forwarded_for(peer.ip), Some(who.identity()), host)
+                .await;
             // The envelope's memory is counted until it has gone upstream.
             drop(held);
             answer
