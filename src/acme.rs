@@ -61,6 +61,7 @@ pub struct Acme {
 }
 
 /// What the driving task reports to: the server's metrics and audit trail.
+#[derive(Clone)]
 pub struct Reporting {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub audit: Option<Arc<crate::audit::Audit>>,
@@ -105,11 +106,11 @@ impl Acme {
         server_config.alpn_protocols =
             vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
 
-        let cache = Cached {
-            cache: DirCache::new(cfg.cache.clone()),
-            domains: cfg.domains.clone(),
-            directory: cfg.directory.clone(),
-        };
+        let cache = Cached::new(
+            Box::new(DirCache::new(cfg.cache.clone())),
+            &cfg.domains,
+            &cfg.directory,
+        );
         match cache.not_after().await {
             Some(end) => reporting.metrics.certificate_expires(end),
             None => tracing::warn!(
@@ -129,6 +130,15 @@ impl Acme {
         ))
     }
 
+    /// Several replicas sharing one certificate through the store (`acme_shared`) build
+    /// their own configuration and driving task.
+    pub(crate) fn shared(server_config: Arc<ServerConfig>, failing: Arc<AtomicBool>) -> Self {
+        Self {
+            server_config,
+            failing,
+        }
+    }
+
     /// True while the latest order failed: the certificate in force (or the placeholder) is
     /// still served, and the order is being retried (`/tokengate/ready` says "degraded").
     pub fn failing(&self) -> bool {
@@ -141,14 +151,27 @@ impl Acme {
     }
 }
 
-/// Reads back the certificate in the cache (for its end date).
-struct Cached {
-    cache: DirCache<PathBuf>,
+/// Reads back the certificate in the cache (for its end date): the cache directory, or the
+/// store shared by several replicas (`acme_shared`).
+pub(crate) struct Cached {
+    cache: Box<dyn rustls_acme::CertCache<EC = std::io::Error>>,
     domains: Vec<String>,
     directory: String,
 }
 
 impl Cached {
+    pub(crate) fn new(
+        cache: Box<dyn rustls_acme::CertCache<EC = std::io::Error>>,
+        domains: &[String],
+        directory: &str,
+    ) -> Self {
+        Self {
+            cache,
+            domains: domains.to_vec(),
+            directory: directory.to_owned(),
+        }
+    }
+
     /// The end (Unix seconds) of the cached certificate, if there is one that can be read.
     async fn not_after(&self) -> Option<u64> {
         // The cache file is the private key's PEM followed by the chain's.
@@ -166,7 +189,7 @@ impl Cached {
 /// Runs the ACME state machine for the server's life (aborted at shutdown). Its stream never
 /// ends: after a certificate is deployed it sleeps until the renewal is due; after a failed
 /// order it sleeps 1, 2, 4 … seconds (at most 2^16) and orders again.
-async fn drive(
+pub(crate) async fn drive(
     state: rustls_acme::AcmeState<std::io::Error>,
     cache: Cached,
     reporting: Reporting,
@@ -265,7 +288,7 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-fn load_certified_key(
+pub(crate) fn load_certified_key(
     cert: &Path,
     key: &Path,
     provider: &rustls::crypto::CryptoProvider,

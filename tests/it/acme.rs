@@ -14,13 +14,13 @@ use crate::support::pebble::{self, Pebble};
 use crate::support::{TestServer, Upstream};
 
 /// The certificate's name; Pebble's DNS answers 127.0.0.1 for every name.
-const DOMAIN: &str = "api.tokengate.test";
+pub(crate) const DOMAIN: &str = "api.tokengate.test";
 
 /// How long the first order may take (account, order, validation, issuance).
-const ORDER_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const ORDER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A TLS client for `DOMAIN` that trusts only `root_pem`.
-fn client_trusting(root_pem: &str) -> tokio_rustls::TlsConnector {
+pub(crate) fn client_trusting(root_pem: &str) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -38,7 +38,7 @@ fn client_trusting(root_pem: &str) -> tokio_rustls::TlsConnector {
 
 /// Connects to the server as `DOMAIN` until the handshake verifies (the placeholder does not)
 /// and `GET /tokengate/ready` answers; returns the served leaf certificate and the status.
-async fn served_certificate(
+pub(crate) async fn served_certificate(
     connector: &tokio_rustls::TlsConnector,
     ts: &TestServer,
     pebble: &Pebble,
@@ -83,7 +83,7 @@ async fn served_certificate(
     );
 }
 
-fn issuer(der: &[u8]) -> String {
+pub(crate) fn issuer(der: &[u8]) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
     cert.issuer().to_string()
 }
