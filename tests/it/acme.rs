@@ -122,38 +122,42 @@ async fn an_acme_certificate_is_ordered_by_tls_alpn_served_and_kept_across_a_res
         metrics.contains("tokengate_acme_orders_total{outcome=\"issued\"} 1"),
         "{metrics}"
     );
-    let cache = ts.cfg.store.path.join("acme");
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700, "the ACME cache is the owner's only");
-    }
+    // A single node keeps the cache directory; on PostgreSQL the cache is the database, which
+    // acme_replicas.rs tests (and `tls status` on it).
+    if !crate::support::on_postgres() {
+        let cache = ts.cfg.store.path.join("acme");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "the ACME cache is the owner's only");
+        }
 
-    // `tokengate tls status` reads the same configuration's cache: the certificate in use.
-    let toml = ts.dir.path().join("acme-cli.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[store]\npath = \"{}\"\n[tls]\nacme = {{ domains = [\"{DOMAIN}\"], directory = \"{}\", ca_roots = \"{}\" }}\n",
-            ts.cfg.store.path.display(),
-            pebble.directory(),
-            pebble.https_ca().display(),
-        ),
-    )
-    .unwrap();
-    let out = tokio::task::block_in_place(|| {
-        crate::support::process::run(&toml, &["tls", "status"], None, &[])
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains(&format!("names: {DOMAIN}")), "{stdout}");
-    assert!(stdout.contains("issuer: CN=Pebble"), "{stdout}");
-    assert!(stdout.contains("next renewal: "), "{stdout}");
-    assert!(stdout.contains("source: ACME, https://"), "{stdout}");
+        // `tokengate tls status` reads the same configuration's cache: the certificate in use.
+        let toml = ts.dir.path().join("acme-cli.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "[store]\npath = \"{}\"\n[tls]\nacme = {{ domains = [\"{DOMAIN}\"], directory = \"{}\", ca_roots = \"{}\" }}\n",
+                ts.cfg.store.path.display(),
+                pebble.directory(),
+                pebble.https_ca().display(),
+            ),
+        )
+        .unwrap();
+        let out = tokio::task::block_in_place(|| {
+            crate::support::process::run(&toml, &["tls", "status"], None, &[])
+        });
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("names: {DOMAIN}")), "{stdout}");
+        assert!(stdout.contains("issuer: CN=Pebble"), "{stdout}");
+        assert!(stdout.contains("next renewal: "), "{stdout}");
+        assert!(stdout.contains("source: ACME, https://"), "{stdout}");
+    }
 
     // A restart serves the cached certificate without ordering again.
     let ts = ts.restart().await;
