@@ -286,6 +286,8 @@ pub(crate) struct SharedResolver {
     /// The challenges the leader published, by name: the digest and the certificate made
     /// from it. At most one per configured name.
     challenges: RwLock<HashMap<String, Challenge>>,
+    /// When a validation this replica held no challenge for last read the store; its lock
+    /// makes validators arriving together wait for one read.
     last_miss_read: Mutex<Option<Instant>>,
 }
 

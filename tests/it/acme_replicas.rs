@@ -160,19 +160,21 @@ async fn replicas_order_once_answer_the_challenge_on_the_follower_share_the_cert
 
     // The account key and the certificate's key are in the database sealed: neither the PEM
     // of the certificate's key nor the PKCS#8 header of a P-256 key (the account's) is there.
-    let sealed = tokio::task::block_in_place(|| {
+    // The challenge was withdrawn once validated.
+    let rows = tokio::task::block_in_place(|| {
         crate::support::postgres::cluster().psql(
             &url,
             "SELECT count(*) FILTER (WHERE key LIKE 'account:%' OR key LIKE 'cert:%'),
                     count(*) FILTER (WHERE position('PRIVATE KEY'::bytea IN value) > 0
-                                        OR position('\\x308187020100301306072a8648ce3d0201'::bytea IN value) > 0)
+                                        OR position('\\x308187020100301306072a8648ce3d0201'::bytea IN value) > 0),
+                    count(*) FILTER (WHERE key LIKE 'challenge:%')
              FROM tg_acme",
         )
     });
     assert_eq!(
-        sealed.as_deref(),
-        Ok("2|0"),
-        "the account and the certificate, sealed"
+        rows.as_deref(),
+        Ok("2|0|0"),
+        "the account and the certificate, sealed; no challenge left"
     );
 
     // `tokengate tls status` on the database shows the shared certificate.
