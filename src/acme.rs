@@ -13,15 +13,21 @@
 //! A failed renewal never takes the listener down: the certificate in force is served until a
 //! new one replaces it.
 //!
-//! Known gap: rustls-acme's HTTP client sets no timeout on its requests, so a CA that accepts
-//! a connection and never answers stalls the state machine (nothing else waits on it). A
-//! watchdog that rebuilds the state when no event arrives by the renewal or backoff deadline
-//! plus the longest order is the planned fix.
+//! Every wait on the CA is bounded. rustls-acme's HTTP client sets no timeout on its requests
+//! and takes no client or timeout from its user, so a CA that accepts a connection and never
+//! answers would stall its state machine forever. The driving task therefore knows when the
+//! next event is due (the renewal point, or the end of the backoff after a failure, or at once)
+//! and allows one order `tls.acme.order_timeout` past it; when nothing has come by then it
+//! counts a failed order, drops the state machine (and with it the stalled connection) and
+//! builds a fresh one from the cache. Meanwhile, and until the fresh one has loaded it, the
+//! certificate in force stays served.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_core::Stream;
 use rustls::ServerConfig;
@@ -51,13 +57,62 @@ pub enum AcmeError {
     PlaceholderLoad { path: PathBuf, reason: String },
     #[error("cannot build the TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("tls.acme.directory {url}: {reason}")]
+    Directory { url: String, reason: String },
 }
+
+/// How long the directory check waits for the CA (connect, TLS, answer).
+pub const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most of a directory document read (Let's Encrypt's is under 1 KiB).
+const DIRECTORY_MAX_BYTES: usize = 64 << 10;
 
 /// The ACME-managed certificate of a running server.
 pub struct Acme {
     server_config: Arc<ServerConfig>,
+    status: Arc<Status>,
+}
+
+/// What the driving task has seen, for readiness; on a replica that does not lead
+/// (`acme_shared`), the certificate it loaded from the store.
+#[derive(Default)]
+pub(crate) struct Status {
     /// Whether the latest order failed (cleared by the next certificate issued).
-    failing: Arc<AtomicBool>,
+    pub(crate) failing: AtomicBool,
+    /// The end (Unix seconds) of the certificate served; 0: none yet (the placeholder);
+    /// `u64::MAX`: one is served but its end is not known yet.
+    pub(crate) served_until: AtomicU64,
+}
+
+/// Where the ACME certificate stands, as `/tokengate/ready` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// No certificate from the CA yet: the self-signed placeholder is served.
+    Pending,
+    /// A certificate from the CA is served and the latest order (if any) succeeded.
+    Ok,
+    /// A valid certificate is served but the latest order or renewal failed.
+    Degraded,
+    /// The certificate served has ended (renewals kept failing).
+    Expired,
+}
+
+impl Readiness {
+    /// The word `/tokengate/ready` says.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ok => "ok",
+            Self::Degraded => "degraded",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// Whether a load balancer should send this replica traffic: not while clients that
+    /// check certificates would refuse the one it serves.
+    pub fn serves_trusted(self) -> bool {
+        matches!(self, Self::Ok | Self::Degraded)
+    }
 }
 
 /// What the driving task reports to: the server's metrics and audit trail.
@@ -85,22 +140,15 @@ impl Acme {
                 .with_root_certificates(roots)
                 .with_no_client_auth(),
         );
-        let acme = rustls_acme::AcmeConfig::new_with_client_config(&cfg.domains, client)
-            .contact(cfg.contact.iter())
-            .directory(&cfg.directory)
-            .cache(DirCache::new(cfg.cache.clone()));
-        let state = acme.state();
+        let state = new_state(cfg, client.clone());
 
         let paths = crate::tls::ensure_cert(None, data_dir)?;
         let placeholder = Arc::new(load_certified_key(&paths.cert, &paths.key, &provider)?);
-        let resolver = Arc::new(Resolver {
-            acme: state.resolver(),
-            placeholder,
-        });
+        let resolver = Arc::new(Resolver::new(state.resolver(), placeholder));
         let mut server_config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_cert_resolver(resolver);
+            .with_cert_resolver(resolver.clone());
         // acme-tls/1 is chosen only by a client that offers nothing else: the CA's validator
         // (`is_tls_alpn_challenge`); the connection then ends after the handshake (conn.rs).
         server_config.alpn_protocols =
@@ -119,30 +167,47 @@ impl Acme {
                 "no ACME certificate in the cache yet: serving a self-signed placeholder until the CA issues the first one"
             ),
         }
-        let failing = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(drive(state, cache, reporting, failing.clone()));
+        spawn_directory_check(cfg);
+        let status = Arc::new(Status::default());
+        let fresh_cfg = cfg.clone();
+        let watchdog = Watchdog {
+            cfg: cfg.clone(),
+            fresh: Box::new(move || new_state(&fresh_cfg, client.clone())),
+            resolvers: resolver,
+        };
+        let task = tokio::spawn(drive(state, cache, reporting, status.clone(), watchdog));
         Ok((
             Self {
                 server_config: Arc::new(server_config),
-                failing,
+                status,
             },
             task,
         ))
     }
 
     /// Several replicas sharing one certificate through the store (`acme_shared`) build
-    /// their own configuration and driving task.
-    pub(crate) fn shared(server_config: Arc<ServerConfig>, failing: Arc<AtomicBool>) -> Self {
+    /// their own configuration and driving task, and keep `status` themselves.
+    pub(crate) fn shared(server_config: Arc<ServerConfig>, status: Arc<Status>) -> Self {
         Self {
             server_config,
-            failing,
+            status,
         }
     }
 
     /// True while the latest order failed: the certificate in force (or the placeholder) is
-    /// still served, and the order is being retried (`/tokengate/ready` says "degraded").
+    /// still served, and the order is being retried.
     pub fn failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
+        self.status.failing.load(Ordering::Relaxed)
+    }
+
+    /// Where the certificate stands (`/tokengate/ready`).
+    pub fn readiness(&self) -> Readiness {
+        match self.status.served_until.load(Ordering::Relaxed) {
+            0 => Readiness::Pending,
+            end if end <= crate::now_secs() => Readiness::Expired,
+            _ if self.failing() => Readiness::Degraded,
+            _ => Readiness::Ok,
+        }
     }
 
     /// The rustls configuration of both listeners while ACME is on.
@@ -174,6 +239,11 @@ impl Cached {
 
     /// The end (Unix seconds) of the cached certificate, if there is one that can be read.
     async fn not_after(&self) -> Option<u64> {
+        self.validity().await.map(|(_, end)| end)
+    }
+
+    /// The start and end (Unix seconds) of the cached certificate, if one can be read.
+    async fn validity(&self) -> Option<(u64, u64)> {
         // The cache file is the private key's PEM followed by the chain's.
         let pem = self
             .cache
@@ -182,36 +252,250 @@ impl Cached {
             .ok()??;
         let der = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
         let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-        u64::try_from(cert.validity().not_after.timestamp()).ok()
+        let v = cert.validity();
+        Some((
+            u64::try_from(v.not_before.timestamp()).ok()?,
+            u64::try_from(v.not_after.timestamp()).ok()?,
+        ))
+    }
+}
+
+/// Checks the directory in the background at start: one that cannot be used is worth an error
+/// then, not only a warning per failed order; it is not fatal: a CA outage must not keep the
+/// listener down.
+pub(crate) fn spawn_directory_check(cfg: &AcmeConfig) {
+    let check = cfg.clone();
+    tokio::spawn(async move {
+        if let Err(e) = check_directory(&check).await {
+            tracing::error!(
+                "{e}; the ACME CA cannot be used: tokengate keeps serving the certificate in force (or its placeholder) and retries"
+            );
+        }
+    });
+}
+
+/// Fetches the CA's directory the way the ACME client will (the same trust roots) and checks
+/// that it is one: a JSON object naming the `newNonce`, `newAccount` and `newOrder` resources
+/// (RFC 8555 §7.1.1). Bounded by [`DIRECTORY_TIMEOUT`]. For `check-config` and the start.
+pub async fn check_directory(cfg: &AcmeConfig) -> Result<(), AcmeError> {
+    let err = |reason: String| AcmeError::Directory {
+        url: cfg.directory.clone(),
+        reason,
+    };
+    match tokio::time::timeout(DIRECTORY_TIMEOUT, fetch_directory(cfg)).await {
+        Ok(Ok(doc)) => {
+            let missing: Vec<_> = ["newNonce", "newAccount", "newOrder"]
+                .into_iter()
+                .filter(|k| !doc.get(k).is_some_and(serde_json::Value::is_string))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(err(format!(
+                    "not an ACME directory (no {})",
+                    missing.join(", ")
+                )))
+            }
+        }
+        Ok(Err(reason)) => Err(err(reason)),
+        Err(_) => Err(err(format!(
+            "no answer within {}s",
+            DIRECTORY_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// `GET` the directory URL over HTTPS/1.1; its JSON document, or why not.
+async fn fetch_directory(cfg: &AcmeConfig) -> Result<serde_json::Value, String> {
+    use http_body_util::BodyExt as _;
+    let uri: http::Uri = cfg
+        .directory
+        .parse()
+        .map_err(|e| format!("not a URL: {e}"))?;
+    let (Some(authority), Some(host)) = (uri.authority(), uri.host()) else {
+        return Err("not a URL with a host".into());
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let roots = crate::tls::client_roots(cfg.ca_roots.as_deref())?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| format!("'{host}': {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {authority} failed: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    // The connection is driven beside the request and ends with it (or with the timeout).
+    let conn = AbortOnDrop(tokio::spawn(conn));
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let req = http::Request::get(path)
+        .header(http::header::HOST, authority.as_str())
+        .header(
+            http::header::USER_AGENT,
+            concat!("tokengate/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("answered {status}, not an ACME directory"));
+    }
+    let body = http_body_util::Limited::new(resp.into_body(), DIRECTORY_MAX_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    drop(conn);
+    serde_json::from_slice(&body).map_err(|_| "not an ACME directory (not JSON)".to_owned())
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// rustls-acme's state machine for `cfg`, loading the account and certificate from the cache.
+fn new_state(
+    cfg: &AcmeConfig,
+    client: Arc<rustls::ClientConfig>,
+) -> rustls_acme::AcmeState<std::io::Error> {
+    rustls_acme::AcmeConfig::new_with_client_config(&cfg.domains, client)
+        .contact(cfg.contact.iter())
+        .directory(&cfg.directory)
+        .cache(DirCache::new(cfg.cache.clone()))
+        .state()
+}
+
+/// What the driving task needs to replace a stalled state machine with a fresh one.
+pub(crate) struct Watchdog {
+    /// `order_timeout`, and the directory for the log.
+    pub(crate) cfg: AcmeConfig,
+    /// Makes a state machine like the first: the same client, the same cache.
+    pub(crate) fresh: Box<dyn Fn() -> rustls_acme::AcmeState<std::io::Error> + Send + Sync>,
+    /// Where the state machines' resolvers answer the listener.
+    pub(crate) resolvers: Arc<dyn SwapResolvers>,
+}
+
+/// The listener's view of the driving task's state machine, which the watchdog may replace.
+pub(crate) trait SwapResolvers: Send + Sync {
+    /// A fresh state machine's resolver takes over the challenges.
+    fn replace(&self, fresh: Arc<ResolvesServerCertAcme>);
+    /// The newest state machine deployed a certificate: it serves from now on.
+    fn settled(&self);
+}
+
+/// When the next event of the state machine is due, from the one just seen: it wakes for the
+/// renewal after a certificate is deployed, after its backoff after a failed order
+/// (`backoff` is the number of failures in a row before this one, capped as rustls-acme caps
+/// it: 1, 2, 4 … 2^16 seconds) and at once otherwise. `None`: not known (the certificate's
+/// lifetime cannot be read back), so no deadline until the next event.
+fn next_due(
+    event: &rustls_acme::Event<std::io::Error, std::io::Error>,
+    validity: Option<(u64, u64)>,
+    backoff: u32,
+    now: u64,
+) -> Option<Duration> {
+    match event {
+        Ok(EventOk::DeployedCachedCert | EventOk::CertCacheStore) => validity
+            .map(|(start, end)| Duration::from_secs(renewal_due(start, end).saturating_sub(now))),
+        Err(rustls_acme::EventError::Order(_)) => Some(Duration::from_secs(1 << backoff.min(16))),
+        // The new certificate is served but could not be stored: the state machine sleeps until
+        // its renewal, which cannot be read back. A deadline here would order again and again.
+        Err(rustls_acme::EventError::CertCacheStore(_)) => None,
+        // After a new certificate, its cache write comes next; after the account's, the order.
+        _ => Some(Duration::ZERO),
     }
 }
 
 /// Runs the ACME state machine for the server's life (aborted at shutdown). Its stream never
 /// ends: after a certificate is deployed it sleeps until the renewal is due; after a failed
-/// order it sleeps 1, 2, 4 … seconds (at most 2^16) and orders again.
+/// order it sleeps 1, 2, 4 … seconds (at most 2^16) and orders again. When nothing arrives by
+/// the time the next event is due plus `order_timeout`, the state machine is replaced (module
+/// docs). The leader of several replicas (`acme_shared`) runs it too, on the shared cache.
 pub(crate) async fn drive(
     state: rustls_acme::AcmeState<std::io::Error>,
     cache: Cached,
     reporting: Reporting,
-    failing: Arc<AtomicBool>,
+    status: Arc<Status>,
+    watchdog: Watchdog,
 ) {
     let mut state = Box::pin(state);
+    // Failures in a row, as the state machine counts them for its backoff.
+    let mut backoff = 0u32;
+    // At start: the cache is read and, without a certificate, the first order placed.
+    let mut deadline = Some(tokio::time::Instant::now() + watchdog.cfg.order_timeout);
     loop {
-        let event = std::future::poll_fn(|cx| state.as_mut().poll_next(cx)).await;
+        let stalled = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            event = std::future::poll_fn(|cx| state.as_mut().poll_next(cx)) => event,
+            () = stalled => {
+                reporting.metrics.acme_order(false);
+                status.failing.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    directory = %watchdog.cfg.directory,
+                    timeout = ?watchdog.cfg.order_timeout,
+                    "the ACME CA did not complete an order within tls.acme.order_timeout; the certificate in force stays served and the ACME client starts again from its cache"
+                );
+                let fresh = (watchdog.fresh)();
+                watchdog.resolvers.replace(fresh.resolver());
+                state = Box::pin(fresh);
+                backoff = 0;
+                deadline = Some(tokio::time::Instant::now() + watchdog.cfg.order_timeout);
+                continue;
+            }
+        };
         let Some(event) = event else { return };
-        match event {
+        let mut validity = None;
+        match &event {
             Ok(EventOk::DeployedCachedCert) => {
+                watchdog.resolvers.settled();
+                validity = cache.validity().await;
+                status
+                    .served_until
+                    .store(validity.map_or(u64::MAX, |(_, end)| end), Ordering::Relaxed);
                 tracing::info!("serving the ACME certificate from the cache");
             }
             Ok(EventOk::DeployedNewCert) => {
+                watchdog.resolvers.settled();
+                backoff = 0;
                 reporting.metrics.acme_order(true);
-                failing.store(false, Ordering::Relaxed);
+                status.failing.store(false, Ordering::Relaxed);
+                // Its end is read back from the cache once it is stored (the next event).
+                status.served_until.store(u64::MAX, Ordering::Relaxed);
                 tracing::info!("the ACME CA issued a new certificate; serving it");
             }
             Ok(EventOk::CertCacheStore) => {
-                let end = cache.not_after().await;
+                validity = cache.validity().await;
+                let end = validity.map(|(_, end)| end);
                 if let Some(end) = end {
                     reporting.metrics.certificate_expires(end);
+                    status.served_until.store(end, Ordering::Relaxed);
                 }
                 if let Some(audit) = reporting.audit.clone() {
                     let after = serde_json::json!({
@@ -236,7 +520,7 @@ pub(crate) async fn drive(
             }
             Err(rustls_acme::EventError::Order(e)) => {
                 reporting.metrics.acme_order(false);
-                failing.store(true, Ordering::Relaxed);
+                status.failing.store(true, Ordering::Relaxed);
                 // The error is the CA's problem document or a transport error: no secret.
                 tracing::warn!(error = %e, "ordering an ACME certificate failed; the certificate in force stays served and the order is retried with backoff");
             }
@@ -244,6 +528,11 @@ pub(crate) async fn drive(
                 tracing::warn!(error = %e, "ACME certificate cache problem");
             }
         }
+        let due = next_due(&event, validity, backoff, crate::now_secs());
+        if matches!(event, Err(rustls_acme::EventError::Order(_))) {
+            backoff = (backoff + 1).min(16);
+        }
+        deadline = due.map(|due| tokio::time::Instant::now() + due + watchdog.cfg.order_timeout);
     }
 }
 
@@ -270,18 +559,51 @@ pub fn renewal_due(not_before: u64, not_after: u64) -> u64 {
 /// and the placeholder while there is no certificate yet.
 #[derive(Debug)]
 struct Resolver {
-    acme: Arc<ResolvesServerCertAcme>,
+    acme: RwLock<Resolvers>,
     placeholder: Arc<CertifiedKey>,
+}
+
+/// The state machines' resolvers: after the watchdog replaced a stalled one, the fresh one
+/// answers the challenges at once but serves certificates only once it has deployed one, so
+/// the certificate in force stays served meanwhile.
+#[derive(Debug)]
+struct Resolvers {
+    serving: Arc<ResolvesServerCertAcme>,
+    newest: Arc<ResolvesServerCertAcme>,
+}
+
+impl Resolver {
+    fn new(acme: Arc<ResolvesServerCertAcme>, placeholder: Arc<CertifiedKey>) -> Self {
+        Self {
+            acme: RwLock::new(Resolvers {
+                serving: acme.clone(),
+                newest: acme,
+            }),
+            placeholder,
+        }
+    }
+}
+
+impl SwapResolvers for Resolver {
+    fn replace(&self, fresh: Arc<ResolvesServerCertAcme>) {
+        self.acme.write().unwrap_or_else(|e| e.into_inner()).newest = fresh;
+    }
+
+    fn settled(&self) {
+        let mut acme = self.acme.write().unwrap_or_else(|e| e.into_inner());
+        acme.serving = acme.newest.clone();
+    }
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = self.acme.read().unwrap_or_else(|e| e.into_inner());
         if rustls_acme::is_tls_alpn_challenge(&hello) {
             // Nothing but the challenge certificate for the validator (RFC 8737 §3).
-            return self.acme.resolve(hello);
+            return acme.newest.resolve(hello);
         }
         Some(
-            self.acme
+            acme.serving
                 .resolve(hello)
                 .unwrap_or_else(|| self.placeholder.clone()),
         )
@@ -321,4 +643,51 @@ fn create_private_dir(dir: &Path) -> Result<(), AcmeError> {
         .create(dir)
         .map_err(err)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_event_is_due_at_the_renewal_after_the_backoff_or_at_once() {
+        let now = 1_000_000;
+        let deployed: rustls_acme::Event<std::io::Error, std::io::Error> =
+            Ok(EventOk::DeployedCachedCert);
+        // A 90-day certificate issued a day ago: renewed on day 60.
+        let (start, end) = (now - 86_400, now - 86_400 + 90 * 86_400);
+        assert_eq!(
+            next_due(&deployed, Some((start, end)), 0, now),
+            Some(Duration::from_secs(59 * 86_400))
+        );
+        // Past its renewal point: the order starts at once.
+        assert_eq!(
+            next_due(&deployed, Some((start, now - 1)), 0, now),
+            Some(Duration::ZERO)
+        );
+        // Its lifetime unknown: no deadline.
+        assert_eq!(next_due(&deployed, None, 0, now), None);
+        let failed = Err(rustls_acme::EventError::Order(
+            rustls_acme::OrderError::TooManyAttemptsAuth("a.example.com".into()),
+        ));
+        assert_eq!(
+            next_due(&failed, None, 0, now),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            next_due(&failed, None, 3, now),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(
+            next_due(&failed, None, 40, now),
+            Some(Duration::from_secs(1 << 16))
+        );
+        let account: rustls_acme::Event<std::io::Error, std::io::Error> =
+            Ok(EventOk::AccountCacheStore);
+        assert_eq!(next_due(&account, None, 5, now), Some(Duration::ZERO));
+        let unstored: rustls_acme::Event<std::io::Error, std::io::Error> = Err(
+            rustls_acme::EventError::CertCacheStore(std::io::Error::other("disk full")),
+        );
+        assert_eq!(next_due(&unstored, None, 0, now), None);
+    }
 }

@@ -12,7 +12,13 @@
 //!   the lock the other singleton work goes by) runs rustls-acme's state machine, from the
 //!   shared cache: a new leader finds the certificate there and orders only when it is due.
 //!   Leadership is checked every [`LEADERSHIP_CHECK`]; a replica that loses it stops the
-//!   state machine at once.
+//!   state machine at once. The state machine runs under `acme`'s driving task, so each order
+//!   is bounded by `tls.acme.order_timeout` as on a single node: a stalled one is replaced by
+//!   a fresh one reading the shared cache, while the certificate in force stays served.
+//! - **Readiness.** The leader reports as a single node does (its driving task's view). A
+//!   replica that does not lead orders nothing, so it reports on what it serves: "pending"
+//!   until it has loaded a certificate from the store, "expired" past that certificate's end,
+//!   "ok" otherwise; a failing renewal is the leader's to report ("degraded").
 //! - **Every replica serves the stored certificate.** It is read at start, again when another
 //!   replica writes an ACME entry (the store's change channel), and every [`REREAD`] in case a
 //!   notification was missed, and swapped into [`SharedResolver`].
@@ -28,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,7 +46,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme}
 use rustls_acme::ResolvesServerCertAcme;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
 
-use crate::acme::{ACME_TLS_ALPN, AcmeError, Reporting};
+use crate::acme::{ACME_TLS_ALPN, AcmeError, Reporting, Status, SwapResolvers};
 use crate::config::AcmeConfig;
 use crate::secret::Secrets;
 use crate::store::Store;
@@ -388,18 +394,21 @@ struct Publisher {
     shared: SharedDebug,
     domains: Vec<String>,
     provider: Arc<CryptoProvider>,
-    /// rustls-acme's resolver, set as soon as its state is made.
-    acme: std::sync::OnceLock<Arc<dyn ResolvesServerCert>>,
+    /// rustls-acme's resolver, set as soon as its state is made (and again when the watchdog
+    /// replaces a stalled state machine).
+    acme: RwLock<Option<Arc<dyn ResolvesServerCert>>>,
     /// What this leader published last, by name.
     published: Mutex<HashMap<String, [u8; 32]>>,
 }
 
 impl Publisher {
     fn publish(&self) {
-        let Some(acme) = self.acme.get() else { return };
+        let Some(acme) = read(&self.acme).clone() else {
+            return;
+        };
         let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
         for domain in &self.domains {
-            let now = probe_challenge(acme, domain, &self.provider);
+            let now = probe_challenge(&acme, domain, &self.provider);
             if published.get(domain) == now.as_ref() {
                 continue;
             }
@@ -582,6 +591,28 @@ impl ServerCertVerifier for PublishingVerifier {
     }
 }
 
+/// The leader's state machines as the driving task's watchdog replaces a stalled one
+/// (`acme::drive`): the fresh one answers the validations and is the one whose challenge is
+/// published. Serving needs no hand-over: until the fresh one has deployed the stored
+/// certificate, the shared resolver serves the same certificate from the store.
+struct LeaderResolvers {
+    resolver: Arc<SharedResolver>,
+    publisher: Arc<Publisher>,
+}
+
+impl SwapResolvers for LeaderResolvers {
+    fn replace(&self, fresh: Arc<ResolvesServerCertAcme>) {
+        *write(&self.publisher.acme) = Some(fresh.clone() as Arc<dyn ResolvesServerCert>);
+        // Under the lock, and only while this replica leads: once leadership is lost the
+        // task is being aborted and must not lead again.
+        if let Some(leading) = write(&self.resolver.leading).as_mut() {
+            *leading = fresh;
+        }
+    }
+
+    fn settled(&self) {}
+}
+
 /// What the replica task needs.
 struct Replica {
     cfg: AcmeConfig,
@@ -590,7 +621,18 @@ struct Replica {
     roots: Arc<rustls::RootCertStore>,
     resolver: Arc<SharedResolver>,
     reporting: Reporting,
-    failing: Arc<AtomicBool>,
+    /// Readiness: the driving task's while this replica leads; otherwise the end of the
+    /// certificate loaded from the store (none: pending).
+    status: Arc<Status>,
+}
+
+/// The end (Unix seconds) of a certificate served, for readiness: `u64::MAX` when it cannot be
+/// read (as `acme::Status` has it).
+fn served_until(ck: &CertifiedKey) -> u64 {
+    ck.end_entity_cert()
+        .ok()
+        .and_then(|c| crate::tls::CertInfo::of(c))
+        .map_or(u64::MAX, |info| info.not_after)
 }
 
 /// Aborts the leader's state machine when dropped (leadership lost, or the server stopping).
@@ -621,6 +663,9 @@ impl Replica {
                         if let Some(end) = leaf.as_deref().and_then(crate::tls::CertInfo::of) {
                             self.reporting.metrics.certificate_expires(end.not_after);
                         }
+                        self.status
+                            .served_until
+                            .store(served_until(&ck), Ordering::Relaxed);
                         self.resolver.set_current(Arc::new(ck));
                         tracing::info!("serving the ACME certificate shared through the store");
                     }
@@ -651,7 +696,7 @@ impl Replica {
             shared: SharedDebug(self.shared.clone()),
             domains: self.cfg.domains.clone(),
             provider: self.provider.clone(),
-            acme: std::sync::OnceLock::new(),
+            acme: RwLock::new(None),
             published: Mutex::default(),
         });
         // The publishing verifier delegates every check to WebPKI verification.
@@ -666,29 +711,46 @@ impl Replica {
         // A resumed session skips certificate verification, and with it the publishing: each
         // connection to the CA makes a full handshake.
         client.resumption = rustls::client::Resumption::disabled();
-        let cache = || StoreCache {
-            shared: self.shared.clone(),
-            resolver: self.resolver.clone(),
-            provider: self.provider.clone(),
+        let client = Arc::new(client);
+        let (cfg, shared, resolver, provider) = (
+            self.cfg.clone(),
+            self.shared.clone(),
+            self.resolver.clone(),
+            self.provider.clone(),
+        );
+        let cache = move || StoreCache {
+            shared: shared.clone(),
+            resolver: resolver.clone(),
+            provider: provider.clone(),
         };
-        let state =
-            rustls_acme::AcmeConfig::new_with_client_config(&self.cfg.domains, Arc::new(client))
-                .contact(self.cfg.contact.iter())
-                .directory(&self.cfg.directory)
-                .cache(cache())
-                .state();
-        // Set before the state is first polled, so before any connection to the CA.
-        let _ = publisher
-            .acme
-            .set(state.resolver() as Arc<dyn ResolvesServerCert>);
-        *write(&self.resolver.leading) = Some(state.resolver());
         let cached =
             crate::acme::Cached::new(Box::new(cache()), &self.cfg.domains, &self.cfg.directory);
+        // The first state machine, and each the watchdog puts in place of a stalled one.
+        let fresh = move || {
+            rustls_acme::AcmeConfig::new_with_client_config(&cfg.domains, client.clone())
+                .contact(cfg.contact.iter())
+                .directory(&cfg.directory)
+                .cache(cache())
+                .state()
+        };
+        let state = fresh();
+        // Set before the state is first polled, so before any connection to the CA.
+        *write(&publisher.acme) = Some(state.resolver() as Arc<dyn ResolvesServerCert>);
+        *write(&self.resolver.leading) = Some(state.resolver());
+        let watchdog = crate::acme::Watchdog {
+            cfg: self.cfg.clone(),
+            fresh: Box::new(fresh),
+            resolvers: Arc::new(LeaderResolvers {
+                resolver: self.resolver.clone(),
+                publisher,
+            }),
+        };
         Ok(Leading(tokio::spawn(crate::acme::drive(
             state,
             cached,
             self.reporting.clone(),
-            self.failing.clone(),
+            self.status.clone(),
+            watchdog,
         ))))
     }
 
@@ -714,7 +776,11 @@ impl Replica {
                     (false, true) => {
                         leading = None;
                         *write(&self.resolver.leading) = None;
-                        self.failing.store(false, std::sync::atomic::Ordering::Relaxed);
+                        // From now on it reports as a replica that does not lead: on the
+                        // certificate it serves from the store.
+                        self.status.failing.store(false, Ordering::Relaxed);
+                        let until = read(&self.resolver.current).as_deref().map_or(0, served_until);
+                        self.status.served_until.store(until, Ordering::Relaxed);
                         tracing::info!("this replica no longer orders the ACME certificate; it serves the one in the store");
                     }
                     _ => {}
@@ -758,7 +824,7 @@ pub async fn start(
     server_config.alpn_protocols =
         vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
 
-    let failing = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(Status::default());
     let replica = Arc::new(Replica {
         cfg: cfg.clone(),
         shared,
@@ -766,7 +832,7 @@ pub async fn start(
         roots: Arc::new(roots),
         resolver,
         reporting,
-        failing: failing.clone(),
+        status: status.clone(),
     });
     // Heard before the first read, so nothing written in between is missed.
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -783,9 +849,12 @@ pub async fn start(
             "no ACME certificate in the store yet: serving a self-signed placeholder until the leader has one issued"
         );
     }
+    // Every replica says so at start when the directory cannot be used (the configuration is
+    // the same on all of them), as a single node does.
+    crate::acme::spawn_directory_check(cfg);
     let task = tokio::spawn(replica.run(changed));
     Ok((
-        crate::acme::Acme::shared(Arc::new(server_config), failing),
+        crate::acme::Acme::shared(Arc::new(server_config), status),
         task,
     ))
 }

@@ -622,6 +622,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 )
             })?;
             let cfg = Config::load(path)?;
+            // The ACME CA is asked for its directory: a URL that parses but leads nowhere is
+            // found here rather than by the first order.
+            if let Some(acme) = &cfg.tls.acme {
+                tokengate::acme::check_directory(acme)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             // A database is checked for real: reachable, and its schema brought up to date.
             if let tokengate::config::Backend::Postgres(pg) = &cfg.store.backend {
                 let pg = pg.clone();

@@ -158,6 +158,10 @@ pub struct Acme {
     pub ca_roots: Option<String>,
     /// Where the account key and certificates are kept; absent: `<store.path>/acme`.
     pub cache: Option<String>,
+    /// The longest one order (or the renewal or retry it waits for) may overrun before the
+    /// ACME client is rebuilt from the cache; absent: 5 minutes.
+    #[serde(default, with = "humantime_serde")]
+    pub order_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -229,8 +229,13 @@ pub struct AcmeConfig {
     /// The directory URL (https).
     pub directory: String,
     pub ca_roots: Option<PathBuf>,
+    /// How long one order may run past its due time before the ACME client is rebuilt.
+    pub order_timeout: Duration,
     pub cache: PathBuf,
 }
+
+/// `tls.acme.order_timeout`'s default: an order takes seconds; minutes mean the CA stalled.
+pub const ACME_ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Let's Encrypt's directories, for `directory = "production"` (the default) and `"staging"`.
 pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";

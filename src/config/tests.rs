@@ -233,11 +233,13 @@ fn acme_settings_are_validated_and_defaulted() {
     assert_eq!(a.directory, LETS_ENCRYPT_PRODUCTION);
     assert_eq!(a.cache, dir.path().join("data").join("acme"));
     assert_eq!(a.ca_roots, None);
+    assert_eq!(a.order_timeout, Duration::from_secs(300));
     let c = parse_here(
-        "[tls]\nacme = { domains = [\"a.example.com\"], directory = \"staging\", cache = \"/var/acme\" }\n",
+        "[tls]\nacme = { domains = [\"a.example.com\"], directory = \"staging\", cache = \"/var/acme\", order_timeout = \"90s\" }\n",
     )
     .unwrap();
     let a = c.tls.acme.unwrap();
+    assert_eq!(a.order_timeout, Duration::from_secs(90));
     assert_eq!(a.directory, LETS_ENCRYPT_STAGING);
     assert_eq!(a.cache, Path::new("/var/acme"));
     assert_eq!(a.contact, None);
@@ -285,6 +287,11 @@ fn acme_settings_are_validated_and_defaulted() {
             "domains = [\"a.example.com\"], ca_roots = \"roots.pem\"",
             "tls.acme.ca_roots",
             "no CERTIFICATE",
+        ),
+        (
+            "domains = [\"a.example.com\"], order_timeout = \"0s\"",
+            "tls.acme.order_timeout",
+            "longer than zero",
         ),
         (
             "domains = [\"a.example.com\"], email = \"x\"",

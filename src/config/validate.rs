@@ -277,11 +277,16 @@ fn acme(a: &file::Acme, base: &Path) -> Result<AcmeConfig, ConfigError> {
             Some(p)
         }
     };
+    let order_timeout = match a.order_timeout {
+        None => super::ACME_ORDER_TIMEOUT,
+        Some(d) => nonzero("tls.acme.order_timeout", d)?,
+    };
     Ok(AcmeConfig {
         domains,
         contact,
         directory,
         ca_roots,
+        order_timeout,
         // Filled in by `acme_cache_default` once the store's path is known.
         cache: a
             .cache

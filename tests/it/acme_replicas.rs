@@ -7,11 +7,14 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokengate::config::{AcmeConfig, Backend, PgTls, PostgresConfig};
+use tokengate::config::{Backend, PgTls, PostgresConfig};
 use tokengate::store::Store;
 use tokengate::store::postgres::PgStore;
 
-use crate::acme::{DOMAIN, ORDER_TIMEOUT, client_trusting, issuer, served_certificate};
+use crate::acme::{
+    DOMAIN, ORDER_TIMEOUT, acme_config, client_accepting_anything, client_trusting,
+    end_and_renewal, fetch, issuer, orders, served_certificate,
+};
 use crate::support::pebble::{self, Pebble};
 use crate::support::{TestServer, Upstream, eventually};
 
@@ -24,6 +27,25 @@ fn postgres_config(url: &str) -> PostgresConfig {
         timeout: Duration::from_secs(2),
         max_staleness: Duration::from_secs(5),
     }
+}
+
+/// A replica on `pg` with its certificate from `pebble`, listening on `listen` (else any port).
+async fn replica(
+    upstream: &Upstream,
+    pg: &PostgresConfig,
+    pebble: &Pebble,
+    listen: Option<std::net::SocketAddr>,
+) -> TestServer {
+    let (directory, ca) = (pebble.directory(), pebble.https_ca());
+    let backend = Backend::Postgres(Box::new(pg.clone()));
+    TestServer::start_with(&upstream.url(), move |cfg| {
+        cfg.store.backend = backend;
+        if let Some(listen) = listen {
+            cfg.server.listen = listen;
+        }
+        cfg.tls.acme = Some(acme_config(cfg, directory, Some(ca)));
+    })
+    .await
 }
 
 /// Where the validator's connections went: to the replica that did not lead, by index.
@@ -92,26 +114,10 @@ async fn replicas_order_once_answer_the_challenge_on_the_follower_share_the_cert
         async || holder.leader(),
     )
     .await;
-    let (directory, ca) = (pebble.directory(), pebble.https_ca());
-    let start = async || {
-        let (directory, ca, backend) = (
-            directory.clone(),
-            ca.clone(),
-            Backend::Postgres(Box::new(pg.clone())),
-        );
-        TestServer::start_with(&upstream.url(), move |cfg| {
-            cfg.store.backend = backend;
-            cfg.tls.acme = Some(AcmeConfig {
-                domains: vec![DOMAIN.into()],
-                contact: Some("mailto:ops@tokengate.test".into()),
-                directory,
-                ca_roots: Some(ca),
-                cache: cfg.store.path.join("acme"),
-            });
-        })
-        .await
-    };
-    let mut replicas = vec![start().await, start().await];
+    let mut replicas = vec![
+        replica(&upstream, &pg, &pebble, None).await,
+        replica(&upstream, &pg, &pebble, None).await,
+    ];
     let (forwarder, forwarded) = forward_to_follower(
         validation,
         replicas
@@ -119,16 +125,31 @@ async fn replicas_order_once_answer_the_challenge_on_the_follower_share_the_cert
             .map(|r| (r.addr, Arc::downgrade(&r.app().store)))
             .collect(),
     );
+    // Neither leads and the store holds no certificate: both serve the placeholder and are
+    // not ready (the test client trusts the placeholder).
+    for r in &replicas {
+        let ready = r.client().get("/tokengate/ready", &[]).await;
+        assert_eq!(
+            ready.status,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            ready.text()
+        );
+        assert_eq!(ready.json()["acme"], "pending", "{}", ready.text());
+    }
     tokio::task::block_in_place(|| drop(holder));
 
-    // One replica orders; the certificate reaches both.
-    let (first, status) =
+    // One replica orders; the certificate reaches both, and both are ready.
+    let (first, status, body) =
         served_certificate(&connector, &replicas[0], &pebble, ORDER_TIMEOUT).await;
-    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(body["acme"], "ok", "{body}");
     assert!(issuer(&first).contains("Pebble"), "{}", issuer(&first));
-    let (second, _) =
+    let (second, status, body) =
         served_certificate(&connector, &replicas[1], &pebble, Duration::from_secs(10)).await;
     assert_eq!(first, second, "both replicas serve the one certificate");
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(body["acme"], "ok", "{body}");
     assert_eq!(
         pebble.orders(),
         1,
@@ -217,9 +238,10 @@ async fn replicas_order_once_answer_the_challenge_on_the_follower_share_the_cert
     .await;
     // Past the new leader's start of the ACME client and its reading of the store.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (again, status) =
+    let (again, status, body) =
         served_certificate(&connector, &survivor, &pebble, Duration::from_secs(10)).await;
-    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(body["acme"], "ok", "{body}");
     assert_eq!(again, first, "the shared certificate is still served");
     assert_eq!(
         pebble.orders(),
@@ -234,4 +256,66 @@ async fn replicas_order_once_answer_the_challenge_on_the_follower_share_the_cert
     );
     survivor.stop().await;
     forwarder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_does_not_lead_is_ready_on_the_stored_certificate_until_it_ends() {
+    // A 24 s certificate, due for renewal 16 s into its life.
+    let listen = pebble::free_addr();
+    let Some(mut pebble) = Pebble::start_with(listen.port(), Some(Duration::from_secs(24))) else {
+        return;
+    };
+    let connector = client_trusting(&pebble.root().await);
+    let upstream = Upstream::start().await;
+    let url = tokio::task::block_in_place(|| crate::support::postgres::cluster().database());
+    let pg = postgres_config(&url);
+
+    // The first replica leads alone, on the port Pebble validates, and orders; the second
+    // starts while it leads and serves the stored certificate.
+    let leader = replica(&upstream, &pg, &pebble, Some(listen)).await;
+    let (first, _, body) = served_certificate(&connector, &leader, &pebble, ORDER_TIMEOUT).await;
+    assert_eq!(body["acme"], "ok", "{body}");
+    assert!(leader.app().store.leader());
+    let follower = replica(&upstream, &pg, &pebble, None).await;
+    let (leaf, status, body) =
+        served_certificate(&connector, &follower, &pebble, Duration::from_secs(10)).await;
+    assert_eq!(leaf, first);
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(body["acme"], "ok", "{body}");
+    assert!(!follower.app().store.leader());
+    let (end, renewal) = end_and_renewal(&first);
+
+    // The CA goes away: the leader's renewal fails and it says so; the replica that does not
+    // lead has nothing to renew and stays ready while the certificate is valid.
+    pebble.stop_ca();
+    tokio::time::sleep_until(renewal.into()).await;
+    eventually("the renewal failed", Duration::from_secs(5), async || {
+        orders(&leader, "failed") >= 1
+    })
+    .await;
+    for (ts, word) in [(&leader, "degraded"), (&follower, "ok")] {
+        let (leaf, status, body) = fetch(&connector, ts.addr, "/tokengate/ready", None)
+            .await
+            .expect("the certificate still verifies");
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(leaf, first);
+        assert_eq!(status, http::StatusCode::OK, "{body}");
+        assert_eq!(body["acme"], word, "{body}");
+    }
+
+    // Past its end both still serve it (nothing better exists) and neither is ready.
+    tokio::time::sleep_until((end + Duration::from_millis(1500)).into()).await;
+    let anything = client_accepting_anything();
+    for ts in [&leader, &follower] {
+        let (leaf, status, body) = fetch(&anything, ts.addr, "/tokengate/ready", None)
+            .await
+            .expect("the server answers");
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(leaf, first, "the ended certificate is what there is");
+        assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["acme"], "expired", "{body}");
+    }
+    assert!(!follower.app().store.leader());
+    follower.stop().await;
+    leader.stop().await;
 }

@@ -27,7 +27,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Pebble, its DNS, and the files they were started with.
 pub struct Pebble {
-    children: Vec<Child>,
+    /// The DNS server, then Pebble (`None` while stopped by [`Pebble::stop_ca`]).
+    dns: Child,
+    ca: Option<Child>,
+    program: PathBuf,
+    dns_at: SocketAddr,
     dir: tempfile::TempDir,
     listen: SocketAddr,
     management: SocketAddr,
@@ -37,6 +41,12 @@ impl Pebble {
     /// Starts Pebble with its validator dialing `tls_port` on 127.0.0.1. `None` (after a loud
     /// message) when Pebble is not installed and `TOKENGATE_REQUIRE_PEBBLE` is unset.
     pub fn start(tls_port: u16) -> Option<Self> {
+        Self::start_with(tls_port, None)
+    }
+
+    /// [`Pebble::start`], issuing certificates valid for `validity` (Pebble's
+    /// `certificateValidityPeriod`, whole seconds) instead of its default five years.
+    pub fn start_with(tls_port: u16, validity: Option<Duration>) -> Option<Self> {
         let (Some(pebble), Some(dns)) = (find("pebble"), find("pebble-challtestsrv")) else {
             if std::env::var_os("TOKENGATE_REQUIRE_PEBBLE").is_some() {
                 panic!(
@@ -68,7 +78,7 @@ impl Pebble {
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": listen.to_string(),
                 "managementListenAddress": management.to_string(),
@@ -80,12 +90,12 @@ impl Pebble {
                 "externalAccountBindingRequired": false
             }
         });
+        if let Some(v) = validity {
+            config["pebble"]["certificateValidityPeriod"] = v.as_secs().into();
+        }
         std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
 
-        let log = |name: &str| {
-            std::fs::File::create(dir.path().join(name)).expect("a log file in the temporary dir")
-        };
-        let mut children = Vec::new();
+        let log = |name: &str| log_file(dir.path(), name);
         // Only the DNS server: the challenge responders are tokengate's job here.
         let dns_child = Command::new(dns)
             .args(["-dns01", &dns_at.to_string()])
@@ -97,45 +107,72 @@ impl Pebble {
             .stderr(log("dns.err"))
             .spawn()
             .expect("pebble-challtestsrv starts");
-        children.push(dns_child);
-        let pebble_child = Command::new(pebble)
+        let mut p = Self {
+            dns: dns_child,
+            ca: None,
+            program: pebble,
+            dns_at,
+            dir,
+            listen,
+            management,
+        };
+        p.wait_listening(&[dns_mgmt]);
+        p.start_ca();
+        Some(p)
+    }
+
+    /// Starts Pebble itself (the DNS server is already up) and waits until it listens. Its
+    /// state (accounts, orders, its root) is in memory only: a new start has none of it.
+    pub fn start_ca(&mut self) {
+        assert!(self.ca.is_none(), "pebble is already running");
+        let pebble_child = Command::new(&self.program)
             .arg("-config")
-            .arg(dir.path().join("pebble.json"))
-            .args(["-dnsserver", &dns_at.to_string()])
+            .arg(self.dir.path().join("pebble.json"))
+            .args(["-dnsserver", &self.dns_at.to_string()])
             // Validate for real, at once; never reject a good nonce (rustls-acme does not
             // retry badNonce, and a random 5 % failure would only slow the test by a backoff).
             .env("PEBBLE_VA_ALWAYS_VALID", "0")
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .stdin(Stdio::null())
-            .stdout(log("pebble.log"))
-            .stderr(log("pebble.err"))
+            .stdout(log_file(self.dir.path(), "pebble.log"))
+            .stderr(log_file(self.dir.path(), "pebble.err"))
             .spawn()
             .expect("pebble starts");
-        children.push(pebble_child);
-        let mut p = Self {
-            children,
-            dir,
-            listen,
-            management,
-        };
+        self.ca = Some(pebble_child);
+        self.wait_listening(&[self.listen, self.management]);
+    }
+
+    /// Stops Pebble itself (killed, as a crash or an outage would end it); its DNS stays up.
+    pub fn stop_ca(&mut self) {
+        if let Some(mut c) = self.ca.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn wait_listening(&mut self, addrs: &[SocketAddr]) {
         let deadline = Instant::now() + START_TIMEOUT;
-        for at in [listen, management, dns_mgmt] {
+        for &at in addrs {
             while std::net::TcpStream::connect_timeout(&at, Duration::from_millis(200)).is_err() {
                 if Instant::now() > deadline {
-                    let logs = p.logs();
-                    p.kill();
+                    let logs = self.logs();
+                    self.kill();
                     panic!("pebble did not listen on {at} within {START_TIMEOUT:?}:\n{logs}");
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Some(p)
     }
 
     /// The ACME directory URL.
     pub fn directory(&self) -> String {
         format!("https://{}/dir", self.listen)
+    }
+
+    /// The address of Pebble's ACME interface.
+    pub fn acme_addr(&self) -> SocketAddr {
+        self.listen
     }
 
     /// The PEM file tokengate's ACME client trusts Pebble's HTTPS interface by.
@@ -194,16 +231,126 @@ impl Pebble {
     }
 
     fn kill(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop_ca();
+        let _ = self.dns.kill();
+        let _ = self.dns.wait();
     }
 }
 
 impl Drop for Pebble {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A log file in `dir`, appended to (a restarted Pebble adds to its earlier log).
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .expect("a log file in the temporary dir")
+}
+
+/// A "CA" that accepts TCP connections and never answers, as a stalled server or a black hole
+/// behind a load balancer does. It counts the connections it accepted and those the client
+/// closed (the client gave up on them).
+pub struct SilentCa {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentCa {
+    pub async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    // Read (the ClientHello) and say nothing, until the client closes.
+                    let mut buf = [0u8; 4096];
+                    while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            closed,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentCa {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP relay in front of a CA that can be made to stall: while stalled, new connections are
+/// accepted and never answered (a CA hanging mid-renewal); otherwise they are relayed to the
+/// CA. Pebble names its resources after the `Host` it was asked by, so every request of an
+/// ACME client that was given the relay's directory URL goes through the relay.
+pub struct StallingRelay {
+    pub addr: SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingRelay {
+    pub async fn start(to: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stalled.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let stall = s.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if stall {
+                        let mut buf = [0u8; 4096];
+                        while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                    } else if let Ok(mut ca) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut ca).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            stalled,
+            task,
+        }
+    }
+
+    pub fn stall(&self, stalled: bool) {
+        self.stalled
+            .store(stalled, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for StallingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

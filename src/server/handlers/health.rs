@@ -15,7 +15,9 @@ pub fn health() -> Response<Body> {
 /// reported, but an outage of it only makes the answer `"mail": "degraded"`: logins and
 /// forwarded calls do not need mail (token mails wait or fail on their own, and the
 /// Compliance copies queue for a retry), so a load balancer must keep the replica. Likewise
-/// with `[tls] acme`, `"acme": "degraded"` while the latest certificate order failed.
+/// with `[tls] acme`, `"acme": "degraded"` while the latest certificate order failed but the
+/// certificate in force is valid; `"pending"` (no certificate from the CA yet, the
+/// placeholder is served) and `"expired"` are 503: clients would refuse the certificate.
 pub async fn ready(app: &App) -> Response<Body> {
     const PROBE: std::time::Duration = std::time::Duration::from_secs(2);
     // The answer names the failing check and nothing more (anyone may ask); the reason goes
@@ -59,7 +61,10 @@ pub async fn ready(app: &App) -> Response<Body> {
         crate::config::MailTransport::File { .. } => "file",
         crate::config::MailTransport::None => "not configured",
     };
-    let ok = store == "ok" && upstream == "ok";
+    let acme = app.acme().map(crate::acme::Acme::readiness);
+    let ok = store == "ok"
+        && upstream == "ok"
+        && acme.is_none_or(crate::acme::Readiness::serves_trusted);
     let mut body = serde_json::json!({
         "status": if ok { "ready" } else { "not ready" },
         "mail": match smtp {
@@ -71,8 +76,8 @@ pub async fn ready(app: &App) -> Response<Body> {
     });
     // `[tls] acme`: a failing order leaves the certificate in force served, so the instance
     // stays ready; "degraded" asks for attention before the certificate ends.
-    if let Some(acme) = app.acme() {
-        body["acme"] = if acme.failing() { "degraded" } else { "ok" }.into();
+    if let Some(acme) = acme {
+        body["acme"] = acme.as_str().into();
     }
     respond(
         if ok {
