@@ -73,14 +73,15 @@ pub struct Acme {
     status: Arc<Status>,
 }
 
-/// What the driving task has seen, for readiness.
+/// What the driving task has seen, for readiness; on a replica that does not lead
+/// (`acme_shared`), the certificate it loaded from the store.
 #[derive(Default)]
-struct Status {
+pub(crate) struct Status {
     /// Whether the latest order failed (cleared by the next certificate issued).
-    failing: AtomicBool,
+    pub(crate) failing: AtomicBool,
     /// The end (Unix seconds) of the certificate served; 0: none yet (the placeholder);
     /// `u64::MAX`: one is served but its end is not known yet.
-    served_until: AtomicU64,
+    pub(crate) served_until: AtomicU64,
 }
 
 /// Where the ACME certificate stands, as `/tokengate/ready` reports it.
@@ -115,6 +116,7 @@ impl Readiness {
 }
 
 /// What the driving task reports to: the server's metrics and audit trail.
+#[derive(Clone)]
 pub struct Reporting {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub audit: Option<Arc<crate::audit::Audit>>,
@@ -152,11 +154,11 @@ impl Acme {
         server_config.alpn_protocols =
             vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
 
-        let cache = Cached {
-            cache: DirCache::new(cfg.cache.clone()),
-            domains: cfg.domains.clone(),
-            directory: cfg.directory.clone(),
-        };
+        let cache = Cached::new(
+            Box::new(DirCache::new(cfg.cache.clone())),
+            &cfg.domains,
+            &cfg.directory,
+        );
         match cache.not_after().await {
             Some(end) => reporting.metrics.certificate_expires(end),
             None => tracing::warn!(
@@ -165,21 +167,13 @@ impl Acme {
                 "no ACME certificate in the cache yet: serving a self-signed placeholder until the CA issues the first one"
             ),
         }
-        // A directory that cannot be used is worth an error at start, not only a warning per
-        // failed order; it is not fatal: a CA outage must not keep the listener down.
-        let check = cfg.clone();
-        tokio::spawn(async move {
-            if let Err(e) = check_directory(&check).await {
-                tracing::error!(
-                    "{e}; the ACME CA cannot be used: tokengate keeps serving the certificate in force (or its placeholder) and retries"
-                );
-            }
-        });
+        spawn_directory_check(cfg);
         let status = Arc::new(Status::default());
+        let fresh_cfg = cfg.clone();
         let watchdog = Watchdog {
             cfg: cfg.clone(),
-            client,
-            resolver,
+            fresh: Box::new(move || new_state(&fresh_cfg, client.clone())),
+            resolvers: resolver,
         };
         let task = tokio::spawn(drive(state, cache, reporting, status.clone(), watchdog));
         Ok((
@@ -189,6 +183,15 @@ impl Acme {
             },
             task,
         ))
+    }
+
+    /// Several replicas sharing one certificate through the store (`acme_shared`) build
+    /// their own configuration and driving task, and keep `status` themselves.
+    pub(crate) fn shared(server_config: Arc<ServerConfig>, status: Arc<Status>) -> Self {
+        Self {
+            server_config,
+            status,
+        }
     }
 
     /// True while the latest order failed: the certificate in force (or the placeholder) is
@@ -213,14 +216,27 @@ impl Acme {
     }
 }
 
-/// Reads back the certificate in the cache (for its end date).
-struct Cached {
-    cache: DirCache<PathBuf>,
+/// Reads back the certificate in the cache (for its end date): the cache directory, or the
+/// store shared by several replicas (`acme_shared`).
+pub(crate) struct Cached {
+    cache: Box<dyn rustls_acme::CertCache<EC = std::io::Error>>,
     domains: Vec<String>,
     directory: String,
 }
 
 impl Cached {
+    pub(crate) fn new(
+        cache: Box<dyn rustls_acme::CertCache<EC = std::io::Error>>,
+        domains: &[String],
+        directory: &str,
+    ) -> Self {
+        Self {
+            cache,
+            domains: domains.to_vec(),
+            directory: directory.to_owned(),
+        }
+    }
+
     /// The end (Unix seconds) of the cached certificate, if there is one that can be read.
     async fn not_after(&self) -> Option<u64> {
         self.validity().await.map(|(_, end)| end)
@@ -242,6 +258,20 @@ impl Cached {
             u64::try_from(v.not_after.timestamp()).ok()?,
         ))
     }
+}
+
+/// Checks the directory in the background at start: one that cannot be used is worth an error
+/// then, not only a warning per failed order; it is not fatal: a CA outage must not keep the
+/// listener down.
+pub(crate) fn spawn_directory_check(cfg: &AcmeConfig) {
+    let check = cfg.clone();
+    tokio::spawn(async move {
+        if let Err(e) = check_directory(&check).await {
+            tracing::error!(
+                "{e}; the ACME CA cannot be used: tokengate keeps serving the certificate in force (or its placeholder) and retries"
+            );
+        }
+    });
 }
 
 /// Fetches the CA's directory the way the ACME client will (the same trust roots) and checks
@@ -358,10 +388,21 @@ fn new_state(
 }
 
 /// What the driving task needs to replace a stalled state machine with a fresh one.
-struct Watchdog {
-    cfg: AcmeConfig,
-    client: Arc<rustls::ClientConfig>,
-    resolver: Arc<Resolver>,
+pub(crate) struct Watchdog {
+    /// `order_timeout`, and the directory for the log.
+    pub(crate) cfg: AcmeConfig,
+    /// Makes a state machine like the first: the same client, the same cache.
+    pub(crate) fresh: Box<dyn Fn() -> rustls_acme::AcmeState<std::io::Error> + Send + Sync>,
+    /// Where the state machines' resolvers answer the listener.
+    pub(crate) resolvers: Arc<dyn SwapResolvers>,
+}
+
+/// The listener's view of the driving task's state machine, which the watchdog may replace.
+pub(crate) trait SwapResolvers: Send + Sync {
+    /// A fresh state machine's resolver takes over the challenges.
+    fn replace(&self, fresh: Arc<ResolvesServerCertAcme>);
+    /// The newest state machine deployed a certificate: it serves from now on.
+    fn settled(&self);
 }
 
 /// When the next event of the state machine is due, from the one just seen: it wakes for the
@@ -391,8 +432,8 @@ fn next_due(
 /// ends: after a certificate is deployed it sleeps until the renewal is due; after a failed
 /// order it sleeps 1, 2, 4 … seconds (at most 2^16) and orders again. When nothing arrives by
 /// the time the next event is due plus `order_timeout`, the state machine is replaced (module
-/// docs).
-async fn drive(
+/// docs). The leader of several replicas (`acme_shared`) runs it too, on the shared cache.
+pub(crate) async fn drive(
     state: rustls_acme::AcmeState<std::io::Error>,
     cache: Cached,
     reporting: Reporting,
@@ -421,8 +462,8 @@ async fn drive(
                     timeout = ?watchdog.cfg.order_timeout,
                     "the ACME CA did not complete an order within tls.acme.order_timeout; the certificate in force stays served and the ACME client starts again from its cache"
                 );
-                let fresh = new_state(&watchdog.cfg, watchdog.client.clone());
-                watchdog.resolver.replace(fresh.resolver());
+                let fresh = (watchdog.fresh)();
+                watchdog.resolvers.replace(fresh.resolver());
                 state = Box::pin(fresh);
                 backoff = 0;
                 deadline = Some(tokio::time::Instant::now() + watchdog.cfg.order_timeout);
@@ -433,7 +474,7 @@ async fn drive(
         let mut validity = None;
         match &event {
             Ok(EventOk::DeployedCachedCert) => {
-                watchdog.resolver.settled();
+                watchdog.resolvers.settled();
                 validity = cache.validity().await;
                 status
                     .served_until
@@ -441,7 +482,7 @@ async fn drive(
                 tracing::info!("serving the ACME certificate from the cache");
             }
             Ok(EventOk::DeployedNewCert) => {
-                watchdog.resolver.settled();
+                watchdog.resolvers.settled();
                 backoff = 0;
                 reporting.metrics.acme_order(true);
                 status.failing.store(false, Ordering::Relaxed);
@@ -541,13 +582,13 @@ impl Resolver {
             placeholder,
         }
     }
+}
 
-    /// A fresh state machine's resolver takes over the challenges.
+impl SwapResolvers for Resolver {
     fn replace(&self, fresh: Arc<ResolvesServerCertAcme>) {
         self.acme.write().unwrap_or_else(|e| e.into_inner()).newest = fresh;
     }
 
-    /// The newest state machine deployed a certificate: it serves from now on.
     fn settled(&self) {
         let mut acme = self.acme.write().unwrap_or_else(|e| e.into_inner());
         acme.serving = acme.newest.clone();
@@ -569,7 +610,7 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-fn load_certified_key(
+pub(crate) fn load_certified_key(
     cert: &Path,
     key: &Path,
     provider: &rustls::crypto::CryptoProvider,

@@ -5,6 +5,7 @@
 //! `docs/architecture.md` draws the request path; each module's own docs say what it owns.
 
 pub mod acme;
+pub mod acme_shared;
 pub mod admin;
 pub mod audit;
 pub mod auth;

@@ -460,8 +460,30 @@ async fn tls_status(cfg: &Config) -> Result<(), CliError> {
             .to_string()
     };
     let (source, info, renewal) = if let Some(acme) = &cfg.tls.acme {
-        let source = format!("ACME, {} (cache {})", acme.directory, acme.cache.display());
-        match tokengate::acme::cached_chain(acme).await {
+        // Replicas on PostgreSQL share the certificate through the database (acme_shared).
+        let (source, chain) =
+            if matches!(cfg.store.backend, tokengate::config::Backend::Postgres(_)) {
+                let data = tokengate::services::DataDir::open(cfg)?;
+                let shared = tokengate::acme_shared::Shared {
+                    store: data.store,
+                    secrets: data.secrets,
+                };
+                let chain = tokengate::acme_shared::stored_chain(&shared, acme)
+                    .map_err(|e| e.to_string())?;
+                (
+                    format!(
+                        "ACME, {} (shared by the replicas through PostgreSQL)",
+                        acme.directory
+                    ),
+                    chain,
+                )
+            } else {
+                (
+                    format!("ACME, {} (cache {})", acme.directory, acme.cache.display()),
+                    tokengate::acme::cached_chain(acme).await,
+                )
+            };
+        match chain {
             Some(chain) => {
                 let info = CertInfo::of(&chain[0])
                     .ok_or_else(|| "the cached certificate does not parse".to_owned())?;

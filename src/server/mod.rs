@@ -351,7 +351,17 @@ impl Server {
                     metrics: metrics.clone(),
                     audit: Some(services.audit.clone()),
                 };
-                let (acme, task) = crate::acme::Acme::start(a, &cfg.store.path, reporting).await?;
+                // Several replicas share one certificate through the store (`acme_shared`);
+                // a single node keeps its cache directory.
+                let (acme, task) = if store.shared() {
+                    let shared = crate::acme_shared::Shared {
+                        store: store.clone(),
+                        secrets: secrets.clone(),
+                    };
+                    crate::acme_shared::start(a, &cfg.store.path, reporting, shared).await?
+                } else {
+                    crate::acme::Acme::start(a, &cfg.store.path, reporting).await?
+                };
                 (Some(acme), Some(task))
             }
             None => (None, None),

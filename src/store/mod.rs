@@ -378,6 +378,13 @@ pub enum SessionChange<'a> {
 /// Called for every [`SessionChange`].
 pub type SessionObserver = Arc<dyn Fn(SessionChange<'_>) + Send + Sync>;
 
+/// Called with the key of an ACME entry another process wrote or deleted
+/// ([`Store::put_acme_entry`]); [`ACME_ALL`] when changes may have been missed.
+pub type AcmeObserver = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The key an [`AcmeObserver`] is called with when every entry must be read again.
+pub const ACME_ALL: &str = "*";
+
 /// A session as persisted, keyed by the keyed hash of its id (the id itself is never stored).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -492,6 +499,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Registers `observer` for sessions changed by other processes (a shared store only).
     fn observe_sessions(&self, _observer: SessionObserver) {}
+
+    /// An entry of the `[tls] acme` state the replicas of a shared store share (`acme_shared`:
+    /// the account key, the certificate, the challenge being validated). A single node's store
+    /// keeps none: its ACME state is in its cache directory.
+    fn acme_entry(&self, _key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Writes (with `None`, deletes) an ACME entry and tells the other processes on the store.
+    fn put_acme_entry(&self, _key: &str, _value: Option<&[u8]>) -> Result<(), StoreError> {
+        Err(StoreError::Io(
+            "ACME entries are kept only in a shared store".into(),
+        ))
+    }
+
+    /// Registers `observer` for ACME entries written by other processes (a shared store only).
+    fn observe_acme(&self, _observer: AcmeObserver) {}
 
     /// Whether other processes write the same records (several replicas on one database):
     /// sessions are then read when first used rather than all at start.

@@ -3,6 +3,12 @@
 //! only that CA, and kept across a restart without a new order; readiness before the first
 //! certificate; renewal of a short-lived certificate under traffic; a CA that is down, or that
 //! stalls, during a renewal (and the certificate's end while it does); bad directory URLs.
+//!
+//! With `TOKENGATE_TEST_STORE=postgres` each test's server is a lone replica of the shared
+//! path (`acme_shared`): it leads, so it orders and renews from the database under the same
+//! driving task and watchdog and reports readiness as a single node does; every test here
+//! means the same there. Only the cache directory and `tls status` on it are sled's
+//! (`acme_replicas.rs` covers the database's).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,13 +22,13 @@ use crate::support::pebble::{self, Pebble, SilentCa, StallingRelay};
 use crate::support::{PASSWORD, TestServer, Upstream, basic, metric};
 
 /// The certificate's name; Pebble's DNS answers 127.0.0.1 for every name.
-const DOMAIN: &str = "api.tokengate.test";
+pub(crate) const DOMAIN: &str = "api.tokengate.test";
 
 /// How long the first order may take (account, order, validation, issuance).
-const ORDER_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const ORDER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `[tls] acme` for `DOMAIN` in the test server's data directory.
-fn acme_config(
+pub(crate) fn acme_config(
     cfg: &tokengate::config::Config,
     directory: String,
     ca_roots: Option<std::path::PathBuf>,
@@ -49,7 +55,7 @@ async fn server_on_pebble(pebble: &Pebble, listen: std::net::SocketAddr) -> (Ups
     (upstream, ts)
 }
 
-fn orders(ts: &TestServer, outcome: &str) -> u64 {
+pub(crate) fn orders(ts: &TestServer, outcome: &str) -> u64 {
     metric(
         &ts.metrics(),
         &format!("tokengate_acme_orders_total{{outcome=\"{outcome}\"}}"),
@@ -57,7 +63,7 @@ fn orders(ts: &TestServer, outcome: &str) -> u64 {
 }
 
 /// A TLS client for `DOMAIN` that trusts only `root_pem`.
-fn client_trusting(root_pem: &str) -> tokio_rustls::TlsConnector {
+pub(crate) fn client_trusting(root_pem: &str) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -77,7 +83,7 @@ fn client_trusting(root_pem: &str) -> tokio_rustls::TlsConnector {
 
 /// One request on a new connection to `addr` as `DOMAIN`: the leaf certificate the server
 /// presented, the status and the body.
-async fn fetch(
+pub(crate) async fn fetch(
     connector: &tokio_rustls::TlsConnector,
     addr: std::net::SocketAddr,
     path: &str,
@@ -120,7 +126,7 @@ async fn fetch(
 /// Connects to the server as `DOMAIN` until the handshake verifies (the placeholder does not)
 /// and `GET /tokengate/ready` answers; returns the served leaf certificate, the status and
 /// the readiness document.
-async fn served_certificate(
+pub(crate) async fn served_certificate(
     connector: &tokio_rustls::TlsConnector,
     ts: &TestServer,
     pebble: &Pebble,
@@ -153,7 +159,7 @@ fn serial(der: &[u8]) -> (String, i64) {
 }
 
 /// When the certificate ends and when (two thirds into its lifetime) it is renewed.
-fn end_and_renewal(der: &[u8]) -> (Instant, Instant) {
+pub(crate) fn end_and_renewal(der: &[u8]) -> (Instant, Instant) {
     let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
     let (start, end) = (
         cert.validity().not_before.timestamp() as u64,
@@ -166,7 +172,7 @@ fn end_and_renewal(der: &[u8]) -> (Instant, Instant) {
     (at(end), at(tokengate::acme::renewal_due(start, end)))
 }
 
-fn issuer(der: &[u8]) -> String {
+pub(crate) fn issuer(der: &[u8]) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
     cert.issuer().to_string()
 }
@@ -193,38 +199,42 @@ async fn an_acme_certificate_is_ordered_by_tls_alpn_served_and_kept_across_a_res
         metrics.contains("tokengate_acme_orders_total{outcome=\"issued\"} 1"),
         "{metrics}"
     );
-    let cache = ts.cfg.store.path.join("acme");
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700, "the ACME cache is the owner's only");
-    }
+    // A single node keeps the cache directory; on PostgreSQL the cache is the database, which
+    // acme_replicas.rs tests (and `tls status` on it).
+    if !crate::support::on_postgres() {
+        let cache = ts.cfg.store.path.join("acme");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "the ACME cache is the owner's only");
+        }
 
-    // `tokengate tls status` reads the same configuration's cache: the certificate in use.
-    let toml = ts.dir.path().join("acme-cli.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[store]\npath = \"{}\"\n[tls]\nacme = {{ domains = [\"{DOMAIN}\"], directory = \"{}\", ca_roots = \"{}\" }}\n",
-            ts.cfg.store.path.display(),
-            pebble.directory(),
-            pebble.https_ca().display(),
-        ),
-    )
-    .unwrap();
-    let out = tokio::task::block_in_place(|| {
-        crate::support::process::run(&toml, &["tls", "status"], None, &[])
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains(&format!("names: {DOMAIN}")), "{stdout}");
-    assert!(stdout.contains("issuer: CN=Pebble"), "{stdout}");
-    assert!(stdout.contains("next renewal: "), "{stdout}");
-    assert!(stdout.contains("source: ACME, https://"), "{stdout}");
+        // `tokengate tls status` reads the same configuration's cache: the certificate in use.
+        let toml = ts.dir.path().join("acme-cli.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "[store]\npath = \"{}\"\n[tls]\nacme = {{ domains = [\"{DOMAIN}\"], directory = \"{}\", ca_roots = \"{}\" }}\n",
+                ts.cfg.store.path.display(),
+                pebble.directory(),
+                pebble.https_ca().display(),
+            ),
+        )
+        .unwrap();
+        let out = tokio::task::block_in_place(|| {
+            crate::support::process::run(&toml, &["tls", "status"], None, &[])
+        });
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("names: {DOMAIN}")), "{stdout}");
+        assert!(stdout.contains("issuer: CN=Pebble"), "{stdout}");
+        assert!(stdout.contains("next renewal: "), "{stdout}");
+        assert!(stdout.contains("source: ACME, https://"), "{stdout}");
+    }
 
     // A restart serves the cached certificate without ordering again.
     let ts = ts.restart().await;
@@ -564,7 +574,7 @@ async fn a_bad_acme_directory_is_a_clear_error_from_check_config_and_at_start() 
 
 /// A TLS client for `DOMAIN` that accepts any certificate, expired ones too (the handshake
 /// signature is still checked): to ask a server whose certificate has ended how it stands.
-fn client_accepting_anything() -> tokio_rustls::TlsConnector {
+pub(crate) fn client_accepting_anything() -> tokio_rustls::TlsConnector {
     #[derive(Debug)]
     struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
     impl rustls::client::danger::ServerCertVerifier for AnyCertificate {

@@ -8,6 +8,7 @@ mod support;
 mod abuse;
 mod access;
 mod acme;
+mod acme_replicas;
 mod allocations;
 mod audit;
 mod bad_input;

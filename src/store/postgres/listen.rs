@@ -86,11 +86,23 @@ impl Inner {
         heard != 0 && crate::history::now_ms().saturating_sub(heard) <= self.max_staleness_ms
     }
 
-    /// Drops every cache: users are read again, and the session table forgets what it holds
-    /// (sessions are fetched again on their next use).
+    /// Drops every cache: users are read again, the session table forgets what it holds
+    /// (sessions are fetched again on their next use), and the ACME state is read again.
     fn resync(&self) {
         self.cache.clear();
         self.tell_sessions(SessionChange::Unknown);
+        self.tell_acme(crate::store::ACME_ALL);
+    }
+
+    fn tell_acme(&self, key: &str) {
+        for o in self
+            .acme_observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            o(key);
+        }
     }
 
     fn tell_sessions(&self, change: SessionChange<'_>) {
@@ -130,6 +142,8 @@ impl Inner {
                     self.tell_sessions(SessionChange::Ended(&key));
                 }
             }
+            // An ACME entry (`acme_shared`): its observers read it themselves.
+            "a" => self.tell_acme(what),
             _ => {}
         }
     }

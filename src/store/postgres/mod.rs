@@ -33,6 +33,7 @@
 //! is longer than most because it holds the whole trait implementation, one query per method,
 //! which reads best beside the trait and the sled implementation.
 
+mod acme;
 mod audit_trail;
 mod connect;
 mod listen;
@@ -52,8 +53,8 @@ use connect::Connector;
 
 use super::cache::UserCache;
 use super::{
-    ExportSink, HistoryFilter, HistoryRow, RefreshFamily, SessionObserver, SessionRecord, Store,
-    StoreError, User, UserChange, UserObserver,
+    AcmeObserver, ExportSink, HistoryFilter, HistoryRow, RefreshFamily, SessionObserver,
+    SessionRecord, Store, StoreError, User, UserChange, UserObserver,
 };
 use crate::config::PostgresConfig;
 use crate::secret::Tag;
@@ -86,6 +87,7 @@ struct Inner {
     /// Decoded user records, and the observers of user changes.
     cache: UserCache,
     session_observers: std::sync::RwLock<Vec<SessionObserver>>,
+    acme_observers: std::sync::RwLock<Vec<AcmeObserver>>,
     /// When the listener last knew its connection good (ms since the epoch); 0: never.
     heard_ms: AtomicU64,
     leader: AtomicBool,
@@ -189,6 +191,7 @@ impl PgStore {
             me: hex(&me),
             cache: UserCache::default(),
             session_observers: std::sync::RwLock::new(Vec::new()),
+            acme_observers: std::sync::RwLock::new(Vec::new()),
             heard_ms: AtomicU64::new(0),
             leader: AtomicBool::new(false),
             user_writes: (0..USER_WRITE_STRIPES)
@@ -326,6 +329,22 @@ impl Store for PgStore {
     fn observe_sessions(&self, observer: SessionObserver) {
         self.inner
             .session_observers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observer);
+    }
+
+    fn acme_entry(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.acme_read(key)
+    }
+
+    fn put_acme_entry(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        self.acme_write(key, value)
+    }
+
+    fn observe_acme(&self, observer: AcmeObserver) {
+        self.inner
+            .acme_observers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(observer);

@@ -76,6 +76,17 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX tg_refresh_user ON tg_refresh (user_id, created_at);
     CREATE INDEX tg_refresh_ends ON tg_refresh (ends_at);",
     ),
+    (
+        5,
+        // `[tls] acme` shared by the replicas (`store::postgres::acme`): the ACME account key
+        // and the certificate with its key (both sealed), and the TLS-ALPN-01 challenge the
+        // leader is being validated for (not a secret: every validator is shown it).
+        "CREATE TABLE tg_acme (
+        key text PRIMARY KEY,
+        value bytea NOT NULL,
+        updated_at bigint NOT NULL
+    );",
+    ),
 ];
 
 pub(super) async fn migrate(client: &tokio_postgres::Client) -> Result<(), StoreError> {
