@@ -101,7 +101,9 @@ pub struct Sessions {
     by_user: Arc<DashMap<String, VecDeque<Tag>>>,
     /// Sessions being read from a shared store at once, at most (a flood of made-up ids must
     /// not turn into a flood of database reads).
-    fetches: tokio::sync::Semaphore,
+    fetches: FetchSlots,
+    /// How long a first use waits for one of those reads: the store's own timeout.
+    fetch_wait: Duration,
     /// user id → the user's current session epoch, for users with sessions (shared with the
     /// store's observer).
     epochs: Arc<DashMap<String, Arc<AtomicU64>>>,
@@ -134,6 +136,58 @@ const MAX_SESSION_ID_LEN: usize = 128;
 /// Concurrent reads of unknown sessions from a shared store.
 const MAX_FETCHES: usize = 8;
 
+/// A counting semaphore for [`Sessions::fetch`], waited on synchronously (the store's calls
+/// are synchronous) and for a bounded time: every client's first use after a
+/// resynchronisation arrives at once, and each must wait its turn rather than be refused.
+struct FetchSlots {
+    busy: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// One of [`FetchSlots`], given back when dropped.
+struct FetchSlot<'a>(&'a FetchSlots);
+
+impl FetchSlots {
+    fn new() -> Self {
+        Self {
+            busy: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// A slot, waiting at most `wait` for one; `None` past it.
+    fn acquire(&self, wait: Duration) -> Option<FetchSlot<'_>> {
+        let take = || {
+            let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut busy, timeout) = self
+                .freed
+                .wait_timeout_while(busy, wait, |b| *b >= MAX_FETCHES)
+                .unwrap_or_else(|p| p.into_inner());
+            if timeout.timed_out() && *busy >= MAX_FETCHES {
+                return None;
+            }
+            *busy += 1;
+            Some(FetchSlot(self))
+        };
+        // On a server's worker thread, tell tokio the thread may block so other tasks move on
+        // (as the store's own calls do).
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(take)
+            }
+            _ => take(),
+        }
+    }
+}
+
+impl Drop for FetchSlot<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.0.busy.lock().unwrap_or_else(|p| p.into_inner());
+        *busy -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// How the session table is bounded and timed.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -141,6 +195,9 @@ pub struct Limits {
     pub lifetime: Duration,
     pub max: usize,
     pub max_per_user: usize,
+    /// How long a first use on a shared store waits for a read of the session (the store's
+    /// timeout); past it the session is refused as unavailable, never as invalid.
+    pub fetch_wait: Duration,
 }
 
 impl Sessions {
@@ -207,7 +264,8 @@ impl Sessions {
         Self {
             map,
             by_user,
-            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            fetches: FetchSlots::new(),
+            fetch_wait: limits.fetch_wait,
             epochs,
             token_epochs,
             store,
@@ -521,9 +579,17 @@ impl Sessions {
         {
             return Ok(None);
         }
-        let Ok(_permit) = self.fetches.try_acquire() else {
-            return Ok(None);
+        // Wait for a read in flight to finish, bounded by the store's timeout: a valid session
+        // is never told it is invalid because others were first seen at the same moment.
+        let Some(_slot) = self.fetches.acquire(self.fetch_wait) else {
+            return Err(StoreError::Unavailable(
+                "too many sessions were being read from the database".into(),
+            ));
         };
+        // A use that waited may find the session read meanwhile by another.
+        if let Some(s) = self.map.get(key).map(|r| r.value().clone()) {
+            return Ok(Some(s));
+        }
         let Some(rec) = self.store.session(key)? else {
             return Ok(None);
         };
@@ -682,5 +748,28 @@ impl Sessions {
             !values.is_empty()
         });
         doomed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_use_past_the_concurrent_reads_waits_its_turn_and_gives_up_at_the_timeout() {
+        let slots = Arc::new(FetchSlots::new());
+        let held: Vec<_> = (0..MAX_FETCHES)
+            .map(|_| slots.acquire(Duration::ZERO).expect("a free slot"))
+            .collect();
+        let started = std::time::Instant::now();
+        assert!(slots.acquire(Duration::from_millis(100)).is_none());
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // A slot given back while another waits goes to the waiter.
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| slots.acquire(Duration::from_secs(5)).is_some());
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+            assert!(waiter.join().unwrap());
+        });
     }
 }

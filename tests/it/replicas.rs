@@ -1229,3 +1229,47 @@ async fn a_named_token_revoked_on_one_replica_ends_its_sessions_and_cache_on_ano
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_first_used_on_another_replica_at_once_are_all_accepted() {
+    let up = Upstream::start().await;
+    let (a, b) = replicas(&up.url()).await;
+    a.add_user("ann@example.com").await;
+    let user = a
+        .app()
+        .store
+        .user_by_name("ann@example.com")
+        .unwrap()
+        .unwrap();
+    // Many more than the reads B makes at once: as after a resynchronisation, when every
+    // client's next call is a first use.
+    let sids: Vec<String> = (0..48)
+        .map(|_| a.app().sessions.create(&user).unwrap())
+        .collect();
+    // One HTTP/2 connection, opened beforehand, so the calls arrive together.
+    let client = Arc::new(b.h2_client());
+    assert_eq!(
+        client
+            .get("/services/data/v59.0/sobjects", &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let mut calls = tokio::task::JoinSet::new();
+    for sid in sids {
+        let client = client.clone();
+        calls.spawn(async move {
+            client
+                .get_with_session("/services/data/v59.0/sobjects", &sid)
+                .await
+                .status
+        });
+    }
+    let statuses: Vec<StatusCode> = calls.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "every valid session is accepted: {statuses:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
