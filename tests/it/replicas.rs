@@ -1273,3 +1273,53 @@ async fn many_sessions_first_used_on_another_replica_at_once_are_all_accepted() 
     a.stop().await;
     b.stop().await;
 }
+
+/// Two replicas mailing through `sink`, and which of them leads (once one does).
+async fn mailing_replicas(up: &Upstream, sink: &crate::support::smtp::SmtpSink) -> Vec<TestServer> {
+    let r = replicas_with(2, &up.url(), |c| mail_to(c, sink, "Acme")).await;
+    eventually("one replica leads", Duration::from_secs(5), async || {
+        r.iter().filter(|r| r.app().store.leader()).count() == 1
+    })
+    .await;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verbatim_compliance_copy_that_failed_on_a_replica_that_does_not_lead_is_retried_there() {
+    use crate::support::smtp::Behaviour;
+    use tokengate::mail::{ComplianceBcc, TokenReason};
+    let up = Upstream::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let r = mailing_replicas(&up, &sink).await;
+    let follower = r.iter().find(|r| !r.app().store.leader()).unwrap();
+    follower.add_user("ann@example.com").await;
+    ComplianceBcc {
+        enabled: true,
+        address: Some("audit@example.org".into()),
+        redact_secrets: false,
+    }
+    .save(follower.app().store.as_ref())
+    .unwrap();
+    sink.set(Behaviour {
+        refuse_rcpt: vec!["audit@example.org".into()],
+        ..Behaviour::default()
+    });
+    let user = follower.app().tokens.find("ann@example.com").unwrap();
+    follower
+        .app()
+        .tokens
+        .rotate(&user.id, TokenReason::AdminRotation)
+        .await
+        .unwrap();
+    let token = sink.wait_for(&user.email, 1, Duration::from_secs(5)).await[0].token();
+    assert!(sink.to("audit@example.org").is_empty());
+    // The copy carries the token, so it waits in the follower's memory: the follower sends it.
+    sink.set(Behaviour::default());
+    let copies = sink
+        .wait_for("audit@example.org", 1, Duration::from_secs(5))
+        .await;
+    assert!(copies[0].carries(&token), "the verbatim copy went out");
+    for r in r {
+        r.stop().await;
+    }
+}
