@@ -29,7 +29,8 @@
 //! dropped when the store reports it, and an idle timer that ran out here is checked against
 //! the store (another replica may have seen the session used) before the session is ended.
 //! While the store cannot vouch for this replica's caches ([`Store::fresh`]), every use checks
-//! the user in the database, so an unreachable database fails closed.
+//! the user and the session's own record in the database, so a change this replica did not
+//! hear is honoured and an unreachable database fails closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -522,10 +523,10 @@ impl Sessions {
             return Ok(None);
         }
         let key = self.key(sid);
-        let s = match self.map.get(&key).map(|r| r.value().clone()) {
-            Some(s) => s,
+        let (s, fetched) = match self.map.get(&key).map(|r| r.value().clone()) {
+            Some(s) => (s, false),
             None => match self.fetch(sid, &key)? {
-                Some(s) => s,
+                Some(s) => (s, true),
                 None => return Ok(None),
             },
         };
@@ -540,9 +541,14 @@ impl Sessions {
         }
         if !self.store.fresh() {
             // This replica may have missed a change: the database decides, and an unreachable
-            // one refuses.
+            // one refuses. Both records: the user's (a disable, a reset) and the session's own
+            // (a logout or an eviction on another replica deletes only the row).
             let user = self.store.user_by_id(&s.user_id)?;
             if !user.is_some_and(|u| !u.disabled && token_epoch(&u, s.token_serial) == s.epoch) {
+                return Ok(None);
+            }
+            if !fetched && self.store.session(&key)?.is_none() {
+                self.forget(&key);
                 return Ok(None);
             }
         }
@@ -630,6 +636,15 @@ impl Sessions {
         Ok(Some(s))
     }
 
+    /// Drops a session from this replica's table only (the store's record is left as it is).
+    fn forget(&self, key: &Tag) {
+        if let Some((_, s)) = self.map.remove(key)
+            && let Some(mut keys) = self.by_user.get_mut(&s.user_id)
+        {
+            keys.retain(|k| k != key);
+        }
+    }
+
     fn remove(&self, key: &Tag) -> bool {
         let removed = self.map.remove(key);
         if let Some((_, s)) = &removed
@@ -712,11 +727,7 @@ impl Sessions {
             self.remove(key);
         }
         for key in &forgotten {
-            if let Some((_, s)) = self.map.remove(key)
-                && let Some(mut keys) = self.by_user.get_mut(&s.user_id)
-            {
-                keys.retain(|k| k != key);
-            }
+            self.forget(key);
         }
         for key in touched {
             // The entry is held while its record is written: a revocation waits for the write

@@ -426,6 +426,28 @@ async fn failures_on_every_replica_count_toward_one_lockout_and_history_is_share
     b.stop().await;
 }
 
+/// Signs `username` (password [`PASSWORD`]) in to `ts`'s console: the cookie to send.
+async fn console_sign_in(ts: &TestServer, username: &str) -> String {
+    let r = ts
+        .client()
+        .post(
+            "/tokengate/console/signin",
+            "application/x-www-form-urlencoded",
+            serde_urlencoded::to_string([("username", username), ("password", PASSWORD)]).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let cookie = r.header("set-cookie").expect("a session cookie");
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// The console's My Settings page, with the session `cookie`.
+async fn console_settings(ts: &TestServer, cookie: &str) -> Reply {
+    ts.client()
+        .get("/tokengate/console/settings", &[("cookie", cookie)])
+        .await
+}
+
 async fn soap(ts: &TestServer, username: &str, secret: &str) -> Reply {
     ts.client()
         .post(
@@ -451,6 +473,8 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
     let secret = format!("{PASSWORD}{token}");
     let sid = ts.soap_login("cy@example.com", &secret).await;
     assert_eq!(data_status(&ts, &sid).await, StatusCode::OK);
+    let console = console_sign_in(&ts, "cy@example.com").await;
+    assert_eq!(console_settings(&ts, &console).await.status, StatusCode::OK);
 
     tokio::task::block_in_place(|| pg.stop());
     // A login needs the database (its limits, its history, the session it would issue): it is
@@ -477,6 +501,16 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
         async || data_status(&ts, &sid).await == StatusCode::SERVICE_UNAVAILABLE,
     )
     .await;
+    // The console says so too, and keeps its cookie: an outage signs nobody out.
+    let page = console_settings(&ts, &console).await;
+    assert_eq!(
+        page.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        page.text()
+    );
+    assert!(page.text().contains("still signed in"), "{}", page.text());
+    assert!(page.header("set-cookie").is_none());
 
     tokio::task::block_in_place(|| pg.start());
     // Back: the replica reconnects by itself; the session and new logins work again.
@@ -488,6 +522,7 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
     .await;
     let sid = ts.soap_login("cy@example.com", &secret).await;
     assert_eq!(data_status(&ts, &sid).await, StatusCode::OK);
+    assert_eq!(console_settings(&ts, &console).await.status, StatusCode::OK);
     // What the history writer could not write during the outage was kept and written since.
     ts.history_written().await;
     let rows = ts
@@ -1322,4 +1357,109 @@ async fn a_verbatim_compliance_copy_that_failed_on_a_replica_that_does_not_lead_
     for r in r {
         r.stop().await;
     }
+}
+
+/// Stops every replica on the database at `url` hearing the change channel (each listener's
+/// connection is ended and no new connection to the database is let in) while the connections
+/// already pooled keep working: the replicas go stale yet can still read. `false` lets
+/// connections in again.
+fn cut_change_channel(url: &str, cut: bool) {
+    let pg = crate::support::postgres::cluster();
+    let name = url
+        .rsplit('/')
+        .next()
+        .and_then(|rest| rest.split('?').next())
+        .unwrap();
+    let admin = url.replace(&format!("/{name}?"), "/postgres?");
+    let sql = if cut {
+        format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+             SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND application_name = '{}'",
+            tokengate::store::postgres::LISTENER_APPLICATION_NAME
+        )
+    } else {
+        format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    };
+    pg.psql(&admin, &sql).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_hear_the_channel_honours_a_logout_made_on_another() {
+    const CONSOLE: &str = "/tokengate/console";
+    let up = Upstream::start().await;
+    let url = tokio::task::block_in_place(|| crate::support::postgres::cluster().database());
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let mut b = backend(url.clone());
+        if let Backend::Postgres(c) = &mut b {
+            c.max_staleness = Duration::from_secs(1);
+        }
+        servers.push(TestServer::start_with(&up.url(), |cfg| cfg.store.backend = b).await);
+    }
+    let (b, a) = (servers.pop().unwrap(), servers.pop().unwrap());
+    let token = a.add_user("gil@example.com").await;
+    let sid = a
+        .soap_login("gil@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    assert_eq!(data_status(&b, &sid).await, StatusCode::OK);
+    let form = |fields: &[(&str, &str)]| serde_urlencoded::to_string(fields).unwrap();
+    let signed_in = a
+        .client()
+        .post(
+            &format!("{CONSOLE}/signin"),
+            "application/x-www-form-urlencoded",
+            form(&[("username", "gil@example.com"), ("password", PASSWORD)]),
+        )
+        .await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    let cookie = signed_in.header("set-cookie").unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let settings = async |ts: &TestServer| {
+        ts.client()
+            .get(&format!("{CONSOLE}/settings"), &[("cookie", &cookie)])
+            .await
+    };
+    let on_b = settings(&b).await;
+    assert_eq!(on_b.status, StatusCode::OK);
+    let at = on_b.text().find(r#"name="csrf" value=""#).unwrap() + 19;
+    let csrf = on_b.text()[at..].split('"').next().unwrap().to_owned();
+
+    tokio::task::block_in_place(|| cut_change_channel(&url, true));
+    eventually("B goes stale", Duration::from_secs(5), async || {
+        !b.app().store.fresh()
+    })
+    .await;
+    // Ended on A; B hears nothing of it, but, stale, asks the database on every use.
+    let r = a
+        .client()
+        .post(
+            "/services/oauth2/revoke",
+            "application/x-www-form-urlencoded",
+            format!("token={sid}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(data_status(&b, &sid).await, StatusCode::UNAUTHORIZED);
+    let c = a.client();
+    let out = c
+        .call(
+            c.request(http::Method::POST, &format!("{CONSOLE}/signout"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", &cookie),
+            form(&[("csrf", &csrf)]),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(settings(&b).await.status, StatusCode::SEE_OTHER);
+
+    tokio::task::block_in_place(|| cut_change_channel(&url, false));
+    eventually(
+        "B hears the channel again",
+        Duration::from_secs(5),
+        async || b.app().store.fresh(),
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -38,6 +38,7 @@ mod connect;
 mod listen;
 mod schema;
 
+pub use listen::APPLICATION_NAME as LISTENER_APPLICATION_NAME;
 pub use schema::MIGRATIONS;
 
 use std::future::Future;
@@ -209,12 +210,15 @@ impl PgStore {
                 .map_err(db)?;
             schema::migrate(&client).await
         })?;
-        // Listen before serving: a change committed from now on reaches this replica.
+        // Listen before serving: a change committed from now on reaches this replica. The
+        // listener's connection is named, so an operator can tell it in pg_stat_activity.
+        let mut listen_cfg = cfg.connect.clone();
+        listen_cfg.application_name(listen::APPLICATION_NAME);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         inner.handle.spawn(listen::listen(
             inner.clone(),
             connector,
-            cfg.connect.clone(),
+            listen_cfg,
             ready_tx,
         ));
         ready_rx
