@@ -1463,3 +1463,20 @@ async fn a_replica_that_cannot_hear_the_channel_honours_a_logout_made_on_another
     a.stop().await;
     b.stop().await;
 }
+
+#[test]
+fn the_database_gives_up_a_silent_replica_within_seconds_so_leadership_moves_on() {
+    // A leader whose host dies holds its lock until the server ends its connection: the server
+    // applies keepalives and a user timeout of seconds to every connection of ours.
+    let store = open_pg(&postgres());
+    assert_eq!(
+        store.dead_peer_settings().unwrap(),
+        ["5", "2", "3", "10000"].map(String::from)
+    );
+    // An operator's own options in the URL win over ours.
+    let url = crate::support::postgres::cluster().database();
+    let store = open_pg(&backend(format!(
+        "{url}&options=-c%20tcp_keepalives_idle%3D7"
+    )));
+    assert_eq!(store.dead_peer_settings().unwrap()[0], "7");
+}

@@ -23,7 +23,9 @@
 //! **Singleton work.** The listener's connection also holds a session-level advisory lock when
 //! it can: the replica holding it is the leader ([`Store::leader`]) and runs the scheduled jobs
 //! that must run once (rotation, compliance retries, history retention). The lock goes with
-//! the connection, so another replica takes over within a second or two when the leader dies.
+//! the connection, so another replica takes over within a second or two when the leader's
+//! process dies, and, since every connection detects a silent peer (`connect`), within about
+//! a quarter of a minute when its host dies or drops off the network.
 //!
 //! The trait is synchronous (sled's is); calls run on a small runtime of the store's own and
 //! the caller waits for the answer, bounded by the timeout, as it would for a disk read.
@@ -168,6 +170,10 @@ impl PgStore {
     /// Connects, applies the schema, and starts listening for other replicas' changes. Fails
     /// when the database cannot be reached within the timeout.
     pub fn connect(cfg: &PostgresConfig) -> Result<Self, StoreError> {
+        let cfg = &PostgresConfig {
+            connect: connect::detecting_dead_peers(cfg.connect.clone()),
+            ..cfg.clone()
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tokengate-store")
@@ -225,6 +231,27 @@ impl PgStore {
             .recv_timeout(cfg.timeout * 2)
             .map_err(|_| unavailable("could not listen for changes in time"))?;
         Ok(store)
+    }
+
+    /// How the database judges this replica's connections dead when it goes silent (its host
+    /// gone or cut off), as the server applies it: `tcp_keepalives_idle`,
+    /// `tcp_keepalives_interval`, `tcp_keepalives_count` and `tcp_user_timeout`, in that order
+    /// (seconds, seconds, probes, milliseconds; 0: the OS default).
+    /// It bounds how long a vanished leader keeps leadership.
+    pub fn dead_peer_settings(&self) -> Result<[String; 4], StoreError> {
+        self.query(|c| async move {
+            let row = c
+                .query_one(
+                    "SELECT current_setting('tcp_keepalives_idle'),
+                            current_setting('tcp_keepalives_interval'),
+                            current_setting('tcp_keepalives_count'),
+                            current_setting('tcp_user_timeout')",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            Ok([0, 1, 2, 3].map(|i| row.get::<_, String>(i)))
+        })
     }
 
     /// The schema version the database is at.
