@@ -136,6 +136,8 @@ fn token_epoch(user: &User, serial: u64) -> u64 {
 const MAX_SESSION_ID_LEN: usize = 128;
 /// Concurrent reads of unknown sessions from a shared store.
 const MAX_FETCHES: usize = 8;
+/// Idle timers written back to a shared store per batch.
+const WRITE_BACK_PAGE: usize = 1_000;
 
 /// A counting semaphore for [`Sessions::fetch`], waited on synchronously (the store's calls
 /// are synchronous) and for a bounded time: every client's first use after a
@@ -636,6 +638,58 @@ impl Sessions {
         Ok(Some(s))
     }
 
+    /// The record of a live session, with its idle timer as of now.
+    fn record(s: &Session) -> SessionRecord {
+        SessionRecord {
+            user_id: s.user_id.clone(),
+            username: s.username.clone(),
+            epoch: s.epoch,
+            created_at: s.created_at,
+            last_seen: s.last_seen(),
+            policy: s.policy,
+            token_serial: s.token_serial,
+            token: s.token.as_deref().map(str::to_owned),
+        }
+    }
+
+    fn write_back_one_by_one(&self, touched: &[Tag]) {
+        for key in touched {
+            // The entry is held while its record is written: a revocation waits for the write
+            // and then deletes it, instead of being undone by it.
+            let Some(entry) = self.map.get(key) else {
+                continue;
+            };
+            let s = entry.value();
+            let rec = Self::record(s);
+            if self.store.put_session(key, &rec).is_ok() {
+                s.persisted_seen.store(rec.last_seen, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// On a shared store, a page of sessions per statement. No entry is held: the store
+    /// writes back only sessions it still has, so a revocation meanwhile is never undone.
+    fn write_back_batched(&self, touched: &[Tag]) {
+        for page in touched.chunks(WRITE_BACK_PAGE) {
+            let (sessions, records): (Vec<_>, Vec<_>) = page
+                .iter()
+                .filter_map(|key| {
+                    let s = self.map.get(key)?.value().clone();
+                    let rec = Self::record(&s);
+                    Some((s, (*key, rec)))
+                })
+                .unzip();
+            match self.store.touch_sessions(&records) {
+                Ok(()) => {
+                    for (s, (_, rec)) in sessions.iter().zip(&records) {
+                        s.persisted_seen.store(rec.last_seen, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not write idle timers back"),
+            }
+        }
+    }
+
     /// Drops a session from this replica's table only (the store's record is left as it is).
     fn forget(&self, key: &Tag) {
         if let Some((_, s)) = self.map.remove(key)
@@ -683,26 +737,32 @@ impl Sessions {
     }
 
     /// Drops expired sessions and ones whose user moved on, and writes back idle timers that
-    /// moved by more than 30 s (a write per active session every half minute at most), so a
-    /// restart resumes them where they were. Run periodically, off the async workers (it
-    /// writes to the store).
+    /// moved by more than a threshold, so a restart (or another replica) resumes them where
+    /// they were: on sled 30 s (a write per active session every half minute at most); on a
+    /// shared store a tenth of the session's idle timeout, in batches. Run periodically, off
+    /// the async workers (it writes to the store).
     pub fn sweep(&self) -> usize {
-        // Replicas share idle timers through the store: a tenth of the idle time keeps another
-        // replica's view of a session in use within that much of the truth.
-        let threshold = if self.store.shared() {
-            (self.idle / 10).clamp(1, 30)
-        } else {
-            30
-        };
-        self.sweep_moved_by(threshold)
+        self.sweep_moved_by(None)
     }
 
     /// [`Self::sweep`] at shutdown: every idle timer that moved at all is written back.
     pub fn sweep_all(&self) -> usize {
-        self.sweep_moved_by(0)
+        self.sweep_moved_by(Some(0))
     }
 
-    fn sweep_moved_by(&self, threshold: u64) -> usize {
+    /// How far a session's idle timer moves before the sweep writes it back.
+    fn write_back_after(&self, s: &Session) -> u64 {
+        if self.store.shared() {
+            // Replicas share idle timers through the store: a tenth of the idle time keeps
+            // another replica's view of a session in use within that much of the truth, and
+            // is the most often a session is written.
+            (s.idle / 10).max(1)
+        } else {
+            30
+        }
+    }
+
+    fn sweep_moved_by(&self, threshold: Option<u64>) -> usize {
         let now = crate::now_secs();
         let mut doomed = Vec::new();
         let mut touched = Vec::new();
@@ -719,7 +779,10 @@ impl Sessions {
                 forgotten.push(*entry.key());
             } else if self.expired(s, now) || !s.current() {
                 doomed.push(*entry.key());
-            } else if s.last_seen() > s.persisted_seen.load(Ordering::Relaxed) + threshold {
+            } else if s.last_seen()
+                > s.persisted_seen.load(Ordering::Relaxed)
+                    + threshold.unwrap_or_else(|| self.write_back_after(s))
+            {
                 touched.push(*entry.key());
             }
         }
@@ -729,27 +792,10 @@ impl Sessions {
         for key in &forgotten {
             self.forget(key);
         }
-        for key in touched {
-            // The entry is held while its record is written: a revocation waits for the write
-            // and then deletes it, instead of being undone by it.
-            let Some(entry) = self.map.get(&key) else {
-                continue;
-            };
-            let s = entry.value();
-            let seen = s.last_seen();
-            let rec = SessionRecord {
-                user_id: s.user_id.clone(),
-                username: s.username.clone(),
-                epoch: s.epoch,
-                created_at: s.created_at,
-                last_seen: seen,
-                policy: s.policy,
-                token_serial: s.token_serial,
-                token: s.token.as_deref().map(str::to_owned),
-            };
-            if self.store.put_session(&key, &rec).is_ok() {
-                s.persisted_seen.store(seen, Ordering::Relaxed);
-            }
+        if self.store.shared() {
+            self.write_back_batched(&touched);
+        } else {
+            self.write_back_one_by_one(&touched);
         }
         self.by_user.retain(|_, keys| !keys.is_empty());
         // Cells no session holds any more; a new session makes a fresh one from the store.

@@ -526,6 +526,21 @@ pub trait Store: Send + Sync + 'static {
     }
 
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError>;
+    /// Writes back sessions' idle timers (`last_seen`), as one batch on a shared store: a
+    /// session no longer stored is not written again (it was ended meanwhile, perhaps by
+    /// another replica), and a stored timer is never moved back (another replica may have
+    /// written a later one). The records are otherwise as stored.
+    fn touch_sessions(&self, touched: &[(Tag, SessionRecord)]) -> Result<(), StoreError> {
+        for (key, rec) in touched {
+            if self
+                .session(key)?
+                .is_some_and(|stored| stored.last_seen < rec.last_seen)
+            {
+                self.put_session(key, rec)?;
+            }
+        }
+        Ok(())
+    }
     /// The persisted session under `key`.
     fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError>;
     fn delete_session(&self, key: &Tag) -> Result<(), StoreError>;

@@ -140,6 +140,21 @@ fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.session(&[1; 32]).unwrap().unwrap().last_seen, 30);
     store.delete_session(&[2; 32]).unwrap();
     assert!(store.session(&[2; 32]).unwrap().is_none());
+    // Idle timers written back in a batch: forward only, and an ended session stays ended.
+    let seen_at = |user_id: &str, last_seen: u64| SessionRecord {
+        last_seen,
+        ..rec(user_id)
+    };
+    store
+        .touch_sessions(&[
+            ([1; 32], seen_at(&a.id, 25)),
+            ([2; 32], seen_at(&a.id, 40)),
+            ([3; 32], seen_at("005other", 50)),
+        ])
+        .unwrap();
+    assert_eq!(store.session(&[1; 32]).unwrap().unwrap().last_seen, 30);
+    assert!(store.session(&[2; 32]).unwrap().is_none());
+    assert_eq!(store.session(&[3; 32]).unwrap().unwrap().last_seen, 50);
     let mut seen = 0;
     store.for_each_session(&mut |_, _| seen += 1).unwrap();
     assert_eq!(seen, 2);
@@ -1479,4 +1494,85 @@ fn the_database_gives_up_a_silent_replica_within_seconds_so_leadership_moves_on(
         "{url}&options=-c%20tcp_keepalives_idle%3D7"
     )));
     assert_eq!(store.dead_peer_settings().unwrap()[0], "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timers_are_written_back_at_most_once_per_tenth_of_the_idle_timeout() {
+    let up = Upstream::start().await;
+    // 400 s: a session is written back once its timer has moved by more than 40 s.
+    let mut r = replicas_with(2, &up.url(), |c| {
+        c.auth.session_idle_timeout = Duration::from_secs(400)
+    })
+    .await;
+    let (b, a) = (r.pop().unwrap(), r.pop().unwrap());
+    a.add_user("hal@example.com").await;
+    let user = a
+        .app()
+        .store
+        .user_by_name("hal@example.com")
+        .unwrap()
+        .unwrap();
+    let sids: Vec<String> = (0..3)
+        .map(|_| a.app().sessions.create(&user).unwrap())
+        .collect();
+    // The sessions as last written `ago` seconds back (by A, say): B reads them so on first
+    // use, and its use moves their timers on by that much.
+    let store = b.app().store.clone();
+    let last_used = |ago: u64| {
+        let mut recs = Vec::new();
+        store
+            .for_each_session(&mut |k, r| {
+                if r.user_id == user.id {
+                    recs.push((k, r))
+                }
+            })
+            .unwrap();
+        let before = tokengate::now_secs() - ago;
+        for (key, mut rec) in recs {
+            rec.last_seen = before;
+            rec.created_at = before;
+            store.put_session(&key, &rec).unwrap();
+        }
+        before
+    };
+    let stored = || {
+        let mut seen = Vec::new();
+        store
+            .for_each_session(&mut |_, r| seen.push(r.last_seen))
+            .unwrap();
+        seen
+    };
+    let sweep = || tokio::task::block_in_place(|| b.app().sessions.sweep());
+
+    // Moved by 35 s: not yet written.
+    let before = tokio::task::block_in_place(|| last_used(35));
+    for sid in &sids {
+        assert_eq!(data_status(&b, sid).await, StatusCode::OK);
+    }
+    sweep();
+    assert_eq!(tokio::task::block_in_place(stored), vec![before; 3]);
+
+    // Three new sessions, moved by 45 s: all written back by one sweep.
+    tokio::task::block_in_place(|| {
+        for sid in &sids {
+            b.app().sessions.revoke(sid);
+        }
+    });
+    let sids: Vec<String> = (0..3)
+        .map(|_| a.app().sessions.create(&user).unwrap())
+        .collect();
+    let before = tokio::task::block_in_place(|| last_used(45));
+    for sid in &sids {
+        assert_eq!(data_status(&b, sid).await, StatusCode::OK);
+    }
+    sweep();
+    let now = tokengate::now_secs();
+    let seen = tokio::task::block_in_place(stored);
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|s| *s > before + 40 && *s <= now),
+        "{seen:?}, before {before}, now {now}"
+    );
+    a.stop().await;
+    b.stop().await;
 }

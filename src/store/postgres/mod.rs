@@ -696,6 +696,29 @@ impl Store for PgStore {
         })
     }
 
+    fn touch_sessions(&self, touched: &[(Tag, SessionRecord)]) -> Result<(), StoreError> {
+        // One statement per page of sessions; an UPDATE, never an insert, so a session
+        // deleted meanwhile stays deleted.
+        for page in touched.chunks(PAGE as usize) {
+            let keys: Vec<Vec<u8>> = page.iter().map(|(k, _)| k.to_vec()).collect();
+            let seen: Vec<i64> = page.iter().map(|(_, r)| to_i64(r.last_seen)).collect();
+            let data: Vec<Vec<u8>> = page.iter().map(|(_, r)| encode(r)).collect();
+            self.query(move |c| async move {
+                c.execute(
+                    "UPDATE tg_sessions s SET data = u.data
+                     FROM unnest($1::bytea[], $2::bigint[], $3::bytea[]) AS u(key, seen, data)
+                     WHERE s.key = u.key
+                       AND (convert_from(s.data, 'UTF8')::jsonb->>'last_seen')::bigint < u.seen",
+                    &[&keys, &seen, &data],
+                )
+                .await
+                .map_err(db)?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError> {
         let key = key.to_vec();
         let bytes = self.query(move |c| async move {
