@@ -566,7 +566,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .into());
             }
             let created = !locate::store_exists(&cfg);
-            let store = tokengate::services::DataDir::open(&cfg)?.store;
+            let store = tokengate::services::DataDir::open_store(&cfg)?;
             locate::report_store(&cfg, locate::Route::Direct { created });
             let n = tokengate::backup::restore(store.as_ref(), &file)?;
             // Recorded in the restored trail, after its own records.

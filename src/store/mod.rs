@@ -611,7 +611,10 @@ pub trait Store: Send + Sync + 'static {
     fn export(&self, out: &mut ExportSink<'_>) -> Result<u64, StoreError>;
     /// Writes one exported record back (restore into an empty store).
     fn import(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
-    /// True when the store holds no users, sessions, settings or history.
+    /// True when the store holds no users, sessions, settings, history, audit trail or queued
+    /// mail. On a shared store also no server key: a replica that started on the database
+    /// generated one and holds it in memory, so a restore must not replace it. (A sled
+    /// directory is restored with its server stopped: its key is no one's.)
     fn is_empty(&self) -> Result<bool, StoreError>;
 
     /// The installation's 32-byte server key, created on first use.

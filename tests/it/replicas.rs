@@ -1576,3 +1576,24 @@ async fn idle_timers_are_written_back_at_most_once_per_tenth_of_the_idle_timeout
     a.stop().await;
     b.stop().await;
 }
+
+#[test]
+fn a_restore_is_refused_on_a_database_a_replica_has_started_on_and_changes_nothing() {
+    let store = open_pg(&postgres());
+    assert!(store.is_empty().unwrap());
+    // What a replica's first start writes: the server key, which it then holds in memory.
+    let key = store.server_key(&mut || [7; 32]).unwrap();
+    assert!(!store.is_empty().unwrap(), "a server key is a record");
+    let dir = tempfile::tempdir().unwrap();
+    let other = Arc::new(SledStore::open(&dir.path().join("db"), 1 << 20).unwrap());
+    other.server_key(&mut || [9; 32]).unwrap();
+    other.create_user(&user(1)).unwrap();
+    let file = dir.path().join("backup.tgb");
+    tokengate::backup::backup(other.as_ref(), &file).unwrap();
+    assert!(matches!(
+        tokengate::backup::restore(&store, &file),
+        Err(tokengate::backup::BackupError::NotEmpty)
+    ));
+    assert_eq!(store.server_key(&mut || [8; 32]).unwrap(), key);
+    assert!(store.user_by_name("user1@example.com").unwrap().is_none());
+}

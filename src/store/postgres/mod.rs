@@ -1115,7 +1115,8 @@ impl Store for PgStore {
                         AND NOT EXISTS (SELECT 1 FROM tg_settings)
                         AND NOT EXISTS (SELECT 1 FROM tg_history)
                         AND NOT EXISTS (SELECT 1 FROM tg_audit)
-                        AND NOT EXISTS (SELECT 1 FROM tg_outbox)",
+                        AND NOT EXISTS (SELECT 1 FROM tg_outbox)
+                        AND NOT EXISTS (SELECT 1 FROM tg_meta)",
                     &[],
                 )
                 .await
