@@ -1597,3 +1597,126 @@ fn a_restore_is_refused_on_a_database_a_replica_has_started_on_and_changes_nothi
     assert_eq!(store.server_key(&mut || [8; 32]).unwrap(), key);
     assert!(store.user_by_name("user1@example.com").unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_reset_on_one_replica_is_enforced_on_another_within_a_second() {
+    let up = Upstream::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let (b, a) = {
+        let mut r = mailing_replicas(&up, &sink).await;
+        (r.pop().unwrap(), r.pop().unwrap())
+    };
+    let admin_token = a.add_user_with("admin@example.com", PASSWORD, true).await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    let old = a.add_user("ivy@example.com").await;
+    let old = format!("{PASSWORD}{old}");
+    // On B: a session, and the credentials verified (and cached) for Basic.
+    let sid = b.soap_login("ivy@example.com", &old).await;
+    let basic_on_b = async |secret: &str| {
+        b.client()
+            .get(
+                "/services/data/v59.0/sobjects",
+                &[("authorization", &basic("ivy@example.com", secret))],
+            )
+            .await
+            .status
+    };
+    assert_eq!(basic_on_b(&old).await, StatusCode::OK);
+    assert_eq!(data_status(&b, &sid).await, StatusCode::OK);
+
+    let r = a
+        .client()
+        .api(
+            &admin,
+            http::Method::POST,
+            "admin/users/ivy@example.com/token/reset",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let new = sink
+        .wait_for("ivy.example.com@example.com", 1, Duration::from_secs(5))
+        .await[0]
+        .token();
+    eventually(
+        "B refuses the session the reset ended",
+        Duration::from_secs(1),
+        async || data_status(&b, &sid).await == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    eventually(
+        "B refuses the old token it had cached",
+        Duration::from_secs(1),
+        async || basic_on_b(&old).await == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(
+        basic_on_b(&format!("{PASSWORD}{new}")).await,
+        StatusCode::OK
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compliance_bcc_set_on_one_replica_is_used_by_another() {
+    let up = Upstream::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let (b, a) = {
+        let mut r = mailing_replicas(&up, &sink).await;
+        (r.pop().unwrap(), r.pop().unwrap())
+    };
+    let admin_token = a.add_user_with("admin@example.com", PASSWORD, true).await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    a.add_user("joe@example.com").await;
+    let set_on_a = async |enabled: bool| {
+        let r = a
+            .client()
+            .api(
+                &admin,
+                http::Method::PUT,
+                "admin/settings/compliance-bcc",
+                Some(serde_json::json!({
+                    "enabled": enabled,
+                    "address": "audit@example.org",
+                    "redact_secrets": true,
+                })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    };
+    let reset_on_b = async || {
+        let r = b
+            .client()
+            .api(
+                &admin,
+                http::Method::POST,
+                "admin/users/joe@example.com/token/reset",
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    };
+    let rcpt = "joe.example.com@example.com";
+
+    set_on_a(true).await;
+    reset_on_b().await;
+    let token = sink.wait_for(rcpt, 1, Duration::from_secs(5)).await[0].token();
+    let copies = sink
+        .wait_for("audit@example.org", 1, Duration::from_secs(5))
+        .await;
+    assert!(
+        copies[0].header("to").unwrap().contains(rcpt),
+        "the user's own message"
+    );
+    assert!(!copies[0].carries(&token), "the copy is redacted");
+
+    // Turned off on A: B's next reset mail has no copy.
+    set_on_a(false).await;
+    reset_on_b().await;
+    sink.wait_for(rcpt, 2, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.to("audit@example.org").len(), 1);
+    a.stop().await;
+    b.stop().await;
+}
