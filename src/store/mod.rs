@@ -1,9 +1,10 @@
 //! Persistent records (users, sessions, settings) behind one [`Store`] trait.
 //!
-//! The trait is what a shared backend for several proxy replicas will implement later, so it
-//! carries no sled types. Records are plain serde structs; secrets are stored only as an
-//! argon2id PHC string (passwords) and a keyed hash (tokens, session ids), never in a form a
-//! reader of the database could turn back into a credential.
+//! Two backends implement it: `sled` (embedded, one process) and `postgres` (one database
+//! shared by several replicas), so it carries neither's types. Records are plain serde
+//! structs; secrets are stored only as an argon2id PHC string (passwords) and a keyed hash
+//! (tokens, session ids), never in a form a reader of the database could turn back into a
+//! credential.
 
 mod cache;
 pub mod postgres;
