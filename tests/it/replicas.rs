@@ -1720,3 +1720,217 @@ async fn a_compliance_bcc_set_on_one_replica_is_used_by_another() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_process_killed_outright_hands_scheduled_rotations_to_another() {
+    use crate::support::process::{self, Serve};
+    let up = Upstream::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let url = tokio::task::block_in_place(|| crate::support::postgres::cluster().database());
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cfgs: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let path = replica_config(d.path(), &up.url(), &url);
+            let mut toml = std::fs::read_to_string(&path).unwrap();
+            toml.push_str(&format!(
+                "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\ntimeout = \"2s\"\nfrom = \"Acme <noreply@tokengate.test>\"\n[tokens]\nrotation_check_interval = \"200ms\"\n",
+                sink.addr.port()
+            ));
+            std::fs::write(&path, toml).unwrap();
+            path
+        })
+        .collect();
+    const LEADS: &str = "now runs the scheduled jobs";
+    let mut a = Serve::start(&cfgs[0], &[], &[]);
+    eventually("A leads", Duration::from_secs(5), async || {
+        a.log().contains(LEADS)
+    })
+    .await;
+    let b = Serve::start(&cfgs[1], &[], &[]);
+    tokio::task::block_in_place(|| process::add_user(&cfgs[1], "kim@example.com", PASSWORD, false));
+    let rcpt = "kim.example.com@example.com";
+    // A rotation made due in the database (by a store of the test's own, closed at once: it
+    // must not be there to take the leadership over).
+    let due = || {
+        tokio::task::block_in_place(|| {
+            let store = open_pg(&backend(url.clone()));
+            let id = store
+                .user_by_name("kim@example.com")
+                .unwrap()
+                .unwrap()
+                .id
+                .clone();
+            store
+                .update_user(&id, &mut |u| {
+                    u.rotate_every_secs = Some(86_400);
+                    u.next_rotation_at = Some(tokengate::now_secs() - 1);
+                })
+                .unwrap();
+        })
+    };
+    let rotated = || {
+        tokio::task::block_in_place(|| {
+            let store = open_pg(&backend(url.clone()));
+            let u = store.user_by_name("kim@example.com").unwrap().unwrap();
+            u.next_rotation_at
+                .is_some_and(|at| at > tokengate::now_secs())
+        })
+    };
+    let before = sink.to(rcpt).len();
+    due();
+    sink.wait_for(rcpt, before + 1, Duration::from_secs(5))
+        .await;
+    // Committed (the mail goes out before the commit: a leader killed in between leaves the
+    // rotation to be made again, by design).
+    eventually(
+        "A commits the rotation",
+        Duration::from_secs(5),
+        async || rotated(),
+    )
+    .await;
+
+    // The leader killed outright (no shutdown, no goodbye to the database): its connection
+    // closes with the process, and B takes the scheduled work over.
+    a.child.kill().unwrap();
+    a.wait(Duration::from_secs(10));
+    eventually("B leads", Duration::from_secs(5), async || {
+        b.log().contains(LEADS)
+    })
+    .await;
+    due();
+    sink.wait_for(rcpt, before + 2, Duration::from_secs(5))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(sink.to(rcpt).len(), before + 2, "one email per rotation");
+    b.stop();
+}
+
+/// One answer under load: when its request started and ended, and what it was.
+struct Answer {
+    started: std::time::Instant,
+    ended: std::time::Instant,
+    status: StatusCode,
+    issued: bool,
+    /// Refused as unavailable in the dialect's own way (SOAP's fault, REST's 503).
+    unavailable: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_under_load_gets_every_answer_in_time_issues_nothing_and_heals() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+    let pg = Arc::new(tokio::task::block_in_place(
+        crate::support::postgres::Cluster::private,
+    ));
+    let mut backend = backend(tokio::task::block_in_place(|| pg.database()));
+    let (timeout, staleness) = (Duration::from_millis(800), Duration::from_secs(2));
+    if let Backend::Postgres(c) = &mut backend {
+        c.timeout = timeout;
+        c.max_staleness = staleness;
+    }
+    let up = Upstream::start().await;
+    let ts =
+        Arc::new(TestServer::start_with(&up.url(), move |cfg| cfg.store.backend = backend).await);
+    let token = ts.add_user("lu@example.com").await;
+    let secret = format!("{PASSWORD}{token}");
+    let sid = ts.soap_login("lu@example.com", &secret).await;
+
+    // Two clients logging in and two calling with the session, all the while.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let (ts, stop, secret, sid) = (ts.clone(), stop.clone(), secret.clone(), sid.clone());
+        load.spawn(async move {
+            let mut answers = Vec::new();
+            let client = ts.client();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let r = if worker % 2 == 0 {
+                    client
+                        .post(
+                            "/services/Soap/u/59.0",
+                            "text/xml",
+                            soap_login_body("lu@example.com", &secret),
+                        )
+                        .await
+                } else {
+                    client
+                        .get_with_session("/services/data/v59.0/sobjects", &sid)
+                        .await
+                };
+                let (status, text) = (r.status, r.text());
+                answers.push(Answer {
+                    started,
+                    ended: Instant::now(),
+                    status,
+                    issued: text.contains("sessionId>"),
+                    unavailable: text.contains("SERVER_UNAVAILABLE")
+                        || status == StatusCode::SERVICE_UNAVAILABLE,
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (worker % 2 == 0, answers)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| pg.pause());
+    // From here on nothing answers (a request that started before may still have been served
+    // just before the signal landed).
+    let paused = Instant::now();
+    tokio::time::sleep(staleness + Duration::from_secs(3)).await;
+    let resumed = Instant::now();
+    tokio::task::block_in_place(|| pg.resume());
+    eventually(
+        "the session works again",
+        Duration::from_secs(15),
+        async || data_status(&ts, &sid).await == StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        soap(&ts, "lu@example.com", &secret).await.status,
+        StatusCode::OK
+    );
+    stop.store(true, Ordering::Relaxed);
+    let results = load.join_all().await;
+
+    // Every answer within the timeout and a margin for a loaded machine (a first use may wait
+    // one timeout for a read slot and another for the read).
+    let bound = timeout * 2 + Duration::from_millis(1_500);
+    let frozen = |a: &Answer| a.started >= paused && a.ended <= resumed;
+    let mut during = (0, 0);
+    for (login, answers) in &results {
+        for a in answers {
+            let took = a.ended - a.started;
+            assert!(took <= bound, "an answer took {took:?} (bound {bound:?})");
+            assert!(
+                a.status == StatusCode::OK || a.unavailable,
+                "an answer other than success or unavailable: {}",
+                a.status
+            );
+            if !frozen(a) {
+                continue;
+            }
+            if *login {
+                during.0 += 1;
+                assert!(!a.issued, "no session is issued while the database hangs");
+            } else if a.started >= paused + staleness + Duration::from_millis(600) {
+                during.1 += 1;
+                assert_eq!(
+                    a.status,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "fails closed once stale"
+                );
+            }
+        }
+    }
+    assert!(
+        during.0 > 0 && during.1 > 0,
+        "load while frozen: {during:?}"
+    );
+    // Nothing committed was lost: the user and the session are there.
+    let store = &ts.app().store;
+    assert!(store.user_by_name("lu@example.com").unwrap().is_some());
+    let ts = Arc::into_inner(ts).expect("the load is over");
+    ts.stop().await;
+}
