@@ -154,6 +154,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
             lifetime: cfg.auth.session_lifetime,
             max: cfg.auth.max_sessions,
             max_per_user: cfg.auth.max_sessions_per_user,
+            fetch_wait: cfg.store.backend.timeout().unwrap_or_default(),
         },
         &cfg.server.org.id15,
     );

@@ -49,6 +49,7 @@ fn main() {
             lifetime: cfg.auth.session_lifetime,
             max: cfg.auth.max_sessions,
             max_per_user: cfg.auth.max_sessions.max(1),
+            fetch_wait: cfg.store.backend.timeout().unwrap_or_default(),
         },
         &cfg.server.org.id15,
     ));

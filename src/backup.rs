@@ -23,7 +23,11 @@ pub enum BackupError {
     File { path: String, reason: String },
     #[error("{0} is not a tokengate backup (or a truncated one)")]
     Format(String),
-    #[error("the data directory is not empty; restore only into an empty data directory")]
+    #[error(
+        "the store is not empty (it holds records, or, on PostgreSQL, the server key a replica \
+         made when it started on the database); restore only into an empty data directory or \
+         database"
+    )]
     NotEmpty,
     #[error("the password hash of user '{user}' is not acceptable: {why}")]
     Hash { user: String, why: String },

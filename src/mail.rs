@@ -541,10 +541,16 @@ impl Mailer {
 
     /// One retry pass over the queued compliance copies.
     pub async fn retry_queued(&self) {
-        // The queue is shared by every replica on one database: the leader retries it.
-        if !self.store.leader() {
-            return;
+        // The stored queue is shared by every replica on one database: the leader retries it.
+        if self.store.leader() {
+            self.retry_stored().await;
         }
+        // Copies held in memory (they carry a secret, so no store may hold them) are this
+        // replica's alone: no other replica can send them, whatever the leadership.
+        self.retry_in_memory().await;
+    }
+
+    async fn retry_stored(&self) {
         let stored = match self.store.outbox() {
             Ok(o) => o,
             Err(e) => {
@@ -574,6 +580,9 @@ impl Mailer {
                 }
             }
         }
+    }
+
+    async fn retry_in_memory(&self) {
         let pending: Vec<Queued> = self
             .memory_queue
             .lock()

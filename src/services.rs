@@ -43,6 +43,27 @@ pub struct DataDir {
 impl DataDir {
     /// Opens (creating it 0700 if needed) the data directory of `cfg`.
     pub fn open(cfg: &Config) -> Result<Self, ServicesError> {
+        let store = Self::open_store(cfg)?;
+        let rng = ring::rand::SystemRandom::new();
+        let mut random_failed = false;
+        let key = store.server_key(&mut || {
+            ring::rand::generate::<[u8; 32]>(&rng)
+                .map(|k| k.expose())
+                .unwrap_or_else(|_| {
+                    random_failed = true;
+                    [0; 32]
+                })
+        })?;
+        if random_failed {
+            return Err(ServicesError::Random);
+        }
+        let secrets = Arc::new(Secrets::new(&key, cfg.auth.argon2.clone()));
+        Ok(Self { store, secrets })
+    }
+
+    /// The store alone, its server key neither read nor made: for a restore, which brings
+    /// its own (and refuses a database a replica has started on, which holds one).
+    pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, ServicesError> {
         use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
         let dir = &cfg.store.path;
         let dir_err = |source| ServicesError::DataDir {
@@ -62,21 +83,7 @@ impl DataDir {
             )?),
             Backend::Postgres(pg) => Arc::new(PgStore::connect(pg)?),
         };
-        let rng = ring::rand::SystemRandom::new();
-        let mut random_failed = false;
-        let key = store.server_key(&mut || {
-            ring::rand::generate::<[u8; 32]>(&rng)
-                .map(|k| k.expose())
-                .unwrap_or_else(|_| {
-                    random_failed = true;
-                    [0; 32]
-                })
-        })?;
-        if random_failed {
-            return Err(ServicesError::Random);
-        }
-        let secrets = Arc::new(Secrets::new(&key, cfg.auth.argon2.clone()));
-        Ok(Self { store, secrets })
+        Ok(store)
     }
 
     /// The services on this data directory. `sessions`: the live session table of a server

@@ -29,7 +29,8 @@
 //! dropped when the store reports it, and an idle timer that ran out here is checked against
 //! the store (another replica may have seen the session used) before the session is ended.
 //! While the store cannot vouch for this replica's caches ([`Store::fresh`]), every use checks
-//! the user in the database, so an unreachable database fails closed.
+//! the user and the session's own record in the database, so a change this replica did not
+//! hear is honoured and an unreachable database fails closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -148,7 +149,9 @@ pub struct Sessions {
     by_user: Arc<DashMap<String, VecDeque<Tag>>>,
     /// Sessions being read from a shared store at once, at most (a flood of made-up ids must
     /// not turn into a flood of database reads).
-    fetches: tokio::sync::Semaphore,
+    fetches: FetchSlots,
+    /// How long a first use waits for one of those reads: the store's own timeout.
+    fetch_wait: Duration,
     /// user id → the user's current session epoch, for users with sessions (shared with the
     /// store's observer).
     epochs: Arc<DashMap<String, Arc<AtomicU64>>>,
@@ -180,6 +183,60 @@ fn token_epoch(user: &User, serial: u64) -> u64 {
 const MAX_SESSION_ID_LEN: usize = 128;
 /// Concurrent reads of unknown sessions from a shared store.
 const MAX_FETCHES: usize = 8;
+/// Idle timers written back to a shared store per batch.
+const WRITE_BACK_PAGE: usize = 1_000;
+
+/// A counting semaphore for [`Sessions::fetch`], waited on synchronously (the store's calls
+/// are synchronous) and for a bounded time: every client's first use after a
+/// resynchronisation arrives at once, and each must wait its turn rather than be refused.
+struct FetchSlots {
+    busy: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// One of [`FetchSlots`], given back when dropped.
+struct FetchSlot<'a>(&'a FetchSlots);
+
+impl FetchSlots {
+    fn new() -> Self {
+        Self {
+            busy: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// A slot, waiting at most `wait` for one; `None` past it.
+    fn acquire(&self, wait: Duration) -> Option<FetchSlot<'_>> {
+        let take = || {
+            let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut busy, timeout) = self
+                .freed
+                .wait_timeout_while(busy, wait, |b| *b >= MAX_FETCHES)
+                .unwrap_or_else(|p| p.into_inner());
+            if timeout.timed_out() && *busy >= MAX_FETCHES {
+                return None;
+            }
+            *busy += 1;
+            Some(FetchSlot(self))
+        };
+        // On a server's worker thread, tell tokio the thread may block so other tasks move on
+        // (as the store's own calls do).
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(take)
+            }
+            _ => take(),
+        }
+    }
+}
+
+impl Drop for FetchSlot<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.0.busy.lock().unwrap_or_else(|p| p.into_inner());
+        *busy -= 1;
+        self.0.freed.notify_one();
+    }
+}
 
 /// How the session table is bounded and timed.
 #[derive(Debug, Clone, Copy)]
@@ -188,6 +245,9 @@ pub struct Limits {
     pub lifetime: Duration,
     pub max: usize,
     pub max_per_user: usize,
+    /// How long a first use on a shared store waits for a read of the session (the store's
+    /// timeout); past it the session is refused as unavailable, never as invalid.
+    pub fetch_wait: Duration,
 }
 
 impl Sessions {
@@ -254,7 +314,8 @@ impl Sessions {
         Self {
             map,
             by_user,
-            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            fetches: FetchSlots::new(),
+            fetch_wait: limits.fetch_wait,
             epochs,
             token_epochs,
             store,
@@ -517,10 +578,10 @@ impl Sessions {
         ip: IpAddr,
     ) -> Result<Option<Arc<Session>>, StoreError> {
         let key = *key;
-        let s = match self.map.get(&key).map(|r| r.value().clone()) {
-            Some(s) => s,
+        let (s, fetched) = match self.map.get(&key).map(|r| r.value().clone()) {
+            Some(s) => (s, false),
             None => match self.fetch(sid, &key)? {
-                Some(s) => s,
+                Some(s) => (s, true),
                 None => return Ok(None),
             },
         };
@@ -535,9 +596,14 @@ impl Sessions {
         }
         if !self.store.fresh() {
             // This replica may have missed a change: the database decides, and an unreachable
-            // one refuses.
+            // one refuses. Both records: the user's (a disable, a reset) and the session's own
+            // (a logout or an eviction on another replica deletes only the row).
             let user = self.store.user_by_id(&s.user_id)?;
             if !user.is_some_and(|u| !u.disabled && token_epoch(&u, s.token_serial) == s.epoch) {
+                return Ok(None);
+            }
+            if !fetched && self.store.session(&key)?.is_none() {
+                self.forget(&key);
                 return Ok(None);
             }
         }
@@ -574,9 +640,17 @@ impl Sessions {
         {
             return Ok(None);
         }
-        let Ok(_permit) = self.fetches.try_acquire() else {
-            return Ok(None);
+        // Wait for a read in flight to finish, bounded by the store's timeout: a valid session
+        // is never told it is invalid because others were first seen at the same moment.
+        let Some(_slot) = self.fetches.acquire(self.fetch_wait) else {
+            return Err(StoreError::Unavailable(
+                "too many sessions were being read from the database".into(),
+            ));
         };
+        // A use that waited may find the session read meanwhile by another.
+        if let Some(s) = self.map.get(key).map(|r| r.value().clone()) {
+            return Ok(Some(s));
+        }
         let Some(rec) = self.store.session(key)? else {
             return Ok(None);
         };
@@ -603,6 +677,67 @@ impl Sessions {
             }
         }
         Ok(Some(s))
+    }
+
+    /// The record of a live session, with its idle timer as of now.
+    fn record(s: &Session) -> SessionRecord {
+        SessionRecord {
+            user_id: s.user_id.clone(),
+            username: s.username.clone(),
+            epoch: s.epoch,
+            created_at: s.created_at,
+            last_seen: s.last_seen(),
+            policy: s.policy,
+            token_serial: s.token_serial,
+            token: s.token.as_deref().map(str::to_owned),
+        }
+    }
+
+    fn write_back_one_by_one(&self, touched: &[Tag]) {
+        for key in touched {
+            // The entry is held while its record is written: a revocation waits for the write
+            // and then deletes it, instead of being undone by it.
+            let Some(entry) = self.map.get(key) else {
+                continue;
+            };
+            let s = entry.value();
+            let rec = Self::record(s);
+            if self.store.put_session(key, &rec).is_ok() {
+                s.persisted_seen.store(rec.last_seen, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// On a shared store, a page of sessions per statement. No entry is held: the store
+    /// writes back only sessions it still has, so a revocation meanwhile is never undone.
+    fn write_back_batched(&self, touched: &[Tag]) {
+        for page in touched.chunks(WRITE_BACK_PAGE) {
+            let (sessions, records): (Vec<_>, Vec<_>) = page
+                .iter()
+                .filter_map(|key| {
+                    let s = self.map.get(key)?.value().clone();
+                    let rec = Self::record(&s);
+                    Some((s, (*key, rec)))
+                })
+                .unzip();
+            match self.store.touch_sessions(&records) {
+                Ok(()) => {
+                    for (s, (_, rec)) in sessions.iter().zip(&records) {
+                        s.persisted_seen.store(rec.last_seen, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not write idle timers back"),
+            }
+        }
+    }
+
+    /// Drops a session from this replica's table only (the store's record is left as it is).
+    fn forget(&self, key: &Tag) {
+        if let Some((_, s)) = self.map.remove(key)
+            && let Some(mut keys) = self.by_user.get_mut(&s.user_id)
+        {
+            keys.retain(|k| k != key);
+        }
     }
 
     fn remove(&self, key: &Tag) -> bool {
@@ -643,26 +778,32 @@ impl Sessions {
     }
 
     /// Drops expired sessions and ones whose user moved on, and writes back idle timers that
-    /// moved by more than 30 s (a write per active session every half minute at most), so a
-    /// restart resumes them where they were. Run periodically, off the async workers (it
-    /// writes to the store).
+    /// moved by more than a threshold, so a restart (or another replica) resumes them where
+    /// they were: on sled 30 s (a write per active session every half minute at most); on a
+    /// shared store a tenth of the session's idle timeout, in batches. Run periodically, off
+    /// the async workers (it writes to the store).
     pub fn sweep(&self) -> usize {
-        // Replicas share idle timers through the store: a tenth of the idle time keeps another
-        // replica's view of a session in use within that much of the truth.
-        let threshold = if self.store.shared() {
-            (self.idle / 10).clamp(1, 30)
-        } else {
-            30
-        };
-        self.sweep_moved_by(threshold)
+        self.sweep_moved_by(None)
     }
 
     /// [`Self::sweep`] at shutdown: every idle timer that moved at all is written back.
     pub fn sweep_all(&self) -> usize {
-        self.sweep_moved_by(0)
+        self.sweep_moved_by(Some(0))
     }
 
-    fn sweep_moved_by(&self, threshold: u64) -> usize {
+    /// How far a session's idle timer moves before the sweep writes it back.
+    fn write_back_after(&self, s: &Session) -> u64 {
+        if self.store.shared() {
+            // Replicas share idle timers through the store: a tenth of the idle time keeps
+            // another replica's view of a session in use within that much of the truth, and
+            // is the most often a session is written.
+            (s.idle / 10).max(1)
+        } else {
+            30
+        }
+    }
+
+    fn sweep_moved_by(&self, threshold: Option<u64>) -> usize {
         let now = crate::now_secs();
         let mut doomed = Vec::new();
         let mut touched = Vec::new();
@@ -679,7 +820,10 @@ impl Sessions {
                 forgotten.push(*entry.key());
             } else if self.expired(s, now) || !s.current() {
                 doomed.push(*entry.key());
-            } else if s.last_seen() > s.persisted_seen.load(Ordering::Relaxed) + threshold {
+            } else if s.last_seen()
+                > s.persisted_seen.load(Ordering::Relaxed)
+                    + threshold.unwrap_or_else(|| self.write_back_after(s))
+            {
                 touched.push(*entry.key());
             }
         }
@@ -687,33 +831,12 @@ impl Sessions {
             self.remove(key);
         }
         for key in &forgotten {
-            if let Some((_, s)) = self.map.remove(key)
-                && let Some(mut keys) = self.by_user.get_mut(&s.user_id)
-            {
-                keys.retain(|k| k != key);
-            }
+            self.forget(key);
         }
-        for key in touched {
-            // The entry is held while its record is written: a revocation waits for the write
-            // and then deletes it, instead of being undone by it.
-            let Some(entry) = self.map.get(&key) else {
-                continue;
-            };
-            let s = entry.value();
-            let seen = s.last_seen();
-            let rec = SessionRecord {
-                user_id: s.user_id.clone(),
-                username: s.username.clone(),
-                epoch: s.epoch,
-                created_at: s.created_at,
-                last_seen: seen,
-                policy: s.policy,
-                token_serial: s.token_serial,
-                token: s.token.as_deref().map(str::to_owned),
-            };
-            if self.store.put_session(&key, &rec).is_ok() {
-                s.persisted_seen.store(seen, Ordering::Relaxed);
-            }
+        if self.store.shared() {
+            self.write_back_batched(&touched);
+        } else {
+            self.write_back_one_by_one(&touched);
         }
         self.by_user.retain(|_, keys| !keys.is_empty());
         // Cells no session holds any more; a new session makes a fresh one from the store.
@@ -723,5 +846,28 @@ impl Sessions {
             !values.is_empty()
         });
         doomed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_use_past_the_concurrent_reads_waits_its_turn_and_gives_up_at_the_timeout() {
+        let slots = Arc::new(FetchSlots::new());
+        let held: Vec<_> = (0..MAX_FETCHES)
+            .map(|_| slots.acquire(Duration::ZERO).expect("a free slot"))
+            .collect();
+        let started = std::time::Instant::now();
+        assert!(slots.acquire(Duration::from_millis(100)).is_none());
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // A slot given back while another waits goes to the waiter.
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| slots.acquire(Duration::from_secs(5)).is_some());
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+            assert!(waiter.join().unwrap());
+        });
     }
 }

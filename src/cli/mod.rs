@@ -588,7 +588,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .into());
             }
             let created = !locate::store_exists(&cfg);
-            let store = tokengate::services::DataDir::open(&cfg)?.store;
+            let store = tokengate::services::DataDir::open_store(&cfg)?;
             locate::report_store(&cfg, locate::Route::Direct { created });
             let n = tokengate::backup::restore(store.as_ref(), &file)?;
             // Recorded in the restored trail, after its own records.
@@ -632,12 +632,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             // A database is checked for real: reachable, and its schema brought up to date.
             if let tokengate::config::Backend::Postgres(pg) = &cfg.store.backend {
                 let pg = pg.clone();
-                let version = tokio::task::spawn_blocking(move || {
-                    tokengate::store::postgres::PgStore::connect(&pg)?.schema_version()
-                })
-                .await??;
+                let (version, [idle, interval, count, user_timeout]) =
+                    tokio::task::spawn_blocking(move || {
+                        let store = tokengate::store::postgres::PgStore::connect(&pg)?;
+                        Ok::<_, tokengate::store::StoreError>((
+                            store.schema_version()?,
+                            store.dead_peer_settings()?,
+                        ))
+                    })
+                    .await??;
                 println!(
-                    "{}: ok (PostgreSQL schema version {version})",
+                    "{}: ok (PostgreSQL schema version {version}; the server gives a silent \
+                     replica up after tcp_keepalives_idle {idle} s, tcp_keepalives_interval \
+                     {interval} s, tcp_keepalives_count {count}, tcp_user_timeout \
+                     {user_timeout} ms)",
                     path.display()
                 );
             } else {

@@ -300,6 +300,16 @@ pub enum Backend {
     Postgres(Box<PostgresConfig>),
 }
 
+impl Backend {
+    /// The bound on a call to the database (`[store] timeout`); sled's reads are local.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            Backend::Sled => None,
+            Backend::Postgres(p) => Some(p.timeout),
+        }
+    }
+}
+
 /// `[store] backend = "postgres"`.
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {

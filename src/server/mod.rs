@@ -336,6 +336,7 @@ impl Server {
                 lifetime: cfg.auth.session_lifetime,
                 max: cfg.auth.max_sessions,
                 max_per_user: cfg.auth.max_sessions_per_user,
+                fetch_wait: cfg.store.backend.timeout().unwrap_or_default(),
             },
             &cfg.server.org.id15,
         ));

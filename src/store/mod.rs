@@ -1,9 +1,10 @@
 //! Persistent records (users, sessions, settings) behind one [`Store`] trait.
 //!
-//! The trait is what a shared backend for several proxy replicas will implement later, so it
-//! carries no sled types. Records are plain serde structs; secrets are stored only as an
-//! argon2id PHC string (passwords) and a keyed hash (tokens, session ids), never in a form a
-//! reader of the database could turn back into a credential.
+//! Two backends implement it: `sled` (embedded, one process) and `postgres` (one database
+//! shared by several replicas), so it carries neither's types. Records are plain serde
+//! structs; secrets are stored only as an argon2id PHC string (passwords) and a keyed hash
+//! (tokens, session ids), never in a form a reader of the database could turn back into a
+//! credential.
 
 mod cache;
 pub mod postgres;
@@ -550,6 +551,21 @@ pub trait Store: Send + Sync + 'static {
     }
 
     fn put_session(&self, key: &Tag, session: &SessionRecord) -> Result<(), StoreError>;
+    /// Writes back sessions' idle timers (`last_seen`), as one batch on a shared store: a
+    /// session no longer stored is not written again (it was ended meanwhile, perhaps by
+    /// another replica), and a stored timer is never moved back (another replica may have
+    /// written a later one). The records are otherwise as stored.
+    fn touch_sessions(&self, touched: &[(Tag, SessionRecord)]) -> Result<(), StoreError> {
+        for (key, rec) in touched {
+            if self
+                .session(key)?
+                .is_some_and(|stored| stored.last_seen < rec.last_seen)
+            {
+                self.put_session(key, rec)?;
+            }
+        }
+        Ok(())
+    }
     /// The persisted session under `key`.
     fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError>;
     fn delete_session(&self, key: &Tag) -> Result<(), StoreError>;
@@ -620,7 +636,10 @@ pub trait Store: Send + Sync + 'static {
     fn export(&self, out: &mut ExportSink<'_>) -> Result<u64, StoreError>;
     /// Writes one exported record back (restore into an empty store).
     fn import(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
-    /// True when the store holds no users, sessions, settings or history.
+    /// True when the store holds no users, sessions, settings, history, audit trail or queued
+    /// mail. On a shared store also no server key: a replica that started on the database
+    /// generated one and holds it in memory, so a restore must not replace it. (A sled
+    /// directory is restored with its server stopped: its key is no one's.)
     fn is_empty(&self) -> Result<bool, StoreError>;
 
     /// The installation's 32-byte server key, created on first use.

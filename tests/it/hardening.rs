@@ -983,7 +983,9 @@ async fn a_restore_refuses_password_hashes_with_parameters_beyond_the_bounds() {
     let fresh = tempfile::tempdir().unwrap();
     let mut cfg = test_config(fresh.path(), &up.url());
     cfg.store.path = fresh.path().join("data");
-    let store = tokengate::services::DataDir::open(&cfg).unwrap().store;
+    // As `tokengate restore` opens it: no server key of its own (on PostgreSQL a stored key
+    // would make the database count as in use).
+    let store = tokengate::services::DataDir::open_store(&cfg).unwrap();
     let err = tokengate::backup::restore(store.as_ref(), &file).unwrap_err();
     assert!(err.to_string().contains("memory"), "{err}");
     assert!(store.is_empty().unwrap(), "nothing was written");

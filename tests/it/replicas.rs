@@ -140,6 +140,21 @@ fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.session(&[1; 32]).unwrap().unwrap().last_seen, 30);
     store.delete_session(&[2; 32]).unwrap();
     assert!(store.session(&[2; 32]).unwrap().is_none());
+    // Idle timers written back in a batch: forward only, and an ended session stays ended.
+    let seen_at = |user_id: &str, last_seen: u64| SessionRecord {
+        last_seen,
+        ..rec(user_id)
+    };
+    store
+        .touch_sessions(&[
+            ([1; 32], seen_at(&a.id, 25)),
+            ([2; 32], seen_at(&a.id, 40)),
+            ([3; 32], seen_at("005other", 50)),
+        ])
+        .unwrap();
+    assert_eq!(store.session(&[1; 32]).unwrap().unwrap().last_seen, 30);
+    assert!(store.session(&[2; 32]).unwrap().is_none());
+    assert_eq!(store.session(&[3; 32]).unwrap().unwrap().last_seen, 50);
     let mut seen = 0;
     store.for_each_session(&mut |_, _| seen += 1).unwrap();
     assert_eq!(seen, 2);
@@ -426,6 +441,28 @@ async fn failures_on_every_replica_count_toward_one_lockout_and_history_is_share
     b.stop().await;
 }
 
+/// Signs `username` (password [`PASSWORD`]) in to `ts`'s console: the cookie to send.
+async fn console_sign_in(ts: &TestServer, username: &str) -> String {
+    let r = ts
+        .client()
+        .post(
+            "/tokengate/console/signin",
+            "application/x-www-form-urlencoded",
+            serde_urlencoded::to_string([("username", username), ("password", PASSWORD)]).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let cookie = r.header("set-cookie").expect("a session cookie");
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// The console's My Settings page, with the session `cookie`.
+async fn console_settings(ts: &TestServer, cookie: &str) -> Reply {
+    ts.client()
+        .get("/tokengate/console/settings", &[("cookie", cookie)])
+        .await
+}
+
 async fn soap(ts: &TestServer, username: &str, secret: &str) -> Reply {
     ts.client()
         .post(
@@ -451,6 +488,8 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
     let secret = format!("{PASSWORD}{token}");
     let sid = ts.soap_login("cy@example.com", &secret).await;
     assert_eq!(data_status(&ts, &sid).await, StatusCode::OK);
+    let console = console_sign_in(&ts, "cy@example.com").await;
+    assert_eq!(console_settings(&ts, &console).await.status, StatusCode::OK);
 
     tokio::task::block_in_place(|| pg.stop());
     // A login needs the database (its limits, its history, the session it would issue): it is
@@ -477,6 +516,16 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
         async || data_status(&ts, &sid).await == StatusCode::SERVICE_UNAVAILABLE,
     )
     .await;
+    // The console says so too, and keeps its cookie: an outage signs nobody out.
+    let page = console_settings(&ts, &console).await;
+    assert_eq!(
+        page.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        page.text()
+    );
+    assert!(page.text().contains("still signed in"), "{}", page.text());
+    assert!(page.header("set-cookie").is_none());
 
     tokio::task::block_in_place(|| pg.start());
     // Back: the replica reconnects by itself; the session and new logins work again.
@@ -488,6 +537,7 @@ async fn while_the_database_is_down_logins_fail_in_time_sessions_fail_closed_and
     .await;
     let sid = ts.soap_login("cy@example.com", &secret).await;
     assert_eq!(data_status(&ts, &sid).await, StatusCode::OK);
+    assert_eq!(console_settings(&ts, &console).await.status, StatusCode::OK);
     // What the history writer could not write during the outage was kept and written since.
     ts.history_written().await;
     let rows = ts
@@ -1231,4 +1281,659 @@ async fn a_named_token_revoked_on_one_replica_ends_its_sessions_and_cache_on_ano
     assert_eq!(data_status(&b, &sid_default).await, StatusCode::OK);
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_first_used_on_another_replica_at_once_are_all_accepted() {
+    let up = Upstream::start().await;
+    let (a, b) = replicas(&up.url()).await;
+    a.add_user("ann@example.com").await;
+    let user = a
+        .app()
+        .store
+        .user_by_name("ann@example.com")
+        .unwrap()
+        .unwrap();
+    // Many more than the reads B makes at once: as after a resynchronisation, when every
+    // client's next call is a first use.
+    let sids: Vec<String> = (0..48)
+        .map(|_| a.app().sessions.create(&user).unwrap())
+        .collect();
+    // One HTTP/2 connection, opened beforehand, so the calls arrive together.
+    let client = Arc::new(b.h2_client());
+    assert_eq!(
+        client
+            .get("/services/data/v59.0/sobjects", &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let mut calls = tokio::task::JoinSet::new();
+    for sid in sids {
+        let client = client.clone();
+        calls.spawn(async move {
+            client
+                .get_with_session("/services/data/v59.0/sobjects", &sid)
+                .await
+                .status
+        });
+    }
+    let statuses: Vec<StatusCode> = calls.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "every valid session is accepted: {statuses:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Two replicas mailing through `sink`, and which of them leads (once one does).
+async fn mailing_replicas(up: &Upstream, sink: &crate::support::smtp::SmtpSink) -> Vec<TestServer> {
+    let r = replicas_with(2, &up.url(), |c| mail_to(c, sink, "Acme")).await;
+    eventually("one replica leads", Duration::from_secs(5), async || {
+        r.iter().filter(|r| r.app().store.leader()).count() == 1
+    })
+    .await;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verbatim_compliance_copy_that_failed_on_a_replica_that_does_not_lead_is_retried_there() {
+    use crate::support::smtp::Behaviour;
+    use tokengate::mail::{ComplianceBcc, TokenReason};
+    let up = Upstream::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let r = mailing_replicas(&up, &sink).await;
+    let follower = r.iter().find(|r| !r.app().store.leader()).unwrap();
+    follower.add_user("ann@example.com").await;
+    ComplianceBcc {
+        enabled: true,
+        address: Some("audit@example.org".into()),
+        redact_secrets: false,
+    }
+    .save(follower.app().store.as_ref())
+    .unwrap();
+    sink.set(Behaviour {
+        refuse_rcpt: vec!["audit@example.org".into()],
+        ..Behaviour::default()
+    });
+    let user = follower.app().tokens.find("ann@example.com").unwrap();
+    follower
+        .app()
+        .tokens
+        .rotate(&user.id, TokenReason::AdminRotation)
+        .await
+        .unwrap();
+    let token = sink.wait_for(&user.email, 1, Duration::from_secs(5)).await[0].token();
+    assert!(sink.to("audit@example.org").is_empty());
+    // The copy carries the token, so it waits in the follower's memory: the follower sends it.
+    sink.set(Behaviour::default());
+    let copies = sink
+        .wait_for("audit@example.org", 1, Duration::from_secs(5))
+        .await;
+    assert!(copies[0].carries(&token), "the verbatim copy went out");
+    for r in r {
+        r.stop().await;
+    }
+}
+
+/// Stops every replica on the database at `url` hearing the change channel (each listener's
+/// connection is ended and no new connection to the database is let in) while the connections
+/// already pooled keep working: the replicas go stale yet can still read. `false` lets
+/// connections in again.
+fn cut_change_channel(url: &str, cut: bool) {
+    let pg = crate::support::postgres::cluster();
+    let name = url
+        .rsplit('/')
+        .next()
+        .and_then(|rest| rest.split('?').next())
+        .unwrap();
+    let admin = url.replace(&format!("/{name}?"), "/postgres?");
+    let sql = if cut {
+        format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+             SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND application_name = '{}'",
+            tokengate::store::postgres::LISTENER_APPLICATION_NAME
+        )
+    } else {
+        format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    };
+    pg.psql(&admin, &sql).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_hear_the_channel_honours_a_logout_made_on_another() {
+    const CONSOLE: &str = "/tokengate/console";
+    let up = Upstream::start().await;
+    let url = tokio::task::block_in_place(|| crate::support::postgres::cluster().database());
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let mut b = backend(url.clone());
+        if let Backend::Postgres(c) = &mut b {
+            c.max_staleness = Duration::from_secs(1);
+        }
+        servers.push(TestServer::start_with(&up.url(), |cfg| cfg.store.backend = b).await);
+    }
+    let (b, a) = (servers.pop().unwrap(), servers.pop().unwrap());
+    let token = a.add_user("gil@example.com").await;
+    let sid = a
+        .soap_login("gil@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    assert_eq!(data_status(&b, &sid).await, StatusCode::OK);
+    let form = |fields: &[(&str, &str)]| serde_urlencoded::to_string(fields).unwrap();
+    let signed_in = a
+        .client()
+        .post(
+            &format!("{CONSOLE}/signin"),
+            "application/x-www-form-urlencoded",
+            form(&[("username", "gil@example.com"), ("password", PASSWORD)]),
+        )
+        .await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    let cookie = signed_in.header("set-cookie").unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let settings = async |ts: &TestServer| {
+        ts.client()
+            .get(&format!("{CONSOLE}/settings"), &[("cookie", &cookie)])
+            .await
+    };
+    let on_b = settings(&b).await;
+    assert_eq!(on_b.status, StatusCode::OK);
+    let at = on_b.text().find(r#"name="csrf" value=""#).unwrap() + 19;
+    let csrf = on_b.text()[at..].split('"').next().unwrap().to_owned();
+
+    tokio::task::block_in_place(|| cut_change_channel(&url, true));
+    eventually("B goes stale", Duration::from_secs(5), async || {
+        !b.app().store.fresh()
+    })
+    .await;
+    // Ended on A; B hears nothing of it, but, stale, asks the database on every use.
+    let r = a
+        .client()
+        .post(
+            "/services/oauth2/revoke",
+            "application/x-www-form-urlencoded",
+            format!("token={sid}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(data_status(&b, &sid).await, StatusCode::UNAUTHORIZED);
+    let c = a.client();
+    let out = c
+        .call(
+            c.request(http::Method::POST, &format!("{CONSOLE}/signout"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", &cookie),
+            form(&[("csrf", &csrf)]),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(settings(&b).await.status, StatusCode::SEE_OTHER);
+
+    tokio::task::block_in_place(|| cut_change_channel(&url, false));
+    eventually(
+        "B hears the channel again",
+        Duration::from_secs(5),
+        async || b.app().store.fresh(),
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[test]
+fn the_database_gives_up_a_silent_replica_within_seconds_so_leadership_moves_on() {
+    // A leader whose host dies holds its lock until the server ends its connection: the server
+    // applies keepalives and a user timeout of seconds to every connection of ours.
+    let store = open_pg(&postgres());
+    assert_eq!(
+        store.dead_peer_settings().unwrap(),
+        ["5", "2", "3", "10000"].map(String::from)
+    );
+    // An operator's own options in the URL win over ours.
+    let url = crate::support::postgres::cluster().database();
+    let store = open_pg(&backend(format!(
+        "{url}&options=-c%20tcp_keepalives_idle%3D7"
+    )));
+    assert_eq!(store.dead_peer_settings().unwrap()[0], "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timers_are_written_back_at_most_once_per_tenth_of_the_idle_timeout() {
+    let up = Upstream::start().await;
+    // 400 s: a session is written back once its timer has moved by more than 40 s.
+    let mut r = replicas_with(2, &up.url(), |c| {
+        c.auth.session_idle_timeout = Duration::from_secs(400)
+    })
+    .await;
+    let (b, a) = (r.pop().unwrap(), r.pop().unwrap());
+    a.add_user("hal@example.com").await;
+    let user = a
+        .app()
+        .store
+        .user_by_name("hal@example.com")
+        .unwrap()
+        .unwrap();
+    let sids: Vec<String> = (0..3)
+        .map(|_| a.app().sessions.create(&user).unwrap())
+        .collect();
+    // The sessions as last written `ago` seconds back (by A, say): B reads them so on first
+    // use, and its use moves their timers on by that much.
+    let store = b.app().store.clone();
+    let last_used = |ago: u64| {
+        let mut recs = Vec::new();
+        store
+            .for_each_session(&mut |k, r| {
+                if r.user_id == user.id {
+                    recs.push((k, r))
+                }
+            })
+            .unwrap();
+        let before = tokengate::now_secs() - ago;
+        for (key, mut rec) in recs {
+            rec.last_seen = before;
+            rec.created_at = before;
+            store.put_session(&key, &rec).unwrap();
+        }
+        before
+    };
+    let stored = || {
+        let mut seen = Vec::new();
+        store
+            .for_each_session(&mut |_, r| seen.push(r.last_seen))
+            .unwrap();
+        seen
+    };
+    let sweep = || tokio::task::block_in_place(|| b.app().sessions.sweep());
+
+    // Moved by 35 s: not yet written.
+    let before = tokio::task::block_in_place(|| last_used(35));
+    for sid in &sids {
+        assert_eq!(data_status(&b, sid).await, StatusCode::OK);
+    }
+    sweep();
+    assert_eq!(tokio::task::block_in_place(stored), vec![before; 3]);
+
+    // Three new sessions, moved by 45 s: all written back by one sweep.
+    tokio::task::block_in_place(|| {
+        for sid in &sids {
+            b.app().sessions.revoke(sid);
+        }
+    });
+    let sids: Vec<String> = (0..3)
+        .map(|_| a.app().sessions.create(&user).unwrap())
+        .collect();
+    let before = tokio::task::block_in_place(|| last_used(45));
+    for sid in &sids {
+        assert_eq!(data_status(&b, sid).await, StatusCode::OK);
+    }
+    sweep();
+    let now = tokengate::now_secs();
+    let seen = tokio::task::block_in_place(stored);
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|s| *s > before + 40 && *s <= now),
+        "{seen:?}, before {before}, now {now}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[test]
+fn a_restore_is_refused_on_a_database_a_replica_has_started_on_and_changes_nothing() {
+    let store = open_pg(&postgres());
+    assert!(store.is_empty().unwrap());
+    // What a replica's first start writes: the server key, which it then holds in memory.
+    let key = store.server_key(&mut || [7; 32]).unwrap();
+    assert!(!store.is_empty().unwrap(), "a server key is a record");
+    let dir = tempfile::tempdir().unwrap();
+    let other = Arc::new(SledStore::open(&dir.path().join("db"), 1 << 20).unwrap());
+    other.server_key(&mut || [9; 32]).unwrap();
+    other.create_user(&user(1)).unwrap();
+    let file = dir.path().join("backup.tgb");
+    tokengate::backup::backup(other.as_ref(), &file).unwrap();
+    assert!(matches!(
+        tokengate::backup::restore(&store, &file),
+        Err(tokengate::backup::BackupError::NotEmpty)
+    ));
+    assert_eq!(store.server_key(&mut || [8; 32]).unwrap(), key);
+    assert!(store.user_by_name("user1@example.com").unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_reset_on_one_replica_is_enforced_on_another_within_a_second() {
+    let up = Upstream::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let (b, a) = {
+        let mut r = mailing_replicas(&up, &sink).await;
+        (r.pop().unwrap(), r.pop().unwrap())
+    };
+    let admin_token = a.add_user_with("admin@example.com", PASSWORD, true).await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    let old = a.add_user("ivy@example.com").await;
+    let old = format!("{PASSWORD}{old}");
+    // On B: a session, and the credentials verified (and cached) for Basic.
+    let sid = b.soap_login("ivy@example.com", &old).await;
+    let basic_on_b = async |secret: &str| {
+        b.client()
+            .get(
+                "/services/data/v59.0/sobjects",
+                &[("authorization", &basic("ivy@example.com", secret))],
+            )
+            .await
+            .status
+    };
+    assert_eq!(basic_on_b(&old).await, StatusCode::OK);
+    assert_eq!(data_status(&b, &sid).await, StatusCode::OK);
+
+    let r = a
+        .client()
+        .api(
+            &admin,
+            http::Method::POST,
+            "admin/users/ivy@example.com/token/reset",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let new = sink
+        .wait_for("ivy.example.com@example.com", 1, Duration::from_secs(5))
+        .await[0]
+        .token();
+    eventually(
+        "B refuses the session the reset ended",
+        Duration::from_secs(1),
+        async || data_status(&b, &sid).await == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    eventually(
+        "B refuses the old token it had cached",
+        Duration::from_secs(1),
+        async || basic_on_b(&old).await == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(
+        basic_on_b(&format!("{PASSWORD}{new}")).await,
+        StatusCode::OK
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compliance_bcc_set_on_one_replica_is_used_by_another() {
+    let up = Upstream::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let (b, a) = {
+        let mut r = mailing_replicas(&up, &sink).await;
+        (r.pop().unwrap(), r.pop().unwrap())
+    };
+    let admin_token = a.add_user_with("admin@example.com", PASSWORD, true).await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
+    a.add_user("joe@example.com").await;
+    let set_on_a = async |enabled: bool| {
+        let r = a
+            .client()
+            .api(
+                &admin,
+                http::Method::PUT,
+                "admin/settings/compliance-bcc",
+                Some(serde_json::json!({
+                    "enabled": enabled,
+                    "address": "audit@example.org",
+                    "redact_secrets": true,
+                })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    };
+    let reset_on_b = async || {
+        let r = b
+            .client()
+            .api(
+                &admin,
+                http::Method::POST,
+                "admin/users/joe@example.com/token/reset",
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    };
+    let rcpt = "joe.example.com@example.com";
+
+    set_on_a(true).await;
+    reset_on_b().await;
+    let token = sink.wait_for(rcpt, 1, Duration::from_secs(5)).await[0].token();
+    let copies = sink
+        .wait_for("audit@example.org", 1, Duration::from_secs(5))
+        .await;
+    assert!(
+        copies[0].header("to").unwrap().contains(rcpt),
+        "the user's own message"
+    );
+    assert!(!copies[0].carries(&token), "the copy is redacted");
+
+    // Turned off on A: B's next reset mail has no copy.
+    set_on_a(false).await;
+    reset_on_b().await;
+    sink.wait_for(rcpt, 2, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.to("audit@example.org").len(), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_process_killed_outright_hands_scheduled_rotations_to_another() {
+    use crate::support::process::{self, Serve};
+    let up = Upstream::start().await;
+    let sink = crate::support::smtp::SmtpSink::start().await;
+    let url = tokio::task::block_in_place(|| crate::support::postgres::cluster().database());
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cfgs: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let path = replica_config(d.path(), &up.url(), &url);
+            let mut toml = std::fs::read_to_string(&path).unwrap();
+            toml.push_str(&format!(
+                "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\ntimeout = \"2s\"\nfrom = \"Acme <noreply@tokengate.test>\"\n[tokens]\nrotation_check_interval = \"200ms\"\n",
+                sink.addr.port()
+            ));
+            std::fs::write(&path, toml).unwrap();
+            path
+        })
+        .collect();
+    const LEADS: &str = "now runs the scheduled jobs";
+    let mut a = Serve::start(&cfgs[0], &[], &[]);
+    eventually("A leads", Duration::from_secs(5), async || {
+        a.log().contains(LEADS)
+    })
+    .await;
+    let b = Serve::start(&cfgs[1], &[], &[]);
+    tokio::task::block_in_place(|| process::add_user(&cfgs[1], "kim@example.com", PASSWORD, false));
+    let rcpt = "kim.example.com@example.com";
+    // A rotation made due in the database (by a store of the test's own, closed at once: it
+    // must not be there to take the leadership over).
+    let due = || {
+        tokio::task::block_in_place(|| {
+            let store = open_pg(&backend(url.clone()));
+            let id = store
+                .user_by_name("kim@example.com")
+                .unwrap()
+                .unwrap()
+                .id
+                .clone();
+            store
+                .update_user(&id, &mut |u| {
+                    u.rotate_every_secs = Some(86_400);
+                    u.next_rotation_at = Some(tokengate::now_secs() - 1);
+                })
+                .unwrap();
+        })
+    };
+    let rotated = || {
+        tokio::task::block_in_place(|| {
+            let store = open_pg(&backend(url.clone()));
+            let u = store.user_by_name("kim@example.com").unwrap().unwrap();
+            u.next_rotation_at
+                .is_some_and(|at| at > tokengate::now_secs())
+        })
+    };
+    let before = sink.to(rcpt).len();
+    due();
+    sink.wait_for(rcpt, before + 1, Duration::from_secs(5))
+        .await;
+    // Committed (the mail goes out before the commit: a leader killed in between leaves the
+    // rotation to be made again, by design).
+    eventually(
+        "A commits the rotation",
+        Duration::from_secs(5),
+        async || rotated(),
+    )
+    .await;
+
+    // The leader killed outright (no shutdown, no goodbye to the database): its connection
+    // closes with the process, and B takes the scheduled work over.
+    a.child.kill().unwrap();
+    a.wait(Duration::from_secs(10));
+    eventually("B leads", Duration::from_secs(5), async || {
+        b.log().contains(LEADS)
+    })
+    .await;
+    due();
+    sink.wait_for(rcpt, before + 2, Duration::from_secs(5))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(sink.to(rcpt).len(), before + 2, "one email per rotation");
+    b.stop();
+}
+
+/// One answer under load: when its request started and ended, and what it was.
+struct Answer {
+    started: std::time::Instant,
+    ended: std::time::Instant,
+    status: StatusCode,
+    issued: bool,
+    /// Refused as unavailable in the dialect's own way (SOAP's fault, REST's 503).
+    unavailable: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_under_load_gets_every_answer_in_time_issues_nothing_and_heals() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+    let pg = Arc::new(tokio::task::block_in_place(
+        crate::support::postgres::Cluster::private,
+    ));
+    let mut backend = backend(tokio::task::block_in_place(|| pg.database()));
+    let (timeout, staleness) = (Duration::from_millis(800), Duration::from_secs(2));
+    if let Backend::Postgres(c) = &mut backend {
+        c.timeout = timeout;
+        c.max_staleness = staleness;
+    }
+    let up = Upstream::start().await;
+    let ts =
+        Arc::new(TestServer::start_with(&up.url(), move |cfg| cfg.store.backend = backend).await);
+    let token = ts.add_user("lu@example.com").await;
+    let secret = format!("{PASSWORD}{token}");
+    let sid = ts.soap_login("lu@example.com", &secret).await;
+
+    // Two clients logging in and two calling with the session, all the while.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let (ts, stop, secret, sid) = (ts.clone(), stop.clone(), secret.clone(), sid.clone());
+        load.spawn(async move {
+            let mut answers = Vec::new();
+            let client = ts.client();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let r = if worker % 2 == 0 {
+                    client
+                        .post(
+                            "/services/Soap/u/59.0",
+                            "text/xml",
+                            soap_login_body("lu@example.com", &secret),
+                        )
+                        .await
+                } else {
+                    client
+                        .get_with_session("/services/data/v59.0/sobjects", &sid)
+                        .await
+                };
+                let (status, text) = (r.status, r.text());
+                answers.push(Answer {
+                    started,
+                    ended: Instant::now(),
+                    status,
+                    issued: text.contains("sessionId>"),
+                    unavailable: text.contains("SERVER_UNAVAILABLE")
+                        || status == StatusCode::SERVICE_UNAVAILABLE,
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (worker % 2 == 0, answers)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| pg.pause());
+    // From here on nothing answers (a request that started before may still have been served
+    // just before the signal landed).
+    let paused = Instant::now();
+    tokio::time::sleep(staleness + Duration::from_secs(3)).await;
+    let resumed = Instant::now();
+    tokio::task::block_in_place(|| pg.resume());
+    eventually(
+        "the session works again",
+        Duration::from_secs(15),
+        async || data_status(&ts, &sid).await == StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        soap(&ts, "lu@example.com", &secret).await.status,
+        StatusCode::OK
+    );
+    stop.store(true, Ordering::Relaxed);
+    let results = load.join_all().await;
+
+    // Every answer within the timeout and a margin for a loaded machine (a first use may wait
+    // one timeout for a read slot and another for the read).
+    let bound = timeout * 2 + Duration::from_millis(1_500);
+    let frozen = |a: &Answer| a.started >= paused && a.ended <= resumed;
+    let mut during = (0, 0);
+    for (login, answers) in &results {
+        for a in answers {
+            let took = a.ended - a.started;
+            assert!(took <= bound, "an answer took {took:?} (bound {bound:?})");
+            assert!(
+                a.status == StatusCode::OK || a.unavailable,
+                "an answer other than success or unavailable: {}",
+                a.status
+            );
+            if !frozen(a) {
+                continue;
+            }
+            if *login {
+                during.0 += 1;
+                assert!(!a.issued, "no session is issued while the database hangs");
+            } else if a.started >= paused + staleness + Duration::from_millis(600) {
+                during.1 += 1;
+                assert_eq!(
+                    a.status,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "fails closed once stale"
+                );
+            }
+        }
+    }
+    assert!(
+        during.0 > 0 && during.1 > 0,
+        "load while frozen: {during:?}"
+    );
+    // Nothing committed was lost: the user and the session are there.
+    let store = &ts.app().store;
+    assert!(store.user_by_name("lu@example.com").unwrap().is_some());
+    let ts = Arc::into_inner(ts).expect("the load is over");
+    ts.stop().await;
 }

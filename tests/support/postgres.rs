@@ -139,6 +139,34 @@ impl Cluster {
         }
     }
 
+    /// Freezes the server (SIGSTOP to the postmaster, then to every process it started): its
+    /// connections stay open and nothing answers, as with a hung or cut-off database — for
+    /// outage tests on a [`Cluster::private`]; [`Cluster::resume`] lets it go on.
+    pub fn pause(&self) {
+        let postmaster = self.postmaster();
+        let children = children_of(postmaster);
+        signal(&[postmaster], "STOP");
+        signal(&children, "STOP");
+    }
+
+    /// Lets a [`Cluster::pause`]d server go on.
+    pub fn resume(&self) {
+        let postmaster = self.postmaster();
+        signal(&children_of(postmaster), "CONT");
+        signal(&[postmaster], "CONT");
+    }
+
+    /// The postmaster's process id (the first line of `postmaster.pid`).
+    fn postmaster(&self) -> u32 {
+        let pidfile = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .expect("a running server has a postmaster.pid");
+        pidfile
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a process id on postmaster.pid's first line")
+    }
+
     /// Runs `sql` (one or more statements) with `psql -c` in the database at `url`: its output,
     /// unaligned and without headers (`"1"` for `select 1`), or psql's error.
     pub fn psql(&self, url: &str, sql: &str) -> Result<String, String> {
@@ -504,4 +532,41 @@ fn both(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The processes whose parent is `parent` (from /proc: the field after the command name in
+/// `/proc/PID/stat` is the state, then the parent's id).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+fn signal(pids: &[u32], sig: &str) {
+    if pids.is_empty() {
+        return;
+    }
+    let mut kill = Command::new("kill");
+    kill.arg(format!("-{sig}"))
+        .args(pids.iter().map(u32::to_string));
+    // A backend may have exited since it was listed: kill then fails for it alone.
+    let _ = run_bounded(kill, None, COMMAND_TIMEOUT);
 }

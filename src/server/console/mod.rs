@@ -43,7 +43,8 @@ use minijinja::context;
 
 use crate::mail::mask_email;
 use crate::server::App;
-use crate::server::{Client, ReqBody};
+use crate::server::refusal::Refusal;
+use crate::server::{Client, ReqBody, caller};
 use crate::wire::Body;
 
 use page::{Page, redirect};
@@ -60,6 +61,42 @@ pub const COOKIE: &str = "__Host-tg_console";
 pub(super) const BASE: &str = "/tokengate/console";
 pub(super) const PAGE_SIZE: usize = 20;
 pub(super) const MAX_SESSIONS: usize = 10_000;
+
+/// A console session and its user.
+type SignedIn = (Arc<session::ConsoleSession>, Arc<crate::store::User>);
+
+/// The console session behind the cookie `sid` and its user, while both allow the console
+/// (the same rule as API sessions: the user has not moved on since sign-in and is inside the
+/// login ranges); `Err` when the database cannot say.
+fn signed_in(app: &App, sid: &str, peer: Client) -> Result<Option<SignedIn>, Refusal> {
+    let Some(s) = app.console.lookup(sid).map_err(|e| Refusal::store(&e))? else {
+        return Ok(None);
+    };
+    match caller::session_user(app, &s.user_id, s.epoch, Some(peer.ip)) {
+        // An API-only user has no console, whatever session it still holds.
+        Ok(u) => Ok((!u.api_only).then_some((s, u))),
+        Err(Refusal::InvalidSession) => Ok(None),
+        Err(refusal) => Err(refusal),
+    }
+}
+
+/// The page for a request whose sign-in could not be checked (the database is unavailable):
+/// 503, the cookie kept, so an outage signs nobody out.
+fn cannot_tell(app: &App, refusal: &Refusal) -> Response<Body> {
+    let sentence = match refusal {
+        Refusal::Busy => {
+            "The database cannot be reached; you are still signed in. Try again in a moment.".into()
+        }
+        other => other.sentence(),
+    };
+    Page {
+        app,
+        me: None,
+        csrf: String::new(),
+        session: None,
+    }
+    .message(refusal.status(), "Unavailable", &sentence, BASE)
+}
 
 /// Whether `path` is the console's.
 pub fn owns(path: &str) -> bool {
@@ -162,22 +199,28 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
     // Everything else needs a console session whose user has not moved on since sign-in and
     // is used from inside the user's login ranges (the same rule as API sessions).
     let sid = cookie_value(&req);
-    let Some((session, user)) = sid.as_deref().and_then(|sid| {
-        let s = app.console.lookup(sid)?;
-        let u =
-            crate::server::caller::session_user(&app, &s.user_id, s.epoch, Some(peer.ip)).ok()?;
-        // An API-only user has no console, whatever session it still holds.
-        (!u.api_only).then_some((s, u))
-    }) else {
+    let signed_in = match sid.as_deref() {
+        Some(sid) => signed_in(&app, sid, peer),
+        None => Ok(None),
+    };
+    let signed_in = match signed_in {
+        Ok(s) => s,
+        // The database cannot say: the cookie is kept, and the page tried again later.
+        Err(refusal) => return cannot_tell(&app, &refusal),
+    };
+    let Some((session, user)) = signed_in else {
         // Half signed in (password accepted, second factor owed): only the second factor's
         // pages and sign-out, under the same rule.
-        if let Some(p) = sid
-            .as_deref()
-            .and_then(|sid| app.console.lookup_pending(sid))
-        {
-            match crate::server::caller::session_user(&app, &p.user_id, p.epoch, Some(peer.ip)) {
+        let pending = match sid.as_deref().map(|sid| app.console.lookup_pending(sid)) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => return cannot_tell(&app, &Refusal::store(&e)),
+            None => None,
+        };
+        if let Some(p) = pending {
+            match caller::session_user(&app, &p.user_id, p.epoch, Some(peer.ip)) {
                 Ok(u) => return mfa::half_signed_in(&app, req, peer, p, u, &rest).await,
-                Err(_) => app.console.end_pending(&p),
+                Err(Refusal::InvalidSession) => app.console.end_pending(&p),
+                Err(refusal) => return cannot_tell(&app, &refusal),
             }
         }
         let expired = sid.is_some();

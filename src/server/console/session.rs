@@ -31,7 +31,7 @@ use super::{COOKIE, ConsoleError, MAX_SESSIONS};
 use crate::mfa::Policy;
 use crate::secret::{Domain, Secrets, Tag, constant_time_eq};
 use crate::server::{App, ReqBody};
-use crate::store::{SessionChange, SessionRecord, Store, User};
+use crate::store::{SessionChange, SessionRecord, Store, StoreError, User};
 use crate::wire::Body;
 
 pub(super) struct ConsoleSession {
@@ -277,16 +277,21 @@ impl Console {
     }
 
     /// The half-finished sign-in behind a cookie, while it lasts (read from a shared store
-    /// when it was made on another replica).
-    pub(super) fn lookup_pending(&self, sid: &str) -> Option<Arc<PendingSignIn>> {
+    /// when it was made on another replica). Fails only when a shared store cannot answer.
+    pub(super) fn lookup_pending(
+        &self,
+        sid: &str,
+    ) -> Result<Option<Arc<PendingSignIn>>, StoreError> {
         if sid.len() > 128 {
-            return None;
+            return Ok(None);
         }
         let key = self.pending_key(sid);
         let p = match self.pending.get(&key).map(|r| r.value().clone()) {
             Some(p) => p,
             None if self.store.shared() && self.pending.len() < MAX_PENDING => {
-                let rec = self.store.session(&key).ok()??;
+                let Some(rec) = self.store.session(&key)? else {
+                    return Ok(None);
+                };
                 let p = Arc::new(PendingSignIn {
                     key,
                     user_id: rec.user_id,
@@ -298,13 +303,13 @@ impl Console {
                 self.pending.insert(key, p.clone());
                 p
             }
-            None => return None,
+            None => return Ok(None),
         };
         if !p.live(crate::now_secs()) {
             self.end_pending(&p);
-            return None;
+            return Ok(None);
         }
-        Some(p)
+        Ok(Some(p))
     }
 
     /// Ends a half-finished sign-in (completed, signed out or expired).
@@ -373,20 +378,32 @@ impl Console {
         }
     }
 
-    pub(super) fn lookup(&self, sid: &str) -> Option<Arc<ConsoleSession>> {
+    /// The console session behind a cookie, while it lasts. Fails only when a shared store
+    /// cannot answer (the caller then answers "unavailable" and keeps the cookie: an outage
+    /// signs nobody out).
+    pub(super) fn lookup(&self, sid: &str) -> Result<Option<Arc<ConsoleSession>>, StoreError> {
         if sid.len() > 128 {
-            return None;
+            return Ok(None);
         }
         let key = self.key(sid);
-        let s = match self.sessions.get(&key).map(|r| r.value().clone()) {
-            Some(s) => s,
-            None => self.fetch(sid, key)?,
+        let (s, fetched) = match self.sessions.get(&key).map(|r| r.value().clone()) {
+            Some(s) => (s, false),
+            None => match self.fetch(sid, key)? {
+                Some(s) => (s, true),
+                None => return Ok(None),
+            },
         };
         let now = crate::now_secs();
-        if !s.live(now, &self.limits) && !self.used_elsewhere(&s, now) {
+        if !s.live(now, &self.limits) && !self.used_elsewhere(&s, now)? {
             self.sessions.remove(&key);
             self.forget_in_store(&[key]);
-            return None;
+            return Ok(None);
+        }
+        // A replica that may have missed a sign-out elsewhere asks the database (the user's
+        // own record is checked by the caller, from the database too while not fresh).
+        if !fetched && !self.store.fresh() && self.store.session(&key)?.is_none() {
+            self.sessions.remove(&key);
+            return Ok(None);
         }
         s.last_seen.store(now, Ordering::Relaxed);
         // Another replica judges idleness by the stored timer: keep it within a tenth.
@@ -397,15 +414,17 @@ impl Console {
         {
             s.persisted_seen.store(now, Ordering::Relaxed);
         }
-        Some(s)
+        Ok(Some(s))
     }
 
     /// A sign-in made on another replica, read from the shared store.
-    fn fetch(&self, sid: &str, key: Tag) -> Option<Arc<ConsoleSession>> {
+    fn fetch(&self, sid: &str, key: Tag) -> Result<Option<Arc<ConsoleSession>>, StoreError> {
         if !self.store.shared() || self.sessions.len() >= MAX_SESSIONS {
-            return None;
+            return Ok(None);
         }
-        let rec = self.store.session(&key).ok()??;
+        let Some(rec) = self.store.session(&key)? else {
+            return Ok(None);
+        };
         let s = Arc::new(ConsoleSession {
             key,
             user_id: rec.user_id,
@@ -418,19 +437,19 @@ impl Console {
             flash: Mutex::default(),
         });
         self.sessions.insert(key, s.clone());
-        Some(s)
+        Ok(Some(s))
     }
 
     /// Whether another replica has seen the session used since this one last did.
-    fn used_elsewhere(&self, s: &ConsoleSession, now: u64) -> bool {
+    fn used_elsewhere(&self, s: &ConsoleSession, now: u64) -> Result<bool, StoreError> {
         if !self.store.shared() || now > s.created + self.limits.lifetime {
-            return false;
+            return Ok(false);
         }
-        let Ok(Some(rec)) = self.store.session(&s.key) else {
-            return false;
+        let Some(rec) = self.store.session(&s.key)? else {
+            return Ok(false);
         };
         s.last_seen.fetch_max(rec.last_seen, Ordering::Relaxed);
-        s.live(now, &self.limits)
+        Ok(s.live(now, &self.limits))
     }
 
     /// Ends every console session of a user (after a credential change or a disable), and

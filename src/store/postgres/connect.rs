@@ -1,13 +1,53 @@
-//! Connections: plain or TLS by rustls as `sslmode` says, the pool, and the dedicated
-//! connections (the listener's, the migration's) whose messages are polled here.
+//! Connections: plain or TLS by rustls as `sslmode` says, dead-peer detection on both ends of
+//! every connection, the pool, and the dedicated connections (the listener's, the migration's)
+//! whose messages are polled here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::AsyncMessage;
 
 use crate::config::{PgTls, PostgresConfig};
 use crate::store::StoreError;
+
+/// Dead-peer detection. Leadership is an advisory lock held by the leader's listener
+/// connection: the database releases it only when it ends that connection, which it does at
+/// once when the leader's process dies (its OS closes the socket) but, when the leader's host
+/// dies or drops off the network, only when TCP gives the peer up, after about two hours by the
+/// OS defaults. With these, a silent peer is given up after `IDLE + COUNT × INTERVAL` (11 s),
+/// or `USER_TIMEOUT` (10 s) after data it did not acknowledge (RFC 9293 §3.8.3 (user timeout),
+/// RFC 1122 §4.2.3.6 (keep-alives)).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_COUNT: u32 = 3;
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `cfg` with dead-peer detection on both ends: tokengate's sockets (keepalives and
+/// `TCP_USER_TIMEOUT`) and the server's (the same settings, sent as the connection's options;
+/// `tcp_user_timeout` needs PostgreSQL 12 or later). Options the URL already carries come after
+/// ours, so an operator's own values win.
+pub(super) fn detecting_dead_peers(mut cfg: tokio_postgres::Config) -> tokio_postgres::Config {
+    cfg.keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_COUNT)
+        .tcp_user_timeout(USER_TIMEOUT);
+    let ours = format!(
+        "-c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={} \
+         -c tcp_user_timeout={}",
+        KEEPALIVE_IDLE.as_secs(),
+        KEEPALIVE_INTERVAL.as_secs(),
+        KEEPALIVE_COUNT,
+        USER_TIMEOUT.as_millis()
+    );
+    let options = match cfg.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
+        _ => ours,
+    };
+    cfg.options(&options);
+    cfg
+}
 
 /// How connections are made: plain or rustls (verify-full, or `require` without checking the
 /// certificate, as libpq's `sslmode=require`).

@@ -10,6 +10,9 @@ use super::connect::Connector;
 use super::{BACKLOG, CHANNEL, Inner, LEADER_LOCK, TICK, unhex};
 use crate::store::{SessionChange, User, UserChange};
 
+/// The `application_name` of the listener's connection (pg_stat_activity shows it).
+pub const APPLICATION_NAME: &str = "tokengate-listener";
+
 /// The listener: hears other replicas' changes, keeps the liveness clock, holds leadership
 /// when it can, and reconnects by itself.
 pub(super) async fn listen(

@@ -23,7 +23,9 @@
 //! **Singleton work.** The listener's connection also holds a session-level advisory lock when
 //! it can: the replica holding it is the leader ([`Store::leader`]) and runs the scheduled jobs
 //! that must run once (rotation, compliance retries, history retention). The lock goes with
-//! the connection, so another replica takes over within a second or two when the leader dies.
+//! the connection, so another replica takes over within a second or two when the leader's
+//! process dies, and, since every connection detects a silent peer (`connect`), within about
+//! a quarter of a minute when its host dies or drops off the network.
 //!
 //! The trait is synchronous (sled's is); calls run on a small runtime of the store's own and
 //! the caller waits for the answer, bounded by the timeout, as it would for a disk read.
@@ -39,6 +41,7 @@ mod connect;
 mod listen;
 mod schema;
 
+pub use listen::APPLICATION_NAME as LISTENER_APPLICATION_NAME;
 pub use schema::MIGRATIONS;
 
 use std::future::Future;
@@ -169,6 +172,10 @@ impl PgStore {
     /// Connects, applies the schema, and starts listening for other replicas' changes. Fails
     /// when the database cannot be reached within the timeout.
     pub fn connect(cfg: &PostgresConfig) -> Result<Self, StoreError> {
+        let cfg = &PostgresConfig {
+            connect: connect::detecting_dead_peers(cfg.connect.clone()),
+            ..cfg.clone()
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tokengate-store")
@@ -212,18 +219,42 @@ impl PgStore {
                 .map_err(db)?;
             schema::migrate(&client).await
         })?;
-        // Listen before serving: a change committed from now on reaches this replica.
+        // Listen before serving: a change committed from now on reaches this replica. The
+        // listener's connection is named, so an operator can tell it in pg_stat_activity.
+        let mut listen_cfg = cfg.connect.clone();
+        listen_cfg.application_name(listen::APPLICATION_NAME);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         inner.handle.spawn(listen::listen(
             inner.clone(),
             connector,
-            cfg.connect.clone(),
+            listen_cfg,
             ready_tx,
         ));
         ready_rx
             .recv_timeout(cfg.timeout * 2)
             .map_err(|_| unavailable("could not listen for changes in time"))?;
         Ok(store)
+    }
+
+    /// How the database judges this replica's connections dead when it goes silent (its host
+    /// gone or cut off), as the server applies it: `tcp_keepalives_idle`,
+    /// `tcp_keepalives_interval`, `tcp_keepalives_count` and `tcp_user_timeout`, in that order
+    /// (seconds, seconds, probes, milliseconds; 0: the OS default).
+    /// It bounds how long a vanished leader keeps leadership.
+    pub fn dead_peer_settings(&self) -> Result<[String; 4], StoreError> {
+        self.query(|c| async move {
+            let row = c
+                .query_one(
+                    "SELECT current_setting('tcp_keepalives_idle'),
+                            current_setting('tcp_keepalives_interval'),
+                            current_setting('tcp_keepalives_count'),
+                            current_setting('tcp_user_timeout')",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            Ok([0, 1, 2, 3].map(|i| row.get::<_, String>(i)))
+        })
     }
 
     /// The schema version the database is at.
@@ -684,6 +715,29 @@ impl Store for PgStore {
         })
     }
 
+    fn touch_sessions(&self, touched: &[(Tag, SessionRecord)]) -> Result<(), StoreError> {
+        // One statement per page of sessions; an UPDATE, never an insert, so a session
+        // deleted meanwhile stays deleted.
+        for page in touched.chunks(PAGE as usize) {
+            let keys: Vec<Vec<u8>> = page.iter().map(|(k, _)| k.to_vec()).collect();
+            let seen: Vec<i64> = page.iter().map(|(_, r)| to_i64(r.last_seen)).collect();
+            let data: Vec<Vec<u8>> = page.iter().map(|(_, r)| encode(r)).collect();
+            self.query(move |c| async move {
+                c.execute(
+                    "UPDATE tg_sessions s SET data = u.data
+                     FROM unnest($1::bytea[], $2::bigint[], $3::bytea[]) AS u(key, seen, data)
+                     WHERE s.key = u.key
+                       AND (convert_from(s.data, 'UTF8')::jsonb->>'last_seen')::bigint < u.seen",
+                    &[&keys, &seen, &data],
+                )
+                .await
+                .map_err(db)?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError> {
         let key = key.to_vec();
         let bytes = self.query(move |c| async move {
@@ -1080,7 +1134,8 @@ impl Store for PgStore {
                         AND NOT EXISTS (SELECT 1 FROM tg_settings)
                         AND NOT EXISTS (SELECT 1 FROM tg_history)
                         AND NOT EXISTS (SELECT 1 FROM tg_audit)
-                        AND NOT EXISTS (SELECT 1 FROM tg_outbox)",
+                        AND NOT EXISTS (SELECT 1 FROM tg_outbox)
+                        AND NOT EXISTS (SELECT 1 FROM tg_meta)",
                     &[],
                 )
                 .await
