@@ -671,35 +671,6 @@ async fn a_refusal_sent_before_the_body_leaves_a_usable_connection_or_says_close
         "POST /services/data/v59.0/sobjects/Account HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer 00D000000000001!expired\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let read_answer = async |s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 8192];
-        loop {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-                .await
-                .expect("an answer")
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&out);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len: usize = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if out.len() >= end + 4 + len {
-                    break;
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
     s.write_all(request.as_bytes()).await.unwrap();
     let first = read_answer(&mut s).await;
     assert_eq!(status_of(&first), 401, "{first}");
@@ -725,4 +696,147 @@ async fn a_refusal_sent_before_the_body_leaves_a_usable_connection_or_says_close
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Reads one HTTP/1.1 answer (head and a `Content-Length` body), or up to EOF.
+async fn read_answer(s: &mut Tls) -> String {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends `head` and a 40 KiB body in two halves (the second after the server has had time to
+/// answer from the head alone), then a health check on the same connection, and reads to the
+/// end. Returns the first answer, after checking that it either said the connection closes or
+/// the connection served the health check.
+async fn refused_with_a_body_then_reused(ts: &TestServer, head: &str) -> String {
+    let body = vec![b'x'; 40 * 1024];
+    let head = head.replace("{len}", &body.len().to_string());
+    let mut s = raw_tls(&ts.ca, ts.addr).await;
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..1024]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server may have closed by now (the bug): a write error is its answer too.
+    let _ = s.write_all(&body[1024..]).await;
+    let _ = s
+        .write_all(
+            b"GET /tokengate/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    answered_then_reused(&mut s).await
+}
+
+/// Reads a connection to its end; the first answer, after checking that it said
+/// `Connection: close` or was followed by the health check's 200.
+async fn answered_then_reused(s: &mut Tls) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let all = String::from_utf8_lossy(&out).into_owned();
+    let second = all[1..].find("HTTP/1.1 ").map(|at| at + 1);
+    let first = all[..second.unwrap_or(all.len())].to_owned();
+    if !first.to_ascii_lowercase().contains("connection: close") {
+        assert!(
+            second.is_some_and(|at| all[at..].starts_with("HTTP/1.1 200")),
+            "an answer without `Connection: close` on a connection that served nothing more: {all:?}"
+        );
+    }
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_refusals_of_a_posted_body_leave_a_usable_connection_or_say_close() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.tokens.reset_per_ip_per_hour = std::num::NonZeroU32::new(1).unwrap();
+    })
+    .await;
+    // Refused at the target, before any handler: dot segments, another host, CONNECT.
+    for (head, want) in [
+        (
+            "POST /services/data/../../internal HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /services/data/v59.0/sobjects/Account HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+            421,
+        ),
+        (
+            "CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len}\r\n\r\n",
+            405,
+        ),
+        // Refused by a handler before the body: cross-site, a SOAP body past the login bound
+        // without a session, the self-service reset's per-address limit.
+        (
+            "POST /tokengate/v1/token/reset HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\nAuthorization: Basic Zm9vOmJhcg==\r\nContent-Length: {len}\r\n\r\n",
+            403,
+        ),
+    ] {
+        let first = refused_with_a_body_then_reused(&ts, head).await;
+        assert_eq!(status_of(&first), want, "{head:?}: {first}");
+    }
+    let envelope = "POST /services/Soap/u/59.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nContent-Length: {len}\r\n\r\n";
+    let mut s = raw_tls(&ts.ca, ts.addr).await;
+    let body = format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header>{}"#,
+        "<x/>".repeat(25_000)
+    );
+    s.write_all(
+        envelope
+            .replace("{len}", &body.len().to_string())
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let _ = s.write_all(body.as_bytes()).await;
+    let _ = s
+        .write_all(
+            b"GET /tokengate/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    let first = answered_then_reused(&mut s).await;
+    assert_eq!(status_of(&first), 413, "{first}");
+    // The reset's per-address limit (one an hour here): the first spends it.
+    let r = ts
+        .client()
+        .call(
+            ts.client()
+                .request(Method::POST, "/tokengate/v1/token/reset")
+                .header("authorization", basic("ghost@example.com", PASSWORD)),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let first = refused_with_a_body_then_reused(
+        &ts,
+        "POST /tokengate/v1/token/reset HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic Zm9vOmJhcg==\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&first), 429, "{first}");
+    assert!(up.requests().is_empty(), "nothing was forwarded");
 }
