@@ -840,3 +840,34 @@ async fn early_refusals_of_a_posted_body_leave_a_usable_connection_or_say_close(
     assert_eq!(status_of(&first), 429, "{first}");
     assert!(up.requests().is_empty(), "nothing was forwarded");
 }
+
+#[tokio::test]
+async fn a_request_id_spelled_with_underscores_never_reaches_the_upstream() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user("traced@example.com").await;
+    let auth = basic("traced@example.com", &format!("{PASSWORD}{token}"));
+    let request = format!(
+        "GET /services/data/v59.0/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nX_Request_Id: forged-1\r\nx_request-id: forged-2\r\nX-Request-Id: forged-3\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw(&ts, request.as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let ours = answer
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-request-id:")
+                .map(|v| v.trim().to_owned())
+        })
+        .expect("tokengate names the request");
+    let seen = up.last();
+    let ids: Vec<(String, String)> = seen
+        .headers
+        .iter()
+        .filter(|(n, _)| n.as_str().replace('_', "-") == "x-request-id")
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    // tokengate's own id alone, in its own spelling: the upstream's HTTP_X_REQUEST_ID is ours.
+    assert_eq!(ids, [("x-request-id".to_owned(), ours.clone())], "{ids:?}");
+    assert!(!ours.starts_with("forged"), "{ours}");
+}
