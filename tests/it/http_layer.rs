@@ -871,3 +871,32 @@ async fn a_request_id_spelled_with_underscores_never_reaches_the_upstream() {
     assert_eq!(ids, [("x-request-id".to_owned(), ours.clone())], "{ids:?}");
     assert!(!ours.starts_with("forged"), "{ours}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_batch_that_redeclares_its_namespace_on_every_field_is_forwarded() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user("dotnet@example.com").await;
+    let sid = ts
+        .soap_login("dotnet@example.com", &format!("{PASSWORD}{token}"))
+        .await;
+    // As .NET's XmlSerializer writes partner sObjects: every field declares its namespace.
+    let ns = r#"xmlns="urn:sobject.partner.soap.sforce.com""#;
+    let records = (0..500)
+        .map(|i| {
+            format!(
+                r#"<p:sObjects><type {ns}>Account</type><Name {ns}>Acme {i}</Name><Phone {ns}>555-{i:04}</Phone></p:sObjects>"#
+            )
+        })
+        .collect::<String>();
+    let body = soap_with_session(&sid, &format!("<p:create>{records}</p:create>"));
+    let r = ts
+        .client()
+        .post("/services/Soap/u/59.0", "text/xml", body)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = up.last();
+    let forwarded = String::from_utf8_lossy(&seen.body);
+    assert_eq!(forwarded.matches(ns).count(), 1500);
+    assert!(forwarded.contains("Acme 499"));
+}
