@@ -970,3 +970,44 @@ async fn large_gzipped_bodies_and_namespace_floods_never_hold_the_async_workers(
         "health took {slowest:?} during the attack: {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_goes_quiet_after_a_request_is_closed_at_its_idle_timeout() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        // Well apart: hyper's header timeout also ends a quiet HTTP/1.1 connection.
+        c.server.header_read_timeout = Duration::from_secs(8);
+        c.server.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // HTTP/1.1: one request, then nothing.
+    let mut s = raw_tls(&ts.ca, ts.addr).await;
+    s.write_all(b"GET /tokengate/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_answer(&mut s).await), 200);
+    let quiet = Instant::now();
+    let mut buf = [0u8; 256];
+    let eof = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await;
+    assert!(
+        matches!(eof, Ok(Ok(0) | Err(_))),
+        "HTTP/1.1 still open after {:?}: {eof:?}",
+        quiet.elapsed()
+    );
+    // HTTP/2: one request, then a GOAWAY ends the connection.
+    let tls = raw_tls_alpn(&ts.ca, ts.addr, &[b"h2"]).await;
+    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("https://127.0.0.1/tokengate/health")
+        .body(())
+        .unwrap();
+    assert_eq!(h2_call(&mut send, req).await.0, 200);
+    let quiet = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(4), conn).await;
+    assert!(
+        ended.is_ok(),
+        "HTTP/2 still open after {:?}",
+        quiet.elapsed()
+    );
+    drop(send);
+}
