@@ -55,7 +55,8 @@ pub struct Client {
 }
 
 /// Open connections per client address (IPv6 by /64), bounded by
-/// `[server] max_connections_per_ip`.
+/// `[server] max_connections_per_ip`. Trusted proxies (`[server] trusted_proxies`) are not
+/// counted here.
 struct PerAddress {
     open: DashMap<IpAddr, usize>,
     max: usize,
@@ -179,9 +180,16 @@ pub async fn accept_loop(
             tracing::warn!(%peer, "connection limit reached; closing new connection");
             continue;
         };
-        let Some(slot) = per_address.take(peer.ip()) else {
-            tracing::warn!(%peer, "per-address connection limit reached; closing new connection");
-            continue;
+        // A trusted proxy carries many clients on its connections: only `max_connections`
+        // bounds it (the clients behind it are told apart per request, by `client_ip`).
+        let slot = if is_trusted(&app.cfg.server.trusted_proxies, peer.ip()) {
+            None
+        } else {
+            let Some(slot) = per_address.take(peer.ip()) else {
+                tracing::warn!(%peer, "per-address connection limit reached; closing new connection");
+                continue;
+            };
+            Some(slot)
         };
         let _ = tcp.set_nodelay(true);
         let (app, builders, stop) = (app.clone(), builders.clone(), stop.clone());

@@ -1011,3 +1011,24 @@ async fn a_connection_that_goes_quiet_after_a_request_is_closed_at_its_idle_time
     );
     drop(send);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_is_not_held_to_the_per_address_cap() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.server.max_connections_per_ip = 2;
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    // Five connections from the proxy's one address, all open at once, all served.
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        open.push(raw_tls(&ts.ca, ts.addr).await);
+    }
+    for s in &mut open {
+        s.write_all(b"GET /tokengate/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 198.51.100.9\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(status_of(&read_answer(s).await), 200);
+    }
+}
