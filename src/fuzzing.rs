@@ -107,53 +107,99 @@ pub fn client_address(data: &[u8]) {
     assert_eq!(got, expected, "{headers:?} from {peer}");
 }
 
-/// Header sanitising before forwarding. The input is a list of `name:value` lines; the
-/// protected names are added in spellings the input picks. After the hop-by-hop and
-/// credential stripping that forwarding applies, no protected name is left in any spelling.
+/// Header sanitising before forwarding, as `proxy::forward` runs it (`sanitise::outbound`).
+/// The input is a list of `name:value` lines; each line also plants one of the names a client
+/// must never pass (an oracle of its own, not `is_protected`), spelled with the line's `_`/`-`
+/// pattern, and the request carries tokengate's own `X-Request-Id`. Afterwards no planted name
+/// is left in any spelling, and the headers tokengate sets appear once each, in their own
+/// spelling, with tokengate's values.
 pub fn sanitise_headers(data: &[u8]) {
-    const PROTECTED: [&str; 9] = [
+    /// Every name a client must not pass, exactly, and the prefixes (SECURITY.md, README).
+    const PROTECTED: [&str; 15] = [
         "authorization",
+        "proxy-authorization",
         "x-sfdc-session",
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-request-id",
         "x-tokengate-user",
         "x-tokengate-user-id",
         "x-forwarded-for",
-        "x-forwarded-host",
-        "forwarded",
-        "x-real-ip",
-        "x-original-url",
+    ];
+    const PREFIXES: [&str; 2] = ["x-tokengate-", "x-forwarded-"];
+    /// What `outbound` sets, and to what.
+    const SET: [(&str, &str); 7] = [
+        ("x-request-id", "tokengate-request-id"),
+        ("x-tokengate-user", "fuzz@example.com"),
+        ("x-tokengate-user-id", "005000000000001AAA"),
+        ("x-forwarded-for", "192.0.2.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "proxy.example.com"),
+        ("host", "proxy.example.com"),
     ];
     let mut headers = HeaderMap::new();
+    headers.insert(
+        crate::server::access::X_REQUEST_ID,
+        HeaderValue::from_static("tokengate-request-id"),
+    );
     for (i, line) in data.split(|&b| b == b'\n').enumerate() {
         let (name, value) = match line.iter().position(|&b| b == b':') {
             Some(at) => (&line[..at], &line[at + 1..]),
             None => (line, &b""[..]),
         };
-        // Each line also plants a protected name, spelled with the line's `_`/`-` pattern.
         let planted: String = PROTECTED[i % PROTECTED.len()]
             .chars()
             .zip(name.iter().cycle())
             .map(|(c, &b)| if c == '-' && b % 2 == 1 { '_' } else { c })
             .collect();
         let value = HeaderValue::from_bytes(value).unwrap_or(HeaderValue::from_static("x"));
-        if let Ok(n) = HeaderName::from_bytes(planted.as_bytes()) {
+        // tokengate's own request id is never the client's: plant the dash spelling only with
+        // an underscore somewhere (the client's `X-Request-Id` was replaced before forwarding).
+        if planted != "x-request-id"
+            && let Ok(n) = HeaderName::from_bytes(planted.as_bytes())
+        {
             headers.append(n, value.clone());
         }
-        if let Ok(n) = HeaderName::from_bytes(name) {
+        if let Ok(n) = HeaderName::from_bytes(name)
+            && n != crate::server::access::X_REQUEST_ID
+        {
             headers.append(n, value);
         }
     }
-    crate::proxy::sanitise::strip_hop_by_hop(&mut headers);
-    crate::proxy::sanitise::strip_client_credentials(&mut headers);
+    let upstream: http::uri::Authority = "upstream.internal".parse().unwrap();
+    crate::proxy::sanitise::outbound(
+        &mut headers,
+        crate::proxy::sanitise::Outbound {
+            from_http2: false,
+            who: Some(crate::proxy::sanitise::Principal {
+                username: "fuzz@example.com",
+                user_id: "005000000000001AAA",
+            }),
+            peer: "192.0.2.7".parse().unwrap(),
+            host: Some(HeaderValue::from_static("proxy.example.com")),
+            upstream: &upstream,
+        },
+    );
     for name in headers.keys() {
         let folded = name.as_str().replace('_', "-");
+        let set = SET.iter().any(|(n, _)| *n == name.as_str());
         assert!(
-            !PROTECTED.contains(&folded.as_str())
-                && !folded.starts_with("x-tokengate-")
-                && !folded.starts_with("x-forwarded-"),
+            set || !(PROTECTED.contains(&folded.as_str())
+                || PREFIXES.iter().any(|p| folded.starts_with(p))),
             "{name} survived"
         );
-        assert!(!crate::proxy::sanitise::is_protected(name.as_str()));
     }
+    for (name, value) in SET {
+        let all: Vec<_> = headers.get_all(name).iter().collect();
+        assert_eq!(all, [value], "{name}: {all:?}");
+    }
+    assert!(!headers.contains_key(http::header::CONNECTION));
 }
 
 /// Request targets: the path and `Host` of a request (the input, split at its first

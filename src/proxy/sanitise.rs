@@ -87,7 +87,7 @@ fn remove_listed(headers: &mut HeaderMap, line: &HeaderValue) {
 /// not be able to pass either spelling. (Other names with underscores pass: some APIs use
 /// them, unlike nginx's default of dropping them all.)
 pub fn is_protected(name: &str) -> bool {
-    const EXACT: [&str; 11] = [
+    const EXACT: [&str; 12] = [
         "authorization",
         "proxy-authorization",
         "x-sfdc-session",
@@ -99,6 +99,9 @@ pub fn is_protected(name: &str) -> bool {
         "x-cluster-client-ip",
         "x-original-url",
         "x-rewrite-url",
+        // tokengate's own (`server::access`), which `outbound` keeps: a client's `X_Request_Id`
+        // beside it would reach a CGI upstream as the same `HTTP_X_REQUEST_ID`.
+        "x-request-id",
     ];
     const PREFIXES: [&str; 2] = ["x-tokengate-", "x-forwarded-"];
     let n = name.as_bytes();
@@ -405,6 +408,8 @@ mod tests {
             "x_rewrite_url",
             "proxy_authorization",
             "x_sfdc_session",
+            "x_request_id",
+            "X_Request-Id",
         ] {
             h.insert(
                 HeaderName::from_bytes(n.as_bytes()).unwrap(),

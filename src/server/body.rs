@@ -108,6 +108,16 @@ impl Held {
     }
 }
 
+impl Held {
+    /// This claim, moved out (for a blocking task to grow it); an empty claim stays behind.
+    fn detach(&mut self) -> Held {
+        Held {
+            budget: self.budget.clone(),
+            bytes: std::mem::take(&mut self.bytes),
+        }
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
@@ -277,34 +287,38 @@ impl Reader {
         }
     }
 
-    /// Decodes stashed gzip input until it is used up or the output reaches `limit`, giving
-    /// the async worker back every `YIELD_EVERY` bytes of output.
+    /// Decodes stashed gzip input until it is used up or the output reaches `limit`. Input
+    /// that may inflate to more than `INLINE_OUTPUT` bytes is decoded on the blocking pool
+    /// (`spawn_blocking`), not on an async worker: a few kilobytes of deflate can expand a
+    /// thousandfold, and inflating megabytes would hold the worker, and every connection it
+    /// serves, for as long.
     async fn decode_stash(&mut self, limit: usize) -> Result<(), BodyError> {
-        const YIELD_EVERY: usize = 256 * 1024;
-        loop {
-            let Decoding::Gzip(d) = &mut self.decoding else {
-                return Ok(());
-            };
-            let before = d.get_ref().len();
-            while !self.stash.is_empty()
-                && d.get_ref().len() < limit
-                && d.get_ref().len() - before < YIELD_EVERY
-            {
-                let room = limit - d.get_ref().len();
-                let piece = (room / MAX_EXPANSION).clamp(1, 4096).min(self.stash.len());
-                let input = self.stash.split_to(piece);
-                d.write_all(&input).map_err(|_| BodyError::BadGzip)?;
-            }
-            let (grown, more) = (
-                d.get_ref().len() - before,
-                !self.stash.is_empty() && d.get_ref().len() < limit,
-            );
-            self.held.grow(grown)?;
-            if !more {
-                return Ok(());
-            }
-            tokio::task::yield_now().await;
+        const INLINE_OUTPUT: usize = 256 * 1024;
+        let Decoding::Gzip(d) = &mut self.decoding else {
+            return Ok(());
+        };
+        let room = limit.saturating_sub(d.get_ref().len());
+        if self.stash.len().saturating_mul(MAX_EXPANSION).min(room) <= INLINE_OUTPUT {
+            return inflate(d, &mut self.stash, &mut self.held, limit);
         }
+        // The decoder, its input and the budget claim go to the blocking task and come back;
+        // if this request is dropped meanwhile, the task ends at `limit` and drops them.
+        let Decoding::Gzip(mut d) = std::mem::replace(&mut self.decoding, Decoding::Identity)
+        else {
+            return Ok(());
+        };
+        let mut stash = std::mem::take(&mut self.stash);
+        let mut held = self.held.detach();
+        let (d, stash, held, result) = tokio::task::spawn_blocking(move || {
+            let result = inflate(&mut d, &mut stash, &mut held, limit);
+            (d, stash, held, result)
+        })
+        .await
+        .map_err(|_| BodyError::Io)?;
+        self.decoding = Decoding::Gzip(d);
+        self.stash = stash;
+        self.held = held;
+        result
     }
 
     /// Reads until the body ends or `limit` bytes are reached, as sent or decoded.
@@ -356,6 +370,25 @@ impl Reader {
         };
         (bytes, self.held)
     }
+}
+
+/// Feeds stashed gzip input to the decoder until it is used up or the output reaches `limit`,
+/// every byte of output counted in the budget as it appears.
+fn inflate(
+    d: &mut flate2::write::GzDecoder<Vec<u8>>,
+    stash: &mut Bytes,
+    held: &mut Held,
+    limit: usize,
+) -> Result<(), BodyError> {
+    while !stash.is_empty() && d.get_ref().len() < limit {
+        let before = d.get_ref().len();
+        let room = limit - before;
+        let piece = (room / MAX_EXPANSION).clamp(1, 4096).min(stash.len());
+        let input = stash.split_to(piece);
+        d.write_all(&input).map_err(|_| BodyError::BadGzip)?;
+        held.grow(d.get_ref().len() - before)?;
+    }
+    Ok(())
 }
 
 /// Reads a whole body of at most `limit` bytes (as sent and decoded) within `timeout`.

@@ -9,7 +9,8 @@
 //! - a connection with no request in flight and none started for `idle_timeout` (checked every
 //!   `idle_timeout`, so closed within twice that) is closed gracefully (HTTP/2 with a GOAWAY),
 //!   and dropped if it has not closed within `header_read_timeout`; HTTP/2 keep-alive pings
-//!   find dead peers sooner;
+//!   find dead peers sooner. On HTTP/1.1, hyper's header read timeout also runs between
+//!   requests, so a keep-alive connection ends at the sooner of the two;
 //! - when the server stops, connections are asked to close and dropped after
 //!   `drain_timeout`.
 
@@ -101,7 +102,8 @@ pub struct Client {
 }
 
 /// Open connections per client address (IPv6 by /64), bounded by
-/// `[server] max_connections_per_ip`.
+/// `[server] max_connections_per_ip`. Trusted proxies (`[server] trusted_proxies`) are not
+/// counted here.
 struct PerAddress {
     open: DashMap<IpAddr, usize>,
     max: usize,
@@ -225,9 +227,16 @@ pub async fn accept_loop(
             tracing::warn!(%peer, "connection limit reached; closing new connection");
             continue;
         };
-        let Some(slot) = per_address.take(peer.ip()) else {
-            tracing::warn!(%peer, "per-address connection limit reached; closing new connection");
-            continue;
+        // A trusted proxy carries many clients on its connections: only `max_connections`
+        // bounds it (the clients behind it are told apart per request, by `client_ip`).
+        let slot = if is_trusted(&app.cfg.server.trusted_proxies, peer.ip()) {
+            None
+        } else {
+            let Some(slot) = per_address.take(peer.ip()) else {
+                tracing::warn!(%peer, "per-address connection limit reached; closing new connection");
+                continue;
+            };
+            Some(slot)
         };
         let _ = tcp.set_nodelay(true);
         let (app, builders, stop) = (app.clone(), builders.clone(), stop.clone());
@@ -324,8 +333,10 @@ async fn serve(
     let mut connection = std::pin::pin!(connection);
 
     // The first request must start by the header timeout; after that, a quiet spell of
-    // `idle_timeout` ends the connection.
-    let alarm = tokio::time::sleep(s.header_read_timeout);
+    // `idle_timeout` ends the connection. The alarm first rings at the sooner of the two, so a
+    // short `idle_timeout` is kept from the first request on.
+    let opened = tokio::time::Instant::now();
+    let alarm = tokio::time::sleep(s.header_read_timeout.min(s.idle_timeout));
     let mut alarm = std::pin::pin!(alarm);
     let mut seen = 0u64;
     let mut closing = false;
@@ -347,6 +358,11 @@ async fn serve(
                 }
                 let started = activity.started.load(Ordering::Relaxed);
                 if started == 0 {
+                    let deadline = opened + s.header_read_timeout;
+                    if tokio::time::Instant::now() < deadline {
+                        alarm.as_mut().reset(deadline);
+                        continue;
+                    }
                     // Nothing asked yet: nothing to finish gracefully.
                     tracing::debug!(%peer, "no request within the header timeout; connection dropped");
                     return;

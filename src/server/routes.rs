@@ -61,7 +61,17 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
             }
             host
         }
-        Err(e) => return with_hsts(refuse_target(e, req.uri().path()), hsts),
+        Err(e) => {
+            // Refused before any handler: the body (a POST's, say) is left whole, and goes the
+            // way of every unread body, drained or announced with `Connection: close`.
+            let resp = refuse_target(e, req.uri().path());
+            drop(req);
+            let resp = match leftover {
+                Some(slot) => Box::pin(after_body(resp, slot)).await,
+                None => resp,
+            };
+            return with_hsts(resp, hsts);
+        }
     };
     // Every branch but the forwarded call is boxed: hyper moves this future once per request,
     // and unboxed it would be as large as the largest branch (SOAP, the console), not the

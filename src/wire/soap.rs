@@ -21,12 +21,16 @@ const NS_METADATA: &[u8] = b"http://soap.sforce.com/2006/04/metadata";
 const MAX_DEPTH: usize = 32;
 const MAX_FIELD_BYTES: usize = 32 * 1024;
 /// Attributes one element may carry, namespace declarations one element may make, and
-/// declarations in a whole envelope. Each element's name is resolved against the declarations
-/// in scope, so without these bounds a few kilobytes of duplicate `xmlns:a` declarations make
-/// parsing quadratic (seconds of CPU for a small gzipped body). Real envelopes declare a few.
+/// declarations in scope at once (those of an element and its ancestors). Each element's name
+/// is resolved against the declarations in scope, so without these bounds a few kilobytes of
+/// duplicate `xmlns:a` declarations make parsing quadratic (seconds of CPU for a small gzipped
+/// body); with them, resolving a name costs at most `MAX_NS_IN_SCOPE` comparisons. A
+/// declaration leaves scope with its element, so a batch whose every field re-declares its
+/// namespace (.NET's XmlSerializer, Apex-generated clients: `<Name xmlns="urn:sobject…">`)
+/// is not limited by its length.
 const MAX_ATTRIBUTES: usize = 32;
 const MAX_NS_PER_ELEMENT: usize = 16;
-const MAX_NS_TOTAL: usize = 128;
+const MAX_NS_IN_SCOPE: usize = 128;
 
 /// Which WSDL the path selects: `/Soap/u/` partner, `/Soap/c/` enterprise, `/Soap/m/`
 /// metadata (docs/salesforce-protocol.md §1.1).
@@ -232,7 +236,10 @@ fn parse_from(body: &[u8], head_only: bool) -> Result<Option<Envelope>, SoapErro
     let (mut username, mut password): (Option<String>, Option<String>) = (None, None);
     let mut capture: Option<String> = None;
     let mut header_start = 0usize;
-    let mut declarations = 0usize;
+    // Declarations in scope: their number, and how many each open element made (beside
+    // `stack`, popped with it).
+    let mut in_scope = 0usize;
+    let mut declared: Vec<usize> = Vec::with_capacity(8);
 
     loop {
         let before = reader.buffer_position() as usize;
@@ -247,8 +254,8 @@ fn parse_from(body: &[u8], head_only: bool) -> Result<Option<Envelope>, SoapErro
                 let empty = matches!(event, Event::Empty(_));
                 // The bounds first: resolving the name costs as much as the declarations in
                 // scope.
-                declarations += count_attributes(e)?;
-                if declarations > MAX_NS_TOTAL {
+                let declarations = count_attributes(e)?;
+                if in_scope + declarations > MAX_NS_IN_SCOPE {
                     return Err(SoapError::TooComplex);
                 }
                 let (ns, local) = reader.resolve_element(e.name());
@@ -381,8 +388,12 @@ fn parse_from(body: &[u8], head_only: bool) -> Result<Option<Envelope>, SoapErro
                     capture = Some(String::new());
                 }
                 stack.push(tag);
+                // An empty element's declarations end with it; a start tag's with its end.
+                declared.push(declarations);
+                in_scope += declarations;
             }
             Event::End(_) => {
+                in_scope -= declared.pop().unwrap_or(0);
                 let tag = stack.pop();
                 match tag {
                     Some(Tag::SessionHeader) => {

@@ -299,6 +299,9 @@ async fn a_forged_forwarding_chain_behind_a_trusted_proxy_does_not_pick_the_clie
 async fn a_session_created_by_a_login_that_raced_a_disable_is_dead() {
     let r = rig(|c| {
         c.auth.hashing_concurrency = std::num::NonZeroUsize::new(1).unwrap();
+        // However slow the 30 decoys ahead of it, the victim's login waits its turn rather
+        // than coming back Busy: the race is always run.
+        c.auth.hashing_queue_timeout = Duration::from_secs(120);
         c.auth.credential_cache_size = 0;
         c.lockout.max_failures = 0;
         c.limits.argon2_per_second = nz(1_000_000);
@@ -335,18 +338,18 @@ async fn a_session_created_by_a_login_that_raced_a_disable_is_dead() {
     for d in decoys {
         d.await.unwrap();
     }
-    if login.status == StatusCode::OK {
-        let sid = extract(&login.text(), "sessionId").unwrap();
-        let call =
-            r.ts.client()
-                .get_with_session("/services/data/v59.0/", &sid)
-                .await;
-        assert_eq!(
-            call.status,
-            StatusCode::UNAUTHORIZED,
-            "a session of a disabled user"
-        );
-    }
+    // The login read the user before the disable and was let through: its session must not be.
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+    let sid = extract(&login.text(), "sessionId").unwrap();
+    let call =
+        r.ts.client()
+            .get_with_session("/services/data/v59.0/", &sid)
+            .await;
+    assert_eq!(
+        call.status,
+        StatusCode::UNAUTHORIZED,
+        "a session of a disabled user"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1008,4 +1011,84 @@ async fn readiness_names_the_failing_check_without_internal_details() {
     for leak in ["refused", "os error", "connection", "127.0.0.1"] {
         assert!(!text.contains(leak), "{leak}: {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_self_service_reset_the_mail_server_refuses_is_answered_like_any_other_logged_and_counted()
+ {
+    use crate::support::process::{self, Serve};
+    use crate::support::smtp::Behaviour;
+    let up = Upstream::start().await;
+    let sink = SmtpSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = dir.path().join("tokengate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[store]\npath = \"data\"\n{}\
+             [mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\n\
+             timeout = \"5s\"\nfrom = \"tokengate <noreply@tokengate.test>\"\n\
+             [metrics]\nlisten = \"{metrics}\"\n",
+            up.url(),
+            store_backend_toml(),
+            sink.addr.port()
+        ),
+    )
+    .unwrap();
+    let old = process::add_user(&cfg, "unlucky@example.com", PASSWORD, false);
+    let server = Serve::start(&cfg, &[], &[]);
+    let c = HttpsClient::new(&dir.path().join("data/tls/cert.pem"), server.addr, false);
+    let reset = async |auth: String| {
+        let b = c
+            .request(Method::POST, "/tokengate/v1/token/reset")
+            .header("authorization", auth);
+        c.call(b, "").await
+    };
+    let failed = async || {
+        metric(
+            &http_get(metrics, "/metrics").await,
+            "tokengate_emails_failed_total{kind=\"user\"}",
+        )
+    };
+    assert_eq!(failed().await, 0);
+    // The mail server now refuses every message.
+    sink.set(Behaviour {
+        refuse_data: true,
+        ..Default::default()
+    });
+    let guessed = reset(basic("unlucky@example.com", "Wrong-Passw0rd")).await;
+    let verified = reset(basic("unlucky@example.com", PASSWORD)).await;
+    assert_eq!(verified.status, StatusCode::ACCEPTED, "{}", verified.text());
+    assert_eq!(guessed.status, verified.status);
+    assert_eq!(
+        guessed.body, verified.body,
+        "the same bytes whatever happened"
+    );
+    eventually(
+        "the delivery failure is counted",
+        Duration::from_secs(15),
+        async || failed().await == 1,
+    )
+    .await;
+    // The old token still works: nothing was rotated.
+    let login = c
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body("unlucky@example.com", &format!("{PASSWORD}{old}")),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+    let log = server.stop();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("self-service token reset failed")
+                && l.contains("unlucky@example.com")),
+        "{log}"
+    );
+    assert!(!log.contains(&old) && !log.contains(PASSWORD), "{log}");
 }

@@ -110,13 +110,36 @@ fn declaration_floods_are_refused_before_any_name_is_resolved() {
         r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><x{many}/></s:Body></s:Envelope>"#
     );
     assert_eq!(parse(body.as_bytes()).unwrap_err(), SoapError::TooComplex);
-    let spread = (0..200)
-        .map(|i| format!(r#"<e xmlns:b{i}="urn:y"/>"#))
+    // Declarations piled up in scope: nine nested elements of fifteen each.
+    let level = (0..15)
+        .map(|i| format!(r#" xmlns:b{i}="urn:y""#))
         .collect::<String>();
+    let nested = format!("{}{}", format!("<e{level}>").repeat(9), "</e>".repeat(9));
     let body = format!(
-        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><x>{spread}</x></s:Body></s:Envelope>"#
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><x>{nested}</x></s:Body></s:Envelope>"#
     );
     assert_eq!(parse(body.as_bytes()).unwrap_err(), SoapError::TooComplex);
+}
+
+#[test]
+fn declarations_count_while_in_scope_so_a_batch_may_redeclare_on_every_field() {
+    // As .NET's XmlSerializer writes a partner batch: each field declares its namespace again.
+    let field = |name: &str, value: &str| {
+        format!(r#"<{name} xmlns="urn:sobject.partner.soap.sforce.com">{value}</{name}>"#)
+    };
+    let records = (0..500)
+        .map(|i| {
+            format!(
+                "<sObjects>{}{}</sObjects><sObjects xmlns:q=\"urn:q\"/>",
+                field("type", "Account"),
+                field("Name", &format!("Acme {i}"))
+            )
+        })
+        .collect::<String>();
+    let body = format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><create xmlns="urn:partner.soap.sforce.com">{records}</create></s:Body></s:Envelope>"#
+    );
+    assert_eq!(parse(body.as_bytes()).unwrap().op, Op::Other);
 }
 
 #[test]
