@@ -177,11 +177,11 @@ pub fn sanitise_headers(data: &[u8]) {
         &mut headers,
         crate::proxy::sanitise::Outbound {
             from_http2: false,
-            who: Some(crate::proxy::sanitise::Principal {
-                username: "fuzz@example.com",
-                user_id: "005000000000001AAA",
-            }),
-            peer: "192.0.2.7".parse().unwrap(),
+            who: Some(crate::domain::Identity::new(
+                "fuzz@example.com",
+                "005000000000001AAA",
+            )),
+            forwarded_for: crate::proxy::forwarded_for("192.0.2.7".parse().unwrap()),
             host: Some(HeaderValue::from_static("proxy.example.com")),
             upstream: &upstream,
         },
