@@ -114,3 +114,70 @@ impl UserCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str, name: &str) -> Arc<User> {
+        Arc::new(User::new(
+            id.into(),
+            name.into(),
+            "a@example.com".into(),
+            "$argon2id$".into(),
+            [1; 32],
+            24,
+            0,
+        ))
+    }
+
+    // A reader takes the write counter, reads the record from the store, and only then fills
+    // the cache; each case runs a writer between the read and the fill, in that order.
+
+    #[test]
+    fn a_read_that_raced_a_delete_does_not_put_the_deleted_user_back() {
+        let cache = UserCache::default();
+        let ann = user("1", "ann");
+        cache.written(ann.clone());
+        // The entry is gone (evicted, or the cache was cleared) and a reader reads Ann...
+        cache.clear();
+        let before = cache.writes();
+        let stale = user("1", "ann");
+        // ...while a delete commits and takes her out of the cache...
+        cache.forget("1", Some("ann"));
+        // ...then the reader fills the cache with the record it read before the delete.
+        let got = cache.read(stale, before);
+        assert_eq!(got.id, "1", "the reader still answers with what it read");
+        assert!(
+            cache.by_name("ann").is_none(),
+            "the deleted user is back by name"
+        );
+        assert!(cache.by_id("1").is_none(), "the deleted user is back by id");
+        // A later read, with no write racing it, caches again.
+        let before = cache.writes();
+        cache.read(user("2", "bob"), before);
+        assert!(cache.by_name("bob").is_some());
+    }
+
+    #[test]
+    fn a_read_that_raced_an_update_does_not_replace_the_newer_record() {
+        let cache = UserCache::default();
+        let before = cache.writes();
+        let mut stale = User::clone(&user("1", "ann"));
+        stale.disabled = false;
+        // A writer disables Ann and caches its record; then the reader's stale one arrives:
+        // it finds the newer record, answers with it, and leaves the cache no older.
+        let mut disabled = User::clone(&user("1", "ann"));
+        disabled.disabled = true;
+        cache.written(Arc::new(disabled));
+        let got = cache.read(Arc::new(stale), before);
+        assert!(got.disabled, "the reader answers with the newer record");
+        assert!(cache.by_name("ann").is_none_or(|u| u.disabled));
+        // The same with the writer's record gone from the cache (emptied when full): the
+        // stale record must not stay.
+        let before = cache.writes();
+        cache.clear();
+        cache.read(user("1", "ann"), before);
+        assert!(cache.by_name("ann").is_none(), "the stale record stayed");
+    }
+}

@@ -76,6 +76,160 @@ async fn a_soap_body_before_login_is_read_only_up_to_the_login_bound() {
     assert!(up.requests().is_empty());
 }
 
+/// The same attack as one client sends it over HTTP/2: one connection, many streams of SOAP
+/// calls without a session that announce 15 MiB and send it slowly, never finishing. Each
+/// stream is held to the login bound and answered 413 while its body is still coming; the
+/// server's own accounting of buffered body bytes stays within that bound per stream for the
+/// whole attack; health answers, on that connection and on another, while every stream is
+/// held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_unfinished_soap_streams_on_one_http2_connection_are_each_held_to_the_login_bound() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const STREAMS: usize = 48;
+    // Sent at once by every stream: under the login bound, so the server holds it and waits.
+    const FIRST: usize = 48 * 1024;
+    // Then a piece every 20 ms, up to this much of the announced 15 MiB.
+    const PIECE: usize = 8 * 1024;
+    const SENT_AT_MOST: usize = 512 * 1024;
+    // A stream's last DATA frame may carry it past the bound by up to one frame: the default
+    // SETTINGS_MAX_FRAME_SIZE (RFC 9113, section 6.5.2).
+    const MAX_FRAME: usize = 16_384;
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let login_bound = ts.app().cfg.server.max_login_body_bytes;
+    assert!(FIRST < login_bound && login_bound < SENT_AT_MOST);
+    let bodies = ts.app().bodies.clone();
+
+    // The peak of buffered body bytes, sampled through the attack.
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (bodies, peak, done) = (bodies.clone(), peak.clone(), done.clone());
+        async move {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(bodies.used(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+
+    let mut conn = h2_conn(&ts).await;
+    let mut envelope = format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header>{}"#,
+        "<x/>".repeat(SENT_AT_MOST / 4)
+    )
+    .into_bytes();
+    envelope.truncate(SENT_AT_MOST);
+    let envelope = Bytes::from(envelope);
+    let (go, go_rx) = tokio::sync::watch::channel(false);
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let mut send = conn.clone().ready().await.unwrap();
+        let req = http::Request::post(format!(
+            "https://127.0.0.1:{}/services/Soap/u/59.0",
+            ts.addr.port()
+        ))
+        .header("content-type", "text/xml")
+        .header("content-length", "15728640")
+        .body(())
+        .unwrap();
+        let (answer, mut body) = send.send_request(req, false).unwrap();
+        body.send_data(envelope.slice(..FIRST), false).unwrap();
+        let (envelope, mut go) = (envelope.clone(), go_rx.clone());
+        let sender = tokio::spawn(async move {
+            let _ = go.wait_for(|go| *go).await;
+            let mut at = FIRST;
+            while at < SENT_AT_MOST {
+                // Fails once the server has answered and reset the stream.
+                if body
+                    .send_data(envelope.slice(at..at + PIECE), false)
+                    .is_err()
+                {
+                    return;
+                }
+                at += PIECE;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Never finished: the stream stays open until the test ends.
+            std::future::pending::<()>().await;
+        });
+        streams.push((answer, sender));
+    }
+
+    // Every stream's first part is held, and nothing more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bodies.used() < STREAMS * FIRST && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        bodies.used(),
+        STREAMS * FIRST,
+        "every stream's first part is held"
+    );
+    // Health answers meanwhile, on the attacking connection and on a fresh one.
+    let health = http::Request::get(format!(
+        "https://127.0.0.1:{}/tokengate/health",
+        ts.addr.port()
+    ))
+    .body(())
+    .unwrap();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(2), h2_call(&mut conn, health))
+        .await
+        .expect("health answers on the attacking connection");
+    assert_eq!(status, 200);
+    let other = tokio::time::timeout(
+        Duration::from_secs(2),
+        ts.client().get("/tokengate/health", &[]),
+    )
+    .await
+    .expect("health answers on another connection");
+    assert_eq!(other.status, StatusCode::OK);
+
+    // The streams go on sending; each is answered once the login bound is in, long before
+    // its body could end (every stream sends 512 KiB within 1.3 s).
+    go.send(true).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut answers = Vec::new();
+    for (answer, sender) in streams {
+        let Ok(answer) = tokio::time::timeout_at(deadline, answer).await else {
+            break;
+        };
+        let answer = answer.unwrap();
+        let status = answer.status();
+        let mut body = answer.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            text.extend_from_slice(&chunk);
+        }
+        answers.push((status, String::from_utf8_lossy(&text).into_owned()));
+        sender.abort();
+    }
+    done.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= STREAMS * (login_bound + MAX_FRAME),
+        "{peak} bytes buffered at the peak for {STREAMS} streams"
+    );
+    assert_eq!(
+        answers.len(),
+        STREAMS,
+        "every stream answered before its body ends"
+    );
+    for (status, text) in &answers {
+        assert_eq!(*status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+        assert!(text.contains("first 65536 bytes"), "a SOAP fault: {text}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bodies.used() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bodies.used(), 0, "no body memory held after the attack");
+    assert!(up.requests().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_soap_call_with_a_valid_session_is_read_and_forwarded() {
     let up = Upstream::start().await;
