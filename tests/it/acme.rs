@@ -210,28 +210,8 @@ async fn an_acme_certificate_is_ordered_by_tls_alpn_served_and_kept_across_a_res
         }
 
         // `tokengate tls status` reads the same configuration's cache: the certificate in use.
-        let toml = ts.dir.path().join("acme-cli.toml");
-        std::fs::write(
-            &toml,
-            format!(
-                "[store]\npath = \"{}\"\n[tls]\nacme = {{ domains = [\"{DOMAIN}\"], directory = \"{}\", ca_roots = \"{}\" }}\n",
-                ts.cfg.store.path.display(),
-                pebble.directory(),
-                pebble.https_ca().display(),
-            ),
-        )
-        .unwrap();
-        let out = tokio::task::block_in_place(|| {
-            crate::support::process::run(&toml, &["tls", "status"], None, &[])
-        });
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(stdout.contains(&format!("names: {DOMAIN}")), "{stdout}");
-        assert!(stdout.contains("issuer: CN=Pebble"), "{stdout}");
+        let store = format!("path = \"{}\"", ts.cfg.store.path.display());
+        let stdout = tls_status(ts.dir.path(), &store, &pebble);
         assert!(stdout.contains("next renewal: "), "{stdout}");
         assert!(stdout.contains("source: ACME, https://"), "{stdout}");
     }
@@ -572,58 +552,42 @@ async fn a_bad_acme_directory_is_a_clear_error_from_check_config_and_at_start() 
     assert!(out.contains(": ok"), "{out}");
 }
 
+/// `tokengate tls status` run on a configuration with this `[store]` section and the test's
+/// ACME settings: its output, once it succeeded and named Pebble's certificate for `DOMAIN`.
+pub(crate) fn tls_status(dir: &std::path::Path, store: &str, pebble: &Pebble) -> String {
+    let toml = dir.join("acme-cli.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[store]\n{store}\n[tls]\nacme = {{ domains = [\"{DOMAIN}\"], directory = \"{}\", ca_roots = \"{}\" }}\n",
+            pebble.directory(),
+            pebble.https_ca().display(),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::block_in_place(|| {
+        crate::support::process::run(&toml, &["tls", "status"], None, &[])
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("names: {DOMAIN}")), "{stdout}");
+    assert!(stdout.contains("issuer: CN=Pebble"), "{stdout}");
+    stdout
+}
+
 /// A TLS client for `DOMAIN` that accepts any certificate, expired ones too (the handshake
 /// signature is still checked): to ask a server whose certificate has ended how it stands.
 pub(crate) fn client_accepting_anything() -> tokio_rustls::TlsConnector {
-    #[derive(Debug)]
-    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-    impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: rustls_pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(tokengate::tls::AnyCertificate::new(provider)))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg.resumption = rustls::client::Resumption::disabled();

@@ -12,8 +12,8 @@ use tokengate::store::Store;
 use tokengate::store::postgres::PgStore;
 
 use crate::acme::{
-    DOMAIN, ORDER_TIMEOUT, acme_config, client_accepting_anything, client_trusting,
-    end_and_renewal, fetch, issuer, orders, served_certificate,
+    ORDER_TIMEOUT, acme_config, client_accepting_anything, client_trusting, end_and_renewal, fetch,
+    issuer, orders, served_certificate, tls_status,
 };
 use crate::support::pebble::{self, Pebble};
 use crate::support::{TestServer, Upstream, eventually};
@@ -199,28 +199,11 @@ async fn replicas_order_once_answer_the_challenge_on_the_follower_share_the_cert
     );
 
     // `tokengate tls status` on the database shows the shared certificate.
-    let toml = replicas[0].dir.path().join("acme-cli.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[store]\npath = \"{}\"\nbackend = \"postgres\"\nurl = \"{url}\"\n[tls]\nacme = {{ domains = [\"{DOMAIN}\"], directory = \"{}\", ca_roots = \"{}\" }}\n",
-            replicas[0].dir.path().join("cli-data").display(),
-            pebble.directory(),
-            pebble.https_ca().display(),
-        ),
-    )
-    .unwrap();
-    let out = tokio::task::block_in_place(|| {
-        crate::support::process::run(&toml, &["tls", "status"], None, &[])
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let store = format!(
+        "path = \"{}\"\nbackend = \"postgres\"\nurl = \"{url}\"",
+        replicas[0].dir.path().join("cli-data").display()
     );
-    assert!(stdout.contains(&format!("names: {DOMAIN}")), "{stdout}");
-    assert!(stdout.contains("issuer: CN=Pebble"), "{stdout}");
+    let stdout = tls_status(replicas[0].dir.path(), &store, &pebble);
     assert!(
         stdout.contains("shared by the replicas through PostgreSQL"),
         "{stdout}"
