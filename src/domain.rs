@@ -148,8 +148,8 @@ impl Identity {
     /// For a session: values whose clones share one copy.
     pub fn new(username: &str, user_id: &str) -> Self {
         Self {
-            username: shared_value(username),
-            user_id: shared_value(user_id),
+            username: shared_value(username.to_owned()),
+            user_id: shared_value(user_id.to_owned()),
         }
     }
 
@@ -164,6 +164,6 @@ impl Identity {
 
 /// A header value whose clones share one reference-counted copy of `text` (a value made from
 /// a `Vec` would allocate again at its first clone).
-pub fn shared_value(text: &str) -> Option<http::HeaderValue> {
-    http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text.to_owned())).ok()
+pub fn shared_value(text: String) -> Option<http::HeaderValue> {
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).ok()
 }
