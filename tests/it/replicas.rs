@@ -206,6 +206,335 @@ fn conformance(store: Arc<dyn Store>) {
     assert!(!store.delete_user(&user(2).id).unwrap());
     assert!(store.user_by_name("user2@example.com").unwrap().is_none());
     assert!(!store.is_empty().unwrap());
+
+    contract_roles(store.as_ref());
+    contract_user_numbers_and_observers(store.as_ref(), &a.id);
+    contract_login_counts(store.as_ref());
+    contract_session_batches_and_pruning(store.as_ref(), &a.id);
+    contract_audit_trail(store.as_ref());
+    contract_acme_entries(store.as_ref());
+    store.flush().unwrap();
+}
+
+/// `shared`, `fresh` and `leader`: a single node's store is none of the first and both of the
+/// others; a shared store is shared, and the only process on its database is soon fresh (it
+/// hears the change channel) and leads (it holds the leadership lock).
+fn contract_roles(store: &dyn Store) {
+    if !store.shared() {
+        assert!(store.fresh() && store.leader());
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !(store.fresh() && store.leader()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the only replica on a database hears its channel and leads"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `next_user_number` and `next_id` are unique under concurrency and increase, and
+/// `observe_users` hears every committed write and delete; `list_users` is in username order.
+fn contract_user_numbers_and_observers(store: &dyn Store, a_id: &str) {
+    let numbers: Vec<Vec<(u64, u64)>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..25)
+                        .map(|_| (store.next_user_number().unwrap(), store.next_id().unwrap()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for mine in &numbers {
+        assert!(
+            mine.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
+            "each caller's numbers increase: {mine:?}"
+        );
+    }
+    let mut all: Vec<u64> = numbers.iter().flatten().map(|n| n.0).collect();
+    let mut ids: Vec<u64> = numbers.iter().flatten().map(|n| n.1).collect();
+    let highest = *all.iter().max().unwrap();
+    all.sort_unstable();
+    all.dedup();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        (all.len(), ids.len()),
+        (100, 100),
+        "never the same number twice"
+    );
+    assert!(
+        store.next_user_number().unwrap() > highest,
+        "a later number is higher than every earlier one"
+    );
+
+    let heard: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let h = heard.clone();
+    store.observe_users(Arc::new(move |change| {
+        h.lock().unwrap().push(match change {
+            tokengate::store::UserChange::Written(u) => {
+                format!("written {} {}", u.id, u.email)
+            }
+            tokengate::store::UserChange::Deleted { id } => format!("deleted {id}"),
+        })
+    }));
+    store
+        .update_user(a_id, &mut |u| u.email = "seven@example.com".into())
+        .unwrap();
+    let mut third = user(3);
+    third.username = "aaa-first@example.com".into();
+    store.create_user(&third).unwrap();
+    assert!(store.delete_user(&third.id).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let want = [
+        format!("written {a_id} seven@example.com"),
+        format!("deleted {}", third.id),
+    ];
+    while !want.iter().all(|w| heard.lock().unwrap().contains(w)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the observer hears the update and the delete: {:?}",
+            heard.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    store.create_user(&third).unwrap();
+    let names: Vec<String> = store
+        .list_users()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, ["aaa-first@example.com", "user1@example.com"]);
+    assert!(store.delete_user(&third.id).unwrap());
+}
+
+/// `count_login`: on a shared store an exact count per user and window however many callers
+/// count at once; a single node's store keeps none (the process's own limiter is the limit).
+fn contract_login_counts(store: &dyn Store) {
+    if !store.shared() {
+        assert_eq!(store.count_login("005a", 60).unwrap(), None);
+        return;
+    }
+    let mut counts: Vec<u64> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..25)
+                        .map(|_| store.count_login("005a", 60).unwrap().unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=100).collect::<Vec<_>>(),
+        "each login counted once"
+    );
+    assert_eq!(
+        store.count_login("005a", 120).unwrap(),
+        Some(1),
+        "a new window"
+    );
+    assert_eq!(
+        store.count_login("005b", 60).unwrap(),
+        Some(1),
+        "another user"
+    );
+    assert_eq!(store.count_login("005a", 60).unwrap(), Some(101));
+}
+
+/// `touch_sessions` in one large batch and under concurrent writers (a stored timer only moves
+/// forward); `prune_sessions` removes exactly the sessions past either bound on a shared
+/// store, and nothing on a single node's (its own sweep ends its sessions).
+fn contract_session_batches_and_pruning(store: &dyn Store, a_id: &str) {
+    // Only this function's sessions from here on.
+    store.delete_session(&[3; 32]).unwrap();
+    let rec = |n: u64| SessionRecord {
+        user_id: a_id.into(),
+        username: "x".into(),
+        epoch: 1,
+        created_at: 100 + n,
+        last_seen: 1_000,
+        policy: Default::default(),
+        token_serial: 0,
+        token: None,
+    };
+    let key = |n: u64| {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&n.to_be_bytes());
+        k[31] = 0xEE;
+        k
+    };
+    for n in 0..300 {
+        store.put_session(&key(n), &rec(n)).unwrap();
+    }
+    let batch = |t: u64| -> Vec<_> {
+        (0..300)
+            .map(|n| {
+                let mut r = rec(n);
+                r.last_seen = 2_000 + t * 10 + n % 7;
+                (key(n), r)
+            })
+            .collect()
+    };
+    if store.shared() {
+        // Four replicas writing back the same sessions at once, each a different time: the
+        // latest stays, whichever commits last.
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                s.spawn(move || store.touch_sessions(&batch(t)).unwrap());
+            }
+        });
+    } else {
+        // One process, whose sweeps write back one after another: in any order, the latest
+        // stays. (sled's write-back reads then writes, not atomically, so two writers racing
+        // could move a timer back by the gap between their reads; a single node has no other
+        // replica writing.)
+        for t in [3, 1, 0, 2] {
+            store.touch_sessions(&batch(t)).unwrap();
+        }
+    }
+    for n in 0..300 {
+        assert_eq!(
+            store.session(&key(n)).unwrap().unwrap().last_seen,
+            2_030 + n % 7,
+            "session {n} keeps the latest timer"
+        );
+    }
+    // Idle before 2 033 (n % 7 < 3) or created before 110 (n < 10).
+    let doomed = (0..300u64).filter(|n| n % 7 < 3 || *n < 10).count();
+    let pruned = store.prune_sessions(2_033, 110).unwrap();
+    let left = (0..300).filter(|n| store.session(&key(*n)).unwrap().is_some());
+    if store.shared() {
+        assert_eq!(pruned, doomed);
+        assert!(left.clone().all(|n| n % 7 >= 3 && n >= 10));
+        assert_eq!(left.count(), 300 - doomed);
+    } else {
+        assert_eq!(pruned, 0);
+        assert_eq!(left.count(), 300);
+    }
+    store.delete_user_sessions(a_id).unwrap();
+    assert!((0..300).all(|n| store.session(&key(n)).unwrap().is_none()));
+}
+
+/// The audit trail: appends from several writers at once make one chain, queries filter and
+/// bound, a scan stops when told, and pruning leaves an anchor the rest still verifies from.
+fn contract_audit_trail(store: &dyn Store) {
+    use tokengate::audit::{Actor, Entry, Filter};
+    let entry = |actor: &str, target: &str| Entry {
+        actor: Actor {
+            name: actor.into(),
+            address: "local".into(),
+            channel: tokengate::audit::Channel::Cli,
+        },
+        action: "user.update",
+        target: target.into(),
+        changes: vec![],
+    };
+    let first = store.audit_append(&entry("cli:root", "early")).unwrap();
+    assert_eq!(first.seq, 1);
+    assert_eq!(first.prev_hash, tokengate::audit::GENESIS);
+    std::thread::sleep(Duration::from_millis(5));
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                for i in 0..10 {
+                    store
+                        .audit_append(&entry(&format!("admin{t}"), &format!("u{i}")))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let v = tokengate::audit::verify(store).expect("one unbroken chain");
+    assert_eq!(
+        (v.records, v.first_seq, v.last_seq),
+        (41, Some(1), Some(41))
+    );
+    let query = |actor: Option<&str>, target: Option<&str>, since_ms, limit| {
+        store
+            .audit_query(&Filter {
+                since_ms,
+                actor: actor.map(str::to_owned),
+                target: target.map(str::to_owned),
+                limit,
+            })
+            .unwrap()
+    };
+    let all = query(None, None, None, 100);
+    assert_eq!(all.len(), 41);
+    assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    assert_eq!(query(None, None, None, 5).len(), 5);
+    assert_eq!(query(None, None, None, 5)[0].seq, 41);
+    let admin2 = query(Some("admin2"), None, None, 100);
+    assert_eq!(admin2.len(), 10);
+    assert!(admin2.iter().all(|r| r.actor == "admin2"));
+    assert_eq!(query(Some("admin2"), Some("u3"), None, 100).len(), 1);
+    assert_eq!(query(None, Some("u3"), None, 100).len(), 4);
+    let later = first.at_ms + 1;
+    assert!(
+        query(None, None, Some(later), 100)
+            .iter()
+            .all(|r| r.seq > 1)
+    );
+    assert_eq!(query(None, None, Some(later), 100).len(), 40);
+    let mut scanned = Vec::new();
+    store
+        .audit_scan(&mut |r| {
+            scanned.push(r.seq);
+            scanned.len() < 7
+        })
+        .unwrap();
+    assert_eq!(
+        scanned,
+        (1..=7).collect::<Vec<_>>(),
+        "in order, until told to stop"
+    );
+
+    // Retention: the first record goes, its hash stays as the anchor, and the chain goes on.
+    assert_eq!(store.audit_prune(first.at_ms).unwrap(), 0, "nothing older");
+    assert_eq!(store.audit_prune(later).unwrap(), 1);
+    let anchor = tokengate::audit::Anchor::load(store).unwrap().unwrap();
+    assert_eq!((anchor.seq, anchor.hash.as_str()), (1, first.hash.as_str()));
+    let next = store.audit_append(&entry("system", "after")).unwrap();
+    assert_eq!(next.seq, 42);
+    let v = tokengate::audit::verify(store).expect("still verifies");
+    assert_eq!((v.records, v.first_seq, v.anchored), (41, Some(2), true));
+    assert_eq!(store.audit_prune(next.at_ms + 1).unwrap(), 41);
+    let last = store.audit_append(&entry("system", "alone")).unwrap();
+    assert_eq!(last.seq, 43, "numbering goes on from the anchor");
+    assert_eq!(last.prev_hash, next.hash);
+    tokengate::audit::verify(store).expect("verifies from the anchor");
+}
+
+/// ACME entries: kept, replaced and deleted by a shared store; a single node's store keeps
+/// none and says so.
+fn contract_acme_entries(store: &dyn Store) {
+    if !store.shared() {
+        assert_eq!(store.acme_entry("certificate").unwrap(), None);
+        assert!(store.put_acme_entry("certificate", Some(b"x")).is_err());
+        return;
+    }
+    assert_eq!(store.acme_entry("certificate").unwrap(), None);
+    store.put_acme_entry("certificate", Some(b"one")).unwrap();
+    store.put_acme_entry("certificate", Some(b"two")).unwrap();
+    assert_eq!(
+        store.acme_entry("certificate").unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    store.put_acme_entry("certificate", None).unwrap();
+    assert_eq!(store.acme_entry("certificate").unwrap(), None);
 }
 
 /// Copies every record of `from` into `to` (what backup then restore does).
