@@ -28,6 +28,8 @@
 //! by another replica is read from the store on its first use here, one ended elsewhere is
 //! dropped when the store reports it, and an idle timer that ran out here is checked against
 //! the store (another replica may have seen the session used) before the session is ended.
+//! When the table is full, a session first used here is still served: it takes the place of
+//! a cached one (the least recently used of a sample), whose record stays in the store.
 //! While the store cannot vouch for this replica's caches ([`Store::fresh`]), every use checks
 //! the user and the session's own record in the database, so a change this replica did not
 //! hear is honoured and an unreachable database fails closed.
@@ -183,6 +185,8 @@ fn token_epoch(user: &User, serial: u64) -> u64 {
 const MAX_SESSION_ID_LEN: usize = 128;
 /// Concurrent reads of unknown sessions from a shared store.
 const MAX_FETCHES: usize = 8;
+/// Cached sessions looked at to choose one to evict when a shared store's table is full.
+const EVICTION_SAMPLE: usize = 32;
 /// Idle timers written back to a shared store per batch.
 const WRITE_BACK_PAGE: usize = 1_000;
 
@@ -668,7 +672,10 @@ impl Sessions {
         if self.map.len() >= self.max {
             self.sweep();
             if self.map.len() >= self.max {
-                return Ok(None);
+                // The table is a cache of the database here: a valid session is served and
+                // makes room, never refused as invalid because this replica holds many. (The
+                // table can pass `max` by the reads in flight at once, `MAX_FETCHES`.)
+                self.evict_one();
             }
         }
         if self.map.insert(*key, s.clone()).is_none() {
@@ -729,6 +736,28 @@ impl Sessions {
                 Err(e) => tracing::warn!(error = %e, "could not write idle timers back"),
             }
         }
+    }
+
+    /// On a shared store, with the table full: drops from this replica's table the least
+    /// recently used of a few cached sessions (a sample, not a scan of the table), its idle
+    /// timer written back first so the database keeps its last use here. Its record stays:
+    /// its next use here reads it again.
+    fn evict_one(&self) {
+        let victim = self
+            .map
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|e| e.value().last_seen())
+            .map(|e| (*e.key(), e.value().clone()));
+        let Some((key, s)) = victim else {
+            return;
+        };
+        if s.last_seen() > s.persisted_seen.load(Ordering::Relaxed)
+            && let Err(e) = self.store.touch_sessions(&[(key, Self::record(&s))])
+        {
+            tracing::warn!(error = %e, "could not write an evicted session's idle timer back");
+        }
+        self.forget(&key);
     }
 
     /// Drops a session from this replica's table only (the store's record is left as it is).

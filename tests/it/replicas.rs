@@ -1656,6 +1656,51 @@ async fn many_sessions_first_used_on_another_replica_at_once_are_all_accepted() 
     b.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_session_table_is_full_serves_sessions_made_elsewhere() {
+    let up = Upstream::start().await;
+    let backend = tokio::task::block_in_place(postgres);
+    let on = |max: usize| {
+        let b = backend.clone();
+        move |cfg: &mut tokengate::config::Config| {
+            cfg.store.backend = b;
+            cfg.auth.max_sessions = max;
+            cfg.auth.max_sessions_per_user = 100;
+        }
+    };
+    let a = TestServer::start_with(&up.url(), on(100)).await;
+    // B holds four sessions at most: three times fewer than its clients use.
+    let b = TestServer::start_with(&up.url(), on(4)).await;
+    a.add_user("fay@example.com").await;
+    let user = a
+        .app()
+        .store
+        .user_by_name("fay@example.com")
+        .unwrap()
+        .unwrap();
+    let sids: Vec<String> = (0..12)
+        .map(|_| a.app().sessions.create(&user).unwrap())
+        .collect();
+    // Round and round: each use on B finds the table full of the others.
+    for round in 0..2 {
+        for (i, sid) in sids.iter().enumerate() {
+            assert_eq!(
+                data_status(&b, sid).await,
+                StatusCode::OK,
+                "session {i}, round {round}: served though B's table is full"
+            );
+            assert!(b.app().sessions.len() <= 4, "B's table keeps its bound");
+        }
+    }
+    // What B made room for is still ended anywhere: a session B dropped from its table and
+    // then ended on A is refused when B reads it again; the others stay valid on A.
+    assert!(a.app().sessions.revoke(&sids[0]));
+    assert_eq!(data_status(&b, &sids[0]).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(data_status(&a, &sids[1]).await, StatusCode::OK);
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Two replicas mailing through `sink`, and which of them leads (once one does).
 async fn mailing_replicas(up: &Upstream, sink: &crate::support::smtp::SmtpSink) -> Vec<TestServer> {
     let r = replicas_with(2, &up.url(), |c| mail_to(c, sink, "Acme")).await;
