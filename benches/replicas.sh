@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The PostgreSQL backend's figures that are not per-request CPU (for that: benches/ab.sh with
-# NEW_STORE=postgres): how fast a change that ends access reaches another replica, session
-# traffic on one replica and on two driven together, and how a replica starts on a database
-# holding many users and sessions.
+# NEW_STORE=postgres): how fast a change that ends access reaches another replica (in the
+# store, and from a token reset on replica A's admin API to replica B's 401, two `tokengate
+# serve` processes), session traffic on one replica and on two driven together, and how a
+# replica starts on a database holding many users and sessions.
 #
-#   bash benches/replicas.sh            # ROUNDS=100 changes, USERS=1000000 users and sessions,
-#                                       # DURATION=10s CONNECTIONS=32 of session traffic
+#   bash benches/replicas.sh            # ROUNDS=100 changes and resets, USERS=1000000 users and
+#                                       # sessions, DURATION=10s CONNECTIONS=32 of session traffic
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-100}
@@ -13,7 +14,7 @@ USERS=${USERS:-1000000}
 . benches/lib.sh
 bench_workdir
 bench_postgres 15433
-cargo build --release --quiet --bin tokengate --example replica_latency
+cargo build --release --quiet --bin tokengate --example replica_latency --example reset_refusal
 
 echo "== change → other replica ($ROUNDS changes)"
 target/release/examples/replica_latency "$PG_URL" "$ROUNDS"
@@ -32,6 +33,8 @@ export TG_STORE_EXTRA="backend = \"postgres\"
 url = \"${PG_URL/tokengate?/traffic?}\""
 for i in 1 2; do
   tg_config "1846$i" "$WORK/r$i" 100000 250ms "$UPSTREAM" "$WORK" target/release/tokengate > "$WORK/r$i.toml"
+  # A reset mails the new token: to files here.
+  printf '[mail]\ntransport = "file"\ndir = "%s"\n' "$WORK/mail$i" >> "$WORK/r$i.toml"
 done
 unset TG_STORE_EXTRA
 token=$(tg_admin target/release/tokengate "$WORK/r1.toml")
@@ -50,6 +53,14 @@ traffic() { # traffic TARGET...: session requests/s
 }
 echo "one replica: $(traffic https://127.0.0.1:18461) requests/s"
 echo "two replicas: $(traffic https://127.0.0.1:18461 https://127.0.0.1:18462) requests/s"
+
+echo "== token reset on replica A (admin API) → 401 from replica B ($ROUNDS resets, one user each)"
+TOKENGATE_ADMIN_SECRET="Passw0rdAdmin1$token" target/release/tokengate loadtest setup \
+  --target https://127.0.0.1:18461 --ca "$WORK/cert.pem" --admin admin@bench.invalid \
+  --users "$ROUNDS" --users-file "$WORK/reset-users.json" >/dev/null
+TOKENGATE_ADMIN_SECRET="Passw0rdAdmin1$token" target/release/examples/reset_refusal \
+  https://127.0.0.1:18461 https://127.0.0.1:18462 "$WORK/cert.pem" "$WORK/reset-users.json" \
+  admin@bench.invalid "$ROUNDS"
 
 echo "== start-up with $USERS users and $USERS sessions in the database"
 BIN=target/release/tokengate
