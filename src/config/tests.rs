@@ -312,3 +312,126 @@ fn acme_settings_are_validated_and_defaulted() {
     .to_string();
     assert!(e.contains("tls.acme") && e.contains("not both"), "{e}");
 }
+
+#[test]
+fn postgres_store_settings_are_validated_and_name_their_key_without_quoting_a_password() {
+    let pg = |rest: &str| format!("[store]\nbackend = \"postgres\"\n{rest}");
+    let url = "url = \"postgres://tg@db.internal:5432/tg\"";
+    for (text, key, says) in [
+        (
+            "[store]\nbackend = \"mysql\"".to_owned(),
+            "store.backend",
+            "neither",
+        ),
+        (pg(""), "store.url", "exactly one of url and url_env"),
+        (
+            pg(&format!("{url}\nurl_env = \"TG_DB_URL\"")),
+            "store.url",
+            "exactly one of url and url_env",
+        ),
+        (
+            pg("url = \"mysql://db.internal/tg\""),
+            "store.url",
+            "postgres://",
+        ),
+        (
+            pg("url = \"postgres://db.internal/tg?sslmode=prefer\""),
+            "store.url",
+            "sslmode=prefer is not supported",
+        ),
+        (
+            pg("url_env = \"TOKENGATE_TEST_UNSET_PG_URL_4711\""),
+            "store.url_env",
+            "TOKENGATE_TEST_UNSET_PG_URL_4711 is not set",
+        ),
+        (pg(&format!("{url}\npool_size = 0")), "store.pool_size", ""),
+        (
+            pg(&format!("{url}\npool_size = 1025")),
+            "store.pool_size",
+            "",
+        ),
+        (
+            pg(&format!("{url}\ntimeout = \"5ms\"")),
+            "store.timeout",
+            "",
+        ),
+        (pg(&format!("{url}\ntimeout = \"2m\"")), "store.timeout", ""),
+        (
+            pg(&format!("{url}\nmax_staleness = \"50ms\"")),
+            "store.max_staleness",
+            "",
+        ),
+        (
+            pg(&format!("{url}\ntimeout = \"soon\"")),
+            "store.timeout",
+            "",
+        ),
+        (
+            "[store]\nurl = \"postgres://db.internal/tg\"".to_owned(),
+            "store.url",
+            "is for backend = \"postgres\"",
+        ),
+        (
+            "[store]\nurl_env = \"TG_DB_URL\"".to_owned(),
+            "store.url_env",
+            "is for backend = \"postgres\"",
+        ),
+        (
+            "[store]\nca = \"db-ca.pem\"".to_owned(),
+            "store.ca",
+            "is for backend = \"postgres\"",
+        ),
+    ] {
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(
+            msg.contains(key) && msg.contains(says),
+            "{text:?} gave {msg}"
+        );
+    }
+
+    // A URL that holds a password and is wrong: the message names the key, not the URL.
+    let msg = parse(&pg(
+        "url = \"postgres://tg:Sup3rSecretPw@db.internal:notaport/tg?sslmode=disable\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("store.url"), "{msg}");
+    assert!(!msg.contains("Sup3rSecretPw"), "{msg}");
+    let msg = parse(&pg(
+        "url = \"postgres://tg:Sup3rSecretPw@db/tg?sslmode=allow\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(!msg.contains("Sup3rSecretPw"), "{msg}");
+
+    // A valid one: verify-full unless the URL says otherwise, the CA beside the file, the
+    // shipped bounds by default.
+    let c = parse(&pg(&format!("{url}\nca = \"db-ca.pem\""))).unwrap();
+    let Backend::Postgres(p) = &c.store.backend else {
+        panic!("a PostgreSQL backend");
+    };
+    assert_eq!(p.tls, PgTls::VerifyFull);
+    assert_eq!(p.ca.as_deref(), Some(Path::new("/etc/tokengate/db-ca.pem")));
+    assert_eq!(p.connect.get_dbname(), Some("tg"));
+    assert_eq!(p.connect.get_user(), Some("tg"));
+    assert_eq!(
+        (p.pool_size, p.timeout, p.max_staleness),
+        (16, Duration::from_secs(2), Duration::from_secs(5))
+    );
+    let c = parse(&pg(
+        "url = \"postgresql://db.internal/tg?sslmode=require&connect_timeout=3\"\npool_size = 4\ntimeout = \"500ms\"\nmax_staleness = \"1s\"",
+    ))
+    .unwrap();
+    let Backend::Postgres(p) = &c.store.backend else {
+        panic!("a PostgreSQL backend");
+    };
+    assert_eq!(p.tls, PgTls::Require);
+    assert_eq!(
+        p.connect.get_connect_timeout(),
+        Some(&Duration::from_secs(3))
+    );
+    assert_eq!(
+        (p.pool_size, p.timeout, p.max_staleness),
+        (4, Duration::from_millis(500), Duration::from_secs(1))
+    );
+}
