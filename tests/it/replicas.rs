@@ -537,6 +537,87 @@ fn contract_acme_entries(store: &dyn Store) {
     assert_eq!(store.acme_entry("certificate").unwrap(), None);
 }
 
+/// The observers of the `Store` trait that hear other processes: on a shared store, changes
+/// committed by another process on the database (users written and deleted, sessions ended one
+/// by one and all of a user's, ACME entries written and deleted); on a single node's store
+/// there is no other process, and registering them is all there is (`observe_users` hears the
+/// process's own writes, in `conformance`).
+#[test]
+fn the_observers_of_a_shared_store_hear_what_another_process_commits() {
+    let backend = postgres();
+    let (a, b) = (open_pg(&backend), open_pg(&backend));
+    let heard: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let (h1, h2, h3) = (heard.clone(), heard.clone(), heard.clone());
+    b.observe_users(Arc::new(move |change| {
+        h1.lock().unwrap().push(match change {
+            tokengate::store::UserChange::Written(u) => format!("user {} {}", u.id, u.email),
+            tokengate::store::UserChange::Deleted { id } => format!("deleted {id}"),
+        })
+    }));
+    b.observe_sessions(Arc::new(move |change| {
+        h2.lock().unwrap().push(match change {
+            tokengate::store::SessionChange::Ended(key) => format!("ended {}", key[0]),
+            tokengate::store::SessionChange::Unknown => "unknown".into(),
+        })
+    }));
+    b.observe_acme(Arc::new(move |key| {
+        h3.lock().unwrap().push(format!("acme {key}"))
+    }));
+    let wait_for = |want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !heard.lock().unwrap().iter().any(|h| h == want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B hears {want:?}: {:?}",
+                heard.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    let u = user(1);
+    a.create_user(&u).unwrap();
+    a.update_user(&u.id, &mut |u| u.email = "new@example.com".into())
+        .unwrap();
+    wait_for(&format!("user {} new@example.com", u.id));
+    let rec = SessionRecord {
+        user_id: u.id.clone(),
+        username: u.username.clone(),
+        epoch: 1,
+        created_at: 10,
+        last_seen: 20,
+        policy: Default::default(),
+        token_serial: 0,
+        token: None,
+    };
+    for k in 1..=3u8 {
+        a.put_session(&[k; 32], &rec).unwrap();
+    }
+    a.delete_session(&[1; 32]).unwrap();
+    wait_for("ended 1");
+    assert_eq!(a.delete_user_sessions(&u.id).unwrap(), 2);
+    wait_for("ended 2");
+    wait_for("ended 3");
+    a.put_acme_entry("certificate", Some(b"pem")).unwrap();
+    wait_for("acme certificate");
+    heard.lock().unwrap().clear();
+    a.put_acme_entry("certificate", None).unwrap();
+    wait_for("acme certificate");
+    assert!(a.delete_user(&u.id).unwrap());
+    wait_for(&format!("deleted {}", u.id));
+    // Its own changes reach B's observers only through the database: a session B ends is
+    // not told back to B as another's.
+    heard.lock().unwrap().clear();
+    b.put_session(&[9; 32], &rec).unwrap();
+    b.delete_session(&[9; 32]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !heard.lock().unwrap().iter().any(|h| h == "ended 9"),
+        "{:?}",
+        heard.lock().unwrap()
+    );
+}
+
 /// Copies every record of `from` into `to` (what backup then restore does).
 fn copy(from: &dyn Store, to: &dyn Store) -> u64 {
     let mut records = Vec::new();
