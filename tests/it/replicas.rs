@@ -1227,13 +1227,20 @@ async fn a_named_token_revoked_on_one_replica_ends_its_sessions_and_cache_on_ano
     let sink = crate::support::smtp::SmtpSink::start().await;
     let mut r = replicas_with(2, &up.url(), |c| mail_to(c, &sink, "PatronManager")).await;
     let (b, a) = (r.pop().unwrap(), r.pop().unwrap());
+    let admin_token = a.add_user_with("admin@example.com", PASSWORD, true).await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
     let token = a.add_user("ann@example.com").await;
-    let user = a.app().tokens.find("ann@example.com").unwrap();
-    a.app()
-        .tokens
-        .add_named(&user.id, "dataloader")
-        .await
-        .unwrap();
+    // The named token is made and revoked through A's admin API, as an administrator would.
+    let r = a
+        .client()
+        .api(
+            &admin,
+            http::Method::POST,
+            "admin/users/ann@example.com/tokens",
+            Some(serde_json::json!({ "name": "dataloader" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let named = sink
         .wait_for("ann.example.com@example.com", 1, Duration::from_secs(5))
         .await[0]
@@ -1259,13 +1266,19 @@ async fn a_named_token_revoked_on_one_replica_ends_its_sessions_and_cache_on_ano
             .await
             .status
     };
-    assert_eq!(basic_on_b().await, StatusCode::OK);
+    // B answers the named credential from its cache (the hit counter proves the entry).
+    assert_basic_cached(&b, "ann@example.com", &named).await;
 
-    a.app()
-        .tokens
-        .revoke_named(&user.id, "dataloader")
-        .await
-        .unwrap();
+    let r = a
+        .client()
+        .api(
+            &admin,
+            http::Method::DELETE,
+            "admin/users/ann@example.com/tokens/dataloader",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     eventually(
         "the revocation reaches replica B's sessions",
         Duration::from_secs(1),
@@ -1613,8 +1626,10 @@ async fn a_token_reset_on_one_replica_is_enforced_on_another_within_a_second() {
     let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
     let old = a.add_user("ivy@example.com").await;
     let old = format!("{PASSWORD}{old}");
-    // On B: a session, and the credentials verified (and cached) for Basic.
+    // On B: a session, and the credentials verified and cached for Basic (the hit counter
+    // proves the entry, so B's refusal after the reset proves the entry was killed).
     let sid = b.soap_login("ivy@example.com", &old).await;
+    assert_basic_cached(&b, "ivy@example.com", &old).await;
     let basic_on_b = async |secret: &str| {
         b.client()
             .get(

@@ -67,6 +67,8 @@ async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
     let sid =
         e.ts.soap_login("bob@example.com", &format!("{PASSWORD}{old}"))
             .await;
+    // The old Basic credential is in the verification cache before the reset.
+    assert_basic_cached(&e.ts, "bob@example.com", &format!("{PASSWORD}{old}")).await;
 
     let r = admin_reset(&e.ts, &admin, "bob@example.com").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
@@ -96,15 +98,7 @@ async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
         "the token is in the text and HTML parts"
     );
 
-    assert!(soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{new}")).await);
-    assert!(!soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{old}")).await);
-    // The reset ended the user's sessions (the default).
-    let r =
-        e.ts.client()
-            .get_with_session("/services/data/v59.0/", &sid)
-            .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    // The old Basic credential fails on the very next request.
+    // The cached old Basic credential fails on the very next request.
     let r =
         e.ts.client()
             .get(
@@ -114,6 +108,14 @@ async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
                     &basic("bob@example.com", &format!("{PASSWORD}{old}")),
                 )],
             )
+            .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{new}")).await);
+    assert!(!soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{old}")).await);
+    // The reset ended the user's sessions (the default).
+    let r =
+        e.ts.client()
+            .get_with_session("/services/data/v59.0/", &sid)
             .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // Neither token, nor the password, nor the session id is in the store, or in a backup of it.

@@ -786,6 +786,29 @@ pub fn spellings(s: &str) -> Vec<String> {
     out
 }
 
+/// Asserts `user`'s Basic credential `secret` is answered from the verification cache: a call
+/// that verifies (or finds) it, then a second one that the cache-hit counter shows was a hit.
+/// Run before a credential change, it makes a refusal after the change prove that the change
+/// killed a cached entry, not that no entry was ever made.
+pub async fn assert_basic_cached(ts: &TestServer, user: &str, secret: &str) {
+    let call = async || {
+        ts.client()
+            .get(
+                "/services/data/v59.0/",
+                &[("authorization", &basic(user, secret))],
+            )
+            .await
+            .status
+    };
+    assert_eq!(call().await, StatusCode::OK, "{user}: the credential works");
+    let before = ts.app().auth.cache_hits();
+    assert_eq!(call().await, StatusCode::OK, "{user}: the credential works");
+    assert!(
+        ts.app().auth.cache_hits() > before,
+        "{user}: the credential is answered from the cache"
+    );
+}
+
 /// A configuration file for the CLI that points at a test server's data directory, so the
 /// CLI's admin commands go through that server's admin socket.
 pub fn cli_config(ts: &TestServer) -> std::path::PathBuf {
