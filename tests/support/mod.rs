@@ -836,9 +836,19 @@ pub fn cli(ts: &TestServer, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 /// Asserts the data directory holds none of `secrets`, in any spelling, once the store has
-/// written everything out: tokens and passwords are stored only as keyed hashes.
+/// written everything out: tokens and passwords are stored only as keyed hashes. On PostgreSQL
+/// (where the data directory holds next to nothing) the server's whole database is dumped and
+/// searched too, in every spelling and as `bytea` hex.
 pub fn assert_not_stored(ts: &TestServer, secrets: &[&str]) {
     ts.app().store.flush().expect("flush the store");
+    let dump = database_dump(&ts.cfg);
+    if on_postgres() {
+        let dump = dump.as_deref().expect("a PostgreSQL test server");
+        assert!(
+            dump.contains("tg_users"),
+            "the dump holds the store's tables"
+        );
+    }
     for s in secrets {
         for form in spellings(s) {
             assert!(
@@ -847,7 +857,39 @@ pub fn assert_not_stored(ts: &TestServer, secrets: &[&str]) {
                 files_hold(ts.dir.path(), &form)
             );
         }
+        if let Some(dump) = &dump {
+            let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+            for form in spellings(s).into_iter().chain([hex]) {
+                assert!(!dump.contains(&form), "the database holds a secret");
+            }
+        }
     }
+}
+
+/// The text of `pg_dump` of the server's database when its store is on PostgreSQL.
+fn database_dump(cfg: &Config) -> Option<String> {
+    let tokengate::config::Backend::Postgres(pg) = &cfg.store.backend else {
+        return None;
+    };
+    let host = match pg.connect.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        other => panic!("a TCP host for the test database: {other:?}"),
+    };
+    let url = format!(
+        "postgres://{}@{host}:{}/{}?sslmode=prefer",
+        pg.connect.get_user().unwrap_or("postgres"),
+        pg.connect.get_ports().first().copied().unwrap_or(5432),
+        pg.connect.get_dbname().expect("a database name"),
+    );
+    // pg_dump blocks; it talks to the database, never to the server, so on a current-thread
+    // runtime it may block it for its moment.
+    let dump = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(|| postgres::cluster().dump(&url))
+        }
+        _ => postgres::cluster().dump(&url),
+    };
+    Some(dump.unwrap_or_else(|e| panic!("pg_dump of the test database: {e}")))
 }
 
 /// A plain-HTTP GET (the metrics listener); the whole answer, head and body.
