@@ -402,7 +402,11 @@ impl TestServer {
         &self.server.as_ref().unwrap().app
     }
 
-    /// Creates a user and returns the security token.
+    /// Creates a user and returns the security token. This is fixture setup, made in-process
+    /// on purpose: the user is the precondition of a test, not the state change under test
+    /// (user creation through the CLI and the admin API has tests of its own, in cli.rs and
+    /// tokens.rs), and a CLI process per user would multiply the run time of the suite, which
+    /// creates hundreds of users; every change a test exercises goes through the CLI or the API.
     pub async fn add_user(&self, username: &str) -> String {
         self.add_user_with(username, PASSWORD, false).await
     }
