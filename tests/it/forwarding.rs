@@ -455,9 +455,11 @@ async fn forwarded_calls_reuse_one_upstream_connection_and_replace_a_closed_one(
 }
 
 /// An upstream that answers one request per connection with keep-alive headers, then closes
-/// the connection 100 ms later, as a server with a short idle timeout does.
+/// the connection 100 ms later, as a server with a short idle timeout does. It counts the
+/// connections it accepted and those it has closed.
 async fn impatient_upstream() -> (
     std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -465,9 +467,12 @@ async fn impatient_upstream() -> (
     let addr = listener.local_addr().unwrap();
     let accepted: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
     let count = accepted.clone();
+    let closed: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+    let closes = closed.clone();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let closes = closes.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -481,26 +486,33 @@ async fn impatient_upstream() -> (
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
                     .await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(tcp);
+                closes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, closed)
 }
 
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_not_used_again() {
-    let (addr, accepted) = impatient_upstream().await;
+    let (addr, accepted, closed) = impatient_upstream().await;
     let ts = TestServer::start(&format!("http://{addr}")).await;
     let sid = logged_in(&ts, "idle@example.com").await;
     let auth = format!("Bearer {sid}");
-    for _ in 0..3 {
+    for i in 1..=3 {
         let r = ts
             .client()
             .get("/services/data/v59.0/limits", &[("authorization", &auth)])
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        // Long enough for the upstream to have closed the idle connection.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The next request goes once the upstream has closed this idle connection.
+        eventually(
+            "the upstream closes the idle connection",
+            Duration::from_secs(5),
+            async || closed.load(std::sync::atomic::Ordering::SeqCst) == i,
+        )
+        .await;
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
 }

@@ -592,6 +592,7 @@ async fn a_rotation_due_while_three_replicas_run_is_emailed_once_and_another_lea
     sink.wait_for(rcpt, before + 1, Duration::from_secs(5))
         .await;
     // Every replica checked the schedule several times meanwhile; only the leader rotated.
+    // This waits for time, not for an event: the passes that must do nothing show nothing.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
         sink.to(rcpt).len(),
@@ -613,6 +614,7 @@ async fn a_rotation_due_while_three_replicas_run_is_emailed_once_and_another_lea
     due(&replicas[0]);
     sink.wait_for(rcpt, before + 2, Duration::from_secs(10))
         .await;
+    // Waits for time, not for an event (as above): no second replica rotates it too.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(sink.to(rcpt).len(), before + 2);
     for r in replicas {
