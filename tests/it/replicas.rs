@@ -730,15 +730,21 @@ async fn the_load_tool_spreads_its_connections_over_several_replicas() {
         .map(|r| format!("https://127.0.0.1:{}", r.addr.port()))
         .collect();
     let json = dir.path().join("run.json");
+    // Bounded: killed with its process group past the command timeout, failing the test.
     let run = |args: Vec<&str>| {
-        tokio::task::block_in_place(|| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-                .arg("loadtest")
-                .args(&args)
-                .env("TOKENGATE_ADMIN_SECRET", format!("{PASSWORD}{token}"))
-                .output()
-                .unwrap()
-        })
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
+        cmd.arg("loadtest")
+            .args(&args)
+            .env("TOKENGATE_ADMIN_SECRET", format!("{PASSWORD}{token}"));
+        let (out, killed) = tokio::task::block_in_place(|| {
+            crate::support::process::run_bounded(
+                cmd,
+                None,
+                crate::support::process::COMMAND_TIMEOUT,
+            )
+        });
+        assert!(!killed, "tokengate loadtest {args:?} was killed");
+        out
     };
     let (ca_s, users_s) = (ca.to_str().unwrap(), users.to_str().unwrap());
     let setup = run(vec![
