@@ -1,6 +1,7 @@
-//! The token lifecycle with real email: a real SMTP server on loopback receives every message;
-//! the emailed token works and the old one does not; Compliance BCC copies; delivery failures
-//! leave the old token valid; grace windows; scheduled rotation and its persistence.
+//! The token lifecycle with email: the tests' own SMTP server on loopback (`support::smtp`)
+//! receives every message; the emailed token works and the old one does not; Compliance BCC
+//! copies; delivery failures leave the old token valid; grace windows; scheduled rotation and
+//! its persistence. (The SMTP transport itself, against a real server, is `mail.rs`.)
 
 use std::time::Duration;
 
