@@ -477,12 +477,22 @@ async fn api_only_users_log_in_through_the_apis_but_never_to_the_console() {
         .expect("refused");
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(r.text().contains("API only"), "{}", r.text());
-    // A wrong password gets the usual answer (API only says nothing to a guesser).
+    // A wrong password gets the usual answer (API only says nothing to a guesser): the 401
+    // and the page an unknown user gets, but for the username the form shows again.
     let r = Browser::sign_in(&ts, "int@example.com", "Wr0ngPassword")
         .await
         .err()
         .unwrap();
-    assert_ne!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let stranger = Browser::sign_in(&ts, "nobody@example.com", "Wr0ngPassword")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(stranger.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.text().replace("int@example.com", "USER"),
+        stranger.text().replace("nobody@example.com", "USER")
+    );
     assert!(!r.text().contains("API only"));
     // The APIs work.
     ts.soap_login("int@example.com", &format!("{PASSWORD}{t}"))

@@ -47,6 +47,42 @@ impl<'a> Browser<'a> {
         })
     }
 
+    /// Signs in under a policy that owes a second factor, as a browser does: the password,
+    /// then enrolment with a code (RFC 6238) from the key the enrolment page shows.
+    pub(crate) async fn sign_in_enrolling(
+        ts: &'a TestServer,
+        user: &str,
+        password: &str,
+    ) -> Browser<'a> {
+        let half = match Browser::sign_in(ts, user, password).await {
+            Ok(b) => b,
+            Err(r) => panic!("{user}: the password step failed: {}", r.text()),
+        };
+        let html = half.get("/mfa").await.text();
+        let at = html
+            .find(r#"id="totp-secret">"#)
+            .expect("the enrolment key")
+            + 17;
+        let secret: String = html[at..]
+            .split('<')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let code = totp_rs::Builder::new()
+            .with_secret(totp_rs::Secret::try_from_base32(&secret).unwrap())
+            .build()
+            .unwrap()
+            .generate(tokengate::now_secs())
+            .to_string();
+        let r = half
+            .submit_raw("/mfa", "/mfa/enrol", &[("code", &code)])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{user}: enrolment: {}", r.text());
+        assert!(half.get("/settings").await.status == StatusCode::OK);
+        half
+    }
+
     pub(crate) async fn get(&self, path: &str) -> Reply {
         self.ts
             .client()
@@ -1175,24 +1211,42 @@ fn post_actions(html: &str) -> Vec<String> {
         })
         .filter_map(|f| {
             let at = f.find(r#"action=""#)? + r#"action=""#.len();
-            let action = f[at..].split('"').next()?;
-            Some(action.strip_prefix(BASE).unwrap_or(action).to_owned())
+            // As a browser reads the attribute: minijinja writes '/' as "&#x2f;" (and '&' as
+            // "&amp;"), so an action rendered from a variable is found too.
+            let action = f[at..]
+                .split('"')
+                .next()?
+                .replace("&#x2f;", "/")
+                .replace("&amp;", "&");
+            Some(action.strip_prefix(BASE).unwrap_or(&action).to_owned())
         })
         .collect()
 }
 
 #[tokio::test]
 async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
-    let (_up, sink, ts) = env().await;
+    // Every user owes a second factor, so the settings page offers the MFA forms too.
+    let up = Upstream::start().await;
+    let sink = SmtpSink::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        mail_to(c, &sink, "PatronManager");
+        c.console.mfa = tokengate::mfa::Policy::All;
+    })
+    .await;
     ts.add_user_with("boss@example.com", PASSWORD, true).await;
     ts.add_user_with("other@example.com", PASSWORD, true).await;
     let token = ts.add_user("target@example.com").await;
-    let b = Browser::sign_in(&ts, "boss@example.com", PASSWORD)
-        .await
-        .unwrap();
-    let other = Browser::sign_in(&ts, "other@example.com", PASSWORD)
-        .await
-        .unwrap();
+    let b = Browser::sign_in_enrolling(&ts, "boss@example.com", PASSWORD).await;
+    let other = Browser::sign_in_enrolling(&ts, "other@example.com", PASSWORD).await;
+    // A named token of boss's own, so its reset and revoke confirmation pages exist.
+    let r = b
+        .submit("/settings", "/settings/tokens", &[("name", "loader")])
+        .await;
+    assert!(
+        r.text().contains("The token loader was added"),
+        "{}",
+        r.text()
+    );
     let target = "/setup/users/target%40example.com";
     // Every form of the console, with fields that would make it act.
     let forms: Vec<(String, Vec<(&str, &str)>)> = vec![
@@ -1200,9 +1254,15 @@ async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
         ("/settings/reset-token".into(), vec![]),
         ("/settings/tokens".into(), vec![("name", "forged")]),
         (
-            "/settings/tokens/forged/revoke".into(),
+            "/settings/tokens/loader/revoke".into(),
             vec![("confirm", "yes")],
         ),
+        (
+            "/settings/tokens/loader/reset".into(),
+            vec![("confirm", "yes")],
+        ),
+        ("/settings/mfa".into(), vec![("current_password", PASSWORD)]),
+        ("/settings/mfa/confirm".into(), vec![("code", "123456")]),
         (
             "/settings/password".into(),
             vec![
@@ -1248,11 +1308,27 @@ async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
             ],
         ),
     ];
-    // The table covers every form the pages offer (a new form must join it).
-    let mut offered = Vec::new();
+    // The table covers every form the pages offer (a new form must join it): the pages of a
+    // user with a named token and a second factor, their confirmation pages, and the page a
+    // new authenticator is confirmed on (the answer to a real /settings/mfa form).
+    let new_key = b
+        .submit_raw(
+            "/settings",
+            "/settings/mfa",
+            &[("current_password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(new_key.status, StatusCode::OK, "{}", new_key.text());
+    let mut offered = post_actions(&new_key.text());
+    assert!(
+        offered.contains(&"/settings/mfa/confirm".to_owned()),
+        "{offered:?}"
+    );
     for page in [
         "/settings",
         "/settings/reset-token",
+        "/settings/tokens/loader/reset",
+        "/settings/tokens/loader/revoke",
         "/setup/users?q=target",
         "/setup/new-user",
         target,
@@ -1261,7 +1337,7 @@ async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
     ] {
         offered.extend(post_actions(&b.get(page).await.text()));
     }
-    assert!(offered.len() >= 10, "forms found: {offered:?}");
+    assert!(offered.len() >= 14, "forms found: {offered:?}");
     for action in &offered {
         assert!(
             forms.iter().any(|(a, _)| a == action),
@@ -1269,6 +1345,7 @@ async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
         );
     }
     let other_csrf = csrf_of(&other.get("/settings").await.text());
+    let mailed = sink.mails().len();
     for (action, fields) in &forms {
         for csrf in [None, Some("forged"), Some(other_csrf.as_str())] {
             let mut all = fields.clone();
@@ -1302,7 +1379,12 @@ async fn every_console_form_needs_the_csrf_token_of_its_own_session() {
             .await
             .is_ok()
     );
-    assert!(sink.mails().is_empty(), "a forged form sent mail");
+    assert_eq!(sink.mails().len(), mailed, "a forged form sent mail");
+    let settings = b.get("/settings").await.text();
+    assert!(
+        settings.contains("loader"),
+        "the named token is still there"
+    );
     // The session's own token works.
     let r = b
         .submit(target, &format!("{target}/disable"), &[("confirm", "yes")])

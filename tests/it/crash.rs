@@ -20,7 +20,7 @@ use http::{Method, StatusCode};
 const VICTIM: &str = "victim@example.com";
 const VICTIM_MAIL: &str = "victim.example.com@example.com";
 
-fn write_config(dir: &Path, upstream: &str, smtp: SocketAddr) -> PathBuf {
+fn write_config(dir: &Path, upstream: &str, smtp: SocketAddr, extra: &str) -> PathBuf {
     let path = dir.join("tokengate.toml");
     std::fs::write(
         &path,
@@ -45,6 +45,7 @@ port = {port}
 security = "none"
 timeout = "20s"
 from = "tokengate <noreply@tokengate.test>"
+{extra}
 "#,
             port = smtp.port(),
             store = store_backend_toml(),
@@ -65,10 +66,15 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Self {
+        Self::with("").await
+    }
+
+    /// A rig whose configuration ends with the TOML lines `extra`.
+    async fn with(extra: &str) -> Self {
         let up = Upstream::start().await;
         let sink = SmtpSink::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let config = write_config(dir.path(), &up.url(), sink.addr);
+        let config = write_config(dir.path(), &up.url(), sink.addr, extra);
         let admin_token = process::add_user(&config, "admin@example.com", PASSWORD, true);
         let initial = process::add_user(&config, VICTIM, PASSWORD, false);
         assert_eq!(sink.to(VICTIM_MAIL)[0].token(), initial);
@@ -216,6 +222,36 @@ async fn a_kill_right_after_the_mail_server_accepted_leaves_the_mailed_token_val
     );
     assert_eq!(rig.valid(&server).await, [2]);
     drop(server);
+}
+
+/// Once the client has its 202 the rotation is committed (the store is flushed before the
+/// answer): a SIGKILL then loses nothing. Without a grace period only the mailed token works
+/// after the restart; with one, the token it replaced works too, until its grace ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_after_the_202_leaves_exactly_the_committed_rotation() {
+    for (extra, after_kill, after_next) in [
+        ("", &[1][..], &[2][..]),
+        ("[tokens]\ngrace_period = \"1h\"", &[0, 1][..], &[1, 2][..]),
+    ] {
+        let rig = Rig::with(extra).await;
+        let server = rig.serve();
+        assert_eq!(
+            rig.reset(&server).await.unwrap(),
+            Some(StatusCode::ACCEPTED),
+            "{extra:?}"
+        );
+        kill(server);
+
+        let server = rig.serve();
+        assert_eq!(rig.emailed().len(), 2, "{extra:?}");
+        assert_eq!(rig.valid(&server).await, after_kill, "{extra:?}");
+        assert_eq!(
+            rig.reset(&server).await.unwrap(),
+            Some(StatusCode::ACCEPTED)
+        );
+        assert_eq!(rig.valid(&server).await, after_next, "{extra:?}");
+        drop(server);
+    }
 }
 
 /// A small deterministic generator (xorshift64*), seeded from the clock and printed, so a

@@ -229,6 +229,112 @@ async fn bodies_stream_both_ways() {
     assert_eq!(&rest[..], b"second,third");
 }
 
+/// The upstream's `/echo-body` records what it received and answers it back: a JSON body, a
+/// binary one (every byte value, NUL and invalid UTF-8 included) and an empty one reach the
+/// upstream and come back byte for byte, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn request_bodies_reach_the_upstream_byte_exact_text_and_binary() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "echo@example.com").await;
+    let json =
+        Bytes::from_static(r#"{"Name":"Café \"Acme\"","Notes":"line1\r\nline2"}"#.as_bytes());
+    let binary: Bytes = (0..=255u8).cycle().take(70_000).collect::<Vec<u8>>().into();
+    for client in [ts.client(), ts.h2_client()] {
+        for (content_type, body) in [
+            ("application/json", json.clone()),
+            ("application/octet-stream", binary.clone()),
+            ("application/octet-stream", Bytes::new()),
+        ] {
+            let b = client
+                .request(Method::POST, "/echo-body")
+                .header("authorization", format!("Bearer {sid}"))
+                .header("content-type", content_type);
+            let r = client.call(b, body.clone()).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let seen = up.last();
+            assert_eq!(seen.uri, "/echo-body");
+            assert_eq!(seen.method, Method::POST);
+            assert_eq!(seen.headers["content-type"], content_type);
+            assert!(
+                seen.body == body,
+                "{:?}, {content_type}: the upstream received {} bytes, not the {} sent",
+                r.version,
+                seen.body.len(),
+                body.len()
+            );
+            assert!(r.body == body, "{:?}: the echo came back whole", r.version);
+        }
+    }
+}
+
+/// A multi-megabyte answer (not a multiple of any buffer size) arrives byte for byte, over
+/// HTTP/1.1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_megabyte_answer_arrives_byte_exact_over_http1_and_h2() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "large@example.com").await;
+    const N: usize = 5 * 1024 * 1024 + 4093;
+    let expected = pattern(N);
+    for (client, version) in [
+        (ts.client(), http::Version::HTTP_11),
+        (ts.h2_client(), http::Version::HTTP_2),
+    ] {
+        let r = client
+            .get_with_session(&format!("/large?bytes={N}"), &sid)
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.version, version);
+        assert_eq!(r.body.len(), N, "{version:?}");
+        assert!(r.body == expected, "{version:?}: the bytes differ");
+        assert_eq!(up.last().uri, format!("/large?bytes={N}"));
+    }
+}
+
+/// An upstream's error is the upstream's answer: its 500, its content type and its body reach
+/// the client unchanged (tokengate's own 502 is for an upstream it could not reach).
+#[tokio::test]
+async fn an_upstream_500_passes_through_with_its_status_and_body_unchanged() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "error@example.com").await;
+    for client in [ts.client(), ts.h2_client()] {
+        let r = client.get_with_session("/error", &sid).await;
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{:?}",
+            r.version
+        );
+        assert_eq!(
+            r.text(),
+            r#"[{"message":"upstream failure","errorCode":"UNKNOWN_EXCEPTION"}]"#
+        );
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json;charset=UTF-8")
+        );
+        assert_eq!(up.last().uri, "/error");
+    }
+}
+
+/// An answer the upstream sends chunked (no length known in advance) is relayed whole, and
+/// tokengate invents no length for it.
+#[tokio::test]
+async fn a_chunked_answer_is_relayed_whole() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let sid = logged_in(&ts, "chunked@example.com").await;
+    for client in [ts.client(), ts.h2_client()] {
+        let r = client.get_with_session("/chunked", &sid).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.version);
+        assert_eq!(r.text(), "first,second,third", "{:?}", r.version);
+        assert_eq!(r.header("content-length"), None, "{:?}", r.version);
+    }
+    assert_eq!(up.arrived("/chunked"), 2);
+}
+
 #[tokio::test]
 async fn unreachable_upstream_gives_502_and_slow_upstream_gives_504() {
     // A port that refuses connections.
@@ -349,9 +455,11 @@ async fn forwarded_calls_reuse_one_upstream_connection_and_replace_a_closed_one(
 }
 
 /// An upstream that answers one request per connection with keep-alive headers, then closes
-/// the connection 100 ms later, as a server with a short idle timeout does.
+/// the connection 100 ms later, as a server with a short idle timeout does. It counts the
+/// connections it accepted and those it has closed.
 async fn impatient_upstream() -> (
     std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -359,9 +467,12 @@ async fn impatient_upstream() -> (
     let addr = listener.local_addr().unwrap();
     let accepted: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
     let count = accepted.clone();
+    let closed: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+    let closes = closed.clone();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let closes = closes.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -375,26 +486,33 @@ async fn impatient_upstream() -> (
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
                     .await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(tcp);
+                closes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, closed)
 }
 
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_not_used_again() {
-    let (addr, accepted) = impatient_upstream().await;
+    let (addr, accepted, closed) = impatient_upstream().await;
     let ts = TestServer::start(&format!("http://{addr}")).await;
     let sid = logged_in(&ts, "idle@example.com").await;
     let auth = format!("Bearer {sid}");
-    for _ in 0..3 {
+    for i in 1..=3 {
         let r = ts
             .client()
             .get("/services/data/v59.0/limits", &[("authorization", &auth)])
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        // Long enough for the upstream to have closed the idle connection.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The next request goes once the upstream has closed this idle connection.
+        eventually(
+            "the upstream closes the idle connection",
+            Duration::from_secs(5),
+            async || closed.load(std::sync::atomic::Ordering::SeqCst) == i,
+        )
+        .await;
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
 }

@@ -317,23 +317,53 @@ async fn a_session_created_by_a_login_that_raced_a_disable_is_dead() {
     // Cold verifications of a decoy (each a different wrong password, so none is shared) fill
     // the single hashing slot; the victim's login reads the user record and then waits behind
     // them.
+    const DECOYS: usize = 30;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut decoys = Vec::new();
-    for i in 0..30 {
-        let c = r.ts.client();
+    for i in 0..DECOYS {
+        let (c, done) = (r.ts.client(), done.clone());
         let body = soap_login_body("decoy@example.com", &format!("Wrong{i}pass{decoy}"));
         decoys.push(tokio::spawn(async move {
-            c.post("/services/Soap/u/59.0", "text/xml", body).await
+            let reply = c.post("/services/Soap/u/59.0", "text/xml", body).await;
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            reply
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The pool's depth counts the callers waiting for or holding the slot. A decoy answered
+    // has left it, so `depth + answered` reaches DECOYS only once every decoy is in the pool
+    // (or through it), and exceeds what the decoys account for only once the victim is in.
+    let pool = r.ts.app().auth.hash_pool();
+    let answered = || done.load(std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        "every decoy is in the hashing pool",
+        Duration::from_secs(20),
+        async || {
+            let n = answered();
+            pool.depth() + n == DECOYS
+        },
+    )
+    .await;
     let c = r.ts.client();
     let body = soap_login_body("racer@example.com", &format!("{PASSWORD}{token}"));
     let login =
         tokio::spawn(async move { c.post("/services/Soap/u/59.0", "text/xml", body).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!login.is_finished(), "the login waits for the hashing slot");
+    eventually(
+        "the login waits behind the decoys for the hashing slot",
+        Duration::from_secs(20),
+        async || {
+            let n = answered();
+            pool.depth() + n == DECOYS + 1
+        },
+    )
+    .await;
     // Disabled through the CLI, as an operator would, while the login waits.
     cli(&r.ts, &["user", "disable", "racer@example.com"], None);
+    // The disable landed before the login got its turn (the slot is first come, first
+    // served, so a decoy still in the pool is ahead of it): the race was run, not lost.
+    assert!(
+        pool.depth() >= 2 && !login.is_finished(),
+        "the login reached the hashing slot before the disable: nothing was raced"
+    );
     let login = login.await.unwrap();
     for d in decoys {
         d.await.unwrap();
@@ -683,6 +713,8 @@ async fn cross_site_requests_under_tokengate_are_refused() {
         let reply = post("/tokengate/v1/admin/users", &headers, Some(r.admin.clone())).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{headers:?}");
     }
+    // This waits for time, not for an event: a self-service reset is mailed after its answer,
+    // and a refused request leaves nothing to wait on.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(r.sink.mails().len() <= 2, "no reset was made");
     // Same-origin pages and clients that send neither header are unaffected.

@@ -10,18 +10,34 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
-/// Runs `tokengate loadtest ARGS` to its end. The test's server runs on the same runtime, so
-/// the wait is on a blocking section (the tests use the multi-thread runtime).
+/// Runs `tokengate loadtest ARGS` to its end, or kills it (and its process group) after
+/// [`process::COMMAND_TIMEOUT`]. The test's server runs on the same runtime, so the wait is on
+/// a blocking section (the tests use the multi-thread runtime).
 fn loadtest(args: &[&str], admin_secret: &str) -> Output {
-    tokio::task::block_in_place(|| {
-        Command::new(BIN)
-            .arg("loadtest")
-            .args(args)
-            .env("TOKENGATE_ADMIN_SECRET", admin_secret)
-            .env("TOKENGATE_LOADTEST_CLIENT_SECRET", CLIENT_SECRET)
-            .output()
-            .unwrap()
-    })
+    let mut cmd = Command::new(BIN);
+    cmd.arg("loadtest")
+        .args(args)
+        .env("TOKENGATE_ADMIN_SECRET", admin_secret)
+        .env("TOKENGATE_LOADTEST_CLIENT_SECRET", CLIENT_SECRET);
+    bounded(cmd)
+}
+
+/// Runs `cmd` under [`process::COMMAND_TIMEOUT`]; a run that had to be killed fails the test.
+fn bounded(cmd: Command) -> Output {
+    // The program and its arguments: its environment carries the admin's secret.
+    let what = format!(
+        "{:?} {:?}",
+        cmd.get_program(),
+        cmd.get_args().collect::<Vec<_>>()
+    );
+    let (out, killed) =
+        tokio::task::block_in_place(|| process::run_bounded(cmd, None, process::COMMAND_TIMEOUT));
+    assert!(
+        !killed,
+        "{what} was killed after {:?}",
+        process::COMMAND_TIMEOUT
+    );
+    out
 }
 
 fn ok(o: &Output) -> String {
@@ -317,7 +333,8 @@ fn openssl_self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}.key")),
     );
-    let out = Command::new("openssl")
+    let mut openssl = Command::new("openssl");
+    openssl
         .args([
             "req",
             "-x509",
@@ -336,9 +353,8 @@ fn openssl_self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path
         ])
         .arg(&key)
         .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl binary runs");
+        .arg(&cert);
+    let out = bounded(openssl);
     assert!(
         out.status.success(),
         "{}",
@@ -356,15 +372,9 @@ async fn ca_pins_an_openssl_self_signed_certificate_and_still_refuses_another() 
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = openssl_self_signed(dir.path(), "served");
     let (stranger, _) = openssl_self_signed(dir.path(), "stranger");
-    let text = String::from_utf8(
-        Command::new("openssl")
-            .args(["x509", "-noout", "-text", "-in"])
-            .arg(&cert)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let mut show = Command::new("openssl");
+    show.args(["x509", "-noout", "-text", "-in"]).arg(&cert);
+    let text = String::from_utf8(bounded(show).stdout).unwrap();
     assert!(text.contains("CA:TRUE"), "the case this pins down: {text}");
     let ts = TestServer::start_with(&up.url(), |c| {
         c.tls.cert = Some(cert.clone());

@@ -359,7 +359,7 @@ async fn wrong_codes_count_toward_lockout_and_a_new_password_step_does_not_clear
         "{reasons:?}"
     );
     // Unlocked, the right code works and clears the count.
-    ts.app().users.unlock("ann@example.com").unwrap();
+    cli(&ts, &["user", "unlock", "ann@example.com"], None);
     b.password("ann@example.com").await;
     assert!(b.code(&right).await);
 }
@@ -586,7 +586,7 @@ async fn a_user_made_admin_while_signed_in_must_sign_in_again_with_a_second_fact
         format!("{BASE}/settings")
     );
     assert!(b.signed_in().await);
-    ts.app().users.set_admin("fay@example.com", true).unwrap();
+    cli(&ts, &["user", "grant-admin", "fay@example.com"], None);
     let r = b.get("/setup/users").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(r.header("location").unwrap().ends_with("/signin?expired=1"));

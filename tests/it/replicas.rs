@@ -1002,6 +1002,7 @@ async fn a_rotation_due_while_three_replicas_run_is_emailed_once_and_another_lea
     sink.wait_for(rcpt, before + 1, Duration::from_secs(5))
         .await;
     // Every replica checked the schedule several times meanwhile; only the leader rotated.
+    // This waits for time, not for an event: the passes that must do nothing show nothing.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
         sink.to(rcpt).len(),
@@ -1023,6 +1024,7 @@ async fn a_rotation_due_while_three_replicas_run_is_emailed_once_and_another_lea
     due(&replicas[0]);
     sink.wait_for(rcpt, before + 2, Duration::from_secs(10))
         .await;
+    // Waits for time, not for an event (as above): no second replica rotates it too.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(sink.to(rcpt).len(), before + 2);
     for r in replicas {
@@ -1138,15 +1140,21 @@ async fn the_load_tool_spreads_its_connections_over_several_replicas() {
         .map(|r| format!("https://127.0.0.1:{}", r.addr.port()))
         .collect();
     let json = dir.path().join("run.json");
+    // Bounded: killed with its process group past the command timeout, failing the test.
     let run = |args: Vec<&str>| {
-        tokio::task::block_in_place(|| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-                .arg("loadtest")
-                .args(&args)
-                .env("TOKENGATE_ADMIN_SECRET", format!("{PASSWORD}{token}"))
-                .output()
-                .unwrap()
-        })
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
+        cmd.arg("loadtest")
+            .args(&args)
+            .env("TOKENGATE_ADMIN_SECRET", format!("{PASSWORD}{token}"));
+        let (out, killed) = tokio::task::block_in_place(|| {
+            crate::support::process::run_bounded(
+                cmd,
+                None,
+                crate::support::process::COMMAND_TIMEOUT,
+            )
+        });
+        assert!(!killed, "tokengate loadtest {args:?} was killed");
+        out
     };
     let (ca_s, users_s) = (ca.to_str().unwrap(), users.to_str().unwrap());
     let setup = run(vec![
@@ -1637,13 +1645,20 @@ async fn a_named_token_revoked_on_one_replica_ends_its_sessions_and_cache_on_ano
     let sink = crate::support::smtp::SmtpSink::start().await;
     let mut r = replicas_with(2, &up.url(), |c| mail_to(c, &sink, "PatronManager")).await;
     let (b, a) = (r.pop().unwrap(), r.pop().unwrap());
+    let admin_token = a.add_user_with("admin@example.com", PASSWORD, true).await;
+    let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
     let token = a.add_user("ann@example.com").await;
-    let user = a.app().tokens.find("ann@example.com").unwrap();
-    a.app()
-        .tokens
-        .add_named(&user.id, "dataloader")
-        .await
-        .unwrap();
+    // The named token is made and revoked through A's admin API, as an administrator would.
+    let r = a
+        .client()
+        .api(
+            &admin,
+            http::Method::POST,
+            "admin/users/ann@example.com/tokens",
+            Some(serde_json::json!({ "name": "dataloader" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let named = sink
         .wait_for("ann.example.com@example.com", 1, Duration::from_secs(5))
         .await[0]
@@ -1669,13 +1684,19 @@ async fn a_named_token_revoked_on_one_replica_ends_its_sessions_and_cache_on_ano
             .await
             .status
     };
-    assert_eq!(basic_on_b().await, StatusCode::OK);
+    // B answers the named credential from its cache (the hit counter proves the entry).
+    assert_basic_cached(&b, "ann@example.com", &named).await;
 
-    a.app()
-        .tokens
-        .revoke_named(&user.id, "dataloader")
-        .await
-        .unwrap();
+    let r = a
+        .client()
+        .api(
+            &admin,
+            http::Method::DELETE,
+            "admin/users/ann@example.com/tokens/dataloader",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     eventually(
         "the revocation reaches replica B's sessions",
         Duration::from_secs(1),
@@ -2068,8 +2089,10 @@ async fn a_token_reset_on_one_replica_is_enforced_on_another_within_a_second() {
     let admin = basic("admin@example.com", &format!("{PASSWORD}{admin_token}"));
     let old = a.add_user("ivy@example.com").await;
     let old = format!("{PASSWORD}{old}");
-    // On B: a session, and the credentials verified (and cached) for Basic.
+    // On B: a session, and the credentials verified and cached for Basic (the hit counter
+    // proves the entry, so B's refusal after the reset proves the entry was killed).
     let sid = b.soap_login("ivy@example.com", &old).await;
+    assert_basic_cached(&b, "ivy@example.com", &old).await;
     let basic_on_b = async |secret: &str| {
         b.client()
             .get(

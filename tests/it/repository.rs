@@ -11,6 +11,7 @@ const SKIPPED_DIRS: &[&str] = &[
     ".git",
     "target",
     "node_modules",
+    "tests/.venv",
     "fuzz/target",
     "fuzz/corpus",
     "fuzz/artifacts",

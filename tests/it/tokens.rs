@@ -1,6 +1,7 @@
-//! The token lifecycle with real email: a real SMTP server on loopback receives every message;
-//! the emailed token works and the old one does not; Compliance BCC copies; delivery failures
-//! leave the old token valid; grace windows; scheduled rotation and its persistence.
+//! The token lifecycle with email: the tests' own SMTP server on loopback (`support::smtp`)
+//! receives every message; the emailed token works and the old one does not; Compliance BCC
+//! copies; delivery failures leave the old token valid; grace windows; scheduled rotation and
+//! its persistence. (The SMTP transport itself, against a real server, is `mail.rs`.)
 
 use std::time::Duration;
 
@@ -67,6 +68,8 @@ async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
     let sid =
         e.ts.soap_login("bob@example.com", &format!("{PASSWORD}{old}"))
             .await;
+    // The old Basic credential is in the verification cache before the reset.
+    assert_basic_cached(&e.ts, "bob@example.com", &format!("{PASSWORD}{old}")).await;
 
     let r = admin_reset(&e.ts, &admin, "bob@example.com").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
@@ -96,15 +99,7 @@ async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
         "the token is in the text and HTML parts"
     );
 
-    assert!(soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{new}")).await);
-    assert!(!soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{old}")).await);
-    // The reset ended the user's sessions (the default).
-    let r =
-        e.ts.client()
-            .get_with_session("/services/data/v59.0/", &sid)
-            .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    // The old Basic credential fails on the very next request.
+    // The cached old Basic credential fails on the very next request.
     let r =
         e.ts.client()
             .get(
@@ -114,6 +109,14 @@ async fn admin_reset_emails_a_token_that_works_while_the_old_one_fails() {
                     &basic("bob@example.com", &format!("{PASSWORD}{old}")),
                 )],
             )
+            .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{new}")).await);
+    assert!(!soap_ok(&e.ts, "bob@example.com", &format!("{PASSWORD}{old}")).await);
+    // The reset ended the user's sessions (the default).
+    let r =
+        e.ts.client()
+            .get_with_session("/services/data/v59.0/", &sid)
             .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // Neither token, nor the password, nor the session id is in the store, or in a backup of it.
@@ -237,6 +240,8 @@ async fn self_service_reset_works_with_the_password_alone_and_hides_unknown_user
     let r = reset(basic("self@example.com", PASSWORD)).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     assert_eq!(r.body, accepted);
+    // This waits for time, not for an event: a self-service reset is mailed after its answer,
+    // and one refused by the quota leaves nothing to wait on.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(e.sink.to(&email_of("self@example.com")).len(), 3);
 
@@ -328,6 +333,9 @@ async fn compliance_bcc_receives_a_redacted_copy_by_default_and_verbatim_when_co
         copies[1].decoded_parts().iter().all(|p| p.contains(&token)),
         "verbatim when configured, in every part"
     );
+    // A verbatim copy is made from the token in memory: neither token reached the store.
+    let first = e.sink.to(&email_of("carl@example.com"))[0].token();
+    assert_not_stored(&e.ts, &[&first, &token]);
 
     // Bad settings are refused with a clear error.
     for bad in [
@@ -348,7 +356,9 @@ async fn compliance_bcc_receives_a_redacted_copy_by_default_and_verbatim_when_co
         admin_reset(&e.ts, &admin, "carl@example.com").await.status,
         StatusCode::ACCEPTED
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An admin reset answers once its mail and the compliance copy were sent (the copy in the
+    // same send, before the 202): a copy made now would already be here.
+    assert_eq!(e.sink.to(&email_of("carl@example.com")).len(), 3);
     assert_eq!(
         e.sink.to("compliance@example.org").len(),
         2,
@@ -406,7 +416,7 @@ async fn a_failed_compliance_copy_never_undoes_the_rotation_and_is_retried() {
         queued() == 0
     })
     .await;
-    assert_eq!(files_hold(e.ts.dir.path(), &token), None);
+    assert_not_stored(&e.ts, &[&token]);
 
     // A verbatim copy that fails waits in memory only: the store never holds a token.
     set_compliance(false).await;
@@ -420,12 +430,8 @@ async fn a_failed_compliance_copy_never_undoes_the_rotation_and_is_retried() {
     );
     let token = e.sink.to(&email_of("dora@example.com"))[1].token();
     assert_eq!(queued(), 1);
-    e.ts.app().store.flush().unwrap();
-    assert_eq!(
-        files_hold(e.ts.dir.path(), &token),
-        None,
-        "the verbatim copy is not in the data directory"
-    );
+    // The verbatim copy waiting for its retry is not in the store, in any spelling.
+    assert_not_stored(&e.ts, &[&token]);
     e.sink.set(Behaviour::default());
     let copies = e
         .sink
@@ -473,11 +479,19 @@ async fn smtp_down_refusing_or_hanging_gives_503_and_the_old_token_stays_valid()
             "{behaviour:?}"
         );
     }
+    // The token made for the refused message (the sink kept it) never works and is never
+    // stored; neither is the old one.
+    let refused = e.sink.refused();
+    assert_eq!(refused.len(), 1, "one message was refused at DATA");
+    let refused = refused[0].token();
+    assert_ne!(refused, old);
+    assert!(!soap_ok(&e.ts, "eve@example.com", &format!("{PASSWORD}{refused}")).await);
     e.sink.set(Behaviour::default());
     e.sink.stop();
     let r = admin_reset(&e.ts, &admin, "eve@example.com").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(soap_ok(&e.ts, "eve@example.com", &format!("{PASSWORD}{old}")).await);
+    assert_not_stored(&e.ts, &[&refused, &old, PASSWORD]);
     let user = e.ts.app().tokens.find("eve@example.com").unwrap();
     assert!(
         user.pending_token.is_none(),
@@ -646,10 +660,18 @@ async fn scheduled_rotation_emails_due_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotation_schedule_survives_a_restart_and_missed_rotations_run_at_start() {
     let e = env_with(|c| c.tokens.rotation_check_interval = Duration::from_millis(200)).await;
-    e.ts.add_user("sched@example.com").await;
+    let first = e.ts.add_user("sched@example.com").await;
     cli(
         &e.ts,
         &["user", "set", "sched@example.com", "--rotate-every", "1h"],
+        None,
+    );
+    // Another user due a second from now: its mail after the restart proves the scheduler
+    // has run its passes over sched@ too (an event, not a sleep).
+    e.ts.add_user("tick@example.com").await;
+    cli(
+        &e.ts,
+        &["user", "set", "tick@example.com", "--rotate-every", "1s"],
         None,
     );
     let due =
@@ -660,14 +682,32 @@ async fn the_rotation_schedule_survives_a_restart_and_missed_rotations_run_at_st
             .next_rotation_at
             .unwrap();
     let ts = e.ts.restart().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Counted once the old server is down: the next tick is the new server's.
+    let ticks = e.sink.to(&email_of("tick@example.com")).len();
+    let ticked = e
+        .sink
+        .wait_for(
+            &email_of("tick@example.com"),
+            ticks + 1,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(ticked.len() > ticks, "the scheduler runs after the restart");
+    cli(
+        &ts,
+        &["user", "set", "tick@example.com", "--rotate-every", "off"],
+        None,
+    );
     let user = ts.app().tokens.find("sched@example.com").unwrap();
     assert_eq!(
         user.next_rotation_at,
         Some(due),
         "neither skipped nor repeated"
     );
-    assert!(e.sink.mails().is_empty(), "nothing was due");
+    assert!(
+        e.sink.to(&email_of("sched@example.com")).is_empty(),
+        "nothing was due"
+    );
 
     // A rotation that fell due while the server was down runs at start.
     let store = ts.app().store.clone();
@@ -688,14 +728,11 @@ async fn the_rotation_schedule_survives_a_restart_and_missed_rotations_run_at_st
         user.next_rotation_at.unwrap() >= tokengate::now_secs() + 3500,
         "the next one is a period away"
     );
-    assert!(
-        soap_ok(
-            &ts,
-            "sched@example.com",
-            &format!("{PASSWORD}{}", mails[0].token())
-        )
-        .await
-    );
+    let mailed = mails[0].token();
+    assert!(soap_ok(&ts, "sched@example.com", &format!("{PASSWORD}{mailed}")).await);
+    assert!(!soap_ok(&ts, "sched@example.com", &format!("{PASSWORD}{first}")).await);
+    // Neither the token rotated at start nor the one it replaced is in the store.
+    assert_not_stored(&ts, &[&mailed, &first, PASSWORD]);
     drop(e.up);
 }
 

@@ -402,7 +402,11 @@ impl TestServer {
         &self.server.as_ref().unwrap().app
     }
 
-    /// Creates a user and returns the security token.
+    /// Creates a user and returns the security token. This is fixture setup, made in-process
+    /// on purpose: the user is the precondition of a test, not the state change under test
+    /// (user creation through the CLI and the admin API has tests of its own, in cli.rs and
+    /// tokens.rs), and a CLI process per user would multiply the run time of the suite, which
+    /// creates hundreds of users; every change a test exercises goes through the CLI or the API.
     pub async fn add_user(&self, username: &str) -> String {
         self.add_user_with(username, PASSWORD, false).await
     }
@@ -786,6 +790,29 @@ pub fn spellings(s: &str) -> Vec<String> {
     out
 }
 
+/// Asserts `user`'s Basic credential `secret` is answered from the verification cache: a call
+/// that verifies (or finds) it, then a second one that the cache-hit counter shows was a hit.
+/// Run before a credential change, it makes a refusal after the change prove that the change
+/// killed a cached entry, not that no entry was ever made.
+pub async fn assert_basic_cached(ts: &TestServer, user: &str, secret: &str) {
+    let call = async || {
+        ts.client()
+            .get(
+                "/services/data/v59.0/",
+                &[("authorization", &basic(user, secret))],
+            )
+            .await
+            .status
+    };
+    assert_eq!(call().await, StatusCode::OK, "{user}: the credential works");
+    let before = ts.app().auth.cache_hits();
+    assert_eq!(call().await, StatusCode::OK, "{user}: the credential works");
+    assert!(
+        ts.app().auth.cache_hits() > before,
+        "{user}: the credential is answered from the cache"
+    );
+}
+
 /// A configuration file for the CLI that points at a test server's data directory, so the
 /// CLI's admin commands go through that server's admin socket.
 pub fn cli_config(ts: &TestServer) -> std::path::PathBuf {
@@ -813,9 +840,19 @@ pub fn cli(ts: &TestServer, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 /// Asserts the data directory holds none of `secrets`, in any spelling, once the store has
-/// written everything out: tokens and passwords are stored only as keyed hashes.
+/// written everything out: tokens and passwords are stored only as keyed hashes. On PostgreSQL
+/// (where the data directory holds next to nothing) the server's whole database is dumped and
+/// searched too, in every spelling and as `bytea` hex.
 pub fn assert_not_stored(ts: &TestServer, secrets: &[&str]) {
     ts.app().store.flush().expect("flush the store");
+    let dump = database_dump(&ts.cfg);
+    if on_postgres() {
+        let dump = dump.as_deref().expect("a PostgreSQL test server");
+        assert!(
+            dump.contains("tg_users"),
+            "the dump holds the store's tables"
+        );
+    }
     for s in secrets {
         for form in spellings(s) {
             assert!(
@@ -824,7 +861,39 @@ pub fn assert_not_stored(ts: &TestServer, secrets: &[&str]) {
                 files_hold(ts.dir.path(), &form)
             );
         }
+        if let Some(dump) = &dump {
+            let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+            for form in spellings(s).into_iter().chain([hex]) {
+                assert!(!dump.contains(&form), "the database holds a secret");
+            }
+        }
     }
+}
+
+/// The text of `pg_dump` of the server's database when its store is on PostgreSQL.
+fn database_dump(cfg: &Config) -> Option<String> {
+    let tokengate::config::Backend::Postgres(pg) = &cfg.store.backend else {
+        return None;
+    };
+    let host = match pg.connect.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        other => panic!("a TCP host for the test database: {other:?}"),
+    };
+    let url = format!(
+        "postgres://{}@{host}:{}/{}?sslmode=prefer",
+        pg.connect.get_user().unwrap_or("postgres"),
+        pg.connect.get_ports().first().copied().unwrap_or(5432),
+        pg.connect.get_dbname().expect("a database name"),
+    );
+    // pg_dump blocks; it talks to the database, never to the server, so on a current-thread
+    // runtime it may block it for its moment.
+    let dump = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(|| postgres::cluster().dump(&url))
+        }
+        _ => postgres::cluster().dump(&url),
+    };
+    Some(dump.unwrap_or_else(|e| panic!("pg_dump of the test database: {e}")))
 }
 
 /// A plain-HTTP GET (the metrics listener); the whole answer, head and body.

@@ -25,6 +25,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// How long Pebble and its DNS may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How many sets of free ports to try when another process takes one between its pick and
+/// Pebble's bind (the ports are picked free, then released for Pebble to bind).
+const START_ATTEMPTS: u32 = 5;
+
 /// Pebble, its DNS, and the files they were started with.
 pub struct Pebble {
     /// The DNS server, then Pebble (`None` while stopped by [`Pebble::stop_ca`]).
@@ -58,6 +62,29 @@ impl Pebble {
             );
             return None;
         };
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(&pebble, &dns, tls_port, validity) {
+                Ok(p) => return Some(p),
+                Err(logs)
+                    if attempt < START_ATTEMPTS && logs.contains("address already in use") =>
+                {
+                    eprintln!("pebble: a port was taken before it bound it; trying other ports");
+                    attempt += 1;
+                }
+                Err(logs) => panic!("pebble did not start:\n{logs}"),
+            }
+        }
+    }
+
+    /// One start on fresh ports; `Err` with both processes' logs (and both killed) when either
+    /// did not listen in time or exited.
+    fn try_start(
+        pebble: &Path,
+        dns: &Path,
+        tls_port: u16,
+        validity: Option<Duration>,
+    ) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (listen, management, dns_at, dns_mgmt, http) = (
             free_addr(),
@@ -110,20 +137,36 @@ impl Pebble {
         let mut p = Self {
             dns: dns_child,
             ca: None,
-            program: pebble,
+            program: pebble.to_owned(),
             dns_at,
             dir,
             listen,
             management,
         };
-        p.wait_listening(&[dns_mgmt]);
-        p.start_ca();
-        Some(p)
+        let started = p
+            .wait_listening(&[dns_mgmt])
+            .and_then(|()| p.try_start_ca());
+        match started {
+            Ok(()) => Ok(p),
+            Err(e) => {
+                let logs = format!("{e}\n{}", p.logs());
+                p.kill();
+                Err(logs)
+            }
+        }
     }
 
     /// Starts Pebble itself (the DNS server is already up) and waits until it listens. Its
     /// state (accounts, orders, its root) is in memory only: a new start has none of it.
     pub fn start_ca(&mut self) {
+        if let Err(e) = self.try_start_ca() {
+            let logs = self.logs();
+            self.kill();
+            panic!("{e}:\n{logs}");
+        }
+    }
+
+    fn try_start_ca(&mut self) -> Result<(), String> {
         assert!(self.ca.is_none(), "pebble is already running");
         let pebble_child = Command::new(&self.program)
             .arg("-config")
@@ -140,7 +183,7 @@ impl Pebble {
             .spawn()
             .expect("pebble starts");
         self.ca = Some(pebble_child);
-        self.wait_listening(&[self.listen, self.management]);
+        self.wait_listening(&[self.listen, self.management])
     }
 
     /// Stops Pebble itself (killed, as a crash or an outage would end it); its DNS stays up.
@@ -151,18 +194,36 @@ impl Pebble {
         }
     }
 
-    fn wait_listening(&mut self, addrs: &[SocketAddr]) {
+    /// Waits until every address of `addrs` takes connections, and fails as soon as a process
+    /// exited (a port it could not bind) or past [`START_TIMEOUT`].
+    fn wait_listening(&mut self, addrs: &[SocketAddr]) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         for &at in addrs {
             while std::net::TcpStream::connect_timeout(&at, Duration::from_millis(200)).is_err() {
+                self.still_running()?;
                 if Instant::now() > deadline {
-                    let logs = self.logs();
-                    self.kill();
-                    panic!("pebble did not listen on {at} within {START_TIMEOUT:?}:\n{logs}");
+                    return Err(format!(
+                        "pebble did not listen on {at} within {START_TIMEOUT:?}"
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        // A port another process took would answer too: the processes must be alive.
+        self.still_running()
+    }
+
+    /// `Err` when the DNS server or Pebble has exited.
+    fn still_running(&mut self) -> Result<(), String> {
+        if let Ok(Some(status)) = self.dns.try_wait() {
+            return Err(format!("pebble-challtestsrv exited: {status}"));
+        }
+        if let Some(ca) = self.ca.as_mut()
+            && let Ok(Some(status)) = ca.try_wait()
+        {
+            return Err(format!("pebble exited: {status}"));
+        }
+        Ok(())
     }
 
     /// The ACME directory URL.

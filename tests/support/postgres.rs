@@ -5,7 +5,7 @@
 //! and start it again ([`Cluster::stop`], [`Cluster::start`]) on a cluster of their own
 //! ([`Cluster::private`]): the shared one is never stopped, as tests run side by side.
 //!
-//! The programs (`initdb`, `pg_ctl`, `postgres`, `psql`) are found on PATH, else in the newest
+//! The programs (`initdb`, `pg_ctl`, `postgres`, `psql`, `pg_dump`) are found on PATH, else in the newest
 //! `/usr/lib/postgresql/*/bin/`; when there are none, the tests fail and say to install Debian's
 //! `postgresql` — they never skip. `initdb` refuses to run as root: as root, the server and its
 //! tools run as the `postgres` user, through `runuser`.
@@ -30,12 +30,12 @@ use std::time::{Duration, Instant};
 use super::process::run_bounded;
 
 /// The programs the cluster is run with, all from one directory.
-const PROGRAMS: [&str; 4] = ["initdb", "pg_ctl", "postgres", "psql"];
+const PROGRAMS: [&str; 5] = ["initdb", "pg_ctl", "postgres", "psql", "pg_dump"];
 
 /// How long the server may take to start, to stop, or to answer once started.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long any other command (`initdb`, `psql`, `id`, `chown`) may take.
+/// How long any other command (`initdb`, `psql`, `pg_dump`, `id`, `chown`) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How many free ports to try when another process takes the port between its pick and the
@@ -189,6 +189,23 @@ impl Cluster {
             Err(format!("psql timed out after {COMMAND_TIMEOUT:?}"))
         } else if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+        } else {
+            Err(both(&out))
+        }
+    }
+
+    /// The whole database at `url` as `pg_dump` writes it (schema and every row, as SQL text,
+    /// `bytea` in hex): what a search for stored secrets scans on PostgreSQL.
+    pub fn dump(&self, url: &str) -> Result<String, String> {
+        let mut cmd = Command::new(self.bin.join("pg_dump"));
+        scrub_env(&mut cmd);
+        cmd.env("PGCONNECT_TIMEOUT", "10")
+            .args(["--no-owner", "--no-privileges", "-d", url]);
+        let (out, killed) = run_bounded(cmd, None, COMMAND_TIMEOUT);
+        if killed {
+            Err(format!("pg_dump timed out after {COMMAND_TIMEOUT:?}"))
+        } else if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(both(&out))
         }

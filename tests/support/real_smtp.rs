@@ -1,7 +1,12 @@
 //! A real SMTP server for the tests that exercise the transport itself: aiosmtpd from PyPI
-//! (pinned in `tests/support/requirements.txt`; `.ci/run` installs it, and so does this module
-//! when it is missing) in one of tokengate's three security modes — plaintext, STARTTLS, or
-//! implicit TLS — with AUTH when asked, behind a certificate of a private CA made here.
+//! (pinned in `tests/support/requirements.txt`) in one of tokengate's three security modes —
+//! plaintext, STARTTLS, or implicit TLS — with AUTH when asked, behind a certificate of a
+//! private CA made here.
+//!
+//! It runs in the tests' own Python virtual environment, `tests/.venv` (git-ignored): a system
+//! Python may be "externally managed" (PEP 668, Debian's) and refuse `pip install`, and may have
+//! no pip at all. `.ci/run` makes the environment and installs the pinned packages; a developer's
+//! first run does the same here, once, each step under a deadline.
 //!
 //! The server prints one JSON line per accepted message; they are collected as [`Mail`]s. It
 //! stops when its standard input closes, so it never outlives its test, and it is killed on
@@ -34,25 +39,81 @@ pub struct RealSmtp {
     _dir: tempfile::TempDir,
 }
 
-/// Installs the pinned packages once per test binary, when `import aiosmtpd` fails.
+/// The tests' virtual environment (`.ci/run` makes the same one).
+fn venv() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/.venv"))
+}
+
+/// The virtual environment's interpreter, the one the server runs on.
+fn python() -> PathBuf {
+    venv().join("bin/python")
+}
+
+/// Runs one setup command under `timeout` (its process group killed past it); panics with
+/// `hint` and the command's output when it fails.
+fn setup_step(cmd: Command, timeout: Duration, hint: &str) {
+    let what = format!("{cmd:?}");
+    let (out, killed) = super::process::run_bounded(cmd, None, timeout);
+    assert!(
+        out.status.success() && !killed,
+        "{what} failed{}: {hint}\n{}{}",
+        if killed {
+            format!(" (killed after {timeout:?})")
+        } else {
+            String::new()
+        },
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes the virtual environment and installs the pinned packages into it, once per test
+/// binary, when its interpreter cannot `import aiosmtpd`.
 fn ensure_installed() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let have = Command::new("python3")
-            .args(["-c", "import aiosmtpd"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !have {
-            let req = concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/support/requirements.txt"
-            );
-            let ok = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "-r", req])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "pip install -r {req} failed");
+        let have = || {
+            let mut check = Command::new(python());
+            check.args(["-c", "import aiosmtpd"]);
+            python().exists() && {
+                let (out, killed) =
+                    super::process::run_bounded(check, None, Duration::from_secs(60));
+                !killed && out.status.success()
+            }
+        };
+        if have() {
+            return;
         }
+        if !python().exists() {
+            let mut make = Command::new("python3");
+            make.args(["-m", "venv"]).arg(venv());
+            setup_step(
+                make,
+                Duration::from_secs(120),
+                "the mail tests need python3 with its venv module (Debian: apt-get install \
+                 python3-venv; .ci/run does it)",
+            );
+        }
+        let req = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/requirements.txt"
+        );
+        let mut pip = Command::new(python());
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            req,
+        ]);
+        setup_step(
+            pip,
+            Duration::from_secs(600),
+            "installing the pinned aiosmtpd needs access to PyPI",
+        );
+        assert!(have(), "aiosmtpd is not importable after its install");
     });
 }
 
@@ -89,7 +150,7 @@ impl RealSmtp {
         let dir = tempfile::tempdir().unwrap();
         let (ca, cert, key) = certificates(dir.path());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_server.py");
-        let mut cmd = Command::new("python3");
+        let mut cmd = Command::new(python());
         cmd.arg(script).arg("--security").arg(match security {
             Security::None => "none",
             Security::StartTls => "starttls",
@@ -104,7 +165,7 @@ impl RealSmtp {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("python3 starts");
+            .expect("the virtual environment's python starts");
         let stdout = child.stdout.take().unwrap();
         let mails: Arc<Mutex<Vec<Mail>>> = Arc::default();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -1,5 +1,5 @@
 //! A real SMTP server on loopback (RFC 5321, plaintext, no extensions) that records what it
-//! accepts, and can be told to refuse a recipient, refuse all data, hang, or hold its reply to
+//! accepts (and, apart, each message whose data it refused), and can be told to refuse a recipient, refuse all data, hang, or hold its reply to
 //! a message it received until the test releases it (to kill the sender at that instant).
 
 use std::net::SocketAddr;
@@ -74,7 +74,7 @@ impl Mail {
 pub struct Behaviour {
     /// Recipients answered with 550.
     pub refuse_rcpt: Vec<String>,
-    /// Answer DATA with 554 after receiving it.
+    /// Answer DATA with 554 after receiving it (the message is kept in [`SmtpSink::refused`]).
     pub refuse_data: bool,
     /// Accept the connection and never greet (or stop answering).
     pub hang: bool,
@@ -97,6 +97,7 @@ pub enum SinkEvent {
 pub struct SmtpSink {
     pub addr: SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
+    refused: Arc<Mutex<Vec<Mail>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     events: tokio::sync::broadcast::Sender<SinkEvent>,
     release: Arc<tokio::sync::Semaphore>,
@@ -107,6 +108,7 @@ pub struct SmtpSink {
 #[derive(Clone)]
 struct Shared {
     mails: Arc<Mutex<Vec<Mail>>>,
+    refused: Arc<Mutex<Vec<Mail>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     events: tokio::sync::broadcast::Sender<SinkEvent>,
     release: Arc<tokio::sync::Semaphore>,
@@ -118,6 +120,7 @@ impl SmtpSink {
         let addr = listener.local_addr().unwrap();
         let shared = Shared {
             mails: Arc::default(),
+            refused: Arc::default(),
             behaviour: Arc::default(),
             events: tokio::sync::broadcast::channel(64).0,
             release: Arc::new(tokio::sync::Semaphore::new(0)),
@@ -137,6 +140,7 @@ impl SmtpSink {
         Self {
             addr,
             mails: shared.mails,
+            refused: shared.refused,
             behaviour: shared.behaviour,
             events: shared.events,
             release: shared.release,
@@ -160,6 +164,12 @@ impl SmtpSink {
 
     pub fn mails(&self) -> Vec<Mail> {
         self.mails.lock().unwrap().clone()
+    }
+
+    /// Messages received in full and answered 554 ([`Behaviour::refuse_data`]): what the
+    /// sender made and was told was never accepted (its token must never work or be stored).
+    pub fn refused(&self) -> Vec<Mail> {
+        self.refused.lock().unwrap().clone()
     }
 
     /// Mails whose envelope includes `rcpt`.
@@ -204,6 +214,7 @@ fn path_arg(line: &str) -> String {
 async fn session(tcp: tokio::net::TcpStream, shared: Shared) {
     let Shared {
         mails,
+        refused,
         behaviour,
         events,
         release,
@@ -270,6 +281,11 @@ async fn session(tcp: tokio::net::TcpStream, shared: Shared) {
                     data.push_str(line.strip_prefix('.').unwrap_or(&line));
                 }
                 if b.refuse_data {
+                    refused.lock().unwrap().push(Mail {
+                        from: from.clone(),
+                        to: to.clone(),
+                        data,
+                    });
                     b"554 transaction failed\r\n"
                 } else {
                     mails.lock().unwrap().push(Mail {
