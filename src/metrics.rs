@@ -16,8 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::domain::{Dialect, Outcome};
-use crate::mail::TokenReason;
+use crate::domain::{Dialect, Outcome, TokenReason};
 
 /// The exposition's media type (OpenMetrics 1.0, which Prometheus negotiates and reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

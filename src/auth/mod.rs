@@ -606,7 +606,7 @@ impl Authenticator {
         secret: &str,
         now: u64,
     ) -> (Option<(usize, bool)>, TokenUsed) {
-        let me = crate::tokens::incarnation();
+        let me = crate::ids::incarnation();
         let mut tails: Vec<(usize, Option<(usize, crate::secret::Tag)>)> = Vec::with_capacity(2);
         let mut tail_tag = |length: usize| -> Option<(usize, crate::secret::Tag)> {
             if let Some((_, t)) = tails.iter().find(|(l, _)| *l == length) {

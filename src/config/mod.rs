@@ -72,12 +72,40 @@ pub struct Config {
 pub struct ConsoleConfig {
     pub session_idle_timeout: Duration,
     pub session_lifetime: Duration,
-    pub mfa: crate::mfa::Policy,
+    pub mfa: MfaPolicy,
     /// The console's and the admin API's own listener (same certificate), if set.
     pub listen: Option<SocketAddr>,
     /// The zone the console's times are shown in (the server cannot know a browser's, and
     /// the console runs no script to ask).
     pub time_zone: jiff::tz::TimeZone,
+}
+
+/// `[console] mfa`: which users must present a second factor to sign in to the console
+/// (`mfa::Policy`, which decides whom it covers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MfaPolicy {
+    Off,
+    Admins,
+    All,
+}
+
+impl MfaPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(Self::Off),
+            "admins" => Some(Self::Admins),
+            "all" => Some(Self::All),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Admins => "admins",
+            Self::All => "all",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -15,8 +15,8 @@ use http::Uri;
 
 use super::{
     AcmeConfig, AuthConfig, Backend, ConfigError, ConsoleConfig, HistoryConfig, LimitsConfig,
-    LockoutConfig, OAuthClient, OrgId, PasswordPolicy, PgTls, PostgresConfig, ServerConfig,
-    StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, file,
+    LockoutConfig, MfaPolicy, OAuthClient, OrgId, PasswordPolicy, PgTls, PostgresConfig,
+    ServerConfig, StoreConfig, TlsConfig, TokensConfig, UpstreamConfig, file,
 };
 
 mod mail;
@@ -755,7 +755,7 @@ pub(super) fn console(c: &file::Console) -> Result<ConsoleConfig, ConfigError> {
     let console = ConsoleConfig {
         session_idle_timeout: nonzero("console.session_idle_timeout", c.session_idle_timeout)?,
         session_lifetime: nonzero("console.session_lifetime", c.session_lifetime)?,
-        mfa: crate::mfa::Policy::parse(&c.mfa).ok_or_else(|| {
+        mfa: MfaPolicy::parse(&c.mfa).ok_or_else(|| {
             invalid(
                 "console.mfa",
                 format!(

@@ -9,6 +9,7 @@
 mod cache;
 pub mod postgres;
 pub mod sled;
+pub mod trail;
 
 use std::sync::Arc;
 
@@ -615,18 +616,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends `entry` to the audit trail as the next record of its hash chain (one writer at
     /// a time, across every process on the store) and returns the record, durably written.
-    fn audit_append(&self, entry: &crate::audit::Entry)
-    -> Result<crate::audit::Record, StoreError>;
+    fn audit_append(&self, entry: &trail::Entry) -> Result<trail::Record, StoreError>;
     /// Matching audit records, newest first, at most `filter.limit`.
-    fn audit_query(
-        &self,
-        filter: &crate::audit::Filter,
-    ) -> Result<Vec<crate::audit::Record>, StoreError>;
+    fn audit_query(&self, filter: &trail::Filter) -> Result<Vec<trail::Record>, StoreError>;
     /// Calls `visit` with every audit record in chain order until it returns false.
-    fn audit_scan(
-        &self,
-        visit: &mut dyn FnMut(crate::audit::Record) -> bool,
-    ) -> Result<(), StoreError>;
+    fn audit_scan(&self, visit: &mut dyn FnMut(trail::Record) -> bool) -> Result<(), StoreError>;
     /// Removes the audit records older than `older_than_ms`, first saving the last removed
     /// record's sequence number and hash as the chain's anchor; returns how many went.
     fn audit_prune(&self, older_than_ms: u64) -> Result<usize, StoreError>;

@@ -14,11 +14,11 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::cache::UserCache;
+use super::trail as audit;
 use super::{
     ExportSink, HistoryFilter, HistoryRow, RefreshFamily, SessionRecord, Store, StoreError, User,
     UserChange, UserObserver,
 };
-use crate::audit;
 use crate::secret::Tag;
 
 pub struct SledStore {

@@ -18,7 +18,7 @@ impl SledStore {
             None => self.anchor()?,
         };
         let (seq, prev) = next_link(last, anchor);
-        let record = Record::seal(entry, seq, crate::history::now_ms(), &prev);
+        let record = Record::seal(entry, seq, crate::clock::now_ms(), &prev);
         self.audit
             .insert(seq.to_be_bytes(), record.encode())
             .map_err(io)?;
