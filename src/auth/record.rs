@@ -2,8 +2,8 @@
 //! it may send), and the row in the login history.
 
 use super::{Attempt, AuthError, Authenticator, Verified};
+use crate::clock::now_ms;
 use crate::domain::{Outcome, Reason, canonical_username};
-use crate::history::now_ms;
 use crate::store::{HistoryRow, User};
 
 impl Authenticator {

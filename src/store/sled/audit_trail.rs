@@ -2,8 +2,8 @@
 //! iterates in chain order), appended under one mutex (sled admits one process per directory).
 
 use super::{SledStore, io};
-use crate::audit::{ANCHOR_KEY, Anchor, Entry, Filter, Record, next_link};
 use crate::store::StoreError;
+use crate::store::trail::{ANCHOR_KEY, Anchor, Entry, Filter, Record, next_link};
 
 impl SledStore {
     pub(super) fn audit_write(&self, entry: &Entry) -> Result<Record, StoreError> {
