@@ -31,6 +31,9 @@
 //!   Every replica makes its own challenge certificate from the digest (the CA checks only the
 //!   name and the digest, RFC 8737 §3), keeps it in memory (refreshed by notification), and on
 //!   a validation for one of its names it does not hold yet reads the store (rare, throttled).
+//!
+//! The store cache is `cache`; the challenge's publication (the verifier, the in-memory
+//! probe) is `publish`; this file is the leader's and every replica's loop and the resolver.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,18 +41,22 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, ServerConfig};
 use rustls_acme::ResolvesServerCertAcme;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::acme::{ACME_TLS_ALPN, AcmeError, Reporting, Status, SwapResolvers};
 use crate::config::AcmeConfig;
 use crate::secret::Secrets;
 use crate::store::Store;
+
+mod cache;
+mod publish;
+use cache::StoreCache;
+use publish::{Publisher, PublishingVerifier};
 
 /// How often a replica checks whether it leads (the store's listener tries for the lock
 /// every half second).
@@ -155,84 +162,6 @@ pub fn stored_chain(
     Ok(Some(chain).filter(|c| !c.is_empty()))
 }
 
-/// rustls-acme's cache in the store: the account key and the certificate, sealed.
-struct StoreCache {
-    shared: Shared,
-    /// Told of each certificate stored, so this replica serves it without waiting for its own
-    /// notification (a replica does not hear itself).
-    resolver: Arc<SharedResolver>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl StoreCache {
-    /// Runs a store call off the async workers (PostgreSQL blocks).
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(Shared) -> Result<T, SharedError> + Send + 'static,
-    ) -> Result<T, std::io::Error> {
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || f(shared))
-            .await
-            .map_err(std::io::Error::other)?
-            .map_err(Into::into)
-    }
-}
-
-#[async_trait::async_trait]
-impl rustls_acme::CertCache for StoreCache {
-    type EC = std::io::Error;
-
-    async fn load_cert(
-        &self,
-        domains: &[String],
-        directory_url: &str,
-    ) -> Result<Option<Vec<u8>>, Self::EC> {
-        let key = cert_key(domains, directory_url);
-        self.blocking(move |s| s.read_sealed(&key)).await
-    }
-
-    async fn store_cert(
-        &self,
-        domains: &[String],
-        directory_url: &str,
-        cert: &[u8],
-    ) -> Result<(), Self::EC> {
-        let (key, pem) = (cert_key(domains, directory_url), cert.to_vec());
-        self.blocking(move |s| s.write_sealed(&key, &pem)).await?;
-        if let Ok(ck) = certified_key(cert, &self.provider) {
-            self.resolver.set_current(Arc::new(ck));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl rustls_acme::AccountCache for StoreCache {
-    type EA = std::io::Error;
-
-    async fn load_account(
-        &self,
-        contact: &[String],
-        directory_url: &str,
-    ) -> Result<Option<Vec<u8>>, Self::EA> {
-        let key = entry_key("account", contact, directory_url);
-        self.blocking(move |s| s.read_sealed(&key)).await
-    }
-
-    async fn store_account(
-        &self,
-        contact: &[String],
-        directory_url: &str,
-        account: &[u8],
-    ) -> Result<(), Self::EA> {
-        let (key, account) = (
-            entry_key("account", contact, directory_url),
-            account.to_vec(),
-        );
-        self.blocking(move |s| s.write_sealed(&key, &account)).await
-    }
-}
-
 /// rustls-acme's cached PEM (the private key, then the chain) as a servable key.
 fn certified_key(pem: &[u8], provider: &CryptoProvider) -> Result<CertifiedKey, SharedError> {
     let bad = |e: &dyn std::fmt::Display| SharedError::Corrupt("certificate", e.to_string());
@@ -263,17 +192,21 @@ fn challenge_cert(
     Some(CertifiedKey::new(vec![cert.der().clone()], key))
 }
 
-/// The acmeIdentifier digest of a challenge certificate (an OCTET STRING of 32 bytes).
-fn acme_identifier(der: &[u8]) -> Option<[u8; 32]> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let ext = cert
-        .extensions()
-        .iter()
-        .find(|e| e.oid.to_id_string() == ACME_IDENTIFIER_OID)?;
-    match ext.value {
-        [0x04, 0x20, digest @ ..] => <[u8; 32]>::try_from(digest).ok(),
-        _ => None,
+/// The store, without printing it.
+struct SharedDebug(Shared);
+
+impl std::fmt::Debug for SharedDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
     }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Serves the shared certificate (the placeholder until there is one) and the challenge
@@ -299,23 +232,6 @@ pub(crate) struct SharedResolver {
 
 /// A published challenge: its acmeIdentifier digest and the certificate made from it.
 type Challenge = ([u8; 32], Arc<CertifiedKey>);
-
-/// The store, without printing it.
-struct SharedDebug(Shared);
-
-impl std::fmt::Debug for SharedDebug {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Shared")
-    }
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
 
 impl SharedResolver {
     fn set_current(&self, ck: Arc<CertifiedKey>) {
@@ -384,210 +300,6 @@ impl ResolvesServerCert for SharedResolver {
             .and_then(|acme| acme.resolve(hello))
             .or_else(|| read(&self.current).clone())
             .or_else(|| Some(self.placeholder.clone()))
-    }
-}
-
-/// Publishes the challenge rustls-acme is about to be validated for, before each connection
-/// of the leader's ACME client to the CA goes on.
-#[derive(Debug)]
-struct Publisher {
-    shared: SharedDebug,
-    domains: Vec<String>,
-    provider: Arc<CryptoProvider>,
-    /// rustls-acme's resolver, set as soon as its state is made (and again when the watchdog
-    /// replaces a stalled state machine).
-    acme: RwLock<Option<Arc<dyn ResolvesServerCert>>>,
-    /// What this leader published last, by name.
-    published: Mutex<HashMap<String, [u8; 32]>>,
-}
-
-impl Publisher {
-    fn publish(&self) {
-        let Some(acme) = read(&self.acme).clone() else {
-            return;
-        };
-        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        for domain in &self.domains {
-            let now = probe_challenge(&acme, domain, &self.provider);
-            if published.get(domain) == now.as_ref() {
-                continue;
-            }
-            let key = challenge_key(domain);
-            match self
-                .shared
-                .0
-                .store
-                .put_acme_entry(&key, now.as_ref().map(|d| &d[..]))
-            {
-                Ok(()) => {
-                    tracing::info!(
-                        domain = %domain,
-                        published = now.is_some(),
-                        "the TLS-ALPN-01 challenge is shared with every replica"
-                    );
-                    match now {
-                        Some(d) => published.insert(domain.clone(), d),
-                        None => published.remove(domain),
-                    };
-                }
-                // The validation may then reach a replica without it: the order fails and is
-                // retried with backoff.
-                Err(e) => {
-                    tracing::warn!(error = %e, domain = %domain, "cannot publish the ACME challenge")
-                }
-            }
-        }
-    }
-}
-
-/// The acmeIdentifier digest of the challenge certificate rustls-acme's resolver holds for
-/// `domain`, if any: asked the way the CA's validator asks, over an in-memory handshake.
-fn probe_challenge(
-    acme: &Arc<dyn ResolvesServerCert>,
-    domain: &str,
-    provider: &Arc<CryptoProvider>,
-) -> Option<[u8; 32]> {
-    let mut server_cfg = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .with_no_client_auth()
-        .with_cert_resolver(acme.clone());
-    server_cfg.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-    let capture = Arc::new(Capture {
-        leaf: Mutex::new(None),
-        schemes: provider
-            .signature_verification_algorithms
-            .supported_schemes(),
-    });
-    let mut client_cfg = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .dangerous()
-        .with_custom_certificate_verifier(capture.clone())
-        .with_no_client_auth();
-    client_cfg.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-    let name = ServerName::try_from(domain.to_owned()).ok()?;
-    let mut client = rustls::ClientConnection::new(Arc::new(client_cfg), name).ok()?;
-    let mut server = rustls::ServerConnection::new(Arc::new(server_cfg)).ok()?;
-    // ClientHello, then the server's first flight carries the certificate (TLS 1.3; TLS 1.2
-    // needs no more rounds for it either).
-    for _ in 0..3 {
-        let mut wire = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut wire).ok()?;
-        }
-        let mut rd = wire.as_slice();
-        while !rd.is_empty() {
-            server.read_tls(&mut rd).ok()?;
-        }
-        // No challenge: the resolver has no certificate and the server refuses.
-        server.process_new_packets().ok()?;
-        let mut wire = Vec::new();
-        while server.wants_write() {
-            server.write_tls(&mut wire).ok()?;
-        }
-        let mut rd = wire.as_slice();
-        while !rd.is_empty() {
-            client.read_tls(&mut rd).ok()?;
-        }
-        let _ = client.process_new_packets();
-        let leaf = capture
-            .leaf
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(leaf) = leaf {
-            return acme_identifier(&leaf);
-        }
-    }
-    None
-}
-
-/// The probe's verifier: keeps the certificate shown and ends the handshake there.
-#[derive(Debug)]
-struct Capture {
-    leaf: Mutex<Option<Vec<u8>>>,
-    schemes: Vec<SignatureScheme>,
-}
-
-impl ServerCertVerifier for Capture {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.leaf.lock().unwrap_or_else(|p| p.into_inner()) = Some(end_entity.to_vec());
-        Err(rustls::Error::General("probe: certificate seen".into()))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("probe only".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("probe only".into()))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes.clone()
-    }
-}
-
-/// The leader's ACME client's verifier of the CA: the usual WebPKI verification, after the
-/// current challenge is published (see the module docs for why here).
-#[derive(Debug)]
-struct PublishingVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    publisher: Arc<Publisher>,
-}
-
-impl ServerCertVerifier for PublishingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.publisher.publish();
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 
@@ -861,6 +573,7 @@ pub async fn start(
 
 #[cfg(test)]
 mod tests {
+    use super::publish::{acme_identifier, probe_challenge};
     use super::*;
 
     #[test]

@@ -6,7 +6,8 @@
 //! first record where it breaks. The store assigns the sequence number and the previous hash
 //! under one lock (one process on sled; an advisory lock on PostgreSQL), so replicas writing at
 //! once still build one chain. Retention removes the oldest records and keeps the hash of the
-//! last one removed (the anchor), so what remains still verifies.
+//! last one removed (the anchor), so what remains still verifies. The record types and the
+//! chain's arithmetic are `store::trail`, re-exported here.
 //!
 //! What the chain does not do: someone who can write the database and recompute every hash
 //! can rewrite history end to end. Every record is therefore also a structured log line (target
@@ -18,16 +19,14 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ring::digest;
 use serde::{Deserialize, Serialize};
 
+/// The records, their chain and the query filter are the store's types (its trait takes and
+/// returns them); this module writes, verifies and exports them.
+pub use crate::store::trail::{
+    ANCHOR_KEY, Actor, Anchor, Change, Channel, Entry, Filter, GENESIS, Record, next_link,
+};
 use crate::store::{Store, StoreError};
-
-/// The previous hash of the first record ever written.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// Settings key of the last pruned record's sequence number and hash.
-pub const ANCHOR_KEY: &str = "audit_anchor";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -35,215 +34,6 @@ pub enum AuditError {
     Store(#[from] StoreError),
     #[error("the audit trail is broken at record {seq}: {reason}")]
     Broken { seq: u64, reason: String },
-}
-
-/// Which door a change came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channel {
-    Api,
-    Console,
-    Cli,
-    /// tokengate's own scheduled work (rotation) and configuration reloads.
-    System,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Api => "api",
-            Self::Console => "console",
-            Self::Cli => "cli",
-            Self::System => "system",
-        }
-    }
-}
-
-/// Who made a change: an admin's username, `cli:<local user>`, or `system`; from where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    pub name: String,
-    /// The client's address (API, console), `local` (CLI), or empty (system).
-    pub address: String,
-    pub channel: Channel,
-}
-
-impl Actor {
-    pub fn system() -> Self {
-        Self {
-            name: "system".into(),
-            address: String::new(),
-            channel: Channel::System,
-        }
-    }
-
-    /// A signed-in admin on the API or the console.
-    pub fn admin(username: &str, ip: std::net::IpAddr, channel: Channel) -> Self {
-        Self {
-            name: username.to_owned(),
-            address: ip.to_string(),
-            channel,
-        }
-    }
-
-    /// The CLI, run by the local account `local_user`.
-    pub fn cli(local_user: &str) -> Self {
-        Self {
-            name: format!("cli:{local_user}"),
-            address: "local".into(),
-            channel: Channel::Cli,
-        }
-    }
-}
-
-/// One field that changed; `None` where the field did not exist (created, deleted).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    pub field: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
-}
-
-/// A change about to be recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub actor: Actor,
-    /// What was done, e.g. `user.disable`, `compliance_bcc.set`, `config.reload`.
-    pub action: &'static str,
-    /// What it was done to: a username, a setting, a file.
-    pub target: String,
-    pub changes: Vec<Change>,
-}
-
-/// A record as stored: the entry, its place in the chain and its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub seq: u64,
-    /// Milliseconds since the epoch.
-    pub at_ms: u64,
-    pub actor: String,
-    pub address: String,
-    pub channel: Channel,
-    pub action: String,
-    pub target: String,
-    pub changes: Vec<Change>,
-    /// Hex SHA-256 of the record before (`GENESIS` for the first).
-    pub prev_hash: String,
-    /// Hex SHA-256 of this record's fields above and `prev_hash`.
-    pub hash: String,
-}
-
-/// The fields the hash covers, in a fixed order (serde_json writes struct fields in
-/// declaration order, so the bytes are the same on every writer).
-#[derive(Serialize)]
-struct Hashed<'a> {
-    seq: u64,
-    at_ms: u64,
-    actor: &'a str,
-    address: &'a str,
-    channel: Channel,
-    action: &'a str,
-    target: &'a str,
-    changes: &'a [Change],
-    prev_hash: &'a str,
-}
-
-impl Record {
-    /// `entry` as record `seq`, chained to `prev_hash`.
-    pub fn seal(entry: &Entry, seq: u64, at_ms: u64, prev_hash: &str) -> Self {
-        let mut r = Self {
-            seq,
-            at_ms,
-            actor: entry.actor.name.clone(),
-            address: entry.actor.address.clone(),
-            channel: entry.actor.channel,
-            action: entry.action.to_owned(),
-            target: entry.target.clone(),
-            changes: entry.changes.clone(),
-            prev_hash: prev_hash.to_owned(),
-            hash: String::new(),
-        };
-        r.hash = r.computed_hash();
-        r
-    }
-
-    /// The hash the record's contents call for.
-    pub fn computed_hash(&self) -> String {
-        let bytes = serde_json::to_vec(&Hashed {
-            seq: self.seq,
-            at_ms: self.at_ms,
-            actor: &self.actor,
-            address: &self.address,
-            channel: self.channel,
-            action: &self.action,
-            target: &self.target,
-            changes: &self.changes,
-            prev_hash: &self.prev_hash,
-        })
-        .expect("audit records serialise");
-        hex(digest::digest(&digest::SHA256, &bytes).as_ref())
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("audit records serialise")
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))
-    }
-
-    /// "field: before → after; …" for tables and logs.
-    pub fn describe_changes(&self) -> String {
-        describe(&self.changes)
-    }
-}
-
-/// "field: before → after; …" (`-` where a field did not exist, `""` for an empty value).
-fn describe(changes: &[Change]) -> String {
-    let show = |v: &Option<String>| match v {
-        Some(s) if s.is_empty() => "\"\"".to_owned(),
-        Some(s) => s.clone(),
-        None => "-".to_owned(),
-    };
-    changes
-        .iter()
-        .map(|c| format!("{}: {} → {}", c.field, show(&c.before), show(&c.after)))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// The last record pruned by retention: where the remaining chain starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Anchor {
-    pub seq: u64,
-    pub hash: String,
-}
-
-impl Anchor {
-    pub fn load(store: &dyn Store) -> Result<Option<Self>, StoreError> {
-        store
-            .setting(ANCHOR_KEY)?
-            .map(|b| {
-                serde_json::from_slice(&b)
-                    .map_err(|e| StoreError::Corrupt(format!("audit anchor: {e}")))
-            })
-            .transpose()
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("anchors serialise")
-    }
-}
-
-/// Which records to return, newest first.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Filter {
-    pub since_ms: Option<u64>,
-    /// Exact actor name (`alice`, `cli:root`, `system`).
-    pub actor: Option<String>,
-    /// Exact target (a canonical username, a setting name).
-    pub target: Option<String>,
-    pub limit: usize,
 }
 
 impl Filter {
@@ -271,12 +61,6 @@ impl Filter {
             target: get("target").map(crate::domain::canonical_username),
             limit,
         })
-    }
-
-    pub fn matches(&self, r: &Record) -> bool {
-        self.since_ms.is_none_or(|s| r.at_ms >= s)
-            && self.actor.as_deref().is_none_or(|a| r.actor == a)
-            && self.target.as_deref().is_none_or(|t| r.target == t)
     }
 }
 
@@ -364,7 +148,7 @@ impl Audit {
                     channel = entry.actor.channel.as_str(),
                     action = entry.action,
                     target_name = %entry.target,
-                    changes = %describe(&entry.changes),
+                    changes = %entry.describe_changes(),
                     error = %e,
                     "audit record could not be stored"
                 );
@@ -462,24 +246,6 @@ pub fn verify(store: &dyn Store) -> Result<Verified, AuditError> {
         Some(e) => Err(e),
         None => Ok(out),
     }
-}
-
-/// The next record after `last` (the newest stored record, or else the anchor): its sequence
-/// number and previous hash. Both stores append through this.
-pub fn next_link(last: Option<Record>, anchor: Option<Anchor>) -> (u64, String) {
-    match (last, anchor) {
-        (Some(r), _) => (r.seq + 1, r.hash),
-        (None, Some(a)) => (a.seq + 1, a.hash),
-        (None, None) => (1, GENESIS.to_owned()),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Records as CSV (RFC 4180), the columns of the console's table.

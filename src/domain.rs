@@ -1,7 +1,11 @@
 //! The vocabulary every layer shares, and nothing else: how a client logged in ([`Dialect`]),
-//! what came of it ([`Outcome`]), why a login failed ([`Reason`]), the stored form of a
-//! username, and the values of the identity headers the upstream gets ([`Identity`]). A leaf: it imports no other module of tokengate, so `auth`, `history`, `metrics`
-//! and `store` can all use it without importing each other.
+//! what came of it ([`Outcome`]), why a login failed ([`Reason`]), why a token was issued
+//! ([`TokenReason`]), the stored form of a username, and the values of the identity headers
+//! the upstream gets ([`Identity`]). A leaf: it imports no other module of tokengate, so
+//! `auth`, `history`, `mail`, `metrics` and `store` can all use it without importing each
+//! other.
+
+use serde::{Deserialize, Serialize};
 
 /// How the client logged in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +128,32 @@ impl Reason {
             Reason::Disabled => Outcome::Disabled,
             Reason::OutsideLoginRange => Outcome::OutsideLoginRange,
             _ => Outcome::BadCredentials,
+        }
+    }
+}
+
+/// Why a token was issued; named in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenReason {
+    AccountCreated,
+    Requested,
+    AdminRotation,
+    PasswordChange,
+    Scheduled,
+    /// A named token (one integration's) was added.
+    IntegrationAdded,
+}
+
+impl TokenReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TokenReason::AccountCreated => "your account was created",
+            TokenReason::Requested => "you asked for a new security token",
+            TokenReason::AdminRotation => "an administrator reset your security token",
+            TokenReason::PasswordChange => "your password was changed",
+            TokenReason::Scheduled => "your account's token is rotated on a schedule",
+            TokenReason::IntegrationAdded => "a token was added for one of your integrations",
         }
     }
 }

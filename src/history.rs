@@ -126,12 +126,8 @@ impl History {
     }
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// The history's timestamps are the clock's milliseconds (kept here for its callers).
+pub use crate::clock::now_ms;
 
 /// `--since` / `since=`: an RFC 3339 time (`2026-11-28T10:00:00Z`) or a duration ago (`1h`).
 pub fn parse_since(s: &str) -> Option<u64> {

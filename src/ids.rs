@@ -1,7 +1,8 @@
 //! Salesforce-style record ids: a 3-character key prefix (`005` users, `00D` orgs, `00e`
 //! profiles), 12 base-62 digits, and the 3-character suffix that makes the id
-//! case-insensitively unique (the 18-character form clients read from `userId`), and
-//! [`OrgId`], the organization id the configuration names.
+//! case-insensitively unique (the 18-character form clients read from `userId`),
+//! [`OrgId`], the organization id the configuration names, and [`incarnation`], this
+//! process's own id. A leaf: it imports no other module of tokengate.
 
 const SUFFIX_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -61,6 +62,26 @@ impl OrgId {
         }
         Some(Self { id15, id18 })
     }
+}
+
+/// This process's id, written into the pending tokens it is delivering: a pending token with
+/// another id was left by a process that stopped mid-rotation. Random, never 0 (records
+/// written before owners existed carry 0, and count as left behind).
+pub fn incarnation() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        loop {
+            let id = u64::from_be_bytes(
+                ring::rand::generate::<[u8; 8]>(&rng)
+                    .expect("the OS random generator works")
+                    .expose(),
+            );
+            if id != 0 {
+                return id;
+            }
+        }
+    })
 }
 
 #[cfg(test)]

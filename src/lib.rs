@@ -10,6 +10,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod domain;
@@ -32,9 +33,4 @@ pub mod tls;
 pub mod tokens;
 pub mod wire;
 
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use clock::now_secs;

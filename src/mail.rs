@@ -21,6 +21,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{MailConfig, MailTransport, SmtpSecurity};
+/// Why a token was issued (named in the message) is shared vocabulary: the metrics count
+/// rotations by it without importing this module.
+pub use crate::domain::TokenReason;
 use crate::store::{Store, StoreError, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,32 +46,6 @@ pub enum MailError {
     Config(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Why a token was issued; named in the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenReason {
-    AccountCreated,
-    Requested,
-    AdminRotation,
-    PasswordChange,
-    Scheduled,
-    /// A named token (one integration's) was added.
-    IntegrationAdded,
-}
-
-impl TokenReason {
-    pub fn describe(self) -> &'static str {
-        match self {
-            TokenReason::AccountCreated => "your account was created",
-            TokenReason::Requested => "you asked for a new security token",
-            TokenReason::AdminRotation => "an administrator reset your security token",
-            TokenReason::PasswordChange => "your password was changed",
-            TokenReason::Scheduled => "your account's token is rotated on a schedule",
-            TokenReason::IntegrationAdded => "a token was added for one of your integrations",
-        }
-    }
 }
 
 /// The admin setting that copies every outbound message to a compliance mailbox.

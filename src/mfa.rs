@@ -24,32 +24,12 @@ pub enum MfaError {
     Qr(String),
 }
 
-/// `[console] mfa`: which users must present a second factor to sign in to the console.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    Off,
-    Admins,
-    All,
-}
+/// `[console] mfa`: which users must present a second factor to sign in to the console. The
+/// setting's values belong to the configuration (which imports nothing of this module); which
+/// users it covers is decided here.
+pub use crate::config::MfaPolicy as Policy;
 
 impl Policy {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "off" => Some(Policy::Off),
-            "admins" => Some(Policy::Admins),
-            "all" => Some(Policy::All),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Off => "off",
-            Policy::Admins => "admins",
-            Policy::All => "all",
-        }
-    }
-
     /// Whether `user` must present a second factor at the console.
     pub fn applies_to(self, user: &User) -> bool {
         match self {

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::auth::session::Sessions;
 use crate::config::{PasswordPolicy, TokensConfig};
+use crate::ids::incarnation;
 use crate::mail::{MailError, Mailer, TokenMail, TokenReason, mask_email};
 use crate::secret::{SecretError, Secrets};
 use crate::store::{Store, StoreError, TokenRecord, User};
@@ -57,26 +58,6 @@ pub enum TokenError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Secret(#[from] SecretError),
-}
-
-/// This process's id, written into the pending tokens it is delivering: a pending token with
-/// another id was left by a process that stopped mid-rotation. Random, never 0 (records
-/// written before owners existed carry 0, and count as left behind).
-pub fn incarnation() -> u64 {
-    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *ID.get_or_init(|| {
-        let rng = ring::rand::SystemRandom::new();
-        loop {
-            let id = u64::from_be_bytes(
-                ring::rand::generate::<[u8; 8]>(&rng)
-                    .expect("the OS random generator works")
-                    .expose(),
-            );
-            if id != 0 {
-                return id;
-            }
-        }
-    })
 }
 
 /// What a successful rotation reports (never the token).

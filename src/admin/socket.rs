@@ -16,10 +16,7 @@ use super::{
     user_answer,
 };
 use crate::audit::Actor;
-#[allow(unused_imports)]
-use crate::mail::{ComplianceBcc, MailError, TokenMail, TokenReason};
-#[allow(unused_imports)]
-use crate::store::{HistoryFilter, HistoryRow, Store, User};
+use crate::mail::{ComplianceBcc, TokenReason};
 
 /// A request on the admin socket.
 #[derive(Serialize, Deserialize)]

@@ -106,7 +106,7 @@ fn retention_keeps_an_anchor_so_the_rest_still_verifies_and_appends_continue() {
     for t in ["a", "b", "c"] {
         s.audit_append(&entry(t)).unwrap();
     }
-    let cutoff = crate::history::now_ms() + 1;
+    let cutoff = crate::clock::now_ms() + 1;
     assert_eq!(s.audit_prune(cutoff).unwrap(), 3);
     assert_eq!(verify(&s).unwrap().records, 0);
     let d = s.audit_append(&entry("d")).unwrap();
@@ -171,7 +171,7 @@ fn queries_filter_by_actor_target_and_time_newest_first() {
         })
         .is_empty()
     );
-    let since_ms = Some(crate::history::now_ms() + 60_000);
+    let since_ms = Some(crate::clock::now_ms() + 60_000);
     assert!(
         q(Filter {
             since_ms,

@@ -1,6 +1,8 @@
 //! The login pipeline shared by every dialect: one [`Authenticator::login`] that turns a
 //! username and a "password‖token" secret into a user or a generic failure, plus the
-//! verified-credential cache (`cache`) and the session table (`session`).
+//! verified-credential cache (`cache`) and the session table (`session`). The steps' parts
+//! that stand alone have files of their own: argon2's admission control (`hash_pool`), which
+//! token a secret carries (`token_match`), and what a decided login records (`record`).
 //!
 //! The order of the steps:
 //! 1. the verified-credential cache: a hit costs two keyed hashes and one record lookup;
@@ -16,25 +18,27 @@
 //!    (`limit::LoginLimits::delay_failure`).
 
 pub mod cache;
+mod hash_pool;
+mod record;
 pub mod refresh;
 pub mod session;
+mod token_match;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use crate::config::Config;
-use crate::domain::Outcome;
 use crate::domain::{Dialect, Reason, canonical_username};
-use crate::history::{History, now_ms};
+use crate::history::History;
 use crate::limit::{Lockout, LoginLimits};
 use crate::metrics::Metrics;
 use crate::secret::Secrets;
-use crate::store::{HistoryRow, Store, StoreError, User};
+use crate::store::{Store, StoreError, User};
 use cache::CredentialCache;
+pub use hash_pool::HashPool;
+use record::outcome_of;
+pub use token_match::TokenUsed;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
@@ -103,80 +107,6 @@ pub struct Attempt<'a> {
     pub relax_ranges: bool,
 }
 
-/// Admission control for argon2: at most `permits` verifications run at once on the blocking
-/// pool, at most `queue` wait, and none waits longer than `queue_timeout`.
-pub struct HashPool {
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    /// Permits plus queue places: the most callers admitted at once.
-    admitted: usize,
-    queue_timeout: Duration,
-    metrics: Arc<Metrics>,
-}
-
-impl HashPool {
-    pub fn new(
-        permits: usize,
-        queue: usize,
-        queue_timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(permits)),
-            waiting: AtomicUsize::new(0),
-            admitted: permits + queue,
-            queue_timeout,
-            metrics,
-        }
-    }
-
-    /// Number of callers waiting for or holding a permit.
-    pub fn depth(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
-    }
-
-    pub async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, AuthError> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.admitted {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.argon2_rejected();
-            return Err(AuthError::Busy);
-        }
-        // Given back when this future ends, also when it is dropped mid-wait (the client went
-        // away): hyper drops a request's future when its connection closes.
-        let _place = Place(&self.waiting);
-        let acquired =
-            tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await;
-        let result = match acquired {
-            Ok(Ok(permit)) => {
-                self.metrics.argon2_verification();
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    work()
-                })
-                .await
-                .map_err(|_| AuthError::Busy)
-            }
-            _ => Err(AuthError::Busy),
-        };
-        if matches!(result, Err(AuthError::Busy)) {
-            self.metrics.argon2_rejected();
-        }
-        result
-    }
-}
-
-/// A counted place, given back on drop.
-struct Place<'a>(&'a AtomicUsize);
-
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 pub struct Authenticator {
     store: Arc<dyn Store>,
     secrets: Arc<Secrets>,
@@ -210,48 +140,6 @@ pub struct Verified {
     pub superseded: bool,
     /// Which token the secret carried.
     pub token: TokenUsed,
-}
-
-/// How often, at most, a named token's last use is written to the store (seconds).
-const LAST_USED_EVERY_SECS: u64 = 60;
-
-/// The token a login presented.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenUsed {
-    /// None: the password alone (a trusted network, the console, the self-service reset).
-    None,
-    /// The user's default token (its current, superseded or unconfirmed value).
-    Default,
-    /// A named token, by name and the serial of the value it had.
-    Named { name: Arc<str>, serial: u64 },
-}
-
-impl TokenUsed {
-    /// The name the history and the access log give it: "default", the token's name, or none.
-    pub fn name(&self) -> Option<&str> {
-        match self {
-            TokenUsed::None => None,
-            TokenUsed::Default => Some(crate::store::DEFAULT_TOKEN_NAME),
-            TokenUsed::Named { name, .. } => Some(name),
-        }
-    }
-
-    /// The metrics' label: never the name (a name per series would be unbounded).
-    pub fn kind(&self) -> Option<&'static str> {
-        match self {
-            TokenUsed::None => None,
-            TokenUsed::Default => Some("default"),
-            TokenUsed::Named { .. } => Some("named"),
-        }
-    }
-
-    /// The serial a session made with this token carries (0: not a named token).
-    pub fn serial(&self) -> u64 {
-        match self {
-            TokenUsed::Named { serial, .. } => *serial,
-            _ => 0,
-        }
-    }
 }
 
 impl Authenticator {
@@ -588,138 +476,6 @@ impl Authenticator {
         })
     }
 
-    /// Which of the user's tokens `secret` ends with: the split point (where the password
-    /// ends) and whether it was the superseded default token, and which token it was.
-    ///
-    /// Every token the user may hold is a candidate: the default token, its superseded value
-    /// while its grace window lasts, a value whose delivery a crash cut short (`tokens`), and
-    /// the same for each named token. Every candidate is checked, whichever matches, with no
-    /// early exit, so the time does not tell which one did. The keyed hash of the secret's
-    /// tail is computed once per distinct token length (all tokens share the configured
-    /// length, so once), and every candidate costs one 32-byte constant-time comparison; the
-    /// named candidates are padded with comparisons against the dummy's tag up to
-    /// `max_named_per_user` slots, so the work does not tell how many named tokens the user
-    /// holds either (up to the bound).
-    fn match_token(
-        &self,
-        user: &User,
-        secret: &str,
-        now: u64,
-    ) -> (Option<(usize, bool)>, TokenUsed) {
-        let me = crate::tokens::incarnation();
-        let mut tails: Vec<(usize, Option<(usize, crate::secret::Tag)>)> = Vec::with_capacity(2);
-        let mut tail_tag = |length: usize| -> Option<(usize, crate::secret::Tag)> {
-            if let Some((_, t)) = tails.iter().find(|(l, _)| *l == length) {
-                return *t;
-            }
-            let t = secret
-                .len()
-                .checked_sub(length)
-                .filter(|&i| i > 0 && secret.is_char_boundary(i))
-                .map(|at| (at, self.secrets.token_tag(&secret[at..])));
-            tails.push((length, t));
-            t
-        };
-        let mut check = |tag: &crate::secret::Tag, length: usize| -> Option<usize> {
-            let (at, computed) = tail_tag(length)?;
-            crate::secret::constant_time_eq(&computed, tag).then_some(at)
-        };
-
-        let mut matched: Option<(usize, bool)> = None;
-        let mut token = TokenUsed::None;
-        let default = [
-            Some((user.token_tag, user.token_length, false)),
-            user.previous_token
-                .as_ref()
-                .filter(|p| p.at > now)
-                .map(|p| (p.tag, p.length, true)),
-            user.unconfirmed_token
-                .as_ref()
-                .map(|p| (p.tag, p.length, false)),
-            user.pending_token
-                .as_ref()
-                .filter(|p| p.owner != me)
-                .map(|p| (p.tag, p.length, false)),
-        ];
-        for (tag, length, superseded) in default.into_iter().flatten() {
-            if let Some(at) = check(&tag, length)
-                && matched.is_none()
-            {
-                matched = Some((at, superseded));
-                token = TokenUsed::Default;
-            }
-        }
-        for t in &user.named_tokens {
-            let values = [
-                t.tag.map(|tag| (tag, t.length)),
-                t.unconfirmed.as_ref().map(|p| (p.tag, p.length)),
-                t.pending
-                    .as_ref()
-                    .filter(|p| p.owner != me)
-                    .map(|p| (p.tag, p.length)),
-            ];
-            for (tag, length) in values.into_iter().flatten() {
-                if let Some(at) = check(&tag, length)
-                    && matched.is_none()
-                {
-                    matched = Some((at, false));
-                    token = TokenUsed::Named {
-                        name: t.name.as_str().into(),
-                        serial: t.serial,
-                    };
-                }
-            }
-        }
-        // The padding: as many comparisons as the missing slots would have cost.
-        let dummy = self.dummy.token_tag;
-        for _ in user.named_tokens.len()..self.max_named_per_user {
-            std::hint::black_box(check(&dummy, user.token_length));
-        }
-        (matched, token)
-    }
-
-    /// Notes when and from where a named token was last used: a store write at most once a
-    /// minute per token (a login verified without the cache, never a cached one), so busy
-    /// integrations do not turn logins into writes.
-    fn note_named_use(
-        &self,
-        user: Arc<User>,
-        token: &TokenUsed,
-        a: &Attempt<'_>,
-        now: u64,
-    ) -> Arc<User> {
-        let TokenUsed::Named { serial, .. } = token else {
-            return user;
-        };
-        let due = user
-            .named_tokens
-            .iter()
-            .find(|t| t.serial == *serial)
-            .is_some_and(|t| {
-                t.last_used_at
-                    .is_none_or(|at| now >= at.saturating_add(LAST_USED_EVERY_SECS))
-            });
-        if !due {
-            return user;
-        }
-        let ip = a.ip.to_string();
-        let dialect = a.dialect.as_str();
-        let written = self.store.update_user(&user.id, &mut |u| {
-            if let Some(t) = u.named_tokens.iter_mut().find(|t| t.serial == *serial) {
-                t.last_used_at = Some(now);
-                t.last_client_ip = Some(ip.clone());
-                t.last_dialect = Some(dialect.to_owned());
-            }
-        });
-        match written {
-            Ok(u) => Arc::new(u),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not note a named token's use");
-                user
-            }
-        }
-    }
-
     /// Admits a console second-factor attempt (`mfa`) under the same per-address and per-user
     /// limits as a login, before the code is looked at.
     pub fn second_factor_admit(&self, a: &Attempt<'_>) -> Result<(), AuthError> {
@@ -774,100 +530,6 @@ impl Authenticator {
         result
     }
 
-    /// Counts a failed login toward lockout (the same wrong secret once) and rejects it; a
-    /// failure that locks the account tells its owner by email.
-    fn fail(
-        &self,
-        user: &User,
-        a: &Attempt<'_>,
-        secret: &str,
-        reason: Reason,
-        now: u64,
-    ) -> Result<Verified, AuthError> {
-        if self.lockout.enabled()
-            && !user.lockout.is_locked(now)
-            && self.lockout.first_failure_of(&user.id, secret, now)
-        {
-            let mut locked = false;
-            let updated = self.store.update_user(&user.id, &mut |u| {
-                locked = self.lockout.register_failure(&mut u.lockout, now);
-                if locked {
-                    // Kills cached verifications and sessions at once.
-                    u.end_access();
-                }
-            })?;
-            if locked {
-                self.metrics.lockout();
-                tracing::warn!(user = %updated.username, "account locked after repeated failed logins");
-                self.notify_locked(updated, a, now);
-            }
-        }
-        Err(AuthError::Rejected(reason))
-    }
-
-    /// Queues the email that tells a user the account was locked. Never waits: a full queue
-    /// drops the notice with an error log.
-    fn notify_locked(&self, user: User, a: &Attempt<'_>, now: u64) {
-        let Some(tx) = &self.lock_notices else {
-            return;
-        };
-        let notice = crate::mail::LockNotice {
-            until: user.lockout.locked_until.unwrap_or(u64::MAX),
-            user,
-            at: now,
-            ip: a.ip,
-        };
-        if tx.try_send(notice).is_err() {
-            tracing::error!("the lock-notice queue is full; a lock notice was not sent");
-        }
-    }
-
-    /// Records in the login history (and the metrics) a login decided outside the password
-    /// pipeline: a refresh token redeemed or refused, client credentials, a client's policy.
-    pub fn record_decided(&self, a: &Attempt<'_>, result: &Result<Verified, AuthError>) {
-        if let Some(outcome) = outcome_of(result) {
-            self.metrics.login_decided(a.dialect, outcome);
-        }
-        self.record(a, result);
-    }
-
-    fn record(&self, a: &Attempt<'_>, result: &Result<Verified, AuthError>) {
-        let token = result
-            .as_ref()
-            .ok()
-            .and_then(|v| v.token.name())
-            .map(str::to_owned);
-        let (outcome, reason, user_id) = match result {
-            Ok(v) if v.superseded => (Outcome::SupersededToken, None, Some(v.user.id.clone())),
-            Ok(v) => (Outcome::Success, None, Some(v.user.id.clone())),
-            Err(AuthError::Rejected(r)) => (r.outcome(), Some(r.as_str()), None),
-            Err(AuthError::Locked { .. }) => (Outcome::Locked, None, None),
-            Err(AuthError::RateLimited { .. }) => (Outcome::RateLimited, None, None),
-            Err(AuthError::Busy | AuthError::Store(_) | AuthError::Unavailable) => return,
-        };
-        let user_id = user_id.or_else(|| {
-            self.store
-                .user_by_name(&canonical_username(a.username))
-                .ok()
-                .flatten()
-                .map(|u| u.id.clone())
-        });
-        let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
-        self.history.record(HistoryRow {
-            at_ms: now_ms(),
-            username: clip(a.username, 120),
-            user_id,
-            source_ip: a.ip.to_string(),
-            dialect: a.dialect.as_str().to_owned(),
-            api_version: a.api_version.map(|v| clip(v, 16)),
-            client: a.client.map(|c| clip(c, 200)),
-            tls: a.tls.map(str::to_owned),
-            outcome: outcome.as_str().to_owned(),
-            reason: reason.map(str::to_owned),
-            token,
-        });
-    }
-
     async fn check_password(&self, user: &User, password: &str) -> Result<bool, AuthError> {
         if password.is_empty() {
             return Ok(false);
@@ -879,17 +541,6 @@ impl Authenticator {
             .run(move || secrets.verify_password(&phc, &password))
             .await
     }
-}
-
-fn outcome_of(result: &Result<Verified, AuthError>) -> Option<Outcome> {
-    Some(match result {
-        Ok(v) if v.superseded => Outcome::SupersededToken,
-        Ok(_) => Outcome::Success,
-        Err(AuthError::Rejected(r)) => r.outcome(),
-        Err(AuthError::Locked { .. }) => Outcome::Locked,
-        Err(AuthError::RateLimited { .. }) => Outcome::RateLimited,
-        Err(AuthError::Busy | AuthError::Store(_) | AuthError::Unavailable) => return None,
-    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Unit tests of the configuration: defaults, parse errors and validation messages.
 
+use std::path::Path;
+
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -222,7 +222,7 @@ pub async fn cleanup(t: &Target, admin_user: &str, admin_secret: &str) -> Result
         })
         .unwrap_or_default();
     for name in &names {
-        let path = format!("/tokengate/v1/admin/users/{}", name.replace('@', "%40"));
+        let path = user_path(name);
         let (status, body) = conn
             .send(request(
                 t,
@@ -243,7 +243,33 @@ pub async fn cleanup(t: &Target, admin_user: &str, admin_secret: &str) -> Result
     Ok(names.len())
 }
 
+/// The admin API's path of one user: the name percent-encoded as one path segment (RFC 3986
+/// §3.3), the way the console's links and the API's own clients build it.
+fn user_path(name: &str) -> String {
+    format!(
+        "/tokengate/v1/admin/users/{}",
+        crate::wire::encode_component(name)
+    )
+}
+
 /// Default users file.
 pub fn default_users_file() -> PathBuf {
     PathBuf::from("tokengate-loadtest-users.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_path_keeps_the_whole_name_in_one_segment() {
+        assert_eq!(
+            user_path("lt.1@example.com"),
+            "/tokengate/v1/admin/users/lt.1%40example.com"
+        );
+        assert_eq!(
+            user_path("a/b+c d?e#f%"),
+            "/tokengate/v1/admin/users/a%2Fb%2Bc%20d%3Fe%23f%25"
+        );
+    }
 }

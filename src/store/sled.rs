@@ -6,6 +6,10 @@
 //! whether or not the user exists (the id index is only for the rare lookups by id).
 //! Single-record updates use compare-and-swap; the record and its id index are written in one
 //! transaction.
+//!
+//! Longer than most modules because it holds the whole `Store` implementation, one short
+//! method per trait method over its trees, like `postgres`: splitting the one `impl` across
+//! files would only scatter it. The audit trail's chained append is `audit_trail`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,11 +18,11 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::cache::UserCache;
+use super::trail as audit;
 use super::{
     ExportSink, HistoryFilter, HistoryRow, RefreshFamily, SessionRecord, Store, StoreError, User,
     UserChange, UserObserver,
 };
-use crate::audit;
 use crate::secret::Tag;
 
 pub struct SledStore {

@@ -27,6 +27,7 @@ mod loadtest;
 mod login;
 mod mail;
 mod mfa;
+mod module_graph;
 mod named_tokens;
 mod oauth_flows;
 mod ops;

@@ -3,8 +3,8 @@
 //! retention anchor), seal the next, insert it, commit.
 
 use super::{PgStore, db, to_i64};
-use crate::audit::{ANCHOR_KEY, Anchor, Entry, Filter, Record, next_link};
 use crate::store::StoreError;
+use crate::store::trail::{ANCHOR_KEY, Anchor, Entry, Filter, Record, next_link};
 
 /// The advisory lock key of audit appends ("tgaudit" in ASCII).
 const AUDIT_LOCK: i64 = 0x0074_6761_7564_6974;
@@ -39,7 +39,7 @@ impl PgStore {
                     .transpose()?,
             };
             let (seq, prev) = next_link(last, anchor);
-            let record = Record::seal(&entry, seq, crate::history::now_ms(), &prev);
+            let record = Record::seal(&entry, seq, crate::clock::now_ms(), &prev);
             insert(&tx, &record).await?;
             tx.commit().await.map_err(db)?;
             Ok(record)

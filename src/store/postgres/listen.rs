@@ -43,7 +43,7 @@ pub(super) async fn listen(
         inner.resync();
         inner
             .heard_ms
-            .store(crate::history::now_ms(), Ordering::Release);
+            .store(crate::clock::now_ms(), Ordering::Release);
         if let Some(r) = ready.take() {
             let _ = r.send(());
         }
@@ -67,7 +67,7 @@ pub(super) async fn listen(
                     };
                     match tokio::time::timeout(inner.timeout, check).await {
                         Ok(Ok(row)) => {
-                            inner.heard_ms.store(crate::history::now_ms(), Ordering::Release);
+                            inner.heard_ms.store(crate::clock::now_ms(), Ordering::Release);
                             if !leader && row.get::<_, bool>(0) {
                                 tracing::info!("this replica now runs the scheduled jobs");
                                 inner.leader.store(true, Ordering::Release);
@@ -86,7 +86,7 @@ pub(super) async fn listen(
 impl Inner {
     pub(super) fn fresh(&self) -> bool {
         let heard = self.heard_ms.load(Ordering::Acquire);
-        heard != 0 && crate::history::now_ms().saturating_sub(heard) <= self.max_staleness_ms
+        heard != 0 && crate::clock::now_ms().saturating_sub(heard) <= self.max_staleness_ms
     }
 
     /// Drops every cache: users are read again, the session table forgets what it holds

@@ -970,21 +970,21 @@ impl Store for PgStore {
 
     fn audit_append(
         &self,
-        entry: &crate::audit::Entry,
-    ) -> Result<crate::audit::Record, StoreError> {
+        entry: &crate::store::trail::Entry,
+    ) -> Result<crate::store::trail::Record, StoreError> {
         self.audit_write(entry)
     }
 
     fn audit_query(
         &self,
-        filter: &crate::audit::Filter,
-    ) -> Result<Vec<crate::audit::Record>, StoreError> {
+        filter: &crate::store::trail::Filter,
+    ) -> Result<Vec<crate::store::trail::Record>, StoreError> {
         self.audit_read(filter)
     }
 
     fn audit_scan(
         &self,
-        visit: &mut dyn FnMut(crate::audit::Record) -> bool,
+        visit: &mut dyn FnMut(crate::store::trail::Record) -> bool,
     ) -> Result<(), StoreError> {
         self.audit_walk(visit)
     }
@@ -1104,7 +1104,7 @@ impl Store for PgStore {
                 self.outbox_put(u64::from_be_bytes(id), value)
             }
             "history" => self.history_append(&[decode("history row", value)?]),
-            "audit" => self.audit_import(&crate::audit::Record::decode(value)?),
+            "audit" => self.audit_import(&crate::store::trail::Record::decode(value)?),
             "meta" => {
                 let (key, value) = (String::from_utf8_lossy(key).into_owned(), value.to_vec());
                 self.query(move |c| async move {

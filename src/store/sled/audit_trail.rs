@@ -2,8 +2,8 @@
 //! iterates in chain order), appended under one mutex (sled admits one process per directory).
 
 use super::{SledStore, io};
-use crate::audit::{ANCHOR_KEY, Anchor, Entry, Filter, Record, next_link};
 use crate::store::StoreError;
+use crate::store::trail::{ANCHOR_KEY, Anchor, Entry, Filter, Record, next_link};
 
 impl SledStore {
     pub(super) fn audit_write(&self, entry: &Entry) -> Result<Record, StoreError> {
@@ -18,7 +18,7 @@ impl SledStore {
             None => self.anchor()?,
         };
         let (seq, prev) = next_link(last, anchor);
-        let record = Record::seal(entry, seq, crate::history::now_ms(), &prev);
+        let record = Record::seal(entry, seq, crate::clock::now_ms(), &prev);
         self.audit
             .insert(seq.to_be_bytes(), record.encode())
             .map_err(io)?;

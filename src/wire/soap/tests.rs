@@ -1,6 +1,7 @@
 //! Unit tests of the parent module.
 
 use super::*;
+use crate::ids::OrgId;
 
 fn login_of(xml: &str) -> (String, String) {
     match parse(xml.as_bytes()).unwrap().op {
