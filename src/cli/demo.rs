@@ -7,7 +7,7 @@ use tokengate::admin::{self, NewUser};
 use tokengate::config::{Config, OAuthClient};
 use tokengate::server::{self, Server};
 
-use super::serve::wait_for_signal;
+use super::serve::Signals;
 use super::{CliError, DemoArgs, LogFormat, init_logging};
 
 const DEMO_USER: &str = "demo@example.com";
@@ -33,6 +33,8 @@ pub(super) async fn demo(args: DemoArgs) -> Result<(), CliError> {
     };
     cfg.mail.brand = "tokengate demo".into();
     let client_secret = hex_secret()?;
+    // Listened for before the demo prints how to reach it (see `serve`).
+    let mut signals = Signals::install();
     cfg.oauth_clients = vec![OAuthClient::new(DEMO_CLIENT_ID, client_secret.clone())];
     let server = match Server::start(cfg.clone()).await {
         Ok(s) => s,
@@ -66,7 +68,7 @@ pub(super) async fn demo(args: DemoArgs) -> Result<(), CliError> {
     })
     .await??;
     print_demo(&server, &upstream, &password, &token, &client_secret);
-    wait_for_signal().await;
+    signals.stopped().await;
     server.shutdown().await;
     Ok(())
 }

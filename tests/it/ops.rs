@@ -1066,3 +1066,89 @@ async fn sigterm_persists_session_idle_timers_for_the_next_start() {
     );
     server.stop();
 }
+
+/// A supervisor may signal the process as soon as it prints anything. SIGHUP and SIGTERM sent
+/// while the server is still starting are a reload and a graceful stop, never the signal's
+/// default action, which kills the process (the handlers used to be installed only after
+/// "listening on"). Start-up is short, so each signal is tried on five starts: without the
+/// handlers in place, at least one start in five is killed (most are).
+#[test]
+fn signals_sent_while_the_server_starts_are_a_reload_and_a_graceful_stop() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let kill = |sig: &str, pid: u32| {
+        let sent = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{sig}");
+    };
+    for sig in ["HUP", "TERM"].repeat(5) {
+        let dir = tempfile::tempdir().unwrap();
+        // The upstream is never called.
+        let cfg = config(dir.path(), "http://127.0.0.1:9", "");
+        let mut child = Command::new(process::BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        // The first line describes the configuration; it is written before the store is opened
+        // and the listener bound, so the signal lands while the server starts.
+        let first = lines.next().expect("a first log line").unwrap();
+        assert!(!first.contains("listening on"), "{first}");
+        kill(sig, child.id());
+        let log = Arc::new(std::sync::Mutex::new(first + "\n"));
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let started = std::time::Instant::now();
+        let exited = |child: &mut std::process::Child| loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the server did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if sig == "HUP" {
+            // A reload, then the server goes on serving until it is told to stop.
+            loop {
+                let l = log.lock().unwrap().clone();
+                if l.contains("configuration reloaded") && l.contains("listening on") {
+                    break;
+                }
+                if let Some(s) = child.try_wait().unwrap() {
+                    panic!("SIGHUP during start-up ended the server ({s}):\n{l}");
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "no reload: {l}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            kill("TERM", child.id());
+        }
+        let status = exited(&mut child);
+        reader.join().unwrap();
+        let log = log.lock().unwrap().clone();
+        assert!(
+            status.success(),
+            "SIG{sig} during start-up: exit status {status}\n{log}"
+        );
+        assert!(
+            log.contains("stopping: finishing in-flight requests"),
+            "{log}"
+        );
+    }
+}
