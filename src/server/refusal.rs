@@ -13,8 +13,12 @@
 //!   its limit `413`; an unknown content coding `415`.
 //! - SOAP faults produced while processing an envelope are HTTP 500 (SOAP 1.1 §6.2); refusals
 //!   before an envelope is read keep their HTTP status.
-//! - Waiting helps with `Busy` and `Overloaded` (`Retry-After: 1`) and with `RateLimited` (the
-//!   limiter's wait); no other refusal carries `Retry-After`.
+//! - Waiting helps with `Busy` and `Overloaded` (`Retry-After: 1`), with an upstream whose
+//!   connections are all in use (the same), and with `RateLimited` (the limiter's wait); no
+//!   other refusal carries `Retry-After`.
+//! - An upstream that gives no usable answer (`proxy::UpstreamFailure`) is 502, 503 or 504
+//!   with tokengate's own JSON in every dialect: it is not the caller's API refusing.
+//! - A store that cannot be reached is 503 (`Refusal::store`), whichever error carried it.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -26,6 +30,7 @@ use super::body::BodyError;
 use crate::admin::AdminError;
 use crate::auth::AuthError;
 use crate::mail::MailError;
+use crate::proxy::UpstreamFailure;
 use crate::tokens::TokenError;
 use crate::wire::soap::{self, Flavor};
 use crate::wire::{Body, TEXT_XML, json_error, oauth, respond, rest};
@@ -56,6 +61,11 @@ pub enum Refusal {
     /// A bounded resource other than hashing is spent (the memory for request bodies).
     Overloaded,
     BodyTooLarge {
+        limit: usize,
+    },
+    /// A SOAP body whose `Header` (and so its session) does not arrive within the `limit`
+    /// bytes read before the caller is known (`handlers::soap`).
+    UnauthenticatedTooLarge {
         limit: usize,
     },
     BodyTimeout,
@@ -100,6 +110,10 @@ pub enum Refusal {
     MethodNotAllowed {
         allow: Cow<'static, str>,
     },
+    /// A SOAP path with an API version that does not exist.
+    UnsupportedApiVersion,
+    /// The upstream gave no usable answer (`proxy`).
+    Upstream(UpstreamFailure),
     /// Something broke on our side; logged where it happened, never described to the caller.
     Internal,
     /// A refusal of the OAuth token endpoint's own (RFC 6749 §5.2).
@@ -198,9 +212,9 @@ impl Refusal {
         }
     }
 
-    /// Logs `e` (it is ours to look at, not the caller's) and refuses with 500.
-    /// A store failure: an unreachable database is the server being unavailable (503, and
-    /// `SERVER_UNAVAILABLE` in SOAP, as when it is busy); anything else is internal.
+    /// A store failure, for every error that carries one (`TokenError`, `AdminError`): an unreachable database is the server being unavailable (503 with
+    /// `Retry-After`, and `SERVER_UNAVAILABLE` in SOAP, as when it is busy); anything else is
+    /// internal (logged, 500).
     pub fn store(e: &crate::store::StoreError) -> Self {
         if let crate::store::StoreError::Unavailable(_) = e {
             tracing::warn!(error = %e, "refused: the database is unavailable");
@@ -209,6 +223,7 @@ impl Refusal {
         Refusal::internal(e)
     }
 
+    /// Logs `e` (it is ours to look at, not the caller's) and refuses with 500.
     pub fn internal(e: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
         Refusal::Internal
@@ -225,17 +240,26 @@ impl Refusal {
             Refusal::Busy | Refusal::Overloaded | Refusal::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTooLarge { .. } | Refusal::UnauthenticatedTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::Invalid { .. } | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Refusal::NotFound(_) | Refusal::Missing { .. } => StatusCode::NOT_FOUND,
+            Refusal::NotFound(_) | Refusal::Missing { .. } | Refusal::UnsupportedApiVersion => {
+                StatusCode::NOT_FOUND
+            }
             Refusal::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::Conflict { .. } => StatusCode::CONFLICT,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::Upstream(UpstreamFailure::Malformed | UpstreamFailure::Unreachable) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Refusal::Upstream(UpstreamFailure::Saturated) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             // RFC 6749 §5.2: a client that tried HTTP Basic and failed gets 401.
             Refusal::Token(
                 TokenRefusal::InvalidClient { basic: true } | TokenRefusal::MalformedClientAuth,
@@ -257,6 +281,12 @@ impl Refusal {
             Refusal::Busy | Refusal::Overloaded => "server busy; retry shortly".into(),
             Refusal::BodyTooLarge { limit } => BodyError::TooLarge(*limit).to_string().into(),
             Refusal::BodyTimeout => BodyError::Timeout.to_string().into(),
+            Refusal::UnauthenticatedTooLarge { limit } => format!(
+                "Before the session is checked, the envelope's Header must arrive within its first {limit} bytes"
+            )
+            .into(),
+            Refusal::UnsupportedApiVersion => "Invalid Api version specified on URL".into(),
+            Refusal::Upstream(u) => upstream_words(*u).1.into(),
             Refusal::UnsupportedMedia(m)
             | Refusal::BadRequest(m)
             | Refusal::Misdirected(m)
@@ -311,29 +341,32 @@ impl Refusal {
     }
 
     /// The seconds a client should wait, when waiting helps.
-    fn retry_after(&self) -> Option<u64> {
+    pub fn retry_after(&self) -> Option<u64> {
         match self {
             Refusal::RateLimited { retry_after } => {
                 Some(crate::limit::retry_after_secs(*retry_after))
             }
-            Refusal::Busy | Refusal::Overloaded => Some(BUSY_RETRY_SECS),
+            Refusal::Busy | Refusal::Overloaded | Refusal::Upstream(UpstreamFailure::Saturated) => {
+                Some(BUSY_RETRY_SECS)
+            }
             _ => None,
         }
     }
 
     /// The answer, in the caller's dialect.
     pub fn render(&self, dialect: Dialect) -> Response<Body> {
-        let mut r = match dialect {
-            Dialect::Soap(flavor) => self.soap(flavor),
-            Dialect::OAuth => self.oauth(),
-            Dialect::Rest => self.rest(),
-            Dialect::Bulk => match self {
-                Refusal::InvalidSession | Refusal::MalformedAuthorization => {
-                    rest::bulk_invalid_session()
-                }
-                other => other.rest(),
-            },
-            Dialect::Api => self.api(),
+        let mut r = match (self, dialect) {
+            // Not the caller's API refusing: tokengate's own answer, the same in every dialect
+            // (a SOAP client gets no fault it could mistake for Salesforce's).
+            (Refusal::Upstream(_), _) => self.api(),
+            (_, Dialect::Soap(flavor)) => self.soap(flavor),
+            (_, Dialect::OAuth) => self.oauth(),
+            (_, Dialect::Rest) => self.rest(),
+            (Refusal::InvalidSession | Refusal::MalformedAuthorization, Dialect::Bulk) => {
+                rest::bulk_invalid_session()
+            }
+            (_, Dialect::Bulk) => self.rest(),
+            (_, Dialect::Api) => self.api(),
         };
         if let Some(secs) = self.retry_after() {
             r.headers_mut()
@@ -388,6 +421,17 @@ impl Refusal {
             Refusal::Invalid { message, .. } => {
                 respond(processing, TEXT_XML, soap::client_fault(message))
             }
+            Refusal::UnsupportedApiVersion => fault(
+                processing,
+                "UnexpectedErrorFault",
+                "UNSUPPORTED_API_VERSION",
+                &self.message(),
+            ),
+            Refusal::MethodNotAllowed { allow } => respond(
+                self.status(),
+                TEXT_XML,
+                soap::client_fault(&format!("SOAP requests must use {allow}")),
+            ),
             other => respond(
                 other.status(),
                 TEXT_XML,
@@ -432,6 +476,13 @@ impl Refusal {
             }
             Refusal::BodyTooLarge { .. } => with_status(
                 oauth::error("invalid_request", "request body too large"),
+                self.status(),
+            ),
+            // RFC 6749 §3.2 and §5.2: a request the token endpoint cannot use (here, not a
+            // form) is a 400 `invalid_request`.
+            Refusal::UnsupportedMedia(m) => oauth::error("invalid_request", m),
+            Refusal::MethodNotAllowed { allow } => with_status(
+                oauth::error("invalid_request", &format!("must use HTTP {allow}")),
                 self.status(),
             ),
             other => with_status(
@@ -507,7 +558,10 @@ impl Refusal {
             }
             Refusal::Internal => json_error(status, "internal", "internal error"),
             Refusal::Token(t) => json_error(status, t.words().0, t.words().1),
+            Refusal::UnsupportedApiVersion => json_error(status, "not_found", &self.message()),
+            Refusal::Upstream(u) => json_error(status, upstream_words(*u).0, upstream_words(*u).1),
             Refusal::BodyTooLarge { .. }
+            | Refusal::UnauthenticatedTooLarge { .. }
             | Refusal::BodyTimeout
             | Refusal::BadRequest(_)
             | Refusal::Misdirected(_)
@@ -515,6 +569,25 @@ impl Refusal {
                 json_error(status, "invalid_request", &self.message())
             }
         }
+    }
+}
+
+/// `(code, message)` of an upstream failure, tokengate's own JSON in every dialect.
+fn upstream_words(u: UpstreamFailure) -> (&'static str, &'static str) {
+    match u {
+        UpstreamFailure::Malformed => (
+            "bad_gateway",
+            "the upstream service sent a malformed response",
+        ),
+        UpstreamFailure::Saturated => (
+            "upstream_busy",
+            "every connection to the upstream service is in use; retry shortly",
+        ),
+        UpstreamFailure::Unreachable => ("bad_gateway", "the upstream service is unreachable"),
+        UpstreamFailure::Timeout => (
+            "gateway_timeout",
+            "the upstream service did not answer in time",
+        ),
     }
 }
 
@@ -602,6 +675,9 @@ impl From<AdminError> for Refusal {
                 code: "user_exists",
                 message: "a user with that username exists",
             },
+            // A store failure is decided once, in `Refusal::store` (an unreachable database
+            // is 503, whichever operation met it).
+            AdminError::Store(e) => Refusal::store(&e),
             AdminError::Token(t) => t.into(),
             AdminError::LastAdmin => Refusal::Conflict {
                 code: "last_admin",
@@ -702,5 +778,41 @@ mod tests {
                     .is_none()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_failure_is_tokengates_json_in_every_dialect() {
+        for (failure, status, code) in [
+            (UpstreamFailure::Malformed, 502, "bad_gateway"),
+            (UpstreamFailure::Unreachable, 502, "bad_gateway"),
+            (UpstreamFailure::Saturated, 503, "upstream_busy"),
+            (UpstreamFailure::Timeout, 504, "gateway_timeout"),
+        ] {
+            for d in [
+                Dialect::Soap(Flavor::Partner),
+                Dialect::OAuth,
+                Dialect::Rest,
+                Dialect::Bulk,
+                Dialect::Api,
+            ] {
+                let r = Refusal::Upstream(failure).render(d);
+                assert_eq!(r.status().as_u16(), status, "{failure:?} {d:?}");
+                assert_eq!(r.headers()[header::CONTENT_TYPE], crate::wire::JSON);
+                let retry = r.headers().get(header::RETRY_AFTER).cloned();
+                assert_eq!(retry.is_some(), failure == UpstreamFailure::Saturated);
+                let body: serde_json::Value = serde_json::from_str(&text(r).await).unwrap();
+                assert_eq!(body["error"], code, "{failure:?} {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreachable_store_is_503_whichever_error_carries_it() {
+        let down = || crate::store::StoreError::Unavailable("connection refused".into());
+        let from_admin = Refusal::from(AdminError::Store(down()));
+        let from_token = Refusal::from(TokenError::Store(down()));
+        assert_eq!(from_admin, from_token);
+        assert_eq!(from_admin.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!from_admin.sentence().contains("connection refused"));
     }
 }

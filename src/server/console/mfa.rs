@@ -66,13 +66,9 @@ pub(super) async fn half_signed_in(
         };
     }
     let client = user_agent(&req);
-    let Some(f) = form(app, req).await else {
-        return page.message(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The form could not be read.",
-            &format!("{BASE}/mfa"),
-        );
+    let f = match form(app, req).await {
+        Ok(f) => f,
+        Err(refusal) => return page.refused(&refusal, &format!("{BASE}/mfa")),
     };
     let sent = f.get("csrf").map(String::as_str).unwrap_or_default();
     if !pending.csrf_matches(sent) {

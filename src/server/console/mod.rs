@@ -150,13 +150,14 @@ impl Form {
     }
 }
 
-/// A posted form, or `None` when it cannot be read.
-pub(super) async fn form(app: &App, req: Request<ReqBody>) -> Option<Form> {
-    let (_, bytes, _held) = crate::server::read::body_of(app, req, crate::server::read::Kind::Form)
-        .await
-        .ok()?;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).ok()?;
-    Some(Form { pairs })
+/// A posted form, or the refusal that says why it cannot be read (a slow body is 408, one
+/// over its limit 413, as in every dialect: `refusal`).
+pub(super) async fn form(app: &App, req: Request<ReqBody>) -> Result<Form, Refusal> {
+    let (_, bytes, _held) =
+        crate::server::read::body_of(app, req, crate::server::read::Kind::Form).await?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
+        .map_err(|_| Refusal::invalid("the form could not be read"))?;
+    Ok(Form { pairs })
 }
 
 pub(super) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
@@ -250,13 +251,9 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
         );
     }
     if method == Method::POST {
-        let Some(f) = form(&app, req).await else {
-            return page.message(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                "The form could not be read.",
-                BASE,
-            );
+        let f = match form(&app, req).await {
+            Ok(f) => f,
+            Err(refusal) => return page.refused(&refusal, BASE),
         };
         let sent = f.get("csrf").map(String::as_str).unwrap_or_default();
         if !session.csrf_matches(sent) {

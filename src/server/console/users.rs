@@ -20,13 +20,13 @@ use serde::Serialize;
 use super::form::FormErrors;
 use super::page::{Page, form_status, page_after};
 use super::session::{Flash, renew, with_cookie};
-use super::settings::token_failure;
 use super::setup::rows;
 use super::{BASE, Form, PAGE_SIZE};
 use crate::admin::{AdminError, Answer, NewUser, Request, UserChanges, UserView};
 use crate::audit::{Actor, Channel};
 use crate::history::format_ms;
 use crate::mail::mask_email;
+use crate::server::refusal::Refusal;
 use crate::server::{App, Client};
 use crate::store::{HistoryFilter, User};
 use crate::wire::{Body, encode_component};
@@ -649,11 +649,13 @@ fn refused(field: Option<&str>, message: String) -> FormErrors {
 }
 
 /// An admin error in the console's words.
+/// What a person is told of a refused action: the refusal's sentence (`refusal`), which never
+/// carries an internal detail such as a store error's text.
 fn say(e: AdminError) -> String {
     match e {
-        AdminError::Token(t) => token_failure(t).1,
+        // The console can say what to do about it.
         AdminError::Undeliverable => "Email delivery is not configured, so the new user's security token could not be delivered; no user was created. Configure [mail] on the server, or create the user with tokengate user add --show-token.".into(),
-        e => e.to_string(),
+        e => Refusal::from(e).sentence().into_owned(),
     }
 }
 
