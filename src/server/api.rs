@@ -25,7 +25,7 @@ use crate::admin::{
     Answer as AdminAnswer, NewUser, Request as AdminRequest, UserChanges, UserView,
 };
 use crate::audit::{Actor, Channel};
-use crate::auth::Attempt;
+
 use crate::domain::Dialect;
 use crate::mail::{ComplianceBcc, TokenReason};
 use crate::wire::{Body, JSON, respond};
@@ -419,20 +419,9 @@ async fn change_password(call: Call) -> Answer {
                     .into(),
             });
         };
-        let attempt = Attempt {
-            username: &user.username,
-            secret: current,
-            ip: peer.ip,
-            dialect: Dialect::Password,
-            api_version: None,
-            client: client.as_deref(),
-            tls: peer.tls,
-            password_only: true,
-            relax_ranges: false,
-        };
-        match app.auth.login(&attempt).await.map_err(Refusal::from) {
-            Ok(v) if v.user.id == user.id => {}
-            Ok(_) | Err(Refusal::BadCredentials | Refusal::Locked { .. }) => {
+        match caller::reprove_password(&app, &user, current, peer, client.as_deref()).await {
+            Ok(()) => {}
+            Err(Refusal::BadCredentials) => {
                 return Err(Refusal::Forbidden {
                     code: "current_password_mismatch",
                     message: "the current password is not right".into(),

@@ -22,6 +22,7 @@ use super::{BASE, form};
 use crate::auth::{Attempt, AuthError};
 use crate::domain::{Dialect, Reason};
 use crate::mfa::{self, TotpSecret};
+use crate::server::caller;
 use crate::server::refusal::Refusal;
 use crate::server::{App, Client, ReqBody};
 use crate::store::{MfaRecord, StoreError, User};
@@ -368,13 +369,7 @@ fn complete(
 ) -> Response<Body> {
     app.console.end_pending(pending);
     let Some((sid, session)) = app.console.create(user) else {
-        return Page {
-            app,
-            me: None,
-            csrf: String::new(),
-            session: None,
-        }
-        .message(
+        return Page::signed_out(app).message(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign in",
             "Too many console sessions; try again later.",
@@ -429,19 +424,10 @@ pub(super) async fn start_again(
     if !code.trim().is_empty() && user.mfa.enrolled() {
         verify(app, user, code, peer, None).await?;
     } else if !password.is_empty() {
-        // Verified like a login: a wrong one counts toward lockout and is in the history.
-        let attempt = Attempt {
-            username: &user.username,
-            secret: password,
-            ip: peer.ip,
-            dialect: Dialect::Password,
-            api_version: None,
-            client: None,
-            tls: peer.tls,
-            password_only: true,
-            relax_ranges: false,
-        };
-        if !matches!(app.auth.login(&attempt).await, Ok(v) if v.user.id == user.id) {
+        if caller::reprove_password(app, user, password, peer, None)
+            .await
+            .is_err()
+        {
             return Err("The password is not right.".into());
         }
     } else {
@@ -493,13 +479,7 @@ pub(super) fn begin(app: &App, user: &User) -> Response<Body> {
             &format!("{BASE}/mfa"),
             Some(app.console.pending_cookie(&sid)),
         ),
-        None => Page {
-            app,
-            me: None,
-            csrf: String::new(),
-            session: None,
-        }
-        .message(
+        None => Page::signed_out(app).message(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign in",
             "Too many sign-ins in progress; try again later.",

@@ -89,13 +89,7 @@ fn cannot_tell(app: &App, refusal: &Refusal) -> Response<Body> {
         }
         other => other.sentence(),
     };
-    Page {
-        app,
-        me: None,
-        csrf: String::new(),
-        session: None,
-    }
-    .message(refusal.status(), "Unavailable", &sentence, BASE)
+    Page::signed_out(app).message(refusal.status(), "Unavailable", &sentence, BASE)
 }
 
 /// Whether `path` is the console's.
@@ -105,24 +99,12 @@ pub fn owns(path: &str) -> bool {
 
 /// A 403 page with `message`, for requests refused before the console saw them.
 pub fn forbidden(app: &App, message: &str) -> Response<Body> {
-    Page {
-        app,
-        me: None,
-        csrf: String::new(),
-        session: None,
-    }
-    .message(StatusCode::FORBIDDEN, "Forbidden", message, BASE)
+    Page::signed_out(app).message(StatusCode::FORBIDDEN, "Forbidden", message, BASE)
 }
 
 /// The console's 404 page, for requests refused before the console saw them.
 pub fn not_found(app: &App) -> Response<Body> {
-    Page {
-        app,
-        me: None,
-        csrf: String::new(),
-        session: None,
-    }
-    .message(
+    Page::signed_out(app).message(
         StatusCode::NOT_FOUND,
         "Not found",
         "There is no such page.",

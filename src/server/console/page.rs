@@ -151,7 +151,18 @@ pub(super) struct Page<'a> {
     pub(super) session: Option<Arc<ConsoleSession>>,
 }
 
-impl Page<'_> {
+impl<'a> Page<'a> {
+    /// A page for someone not signed in (sign-in, the second factor, refusals before the
+    /// console saw the request).
+    pub(super) fn signed_out(app: &'a App) -> Self {
+        Page {
+            app,
+            me: None,
+            csrf: String::new(),
+            session: None,
+        }
+    }
+
     pub(super) fn render(
         &self,
         status: StatusCode,

@@ -19,12 +19,7 @@ pub(super) async fn signin(
     peer: Client,
     method: Method,
 ) -> Response<Body> {
-    let page = Page {
-        app,
-        me: None,
-        csrf: String::new(),
-        session: None,
-    };
+    let page = Page::signed_out(app);
     if method != Method::POST {
         let expired = query(&req).contains_key("expired");
         let notice = expired.then_some("Your console session expired. Sign in again.");
