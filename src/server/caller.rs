@@ -238,7 +238,7 @@ pub async fn identify_on<'a>(
             let result = app.auth.login(&attempt).await;
             // Successes are in the login history; failures are worth a log line too.
             if result.is_err() {
-                super::handlers::log_login(login.dialect.as_str(), username, &result, login.client);
+                super::access::log_login(login.dialect.as_str(), username, &result, login.client);
             }
             result
                 .map(|v| {

@@ -9,13 +9,14 @@ pub mod caller;
 pub mod conn;
 pub mod console;
 pub mod handlers;
+pub mod peer;
 pub mod read;
 pub mod refusal;
 pub mod routes;
 pub mod target;
 
 pub use body::{Budget, ReqBody};
-pub use conn::{Client, Conn, Listener};
+pub use peer::{Client, Conn, Listener};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -57,8 +57,8 @@ pub enum ConsoleError {
     Template(#[from] minijinja::Error),
 }
 
-pub const COOKIE: &str = "__Host-tg_console";
-pub(super) const BASE: &str = "/tokengate/console";
+pub use crate::proxy::sanitise::CONSOLE_COOKIE as COOKIE;
+pub(super) const BASE: &str = super::target::CONSOLE_BASE;
 pub(super) const PAGE_SIZE: usize = 20;
 pub(super) const MAX_SESSIONS: usize = 10_000;
 
@@ -90,11 +90,6 @@ fn cannot_tell(app: &App, refusal: &Refusal) -> Response<Body> {
         other => other.sentence(),
     };
     Page::signed_out(app).message(refusal.status(), "Unavailable", &sentence, BASE)
-}
-
-/// Whether `path` is the console's.
-pub fn owns(path: &str) -> bool {
-    path == BASE || path.starts_with("/tokengate/console/")
 }
 
 /// A 403 page with `message`, for requests refused before the console saw them.

@@ -12,7 +12,7 @@ use hyper::body::Body as _;
 use super::header_str;
 use crate::domain::Dialect;
 use crate::server::caller::{self, Credential, Login};
-use crate::server::conn::PerConnection;
+use crate::server::peer::PerConnection;
 use crate::server::refusal;
 use crate::server::{App, Client, ReqBody};
 use crate::wire::Body;

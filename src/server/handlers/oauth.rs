@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 
-use super::log_login;
 use crate::auth::refresh::RefreshError;
 use crate::auth::{Attempt, AuthError, TokenUsed, Verified};
 use crate::config::OAuthClient;
 use crate::domain::{Dialect, Reason, canonical_username};
+use crate::server::access::log_login;
 use crate::server::read;
 use crate::server::refusal::{self, Refusal, TokenRefusal};
 use crate::server::{App, Client, ReqBody};

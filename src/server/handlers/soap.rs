@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use super::{header_str, log_login, user_info};
+use super::{header_str, user_info};
 use crate::auth::Attempt;
 use crate::domain::Dialect;
 use crate::proxy::{forwarded_for, sanitise};
+use crate::server::access::log_login;
 use crate::server::body::{self, BodyError};
 use crate::server::caller::{self, Credential, Login};
 use crate::server::refusal::{self, Refusal};
