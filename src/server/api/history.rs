@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// The query string's fields, in order.
+fn query_pairs(req: &Request<ReqBody>) -> Result<Vec<(String, String)>, Refusal> {
+    match req.uri().query() {
+        Some(q) => {
+            serde_urlencoded::from_str(q).map_err(|_| Refusal::invalid("unreadable query string"))
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
 /// `GET /tokengate/v1/admin/history?user=&since=&outcome=&limit=&format=json|csv`.
 #[utoipa::path(
     get,
@@ -25,11 +35,7 @@ use super::*;
 )]
 pub(super) async fn history(call: Call) -> Answer {
     let Call { app, req, .. } = call;
-    let pairs: Vec<(String, String)> = match req.uri().query() {
-        Some(q) => serde_urlencoded::from_str(q)
-            .map_err(|_| Refusal::invalid("unreadable query string"))?,
-        None => Vec::new(),
-    };
+    let pairs = query_pairs(&req)?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let limit = match get("limit").map(str::parse::<usize>) {
         None => 100,
@@ -69,11 +75,7 @@ pub(super) async fn history(call: Call) -> Answer {
 )]
 pub(super) async fn audit_trail(call: Call) -> Answer {
     let Call { app, req, .. } = call;
-    let pairs: Vec<(String, String)> = match req.uri().query() {
-        Some(q) => serde_urlencoded::from_str(q)
-            .map_err(|_| Refusal::invalid("unreadable query string"))?,
-        None => Vec::new(),
-    };
+    let pairs = query_pairs(&req)?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let filter = crate::audit::Filter::from_query(get, 100).map_err(Refusal::invalid)?;
     let format = get("format");

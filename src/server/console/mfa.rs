@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use minijinja::context;
 
 use super::form::FormErrors;
-use super::page::{Page, redirect};
+use super::page::{Page, form_status, redirect};
 use super::session::{PendingSignIn, clear_cookie, with_cookie};
 use super::{BASE, form};
 use crate::auth::{Attempt, AuthError};
@@ -107,13 +107,8 @@ fn owed_page(page: &Page<'_>, user: &User, error: Option<String>) -> Response<Bo
 }
 
 fn code_page(page: &Page<'_>, error: Option<String>) -> Response<Body> {
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
     page.render(
-        status,
+        form_status(&error),
         "mfa_code.html",
         "Verify it's you",
         "",
@@ -149,13 +144,8 @@ pub(super) fn enrol_page(
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect::<Vec<_>>()
         .join(" ");
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
     page.render(
-        status,
+        form_status(&error),
         "mfa_enrol.html",
         "Set up two-factor authentication",
         "settings",
