@@ -1,6 +1,23 @@
-//! The composition root: what a data directory holds and the services built on it (the
-//! store, the installation's secrets, users, tokens and the mailer), assembled one way for the
-//! server and for the CLI when no server runs, and the helper that runs their periodic jobs.
+//! The composition root: what a data directory holds and the services built on it, assembled
+//! one way for the server and for the CLI when no server runs, and the helper that runs the
+//! periodic jobs.
+//!
+//! What it builds: the store and the installation's secrets ([`DataDir::open`]); on them the
+//! users, tokens, the mailer and the audit trail ([`DataDir::services`]) and the admin
+//! operations ([`Services::admin`]). These are everything that changes records, so a change
+//! made through a running server and one made by the CLI without a server are made by the
+//! same code.
+//!
+//! What it does not build, and why: the session table (`auth::session::Sessions`), the login
+//! pipeline with its limiters and lockout (`auth::Authenticator`), the login history's writer
+//! (`history::History`), OAuth refresh token families (`auth::refresh`), the metrics
+//! registry, the console's cookie sessions, the upstream pool, TLS and the listeners. Each is
+//! the live state of one running server (in memory, fed by its requests, gone when it
+//! stops), and the CLI without a server answers no login and holds no session, so it has
+//! nothing to share them with. `server::Server::start` builds them. The one crossing: a
+//! server hands its session table to [`DataDir::services`], so that disabling a user or
+//! resetting a token ends that user's live sessions; the CLI hands `None`, and the sessions
+//! kept in the store are deleted instead.
 
 use std::future::Future;
 use std::sync::Arc;

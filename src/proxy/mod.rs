@@ -1,5 +1,5 @@
-//! Forwarding to the upstream: the target URI, streaming bodies both ways, timeouts and the
-//! answers to an upstream that fails. What may leave for the upstream, and what may come back
+//! Forwarding to the upstream: the target URI, streaming bodies both ways, timeouts and why
+//! an upstream failed ([`UpstreamFailure`]). What may leave for the upstream, and what may come back
 //! from it, is decided in `sanitise`; the connections themselves are in `pool`.
 
 pub mod pool;
@@ -10,15 +10,15 @@ pub use sanitise::{X_TOKENGATE_USER, X_TOKENGATE_USER_ID, forwarded_for};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use rustls_pki_types::ServerName;
 
 use crate::config::UpstreamConfig;
 use crate::domain::Identity;
-use crate::wire::{Body, json_error};
+use crate::wire::Body;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -28,6 +28,20 @@ pub enum ProxyError {
     Tls(#[from] rustls::Error),
     #[error("the upstream host '{0}' is not a valid TLS server name")]
     ServerName(String),
+}
+
+/// Why the upstream gave no usable answer. Logged here, where the cause is known; the
+/// answer the client gets is decided with every other refusal, in `server::refusal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Its response broke the rules `sanitise::inbound` enforces.
+    Malformed,
+    /// Every connection to it is in use (`pool`'s bound): waiting helps.
+    Saturated,
+    /// No connection could be made, or the exchange broke off.
+    Unreachable,
+    /// No answer head within `response_timeout`.
+    Timeout,
 }
 
 pub struct Upstream {
@@ -126,8 +140,8 @@ impl Upstream {
         Uri::from_parts(parts).expect("a path alone is a valid URI")
     }
 
-    /// Sends `req` upstream on behalf of `who` and streams the answer back. Failures become
-    /// 502 (unreachable) or 504 (no answer in time) with a JSON body, never a hang.
+    /// Sends `req` upstream on behalf of `who` and streams the answer back, or says why the
+    /// upstream gave none (`server::refusal` answers that), never a hang.
     /// `host` is the request's validated host (`server::target`), kept so the upstream sees
     /// the name the client used; `None` for an HTTP/1.0 request without one. `who` is `None`
     /// on a public path: the request goes without identity.
@@ -137,7 +151,7 @@ impl Upstream {
         forwarded_for: HeaderValue,
         who: Option<Identity>,
         host: Option<HeaderValue>,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, UpstreamFailure> {
         let from_http2 = req.version() == Version::HTTP_2;
         *req.uri_mut() = self.target(req.uri());
         // HTTP/2 clients are served to an HTTP/1.1 upstream.
@@ -166,40 +180,21 @@ impl Upstream {
                 let (mut parts, body) = resp.into_parts();
                 if let Err(refusal) = sanitise::inbound(&mut parts) {
                     tracing::warn!(status = %parts.status, refusal, "malformed upstream response refused");
-                    return json_error(
-                        StatusCode::BAD_GATEWAY,
-                        "bad_gateway",
-                        "the upstream service sent a malformed response",
-                    );
+                    return Err(UpstreamFailure::Malformed);
                 }
-                Response::from_parts(parts, body.boxed())
+                Ok(Response::from_parts(parts, body.boxed()))
             }
             Ok(Err(pool::PoolError::Saturated)) => {
                 tracing::warn!("every upstream connection is in use; request refused");
-                let mut r = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream_busy",
-                    "every connection to the upstream service is in use; retry shortly",
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                r
+                Err(UpstreamFailure::Saturated)
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
-                json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    "the upstream service is unreachable",
-                )
+                Err(UpstreamFailure::Unreachable)
             }
             Err(_) => {
                 tracing::warn!(timeout = ?self.response_timeout, "upstream did not answer in time");
-                json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "gateway_timeout",
-                    "the upstream service did not answer in time",
-                )
+                Err(UpstreamFailure::Timeout)
             }
         }
     }

@@ -139,8 +139,17 @@ pub fn strip_client_credentials(headers: &mut HeaderMap) {
     }
 }
 
+/// The web console's session cookie (`server::console`), named here because it is the one
+/// cookie that must never cross to the upstream: the server uses this name, the proxy never
+/// imports the server.
+pub const CONSOLE_COOKIE: &str = "__Host-tg_console";
+
+/// The request id header: tokengate's own (`server::access` assigns it), relayed upstream as
+/// tokengate set it.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// tokengate's own cookies: never sent upstream, never set by the upstream.
-pub const OWN_COOKIES: [&str; 1] = [crate::server::console::COOKIE];
+pub const OWN_COOKIES: [&str; 1] = [CONSOLE_COOKIE];
 
 /// Cookies that carry a Salesforce session id (`sid`, as the Salesforce UI and Visualforce
 /// send it): a credential, never relayed on a public path, where nobody vouched for it.
@@ -243,7 +252,7 @@ pub struct Outbound<'a> {
     /// Who the request acts for; `None` on a public path (`[upstream] public_paths`): no
     /// identity headers, and no session cookie either.
     pub who: Option<Identity>,
-    /// The client's address (`server::conn::client_ip`) as an `X-Forwarded-For` value
+    /// The client's address (`server::peer::client_ip`) as an `X-Forwarded-For` value
     /// ([`forwarded_for`]; made once per connection on the forwarding path).
     pub forwarded_for: HeaderValue,
     /// The request's validated host (`server::target`), so the upstream sees the name the
@@ -263,7 +272,7 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
 pub fn outbound(h: &mut HeaderMap, o: Outbound<'_>) {
     // The request id on the request is tokengate's (`server::access` replaced the client's):
     // kept even if the client's `Connection` header names it.
-    let request_id = h.remove(crate::server::access::X_REQUEST_ID);
+    let request_id = h.remove(X_REQUEST_ID);
     strip_hop_by_hop(h);
     strip_client_credentials(h);
     clean_cookies(h, o.from_http2, o.who.is_none());
@@ -278,7 +287,7 @@ pub fn outbound(h: &mut HeaderMap, o: Outbound<'_>) {
     h.insert(X_FORWARDED_FOR, o.forwarded_for);
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(id) = request_id {
-        h.insert(crate::server::access::X_REQUEST_ID, id);
+        h.insert(X_REQUEST_ID, id);
     }
     match o.host {
         Some(host) => {

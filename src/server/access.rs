@@ -28,18 +28,19 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{HeaderMap, Method, Response, Uri};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::auth::session::Session;
+use crate::auth::{AuthError, Verified};
 use crate::store::User;
 use crate::wire::{Body, BodyError};
 
 /// The tracing target of the access log, for operators' filters (`RUST_LOG`, `[log] level`).
 pub const TARGET: &str = "tokengate::access";
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::proxy::sanitise::X_REQUEST_ID;
 
 /// The longest request id taken from a trusted proxy (AWS's trace ids and UUIDs fit well).
 pub const MAX_REQUEST_ID: usize = 128;
@@ -262,7 +263,7 @@ fn dialect(path: &str) -> &'static str {
         "bulk"
     } else if path.starts_with("/id/") {
         "identity"
-    } else if super::console::owns(path) {
+    } else if super::target::is_console(path) {
         "console"
     } else if path == "/tokengate" || path.starts_with("/tokengate/") {
         "api"
@@ -336,6 +337,36 @@ impl Drop for Logged {
         if let Some(line) = self.line.take() {
             line.emit();
         }
+    }
+}
+
+/// Logs a login's outcome, and notes a verified one's user and token for the access line.
+pub(crate) fn log_login(
+    dialect: &str,
+    username: &str,
+    result: &Result<Verified, AuthError>,
+    client: Option<&str>,
+) {
+    match result {
+        Ok(v) => {
+            note_login(&v.user, &v.token);
+            tracing::info!(
+            dialect,
+            user = %v.user.username,
+            client,
+            superseded_token = v.superseded,
+            token = v.token.name(),
+            "login succeeded"
+            )
+        }
+        Err(AuthError::Rejected(r)) => tracing::info!(
+            dialect,
+            user = %username.chars().take(80).collect::<String>(),
+            reason = r.as_str(),
+            client,
+            "login failed"
+        ),
+        Err(e) => tracing::warn!(dialect, error = %e, "login could not be checked"),
     }
 }
 

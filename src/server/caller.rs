@@ -159,6 +159,37 @@ pub fn session_user(
     }
 }
 
+/// Proves that `password` is `user`'s current password, verified like a login (dialect
+/// `password`, the password alone): a wrong one counts toward lockout and is in the login
+/// history. The one way a signed-in user proves the password again before changing it or
+/// their second factor (the API's password change, the console's, a new authenticator).
+/// `Err(Refusal::BadCredentials)` when it is not `user`'s (wrong, locked, another user's);
+/// any other refusal (rate limited, busy) as it is.
+pub async fn reprove_password(
+    app: &App,
+    user: &User,
+    password: &str,
+    peer: Client,
+    client: Option<&str>,
+) -> Result<(), Refusal> {
+    let attempt = Attempt {
+        username: &user.username,
+        secret: password,
+        ip: peer.ip,
+        dialect: Dialect::Password,
+        api_version: None,
+        client,
+        tls: peer.tls,
+        password_only: true,
+        relax_ranges: false,
+    };
+    match app.auth.login(&attempt).await.map_err(Refusal::from) {
+        Ok(v) if v.user.id == user.id => Ok(()),
+        Ok(_) | Err(Refusal::Locked { .. }) => Err(Refusal::BadCredentials),
+        Err(r) => Err(r),
+    }
+}
+
 /// Checks a credential against the user's current state (module docs).
 pub async fn identify<'a>(
     app: &App,
@@ -207,7 +238,7 @@ pub async fn identify_on<'a>(
             let result = app.auth.login(&attempt).await;
             // Successes are in the login history; failures are worth a log line too.
             if result.is_err() {
-                super::handlers::log_login(login.dialect.as_str(), username, &result, login.client);
+                super::access::log_login(login.dialect.as_str(), username, &result, login.client);
             }
             result
                 .map(|v| {

@@ -13,8 +13,15 @@
 //!   its limit `413`; an unknown content coding `415`.
 //! - SOAP faults produced while processing an envelope are HTTP 500 (SOAP 1.1 §6.2); refusals
 //!   before an envelope is read keep their HTTP status.
-//! - Waiting helps with `Busy` and `Overloaded` (`Retry-After: 1`) and with `RateLimited` (the
-//!   limiter's wait); no other refusal carries `Retry-After`.
+//! - Waiting helps with `Busy` and `Overloaded` (`Retry-After: 1`), with an upstream whose
+//!   connections are all in use (the same), and with `RateLimited` (the limiter's wait); no
+//!   other refusal carries `Retry-After`.
+//! - An upstream that gives no usable answer (`proxy::UpstreamFailure`) is 502, 503 or 504
+//!   with tokengate's own JSON in every dialect: it is not the caller's API refusing.
+//! - A store that cannot be reached is 503 (`Refusal::store`), whichever error carried it.
+//!
+//! Here: the refusals and what a person is told of each; each error's refusal in `from`; each
+//! dialect's answer in `render`.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -26,9 +33,15 @@ use super::body::BodyError;
 use crate::admin::AdminError;
 use crate::auth::AuthError;
 use crate::mail::MailError;
+use crate::proxy::UpstreamFailure;
 use crate::tokens::TokenError;
 use crate::wire::soap::{self, Flavor};
 use crate::wire::{Body, TEXT_XML, json_error, oauth, respond, rest};
+
+mod from;
+mod render;
+#[cfg(test)]
+mod tests;
 
 /// The message of a failed login, in every dialect that has a message.
 const LOGIN_FAILED: &str = soap::LOGIN_FAILED_MESSAGE;
@@ -56,6 +69,11 @@ pub enum Refusal {
     /// A bounded resource other than hashing is spent (the memory for request bodies).
     Overloaded,
     BodyTooLarge {
+        limit: usize,
+    },
+    /// A SOAP body whose `Header` (and so its session) does not arrive within the `limit`
+    /// bytes read before the caller is known (`handlers::soap`).
+    UnauthenticatedTooLarge {
         limit: usize,
     },
     BodyTimeout,
@@ -100,6 +118,10 @@ pub enum Refusal {
     MethodNotAllowed {
         allow: Cow<'static, str>,
     },
+    /// A SOAP path with an API version that does not exist.
+    UnsupportedApiVersion,
+    /// The upstream gave no usable answer (`proxy`).
+    Upstream(UpstreamFailure),
     /// Something broke on our side; logged where it happened, never described to the caller.
     Internal,
     /// A refusal of the OAuth token endpoint's own (RFC 6749 §5.2).
@@ -198,9 +220,9 @@ impl Refusal {
         }
     }
 
-    /// Logs `e` (it is ours to look at, not the caller's) and refuses with 500.
-    /// A store failure: an unreachable database is the server being unavailable (503, and
-    /// `SERVER_UNAVAILABLE` in SOAP, as when it is busy); anything else is internal.
+    /// A store failure, for every error that carries one (`TokenError`, `AdminError`): an unreachable database is the server being unavailable (503 with
+    /// `Retry-After`, and `SERVER_UNAVAILABLE` in SOAP, as when it is busy); anything else is
+    /// internal (logged, 500).
     pub fn store(e: &crate::store::StoreError) -> Self {
         if let crate::store::StoreError::Unavailable(_) = e {
             tracing::warn!(error = %e, "refused: the database is unavailable");
@@ -209,6 +231,7 @@ impl Refusal {
         Refusal::internal(e)
     }
 
+    /// Logs `e` (it is ours to look at, not the caller's) and refuses with 500.
     pub fn internal(e: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
         Refusal::Internal
@@ -225,17 +248,26 @@ impl Refusal {
             Refusal::Busy | Refusal::Overloaded | Refusal::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTooLarge { .. } | Refusal::UnauthenticatedTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::Invalid { .. } | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Refusal::NotFound(_) | Refusal::Missing { .. } => StatusCode::NOT_FOUND,
+            Refusal::NotFound(_) | Refusal::Missing { .. } | Refusal::UnsupportedApiVersion => {
+                StatusCode::NOT_FOUND
+            }
             Refusal::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::Conflict { .. } => StatusCode::CONFLICT,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::Upstream(UpstreamFailure::Malformed | UpstreamFailure::Unreachable) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Refusal::Upstream(UpstreamFailure::Saturated) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             // RFC 6749 §5.2: a client that tried HTTP Basic and failed gets 401.
             Refusal::Token(
                 TokenRefusal::InvalidClient { basic: true } | TokenRefusal::MalformedClientAuth,
@@ -257,6 +289,12 @@ impl Refusal {
             Refusal::Busy | Refusal::Overloaded => "server busy; retry shortly".into(),
             Refusal::BodyTooLarge { limit } => BodyError::TooLarge(*limit).to_string().into(),
             Refusal::BodyTimeout => BodyError::Timeout.to_string().into(),
+            Refusal::UnauthenticatedTooLarge { limit } => format!(
+                "Before the session is checked, the envelope's Header must arrive within its first {limit} bytes"
+            )
+            .into(),
+            Refusal::UnsupportedApiVersion => "Invalid Api version specified on URL".into(),
+            Refusal::Upstream(u) => render::upstream_words(*u).1.into(),
             Refusal::UnsupportedMedia(m)
             | Refusal::BadRequest(m)
             | Refusal::Misdirected(m)
@@ -311,396 +349,15 @@ impl Refusal {
     }
 
     /// The seconds a client should wait, when waiting helps.
-    fn retry_after(&self) -> Option<u64> {
+    pub fn retry_after(&self) -> Option<u64> {
         match self {
             Refusal::RateLimited { retry_after } => {
                 Some(crate::limit::retry_after_secs(*retry_after))
             }
-            Refusal::Busy | Refusal::Overloaded => Some(BUSY_RETRY_SECS),
+            Refusal::Busy | Refusal::Overloaded | Refusal::Upstream(UpstreamFailure::Saturated) => {
+                Some(BUSY_RETRY_SECS)
+            }
             _ => None,
-        }
-    }
-
-    /// The answer, in the caller's dialect.
-    pub fn render(&self, dialect: Dialect) -> Response<Body> {
-        let mut r = match dialect {
-            Dialect::Soap(flavor) => self.soap(flavor),
-            Dialect::OAuth => self.oauth(),
-            Dialect::Rest => self.rest(),
-            Dialect::Bulk => match self {
-                Refusal::InvalidSession | Refusal::MalformedAuthorization => {
-                    rest::bulk_invalid_session()
-                }
-                other => other.rest(),
-            },
-            Dialect::Api => self.api(),
-        };
-        if let Some(secs) = self.retry_after() {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if let Refusal::MethodNotAllowed { allow } = self
-            && let Ok(allow) = HeaderValue::from_str(allow)
-        {
-            r.headers_mut().insert(header::ALLOW, allow);
-        }
-        r
-    }
-
-    fn soap(&self, flavor: Flavor) -> Response<Body> {
-        let fault = |status, detail, code, message: &str| {
-            respond(status, TEXT_XML, soap::fault(flavor, detail, code, message))
-        };
-        let processing = StatusCode::INTERNAL_SERVER_ERROR;
-        match self {
-            // A lock is not told in SOAP: the client has nowhere to show it.
-            Refusal::BadCredentials | Refusal::Locked { .. } => {
-                respond(processing, TEXT_XML, soap::login_fault(flavor))
-            }
-            Refusal::InvalidSession | Refusal::MalformedAuthorization => {
-                respond(processing, TEXT_XML, soap::invalid_session_fault(flavor))
-            }
-            Refusal::RateLimited { .. } => fault(
-                processing,
-                "LoginFault",
-                "REQUEST_LIMIT_EXCEEDED",
-                "Too many login attempts; retry later",
-            ),
-            Refusal::Busy => fault(
-                processing,
-                "UnexpectedErrorFault",
-                "SERVER_UNAVAILABLE",
-                "Server busy; retry shortly",
-            ),
-            // Before the envelope is read: the HTTP status says it.
-            Refusal::Overloaded => fault(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UnexpectedErrorFault",
-                "SERVER_UNAVAILABLE",
-                "Server busy; retry shortly",
-            ),
-            Refusal::Internal | Refusal::Unavailable { .. } => fault(
-                processing,
-                "UnexpectedErrorFault",
-                "UNKNOWN_EXCEPTION",
-                "An internal error occurred",
-            ),
-            Refusal::Invalid { message, .. } => {
-                respond(processing, TEXT_XML, soap::client_fault(message))
-            }
-            other => respond(
-                other.status(),
-                TEXT_XML,
-                soap::client_fault(&other.message()),
-            ),
-        }
-    }
-
-    fn oauth(&self) -> Response<Body> {
-        let with_status = |mut r: Response<Body>, status| {
-            *r.status_mut() = status;
-            r
-        };
-        match self {
-            Refusal::BadCredentials | Refusal::Locked { .. } => oauth::invalid_grant(),
-            Refusal::RateLimited { .. } => oauth::error(
-                "rate_limit_exceeded",
-                "too many login attempts; retry later",
-            ),
-            Refusal::Busy | Refusal::Overloaded => {
-                oauth::error("temporarily_unavailable", "server busy; retry shortly")
-            }
-            Refusal::InvalidSession | Refusal::MalformedAuthorization => with_status(
-                oauth::error("invalid_token", "invalid token"),
-                self.status(),
-            ),
-            Refusal::Internal | Refusal::Unavailable { .. } => with_status(
-                oauth::error("server_error", "internal error"),
-                StatusCode::INTERNAL_SERVER_ERROR,
-            ),
-            Refusal::Invalid { code, message } => oauth::error(code, message),
-            Refusal::Token(t) => {
-                let (error, description) = t.words();
-                let mut r = with_status(oauth::error(error, description), self.status());
-                if self.status() == StatusCode::UNAUTHORIZED {
-                    r.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(r#"Basic realm="tokengate""#),
-                    );
-                }
-                r
-            }
-            Refusal::BodyTooLarge { .. } => with_status(
-                oauth::error("invalid_request", "request body too large"),
-                self.status(),
-            ),
-            other => with_status(
-                oauth::error("invalid_request", &other.message()),
-                other.status(),
-            ),
-        }
-    }
-
-    fn rest(&self) -> Response<Body> {
-        match self {
-            Refusal::BadCredentials => rest::basic_login_failed(),
-            Refusal::Locked { until } => rest::locked(*until),
-            Refusal::InvalidSession => rest::invalid_session(),
-            Refusal::MalformedAuthorization => rest::error(
-                StatusCode::UNAUTHORIZED,
-                "INVALID_AUTH_HEADER",
-                "INVALID_HEADER_TYPE",
-            ),
-            Refusal::RateLimited { .. } => rest::error(
-                self.status(),
-                "REQUEST_LIMIT_EXCEEDED",
-                "Too many login attempts; retry later",
-            ),
-            Refusal::Busy | Refusal::Overloaded => rest::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SERVER_UNAVAILABLE",
-                "Server busy; retry shortly",
-            ),
-            Refusal::Internal | Refusal::Unavailable { .. } => rest::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN_EXCEPTION",
-                "internal error",
-            ),
-            Refusal::Forbidden { message, .. } => {
-                rest::error(self.status(), "INSUFFICIENT_ACCESS", message)
-            }
-            Refusal::NotFound(m) => rest::error(self.status(), "NOT_FOUND", m),
-            other => rest::error(other.status(), "INVALID_REQUEST", &other.message()),
-        }
-    }
-
-    fn api(&self) -> Response<Body> {
-        let status = self.status();
-        match self {
-            // Rejected credentials and a missing or dead session look the same to an API
-            // caller: authenticate again.
-            Refusal::BadCredentials | Refusal::InvalidSession | Refusal::MalformedAuthorization => {
-                let mut r = json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_session",
-                    &Refusal::InvalidSession.message(),
-                );
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Basic realm="tokengate", charset="UTF-8""#),
-                );
-                r
-            }
-            Refusal::Locked { until } => rest::locked(*until),
-            Refusal::RateLimited { .. } => json_error(status, "rate_limited", &self.message()),
-            Refusal::Busy | Refusal::Overloaded => json_error(status, "busy", &self.message()),
-            Refusal::Invalid { code, message }
-            | Refusal::Unprocessable { code, message }
-            | Refusal::Forbidden { code, message } => json_error(status, code, message),
-            Refusal::Missing { code, message } => json_error(status, code, message),
-            Refusal::Conflict { code, message } | Refusal::Unavailable { code, message } => {
-                json_error(status, code, message)
-            }
-            Refusal::NotFound(m) => json_error(status, "not_found", m),
-            Refusal::MethodNotAllowed { .. } => {
-                json_error(status, "method_not_allowed", &self.message())
-            }
-            Refusal::Internal => json_error(status, "internal", "internal error"),
-            Refusal::Token(t) => json_error(status, t.words().0, t.words().1),
-            Refusal::BodyTooLarge { .. }
-            | Refusal::BodyTimeout
-            | Refusal::BadRequest(_)
-            | Refusal::Misdirected(_)
-            | Refusal::UnsupportedMedia(_) => {
-                json_error(status, "invalid_request", &self.message())
-            }
-        }
-    }
-}
-
-impl From<AuthError> for Refusal {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Rejected(_) | AuthError::Locked { proven: false, .. } => {
-                Refusal::BadCredentials
-            }
-            AuthError::Locked {
-                until,
-                proven: true,
-            } => Refusal::Locked { until },
-            AuthError::RateLimited { retry_after } => Refusal::RateLimited { retry_after },
-            AuthError::Busy => Refusal::Busy,
-            AuthError::Unavailable => Refusal::Busy,
-            AuthError::Store(e) => Refusal::internal(&e),
-        }
-    }
-}
-
-impl From<BodyError> for Refusal {
-    fn from(e: BodyError) -> Self {
-        match e {
-            BodyError::TooLarge(limit) => Refusal::BodyTooLarge { limit },
-            BodyError::Timeout => Refusal::BodyTimeout,
-            BodyError::Busy => Refusal::Overloaded,
-            BodyError::UnsupportedEncoding(_) => Refusal::UnsupportedMedia(e.to_string().into()),
-            BodyError::BadGzip | BodyError::Io => Refusal::BadRequest(e.to_string().into()),
-        }
-    }
-}
-
-impl From<TokenError> for Refusal {
-    fn from(e: TokenError) -> Self {
-        match e {
-            TokenError::Delivery(MailError::NotConfigured) => Refusal::Unavailable {
-                code: "mail_not_configured",
-                message: "email delivery is not configured; no token can be issued",
-            },
-            TokenError::Delivery(e) => {
-                tracing::warn!(error = %e, "token email failed");
-                Refusal::Unavailable {
-                    code: "mail_delivery_failed",
-                    message: "the new token could not be emailed, so the current token stays valid; try again later",
-                }
-            }
-            TokenError::NoSuchUser(_) => Refusal::NotFound("no such user"),
-            TokenError::Disabled => Refusal::Conflict {
-                code: "user_disabled",
-                message: "the user is disabled",
-            },
-            TokenError::Policy(p) => Refusal::Invalid {
-                code: "password_policy",
-                message: format!("the new password must have {p}").into(),
-            },
-            TokenError::Period | TokenError::Supplied => Refusal::invalid(e.to_string()),
-            TokenError::InvalidName => Refusal::Unprocessable {
-                code: "invalid_token_name",
-                message: e.to_string().into(),
-            },
-            TokenError::NamedExists(_) => Refusal::Conflict {
-                code: "token_exists",
-                message: "the user already has a token with that name",
-            },
-            TokenError::TooManyNamed(_) => Refusal::Conflict {
-                code: "too_many_tokens",
-                message: "the user holds the most named tokens allowed ([tokens] max_named_per_user); revoke one first",
-            },
-            TokenError::NoSuchToken(_) => Refusal::Missing {
-                code: "no_such_token",
-                message: "the user has no token with that name",
-            },
-            TokenError::Store(e) => Refusal::store(&e),
-            e @ TokenError::Secret(_) => Refusal::internal(&e),
-        }
-    }
-}
-
-impl From<AdminError> for Refusal {
-    fn from(e: AdminError) -> Self {
-        match e {
-            AdminError::NoSuchUser(_) => Refusal::NotFound("no such user"),
-            AdminError::Store(crate::store::StoreError::UserExists(_)) => Refusal::Conflict {
-                code: "user_exists",
-                message: "a user with that username exists",
-            },
-            AdminError::Token(t) => t.into(),
-            AdminError::LastAdmin => Refusal::Conflict {
-                code: "last_admin",
-                message: "this would leave no enabled administrator; make another user an administrator first",
-            },
-            AdminError::SelfDemotion => Refusal::Conflict {
-                code: "self_demotion",
-                message: "administrators cannot disable, demote or delete their own account; ask another administrator",
-            },
-            AdminError::Undeliverable => Refusal::Unavailable {
-                code: "mail_not_configured",
-                message: "email delivery is not configured, so the new user's security token could not be delivered; no user was created",
-            },
-            AdminError::UndeliverableToken => Refusal::Unavailable {
-                code: "mail_not_configured",
-                message: "email delivery is not configured, so the new token could not be delivered; nothing was added",
-            },
-            AdminError::Synthetic(m) => Refusal::Forbidden {
-                code: "synthetic_users_refused",
-                message: m.into(),
-            },
-            e @ (AdminError::Username(_)
-            | AdminError::Email(_)
-            | AdminError::Password(_)
-            | AdminError::FullName(_)
-            | AdminError::Period(_)
-            | AdminError::Range(_)
-            | AdminError::Invalid(_)
-            | AdminError::Mail(MailError::Address(_))) => Refusal::invalid(e.to_string()),
-            e => Refusal::internal(&e),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt as _;
-
-    async fn text(r: Response<Body>) -> String {
-        let b = r.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(b.to_vec()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_failed_login_is_one_answer_per_dialect_and_a_lock_is_told_only_with_proof() {
-        let locked = Refusal::from(AuthError::Locked {
-            until: u64::MAX,
-            proven: false,
-        });
-        assert_eq!(locked, Refusal::BadCredentials);
-        for d in [
-            Dialect::Soap(Flavor::Partner),
-            Dialect::Soap(Flavor::Enterprise),
-            Dialect::OAuth,
-        ] {
-            let a = Refusal::BadCredentials.render(d);
-            let b = Refusal::Locked { until: 1 }.render(d);
-            assert_eq!(a.status(), b.status(), "{d:?}");
-            assert_eq!(text(a).await, text(b).await, "{d:?}");
-        }
-        let r = Refusal::Locked { until: u64::MAX }.render(Dialect::Rest);
-        assert_eq!(r.status(), StatusCode::LOCKED);
-        assert!(text(r).await.contains("PASSWORD_LOCKOUT"));
-    }
-
-    #[tokio::test]
-    async fn a_slow_body_is_408_in_every_dialect() {
-        for d in [
-            Dialect::Soap(Flavor::Partner),
-            Dialect::OAuth,
-            Dialect::Rest,
-            Dialect::Api,
-        ] {
-            let r = Refusal::from(BodyError::Timeout).render(d);
-            assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT, "{d:?}");
-        }
-    }
-
-    #[test]
-    fn only_waiting_refusals_say_when_to_retry() {
-        let wait = Refusal::RateLimited {
-            retry_after: Duration::from_millis(2500),
-        };
-        for d in [
-            Dialect::Soap(Flavor::Partner),
-            Dialect::OAuth,
-            Dialect::Rest,
-            Dialect::Api,
-        ] {
-            assert_eq!(wait.render(d).headers()[header::RETRY_AFTER], "3", "{d:?}");
-            assert_eq!(Refusal::Busy.render(d).headers()[header::RETRY_AFTER], "1");
-            assert!(
-                Refusal::BadCredentials
-                    .render(d)
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .is_none()
-            );
         }
     }
 }

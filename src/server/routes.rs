@@ -17,8 +17,8 @@ use hyper::body::{Body as _, Incoming};
 
 use super::App;
 use super::body::{self, ReqBody};
-use super::conn::{Client, Conn, Listener};
 use super::handlers::{forward, health, identity, oauth, soap};
+use super::peer::{Client, Conn, Listener};
 use super::refusal::{self, Refusal};
 use super::target::{self, TargetError};
 use crate::wire::Body;
@@ -97,7 +97,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
             "/tokengate/health" => health::health(),
             "/tokengate/ready" => Box::pin(health::ready(&app)).await,
             p if p.starts_with("/id/") => Box::pin(identity::identity(app, req, peer)).await,
-            p if super::console::owns(p) => Box::pin(super::console::handle(app, req, peer)).await,
+            p if super::target::is_console(p) => {
+                Box::pin(super::console::handle(app, req, peer)).await
+            }
             p if p == "/tokengate" || p.starts_with("/tokengate/") => {
                 Box::pin(super::api::handle(app, req, peer)).await
             }
@@ -114,7 +116,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
 /// With the console on its own listener: the 404 for a path the listener that received it
 /// does not serve, in the path's dialect (the console's page for its own prefix).
 fn elsewhere(app: &App, listener: Listener, path: &str) -> Option<Response<Body>> {
-    let console = super::console::owns(path);
+    let console = super::target::is_console(path);
     let admin = super::api::is_admin(path);
     let served = match listener {
         Listener::Console => console || admin,
@@ -226,7 +228,7 @@ fn cross_site(app: &App, req: &Request<ReqBody>) -> bool {
 async fn refuse_cross_site(app: Arc<App>, req: Request<ReqBody>) -> Response<Body> {
     tracing::warn!(path = %req.uri().path(), "cross-site request refused");
     let message = "cross-site request refused: this request came from a page of another site";
-    if super::console::owns(req.uri().path()) {
+    if super::target::is_console(req.uri().path()) {
         return super::console::forbidden(&app, message);
     }
     Refusal::Forbidden {

@@ -14,11 +14,23 @@
 //!   since a server that decodes them sees other segments than tokengate routed. Repeated
 //!   slashes are collapsed, so `//services/oauth2/token` (a login URL configured with a
 //!   trailing slash) reaches the handler its canonical form reaches.
+//!
+//! It also says which path space of tokengate's own a path is in where more than one module
+//! asks (the console's: [`is_console`], for the route table and the access log).
 
 use std::borrow::Cow;
 
 use http::header::{HOST, HeaderValue};
 use http::{HeaderMap, Method, Uri, Version};
+
+/// Where the web console is served.
+pub const CONSOLE_BASE: &str = "/tokengate/console";
+
+/// Whether `path` is the console's.
+pub fn is_console(path: &str) -> bool {
+    path.strip_prefix(CONSOLE_BASE)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
 
 /// Why a request target is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

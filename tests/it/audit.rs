@@ -561,7 +561,7 @@ async fn the_console_edits_login_ranges_profiles_and_deletes_users() {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.text().contains("invalid login range"), "{}", r.text());
+    assert!(r.text().contains("Invalid login range"), "{}", r.text());
     let r = browser
         .submit(
             page,

@@ -207,3 +207,115 @@ async fn secrets_are_not_echoed_in_error_answers() {
     assert!(!r.text().contains(&token));
     assert!(!r.text().contains(PASSWORD));
 }
+
+/// Sends `head` (a request that announces 100 bytes of body), two bytes of it, then nothing;
+/// returns what the server answers within 5 s.
+async fn answer_to_a_stalled_body(ts: &TestServer, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = raw_tls(&ts.ca, ts.addr).await;
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(b"a=").await.unwrap();
+    s.flush().await.unwrap();
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // Until the server closes, or has been silent for a while after answering.
+    loop {
+        let wait = if out.is_empty() {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            Duration::from_millis(300)
+        };
+        match tokio::time::timeout(wait, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn stalled(method_path: &str, content_type: &str, extra: &str) -> String {
+    format!(
+        "{method_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: 100\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_is_408_on_oauth_the_json_api_and_the_console() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.server.body_read_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let token = ts.add_user("slowbody@example.com").await;
+    let form = "application/x-www-form-urlencoded";
+
+    let oauth =
+        answer_to_a_stalled_body(&ts, &stalled("POST /services/oauth2/token", form, "")).await;
+    assert!(oauth.starts_with("HTTP/1.1 408"), "{oauth}");
+    assert!(oauth.contains(r#""error":"invalid_request""#), "{oauth}");
+
+    let auth = basic("slowbody@example.com", &format!("{PASSWORD}{token}"));
+    let api = answer_to_a_stalled_body(
+        &ts,
+        &stalled(
+            "POST /tokengate/v1/password",
+            "application/json",
+            &format!("Authorization: {auth}\r\n"),
+        ),
+    )
+    .await;
+    assert!(api.starts_with("HTTP/1.1 408"), "{api}");
+    assert!(api.contains(r#""error":"invalid_request""#), "{api}");
+    assert!(api.contains("did not arrive in time"), "{api}");
+
+    // The console's sign-in form, and a signed-in user's form.
+    let signin =
+        answer_to_a_stalled_body(&ts, &stalled("POST /tokengate/console/signin", form, "")).await;
+    assert!(signin.starts_with("HTTP/1.1 408"), "{signin}");
+    assert!(signin.contains("did not arrive in time"), "{signin}");
+    let browser = crate::console::Browser::sign_in(&ts, "slowbody@example.com", PASSWORD)
+        .await
+        .unwrap_or_else(|r| panic!("signed in: {}", r.status));
+    let page = answer_to_a_stalled_body(
+        &ts,
+        &stalled(
+            "POST /tokengate/console/settings/reset-token",
+            form,
+            &format!("Cookie: {}\r\n", browser.cookie()),
+        ),
+    )
+    .await;
+    assert!(page.starts_with("HTTP/1.1 408"), "{page}");
+    assert!(page.contains("Request Timeout"), "{page}");
+    assert!(
+        page.contains("The request body did not arrive in time."),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_console_form_is_413_with_its_reason() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    ts.add_user("bigform@example.com").await;
+    let browser = crate::console::Browser::sign_in(&ts, "bigform@example.com", PASSWORD)
+        .await
+        .unwrap_or_else(|r| panic!("signed in: {}", r.status));
+    let limit = ts.app().cfg.server.max_login_body_bytes;
+    let big = "x".repeat(limit + 1);
+    let r = crate::console::post_form(
+        &ts,
+        Some(&browser.cookie()),
+        "/settings/reset-token",
+        &[("csrf", "whatever"), ("filler", &big)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    assert!(
+        r.text()
+            .contains(&format!("The request body is larger than {limit} bytes.")),
+        "{}",
+        r.text()
+    );
+}

@@ -439,7 +439,7 @@ async fn setup_pages_manage_users_compliance_and_history() {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.text().contains("invalid email address"));
+    assert!(r.text().contains("Invalid email address"));
 
     // Each action says what it did, and did it: checked by a login, a mail, the admin API.
     let emp_login = async |token: &str| {
@@ -564,7 +564,7 @@ async fn setup_pages_manage_users_compliance_and_history() {
         .await;
     assert!(
         r.text()
-            .contains("invalid rotation period &#x27;soonish&#x27;"),
+            .contains("Invalid rotation period &#x27;soonish&#x27;"),
         "{}",
         r.text()
     );

@@ -296,7 +296,7 @@ async fn no_admin_demotes_themselves_and_the_last_enabled_admin_stays_in_every_d
         .await;
     assert!(
         r.text()
-            .contains("administrators cannot disable, demote or delete their own account"),
+            .contains("Administrators cannot disable, demote or delete their own account"),
         "{}",
         r.text()
     );
@@ -315,7 +315,7 @@ async fn no_admin_demotes_themselves_and_the_last_enabled_admin_stays_in_every_d
         .await;
     assert!(
         r.text()
-            .contains("1 disabled, 1 refused: boss@example.com (refused: administrators cannot"),
+            .contains("1 disabled, 1 refused: boss@example.com (Administrators cannot"),
         "{}",
         r.text()
     );
@@ -570,7 +570,7 @@ async fn in_chromium_an_admin_cancels_a_disable_and_resets_two_tokens_in_bulk() 
         own["alert"]
             .as_str()
             .unwrap()
-            .contains("administrators cannot disable, demote or delete their own account"),
+            .contains("Administrators cannot disable, demote or delete their own account"),
         "{own}"
     );
     assert_eq!(own["setup"], 1, "{own}");
@@ -603,7 +603,7 @@ async fn a_refused_new_user_or_profile_names_its_field_and_keeps_what_was_typed(
                 ("password", "Fresh1pass"),
             ],
             "ne",
-            "invalid email address",
+            "Invalid email address",
             r#"value="Fresh Person""#,
         ),
         (
@@ -615,7 +615,7 @@ async fn a_refused_new_user_or_profile_names_its_field_and_keeps_what_was_typed(
                 ("password", "Fresh1pass"),
             ],
             "nu",
-            "already exists",
+            "A user with that username exists.",
             r#"value="emp2@example.com""#,
         ),
         (
@@ -623,7 +623,7 @@ async fn a_refused_new_user_or_profile_names_its_field_and_keeps_what_was_typed(
             "/setup/users/emp%40example.com/login-ranges",
             vec![("ranges", "10.0.0.0/8\nbogus")],
             "lr",
-            "invalid login range",
+            "Invalid login range",
             "10.0.0.0&#x2f;8\nbogus", // minijinja writes / as &#x2f;
         ),
     ] {

@@ -1,5 +1,6 @@
 //! Session lifetimes: idle and absolute expiry, revocation by disabling the user or changing
-//! the password, and persistence across a restart.
+//! the password, and persistence across a restart; and an ended session (logged out, or its
+//! user disabled) refused by every route that takes one, each in its own dialect.
 
 use std::time::Duration;
 
@@ -206,4 +207,176 @@ async fn a_keep_alive_connection_switching_session_ids_acts_for_each_ids_user_un
         StatusCode::OK
     );
     assert_eq!(up.last().headers["x-tokengate-user"], "second@example.com");
+}
+
+/// A SOAP envelope carrying `sid` in its `SessionHeader`, with `call` as its body.
+fn envelope_with_session(sid: &str, call: &str) -> String {
+    format!(
+        r#"<se:Envelope xmlns:se="http://schemas.xmlsoap.org/soap/envelope/"><se:Header><SessionHeader xmlns="urn:partner.soap.sforce.com"><sessionId>{sid}</sessionId></SessionHeader></se:Header><se:Body>{call}</se:Body></se:Envelope>"#
+    )
+}
+
+/// Asks every route that takes a session with `sid`, an ended one: each refuses it in its own
+/// dialect, and nothing reaches the upstream.
+async fn every_route_refuses(ts: &TestServer, up: &Upstream, sid: &str, org: &str, uid: &str) {
+    let c = ts.client();
+    let forwarded = up.requests().len();
+    let rest_refusal = |what: &str, r: &Reply| {
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.text());
+        assert_eq!(
+            r.json()[0]["errorCode"],
+            "INVALID_SESSION_ID",
+            "{what}: {}",
+            r.text()
+        );
+    };
+    let r = c
+        .get_with_session("/services/data/v59.0/sobjects", sid)
+        .await;
+    rest_refusal("REST", &r);
+    let r = c
+        .get("/services/data/v59.0/query?q=x", &[("x-sfdc-session", sid)])
+        .await;
+    rest_refusal("REST, X-SFDC-Session", &r);
+    let r = c
+        .get("/services/async/59.0/job/750x", &[("x-sfdc-session", sid)])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "Bulk: {}", r.text());
+    assert!(r.text().contains("InvalidSessionId"), "Bulk: {}", r.text());
+
+    let query = r#"<query xmlns="urn:partner.soap.sforce.com"><queryString>SELECT Id FROM Account</queryString></query>"#;
+    let user_info = r#"<getUserInfo xmlns="urn:partner.soap.sforce.com"/>"#;
+    for (what, call) in [("SOAP call", query), ("SOAP getUserInfo", user_info)] {
+        let r = c
+            .post(
+                "/services/Soap/u/59.0",
+                "text/xml",
+                envelope_with_session(sid, call),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{what}");
+        assert!(
+            r.text().contains("INVALID_SESSION_ID") && r.text().contains("faultcode"),
+            "{what}: {}",
+            r.text()
+        );
+    }
+
+    let r = c.get_with_session(&format!("/id/{org}/{uid}"), sid).await;
+    rest_refusal("/id", &r);
+    let r = c
+        .get(&format!("/id/{org}/{uid}?oauth_token={sid}"), &[])
+        .await;
+    rest_refusal("/id?oauth_token", &r);
+    let r = c.get_with_session("/services/oauth2/userinfo", sid).await;
+    rest_refusal("userinfo", &r);
+
+    let bearer = format!("Bearer {sid}");
+    for (method, path) in [
+        (http::Method::GET, "/tokengate/v1/tokens"),
+        (http::Method::GET, "/tokengate/v1/admin/users"),
+        (http::Method::POST, "/tokengate/v1/token/reset"),
+    ] {
+        let r = c
+            .call(c.request(method, path).header("authorization", &bearer), "")
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"], "invalid_session", "{path}");
+    }
+
+    // The console takes only its own cookie: the id there is no console session either.
+    let r = c
+        .get(
+            "/tokengate/console/settings",
+            &[("cookie", &format!("__Host-tg_console={sid}"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "console");
+    assert_eq!(
+        r.header("location"),
+        Some("/tokengate/console/signin?expired=1")
+    );
+
+    assert_eq!(up.requests().len(), forwarded, "nothing was forwarded");
+}
+
+/// Logs in with SOAP: the session id, the org id and the user id.
+async fn soap_session(ts: &TestServer, username: &str, secret: &str) -> (String, String, String) {
+    let r = ts
+        .client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            soap_login_body(username, secret),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let xml = r.text();
+    let field = |tag| extract(&xml, tag).unwrap_or_else(|| panic!("no {tag}: {xml}"));
+    (field("sessionId"), field("organizationId"), field("userId"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_session_is_refused_by_every_route_in_its_own_dialect() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let token = ts.add_user_with("gone@example.com", PASSWORD, true).await;
+    let secret = format!("{PASSWORD}{token}");
+    let (sid, org, uid) = soap_session(&ts, "gone@example.com", &secret).await;
+    // Alive first, so that the refusals below are the logout's doing.
+    assert_eq!(call(&ts, &sid).await, StatusCode::OK);
+    let r = ts
+        .client()
+        .get_with_session(&format!("/id/{org}/{uid}"), &sid)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let browser = crate::console::Browser::sign_in(&ts, "gone@example.com", PASSWORD)
+        .await
+        .unwrap_or_else(|r| panic!("signed in: {}", r.status));
+
+    let r = ts
+        .client()
+        .post(
+            "/services/Soap/u/59.0",
+            "text/xml",
+            envelope_with_session(&sid, r#"<logout xmlns="urn:partner.soap.sforce.com"/>"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    every_route_refuses(&ts, &up, &sid, &org, &uid).await;
+
+    // The console's own session, signed out, is refused the same way.
+    let r = browser.submit_raw("/settings", "/signout", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = browser.get("/settings").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.header("location"),
+        Some("/tokengate/console/signin?expired=1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_users_session_is_refused_by_every_route_in_its_own_dialect() {
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    // Another administrator, so that this one may be disabled.
+    ts.add_user_with("boss@example.com", PASSWORD, true).await;
+    let token = ts.add_user_with("off@example.com", PASSWORD, true).await;
+    let secret = format!("{PASSWORD}{token}");
+    let (sid, org, uid) = soap_session(&ts, "off@example.com", &secret).await;
+    assert_eq!(call(&ts, &sid).await, StatusCode::OK);
+    let browser = crate::console::Browser::sign_in(&ts, "off@example.com", PASSWORD)
+        .await
+        .unwrap_or_else(|r| panic!("signed in: {}", r.status));
+    assert_eq!(browser.get("/settings").await.status, StatusCode::OK);
+
+    cli(&ts, &["user", "disable", "off@example.com"], None);
+    every_route_refuses(&ts, &up, &sid, &org, &uid).await;
+    let r = browser.get("/settings").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "console");
+    assert_eq!(
+        r.header("location"),
+        Some("/tokengate/console/signin?expired=1")
+    );
 }

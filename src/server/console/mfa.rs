@@ -16,12 +16,13 @@ use http::{Method, Request, Response, StatusCode};
 use minijinja::context;
 
 use super::form::FormErrors;
-use super::page::{Page, redirect};
+use super::page::{Page, form_status, redirect};
 use super::session::{PendingSignIn, clear_cookie, with_cookie};
 use super::{BASE, form};
 use crate::auth::{Attempt, AuthError};
 use crate::domain::{Dialect, Reason};
 use crate::mfa::{self, TotpSecret};
+use crate::server::caller;
 use crate::server::refusal::Refusal;
 use crate::server::{App, Client, ReqBody};
 use crate::store::{MfaRecord, StoreError, User};
@@ -66,13 +67,9 @@ pub(super) async fn half_signed_in(
         };
     }
     let client = user_agent(&req);
-    let Some(f) = form(app, req).await else {
-        return page.message(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The form could not be read.",
-            &format!("{BASE}/mfa"),
-        );
+    let f = match form(app, req).await {
+        Ok(f) => f,
+        Err(refusal) => return page.refused(&refusal, &format!("{BASE}/mfa")),
     };
     let sent = f.get("csrf").map(String::as_str).unwrap_or_default();
     if !pending.csrf_matches(sent) {
@@ -110,13 +107,8 @@ fn owed_page(page: &Page<'_>, user: &User, error: Option<String>) -> Response<Bo
 }
 
 fn code_page(page: &Page<'_>, error: Option<String>) -> Response<Body> {
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
     page.render(
-        status,
+        form_status(&error),
         "mfa_code.html",
         "Verify it's you",
         "",
@@ -152,13 +144,8 @@ pub(super) fn enrol_page(
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect::<Vec<_>>()
         .join(" ");
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
     page.render(
-        status,
+        form_status(&error),
         "mfa_enrol.html",
         "Set up two-factor authentication",
         "settings",
@@ -372,13 +359,7 @@ fn complete(
 ) -> Response<Body> {
     app.console.end_pending(pending);
     let Some((sid, session)) = app.console.create(user) else {
-        return Page {
-            app,
-            me: None,
-            csrf: String::new(),
-            session: None,
-        }
-        .message(
+        return Page::signed_out(app).message(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign in",
             "Too many console sessions; try again later.",
@@ -433,19 +414,10 @@ pub(super) async fn start_again(
     if !code.trim().is_empty() && user.mfa.enrolled() {
         verify(app, user, code, peer, None).await?;
     } else if !password.is_empty() {
-        // Verified like a login: a wrong one counts toward lockout and is in the history.
-        let attempt = Attempt {
-            username: &user.username,
-            secret: password,
-            ip: peer.ip,
-            dialect: Dialect::Password,
-            api_version: None,
-            client: None,
-            tls: peer.tls,
-            password_only: true,
-            relax_ranges: false,
-        };
-        if !matches!(app.auth.login(&attempt).await, Ok(v) if v.user.id == user.id) {
+        if caller::reprove_password(app, user, password, peer, None)
+            .await
+            .is_err()
+        {
             return Err("The password is not right.".into());
         }
     } else {
@@ -497,13 +469,7 @@ pub(super) fn begin(app: &App, user: &User) -> Response<Body> {
             &format!("{BASE}/mfa"),
             Some(app.console.pending_cookie(&sid)),
         ),
-        None => Page {
-            app,
-            me: None,
-            csrf: String::new(),
-            session: None,
-        }
-        .message(
+        None => Page::signed_out(app).message(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign in",
             "Too many sign-ins in progress; try again later.",

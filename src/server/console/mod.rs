@@ -57,8 +57,8 @@ pub enum ConsoleError {
     Template(#[from] minijinja::Error),
 }
 
-pub const COOKIE: &str = "__Host-tg_console";
-pub(super) const BASE: &str = "/tokengate/console";
+pub use crate::proxy::sanitise::CONSOLE_COOKIE as COOKIE;
+pub(super) const BASE: &str = super::target::CONSOLE_BASE;
 pub(super) const PAGE_SIZE: usize = 20;
 pub(super) const MAX_SESSIONS: usize = 10_000;
 
@@ -89,40 +89,17 @@ fn cannot_tell(app: &App, refusal: &Refusal) -> Response<Body> {
         }
         other => other.sentence(),
     };
-    Page {
-        app,
-        me: None,
-        csrf: String::new(),
-        session: None,
-    }
-    .message(refusal.status(), "Unavailable", &sentence, BASE)
-}
-
-/// Whether `path` is the console's.
-pub fn owns(path: &str) -> bool {
-    path == BASE || path.starts_with("/tokengate/console/")
+    Page::signed_out(app).message(refusal.status(), "Unavailable", &sentence, BASE)
 }
 
 /// A 403 page with `message`, for requests refused before the console saw them.
 pub fn forbidden(app: &App, message: &str) -> Response<Body> {
-    Page {
-        app,
-        me: None,
-        csrf: String::new(),
-        session: None,
-    }
-    .message(StatusCode::FORBIDDEN, "Forbidden", message, BASE)
+    Page::signed_out(app).message(StatusCode::FORBIDDEN, "Forbidden", message, BASE)
 }
 
 /// The console's 404 page, for requests refused before the console saw them.
 pub fn not_found(app: &App) -> Response<Body> {
-    Page {
-        app,
-        me: None,
-        csrf: String::new(),
-        session: None,
-    }
-    .message(
+    Page::signed_out(app).message(
         StatusCode::NOT_FOUND,
         "Not found",
         "There is no such page.",
@@ -150,13 +127,14 @@ impl Form {
     }
 }
 
-/// A posted form, or `None` when it cannot be read.
-pub(super) async fn form(app: &App, req: Request<ReqBody>) -> Option<Form> {
-    let (_, bytes, _held) = crate::server::read::body_of(app, req, crate::server::read::Kind::Form)
-        .await
-        .ok()?;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).ok()?;
-    Some(Form { pairs })
+/// A posted form, or the refusal that says why it cannot be read (a slow body is 408, one
+/// over its limit 413, as in every dialect: `refusal`).
+pub(super) async fn form(app: &App, req: Request<ReqBody>) -> Result<Form, Refusal> {
+    let (_, bytes, _held) =
+        crate::server::read::body_of(app, req, crate::server::read::Kind::Form).await?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
+        .map_err(|_| Refusal::invalid("the form could not be read"))?;
+    Ok(Form { pairs })
 }
 
 pub(super) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
@@ -250,13 +228,9 @@ pub async fn handle(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Respo
         );
     }
     if method == Method::POST {
-        let Some(f) = form(&app, req).await else {
-            return page.message(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                "The form could not be read.",
-                BASE,
-            );
+        let f = match form(&app, req).await {
+            Ok(f) => f,
+            Err(refusal) => return page.refused(&refusal, BASE),
         };
         let sent = f.get("csrf").map(String::as_str).unwrap_or_default();
         if !session.csrf_matches(sent) {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::ConsoleError;
 use super::session::{ConsoleSession, Flash, FlashKind};
 use crate::server::App;
+use crate::server::refusal::Refusal;
 use crate::store::User;
 use crate::wire::{Body, full};
 
@@ -150,7 +151,18 @@ pub(super) struct Page<'a> {
     pub(super) session: Option<Arc<ConsoleSession>>,
 }
 
-impl Page<'_> {
+impl<'a> Page<'a> {
+    /// A page for someone not signed in (sign-in, the second factor, refusals before the
+    /// console saw the request).
+    pub(super) fn signed_out(app: &'a App) -> Self {
+        Page {
+            app,
+            me: None,
+            csrf: String::new(),
+            session: None,
+        }
+    }
+
     pub(super) fn render(
         &self,
         status: StatusCode,
@@ -209,6 +221,22 @@ impl Page<'_> {
             s.set_flash(flash);
         }
         redirect(to, None)
+    }
+
+    /// A refused request as a page: the refusal's own status and sentence (`refusal`), and
+    /// `Retry-After` when waiting helps.
+    pub(super) fn refused(&self, refusal: &Refusal, back: &str) -> Response<Body> {
+        let status = refusal.status();
+        let title = match status {
+            StatusCode::BAD_REQUEST => "Bad request",
+            s => s.canonical_reason().unwrap_or("Refused"),
+        };
+        let mut r = self.message(status, title, &refusal.sentence(), back);
+        if let Some(secs) = refusal.retry_after() {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
     }
 
     pub(super) fn message(

@@ -9,10 +9,9 @@ use super::page::{Page, page_after, redirect};
 use super::session::{Flash, clear_cookie, renew, with_cookie};
 use super::setup::{rows, setup_post};
 use super::{BASE, Form};
-use crate::auth::Attempt;
-use crate::domain::Dialect;
 use crate::history::format_ms;
 use crate::mail::{TokenReason, mask_email};
+use crate::server::caller;
 use crate::server::refusal::Refusal;
 use crate::server::{App, Client};
 use crate::store::{HistoryFilter, User};
@@ -100,19 +99,11 @@ pub(super) async fn post(
             ),
         },
         "settings/password" => {
-            // Verified like a login: a wrong one counts toward lockout and is in the history.
-            let attempt = Attempt {
-                username: &me.username,
-                secret: get("current_password"),
-                ip: peer.ip,
-                dialect: Dialect::Password,
-                api_version: None,
-                client: None,
-                tls: peer.tls,
-                password_only: true,
-                relax_ranges: false,
-            };
-            if !matches!(app.auth.login(&attempt).await, Ok(v) if v.user.id == me.id) {
+            let current = get("current_password");
+            if caller::reprove_password(app, me, current, peer, None)
+                .await
+                .is_err()
+            {
                 let wrong = Some("The current password is not right.".to_owned());
                 return settings(page, me, FormErrors::on("current", wrong)).await;
             }

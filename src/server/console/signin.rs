@@ -19,12 +19,7 @@ pub(super) async fn signin(
     peer: Client,
     method: Method,
 ) -> Response<Body> {
-    let page = Page {
-        app,
-        me: None,
-        csrf: String::new(),
-        session: None,
-    };
+    let page = Page::signed_out(app);
     if method != Method::POST {
         let expired = query(&req).contains_key("expired");
         let notice = expired.then_some("Your console session expired. Sign in again.");
@@ -41,14 +36,17 @@ pub(super) async fn signin(
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let Some(f) = form(app, req).await else {
-        return page.render(
-            StatusCode::BAD_REQUEST,
-            "signin.html",
-            "Sign in",
-            "",
-            context! { error => "The form could not be read.", username => "" },
-        );
+    let f = match form(app, req).await {
+        Ok(f) => f,
+        Err(refusal) => {
+            return page.render(
+                refusal.status(),
+                "signin.html",
+                "Sign in",
+                "",
+                context! { error => refusal.sentence(), username => "" },
+            );
+        }
     };
     let username = f.get("username").cloned().unwrap_or_default();
     let password = f.get("password").cloned().unwrap_or_default();

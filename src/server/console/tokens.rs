@@ -17,6 +17,7 @@ use super::{BASE, Form};
 use crate::admin::{AdminError, Answer, Request};
 use crate::audit::{Actor, Channel};
 use crate::mail::mask_email;
+use crate::server::refusal::Refusal;
 use crate::server::{App, Client};
 use crate::store::User;
 use crate::wire::Body;
@@ -159,12 +160,13 @@ pub(super) async fn post(
 }
 
 /// A refusal in the user's words.
+/// What a person is told of a refused action: the refusal's sentence (`refusal`), never an
+/// internal detail.
 fn say(e: AdminError) -> String {
     match e {
-        AdminError::Token(t) => super::settings::token_failure(t).1,
         AdminError::UndeliverableToken => "Email delivery is not configured on the server, so \
             a new token could not be delivered; nothing was added. Ask your administrator."
             .into(),
-        e => e.to_string(),
+        e => Refusal::from(e).sentence().into_owned(),
     }
 }

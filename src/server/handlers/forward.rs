@@ -12,7 +12,7 @@ use hyper::body::Body as _;
 use super::header_str;
 use crate::domain::Dialect;
 use crate::server::caller::{self, Credential, Login};
-use crate::server::conn::PerConnection;
+use crate::server::peer::PerConnection;
 use crate::server::refusal;
 use crate::server::{App, Client, ReqBody};
 use crate::wire::Body;
@@ -67,6 +67,7 @@ pub async fn forward(
             host,
         )
         .await
+        .unwrap_or_else(|failure| refusal::Refusal::Upstream(failure).render(dialect))
 }
 
 /// A public path: whatever credential the request carries is not looked at, and
@@ -80,6 +81,10 @@ async fn forward_public(
     app.upstream
         .forward(req.map(upstream_body), forwarded_for, None, host)
         .await
+        // An upstream failure is answered alike in every dialect (`refusal`).
+        .unwrap_or_else(|failure| {
+            refusal::Refusal::Upstream(failure).render(refusal::Dialect::Rest)
+        })
 }
 
 /// The request's body as it goes upstream: streamed, or, when there is none (most calls),

@@ -11,7 +11,6 @@ pub mod oauth;
 pub mod soap;
 
 use super::App;
-use crate::auth::{AuthError, Verified};
 use crate::store::User;
 use crate::wire::{oauth as oauth_wire, soap as soap_wire};
 
@@ -40,35 +39,5 @@ fn identity_of<'a>(app: &'a App, user: &'a User) -> oauth_wire::Identity<'a> {
         full_name: &user.full_name,
         email: &user.email,
         last_modified: user.password_changed_at.max(user.token_reset_at),
-    }
-}
-
-/// Logs a login's outcome, and notes a verified one's user and token for the access line.
-pub(crate) fn log_login(
-    dialect: &str,
-    username: &str,
-    result: &Result<Verified, AuthError>,
-    client: Option<&str>,
-) {
-    match result {
-        Ok(v) => {
-            crate::server::access::note_login(&v.user, &v.token);
-            tracing::info!(
-            dialect,
-            user = %v.user.username,
-            client,
-            superseded_token = v.superseded,
-            token = v.token.name(),
-            "login succeeded"
-            )
-        }
-        Err(AuthError::Rejected(r)) => tracing::info!(
-            dialect,
-            user = %username.chars().take(80).collect::<String>(),
-            reason = r.as_str(),
-            client,
-            "login failed"
-        ),
-        Err(e) => tracing::warn!(dialect, error = %e, "login could not be checked"),
     }
 }

@@ -9,14 +9,13 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use super::log_login;
 use crate::auth::refresh::RefreshError;
 use crate::auth::{Attempt, AuthError, TokenUsed, Verified};
 use crate::config::OAuthClient;
 use crate::domain::{Dialect, Reason, canonical_username};
+use crate::server::access::log_login;
 use crate::server::read;
 use crate::server::refusal::{self, Refusal, TokenRefusal};
 use crate::server::{App, Client, ReqBody};
@@ -29,14 +28,9 @@ async fn read_form(
     app: &App,
     req: Request<ReqBody>,
 ) -> Result<(http::request::Parts, oauth::Form), Response<Body>> {
-    let (parts, bytes, _held) =
-        read::body_of(app, req, read::Kind::Form)
-            .await
-            .map_err(|e| match e {
-                // The OAuth spec's answer to a wrong content type (RFC 6749 §3.2) is a 400.
-                Refusal::UnsupportedMedia(m) => oauth::error("invalid_request", &m),
-                e => e.render(AS_OAUTH),
-            })?;
+    let (parts, bytes, _held) = read::body_of(app, req, read::Kind::Form)
+        .await
+        .map_err(|e| e.render(AS_OAUTH))?;
     match oauth::Form::parse(&bytes) {
         Ok(f) => Ok((parts, f)),
         Err(e) => Err(Refusal::invalid(e.to_string()).render(AS_OAUTH)),
@@ -52,11 +46,10 @@ enum Grant {
 
 pub async fn oauth_token(app: Arc<App>, req: Request<ReqBody>, peer: Client) -> Response<Body> {
     if req.method() != Method::POST {
-        let mut r = oauth::error("invalid_request", "must use HTTP POST");
-        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
+        return Refusal::MethodNotAllowed {
+            allow: "POST".into(),
+        }
+        .render(AS_OAUTH);
     }
     let (parts, form) = match read_form(&app, req).await {
         Ok(f) => f,

@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use super::{header_str, log_login, user_info};
+use super::{header_str, user_info};
 use crate::auth::Attempt;
 use crate::domain::Dialect;
 use crate::proxy::{forwarded_for, sanitise};
+use crate::server::access::log_login;
 use crate::server::body::{self, BodyError};
 use crate::server::caller::{self, Credential, Login};
 use crate::server::refusal::{self, Refusal};
@@ -26,10 +27,6 @@ use crate::wire::{self, Body, TEXT_XML, respond};
 
 fn soap_response(status: StatusCode, xml: String) -> Response<Body> {
     respond(status, TEXT_XML, xml)
-}
-
-fn soap_client_fault(status: StatusCode, message: &str) -> Response<Body> {
-    soap_response(status, soap::client_fault(message))
 }
 
 /// Envelopes up to this size are parsed on the async worker; larger ones on the blocking pool.
@@ -56,23 +53,15 @@ async fn read_envelope(
         == body::Fill::Full
     {
         let too_large = || {
-            soap_client_fault(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
-                    "Before the session is checked, the envelope's Header must arrive within its first {} bytes",
-                    s.max_login_body_bytes
-                ),
-            )
+            Refusal::UnauthenticatedTooLarge {
+                limit: s.max_login_body_bytes,
+            }
+            .render(as_soap)
         };
         let head = match soap::parse_head(reader.decoded()) {
             Ok(Some(head)) => head,
             Ok(None) => return Err(too_large()),
-            Err(e) => {
-                return Err(soap_client_fault(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &e.to_string(),
-                ));
-            }
+            Err(e) => return Err(Refusal::invalid(e.to_string()).render(as_soap)),
         };
         match session_of(&head, headers) {
             // No session at all: a login, or a call without credentials; too large either way.
@@ -103,36 +92,28 @@ pub async fn soap_call(
     host: Option<HeaderValue>,
 ) -> Response<Body> {
     let Some(sp) = soap::parse_path(req.uri().path()) else {
-        return soap_client_fault(StatusCode::NOT_FOUND, "No service available at this path");
+        // A client fault, which names no flavor.
+        return Refusal::NotFound("No service available at this path")
+            .render(refusal::Dialect::Soap(Flavor::Partner));
     };
+    let as_soap = refusal::Dialect::Soap(sp.flavor);
     if req.method() != Method::POST {
-        let mut r = soap_client_fault(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "SOAP requests must use POST",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
+        return Refusal::MethodNotAllowed {
+            allow: "POST".into(),
+        }
+        .render(as_soap);
     }
     if !sp.version_is_valid() {
-        return soap_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            soap::fault(
-                sp.flavor,
-                "UnexpectedErrorFault",
-                "UNSUPPORTED_API_VERSION",
-                "Invalid Api version specified on URL",
-            ),
-        );
+        return Refusal::UnsupportedApiVersion.render(as_soap);
     }
     // SOAP 1.1 is text/xml with any charset; a missing Content-Type is tolerated.
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
         if !ct.trim_start().starts_with("text/xml") {
-            return soap_client_fault(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Content-Type must be text/xml for SOAP 1.1 requests",
-            );
+            return Refusal::UnsupportedMedia(
+                "Content-Type must be text/xml for SOAP 1.1 requests".into(),
+            )
+            .render(as_soap);
         }
     }
     let (parts, body) = req.into_parts();
@@ -158,10 +139,9 @@ pub async fn soap_call(
     };
     let (env, bytes) = match parsed {
         Ok(p) => p,
-        Err(e) => return soap_client_fault(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        Err(e) => return Refusal::invalid(e).render(as_soap),
     };
     let flavor = sp.flavor;
-    let as_soap = refusal::Dialect::Soap(flavor);
     match env.op {
         Op::Login {
             ref username,
@@ -243,7 +223,8 @@ pub async fn soap_call(
             let answer = app
                 .upstream
                 .forward(req, forwarded_for(peer.ip), Some(who.identity()), host)
-                .await;
+                .await
+                .unwrap_or_else(|failure| Refusal::Upstream(failure).render(as_soap));
             // The envelope's memory is counted until it has gone upstream.
             drop(held);
             answer
