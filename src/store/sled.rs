@@ -391,6 +391,26 @@ impl Store for SledStore {
         Ok(())
     }
 
+    /// One compare-and-swap per session (sled's `update_and_fetch`), so two write-backs racing
+    /// (the periodic sweep and the one at shutdown) cannot move a timer back by the gap between
+    /// a read and a write, as the trait's read-then-write default could.
+    fn touch_sessions(&self, touched: &[(Tag, SessionRecord)]) -> Result<(), StoreError> {
+        let _gate = self.write_gate();
+        for (key, rec) in touched {
+            let newer = encode(rec);
+            self.sessions
+                .update_and_fetch(key, |stored| {
+                    let stored = stored?; // ended meanwhile: not written again
+                    match decode::<SessionRecord>("session", stored) {
+                        Ok(s) if s.last_seen < rec.last_seen => Some(newer.clone()),
+                        _ => Some(stored.to_vec()),
+                    }
+                })
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
     fn session(&self, key: &Tag) -> Result<Option<SessionRecord>, StoreError> {
         self.sessions
             .get(key)
