@@ -391,9 +391,11 @@ impl Store for SledStore {
         Ok(())
     }
 
-    /// One compare-and-swap per session (sled's `update_and_fetch`), so two write-backs racing
-    /// (the periodic sweep and the one at shutdown) cannot move a timer back by the gap between
-    /// a read and a write, as the trait's read-then-write default could.
+    /// One compare-and-swap per session (sled's `update_and_fetch`), so two callers racing
+    /// cannot move a timer back by the gap between a read and a write, as the trait's
+    /// read-then-write default could. (A single node's session table writes its timers back
+    /// with `put_session`, holding the session's entry; this keeps the trait's promise for any
+    /// other caller, and the store contract checks it on both backends.)
     fn touch_sessions(&self, touched: &[(Tag, SessionRecord)]) -> Result<(), StoreError> {
         let _gate = self.write_gate();
         for (key, rec) in touched {
