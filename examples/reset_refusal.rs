@@ -15,37 +15,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::Full;
-use tokengate::loadtest::{Conn, Target, UsersFile};
+use http::{Method, StatusCode};
+use tokengate::loadtest::{Conn, Target, UsersFile, basic, request};
 
 /// Past this, B has not enforced the reset: the run fails rather than report a bound.
 const GIVE_UP: Duration = Duration::from_secs(5);
-
-fn request(
-    t: &Target,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> Request<Full<Bytes>> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", &t.host_header);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Full::new(body)).expect("a valid request")
-}
-
-fn basic(user: &str, secret: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))
-    )
-}
 
 /// A SOAP login on `c`; the session id.
 async fn login(t: &Target, c: &mut Conn, username: &str, secret: &str) -> String {

@@ -19,7 +19,7 @@ mod users;
 use http::StatusCode;
 
 pub use run::{RunOptions, Scenario, run};
-pub use target::{Conn, Target};
+pub use target::{Conn, Target, basic, request};
 pub use users::{LOADTEST_DOMAIN, LoadUser, UsersFile, cleanup, default_users_file, setup};
 
 /// Everything that can stop a setup, cleanup or run (errors of single requests during a run are

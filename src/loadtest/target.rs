@@ -182,7 +182,7 @@ impl Conn {
 }
 
 /// A request to the target, with its `Host` header.
-pub(super) fn request(
+pub fn request(
     t: &Target,
     method: Method,
     path: &str,
@@ -200,7 +200,7 @@ pub(super) fn request(
 }
 
 /// An HTTP Basic `Authorization` value.
-pub(super) fn basic(user: &str, secret: &str) -> String {
+pub fn basic(user: &str, secret: &str) -> String {
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))
