@@ -388,9 +388,8 @@ fn contract_session_batches_and_pruning(store: &dyn Store, a_id: &str) {
             })
             .collect()
     };
-    // Four writers putting back the same sessions at once, each a different time (replicas on
-    // a shared store; a single node's periodic sweep and its write-back at shutdown): the latest
-    // stays, whichever commits last.
+    // Four writers putting back the same sessions at once, each a different time (as replicas
+    // on a shared store do): the latest stays, whichever commits last.
     std::thread::scope(|s| {
         for t in 0..4u64 {
             s.spawn(move || store.touch_sessions(&batch(t)).unwrap());
@@ -1033,6 +1032,24 @@ fn replica_config(dir: &std::path::Path, upstream: &str, url: &str) -> std::path
         ),
     )
     .unwrap();
+    path
+}
+
+/// `replica_config` that also mails through the test sink and checks for due rotations every
+/// 200 ms, with `extra` TOML after.
+fn mailing_replica_config(
+    dir: &std::path::Path,
+    upstream: &str,
+    url: &str,
+    smtp_port: u16,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = replica_config(dir, upstream, url);
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    toml.push_str(&format!(
+        "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"none\"\ntimeout = \"2s\"\nfrom = \"Acme <noreply@tokengate.test>\"\n[tokens]\nrotation_check_interval = \"200ms\"\n{extra}"
+    ));
+    std::fs::write(&path, toml).unwrap();
     path
 }
 
@@ -2202,16 +2219,7 @@ async fn a_leader_process_killed_outright_hands_scheduled_rotations_to_another()
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let cfgs: Vec<_> = dirs
         .iter()
-        .map(|d| {
-            let path = replica_config(d.path(), &up.url(), &url);
-            let mut toml = std::fs::read_to_string(&path).unwrap();
-            toml.push_str(&format!(
-                "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\ntimeout = \"2s\"\nfrom = \"Acme <noreply@tokengate.test>\"\n[tokens]\nrotation_check_interval = \"200ms\"\n",
-                sink.addr.port()
-            ));
-            std::fs::write(&path, toml).unwrap();
-            path
-        })
+        .map(|d| mailing_replica_config(d.path(), &up.url(), &url, sink.addr.port(), ""))
         .collect();
     const LEADS: &str = "now runs the scheduled jobs";
     let mut a = Serve::start(&cfgs[0], &[], &[]);
@@ -2419,14 +2427,8 @@ async fn three_replica_processes_act_as_one_on_resets_ranges_lockout_compliance_
     let cfgs: Vec<_> = dirs
         .iter()
         .map(|d| {
-            let path = replica_config(d.path(), &up.url(), &url);
-            let mut toml = std::fs::read_to_string(&path).unwrap();
-            toml.push_str(&format!(
-                "[mail]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\ntimeout = \"2s\"\nfrom = \"Acme <noreply@tokengate.test>\"\n[tokens]\nrotation_check_interval = \"200ms\"\n[lockout]\nmax_failures = {MAX_FAILURES}\n",
-                sink.addr.port()
-            ));
-            std::fs::write(&path, toml).unwrap();
-            path
+            let lockout = format!("[lockout]\nmax_failures = {MAX_FAILURES}\n");
+            mailing_replica_config(d.path(), &up.url(), &url, sink.addr.port(), &lockout)
         })
         .collect();
     let (admin_token, ivy_token, bob_token) = tokio::task::block_in_place(|| {
