@@ -12,6 +12,9 @@
 #   PIN=1 bash benches/ab.sh ...       # servers on the last CPU, nginx and the load tool on the
 #                                      # others: steadier CPU per request, lower requests/s
 #   CACHE=0 bash benches/ab.sh ...      # credential cache size (default 100000; 0: every login is cold)
+#   OLD_WORKERS=per-core / NEW_WORKERS=per-core bash benches/ab.sh BIN BIN ...
+#                                      # that side's `[server] workers` (one build on both
+#                                      # sides compares the two runtime shapes)
 #   OLD_STORE=postgres / NEW_STORE=postgres bash benches/ab.sh BIN BIN ...
 #                                      # that side's records on a private PostgreSQL (one build
 #                                      # on both sides compares the backends)
@@ -62,6 +65,9 @@ url = \"${PG_URL/tokengate?/tokengate_$side?}\""
     psql "${PG_URL%%\?*}" -qc "CREATE DATABASE tokengate_$side" >/dev/null
   fi
   export TG_STORE_EXTRA
+  # OLD_WORKERS / NEW_WORKERS: that side's `[server] workers` (unset: the build's default).
+  if [ "$side" = old ]; then TG_WORKERS=${OLD_WORKERS:-}; else TG_WORKERS=${NEW_WORKERS:-}; fi
+  export TG_WORKERS
   tg_config "${PORT[$side]}" "$WORK/$side" "${CACHE:-100000}" 250ms "$UPSTREAM" "$WORK" "$bin" > "$WORK/$side.toml"
   tg_admin "$bin" "$WORK/$side.toml" > "$WORK/$side.admin-token"
   "${SERVER_CPUS[@]}" "$bin" --config "$WORK/$side.toml" serve 2>"$WORK/$side.log" &

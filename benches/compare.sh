@@ -9,6 +9,7 @@
 #   bash benches/compare.sh                      # 3 rounds of 15 s runs, 32 connections
 #   ROUNDS=5 DURATION=30s CONNECTIONS=64 bash benches/compare.sh
 #   BIN=/path/to/tokengate bash benches/compare.sh   # a given build instead of this tree's
+#   TG_WORKERS=per-core bash benches/compare.sh      # tokengate with `[server] workers = "per-core"`
 #
 # On a small shared machine one run of the same server varies by ±15 %, so the rows that are
 # compared with each other (nginx without auth, tokengate's session and Basic paths, and the

@@ -82,10 +82,12 @@ EOF
 
 # tg_config PORT DATA CACHE_SIZE FAILURE_DELAY UPSTREAM CERT_DIR [BIN]: a tokengate
 # configuration for a benchmark on loopback (BIN, default $BIN: the build that will read it).
+# TG_WORKERS, when set, is its `[server] workers` ("shared" or "per-core").
 tg_config() {
   cat <<EOF
 [server]
 listen = "127.0.0.1:$1"
+${TG_WORKERS:+workers = \"$TG_WORKERS\"}
 [tls]
 cert = "$6/cert.pem"
 key = "$6/key.pem"

@@ -165,8 +165,9 @@ pub fn canonical_username(name: &str) -> String {
 
 /// Who a forwarded request acts for, as the upstream reads it: the values of
 /// `X-Tokengate-User` and `X-Tokengate-User-Id`. Made once per session (at login, or when a
-/// replica first sees the session) and cloned per request, which only counts a reference: the
-/// authenticated-call path builds no header value of its own.
+/// replica first sees the session) or per user record (at its first HTTP Basic call), and
+/// cloned per request, which only counts a reference: the authenticated-call path builds no
+/// header value of its own.
 #[derive(Debug, Clone)]
 pub struct Identity {
     /// `None` for a name that is not a valid header value (the header is then not sent).
@@ -175,19 +176,11 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// For a session: values whose clones share one copy.
+    /// Values whose clones share one copy (a session's, a user record's).
     pub fn new(username: &str, user_id: &str) -> Self {
         Self {
             username: shared_value(username.to_owned()),
             user_id: shared_value(user_id.to_owned()),
-        }
-    }
-
-    /// For one request (HTTP Basic): plain values, never cloned.
-    pub fn once(username: &str, user_id: &str) -> Self {
-        Self {
-            username: http::HeaderValue::from_str(username).ok(),
-            user_id: http::HeaderValue::from_str(user_id).ok(),
         }
     }
 }

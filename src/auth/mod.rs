@@ -272,7 +272,9 @@ impl Authenticator {
             result,
             Err(AuthError::Rejected(_) | AuthError::Locked { .. } | AuthError::RateLimited { .. })
         ) {
-            self.limits().delay_failure(started).await;
+            // Boxed, as the miss below: a failure is the rare case, and its timer would
+            // otherwise make every Basic call's future (which hyper moves per request) larger.
+            Box::pin(self.limits().delay_failure(started)).await;
         }
         result
     }
@@ -338,10 +340,14 @@ impl Authenticator {
         if let Err(retry_after) = self.limits().check(a.ip, &canonical) {
             return Err(AuthError::RateLimited { retry_after });
         }
-        self.cache
-            .single_flight(key, || self.verify(a, &canonical, trusted))
-            .await
-            .map(|v| (v, false))
+        // A miss runs argon2 on the hashing pool and writes the history: boxed, so a cached
+        // Basic call's future (moved by hyper once per request) does not carry its state.
+        Box::pin(
+            self.cache
+                .single_flight(key, || self.verify(a, &canonical, trusted)),
+        )
+        .await
+        .map(|v| (v, false))
     }
 
     /// Several replicas on one database: the user's logins are also counted in the database,

@@ -108,6 +108,9 @@ pub struct Server {
     pub allowed_hosts: Vec<String>,
     /// The Strict-Transport-Security value on every answer; "off" sends none.
     pub hsts: String,
+    /// How the public listener's connections are spread over threads: "shared" (one
+    /// work-stealing pool) or "per-core" (a listener and a single-threaded loop per core).
+    pub workers: String,
 }
 
 impl Default for Server {
@@ -127,6 +130,7 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             drain_timeout: Duration::from_secs(30),
             max_buffered_body_bytes: 256 * 1024 * 1024,
+            workers: "shared".into(),
             idle_timeout: Duration::from_secs(60),
             max_connections_per_ip: 256,
             max_concurrent_streams: 100,

@@ -81,6 +81,30 @@ pub struct ConsoleConfig {
     pub time_zone: jiff::tz::TimeZone,
 }
 
+/// `[server] workers`: how the public listener's connections are spread over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One work-stealing runtime for everything (the default): a busy or descheduled thread's
+    /// connections are taken over by another, so a slow call (a database read, a stalled
+    /// thread) holds up nobody else.
+    Shared,
+    /// One listening socket (`SO_REUSEPORT`) and one single-threaded event loop per core, each
+    /// serving the connections it accepted, as nginx's workers do: no hand-over between
+    /// threads, so less CPU per request, but a thread that blocks or is descheduled holds up
+    /// every connection it owns.
+    PerCore,
+}
+
+impl Workers {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "shared" => Some(Self::Shared),
+            "per-core" => Some(Self::PerCore),
+            _ => None,
+        }
+    }
+}
+
 /// `[console] mfa`: which users must present a second factor to sign in to the console
 /// (`mfa::Policy`, which decides whom it covers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +262,7 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// `None`: no Strict-Transport-Security header.
     pub hsts: Option<http::HeaderValue>,
+    pub workers: Workers,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -17,6 +17,7 @@ fn defaults_are_valid_and_match_the_documented_values() {
     assert_eq!(c.auth.argon2.t_cost(), 2);
     assert_eq!(c.auth.argon2.p_cost(), 1);
     assert_eq!(c.server.org.id18, "00D000000000001EAA");
+    assert_eq!(c.server.workers, super::Workers::Shared);
 }
 
 #[test]
@@ -33,6 +34,7 @@ fn bad_values_name_their_key() {
     for (text, key) in [
         ("[server]\nlisten = \"nope\"", "server.listen"),
         ("[server]\norg_id = \"001\"", "server.org_id"),
+        ("[server]\nworkers = \"many\"", "server.workers"),
         ("[server]\npublic_url = \"http://x\"", "server.public_url"),
         (
             "[server]\npublic_url = \"https://my-api.example.com\"",

@@ -167,16 +167,16 @@ impl Upstream {
             },
         );
 
-        let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.response_timeout, self.pool.send(req)).await;
+        let started = tokio::time::Instant::now();
+        let answer = self.pool.send(req, started + self.response_timeout).await;
         let status = match &answer {
-            Ok(Ok(resp)) => Some(resp.status().as_u16()),
+            Ok(resp) => Some(resp.status().as_u16()),
             _ => None,
         };
-        self.metrics
-            .upstream(status, answer.is_err(), started.elapsed());
+        let timed_out = matches!(answer, Err(pool::PoolError::Timeout));
+        self.metrics.upstream(status, timed_out, started.elapsed());
         match answer {
-            Ok(Ok(resp)) => {
+            Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 if let Err(refusal) = sanitise::inbound(&mut parts) {
                     tracing::warn!(status = %parts.status, refusal, "malformed upstream response refused");
@@ -184,17 +184,17 @@ impl Upstream {
                 }
                 Ok(Response::from_parts(parts, body.boxed()))
             }
-            Ok(Err(pool::PoolError::Saturated)) => {
+            Err(pool::PoolError::Saturated) => {
                 tracing::warn!("every upstream connection is in use; request refused");
                 Err(UpstreamFailure::Saturated)
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
-                Err(UpstreamFailure::Unreachable)
-            }
-            Err(_) => {
+            Err(pool::PoolError::Timeout) => {
                 tracing::warn!(timeout = ?self.response_timeout, "upstream did not answer in time");
                 Err(UpstreamFailure::Timeout)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                Err(UpstreamFailure::Unreachable)
             }
         }
     }

@@ -7,6 +7,12 @@
 //! response head ([`Pool::send`]) and then from the response body ([`PooledBody`]), which hands
 //! the connection back to the pool once the body has been read to its end.
 //!
+//! The response head must arrive by the deadline the caller gives [`Pool::send`] (the
+//! upstream's `response_timeout`). Each connection keeps one timer for it, moved forward for
+//! every request it carries: tokio moves a registered timer to a later deadline with one atomic
+//! update, where a timer made per request is a registration and a removal under the timer
+//! wheel's lock. A connect or a wait for a free connection is bounded by the same deadline.
+//!
 //! Bounds: at most `max_connections` connections open at once, idle or busy (a request that
 //! finds none free waits up to the connect timeout, then fails); at most `max_idle` idle ones,
 //! none reused or kept open after `idle_timeout` (the server sweeps them, [`Pool::sweep`]); a
@@ -40,6 +46,8 @@ pub enum PoolError {
     ConnectTimeout,
     #[error("every upstream connection is in use")]
     Saturated,
+    #[error("no response head by the deadline")]
+    Timeout,
     #[error("the upstream connection failed: {0}")]
     Http(#[from] hyper::Error),
 }
@@ -55,6 +63,9 @@ struct Conn {
     driver: Option<Driver>,
     /// Its place among the `max_connections`, given back when it closes.
     _place: tokio::sync::OwnedSemaphorePermit,
+    /// The deadline of the request in flight (module docs). Between requests it still runs
+    /// to the last one's deadline, and may wake that request's task once, for nothing.
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Conn {
@@ -112,23 +123,25 @@ impl Pool {
         })
     }
 
-    /// Sends `req` and waits for the response head; the body streams from the returned
-    /// response and gives the connection back when it ends.
+    /// Sends `req` and waits for the response head until `deadline`; the body streams from
+    /// the returned response and gives the connection back when it ends.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<Body>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, PoolError> {
         // The connect path (TCP, TLS handshake) is rare and its future is large (~4 KiB);
         // boxed, it stays out of every forwarded call's future, which hyper moves per request.
         let (conn, reused) = match self.checkout().await {
             Some(c) => (c, true),
-            None => (Box::pin(self.connect()).await?, false),
+            None => (Box::pin(self.connect_by(deadline)).await?, false),
         };
-        match exchange(conn, req).await {
+        match exchange(conn, req, deadline).await {
             Ok((resp, conn)) => Ok(self.wrap(resp, conn)),
             // A reused connection that died before the request was written: once more, fresh.
-            Err(Failed::NotSent(req, _)) if reused => Box::pin(self.retry(*req)).await,
+            Err(Failed::NotSent(req, _)) if reused => Box::pin(self.retry(*req, deadline)).await,
             Err(Failed::NotSent(_, e) | Failed::Sent(e)) => Err(e.into()),
+            Err(Failed::Late) => Err(PoolError::Timeout),
         }
     }
 
@@ -136,12 +149,21 @@ impl Pool {
     async fn retry(
         self: &Arc<Self>,
         req: Request<Body>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let conn = self.connect().await?;
-        match exchange(conn, req).await {
+        let conn = self.connect_by(deadline).await?;
+        match exchange(conn, req, deadline).await {
             Ok((resp, conn)) => Ok(self.wrap(resp, conn)),
             Err(Failed::NotSent(_, e) | Failed::Sent(e)) => Err(e.into()),
+            Err(Failed::Late) => Err(PoolError::Timeout),
         }
+    }
+
+    /// [`Pool::connect`], given up at the request's deadline.
+    async fn connect_by(&self, deadline: tokio::time::Instant) -> Result<Conn, PoolError> {
+        tokio::time::timeout_at(deadline, self.connect())
+            .await
+            .unwrap_or(Err(PoolError::Timeout))
     }
 
     fn wrap(self: &Arc<Self>, resp: Response<Incoming>, conn: Conn) -> Response<PooledBody> {
@@ -257,6 +279,8 @@ where
         sender,
         driver: Some(Box::pin(conn)),
         _place: place,
+        // Set to each request's deadline before it is polled.
+        deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
     })
 }
 
@@ -264,13 +288,18 @@ enum Failed {
     /// The request was not written; it comes back for a retry.
     NotSent(Box<Request<Body>>, hyper::Error),
     Sent(hyper::Error),
+    /// No response head by the deadline; the connection, mid-exchange, is dropped.
+    Late,
 }
 
-/// Sends one request on `conn`, polling the connection in this task until the head arrives.
+/// Sends one request on `conn`, polling the connection in this task until the head arrives
+/// or `deadline` passes.
 async fn exchange(
     mut conn: Conn,
     req: Request<Body>,
+    deadline: tokio::time::Instant,
 ) -> Result<(Response<Incoming>, Conn), Failed> {
+    conn.deadline.as_mut().reset(deadline);
     let mut answer = std::pin::pin!(conn.sender.try_send_request(req));
     let mut ended = false;
     let result = std::future::poll_fn(|cx| {
@@ -278,7 +307,8 @@ async fn exchange(
             ended = conn.drive(cx);
         }
         match answer.as_mut().poll(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            _ if conn.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(None),
             // The connection ended without answering and is dropped: hyper fails the queued
             // request, so the answer is ready on the next poll.
             Poll::Pending if ended => {
@@ -290,11 +320,12 @@ async fn exchange(
     })
     .await;
     match result {
-        Ok(resp) => Ok((resp, conn)),
-        Err(mut e) => match e.take_message() {
+        Some(Ok(resp)) => Ok((resp, conn)),
+        Some(Err(mut e)) => match e.take_message() {
             Some(req) => Err(Failed::NotSent(Box::new(req), e.into_error())),
             None => Err(Failed::Sent(e.into_error())),
         },
+        None => Err(Failed::Late),
     }
 }
 

@@ -73,6 +73,10 @@ impl App {
         Mailer::check(&new.mail)?;
         for (what, changed) in [
             ("server.listen", new.server.listen != self.cfg.server.listen),
+            (
+                "server.workers",
+                new.server.workers != self.cfg.server.workers,
+            ),
             ("store.path", new.store.path != self.cfg.store.path),
             ("upstream.url", new.upstream.url != self.cfg.upstream.url),
             ("tls.acme", new.tls.acme != self.cfg.tls.acme),

@@ -111,12 +111,12 @@ impl Caller {
         }
     }
 
-    /// Who a forwarded request acts for: a session's identity headers were made at login;
-    /// a Basic caller's are made for this request.
+    /// Who a forwarded request acts for: a session's identity headers were made at login,
+    /// a Basic caller's at the first call with the user's record as it is now.
     pub fn identity(&self) -> Identity {
         match self {
             Caller::Session(s) => s.identity.clone(),
-            Caller::Password(u) => Identity::once(&u.username, &u.id),
+            Caller::Password(u) => u.identity(),
         }
     }
 

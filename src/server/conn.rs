@@ -2,15 +2,24 @@
 //! (by ALPN when the client offered one), and the deadlines that keep a connection from
 //! holding a slot without using it.
 //!
-//! Deadlines, on top of hyper's header read timeout:
+//! Deadlines, all kept by one alarm per connection that rings every
+//! `min(header_read_timeout, idle_timeout)` (the tick):
 //! - the first request must start within `header_read_timeout` of the handshake, or the
 //!   connection is dropped (protocol detection has no timer of its own: a client that sends
 //!   nothing, or only the HTTP/2 preface, would otherwise hold its slot for ever);
-//! - a connection with no request in flight and none started for `idle_timeout` (checked every
-//!   `idle_timeout`, so closed within twice that) is closed gracefully (HTTP/2 with a GOAWAY),
-//!   and dropped if it has not closed within `header_read_timeout`; HTTP/2 keep-alive pings
-//!   find dead peers sooner. On HTTP/1.1, hyper's header read timeout also runs between
-//!   requests, so a keep-alive connection ends at the sooner of the two;
+//! - on HTTP/1.1, every request's head must arrive within `header_read_timeout` of the moment
+//!   hyper started waiting for it (hyper's header read timeout, the slowloris guard). hyper
+//!   asks its timer for a new sleep per request; [`HeaderClock`] answers with a deadline that
+//!   is checked whenever the connection is polled and registers no timer of its own: the
+//!   alarm's tick is what wakes a connection that has gone silent, so a head that is late is
+//!   cut off within one tick of its deadline. This saves a timer registration, its removal and
+//!   the clock reads of tokio's timer wheel on every keep-alive request. Between requests the
+//!   same deadline runs, so a keep-alive connection ends at the sooner of it and the idle
+//!   close;
+//! - a connection with no request in flight and none started for `idle_timeout` (seen at two
+//!   ticks at least `idle_timeout` apart, so closed within `idle_timeout` plus two ticks) is
+//!   closed gracefully (HTTP/2 with a GOAWAY), and dropped if it has not closed within
+//!   `header_read_timeout`; HTTP/2 keep-alive pings find dead peers sooner;
 //! - when the server stops, connections are asked to close and dropped after
 //!   `drain_timeout`.
 
@@ -18,6 +27,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -95,6 +105,45 @@ impl Drop for InFlight {
     }
 }
 
+/// hyper's timer for HTTP/1.1 connections: each sleep is a deadline checked when hyper polls
+/// it, with no wake-up of its own. Sound only because every connection it serves is polled by
+/// [`serve`], whose alarm wakes the connection's task at least every `header_read_timeout`
+/// (module docs); hyper uses an HTTP/1.1 server connection's timer for the header read timeout
+/// alone. HTTP/2 keeps tokio's timer: its keep-alive pings must fire on their own.
+#[derive(Clone, Copy, Debug)]
+struct HeaderClock;
+
+/// A [`HeaderClock`] sleep.
+struct Deadline(std::time::Instant);
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<()> {
+        // No waker is kept: `serve`'s alarm polls the connection again within a tick.
+        if std::time::Instant::now() >= self.0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl hyper::rt::Sleep for Deadline {}
+
+impl hyper::rt::Timer for HeaderClock {
+    fn sleep(&self, duration: Duration) -> std::pin::Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> std::pin::Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Deadline(deadline))
+    }
+}
+
 /// The three protocol builders: both (no ALPN, the preface decides), HTTP/1.1 only and
 /// HTTP/2 only (what ALPN negotiated).
 struct Builders {
@@ -108,8 +157,9 @@ fn builders(app: &App) -> Builders {
     let make = || {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
-            .timer(TokioTimer::new())
-            // The slowloris guard: headers must arrive within this time.
+            .timer(HeaderClock)
+            // The slowloris guard: headers must arrive within this time (kept with the alarm
+            // of `serve`, see `HeaderClock`).
             .header_read_timeout(s.header_read_timeout)
             .max_buf_size(s.max_header_bytes);
         b.http2()
@@ -127,21 +177,122 @@ fn builders(app: &App) -> Builders {
     }
 }
 
+/// The bounds on open connections of one listening address, shared by every loop that
+/// accepts on it: `max_connections` in all, `max_connections_per_ip` per client address.
+#[derive(Clone)]
+struct Admission {
+    connections: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
+    builders: Arc<Builders>,
+}
+
+impl Admission {
+    fn new(app: &App) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(app.cfg.server.max_connections)),
+            per_address: Arc::new(PerAddress {
+                open: DashMap::new(),
+                max: app.cfg.server.max_connections_per_ip,
+            }),
+            builders: Arc::new(builders(app)),
+        }
+    }
+}
+
 /// Accepts connections until `stop` changes, then lets open ones finish (bounded by
 /// `drain_timeout`).
 pub async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     side: Listener,
 ) {
+    let admission = Admission::new(&app);
+    accept_on(listener, app, stop, side, admission).await;
+}
+
+/// Listening sockets on one address, one per worker thread (`[server] workers = "per-core"`):
+/// each has `SO_REUSEPORT`, so the kernel spreads new connections over them.
+pub fn bind_per_core(
+    addr: std::net::SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(workers);
+    // Port 0: the first socket picks the port, the others join it.
+    let mut at = addr;
+    for _ in 0..workers {
+        let socket = match at {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(at)?;
+        let listener = socket.listen(1024)?;
+        at = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// Serves `listeners` (from [`bind_per_core`]) with one thread each, each running a
+/// single-threaded runtime that owns the connections it accepts; the returned task ends when
+/// every thread has drained its connections after `stop`. The bounds are shared: the
+/// threads together hold at most `max_connections`, one address at most
+/// `max_connections_per_ip`.
+pub fn serve_per_core(
+    listeners: Vec<std::net::TcpListener>,
+    app: Arc<App>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let admission = Admission::new(&app);
+    let mut threads = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (app, stop, admission) = (app.clone(), stop.clone(), admission.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("tokengate-worker-{i}"))
+            .spawn(move || {
+                // Made on its own thread: a runtime may not be dropped on an async one.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a worker could not start its runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => accept_on(l, app, stop, Listener::Public, admission).await,
+                        Err(e) => tracing::error!(error = %e, "a worker could not listen"),
+                    }
+                });
+                // Dropping the runtime here ends what the drain left running on it.
+            })?;
+        threads.push(thread);
+    }
+    Ok(tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    }))
+}
+
+async fn accept_on(
+    listener: TcpListener,
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+    side: Listener,
+    admission: Admission,
+) {
     let max = app.cfg.server.max_connections;
-    let connections = Arc::new(Semaphore::new(max));
-    let per_address = Arc::new(PerAddress {
-        open: DashMap::new(),
-        max: app.cfg.server.max_connections_per_ip,
-    });
-    let builders = Arc::new(builders(&app));
+    let Admission {
+        connections,
+        per_address,
+        builders,
+    } = admission;
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -265,12 +416,19 @@ async fn serve(
     let mut connection = std::pin::pin!(connection);
 
     // The first request must start by the header timeout; after that, a quiet spell of
-    // `idle_timeout` ends the connection. The alarm first rings at the sooner of the two, so a
-    // short `idle_timeout` is kept from the first request on.
+    // `idle_timeout` ends the connection, and an HTTP/1.1 head must arrive in time
+    // (`HeaderClock`). The alarm rings every tick, the sooner of the two timeouts.
     let opened = tokio::time::Instant::now();
-    let alarm = tokio::time::sleep(s.header_read_timeout.min(s.idle_timeout));
+    let tick = s.header_read_timeout.min(s.idle_timeout);
+    let alarm = tokio::time::sleep(tick);
     let mut alarm = std::pin::pin!(alarm);
+    // Made once: a `changed()` made on every pass would join and leave the watch's list of
+    // waiters (a lock each way) at every wake-up of every request.
+    let stopping = stop.changed();
+    let mut stopping = std::pin::pin!(stopping);
     let mut seen = 0u64;
+    // When the alarm last saw a request started or in flight.
+    let mut busy_at = opened;
     let mut closing = false;
     loop {
         // Biased, the connection first: this loop runs at every wake-up of every request, and
@@ -288,29 +446,32 @@ async fn serve(
                     tracing::debug!(%peer, "connection did not close in time; dropped");
                     return;
                 }
+                let now = tokio::time::Instant::now();
                 let started = activity.started.load(Ordering::Relaxed);
                 if started == 0 {
                     let deadline = opened + s.header_read_timeout;
-                    if tokio::time::Instant::now() < deadline {
-                        alarm.as_mut().reset(deadline);
+                    if now < deadline {
+                        alarm.as_mut().reset(deadline.min(now + tick));
                         continue;
                     }
                     // Nothing asked yet: nothing to finish gracefully.
                     tracing::debug!(%peer, "no request within the header timeout; connection dropped");
                     return;
                 }
-                if activity.active.load(Ordering::Relaxed) == 0 && started == seen {
+                if started != seen || activity.active.load(Ordering::Relaxed) != 0 {
+                    seen = started;
+                    busy_at = now;
+                } else if now >= busy_at + s.idle_timeout {
                     tracing::debug!(%peer, requests = started, "idle connection closed");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                     // Nothing is in flight: the close needs no more than a header's time.
-                    alarm.as_mut().reset(tokio::time::Instant::now() + s.header_read_timeout);
-                } else {
-                    seen = started;
-                    alarm.as_mut().reset(tokio::time::Instant::now() + s.idle_timeout);
+                    alarm.as_mut().reset(now + s.header_read_timeout);
+                    continue;
                 }
+                alarm.as_mut().reset(now + tick);
             }
-            _ = stop.changed(), if !closing => {
+            _ = stopping.as_mut(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
                 alarm.as_mut().reset(tokio::time::Instant::now() + s.drain_timeout);

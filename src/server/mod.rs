@@ -36,7 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::{self, Admin, Users};
 use crate::auth::Authenticator;
 use crate::auth::session::Sessions;
-use crate::config::Config;
+use crate::config::{Config, Workers};
 use crate::history::History;
 use crate::limit::KeyedLimiter;
 use crate::mail::Mailer;
@@ -163,6 +163,25 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// Self-service token resets being delivered at once, at most.
 const RESET_SLOTS: usize = 64;
 
+/// The public listener, as `[server] workers` asks.
+enum Listening {
+    Shared(TcpListener),
+    /// One socket per worker thread (`conn::serve_per_core`).
+    PerCore(Vec<std::net::TcpListener>),
+}
+
+impl Listening {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Listening::Shared(l) => l.local_addr(),
+            Listening::PerCore(ls) => match ls.first() {
+                Some(l) => l.local_addr(),
+                None => Err(std::io::Error::other("no worker thread to listen on")),
+            },
+        }
+    }
+}
+
 impl Server {
     pub async fn start(cfg: Config) -> Result<Self, ServerError> {
         let data = crate::services::DataDir::open(&cfg)?;
@@ -237,16 +256,24 @@ impl Server {
         let upstream = Upstream::new(&cfg.upstream, metrics.clone())?;
         let admin = Arc::new(services.admin());
 
-        let listener = TcpListener::bind(cfg.server.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: cfg.server.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        let bind_error = |source| ServerError::Bind {
             addr: cfg.server.listen,
             source,
-        })?;
+        };
+        let listener = match cfg.server.workers {
+            Workers::Shared => Listening::Shared(
+                TcpListener::bind(cfg.server.listen)
+                    .await
+                    .map_err(bind_error)?,
+            ),
+            Workers::PerCore => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                Listening::PerCore(
+                    conn::bind_per_core(cfg.server.listen, cores).map_err(bind_error)?,
+                )
+            }
+        };
+        let addr = listener.local_addr().map_err(bind_error)?;
         // The console's own listener: bound before anything runs, so a taken address fails
         // the start like the public one.
         let console_listener = match cfg.console.listen {
@@ -365,12 +392,16 @@ impl Server {
         });
 
         let (stop, stop_rx) = watch::channel(false);
-        let accept_task = tokio::spawn(conn::accept_loop(
-            listener,
-            app.clone(),
-            stop_rx.clone(),
-            Listener::Public,
-        ));
+        let accept_task = match listener {
+            Listening::Shared(l) => tokio::spawn(conn::accept_loop(
+                l,
+                app.clone(),
+                stop_rx.clone(),
+                Listener::Public,
+            )),
+            Listening::PerCore(ls) => conn::serve_per_core(ls, app.clone(), stop_rx.clone())
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        };
         let console_addr = console_listener.as_ref().map(|(_, a)| *a);
         let console_task = console_listener.map(|(l, _)| {
             tokio::spawn(conn::accept_loop(

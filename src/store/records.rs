@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::domain::Identity;
 use crate::secret::Tag;
 
 /// A user account. `username` is canonical (lower case): usernames are case-insensitive, as
@@ -82,6 +83,33 @@ pub struct User {
     /// matches a later one).
     #[serde(default)]
     pub named_token_serial: u64,
+    /// This record's identity on a forwarded call, made at its first HTTP Basic call and
+    /// shared by the later ones ([`User::identity`]). Never stored.
+    #[serde(skip)]
+    pub identity: IdentityCell,
+}
+
+/// A record's identity header values, made once. A copy of the record starts without them,
+/// so a record changed from a copy can never carry its original's.
+#[derive(Default)]
+pub struct IdentityCell(std::sync::OnceLock<Identity>);
+
+impl Clone for IdentityCell {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl User {
+    /// Who a forwarded call made with this user's credentials acts for: header values made
+    /// at the first call and shared (a reference count) by every later one, as a session's
+    /// are — HTTP Basic calls send the same credentials call after call.
+    pub fn identity(&self) -> Identity {
+        self.identity
+            .0
+            .get_or_init(|| Identity::new(&self.username, &self.id))
+            .clone()
+    }
 }
 
 /// The name the default token goes by wherever tokens are named (history, access log, lists):
@@ -273,6 +301,7 @@ impl User {
             mfa: MfaRecord::default(),
             named_tokens: Vec::new(),
             named_token_serial: 0,
+            identity: IdentityCell::default(),
         }
     }
 }

@@ -190,6 +190,64 @@ async fn huge_headers_are_refused_and_slow_clients_are_cut_off() {
 }
 
 #[tokio::test]
+async fn a_keep_alive_client_that_stalls_in_a_later_request_head_is_cut_off() {
+    // The header timeout of every request after the first is hyper's, kept without a timer
+    // per request: the connection's alarm is what wakes a silent connection to check it. With
+    // the idle close a minute away, only that check can close this one within seconds.
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.server.header_read_timeout = Duration::from_millis(700);
+        c.server.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = raw_tls(&ts.ca, ts.addr).await;
+    // One whole request, answered, on a keep-alive connection.
+    s.write_all(b"GET /tokengate/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the first request is answered")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Then half of the next head, and silence.
+    s.write_all(b"GET /services/data/v59.0/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // the rest of the health answer's body, or a 408
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server kept a stalled keep-alive client open"
+    );
+    // Within the 700 ms header timeout and one tick of the alarm (700 ms), with slack.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn secrets_are_not_echoed_in_error_answers() {
     let up = Upstream::start().await;
     let ts = TestServer::start(&up.url()).await;

@@ -368,6 +368,36 @@ async fn unreachable_upstream_gives_502_and_slow_upstream_gives_504() {
 }
 
 #[tokio::test]
+async fn each_call_on_a_reused_upstream_connection_gets_its_own_response_timeout() {
+    // An upstream connection keeps one timer for the response timeout and moves it forward
+    // for each call: the deadline of a call right after another on the same connection is
+    // its own, and it still fires.
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.upstream.response_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let sid = logged_in(&ts, "slow-again@example.com").await;
+    let c = ts.client();
+    for round in 0..2 {
+        // A quick answer, then at once a call the upstream answers only after 5 s: the same
+        // idle connection carries both.
+        let r = c.get_with_session("/services/data/v59.0/", &sid).await;
+        assert_eq!(r.status, StatusCode::OK, "round {round}");
+        let started = std::time::Instant::now();
+        let r = c.get_with_session("/slow", &sid).await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "round {round}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "round {round}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    // Two connections were made: each timed-out one was dropped, not reused.
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn unauthenticated_calls_get_the_rest_invalid_session_error() {
     let up = Upstream::start().await;
     let ts = TestServer::start(&up.url()).await;

@@ -412,16 +412,10 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
         kept.push(raw_tls(&ts.ca, ts.addr).await);
     }
     // A fourth from the same address is closed at once (the handshake fails).
-    let mut cfg = client_tls(&ts.ca);
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(ts.addr).await.unwrap();
-    let fourth = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(
-            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
-            tcp,
-        )
-        .await;
-    assert!(fourth.is_err(), "the fourth connection is refused");
+    assert!(
+        tls_handshake_fails(&ts).await,
+        "the fourth connection is refused"
+    );
     drop(kept);
     eventually(
         "places come back when connections close",
@@ -439,6 +433,104 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
         },
     )
     .await;
+}
+
+/// The worker threads of `[server] workers = "per-core"` in this process (a thread's name is
+/// cut to 15 bytes in `comm`).
+fn per_core_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "tokengate-worke")
+        .count()
+}
+
+async fn tls_handshake_fails(ts: &TestServer) -> bool {
+    let mut cfg = client_tls(&ts.ca);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(ts.addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_workers_serve_calls_share_the_connection_bounds_and_end_with_the_server() {
+    // The only test that runs per-core workers, so the thread count below is this server's.
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.server.workers = tokengate::config::Workers::PerCore;
+        c.server.max_connections_per_ip = 1;
+    })
+    .await;
+    // One worker thread per core (a new thread names itself once it runs).
+    let cores = std::thread::available_parallelism().unwrap().get();
+    eventually(
+        "one worker thread per core",
+        Duration::from_secs(5),
+        async || per_core_threads() == cores,
+    )
+    .await;
+
+    // One connection held: every other one from the address is refused, whichever worker's
+    // socket the kernel hands it to (with the bound kept per worker, one of five would land
+    // on another worker and pass, but for a chance of 1 in 2^5 on two cores).
+    let kept = raw_tls(&ts.ca, ts.addr).await;
+    for attempt in 0..5 {
+        assert!(
+            tls_handshake_fails(&ts).await,
+            "attempt {attempt}: a second connection from one address was accepted"
+        );
+    }
+    drop(kept);
+
+    // Calls, each on a connection of its own, are authenticated and forwarded.
+    let token = ts.add_user("cores@example.com").await;
+    let credentials = basic("cores@example.com", &format!("{PASSWORD}{token}"));
+    for call in 0..6 {
+        assert_eq!(
+            call_on_a_new_connection(&ts, &credentials).await,
+            StatusCode::OK,
+            "call {call}"
+        );
+    }
+    assert_eq!(up.arrived("/services/data/v59.0/"), 6);
+    assert_eq!(
+        up.last().headers.get("x-tokengate-user").unwrap(),
+        "cores@example.com"
+    );
+
+    // Stopping the server drains and ends every worker thread, and the port closes.
+    let addr = ts.addr;
+    ts.stop().await;
+    assert_eq!(per_core_threads(), 0, "worker threads outlived the server");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// A forwarded call with HTTP Basic on a connection of its own, retried while the previous
+/// connection's place (one per address in that test) has not come back yet.
+async fn call_on_a_new_connection(ts: &TestServer, authorization: &str) -> StatusCode {
+    let mut status = None;
+    eventually(
+        "a place for the call's connection",
+        Duration::from_secs(5),
+        async || {
+            let client = ts.client();
+            let req = client
+                .request(Method::GET, "/services/data/v59.0/")
+                .header("authorization", authorization)
+                .body(empty_body())
+                .unwrap();
+            status = client.send_result(req).await.ok().map(|r| r.status);
+            status.is_some()
+        },
+    )
+    .await;
+    status.unwrap()
 }
 
 // -------------------------------------------------------------------------------------------

@@ -1873,17 +1873,25 @@ fn cut_change_channel(url: &str, cut: bool) {
         .and_then(|rest| rest.split('?').next())
         .unwrap();
     let admin = url.replace(&format!("/{name}?"), "/postgres?");
-    let sql = if cut {
-        format!(
-            "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
-             SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = '{name}' AND application_name = '{}'",
-            tokengate::store::postgres::LISTENER_APPLICATION_NAME
+    pg.psql(
+        &admin,
+        &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {}", !cut),
+    )
+    .unwrap();
+    if cut {
+        // In a call of its own, after the ban has committed: sent in one batch with it, the
+        // two ran as one transaction, and a listener that reconnected at once after being
+        // ended could get in before the ban took effect (the replica then never went stale).
+        pg.psql(
+            &admin,
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND application_name = '{}'",
+                tokengate::store::postgres::LISTENER_APPLICATION_NAME
+            ),
         )
-    } else {
-        format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-    };
-    pg.psql(&admin, &sql).unwrap();
+        .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

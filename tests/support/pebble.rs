@@ -430,8 +430,31 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// An address on 127.0.0.1 whose port was free a moment ago.
+/// An address on 127.0.0.1 whose port was free a moment ago, for a listener that cannot be
+/// given port 0 (Pebble must know it in advance). The port is picked at random below the
+/// kernel's ephemeral range: every other listener of the suite binds port 0 and every outgoing
+/// connection takes its local port from that range, so between this check and the caller's
+/// bind only another `free_addr` could take it (a port 0 pick once took one here, and the
+/// server then failed to start with "address already in use").
 pub fn free_addr() -> SocketAddr {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    const FLOOR: u16 = 10_000;
+    if first_ephemeral > FLOOR + 1_000 {
+        for _ in 0..1_000 {
+            // A fresh `RandomState` is a new random key: its hash of nothing is a random number.
+            let r = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            let port = FLOOR + (r % u64::from(first_ephemeral - FLOOR)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return SocketAddr::from(([127, 0, 0, 1], port));
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port on 127.0.0.1")

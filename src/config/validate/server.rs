@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use http::Uri;
 
 use super::{bounded, cidrs, invalid, nonzero};
-use crate::config::{ConfigError, OrgId, ServerConfig, file};
+use crate::config::{ConfigError, OrgId, ServerConfig, Workers, file};
 
 pub(in crate::config) fn server(s: &file::Server) -> Result<ServerConfig, ConfigError> {
     let listen: SocketAddr = s.listen.parse().map_err(|_| {
@@ -75,6 +75,15 @@ pub(in crate::config) fn server(s: &file::Server) -> Result<ServerConfig, Config
             10_000,
         )? as u32,
         allowed_hosts: allowed_hosts(s.public_url.as_deref(), &s.allowed_hosts)?,
+        workers: Workers::parse(&s.workers).ok_or_else(|| {
+            invalid(
+                "server.workers",
+                format!(
+                    "'{}' is not one of \"shared\" or \"per-core\"",
+                    s.workers.chars().take(40).collect::<String>()
+                ),
+            )
+        })?,
         hsts: match s.hsts.trim() {
             "off" | "" => None,
             v => Some(http::HeaderValue::from_str(v).map_err(|_| {
