@@ -54,9 +54,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// `per_runtime`: calls come from several runtimes (`[server] workers = "per-core"`), and
+    /// each keeps to the upstream connections it made (`pool`).
     pub fn new(
         cfg: &UpstreamConfig,
         metrics: Arc<crate::metrics::Metrics>,
+        per_runtime: bool,
     ) -> Result<Self, ProxyError> {
         let roots =
             crate::tls::client_roots(cfg.ca.as_deref()).map_err(|reason| ProxyError::Ca {
@@ -106,6 +109,7 @@ impl Upstream {
                     max_idle: cfg.pool_max_idle_per_host,
                     idle_timeout: cfg.pool_idle_timeout,
                     body_idle_timeout: cfg.body_idle_timeout,
+                    per_runtime,
                 },
             ),
             authority,

@@ -66,6 +66,9 @@ struct Conn {
     /// The deadline of the request in flight (module docs). Between requests it still runs
     /// to the last one's deadline, and may wake that request's task once, for nothing.
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The runtime whose reactor and timers its socket and deadline are registered with: the
+    /// only one that takes it from the pool ([`Pool::checkout`]).
+    runtime: tokio::runtime::Id,
 }
 
 impl Conn {
@@ -104,6 +107,9 @@ pub struct Limits {
     pub max_idle: usize,
     pub idle_timeout: Duration,
     pub body_idle_timeout: Duration,
+    /// Requests come from several runtimes (`[server] workers = "per-core"`): an idle
+    /// connection goes only to the runtime that made it ([`Pool::checkout`]).
+    pub per_runtime: bool,
 }
 
 pub struct Pool {
@@ -175,13 +181,30 @@ impl Pool {
         })
     }
 
-    /// The most recently used idle connection that is still open and ready.
+    /// The most recently used idle connection of this runtime that is still open and ready.
+    /// With `[server] workers = "per-core"` each worker thread has a runtime of its own, and a
+    /// connection is only taken by the runtime that made it: its socket is registered with that
+    /// runtime's reactor and its deadline with that runtime's timers, so another worker would
+    /// be woken through a second thread, and would fail once the first has stopped.
     async fn checkout(&self) -> Option<Conn> {
+        // One runtime (the default) needs no look-up of which one this is.
+        let here = self
+            .limits
+            .per_runtime
+            .then(|| tokio::runtime::Handle::current().id());
         loop {
             let (idle, expired) = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 let expired = self.take_expired(&mut idle);
-                (idle.pop(), expired)
+                // Newest last.
+                let taken = match here {
+                    None => idle.pop(),
+                    Some(here) => idle
+                        .iter()
+                        .rposition(|i| i.conn.runtime == here)
+                        .map(|at| idle.remove(at)),
+                };
+                (taken, expired)
             };
             // Closed outside the lock.
             drop(expired);
@@ -281,6 +304,7 @@ where
         _place: place,
         // Set to each request's deadline before it is polled.
         deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        runtime: tokio::runtime::Handle::current().id(),
     })
 }
 

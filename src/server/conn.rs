@@ -144,6 +144,33 @@ impl hyper::rt::Timer for HeaderClock {
     }
 }
 
+/// A response body that keeps its request counted in [`Activity`] until it ends. A struct
+/// beside the body, not another box around it: hyper takes the service's body type as it is.
+struct Answer {
+    body: access::Logged,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = bytes::Bytes;
+    type Error = crate::wire::BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The three protocol builders: both (no ALPN, the preface decides), HTTP/1.1 only and
 /// HTTP/2 only (what ALPN negotiated).
 struct Builders {
@@ -217,6 +244,12 @@ pub fn bind_per_core(
     addr: std::net::SocketAddr,
     workers: usize,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
+    // `SO_REUSEPORT` lets any socket of the same user join a port: a second server started on
+    // this address by mistake would share its connections instead of failing. A plain bind
+    // first fails as a server on a taken address should.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let mut listeners = Vec::with_capacity(workers);
     // Port 0: the first socket picks the port, the others join it.
     let mut at = addr;
@@ -236,19 +269,22 @@ pub fn bind_per_core(
 }
 
 /// Serves `listeners` (from [`bind_per_core`]) with one thread each, each running a
-/// single-threaded runtime that owns the connections it accepts; the returned task ends when
-/// every thread has drained its connections after `stop`. The bounds are shared: the
-/// threads together hold at most `max_connections`, one address at most
-/// `max_connections_per_ip`.
-pub fn serve_per_core(
+/// single-threaded runtime that owns the connections it accepts. Answers once every thread
+/// listens (or with the first one's failure: the start fails rather than serve on fewer
+/// cores than it says); the returned task ends when every thread has drained its connections
+/// after `stop`. The bounds are shared: the threads together hold at most `max_connections`,
+/// one address at most `max_connections_per_ip`.
+pub async fn serve_per_core(
     listeners: Vec<std::net::TcpListener>,
     app: Arc<App>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let admission = Admission::new(&app);
     let mut threads = Vec::with_capacity(listeners.len());
+    let mut listening = Vec::with_capacity(listeners.len());
     for (i, listener) in listeners.into_iter().enumerate() {
         let (app, stop, admission) = (app.clone(), stop.clone(), admission.clone());
+        let (ready, ready_rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
         let thread = std::thread::Builder::new()
             .name(format!("tokengate-worker-{i}"))
             .spawn(move || {
@@ -259,19 +295,32 @@ pub fn serve_per_core(
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::error!(error = %e, "a worker could not start its runtime");
+                        let _ = ready.send(Err(e));
                         return;
                     }
                 };
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(l) => accept_on(l, app, stop, Listener::Public, admission).await,
-                        Err(e) => tracing::error!(error = %e, "a worker could not listen"),
+                        Ok(l) => {
+                            let _ = ready.send(Ok(()));
+                            accept_on(l, app, stop, Listener::Public, admission).await;
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
                     }
                 });
                 // Dropping the runtime here ends what the drain left running on it.
             })?;
         threads.push(thread);
+        listening.push(ready_rx);
+    }
+    // A failure returns before the threads are joined: they end when `stop`'s sender, which
+    // the failed start drops, goes.
+    for ready in listening {
+        ready
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("a worker ended before listening")))?;
     }
     Ok(tokio::task::spawn_blocking(move || {
         for t in threads {
@@ -407,8 +456,12 @@ async fn serve(
                 // again by each wrapper that holds it on its way into hyper's slot.
                 let handling = Box::pin(routes::handle(app, req, conn));
                 let r = access::scope(handling, request_id, line).await;
-                drop(in_flight);
-                Ok::<_, Infallible>(r)
+                // In flight until the answer's body has been sent (or dropped): a download
+                // that streams for longer than `idle_timeout` is not an idle connection.
+                Ok::<_, Infallible>(r.map(|body| Answer {
+                    body,
+                    _in_flight: in_flight,
+                }))
             }
         })
     };

@@ -253,7 +253,11 @@ impl Server {
             Some(lock_notices),
             metrics.clone(),
         )?;
-        let upstream = Upstream::new(&cfg.upstream, metrics.clone())?;
+        let upstream = Upstream::new(
+            &cfg.upstream,
+            metrics.clone(),
+            cfg.server.workers == Workers::PerCore,
+        )?;
         let admin = Arc::new(services.admin());
 
         let bind_error = |source| ServerError::Bind {
@@ -400,6 +404,7 @@ impl Server {
                 Listener::Public,
             )),
             Listening::PerCore(ls) => conn::serve_per_core(ls, app.clone(), stop_rx.clone())
+                .await
                 .map_err(|source| ServerError::Bind { addr, source })?,
         };
         let console_addr = console_listener.as_ref().map(|(_, a)| *a);

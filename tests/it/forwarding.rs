@@ -370,31 +370,57 @@ async fn unreachable_upstream_gives_502_and_slow_upstream_gives_504() {
 #[tokio::test]
 async fn each_call_on_a_reused_upstream_connection_gets_its_own_response_timeout() {
     // An upstream connection keeps one timer for the response timeout and moves it forward
-    // for each call: the deadline of a call right after another on the same connection is
-    // its own, and it still fires.
+    // for each call: a call on a connection that an earlier call used is timed from its own
+    // start (not the earlier call's), and its timeout still fires.
     let up = Upstream::start().await;
     let ts = TestServer::start_with(&up.url(), |c| {
-        c.upstream.response_timeout = Duration::from_millis(500)
+        c.upstream.response_timeout = Duration::from_millis(1000)
     })
     .await;
     let sid = logged_in(&ts, "slow-again@example.com").await;
     let c = ts.client();
     for round in 0..2 {
-        // A quick answer, then at once a call the upstream answers only after 5 s: the same
-        // idle connection carries both.
         let r = c.get_with_session("/services/data/v59.0/", &sid).await;
         assert_eq!(r.status, StatusCode::OK, "round {round}");
+        // 600 ms later, on the same connection, an answer that takes 600 ms: inside its own
+        // second, past the first call's.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let r = c.get_with_session("/delay/600", &sid).await;
+        assert_eq!(r.status, StatusCode::OK, "round {round}: {}", r.text());
+        // At once, a call the upstream answers only after 5 s.
         let started = std::time::Instant::now();
         let r = c.get_with_session("/slow", &sid).await;
         assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "round {round}");
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(3),
             "round {round}: answered after {:?}",
             started.elapsed()
         );
     }
     // Two connections were made: each timed-out one was dropped, not reused.
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_answer_that_streams_for_longer_than_the_idle_timeout_is_sent_whole() {
+    // A connection whose answer is still streaming is not idle, however long the body takes.
+    let up = Upstream::start().await;
+    let ts = TestServer::start_with(&up.url(), |c| {
+        c.server.idle_timeout = Duration::from_millis(700);
+        c.server.header_read_timeout = Duration::from_millis(700);
+    })
+    .await;
+    let sid = logged_in(&ts, "drip@example.com").await;
+    let c = ts.client();
+    // Ten chunks over three seconds: more than the idle close and its grace together.
+    let req = c
+        .request(http::Method::GET, "/drip")
+        .header("authorization", format!("Bearer {sid}"))
+        .body(empty_body())
+        .unwrap();
+    let r = c.send_result(req).await.expect("the whole body");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 1000);
 }
 
 #[tokio::test]

@@ -196,6 +196,25 @@ async fn upstream_answer(req: Request<Incoming>, state: UpstreamState) -> Respon
             tokio::time::sleep(Duration::from_secs(5)).await;
             full(QUERY_RESULT.into())
         }
+        // An answer after the given number of milliseconds.
+        p if p.starts_with("/delay/") => {
+            let ms = p["/delay/".len()..].parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(QUERY_RESULT.into())
+        }
+        // Ten chunks, one every 300 ms: a body that streams for three seconds.
+        "/drip" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+            tokio::spawn(async move {
+                for i in 0..10u8 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if tx.send(Bytes::from(vec![b'0' + i; 100])).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            ChannelBody(rx).boxed()
+        }
         "/echo-body" | "/stream-in" => full(body),
         "/large" => {
             let n = parts
