@@ -204,8 +204,9 @@ fn builders(app: &App) -> Builders {
     }
 }
 
-/// The bounds on open connections of one listening address, shared by every loop that
-/// accepts on it: `max_connections` in all, `max_connections_per_ip` per client address.
+/// What every loop accepting on one listening address shares: the bounds on open connections
+/// (`max_connections` in all, `max_connections_per_ip` per client address) and the protocol
+/// builders.
 #[derive(Clone)]
 struct Admission {
     connections: Arc<Semaphore>,

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use crate::secret::Tag;
 
 pub use records::{
-    ACME_ALL, AcmeObserver, DEFAULT_TOKEN_NAME, HistoryFilter, HistoryRow, IdentityCell,
-    LockoutState, MfaRecord, NamedToken, RefreshFamily, SessionChange, SessionObserver,
-    SessionPolicy, SessionRecord, TokenRecord, User, UserChange, UserObserver, ranges_allow,
+    ACME_ALL, AcmeObserver, DEFAULT_TOKEN_NAME, HistoryFilter, HistoryRow, LockoutState, MfaRecord,
+    NamedToken, RefreshFamily, SessionChange, SessionObserver, SessionPolicy, SessionRecord,
+    TokenRecord, User, UserChange, UserObserver, ranges_allow,
 };
 
 #[derive(Debug, thiserror::Error)]

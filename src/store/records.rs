@@ -86,29 +86,17 @@ pub struct User {
     /// This record's identity on a forwarded call, made at its first HTTP Basic call and
     /// shared by the later ones ([`User::identity`]). Never stored.
     #[serde(skip)]
-    pub identity: IdentityCell,
+    identity: IdentityCell,
 }
 
 /// A record's identity header values, made once. A copy of the record starts without them,
 /// so a record changed from a copy can never carry its original's.
 #[derive(Default)]
-pub struct IdentityCell(std::sync::OnceLock<Identity>);
+struct IdentityCell(std::sync::OnceLock<Identity>);
 
 impl Clone for IdentityCell {
     fn clone(&self) -> Self {
         Self::default()
-    }
-}
-
-impl User {
-    /// Who a forwarded call made with this user's credentials acts for: header values made
-    /// at the first call and shared (a reference count) by every later one, as a session's
-    /// are — HTTP Basic calls send the same credentials call after call.
-    pub fn identity(&self) -> Identity {
-        self.identity
-            .0
-            .get_or_init(|| Identity::new(&self.username, &self.id))
-            .clone()
     }
 }
 
@@ -149,6 +137,16 @@ pub struct NamedToken {
 }
 
 impl User {
+    /// Who a forwarded call made with this user's credentials acts for: header values made
+    /// at the first call and shared (a reference count) by every later one, as a session's
+    /// are — HTTP Basic calls send the same credentials call after call.
+    pub fn identity(&self) -> Identity {
+        self.identity
+            .0
+            .get_or_init(|| Identity::new(&self.username, &self.id))
+            .clone()
+    }
+
     /// The named token called `name`.
     pub fn named_token(&self, name: &str) -> Option<&NamedToken> {
         self.named_tokens.iter().find(|t| t.name == name)
