@@ -713,6 +713,19 @@ async fn data_status(ts: &TestServer, sid: &str) -> StatusCode {
         .status
 }
 
+/// A user added on `ts`, as its store holds the record (fixture setup, as `add_user`).
+async fn added_user(ts: &TestServer, name: &str) -> Arc<User> {
+    ts.add_user(name).await;
+    ts.app().store.user_by_name(name).unwrap().unwrap()
+}
+
+/// `n` sessions of `user`, made on `ts` in-process (fixture setup: a login each).
+fn sessions_of(ts: &TestServer, user: &User, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| ts.app().sessions.create(user).unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_made_on_one_replica_works_on_another_until_it_is_ended_anywhere() {
     let up = Upstream::start().await;
@@ -1726,18 +1739,10 @@ async fn a_named_token_revoked_on_one_replica_ends_its_sessions_and_cache_on_ano
 async fn many_sessions_first_used_on_another_replica_at_once_are_all_accepted() {
     let up = Upstream::start().await;
     let (a, b) = replicas(&up.url()).await;
-    a.add_user("ann@example.com").await;
-    let user = a
-        .app()
-        .store
-        .user_by_name("ann@example.com")
-        .unwrap()
-        .unwrap();
+    let user = added_user(&a, "ann@example.com").await;
     // Many more than the reads B makes at once: as after a resynchronisation, when every
     // client's next call is a first use.
-    let sids: Vec<String> = (0..48)
-        .map(|_| a.app().sessions.create(&user).unwrap())
-        .collect();
+    let sids = sessions_of(&a, &user, 48);
     // One HTTP/2 connection, opened beforehand, so the calls arrive together.
     let client = Arc::new(b.h2_client());
     assert_eq!(
@@ -1781,16 +1786,8 @@ async fn a_replica_whose_session_table_is_full_serves_sessions_made_elsewhere() 
     let a = TestServer::start_with(&up.url(), on(100)).await;
     // B holds four sessions at most: three times fewer than its clients use.
     let b = TestServer::start_with(&up.url(), on(4)).await;
-    a.add_user("fay@example.com").await;
-    let user = a
-        .app()
-        .store
-        .user_by_name("fay@example.com")
-        .unwrap()
-        .unwrap();
-    let sids: Vec<String> = (0..12)
-        .map(|_| a.app().sessions.create(&user).unwrap())
-        .collect();
+    let user = added_user(&a, "fay@example.com").await;
+    let sids = sessions_of(&a, &user, 12);
     // Round and round: each use on B finds the table full of the others.
     for round in 0..2 {
         for (i, sid) in sids.iter().enumerate() {
@@ -2000,16 +1997,8 @@ async fn idle_timers_are_written_back_at_most_once_per_tenth_of_the_idle_timeout
     })
     .await;
     let (b, a) = (r.pop().unwrap(), r.pop().unwrap());
-    a.add_user("hal@example.com").await;
-    let user = a
-        .app()
-        .store
-        .user_by_name("hal@example.com")
-        .unwrap()
-        .unwrap();
-    let sids: Vec<String> = (0..3)
-        .map(|_| a.app().sessions.create(&user).unwrap())
-        .collect();
+    let user = added_user(&a, "hal@example.com").await;
+    let sids = sessions_of(&a, &user, 3);
     // The sessions as last written `ago` seconds back (by A, say): B reads them so on first
     // use, and its use moves their timers on by that much.
     let store = b.app().store.clone();
@@ -2053,9 +2042,7 @@ async fn idle_timers_are_written_back_at_most_once_per_tenth_of_the_idle_timeout
             b.app().sessions.revoke(sid);
         }
     });
-    let sids: Vec<String> = (0..3)
-        .map(|_| a.app().sessions.create(&user).unwrap())
-        .collect();
+    let sids = sessions_of(&a, &user, 3);
     let before = tokio::task::block_in_place(|| last_used(45));
     for sid in &sids {
         assert_eq!(data_status(&b, sid).await, StatusCode::OK);
