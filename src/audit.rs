@@ -103,7 +103,7 @@ pub fn diff(before: Option<&serde_json::Value>, after: Option<&serde_json::Value
 /// Appends to the store's trail, logs each record for a SIEM and counts it.
 pub struct Audit {
     store: Arc<dyn Store>,
-    recorded: prometheus_client::metrics::counter::Counter,
+    recorded: crate::metrics::Count,
 }
 
 impl fmt::Debug for Audit {
@@ -113,10 +113,7 @@ impl fmt::Debug for Audit {
 }
 
 impl Audit {
-    pub fn new(
-        store: Arc<dyn Store>,
-        recorded: prometheus_client::metrics::counter::Counter,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, recorded: crate::metrics::Count) -> Self {
         Self { store, recorded }
     }
 

@@ -28,6 +28,7 @@ pub mod secret;
 pub mod server;
 pub mod services;
 pub mod store;
+pub mod stripe;
 pub mod svg;
 pub mod tls;
 pub mod tokens;

@@ -1,22 +1,28 @@
 //! Prometheus metrics, names prefixed `tokengate_`, in the OpenMetrics text format
 //! (`prometheus-client`). One [`Metrics`] per server: a registry of its own, so two servers in
 //! one process (the tests) never count into each other. Labelled counters on the request path
-//! are resolved once, at start, so recording is one relaxed add; gauges are read from their
+//! are resolved once, at start, and every counter and histogram is kept per thread
+//! (`striped`), so recording is one relaxed add to a cache line no other thread writes; gauges are read from their
 //! owners at scrape time ([`Gauges`]), and so are the standard `process_*` metrics (CPU
 //! seconds, resident memory, open and allowed file descriptors: read from `/proc/self` on
 //! Linux, absent elsewhere). No label ever carries a username, password, token or session id:
 //! labels are fixed, small sets (dialect, outcome, kind, status class, rotation reason).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::{Dialect, Outcome, TokenReason};
+
+mod striped;
+
+pub use striped::Count;
+use striped::{Bank, Durations, NewCount};
 
 /// The exposition's media type (OpenMetrics 1.0, which Prometheus negotiates and reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -62,28 +68,28 @@ pub enum MailKind {
 pub struct Metrics {
     registry: Registry,
     /// `[dialect][outcome]`, in the order of `Dialect::ALL` and `Outcome::ALL`.
-    logins: Vec<Vec<Counter>>,
+    logins: Vec<Vec<Count>>,
     /// Successful logins by the kind of token they presented: default, named.
-    token_logins: [Counter; 2],
-    login_duration: Histogram,
-    argon2_verifications: Counter,
-    argon2_rejections: Counter,
-    failures_undelayed: Counter,
-    cache_hits: Counter,
-    cache_misses: Counter,
-    lockouts: Counter,
+    token_logins: [Count; 2],
+    login_duration: Durations,
+    argon2_verifications: Count,
+    argon2_rejections: Count,
+    failures_undelayed: Count,
+    cache_hits: Count,
+    cache_misses: Count,
+    lockouts: Count,
     /// `[kind]`: sent, failed.
-    emails: [(Counter, Counter); 2],
-    upstream: Vec<Counter>,
-    upstream_duration: Histogram,
-    tls_handshake_failures: Counter,
+    emails: [(Count, Count); 2],
+    upstream: Vec<Count>,
+    upstream_duration: Durations,
+    tls_handshake_failures: Count,
     /// Records appended to the audit trail by this process (`audit::Audit` holds a clone).
-    pub audit_records: Counter,
+    pub audit_records: Count,
     /// In the order of `ROTATION_REASONS`.
-    token_rotations: Vec<Counter>,
+    token_rotations: Vec<Count>,
     certificate_expiry: Gauge,
     /// `[tls] acme` orders: issued, failed.
-    acme_orders: [Counter; 2],
+    acme_orders: [Count; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,14 +104,25 @@ impl Default for Metrics {
     }
 }
 
-fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
-    let c = Counter::default();
+/// Slots in a server's [`Bank`]: every counter, and a histogram's buckets and sum. A test
+/// that makes a [`Metrics`] fails if they outgrow it.
+const BANK_SLOTS: usize = 128;
+
+/// A family of counters labelled by `L`, in `bank`.
+type Counters<L> = Family<L, Count, NewCount>;
+
+fn family<L: Clone + std::hash::Hash + Eq>(bank: &Arc<Bank>) -> Counters<L> {
+    Family::new_with_constructor(NewCount(bank.clone()))
+}
+
+fn counter(registry: &mut Registry, bank: &Arc<Bank>, name: &str, help: &str) -> Count {
+    let c = Count::new(bank);
     registry.register(name, help, c.clone());
     c
 }
 
-fn histogram(registry: &mut Registry, name: &str, help: &str) -> Histogram {
-    let h = Histogram::new(BUCKETS);
+fn histogram(registry: &mut Registry, bank: &Arc<Bank>, name: &str, help: &str) -> Durations {
+    let h = Durations::new(bank, &BUCKETS);
     registry.register_with_unit(name, help, Unit::Seconds, h.clone());
     h
 }
@@ -113,7 +130,8 @@ fn histogram(registry: &mut Registry, name: &str, help: &str) -> Histogram {
 impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix(PREFIX);
-        let logins = Family::<Labels<2>, Counter>::default();
+        let bank = Bank::new(BANK_SLOTS);
+        let logins = family::<Labels<2>>(&bank);
         r.register(
             "logins",
             "Login attempts by dialect and outcome",
@@ -132,7 +150,7 @@ impl Metrics {
                     .collect()
             })
             .collect();
-        let kinds = Family::<Labels<1>, Counter>::default();
+        let kinds = family::<Labels<1>>(&bank);
         r.register(
             "token_logins",
             "Successful logins by the kind of security token presented (never by its name)",
@@ -140,35 +158,45 @@ impl Metrics {
         );
         let token_logins =
             ["default", "named"].map(|k| kinds.get_or_create(&[("kind", k)]).clone());
-        let login_duration = histogram(&mut r, "login_duration", "Time to verify a login");
+        let login_duration = histogram(&mut r, &bank, "login_duration", "Time to verify a login");
         let argon2_verifications = counter(
             &mut r,
+            &bank,
             "argon2_verifications",
             "Password verifications run (argon2id)",
         );
         let argon2_rejections = counter(
             &mut r,
+            &bank,
             "argon2_rejections",
             "Logins refused because password verification was saturated",
         );
         let failures_undelayed = counter(
             &mut r,
+            &bank,
             "failure_delay_overflow",
             "Failed logins answered without the failure delay because max_delayed_failures were waiting",
         );
         let cache_hits = counter(
             &mut r,
+            &bank,
             "credential_cache_hits",
             "Logins answered from the verified-credential cache",
         );
-        let cache_misses = counter(&mut r, "credential_cache_misses", "Logins verified in full");
+        let cache_misses = counter(
+            &mut r,
+            &bank,
+            "credential_cache_misses",
+            "Logins verified in full",
+        );
         let lockouts = counter(
             &mut r,
+            &bank,
             "lockouts",
             "Accounts locked after repeated failed logins",
         );
-        let sent = Family::<Labels<1>, Counter>::default();
-        let failed = Family::<Labels<1>, Counter>::default();
+        let sent = family::<Labels<1>>(&bank);
+        let failed = family::<Labels<1>>(&bank);
         r.register(
             "emails_sent",
             "Emails accepted by the SMTP server",
@@ -185,7 +213,7 @@ impl Metrics {
                 failed.get_or_create(&[("kind", k)]).clone(),
             )
         });
-        let upstream = Family::<Labels<1>, Counter>::default();
+        let upstream = family::<Labels<1>>(&bank);
         r.register(
             "upstream_requests",
             "Forwarded requests by upstream status class",
@@ -197,15 +225,17 @@ impl Metrics {
             .collect();
         let upstream_duration = histogram(
             &mut r,
+            &bank,
             "upstream_duration",
             "Time to the upstream's response headers",
         );
         let tls_handshake_failures = counter(
             &mut r,
+            &bank,
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
         );
-        let rotations = Family::<Labels<1>, Counter>::default();
+        let rotations = family::<Labels<1>>(&bank);
         r.register(
             "token_rotations",
             "Security tokens rotated (the new token emailed and in force), by reason",
@@ -225,7 +255,7 @@ impl Metrics {
             "When the served TLS certificate expires (its notAfter, Unix time)",
             certificate_expiry.clone(),
         );
-        let acme = Family::<Labels<1>, Counter>::default();
+        let acme = family::<Labels<1>>(&bank);
         r.register(
             "acme_orders",
             "ACME certificate orders ([tls] acme), by outcome: issued or failed",
@@ -244,6 +274,7 @@ impl Metrics {
         );
         let audit_records = counter(
             &mut r,
+            &bank,
             "audit_records",
             "Records this process appended to the audit trail",
         );
@@ -271,7 +302,7 @@ impl Metrics {
 
     pub fn login(&self, dialect: Dialect, outcome: Outcome, took: Duration) {
         self.login_decided(dialect, outcome);
-        self.login_duration.observe(took.as_secs_f64());
+        self.login_duration.observe(took);
     }
 
     /// A login decided without the password pipeline (a refresh token, client credentials, a
@@ -288,8 +319,8 @@ impl Metrics {
         match kind {
             "default" => self.token_logins[0].inc(),
             "named" => self.token_logins[1].inc(),
-            _ => 0,
-        };
+            _ => {}
+        }
     }
 
     pub fn email(&self, kind: MailKind, ok: bool) {
@@ -305,7 +336,7 @@ impl Metrics {
             None => 5,
         };
         self.upstream[i].inc();
-        self.upstream_duration.observe(took.as_secs_f64());
+        self.upstream_duration.observe(took);
     }
 
     pub fn argon2_verification(&self) {

@@ -149,56 +149,62 @@ impl Upstream {
     /// `host` is the request's validated host (`server::target`), kept so the upstream sees
     /// the name the client used; `None` for an HTTP/1.0 request without one. `who` is `None`
     /// on a public path: the request goes without identity.
-    pub async fn forward(
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice (as arguments and as locals), and this future is copied on every forwarded call"
+    )]
+    pub fn forward(
         &self,
         mut req: Request<Body>,
         forwarded_for: HeaderValue,
         who: Option<Identity>,
         host: Option<HeaderValue>,
-    ) -> Result<Response<Body>, UpstreamFailure> {
-        let from_http2 = req.version() == Version::HTTP_2;
-        *req.uri_mut() = self.target(req.uri());
-        // HTTP/2 clients are served to an HTTP/1.1 upstream.
-        *req.version_mut() = Version::HTTP_11;
-        sanitise::outbound(
-            req.headers_mut(),
-            sanitise::Outbound {
-                from_http2,
-                who,
-                forwarded_for,
-                host,
-                upstream: &self.authority,
-            },
-        );
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamFailure>> {
+        async move {
+            let from_http2 = req.version() == Version::HTTP_2;
+            *req.uri_mut() = self.target(req.uri());
+            // HTTP/2 clients are served to an HTTP/1.1 upstream.
+            *req.version_mut() = Version::HTTP_11;
+            sanitise::outbound(
+                req.headers_mut(),
+                sanitise::Outbound {
+                    from_http2,
+                    who,
+                    forwarded_for,
+                    host,
+                    upstream: &self.authority,
+                },
+            );
 
-        let started = tokio::time::Instant::now();
-        let answer = self.pool.send(req, started + self.response_timeout).await;
-        let status = match &answer {
-            Ok(resp) => Some(resp.status().as_u16()),
-            _ => None,
-        };
-        let timed_out = matches!(answer, Err(pool::PoolError::Timeout));
-        self.metrics.upstream(status, timed_out, started.elapsed());
-        match answer {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                if let Err(refusal) = sanitise::inbound(&mut parts) {
-                    tracing::warn!(status = %parts.status, refusal, "malformed upstream response refused");
-                    return Err(UpstreamFailure::Malformed);
+            let started = tokio::time::Instant::now();
+            let answer = self.pool.send(req, started + self.response_timeout).await;
+            let status = match &answer {
+                Ok(resp) => Some(resp.status().as_u16()),
+                _ => None,
+            };
+            let timed_out = matches!(answer, Err(pool::PoolError::Timeout));
+            self.metrics.upstream(status, timed_out, started.elapsed());
+            match answer {
+                Ok(resp) => {
+                    let (mut parts, body) = resp.into_parts();
+                    if let Err(refusal) = sanitise::inbound(&mut parts) {
+                        tracing::warn!(status = %parts.status, refusal, "malformed upstream response refused");
+                        return Err(UpstreamFailure::Malformed);
+                    }
+                    Ok(Response::from_parts(parts, body.boxed()))
                 }
-                Ok(Response::from_parts(parts, body.boxed()))
-            }
-            Err(pool::PoolError::Saturated) => {
-                tracing::warn!("every upstream connection is in use; request refused");
-                Err(UpstreamFailure::Saturated)
-            }
-            Err(pool::PoolError::Timeout) => {
-                tracing::warn!(timeout = ?self.response_timeout, "upstream did not answer in time");
-                Err(UpstreamFailure::Timeout)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
-                Err(UpstreamFailure::Unreachable)
+                Err(pool::PoolError::Saturated) => {
+                    tracing::warn!("every upstream connection is in use; request refused");
+                    Err(UpstreamFailure::Saturated)
+                }
+                Err(pool::PoolError::Timeout) => {
+                    tracing::warn!(timeout = ?self.response_timeout, "upstream did not answer in time");
+                    Err(UpstreamFailure::Timeout)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                    Err(UpstreamFailure::Unreachable)
+                }
             }
         }
     }

@@ -13,8 +13,13 @@
 //! update, where a timer made per request is a registration and a removal under the timer
 //! wheel's lock. A connect or a wait for a free connection is bounded by the same deadline.
 //!
+//! Idle connections are kept in a list per worker thread: a call takes the newest of its own
+//! thread's, another thread's when its own has none, and gives the connection back to its own
+//! thread's list, so the two sides of a call do not write to a lock every core shares.
+//!
 //! Bounds: at most `max_connections` connections open at once, idle or busy (a request that
-//! finds none free waits up to the connect timeout, then fails); at most `max_idle` idle ones,
+//! finds none free waits up to the connect timeout, then fails); at most `max_idle` idle ones
+//! (each thread's list holds its share),
 //! none reused or kept open after `idle_timeout` (the server sweeps them, [`Pool::sweep`]); a
 //! response body that sends nothing for `body_idle_timeout` is aborted, on both sides. A
 //! connection
@@ -112,8 +117,22 @@ pub struct Limits {
     pub per_runtime: bool,
 }
 
-pub struct Pool {
+/// One thread's list of idle connections, on cache lines of its own.
+#[repr(align(128))]
+struct Shard {
     idle: Mutex<Vec<Idle>>,
+    /// Its share of `max_idle`.
+    max: usize,
+}
+
+/// Aligned so that the reference count each response body takes (`PooledBody`) sits on a
+/// cache line apart from the fields every call reads.
+#[repr(align(128))]
+pub struct Pool {
+    /// Idle connections, one list per worker thread (`crate::stripe`): a thread takes from
+    /// and returns to its own, and takes from another's only when its own has none. One list
+    /// for all was a lock and a cache line that both cores wrote twice per call.
+    shards: Box<[Shard]>,
     places: Arc<tokio::sync::Semaphore>,
     limits: Limits,
     endpoint: Endpoint,
@@ -121,33 +140,58 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(endpoint: Endpoint, limits: Limits) -> Arc<Self> {
+        // A list per core, each with a share of `max_idle` (at least one: never more lists
+        // than `max_idle`).
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let n = cores.min(limits.max_idle).max(1);
+        let shards = (0..n)
+            .map(|i| Shard {
+                idle: Mutex::new(Vec::new()),
+                max: limits.max_idle / n + usize::from(i < limits.max_idle % n),
+            })
+            .collect();
         Arc::new(Self {
-            idle: Mutex::new(Vec::new()),
+            shards,
             places: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             limits,
             endpoint,
         })
     }
 
+    /// This thread's list first, then the others in turn.
+    fn shards_from_here(&self) -> impl Iterator<Item = &Shard> {
+        let n = self.shards.len();
+        let home = crate::stripe::of_thread() % n;
+        (0..n).map(move |k| &self.shards[(home + k) % n])
+    }
+
     /// Sends `req` and waits for the response head until `deadline`; the body streams from
     /// the returned response and gives the connection back when it ends.
-    pub async fn send(
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice (as arguments and as locals), and this future is copied on every forwarded call"
+    )]
+    pub fn send(
         self: &Arc<Self>,
         req: Request<Body>,
         deadline: tokio::time::Instant,
-    ) -> Result<Response<PooledBody>, PoolError> {
-        // The connect path (TCP, TLS handshake) is rare and its future is large (~4 KiB);
-        // boxed, it stays out of every forwarded call's future, which hyper moves per request.
-        let (conn, reused) = match self.checkout().await {
-            Some(c) => (c, true),
-            None => (Box::pin(self.connect_by(deadline)).await?, false),
-        };
-        match exchange(conn, req, deadline).await {
-            Ok((resp, conn)) => Ok(self.wrap(resp, conn)),
-            // A reused connection that died before the request was written: once more, fresh.
-            Err(Failed::NotSent(req, _)) if reused => Box::pin(self.retry(*req, deadline)).await,
-            Err(Failed::NotSent(_, e) | Failed::Sent(e)) => Err(e.into()),
-            Err(Failed::Late) => Err(PoolError::Timeout),
+    ) -> impl Future<Output = Result<Response<PooledBody>, PoolError>> {
+        async move {
+            // The connect path (TCP, TLS handshake) is rare and its future is large (~4 KiB);
+            // boxed, it stays out of every forwarded call's future, which hyper moves per request.
+            let (conn, reused) = match self.checkout().await {
+                Some(c) => (c, true),
+                None => (Box::pin(self.connect_by(deadline)).await?, false),
+            };
+            match exchange(conn, req, deadline).await {
+                Ok((resp, conn)) => Ok(self.wrap(resp, conn)),
+                // A reused connection that died before the request was written: once more, fresh.
+                Err(Failed::NotSent(req, _)) if reused => {
+                    Box::pin(self.retry(*req, deadline)).await
+                }
+                Err(Failed::NotSent(_, e) | Failed::Sent(e)) => Err(e.into()),
+                Err(Failed::Late) => Err(PoolError::Timeout),
+            }
         }
     }
 
@@ -181,47 +225,56 @@ impl Pool {
         })
     }
 
-    /// The most recently used idle connection of this runtime that is still open and ready.
-    /// With `[server] workers = "per-core"` each worker thread has a runtime of its own, and a
-    /// connection is only taken by the runtime that made it: its socket is registered with that
-    /// runtime's reactor and its deadline with that runtime's timers, so another worker would
-    /// be woken through a second thread, and would fail once the first has stopped.
+    /// The most recently used idle connection of this runtime that is still open and ready,
+    /// from this thread's list if it has one. With `[server] workers = "per-core"` each worker
+    /// thread has a runtime of its own, and a connection is only taken by the runtime that
+    /// made it: its socket is registered with that runtime's reactor and its deadline with
+    /// that runtime's timers, so another worker would be woken through a second thread, and
+    /// would fail once the first has stopped.
     async fn checkout(&self) -> Option<Conn> {
         // One runtime (the default) needs no look-up of which one this is.
         let here = self
             .limits
             .per_runtime
             .then(|| tokio::runtime::Handle::current().id());
-        loop {
-            let (idle, expired) = {
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let expired = self.take_expired(&mut idle);
-                // Newest last.
-                let taken = match here {
-                    None => idle.pop(),
-                    Some(here) => idle
-                        .iter()
-                        .rposition(|i| i.conn.runtime == here)
-                        .map(|at| idle.remove(at)),
-                };
-                (taken, expired)
-            };
-            // Closed outside the lock.
-            drop(expired);
-            let mut conn = idle?.conn;
-            // One poll lets the connection read a close (EOF) or finish its keep-alive
-            // bookkeeping; then the sender says whether a request can go.
-            let usable = std::future::poll_fn(|cx| {
-                if conn.drive(cx) {
-                    return Poll::Ready(false);
+        for shard in self.shards_from_here() {
+            while let Some(mut conn) = self.take_idle(shard, here) {
+                // One poll lets the connection read a close (EOF) or finish its keep-alive
+                // bookkeeping; then the sender says whether a request can go.
+                let usable = std::future::poll_fn(|cx| {
+                    if conn.drive(cx) {
+                        return Poll::Ready(false);
+                    }
+                    Poll::Ready(matches!(conn.sender.poll_ready(cx), Poll::Ready(Ok(()))))
+                })
+                .await;
+                if usable {
+                    return Some(conn);
                 }
-                Poll::Ready(matches!(conn.sender.poll_ready(cx), Poll::Ready(Ok(()))))
-            })
-            .await;
-            if usable {
-                return Some(conn);
             }
         }
+        None
+    }
+
+    /// The newest idle connection of `shard` for the runtime `here` (any, for `None`), after
+    /// closing the shard's expired ones.
+    fn take_idle(&self, shard: &Shard, here: Option<tokio::runtime::Id>) -> Option<Conn> {
+        let (taken, expired) = {
+            let mut idle = shard.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let expired = self.take_expired(&mut idle);
+            // Newest last.
+            let taken = match here {
+                None => idle.pop(),
+                Some(here) => idle
+                    .iter()
+                    .rposition(|i| i.conn.runtime == here)
+                    .map(|at| idle.remove(at)),
+            };
+            (taken, expired)
+        };
+        // Closed outside the lock.
+        drop(expired);
+        taken.map(|i| i.conn)
     }
 
     /// The idle connections past `idle_timeout`, taken out of the list.
@@ -237,27 +290,37 @@ impl Pool {
     /// Closes the idle connections past `idle_timeout`. Taking a connection does this too;
     /// this is for a quiet proxy, which would otherwise hold them open.
     pub fn sweep(&self) {
-        let expired = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            self.take_expired(&mut idle)
-        };
-        drop(expired);
+        for shard in self.shards.iter() {
+            let expired = {
+                let mut idle = shard.idle.lock().unwrap_or_else(|p| p.into_inner());
+                self.take_expired(&mut idle)
+            };
+            drop(expired);
+        }
     }
 
     pub fn idle_timeout(&self) -> Duration {
         self.limits.idle_timeout
     }
 
+    /// Keeps `conn` for the next call: in this thread's list, or another's when this one is
+    /// full (the lists' shares add up to `max_idle`); closed when all are.
     fn checkin(&self, conn: Conn) {
         if conn.driver.is_none() || conn.sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.limits.max_idle {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+        let mut conn = Some(conn);
+        for shard in self.shards_from_here() {
+            let mut idle = shard.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < shard.max
+                && let Some(conn) = conn.take()
+            {
+                idle.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+                return;
+            }
         }
     }
 
@@ -318,38 +381,44 @@ enum Failed {
 
 /// Sends one request on `conn`, polling the connection in this task until the head arrives
 /// or `deadline` passes.
-async fn exchange(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice (as arguments and as locals), and this future is copied on every forwarded call"
+)]
+fn exchange(
     mut conn: Conn,
     req: Request<Body>,
     deadline: tokio::time::Instant,
-) -> Result<(Response<Incoming>, Conn), Failed> {
-    conn.deadline.as_mut().reset(deadline);
-    let mut answer = std::pin::pin!(conn.sender.try_send_request(req));
-    let mut ended = false;
-    let result = std::future::poll_fn(|cx| {
-        if !ended {
-            ended = conn.drive(cx);
-        }
-        match answer.as_mut().poll(cx) {
-            Poll::Ready(r) => Poll::Ready(Some(r)),
-            _ if conn.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(None),
-            // The connection ended without answering and is dropped: hyper fails the queued
-            // request, so the answer is ready on the next poll.
-            Poll::Pending if ended => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
+) -> impl Future<Output = Result<(Response<Incoming>, Conn), Failed>> {
+    async move {
+        conn.deadline.as_mut().reset(deadline);
+        let mut answer = std::pin::pin!(conn.sender.try_send_request(req));
+        let mut ended = false;
+        let result = std::future::poll_fn(|cx| {
+            if !ended {
+                ended = conn.drive(cx);
             }
-            Poll::Pending => Poll::Pending,
+            match answer.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                _ if conn.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(None),
+                // The connection ended without answering and is dropped: hyper fails the queued
+                // request, so the answer is ready on the next poll.
+                Poll::Pending if ended => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match result {
+            Some(Ok(resp)) => Ok((resp, conn)),
+            Some(Err(mut e)) => match e.take_message() {
+                Some(req) => Err(Failed::NotSent(Box::new(req), e.into_error())),
+                None => Err(Failed::Sent(e.into_error())),
+            },
+            None => Err(Failed::Late),
         }
-    })
-    .await;
-    match result {
-        Some(Ok(resp)) => Ok((resp, conn)),
-        Some(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(Failed::NotSent(Box::new(req), e.into_error())),
-            None => Err(Failed::Sent(e.into_error())),
-        },
-        None => Err(Failed::Late),
     }
 }
 
@@ -431,6 +500,38 @@ impl Drop for PooledBody {
             && let Some(conn) = self.conn.take()
         {
             self.pool.checkin(conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_lists_share_max_idle_and_each_can_hold_one() {
+        for max_idle in [0, 1, 2, 3, 7, 256] {
+            let pool = Pool::new(
+                Endpoint {
+                    host: "127.0.0.1".into(),
+                    port: 9,
+                    tls: None,
+                    connect_timeout: Duration::from_secs(1),
+                },
+                Limits {
+                    max_connections: 8,
+                    max_idle,
+                    idle_timeout: Duration::from_secs(1),
+                    body_idle_timeout: Duration::from_secs(1),
+                    per_runtime: false,
+                },
+            );
+            let shares: Vec<usize> = pool.shards.iter().map(|s| s.max).collect();
+            assert_eq!(shares.iter().sum::<usize>(), max_idle, "{shares:?}");
+            assert!(
+                max_idle == 0 || shares.iter().all(|m| *m >= 1),
+                "a list that can hold nothing: {shares:?}"
+            );
         }
     }
 }

@@ -24,6 +24,7 @@ use http::uri::Authority;
 
 use crate::domain::Identity;
 
+/// `Connection` first: [`hop_by_hop_present`]'s bit 0.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -42,33 +43,52 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Which of [`HOP_BY_HOP`] a message carries, one bit each (bit 0: `Connection`), found in
+/// one pass over its names: a removal hashes the name (and a name outside the standard set,
+/// "keep-alive" or "proxy-connection", byte by byte), while most messages carry none of them
+/// or only `Connection`, and comparing a name with a standard one is one byte.
+fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
+    headers
+        .keys()
+        .fold(0, |found, k| match HOP_BY_HOP.iter().position(|n| n == k) {
+            Some(i) => found | 1 << i,
+            None => found,
+        })
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let found = hop_by_hop_present(headers);
+    if found == 0 {
+        return;
+    }
     // The names a `Connection` value lists are removed by `&str`, which parses them without
     // making a `HeaderName` (that allocates for every name outside the standard set,
     // "keep-alive" included). Most messages carry one `Connection` line: it is taken out whole
     // (a reference count); several lines are copied first.
-    let mut lines = headers.get_all(header::CONNECTION).iter();
-    match (lines.next().is_some(), lines.next().is_some()) {
-        (false, _) => {}
-        (true, false) => {
+    if found & 1 != 0 {
+        let mut lines = headers.get_all(header::CONNECTION).iter();
+        lines.next();
+        if lines.next().is_none() {
             if let Some(line) = headers.remove(header::CONNECTION) {
                 remove_listed(headers, &line);
             }
-        }
-        (true, true) => {
+        } else {
             let all: Vec<HeaderValue> = headers
                 .get_all(header::CONNECTION)
                 .iter()
                 .cloned()
                 .collect();
+            headers.remove(header::CONNECTION);
             for line in &all {
                 remove_listed(headers, line);
             }
         }
     }
-    for n in HOP_BY_HOP.iter() {
-        headers.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if found & 1 << i != 0 {
+            headers.remove(n);
+        }
     }
 }
 
@@ -120,20 +140,18 @@ pub fn is_protected(name: &str) -> bool {
 }
 
 /// Removes what a client must not pass upstream ([`is_protected`]): its credentials, and any
-/// identity or forwarding header it made up (tokengate sets its own).
-pub fn strip_client_credentials(headers: &mut HeaderMap) {
-    // The credential headers go by name (no allocation on the hot path); a scan finds the
-    // rest, which only a client that made one up has.
+/// identity or forwarding header it made up (tokengate sets its own), but not `keep`
+/// (tokengate's own request id, which `server::access` put there).
+fn strip_client_credentials(headers: &mut HeaderMap, keep: &HeaderName) {
+    // `Authorization`, the usual credential, goes by name (a standard name hashes in one
+    // step); a scan finds the rest, which only a client that made one up (or a Bulk API
+    // client's `X-SFDC-Session`) has.
     headers.remove(header::AUTHORIZATION);
-    headers.remove(crate::wire::credentials::X_SFDC_SESSION);
-    if !headers.keys().any(|k| is_protected(k.as_str())) {
+    let protected = |k: &HeaderName| k != keep && is_protected(k.as_str());
+    if !headers.keys().any(protected) {
         return;
     }
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_protected(k.as_str()))
-        .cloned()
-        .collect();
+    let doomed: Vec<HeaderName> = headers.keys().filter(|k| protected(k)).cloned().collect();
     for k in doomed {
         headers.remove(k);
     }
@@ -271,10 +289,15 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
 /// Makes a client's request headers fit to leave for the upstream (module docs).
 pub fn outbound(h: &mut HeaderMap, o: Outbound<'_>) {
     // The request id on the request is tokengate's (`server::access` replaced the client's):
-    // kept even if the client's `Connection` header names it.
-    let request_id = h.remove(X_REQUEST_ID);
-    strip_hop_by_hop(h);
-    strip_client_credentials(h);
+    // kept even if the client's `Connection` header names it, and not a protected name here.
+    // Taken out (a hash of its name, and another to put it back) only when a hop-by-hop
+    // header could name it.
+    let hop = hop_by_hop_present(h) != 0;
+    let request_id = if hop { h.remove(X_REQUEST_ID) } else { None };
+    if hop {
+        strip_hop_by_hop(h);
+    }
+    strip_client_credentials(h, &X_REQUEST_ID);
     clean_cookies(h, o.from_http2, o.who.is_none());
     if let Some(who) = o.who {
         if let Some(v) = who.username {
@@ -422,7 +445,9 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         h.insert("x_custom_header", HeaderValue::from_static("kept"));
         h.insert("x-tokengateway", HeaderValue::from_static("kept"));
-        strip_client_credentials(&mut h);
-        assert_eq!(h.len(), 3, "{h:?}");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("tokengate's own"));
+        strip_client_credentials(&mut h, &X_REQUEST_ID);
+        assert_eq!(h.len(), 4, "{h:?}");
+        assert_eq!(h[X_REQUEST_ID], "tokengate's own");
     }
 }

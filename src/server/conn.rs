@@ -418,7 +418,7 @@ async fn serve(
     let conn = Conn {
         peer,
         listener,
-        local: Arc::new(PerConnection::new(&app, peer.ip())),
+        local: Arc::new(PerConnection::new(app.clone(), peer.ip())),
         tls: session.protocol_version().map(|v| match v {
             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
@@ -437,7 +437,6 @@ async fn serve(
     let service = {
         let (app, activity) = (app.clone(), activity.clone());
         service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            let app = app.clone();
             let in_flight = InFlight::begin(&activity);
             // The request id, set on the request before any handler sees it (the upstream
             // gets it), in the request's task-local context (every log line about it), on the
@@ -455,7 +454,7 @@ async fn serve(
             async move {
                 // Boxed: the request's future (up to 4 KiB, `routes`) would otherwise be copied
                 // again by each wrapper that holds it on its way into hyper's slot.
-                let handling = Box::pin(routes::handle(app, req, conn));
+                let handling = Box::pin(routes::handle(req, conn));
                 let r = access::scope(handling, request_id, line).await;
                 // In flight until the answer's body has been sent (or dropped): a download
                 // that streams for longer than `idle_timeout` is not an idle connection.

@@ -23,6 +23,9 @@ pub struct Conn {
 /// The per-connection part of the request path: what does not change from one request of a
 /// connection to the next is worked out once, at the handshake.
 pub struct PerConnection {
+    /// The server, held once per connection: a request borrows it from here rather than
+    /// taking a reference of its own, a count that every worker thread would write to.
+    pub app: Arc<App>,
     peer: IpAddr,
     /// Whether the peer is one of `[server] trusted_proxies` (only then is its
     /// `X-Forwarded-For` read).
@@ -35,12 +38,13 @@ pub struct PerConnection {
 }
 
 impl PerConnection {
-    pub(super) fn new(app: &App, peer: IpAddr) -> Self {
+    pub(super) fn new(app: Arc<App>, peer: IpAddr) -> Self {
         Self {
             peer,
             peer_trusted: is_trusted(&app.cfg.server.trusted_proxies, peer),
             peer_forwarded_for: crate::proxy::forwarded_for(peer),
             last_session: LastSession::default(),
+            app,
         }
     }
 

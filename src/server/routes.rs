@@ -28,89 +28,103 @@ use crate::wire::Body;
 const DRAIN_MAX: usize = 64 * 1024;
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
-    // A request with a body on HTTP/1 may be answered with some of it unread (the rare case:
-    // logins, uploads, refusals of either): what is left comes back to be drained.
-    let mut leftover = None;
-    let mut req = if req.version() < Version::HTTP_2 && !req.body().is_end_stream() {
-        req.map(|body| {
-            let (body, slot) = ReqBody::track(body);
-            leftover = Some(slot);
-            body
-        })
-    } else {
-        req.map(ReqBody::plain)
-    };
-    let hsts = app.cfg.server.hsts.clone();
-    let peer = Client {
-        ip: conn.local.client_ip(&app, req.headers()),
-        tls: conn.tls,
-    };
-    let checked = target::check(
-        req.method(),
-        req.version(),
-        req.uri(),
-        req.headers(),
-        &app.hosts,
-    )
-    .map(|t| (t.host, t.path.into_owned_if_changed()));
-    let host = match checked {
-        Ok((host, canonical)) => {
-            if let Some(path) = canonical {
-                set_path(&mut req, &path);
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice (as arguments and as locals), and this future is copied on every forwarded call"
+)]
+pub fn handle(req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> {
+    async move {
+        // Borrowed from the connection; the rare branches below take a reference of their own.
+        let app = &conn.local.app;
+        // A request with a body on HTTP/1 may be answered with some of it unread (the rare case:
+        // logins, uploads, refusals of either): what is left comes back to be drained.
+        let mut leftover = None;
+        let mut req = if req.version() < Version::HTTP_2 && !req.body().is_end_stream() {
+            req.map(|body| {
+                let (body, slot) = ReqBody::track(body);
+                leftover = Some(slot);
+                body
+            })
+        } else {
+            req.map(ReqBody::plain)
+        };
+        let hsts = app.cfg.server.hsts.clone();
+        let peer = Client {
+            ip: conn.local.client_ip(app, req.headers()),
+            tls: conn.tls,
+        };
+        let checked = target::check(
+            req.method(),
+            req.version(),
+            req.uri(),
+            req.headers(),
+            &app.hosts,
+        )
+        .map(|t| (t.host, t.path.into_owned_if_changed()));
+        let host = match checked {
+            Ok((host, canonical)) => {
+                if let Some(path) = canonical {
+                    set_path(&mut req, &path);
+                }
+                host
             }
-            host
-        }
-        Err(e) => {
-            // Refused before any handler: the body (a POST's, say) is left whole, and goes the
-            // way of every unread body, drained or announced with `Connection: close`.
-            let resp = refuse_target(e, req.uri().path());
-            drop(req);
-            let resp = match leftover {
-                Some(slot) => Box::pin(after_body(resp, slot)).await,
-                None => resp,
-            };
-            return with_hsts(resp, hsts);
-        }
-    };
-    // Every branch but the forwarded call is boxed: hyper moves this future once per request,
-    // and unboxed it would be as large as the largest branch (SOAP, the console), not the
-    // forwarded call that most requests are.
-    let path = req.uri().path();
-    let apart = conn.listener == Listener::Console || app.cfg.console.listen.is_some();
-    let resp = if apart && let Some(r) = elsewhere(&app, conn.listener, path) {
-        r
-    } else if path.starts_with("/tokengate/") && cross_site(&app, &req) {
-        Box::pin(refuse_cross_site(app, req)).await
-    } else if path.starts_with("/services/Soap/") {
-        Box::pin(soap::soap_call(app, req, peer, host)).await
-    } else {
-        // tokengate's own endpoints answer with or without a trailing slash.
-        match path
-            .strip_suffix('/')
-            .filter(|p| !p.is_empty())
-            .unwrap_or(path)
-        {
-            "/services/oauth2/token" => Box::pin(oauth::oauth_token(app, req, peer)).await,
-            "/services/oauth2/revoke" => Box::pin(oauth::oauth_revoke(app, req)).await,
-            "/services/oauth2/userinfo" => Box::pin(identity::userinfo(app, req, peer)).await,
-            "/tokengate/health" => health::health(),
-            "/tokengate/ready" => Box::pin(health::ready(&app)).await,
-            p if p.starts_with("/id/") => Box::pin(identity::identity(app, req, peer)).await,
-            p if super::target::is_console(p) => {
-                Box::pin(super::console::handle(app, req, peer)).await
+            Err(e) => {
+                // Refused before any handler: the body (a POST's, say) is left whole, and goes the
+                // way of every unread body, drained or announced with `Connection: close`.
+                let resp = refuse_target(e, req.uri().path());
+                drop(req);
+                let resp = match leftover {
+                    Some(slot) => Box::pin(after_body(resp, slot)).await,
+                    None => resp,
+                };
+                return with_hsts(resp, hsts);
             }
-            p if p == "/tokengate" || p.starts_with("/tokengate/") => {
-                Box::pin(super::api::handle(app, req, peer)).await
+        };
+        // Every branch but the forwarded call is boxed: hyper moves this future once per request,
+        // and unboxed it would be as large as the largest branch (SOAP, the console), not the
+        // forwarded call that most requests are.
+        let path = req.uri().path();
+        let apart = conn.listener == Listener::Console || app.cfg.console.listen.is_some();
+        let resp = if apart && let Some(r) = elsewhere(app, conn.listener, path) {
+            r
+        } else if path.starts_with("/tokengate/") && cross_site(app, &req) {
+            Box::pin(refuse_cross_site(app.clone(), req)).await
+        } else if path.starts_with("/services/Soap/") {
+            Box::pin(soap::soap_call(app.clone(), req, peer, host)).await
+        } else {
+            // tokengate's own endpoints answer with or without a trailing slash.
+            match path
+                .strip_suffix('/')
+                .filter(|p| !p.is_empty())
+                .unwrap_or(path)
+            {
+                "/services/oauth2/token" => {
+                    Box::pin(oauth::oauth_token(app.clone(), req, peer)).await
+                }
+                "/services/oauth2/revoke" => Box::pin(oauth::oauth_revoke(app.clone(), req)).await,
+                "/services/oauth2/userinfo" => {
+                    Box::pin(identity::userinfo(app.clone(), req, peer)).await
+                }
+                "/tokengate/health" => health::health(),
+                "/tokengate/ready" => Box::pin(health::ready(app)).await,
+                p if p.starts_with("/id/") => {
+                    Box::pin(identity::identity(app.clone(), req, peer)).await
+                }
+                p if super::target::is_console(p) => {
+                    Box::pin(super::console::handle(app.clone(), req, peer)).await
+                }
+                p if p == "/tokengate" || p.starts_with("/tokengate/") => {
+                    Box::pin(super::api::handle(app.clone(), req, peer)).await
+                }
+                _ => forward::forward(app, req, peer, host, &conn.local).await,
             }
-            _ => forward::forward(app, req, peer, host, &conn.local).await,
-        }
-    };
-    let resp = match leftover {
-        Some(slot) => Box::pin(after_body(resp, slot)).await,
-        None => resp,
-    };
-    with_hsts(resp, hsts)
+        };
+        let resp = match leftover {
+            Some(slot) => Box::pin(after_body(resp, slot)).await,
+            None => resp,
+        };
+        with_hsts(resp, hsts)
+    }
 }
 
 /// With the console on its own listener: the 404 for a path the listener that received it
@@ -242,20 +256,23 @@ async fn refuse_cross_site(app: Arc<App>, req: Request<ReqBody>) -> Response<Bod
 mod tests {
     use super::*;
 
-    /// The size of the future an async fn returns, without calling it.
-    fn future_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+    /// The size of the future a function returns, without calling it.
+    fn future_size<A, B, F: Future>(_: fn(A, B) -> F) -> usize {
         size_of::<F>()
     }
 
     #[test]
     fn a_request_future_stays_as_small_as_a_forwarded_call() {
-        // hyper moves the service's future into the connection's slot once per request; it was
-        // 7.3 KiB while the rare branches (SOAP, the console, the upstream's connect path)
-        // were inline, and copying it cost about 6 % of the session path's CPU.
+        // The request's future is copied into its box once per request, and each function on
+        // the forwarding path copies its callee's into its own; it was 7.3 KiB while the rare
+        // branches (SOAP, the console, the upstream's connect path) were inline (copying it
+        // cost about 6 % of the session path's CPU), then about 4 KiB while each `async fn`
+        // on the path kept its arguments twice.
         let size = future_size(handle);
         assert!(
-            size <= 4096,
-            "routes::handle's future is {size} bytes: box the large, rare branches"
+            size <= 3 * 1024,
+            "routes::handle's future is {size} bytes: box the large, rare branches, and keep \
+             the forwarding path's functions from holding their arguments twice"
         );
     }
 }

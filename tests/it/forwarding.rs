@@ -450,6 +450,17 @@ async fn unauthenticated_calls_get_the_rest_invalid_session_error() {
 
 #[tokio::test]
 async fn forwarded_calls_reuse_one_upstream_connection_and_replace_a_closed_one() {
+    reuse_one_upstream_connection().await;
+}
+
+/// The same on two worker threads: idle connections are kept per thread, and a call on the
+/// other thread takes the one idle connection rather than opening another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_any_worker_thread_reuse_the_idle_upstream_connection() {
+    reuse_one_upstream_connection().await;
+}
+
+async fn reuse_one_upstream_connection() {
     let up = Upstream::start().await;
     let ts = TestServer::start(&up.url()).await;
     let sid = logged_in(&ts, "pool@example.com").await;
@@ -457,7 +468,7 @@ async fn forwarded_calls_reuse_one_upstream_connection_and_replace_a_closed_one(
     let c = ts.client();
     let connections = || up.connections.load(std::sync::atomic::Ordering::SeqCst);
     // Sequential calls, bodies of every shape (a HEAD answer has none), one connection.
-    for i in 0..10 {
+    for i in 0..30 {
         let method = if i % 3 == 0 {
             Method::HEAD
         } else {

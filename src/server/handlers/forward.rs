@@ -18,56 +18,68 @@ use crate::server::{App, Client, ReqBody};
 use crate::wire::Body;
 
 /// Any other path: authenticate by session or Basic, then forward.
-pub async fn forward(
-    app: Arc<App>,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice (as arguments and as locals), and this future is copied on every forwarded call"
+)]
+pub fn forward(
+    app: &Arc<App>,
     req: Request<ReqBody>,
     peer: Client,
     host: Option<http::HeaderValue>,
     conn: &PerConnection,
-) -> Response<Body> {
-    let path = req.uri().path();
-    // The check costs one emptiness test when nothing is public (the default).
-    let public = &app.cfg.upstream.public_paths;
-    if !public.is_empty() && public.matches(path) {
-        return Box::pin(forward_public(app, req, conn.forwarded_for(peer.ip), host)).await;
-    }
-    let bulk_v1 = path.starts_with("/services/async/");
-    let dialect = if bulk_v1 {
-        refusal::Dialect::Bulk
-    } else {
-        refusal::Dialect::Rest
-    };
-    // What the login history records of a Basic login; not looked at for a session.
-    let login = || Login {
-        dialect: Dialect::Basic,
-        api_version: path
-            .strip_prefix("/services/data/v")
-            .or_else(|| path.strip_prefix("/services/async/"))
-            .and_then(|p| p.split('/').next()),
-        client: header_str(req.headers(), "user-agent"),
-        password_only: false,
-    };
-    let who = match caller::identify_on(
-        &app,
-        Credential::from_headers(req.headers()),
-        peer,
-        login,
-        Some(&conn.last_session),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(r) => return r.render(dialect),
-    };
-    app.upstream
-        .forward(
-            req.map(upstream_body),
-            conn.forwarded_for(peer.ip),
-            Some(who.identity()),
-            host,
+) -> impl Future<Output = Response<Body>> {
+    async move {
+        let path = req.uri().path();
+        // The check costs one emptiness test when nothing is public (the default).
+        let public = &app.cfg.upstream.public_paths;
+        if !public.is_empty() && public.matches(path) {
+            return Box::pin(forward_public(
+                app.clone(),
+                req,
+                conn.forwarded_for(peer.ip),
+                host,
+            ))
+            .await;
+        }
+        let bulk_v1 = path.starts_with("/services/async/");
+        let dialect = if bulk_v1 {
+            refusal::Dialect::Bulk
+        } else {
+            refusal::Dialect::Rest
+        };
+        // What the login history records of a Basic login; not looked at for a session.
+        let login = || Login {
+            dialect: Dialect::Basic,
+            api_version: path
+                .strip_prefix("/services/data/v")
+                .or_else(|| path.strip_prefix("/services/async/"))
+                .and_then(|p| p.split('/').next()),
+            client: header_str(req.headers(), "user-agent"),
+            password_only: false,
+        };
+        let who = match caller::identify_on(
+            app,
+            Credential::from_headers(req.headers()),
+            peer,
+            login,
+            Some(&conn.last_session),
         )
         .await
-        .unwrap_or_else(|failure| refusal::Refusal::Upstream(failure).render(dialect))
+        {
+            Ok(c) => c,
+            Err(r) => return r.render(dialect),
+        };
+        app.upstream
+            .forward(
+                req.map(upstream_body),
+                conn.forwarded_for(peer.ip),
+                Some(who.identity()),
+                host,
+            )
+            .await
+            .unwrap_or_else(|failure| refusal::Refusal::Upstream(failure).render(dialect))
+    }
 }
 
 /// A public path: whatever credential the request carries is not looked at, and
