@@ -145,7 +145,8 @@ impl MetricConstructor<Count> for NewCount {
 }
 
 /// A histogram of durations, in seconds: one counter per bucket (`bounds`, then +Inf) and
-/// their sum in nanoseconds.
+/// their sum in microseconds (a sum in nanoseconds would wrap after 584 years of observed
+/// time, which a busy server with long calls reaches in months).
 #[derive(Clone)]
 pub struct Durations {
     bank: Arc<Bank>,
@@ -171,8 +172,8 @@ impl Durations {
             .position(|b| secs <= *b)
             .unwrap_or(self.bounds.len());
         self.bank.add(self.first + bucket, 1);
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.bank.add(self.sum_slot(), nanos);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.bank.add(self.sum_slot(), micros);
     }
 
     fn sum_slot(&self) -> usize {
@@ -205,7 +206,7 @@ impl EncodeMetric for Durations {
             .iter()
             .map(|(_, n)| n)
             .fold(0u64, |a, n| a.wrapping_add(*n));
-        let sum = self.bank.total(self.sum_slot()) as f64 / 1e9;
+        let sum = self.bank.total(self.sum_slot()) as f64 / 1e6;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 

@@ -51,6 +51,9 @@ pub struct RequestIds {
     /// replicas (or restarts) do not collide.
     prefix: [u8; 16],
     next: AtomicU64,
+    /// Which generator of the process this is (from 1): the owner of a thread's block
+    /// ([`RequestIds::next_number`]). Not its address, which a later generator may reuse.
+    serial: u64,
 }
 
 impl RequestIds {
@@ -63,9 +66,11 @@ impl RequestIds {
             prefix[2 * i] = HEX[usize::from(b >> 4)];
             prefix[2 * i + 1] = HEX[usize::from(b & 0xf)];
         }
+        static SERIALS: AtomicU64 = AtomicU64::new(1);
         Ok(Self {
             prefix,
             next: AtomicU64::new(1),
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -88,10 +93,10 @@ impl RequestIds {
     /// they are no longer in arrival order across threads (they never were a clock).
     fn next_number(&self) -> u64 {
         thread_local! {
-            /// (the generator's address, next, end): whose block this thread holds.
-            static BLOCK: std::cell::Cell<(usize, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
+            /// (the generator's serial, next, end): whose block this thread holds.
+            static BLOCK: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
         }
-        let me = std::ptr::from_ref(self) as usize;
+        let me = self.serial;
         BLOCK.with(|b| {
             let (owner, mut next, mut end) = b.get();
             if owner != me || next == end {
@@ -469,6 +474,21 @@ mod tests {
         let all: Vec<&String> = made.iter().flatten().collect();
         let distinct: std::collections::HashSet<&&String> = all.iter().collect();
         assert_eq!(distinct.len(), all.len(), "a request id was made twice");
+        // A generator made after another was dropped (a server restarted in one process) may
+        // sit at the same address: it does not continue the old one's block on this thread.
+        let old = Box::new(RequestIds::new().unwrap());
+        old.generate();
+        drop(old);
+        let new = Box::new(RequestIds::new().unwrap());
+        let ids: Vec<String> = (0..ID_BLOCK + 1)
+            .map(|_| new.generate().to_str().unwrap().to_owned())
+            .collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            ids.len(),
+            "a restarted generator repeated an id"
+        );
     }
 
     #[test]
