@@ -59,6 +59,11 @@ fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let found = hop_by_hop_present(headers);
+    strip_found(headers, found);
+}
+
+/// [`strip_hop_by_hop`] for the names `found` ([`hop_by_hop_present`]) says are there.
+fn strip_found(headers: &mut HeaderMap, found: u16) {
     if found == 0 {
         return;
     }
@@ -292,11 +297,13 @@ pub fn outbound(h: &mut HeaderMap, o: Outbound<'_>) {
     // kept even if the client's `Connection` header names it, and not a protected name here.
     // Taken out (a hash of its name, and another to put it back) only when a hop-by-hop
     // header could name it.
-    let hop = hop_by_hop_present(h) != 0;
-    let request_id = if hop { h.remove(X_REQUEST_ID) } else { None };
-    if hop {
-        strip_hop_by_hop(h);
-    }
+    let hop = hop_by_hop_present(h);
+    let request_id = if hop != 0 {
+        h.remove(X_REQUEST_ID)
+    } else {
+        None
+    };
+    strip_found(h, hop);
     strip_client_credentials(h, &X_REQUEST_ID);
     clean_cookies(h, o.from_http2, o.who.is_none());
     if let Some(who) = o.who {
