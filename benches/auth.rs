@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokengate::admin::{NewUser, Users};
+use tokengate::auth::last::LastCredential;
 use tokengate::auth::session::Sessions;
 use tokengate::auth::{Attempt, Authenticator};
 use tokengate::config::Config;
@@ -203,6 +204,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("basic_cache_hit", |b| {
         b.iter(|| login(&f.cached, "bench@example.com", &f.secret, Dialect::Basic).unwrap())
     });
+    // The forwarding path's case: a keep-alive connection presenting the same credential it
+    // presented last (`auth::last`), which skips the cache key's keyed hash.
+    let last = LastCredential::default();
+    c.bench_function("basic_cache_hit_same_connection", |b| {
+        b.iter(|| {
+            let a = attempt(
+                "bench@example.com",
+                black_box(&f.secret),
+                Dialect::Basic,
+                LOCAL,
+            );
+            rt.block_on(f.cached.login_on(&a, Some(&last))).unwrap()
+        })
+    });
     c.bench_function("token_mismatch_rejection", |b| {
         b.iter(|| login(&f.cold, "bench@example.com", &f.wrong_token, Dialect::Soap).unwrap_err())
     });
@@ -250,6 +265,13 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("session_lookup", |b| {
         b.iter(|| f.sessions.lookup(black_box(&f.sid), LOCAL).unwrap())
+    });
+    c.bench_function("session_lookup_same_connection", |b| {
+        b.iter(|| {
+            f.sessions
+                .lookup_on(black_box(&f.sid), LOCAL, &last)
+                .unwrap()
+        })
     });
 }
 

@@ -5,7 +5,8 @@
 //! token a secret carries (`token_match`), and what a decided login records (`record`).
 //!
 //! The order of the steps:
-//! 1. the verified-credential cache: a hit costs two keyed hashes and one record lookup;
+//! 1. the verified-credential cache: a hit costs a keyed hash (none when the connection
+//!    presented the same credential last: `last`) and one record lookup;
 //! 2. rate limits per address and per username, before any hashing;
 //! 3. the user (or a dummy record for unknown and disabled users, so they walk the same steps);
 //! 4. the user's login ranges, then the token with a keyed hash in constant time (or, from a
@@ -19,6 +20,7 @@
 
 pub mod cache;
 mod hash_pool;
+pub mod last;
 mod record;
 pub mod refresh;
 pub mod session;
@@ -37,6 +39,7 @@ use crate::secret::Secrets;
 use crate::store::{Store, StoreError, User};
 use cache::CredentialCache;
 pub use hash_pool::HashPool;
+use last::{Kind, LastCredential};
 use record::outcome_of;
 pub use token_match::TokenUsed;
 
@@ -252,8 +255,20 @@ impl Authenticator {
 
     /// Verifies a login attempt in any dialect and records it in the login history.
     pub async fn login(&self, a: &Attempt<'_>) -> Result<Verified, AuthError> {
+        self.login_on(a, None).await
+    }
+
+    /// [`Self::login`] for an attempt on a connection that remembers the last credential it
+    /// presented ([`LastCredential`]): the same username and secret again skip the keyed hash
+    /// that names them in the credential cache. Nothing else is skipped: the cache entry and
+    /// the user's current record are checked as on every other attempt.
+    pub async fn login_on(
+        &self,
+        a: &Attempt<'_>,
+        last: Option<&LastCredential>,
+    ) -> Result<Verified, AuthError> {
         let started = std::time::Instant::now();
-        let (result, cached) = self.login_unrecorded(a).await;
+        let (result, cached) = self.login_unrecorded(a, last).await;
         if cached {
             self.metrics.cache_hit();
         }
@@ -280,14 +295,22 @@ impl Authenticator {
     }
 
     /// The result, and whether it came from the cache.
-    async fn login_unrecorded(&self, a: &Attempt<'_>) -> (Result<Verified, AuthError>, bool) {
-        match self.login_inner(a).await {
+    async fn login_unrecorded(
+        &self,
+        a: &Attempt<'_>,
+        last: Option<&LastCredential>,
+    ) -> (Result<Verified, AuthError>, bool) {
+        match self.login_inner(a, last).await {
             Ok((v, cached)) => (Ok(v), cached),
             Err(e) => (Err(e), false),
         }
     }
 
-    async fn login_inner(&self, a: &Attempt<'_>) -> Result<(Verified, bool), AuthError> {
+    async fn login_inner(
+        &self,
+        a: &Attempt<'_>,
+        last: Option<&LastCredential>,
+    ) -> Result<(Verified, bool), AuthError> {
         if a.username.is_empty()
             || a.username.len() > 256
             || a.secret.is_empty()
@@ -296,8 +319,15 @@ impl Authenticator {
             return Err(AuthError::Rejected(Reason::Malformed));
         }
         let canonical = canonical_cow(a.username);
-        let trusted = self.trusted(a.ip) || a.password_only;
-        let key = self.cache.key(&canonical, a.secret);
+        let parts = [canonical.as_bytes(), a.secret.as_bytes()];
+        let remembered = last.and_then(|l| l.key(Kind::Basic, parts));
+        let key = remembered.unwrap_or_else(|| self.cache.key(&canonical, a.secret));
+        // Remembered once the credential has proved itself, and only when it is new.
+        let remember = |key| {
+            if let (Some(last), None) = (last, remembered) {
+                last.remember(Kind::Basic, parts, key);
+            }
+        };
         let now = crate::now_secs();
         if let Some(hit) = self.cache.get(&key, now) {
             match self.store.user_by_name(&canonical)? {
@@ -306,7 +336,8 @@ impl Authenticator {
                         && user.epoch == hit.epoch
                         && !user.disabled
                         && !user.lockout.is_locked(now)
-                        && (!hit.password_only || trusted)
+                        // The trusted networks (a lock) are read only for a password alone.
+                        && (!hit.password_only || a.password_only || self.trusted(a.ip))
                         && (a.relax_ranges || user.allows(a.ip))
                         && hit.named.as_ref().is_none_or(|(serial, _)| {
                             user.named_tokens.iter().any(|t| t.serial == *serial)
@@ -331,6 +362,7 @@ impl Authenticator {
                         superseded: hit.superseded,
                         token,
                     };
+                    remember(key);
                     return Ok((v, true));
                 }
                 _ => self.cache.remove(&key),
@@ -340,14 +372,16 @@ impl Authenticator {
         if let Err(retry_after) = self.limits().check(a.ip, &canonical) {
             return Err(AuthError::RateLimited { retry_after });
         }
+        let trusted = a.password_only || self.trusted(a.ip);
         // A miss runs argon2 on the hashing pool and writes the history: boxed, so a cached
         // Basic call's future (moved by hyper once per request) does not carry its state.
-        Box::pin(
+        let verified = Box::pin(
             self.cache
                 .single_flight(key, || self.verify(a, &canonical, trusted)),
         )
-        .await
-        .map(|v| (v, false))
+        .await?;
+        remember(key);
+        Ok((verified, false))
     }
 
     /// Several replicas on one database: the user's logins are also counted in the database,

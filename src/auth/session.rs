@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use super::last::{Kind, LastCredential};
 use crate::domain::Identity;
 use crate::secret::{Domain, SecretError, Secrets, Tag};
 use crate::store::{
@@ -127,26 +128,6 @@ impl Session {
     /// Whether the user's state still allows this session (any client address).
     fn current(&self) -> bool {
         self.epoch == self.live.load(Ordering::Acquire)
-    }
-}
-
-/// The last session id a connection presented, and its key ([`Sessions::lookup_on`]): a
-/// client logs in once and sends the same id on every call of a keep-alive connection, so the
-/// keyed hash of the id is computed once per connection, not once per call. The id is the
-/// connection's own (it sent it); it is compared in constant time all the same.
-#[derive(Default)]
-pub struct LastSession(std::sync::Mutex<Option<(Box<[u8]>, Tag)>>);
-
-impl LastSession {
-    fn key(&self, sid: &str) -> Option<Tag> {
-        use subtle::ConstantTimeEq as _;
-        let slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (id, key) = slot.as_ref()?;
-        bool::from(id.as_ref().ct_eq(sid.as_bytes())).then_some(*key)
-    }
-
-    fn remember(&self, sid: &str, key: Tag) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((sid.as_bytes().into(), key));
     }
 }
 
@@ -556,26 +537,27 @@ impl Sessions {
         self.lookup_key(sid, &self.key(sid), ip)
     }
 
-    /// [`Self::lookup`] on a connection that remembers the last session id it presented and
-    /// that id's key: the same id again skips the keyed hash. Only the hash is skipped; the
+    /// [`Self::lookup`] on a connection that remembers the last credential it presented and
+    /// its key ([`LastCredential`]): the same id again skips the keyed hash. Only the hash is skipped; the
     /// session is looked up and checked as on every other use.
     pub fn lookup_on(
         &self,
         sid: &str,
         ip: IpAddr,
-        last: &LastSession,
+        last: &LastCredential,
     ) -> Result<Option<Arc<Session>>, StoreError> {
         if sid.is_empty() || sid.len() > MAX_SESSION_ID_LEN {
             return Ok(None);
         }
-        if let Some(key) = last.key(sid) {
+        let parts = [sid.as_bytes(), &[]];
+        if let Some(key) = last.key(Kind::Session, parts) {
             return self.lookup_key(sid, &key, ip);
         }
         let key = self.key(sid);
         let found = self.lookup_key(sid, &key, ip)?;
         // Only an id that named a live session is worth remembering.
         if found.is_some() {
-            last.remember(sid, key);
+            last.remember(Kind::Session, parts, key);
         }
         Ok(found)
     }

@@ -24,7 +24,8 @@ use http::HeaderMap;
 use super::refusal::Refusal;
 use super::{App, Client};
 use crate::auth::Attempt;
-use crate::auth::session::{LastSession, Session};
+use crate::auth::last::LastCredential;
+use crate::auth::session::Session;
 use crate::domain::{Dialect, Identity};
 use crate::store::User;
 use crate::wire::credentials::{self, HeaderCredential};
@@ -200,14 +201,15 @@ pub async fn identify<'a>(
     identify_on(app, credential, peer, login, None).await
 }
 
-/// [`identify`] for a request on a connection that remembers its last session id
-/// ([`LastSession`]: the forwarding path, where a client sends the same id call after call).
+/// [`identify`] for a request on a connection that remembers its last credential
+/// ([`LastCredential`]: the forwarding path, where a client sends the same session id or the
+/// same Basic credentials call after call).
 pub async fn identify_on<'a>(
     app: &App,
     credential: Credential<'_>,
     peer: Client,
     login: impl FnOnce() -> Login<'a>,
-    last: Option<&LastSession>,
+    last: Option<&LastCredential>,
 ) -> Result<Caller, Refusal> {
     match credential {
         Credential::Session(sid) => match match last {
@@ -235,7 +237,7 @@ pub async fn identify_on<'a>(
                 password_only: login.password_only,
                 relax_ranges: false,
             };
-            let result = app.auth.login(&attempt).await;
+            let result = app.auth.login_on(&attempt, last).await;
             // Successes are in the login history; failures are worth a log line too.
             if result.is_err() {
                 super::access::log_login(login.dialect.as_str(), username, &result, login.client);

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::App;
-use crate::auth::session::LastSession;
+use crate::auth::last::LastCredential;
 /// What the server knows of a connection.
 #[derive(Clone)]
 pub struct Conn {
@@ -33,8 +33,9 @@ pub struct PerConnection {
     /// The peer's address as an `X-Forwarded-For` value: what the upstream is told for every
     /// request whose client is the peer itself (all of them, unless the peer is a proxy).
     peer_forwarded_for: http::HeaderValue,
-    /// The last session id presented on the connection, and its key.
-    pub last_session: LastSession,
+    /// The last credential presented on the connection (a session id or Basic credentials),
+    /// and its key.
+    pub last_credential: LastCredential,
 }
 
 impl PerConnection {
@@ -43,7 +44,7 @@ impl PerConnection {
             peer,
             peer_trusted: is_trusted(&app.cfg.server.trusted_proxies, peer),
             peer_forwarded_for: crate::proxy::forwarded_for(peer),
-            last_session: LastSession::default(),
+            last_credential: LastCredential::default(),
             app,
         }
     }

@@ -299,6 +299,64 @@ async fn basic_credentials_on_a_proxied_call_are_accepted_and_not_forwarded() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_repeating_basic_credentials_is_checked_on_every_call() {
+    // A connection remembers the last Basic credential it presented (to skip hashing it
+    // again); what it remembers must never stand in for another secret or another user, nor
+    // outlive a change to the user. A proxy in front of tokengate sends many clients' calls
+    // over one connection, so the attacker is the next request on it.
+    let up = Upstream::start().await;
+    let ts = TestServer::start(&up.url()).await;
+    let t1 = ts.add_user("first@example.com").await;
+    let t2 = ts.add_user("second@example.com").await;
+    let first = basic("first@example.com", &format!("{PASSWORD}{t1}"));
+    let second = basic("second@example.com", &format!("{PASSWORD}{t2}"));
+    let mut off_by_one = t1.clone();
+    let last = off_by_one.pop().unwrap();
+    off_by_one.push(if last == 'A' { 'B' } else { 'A' });
+    let guesses = [
+        basic("first@example.com", &format!("{PASSWORD}{off_by_one}")),
+        basic("first@example.com", &format!("{PASSWORD}{t1}x")),
+        basic("first@example.com", &format!("{PASSWORD}{t2}")),
+        basic("first@example.com", PASSWORD),
+        basic("second@example.com", &format!("{PASSWORD}{t1}")),
+    ];
+    // One client, calls one after another: one keep-alive connection.
+    let client = ts.client();
+    let get = async |auth: &str| {
+        let r = client
+            .get("/services/data/v59.0/sobjects", &[("authorization", auth)])
+            .await;
+        (r.status, up.requests().len())
+    };
+    for (auth, user) in [
+        (&first, "first@example.com"),
+        (&first, "first@example.com"),
+        (&second, "second@example.com"),
+        (&first, "first@example.com"),
+    ] {
+        assert_eq!(get(auth).await.0, StatusCode::OK);
+        assert_eq!(up.last().headers["x-tokengate-user"], user);
+    }
+    for guess in &guesses {
+        let (status, forwarded) = get(&first).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            get(guess).await,
+            (StatusCode::UNAUTHORIZED, forwarded),
+            "a wrong secret right after the right one is refused, and nothing is forwarded"
+        );
+    }
+    // The user is disabled from elsewhere; this connection presented the credential last.
+    assert_eq!(get(&first).await.0, StatusCode::OK);
+    cli(&ts, &["user", "disable", "first@example.com"], None);
+    assert_eq!(get(&first).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(&second).await.0, StatusCode::OK);
+    cli(&ts, &["user", "enable", "first@example.com"], None);
+    assert_eq!(get(&first).await.0, StatusCode::OK);
+    assert_eq!(up.last().headers["x-tokengate-user"], "first@example.com");
+}
+
 /// Every header but `Date`, and the body: what a caller sees of an answer.
 fn seen(r: &Reply) -> (StatusCode, Vec<(String, String)>, String) {
     let mut headers: Vec<(String, String)> = r

@@ -63,7 +63,7 @@ pub fn forward(
             Credential::from_headers(req.headers()),
             peer,
             login,
-            Some(&conn.last_session),
+            Some(&conn.last_credential),
         )
         .await
         {
