@@ -17,7 +17,7 @@
 use std::sync::Mutex;
 
 use subtle::ConstantTimeEq as _;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::secret::Tag;
 
@@ -56,18 +56,23 @@ impl LastCredential {
         bool::from(same).then_some(r.key)
     }
 
-    /// Remembers `parts`' key, in place of what was remembered before.
+    /// Remembers `parts`' key, in place of what was remembered before (whose bytes are
+    /// zeroed, and whose buffer is reused: a connection that alternates credentials does not
+    /// allocate per call).
     pub fn remember(&self, kind: Kind, parts: [&[u8]; 2], key: Tag) {
-        let mut presented = Zeroizing::new(Vec::with_capacity(parts[0].len() + parts[1].len()));
-        presented.extend_from_slice(parts[0]);
-        presented.extend_from_slice(parts[1]);
-        let remembered = Remembered {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let r = slot.get_or_insert_with(|| Remembered {
             kind,
-            presented,
-            split: parts[0].len(),
+            presented: Zeroizing::new(Vec::new()),
+            split: 0,
             key,
-        };
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(remembered);
+        });
+        r.presented.zeroize();
+        r.presented.extend_from_slice(parts[0]);
+        r.presented.extend_from_slice(parts[1]);
+        r.kind = kind;
+        r.split = parts[0].len();
+        r.key = key;
     }
 }
 

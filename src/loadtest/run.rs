@@ -21,7 +21,8 @@ pub enum Scenario {
     LoginSoap,
     /// Cold OAuth password-grant logins (the argon2 path).
     LoginOauth,
-    /// HTTP Basic on every request (the verified-credential cache path).
+    /// HTTP Basic on every request, one user's credentials per connection (the
+    /// verified-credential cache path).
     Basic,
     /// One login per connection, then proxied calls with the session.
     Session,
@@ -281,10 +282,14 @@ impl Worker {
             } else {
                 Some(&users[n % users.len()])
             };
-            // Each connection walks its own slice of the users (index, index + connections, ...),
-            // so no two connections send the same credentials at once: the server would answer
-            // such identical logins with one shared verification and the run would not be cold.
-            n = n.wrapping_add(ctx.stride);
+            // Each login connection walks its own slice of the users (index, index +
+            // connections, ...), so no two connections send the same credentials at once: the
+            // server would answer such identical logins with one shared verification and the run
+            // would not be cold. A Basic connection keeps its one user's credentials, as an
+            // integration's connection does (and a session connection its session).
+            if self.job != Job::Basic {
+                n = n.wrapping_add(ctx.stride);
+            }
             if self.job == Job::Session && session.is_none() {
                 match login_session(t, c, user.expect("checked")).await {
                     Ok(sid) => session = Some(sid),
@@ -348,19 +353,15 @@ impl Worker {
                 ctx.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        // Basic workers likewise send each of their credentials once before the clock starts: the
-        // first call per credential is a cold login (argon2, measured by `login-soap`), and the
-        // run measures the calls that follow, as `session` measures the calls after its login.
+        // Basic workers likewise send their credentials once before the clock starts: the first
+        // call is a cold login (argon2, measured by `login-soap`), and the run measures the calls
+        // that follow, as `session` measures the calls after its login.
         if self.job == Job::Basic && !users.is_empty() {
-            for u in users
-                .iter()
-                .skip(self.index % users.len())
-                .step_by(ctx.stride.max(1))
-            {
-                if conn.is_none() {
-                    conn = Conn::open(t).await.ok();
-                }
-                let Some(c) = conn.as_mut() else { break };
+            let u = &users[self.index % users.len()];
+            if conn.is_none() {
+                conn = Conn::open(t).await.ok();
+            }
+            if let Some(c) = conn.as_mut() {
                 let auth = basic(&u.username, &u.secret);
                 let req = request(
                     t,

@@ -62,8 +62,10 @@ static GLOBAL: Counting = Counting;
 const CALLS: u64 = 1000;
 const WARM_UP: u64 = 200;
 
-/// Allocations per forwarded call with a session, and with HTTP Basic, on HTTP/1.1.
-fn allocations_per_call() -> (f64, f64) {
+/// Allocations per forwarded call with a session, with HTTP Basic, and with HTTP Basic
+/// alternating between two users' credentials (a proxy sending several clients' calls over one
+/// connection), on HTTP/1.1.
+fn allocations_per_call() -> (f64, f64, f64) {
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -79,14 +81,27 @@ fn allocations_per_call() -> (f64, f64) {
     let ts = server_rt.block_on(TestServer::start(&up.url()));
     let token = server_rt.block_on(ts.add_user("alloc@example.com"));
     let secret = format!("{}{token}", crate::support::PASSWORD);
+    let other = server_rt.block_on(ts.add_user("other@example.com"));
+    let other = basic(
+        "other@example.com",
+        &format!("{}{other}", crate::support::PASSWORD),
+    );
     let counts = client_rt.block_on(async {
         let client = ts.client();
         let sid = ts.soap_login("alloc@example.com", &secret).await;
         let authorization = basic("alloc@example.com", &secret);
         let mut per_call = Vec::new();
-        for header in [format!("Bearer {sid}"), authorization] {
+        let session = format!("Bearer {sid}");
+        let kinds = [
+            [&session, &session],
+            [&authorization, &authorization],
+            [&authorization, &other],
+        ];
+        for headers in kinds {
+            let turn = std::cell::Cell::new(0);
             let call = || async {
-                let auth = [("authorization", header.as_str())];
+                turn.set(turn.get() + 1);
+                let auth = [("authorization", headers[turn.get() % 2].as_str())];
                 client.get("/services/data/v59.0/sobjects", &auth).await
             };
             for _ in 0..WARM_UP {
@@ -99,7 +114,7 @@ fn allocations_per_call() -> (f64, f64) {
             let counted = ALLOCATIONS.load(Ordering::Relaxed) - before;
             per_call.push(counted as f64 / CALLS as f64);
         }
-        (per_call[0], per_call[1])
+        (per_call[0], per_call[1], per_call[2])
     });
     server_rt.block_on(ts.stop());
     counts
@@ -107,8 +122,11 @@ fn allocations_per_call() -> (f64, f64) {
 
 #[test]
 fn a_forwarded_call_allocates_within_its_budget() {
-    let (session, basic) = allocations_per_call();
-    eprintln!("allocations per call: session {session:.2}, basic {basic:.2}");
+    let (session, basic, alternating) = allocations_per_call();
+    eprintln!(
+        "allocations per call: session {session:.2}, basic {basic:.2}, basic alternating \
+         {alternating:.2}"
+    );
     // Budgets: today's counts (exact: 13 and 14) plus half an allocation, for a background
     // task's rare allocation during the run. Of the 13, tokengate's own is the boxed request
     // future (the request id comes from a per-thread block that calls one after another
@@ -126,5 +144,11 @@ fn a_forwarded_call_allocates_within_its_budget() {
     assert!(
         basic <= BASIC,
         "a forwarded call with HTTP Basic allocates {basic:.2} times (budget {BASIC})"
+    );
+    // What the connection remembers of its last credential is replaced in place.
+    assert!(
+        alternating <= BASIC,
+        "a forwarded call with HTTP Basic, alternating two users' credentials on one \
+         connection, allocates {alternating:.2} times (budget {BASIC})"
     );
 }
