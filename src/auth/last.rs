@@ -11,8 +11,9 @@
 //!
 //! The presented bytes are compared in full and in constant time (`subtle`), although they
 //! are the connection's own: a proxy in front of tokengate may send many clients' calls over
-//! one connection. They are zeroed when replaced and when the connection ends (`zeroize`):
-//! for Basic they hold the password.
+//! one connection (only the lengths of the previous credential's parts could tell, by
+//! nanoseconds: a part of another length is told apart sooner). They are zeroed when replaced
+//! and when the connection ends (`zeroize`): for Basic they hold the password.
 
 use std::sync::Mutex;
 
@@ -29,9 +30,9 @@ pub enum Kind {
     Basic,
 }
 
-/// A connection's last credential and its key (module docs). Held by the connection;
-/// uncontended (a connection's requests are handled one at a time), the lock only makes it
-/// shareable between the connection's tasks.
+/// A connection's last credential and its key (module docs). Held by the connection. An
+/// HTTP/1.1 connection's requests come one at a time; an HTTP/2 connection's streams share
+/// it, each reading or replacing it whole under the lock.
 #[derive(Default)]
 pub struct LastCredential(Mutex<Option<Remembered>>);
 
@@ -68,6 +69,8 @@ impl LastCredential {
             key,
         });
         r.presented.zeroize();
+        // One growth at most, so no copy of a part is left behind in a freed buffer.
+        r.presented.reserve(parts[0].len() + parts[1].len());
         r.presented.extend_from_slice(parts[0]);
         r.presented.extend_from_slice(parts[1]);
         r.kind = kind;

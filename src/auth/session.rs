@@ -538,8 +538,8 @@ impl Sessions {
     }
 
     /// [`Self::lookup`] on a connection that remembers the last credential it presented and
-    /// its key ([`LastCredential`]): the same id again skips the keyed hash. Only the hash is skipped; the
-    /// session is looked up and checked as on every other use.
+    /// its key ([`LastCredential`]): the same id again skips the keyed hash. Only the hash is
+    /// skipped; the session is looked up and checked as on every other use.
     pub fn lookup_on(
         &self,
         sid: &str,

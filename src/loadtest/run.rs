@@ -215,7 +215,8 @@ struct RunContext {
     interval: Option<Duration>,
     /// Every connection starts the clock together, after its unmeasured warm-up.
     barrier: tokio::sync::Barrier,
-    /// The number of connections in the run: each one steps through the users by this much.
+    /// The number of connections in the run: each login connection steps through the users
+    /// by this much (a Basic or session connection keeps its one user).
     stride: usize,
     /// Answers received and requests that failed, for the progress line.
     done: AtomicU64,

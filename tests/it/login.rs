@@ -321,39 +321,53 @@ async fn a_keep_alive_connection_repeating_basic_credentials_is_checked_on_every
         basic("first@example.com", PASSWORD),
         basic("second@example.com", &format!("{PASSWORD}{t1}")),
     ];
-    // One client, calls one after another: one keep-alive connection.
-    let client = ts.client();
-    let get = async |auth: &str| {
-        let r = client
-            .get("/services/data/v59.0/sobjects", &[("authorization", auth)])
-            .await;
-        (r.status, up.requests().len())
-    };
+    // Every call below on one keep-alive connection.
+    let mut conn = OneConnection::open(&ts).await;
+    let path = "/services/data/v59.0/sobjects";
     for (auth, user) in [
         (&first, "first@example.com"),
         (&first, "first@example.com"),
         (&second, "second@example.com"),
         (&first, "first@example.com"),
     ] {
-        assert_eq!(get(auth).await.0, StatusCode::OK);
+        assert_eq!(
+            conn.get(path, &[("authorization", auth)]).await,
+            StatusCode::OK
+        );
         assert_eq!(up.last().headers["x-tokengate-user"], user);
     }
     for guess in &guesses {
-        let (status, forwarded) = get(&first).await;
-        assert_eq!(status, StatusCode::OK);
         assert_eq!(
-            get(guess).await,
-            (StatusCode::UNAUTHORIZED, forwarded),
-            "a wrong secret right after the right one is refused, and nothing is forwarded"
+            conn.get(path, &[("authorization", &first)]).await,
+            StatusCode::OK
         );
+        let forwarded = up.requests().len();
+        assert_eq!(
+            conn.get(path, &[("authorization", guess)]).await,
+            StatusCode::UNAUTHORIZED,
+            "a wrong secret right after the right one is refused"
+        );
+        assert_eq!(up.requests().len(), forwarded, "and nothing is forwarded");
     }
     // The user is disabled from elsewhere; this connection presented the credential last.
-    assert_eq!(get(&first).await.0, StatusCode::OK);
+    assert_eq!(
+        conn.get(path, &[("authorization", &first)]).await,
+        StatusCode::OK
+    );
     cli(&ts, &["user", "disable", "first@example.com"], None);
-    assert_eq!(get(&first).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(get(&second).await.0, StatusCode::OK);
+    assert_eq!(
+        conn.get(path, &[("authorization", &first)]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        conn.get(path, &[("authorization", &second)]).await,
+        StatusCode::OK
+    );
     cli(&ts, &["user", "enable", "first@example.com"], None);
-    assert_eq!(get(&first).await.0, StatusCode::OK);
+    assert_eq!(
+        conn.get(path, &[("authorization", &first)]).await,
+        StatusCode::OK
+    );
     assert_eq!(up.last().headers["x-tokengate-user"], "first@example.com");
 }
 

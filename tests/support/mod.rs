@@ -972,6 +972,42 @@ pub async fn raw_tls_alpn(
         .unwrap()
 }
 
+/// One HTTP/1.1 keep-alive connection to a test server and nothing else: every request goes
+/// over it, where a client library's pool may open another. For what a server remembers per
+/// connection.
+pub struct OneConnection(hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>);
+
+impl OneConnection {
+    pub async fn open(ts: &TestServer) -> Self {
+        let tls = raw_tls(&ts.ca, ts.addr).await;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self(send)
+    }
+
+    /// A GET with these headers, answered on this connection (it panics if the server closed
+    /// it), with the answer's body read.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> StatusCode {
+        let mut req = Request::get(path).header("host", "127.0.0.1");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(http_body_util::Empty::new()).unwrap();
+        let call = async {
+            self.0.ready().await.expect("the connection is still open");
+            let resp = self.0.send_request(req).await.expect("answered");
+            let status = resp.status();
+            resp.into_body().collect().await.expect("a whole body");
+            status
+        };
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("answered in time")
+    }
+}
+
 /// Sends raw bytes over TLS and reads until the server closes or `timeout` passes.
 pub async fn raw_exchange(
     ca: &Path,
