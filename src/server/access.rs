@@ -108,13 +108,13 @@ impl RequestIds {
         })
     }
 
-    /// `PREFIX-COUNTER`, both hex: one relaxed add, and a write into this thread's block of
-    /// ids ([`ID_CHUNK`] bytes, shared by reference count with the ids made from it). A new
-    /// block is allocated only when the current one is full while one of its ids is still
-    /// in use (under load, about once per block: 32 to 50 ids; never on a connection's calls
-    /// one after another, where each id is gone before the next is made). An id keeps its
-    /// block alive until the request's access-log line is written: at most [`ID_CHUNK`]
-    /// bytes per request in flight, beside the tens of KiB of its connection's buffers.
+    /// `PREFIX-COUNTER`, both hex: one relaxed add, and a write into this thread's chunk of
+    /// bytes ([`ID_CHUNK`], shared by reference count with the ids cut from it). A new chunk
+    /// is allocated only when the current one is full while one of its ids is still in use
+    /// (under load, about once per chunk: 32 to 50 ids; never on a connection's calls one
+    /// after another, where each id is gone before the next is made). An id keeps its chunk
+    /// alive until the request's access-log line is written: at most [`ID_CHUNK`] bytes per
+    /// request in flight, beside the tens of KiB of its connection's buffers.
     fn generate(&self) -> HeaderValue {
         thread_local! {
             static CHUNK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -131,7 +131,7 @@ impl RequestIds {
         let id = &buf[..len];
         let id = CHUNK.with_borrow_mut(|chunk| {
             if chunk.capacity() < id.len() {
-                // Takes the block back in place when none of its ids is left, else a new one.
+                // Takes the chunk back in place when none of its ids is left, else a new one.
                 chunk.reserve(ID_CHUNK);
             }
             chunk.extend_from_slice(id);
@@ -143,7 +143,8 @@ impl RequestIds {
 
 const ID_LEN: usize = 16 + 1 + 16;
 
-/// The bytes of a thread's block of request ids: room for 32 of the longest.
+/// The bytes of a thread's chunk of request ids (not [`ID_BLOCK`], its numbers): room for 32
+/// of the longest.
 const ID_CHUNK: usize = 32 * ID_LEN;
 
 /// How many request numbers a thread takes from the shared counter at a time
@@ -495,9 +496,9 @@ mod tests {
 
     #[test]
     fn an_id_keeps_its_value_while_later_ids_are_made() {
-        // Ids share a thread's block of bytes. One id kept while many blocks' worth are made
-        // and dropped (its block is left to it; the later blocks, none of whose ids is left
-        // when they fill, are written again in place), then ids kept across blocks: no kept
+        // Ids share a thread's chunk of bytes. One id kept while many chunks' worth are made
+        // and dropped (its chunk is left to it; the later chunks, none of whose ids is left
+        // when they fill, are written again in place), then ids kept across chunks: no kept
         // id's bytes are ever written over, and no id repeats.
         let ids = RequestIds::new().unwrap();
         let first = ids.generate();
