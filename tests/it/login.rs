@@ -323,51 +323,36 @@ async fn a_keep_alive_connection_repeating_basic_credentials_is_checked_on_every
     ];
     // Every call below on one keep-alive connection.
     let mut conn = OneConnection::open(&ts).await;
-    let path = "/services/data/v59.0/sobjects";
+    async fn call(conn: &mut OneConnection, auth: &str) -> StatusCode {
+        conn.get("/services/data/v59.0/sobjects", &[("authorization", auth)])
+            .await
+    }
     for (auth, user) in [
         (&first, "first@example.com"),
         (&first, "first@example.com"),
         (&second, "second@example.com"),
         (&first, "first@example.com"),
     ] {
-        assert_eq!(
-            conn.get(path, &[("authorization", auth)]).await,
-            StatusCode::OK
-        );
+        assert_eq!(call(&mut conn, auth).await, StatusCode::OK);
         assert_eq!(up.last().headers["x-tokengate-user"], user);
     }
     for guess in &guesses {
-        assert_eq!(
-            conn.get(path, &[("authorization", &first)]).await,
-            StatusCode::OK
-        );
+        assert_eq!(call(&mut conn, &first).await, StatusCode::OK);
         let forwarded = up.requests().len();
         assert_eq!(
-            conn.get(path, &[("authorization", guess)]).await,
+            call(&mut conn, guess).await,
             StatusCode::UNAUTHORIZED,
             "a wrong secret right after the right one is refused"
         );
         assert_eq!(up.requests().len(), forwarded, "and nothing is forwarded");
     }
     // The user is disabled from elsewhere; this connection presented the credential last.
-    assert_eq!(
-        conn.get(path, &[("authorization", &first)]).await,
-        StatusCode::OK
-    );
+    assert_eq!(call(&mut conn, &first).await, StatusCode::OK);
     cli(&ts, &["user", "disable", "first@example.com"], None);
-    assert_eq!(
-        conn.get(path, &[("authorization", &first)]).await,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        conn.get(path, &[("authorization", &second)]).await,
-        StatusCode::OK
-    );
+    assert_eq!(call(&mut conn, &first).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&mut conn, &second).await, StatusCode::OK);
     cli(&ts, &["user", "enable", "first@example.com"], None);
-    assert_eq!(
-        conn.get(path, &[("authorization", &first)]).await,
-        StatusCode::OK
-    );
+    assert_eq!(call(&mut conn, &first).await, StatusCode::OK);
     assert_eq!(up.last().headers["x-tokengate-user"], "first@example.com");
 }
 
