@@ -341,13 +341,13 @@ impl Pool {
                 .map_err(|err| PoolError::Connect(err.to_string()))?;
             let _ = tcp.set_nodelay(true);
             match &e.tls {
-                None => handshake(tcp, place).await,
+                None => handshake(tcp, place, true).await,
                 Some((tls, name)) => {
                     let stream = tls
                         .connect(name.clone(), tcp)
                         .await
                         .map_err(|err| PoolError::Connect(err.to_string()))?;
-                    handshake(stream, place).await
+                    handshake(stream, place, false).await
                 }
             }
         })
@@ -356,11 +356,21 @@ impl Pool {
     }
 }
 
-async fn handshake<T>(io: T, place: tokio::sync::OwnedSemaphorePermit) -> Result<Conn, PoolError>
+/// `vectored`: hand a request's head and body to `io` as separate slices. Plain TCP writes
+/// them with one `writev`; rustls would gather them into a list it allocates per write (and
+/// seal them into one record anyway), so over TLS hyper copies them into its reused buffer.
+async fn handshake<T>(
+    io: T,
+    place: tokio::sync::OwnedSemaphorePermit,
+    vectored: bool,
+) -> Result<Conn, PoolError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+    let (sender, conn) = http1::Builder::new()
+        .writev(vectored)
+        .handshake(TokioIo::new(io))
+        .await?;
     Ok(Conn {
         sender,
         driver: Some(Box::pin(conn)),

@@ -39,6 +39,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::App;
 use super::peer::{Conn, Listener, PerConnection, is_trusted};
+use super::reuse::Reuse;
 use super::{access, routes};
 // Where the fuzz targets have always found them.
 pub use super::peer::{UNIDENTIFIED_CLIENT, client_ip};
@@ -188,7 +189,12 @@ fn builders(app: &App) -> Builders {
             // The slowloris guard: headers must arrive within this time (kept with the alarm
             // of `serve`, see `HeaderClock`).
             .header_read_timeout(s.header_read_timeout)
-            .max_buf_size(s.max_header_bytes);
+            .max_buf_size(s.max_header_bytes)
+            // Every connection here is TLS. Given a head and a body as two slices, rustls
+            // gathers them into a list it allocates per write, then seals them into one record
+            // anyway; hyper's own write buffer, reused for the connection's life, costs a copy
+            // of the body and no allocation.
+            .writev(false);
         b.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(s.max_concurrent_streams)
@@ -434,6 +440,7 @@ async fn serve(
         _ => &builders.auto,
     };
     let activity = Arc::new(Activity::default());
+    let reuse = Reuse::new();
     let service = {
         let (app, activity) = (app.clone(), activity.clone());
         service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -450,11 +457,12 @@ async fn serve(
                 let client = conn.local.client_ip(&app, req.headers());
                 access::Line::start(&req, client, &request_id)
             });
-            let conn = conn.clone();
+            let (conn, reuse) = (conn.clone(), reuse.clone());
             async move {
-                // Boxed: the request's future (up to 4 KiB, `routes`) would otherwise be copied
-                // again by each wrapper that holds it on its way into hyper's slot.
-                let handling = Box::pin(routes::handle(req, conn));
+                // Boxed (in the connection's box for it, `reuse`): the request's future (up to
+                // 3 KiB, `routes`) would otherwise be copied again by each wrapper that holds
+                // it on its way into hyper's slot.
+                let handling = reuse.hold(routes::handle(req, conn));
                 let r = access::scope(handling, request_id, line).await;
                 // In flight until the answer's body has been sent (or dropped): a download
                 // that streams for longer than `idle_timeout` is not an idle connection.

@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod peer;
 pub mod read;
 pub mod refusal;
+mod reuse;
 pub mod routes;
 pub mod target;
 
