@@ -2,13 +2,16 @@
 # Benchmark tokengate against the proxies people would otherwise use, in one run, on loopback:
 #   nginx as a TLS reverse proxy without auth (the ceiling), nginx with auth_basic (bcrypt),
 #   Caddy with basicauth (bcrypt, with its hash cache), and tokengate (session path, Basic path,
-#   cold logins, and session traffic under a login flood).
+#   a public path (forwarding without authentication), cold logins, and session traffic under a
+#   login flood).
 # All proxies front the same upstream (nginx serving a small JSON answer on plain HTTP) and are
 # driven by the same load tool (`tokengate loadtest run`) with the same settings.
 #
 #   bash benches/compare.sh                      # 3 rounds of 15 s runs, 32 connections
 #   ROUNDS=5 DURATION=30s CONNECTIONS=64 bash benches/compare.sh
 #   BIN=/path/to/tokengate bash benches/compare.sh   # a given build instead of this tree's
+#   PGO=0 bash benches/compare.sh                    # this tree's plain release build instead of
+#                                                    # the profile-guided one (packaging/pgo.sh)
 #   TG_WORKERS=per-core bash benches/compare.sh      # tokengate with `[server] workers = "per-core"`
 #
 # On a small shared machine one run of the same server varies by ±15 %, so the rows that are
@@ -38,9 +41,12 @@ command -v caddy >/dev/null || need+=(caddy)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 install_debian "${need[@]}"
 
-if [ -z "${BIN:-}" ]; then
+# The build that ships (packaging/build-deb.sh): profile-guided, unless PGO=0.
+if [ -z "${BIN:-}" ] && [ "${PGO:-1}" = 0 ]; then
   cargo build --release --quiet
   BIN=$PWD/target/release/tokengate
+elif [ -z "${BIN:-}" ]; then
+  BIN=$(bash packaging/pgo.sh)
 fi
 
 # One certificate for every TLS proxy.
@@ -110,6 +116,10 @@ CADDY_PID=$!
 # The cold server also shows the flood without the failure delay (it delays no successful login).
 tg_config $TG "$WORK/tg" 100000 250ms "$UPSTREAM" "$WORK" > "$WORK/tg.toml"
 tg_config $TG_COLD "$WORK/tg-cold" 0 0 "$UPSTREAM" "$WORK" > "$WORK/tg-cold.toml"
+# A public path on the same server: forwarding alone, with no credential to check, so the
+# session row's difference from it is what authentication costs, and its difference from
+# nginx's is what the forwarding machinery costs.
+sed -i '/^url = "http:/a public_paths = ["/public/*"]' "$WORK/tg.toml"
 for c in tg tg-cold; do
   tg_admin "$BIN" "$WORK/$c.toml" > "$WORK/$c.admin-token"
   "$BIN" --config "$WORK/$c.toml" serve 2>"$WORK/$c.log" &
@@ -152,6 +162,7 @@ for r in $(seq "$ROUNDS"); do
   run "nginx-noauth.$r" $NGINX_PLAIN plain "$WORK/bench-user.json" "$NGINX_PID"
   run "tokengate-session.$r" $TG session "$WORK/tg.users.json" "$PID_tg"
   run "tokengate-basic.$r" $TG basic "$WORK/tg.users.json" "$PID_tg"
+  run "tokengate-public.$r" $TG plain "$WORK/bench-user.json" "$PID_tg" --path /public/limits
 done
 # Latency at half of tokengate's median session throughput, paced and interleaved: the
 # upstream directly (plain HTTP, what tokengate itself talks to), tokengate's session path, and

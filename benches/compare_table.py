@@ -45,6 +45,7 @@ rows = [
     ("Caddy `basicauth` (bcrypt, hash cache)", "basic", row("caddy-basicauth"), None),
     ("tokengate, session path", "session", *med("tokengate-session")),
     ("tokengate, Basic on every request", "basic", *med("tokengate-basic")),
+    ("tokengate, public path (forwarding alone, no auth)", "plain", *med("tokengate-public")),
     ("tokengate, cold SOAP logins (cache off)", "login-soap", row("tokengate-login-soap-cold"), None),
 ]
 base = rows[0][2][0]
@@ -68,10 +69,26 @@ print()
 (session, _, _, scpu), _ = med("tokengate-session")
 (basic, _, _, bcpu), _ = med("tokengate-basic")
 (ngx, _, _, ncpu), _ = med("nginx-noauth")
+(_, _, _, pcpu), _ = med("tokengate-public")
 caddy = row("caddy-basicauth")[0]
+
+
+def per_round(a, b):
+    """The CPU per request of row a over row b's, round by round."""
+    return ", ".join(
+        f"{row(f'{a}.{r}')[3] / row(f'{b}.{r}')[3]:.2f}" for r in range(1, rounds + 1)
+    )
+
+
 print(f"Session path: {session / ngx:.2f}× nginx without auth (median requests/s); server CPU per "
-      f"request {scpu:.0f} µs against nginx's {ncpu:.0f} µs.")
-print(f"Basic path: {basic / session:.2f}× tokengate's session path (CPU per request {bcpu:.0f} µs), "
+      f"request {scpu:.1f} µs against nginx's {ncpu:.1f} µs ({scpu / ncpu:.2f}× by the medians; "
+      f"per round {per_round('tokengate-session', 'nginx-noauth')}).")
+print(f"Forwarding alone (a public path of the same server): {pcpu:.1f} µs of CPU per request, "
+      f"{pcpu / ncpu:.2f}× nginx's (per round {per_round('tokengate-public', 'nginx-noauth')}); the "
+      f"session path costs {scpu / pcpu:.2f}× that (per round "
+      f"{per_round('tokengate-session', 'tokengate-public')}).")
+print(f"Basic path: {basic / session:.2f}× tokengate's session path (CPU per request {bcpu:.1f} µs, "
+      f"{bcpu / scpu:.2f}× the session path's; per round {per_round('tokengate-basic', 'tokengate-session')}), "
       f"{basic / caddy:.1f}× Caddy's basicauth.")
 print(f"Mixed: session traffic kept {m['session']['rps']:,.0f} req/s "
       f"({m['session']['rps'] / session * 100:.0f}% of the median unloaded {session:,.0f}) while the "

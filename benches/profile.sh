@@ -6,6 +6,8 @@
 #   bash benches/profile.sh basic           # any scenario of `tokengate loadtest run`
 #   DURATION=20 bash benches/profile.sh mixed      # seconds recorded (default 8)
 #   BIN=/path/to/tokengate bash benches/profile.sh  # a given build instead of this tree's
+#   PGO=0 bash benches/profile.sh           # this tree's plain release build instead of the
+#                                           # profile-guided one (packaging/pgo.sh)
 #
 # Starts an upstream (nginx, as in compare.sh) and a release-built tokengate on loopback,
 # drives the scenario with the load tool (32 connections), and records tokengate alone with
@@ -33,9 +35,12 @@ TOOLS=$PWD/target/tools
 if [ ! -x "$TOOLS/bin/inferno-flamegraph" ]; then
   cargo install inferno --locked --quiet --root "$TOOLS"
 fi
-if [ -z "${BIN:-}" ]; then
+# The build that ships (packaging/build-deb.sh): profile-guided, unless PGO=0.
+if [ -z "${BIN:-}" ] && [ "${PGO:-1}" = 0 ]; then
   cargo build --release --quiet
   BIN=$PWD/target/release/tokengate
+elif [ -z "${BIN:-}" ]; then
+  BIN=$(bash packaging/pgo.sh)
 fi
 
 UPSTREAM=127.0.0.1:18090
