@@ -13,8 +13,9 @@
 # syntax is checked with `sh -n` instead). So the configuration is checked where an unpacked,
 # unconfigured conffile waits: /etc/tokengate/tokengate.toml.dpkg-new.
 #
-# Usage: packaging/build-deb.sh   (CARGO_TARGET_DIR is honoured; a release build, several
-# minutes from scratch on two cores)
+# Usage: packaging/build-deb.sh   (CARGO_TARGET_DIR is honoured; two release builds and a
+# training run for the profile-guided build, about a quarter of an hour from scratch on two
+# cores; PGO=0: one plain release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,12 @@ export PATH=$tools/bin:$PATH
 
 out=$target/debian
 mkdir -p "$out"
+# The packaged binary is built with profile-guided optimisation (packaging/pgo.sh), the build
+# BENCHMARKS.md measures. PGO=0 packages a plain release build (one build, no training run).
+if [ "${PGO:-1}" != 0 ]; then
+  profile=$(PROFILE_ONLY=1 packaging/pgo.sh)
+  export RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$profile"
+fi
 deb=$(cargo deb --output "$out" | tail -n 1)
 [ -f "$deb" ] || { echo "packaging: cargo deb did not report a package ($deb)" >&2; exit 1; }
 
