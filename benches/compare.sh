@@ -41,13 +41,7 @@ command -v caddy >/dev/null || need+=(caddy)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 install_debian "${need[@]}"
 
-# The build that ships (packaging/build-deb.sh): profile-guided, unless PGO=0.
-if [ -z "${BIN:-}" ] && [ "${PGO:-1}" = 0 ]; then
-  cargo build --release --quiet
-  BIN=$PWD/target/release/tokengate
-elif [ -z "${BIN:-}" ]; then
-  BIN=$(bash packaging/pgo.sh)
-fi
+BIN=$(tokengate_bin)
 
 # One certificate for every TLS proxy.
 bench_cert "$WORK"
@@ -119,7 +113,7 @@ tg_config $TG_COLD "$WORK/tg-cold" 0 0 "$UPSTREAM" "$WORK" > "$WORK/tg-cold.toml
 # A public path on the same server: forwarding alone, with no credential to check, so the
 # session row's difference from it is what authentication costs, and its difference from
 # nginx's is what the forwarding machinery costs.
-sed -i '/^url = "http:/a public_paths = ["/public/*"]' "$WORK/tg.toml"
+tg_public_path "$WORK/tg.toml"
 for c in tg tg-cold; do
   tg_admin "$BIN" "$WORK/$c.toml" > "$WORK/$c.admin-token"
   "$BIN" --config "$WORK/$c.toml" serve 2>"$WORK/$c.log" &

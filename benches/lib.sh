@@ -113,6 +113,25 @@ $(tg_synthetic_section "${7:-}")
 EOF
 }
 
+# tg_public_path CONFIG: /public/* becomes a public path of that tokengate configuration
+# (forwarded without authentication: the plain scenario with `--path /public/limits`).
+tg_public_path() {
+  sed -i '/^url = "http:/a public_paths = ["/public/*"]' "$1"
+}
+
+# tokengate_bin: prints the tokengate binary to measure: BIN when set, else this tree's build
+# that ships (profile-guided, packaging/pgo.sh), or with PGO=0 its plain release build.
+tokengate_bin() {
+  if [ -n "${BIN:-}" ]; then
+    echo "$BIN"
+  elif [ "${PGO:-1}" = 0 ]; then
+    cargo build --release --quiet >&2
+    echo "$PWD/target/release/tokengate"
+  else
+    bash packaging/pgo.sh
+  fi
+}
+
 # tg_synthetic_section [BIN]: the section that lets `loadtest setup` create its synthetic
 # users, for builds that know it (older builds reject unknown sections, and allowed them anyway).
 tg_synthetic_section() {

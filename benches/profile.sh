@@ -35,13 +35,7 @@ TOOLS=$PWD/target/tools
 if [ ! -x "$TOOLS/bin/inferno-flamegraph" ]; then
   cargo install inferno --locked --quiet --root "$TOOLS"
 fi
-# The build that ships (packaging/build-deb.sh): profile-guided, unless PGO=0.
-if [ -z "${BIN:-}" ] && [ "${PGO:-1}" = 0 ]; then
-  cargo build --release --quiet
-  BIN=$PWD/target/release/tokengate
-elif [ -z "${BIN:-}" ]; then
-  BIN=$(bash packaging/pgo.sh)
-fi
+BIN=$(tokengate_bin)
 
 UPSTREAM=127.0.0.1:18090
 PORT=18456

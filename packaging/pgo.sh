@@ -48,7 +48,7 @@ upstream_conf "$WORK" "$UPSTREAM" > "$WORK/upstream.conf"
 nginx -c "$WORK/upstream.conf" -p "$WORK" -g 'daemon off;' &
 PIDS+=($!)
 tg_config $PORT "$WORK/tg" 100000 250ms "$UPSTREAM" "$WORK" "$BIN" > "$WORK/tg.toml"
-sed -i '/^url = "http:/a public_paths = ["/public/*"]' "$WORK/tg.toml"
+tg_public_path "$WORK/tg.toml"
 tg_admin "$BIN" "$WORK/tg.toml" > "$WORK/admin-token"
 "$BIN" --config "$WORK/tg.toml" serve 2>"$WORK/tg.log" &
 TG_PID=$!
